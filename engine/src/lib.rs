@@ -1,1 +1,5 @@
-//! placeholder
+//! tally-engine: the sans-IO Raft core, the deterministic cluster simulator,
+//! the state-machine interface and the KV state machine Tally ships.
+
+pub mod kv;
+pub mod state_machine;

@@ -1,1 +1,26 @@
-//! placeholder
+//! tally-wal: a segmented, checksummed, group-commit write-ahead log.
+//!
+//! Layers, bottom up (see `ARCHITECTURE-wal.md` and `FORMAT.md`):
+//! - [`storage`]: a directory of files, real ([`FsStorage`]) or simulated with crashes and
+//!   faults ([`SimStorage`]);
+//! - [`format`]: the byte-exact segment and batch encoding;
+//! - [`WalCore`]: synchronous recovery, index, append/truncate/compact/hard state and the
+//!   separated write and sync steps (what the deterministic simulator drives);
+//! - [`Wal`]: the thread-safe group-commit handle (one writer thread, one write and one
+//!   fdatasync per batch) over an [`IoBackend`] (io_uring or pwritev).
+
+pub mod backend;
+mod core;
+pub mod error;
+pub mod format;
+pub mod storage;
+mod wal;
+
+pub use crate::backend::{
+    make_backend, Backend, BackendError, IoBackend, SyncBackend, UringBackend,
+};
+pub use crate::core::{DroppedRegion, Entry, RecoveryReport, WalCore, WalOptions};
+pub use crate::error::{PoisonCause, Result, WalError};
+pub use crate::format::HardState;
+pub use crate::storage::{FsStorage, SimStorage, Storage, StorageFile, Tear};
+pub use crate::wal::{GroupCommitOptions, Ticket, Wal, WalStats, WalStatsSnapshot};

@@ -1,0 +1,478 @@
+//! On-disk format, version 1 (byte-exact description in `wal/FORMAT.md`).
+//!
+//! A segment file = a 64-byte segment header, then batches back to back, then zeros
+//! (preallocated space). A batch = a 32-byte header and a body of records. The batch
+//! CRC-32 covers the segment id, the header (minus the CRC field) and the body, so bytes
+//! left over from another segment (a reused or preallocated file) never validate.
+//! All integers are little-endian.
+
+use std::fmt;
+
+/// Magic at the start of every segment file.
+pub const SEGMENT_MAGIC: [u8; 8] = *b"TALLYSEG";
+/// Format version written in segment and batch headers.
+pub const FORMAT_VERSION: u16 = 1;
+/// Size of the segment header in bytes.
+pub const SEGMENT_HEADER_LEN: usize = 64;
+/// Magic at the start of every batch ("TBAT").
+pub const BATCH_MAGIC: [u8; 4] = *b"TBAT";
+/// Size of the batch header in bytes.
+pub const BATCH_HEADER_LEN: usize = 32;
+/// Record type: a log entry.
+pub const RECORD_ENTRY: u8 = 1;
+/// Record type: hard state (term, vote).
+pub const RECORD_HARD_STATE: u8 = 2;
+/// Record type: remove entries with index >= from_index.
+pub const RECORD_TRUNCATE_SUFFIX: u8 = 3;
+/// Record type: drop every entry, the log restarts empty at next_index.
+pub const RECORD_RESET: u8 = 4;
+/// Bytes of an entry record before its payload.
+pub const ENTRY_RECORD_HEADER_LEN: usize = 22;
+/// Size of a hard-state record.
+pub const HARD_STATE_RECORD_LEN: usize = 17;
+/// Size of a truncate-suffix or reset record.
+pub const INDEX_RECORD_LEN: usize = 9;
+/// Segment file name suffix.
+pub const SEGMENT_SUFFIX: &str = ".wal";
+
+/// Durable Raft state persisted next to the log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct HardState {
+    /// Current term.
+    pub term: u64,
+    /// Node voted for in `term`; 0 = none.
+    pub vote: u64,
+}
+
+/// Name of a segment file: `<segment id, 20 digits>-<first index, 20 digits>.wal`.
+pub fn segment_file_name(segment_id: u64, first_index: u64) -> String {
+    format!("{segment_id:020}-{first_index:020}{SEGMENT_SUFFIX}")
+}
+
+/// Parses a segment file name into (segment id, first index).
+pub fn parse_segment_file_name(name: &str) -> Option<(u64, u64)> {
+    let stem = name.strip_suffix(SEGMENT_SUFFIX)?;
+    let (id, first) = stem.split_once('-')?;
+    if id.len() != 20 || first.len() != 20 {
+        return None;
+    }
+    if !id.bytes().chain(first.bytes()).all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((id.parse().ok()?, first.parse().ok()?))
+}
+
+fn le_u16(bytes: &[u8], at: usize) -> u16 {
+    let mut raw = [0u8; 2];
+    raw.copy_from_slice(&bytes[at..at + 2]);
+    u16::from_le_bytes(raw)
+}
+
+fn le_u32(bytes: &[u8], at: usize) -> u32 {
+    let mut raw = [0u8; 4];
+    raw.copy_from_slice(&bytes[at..at + 4]);
+    u32::from_le_bytes(raw)
+}
+
+fn le_u64(bytes: &[u8], at: usize) -> u64 {
+    let mut raw = [0u8; 8];
+    raw.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(raw)
+}
+
+/// Encodes a segment header.
+pub fn encode_segment_header(segment_id: u64, first_index: u64) -> [u8; SEGMENT_HEADER_LEN] {
+    let mut header = [0u8; SEGMENT_HEADER_LEN];
+    header[0..8].copy_from_slice(&SEGMENT_MAGIC);
+    header[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header[12..16].copy_from_slice(&(SEGMENT_HEADER_LEN as u32).to_le_bytes());
+    header[16..24].copy_from_slice(&segment_id.to_le_bytes());
+    header[24..32].copy_from_slice(&first_index.to_le_bytes());
+    let crc = crc32fast::hash(&header[0..60]);
+    header[60..64].copy_from_slice(&crc.to_le_bytes());
+    header
+}
+
+/// A decoded segment header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentHeader {
+    pub segment_id: u64,
+    pub first_index: u64,
+}
+
+/// Decodes and checks a segment header; `Err` says why it is invalid.
+pub fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, String> {
+    if bytes.len() < SEGMENT_HEADER_LEN {
+        return Err(format!(
+            "file is {} bytes, shorter than the segment header",
+            bytes.len()
+        ));
+    }
+    let header = &bytes[..SEGMENT_HEADER_LEN];
+    if header[0..8] != SEGMENT_MAGIC {
+        return Err("bad segment magic".into());
+    }
+    let stored_crc = le_u32(header, 60);
+    let crc = crc32fast::hash(&header[0..60]);
+    if stored_crc != crc {
+        return Err(format!(
+            "segment header CRC mismatch (stored {stored_crc:#010x}, computed {crc:#010x})"
+        ));
+    }
+    let version = le_u16(header, 8);
+    if version != FORMAT_VERSION {
+        return Err(format!("unsupported segment format version {version}"));
+    }
+    Ok(SegmentHeader {
+        segment_id: le_u64(header, 16),
+        first_index: le_u64(header, 24),
+    })
+}
+
+/// Appends an entry record.
+pub fn encode_entry(out: &mut Vec<u8>, index: u64, term: u64, kind: u8, payload: &[u8]) {
+    debug_assert!(payload.len() <= u32::MAX as usize);
+    out.reserve(ENTRY_RECORD_HEADER_LEN + payload.len());
+    out.push(RECORD_ENTRY);
+    out.push(kind);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&index.to_le_bytes());
+    out.extend_from_slice(&term.to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// Appends a hard-state record.
+pub fn encode_hard_state(out: &mut Vec<u8>, hard_state: HardState) {
+    out.push(RECORD_HARD_STATE);
+    out.extend_from_slice(&hard_state.term.to_le_bytes());
+    out.extend_from_slice(&hard_state.vote.to_le_bytes());
+}
+
+/// Appends a truncate-suffix record.
+pub fn encode_truncate_suffix(out: &mut Vec<u8>, from_index: u64) {
+    out.push(RECORD_TRUNCATE_SUFFIX);
+    out.extend_from_slice(&from_index.to_le_bytes());
+}
+
+/// Appends a reset record.
+pub fn encode_reset(out: &mut Vec<u8>, next_index: u64) {
+    out.push(RECORD_RESET);
+    out.extend_from_slice(&next_index.to_le_bytes());
+}
+
+/// The fields of a batch header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchHeader {
+    /// Bytes of body following the header.
+    pub body_len: u32,
+    /// Records in the body (entries and control records).
+    pub record_count: u32,
+    /// Index of the first entry in the batch, or the next index if it has none.
+    pub first_index: u64,
+    /// Entry records in the body.
+    pub entry_count: u32,
+}
+
+fn batch_crc(segment_id: u64, header_without_crc: &[u8], body: &[&[u8]]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&segment_id.to_le_bytes());
+    hasher.update(header_without_crc);
+    for part in body {
+        hasher.update(part);
+    }
+    hasher.finalize()
+}
+
+/// Encodes a batch header for `body` (given as consecutive parts) in `segment_id`.
+pub fn encode_batch_header(
+    segment_id: u64,
+    fields: BatchHeader,
+    body: &[&[u8]],
+) -> [u8; BATCH_HEADER_LEN] {
+    debug_assert_eq!(
+        body.iter().map(|p| p.len()).sum::<usize>(),
+        fields.body_len as usize
+    );
+    let mut header = [0u8; BATCH_HEADER_LEN];
+    header[0..4].copy_from_slice(&BATCH_MAGIC);
+    header[4..6].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    // bytes 6..8: flags, zero in version 1.
+    header[8..12].copy_from_slice(&fields.body_len.to_le_bytes());
+    header[12..16].copy_from_slice(&fields.record_count.to_le_bytes());
+    header[16..24].copy_from_slice(&fields.first_index.to_le_bytes());
+    header[24..28].copy_from_slice(&fields.entry_count.to_le_bytes());
+    let crc = batch_crc(segment_id, &header[0..28], body);
+    header[28..32].copy_from_slice(&crc.to_le_bytes());
+    header
+}
+
+/// Result of looking at the bytes where a batch may start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchProbe {
+    /// A complete batch whose CRC matches.
+    Valid(BatchHeader),
+    /// Zeros from here to the end of the file: the clean end of the segment.
+    CleanEnd,
+    /// Something that is not a valid batch (torn, corrupt, or garbage).
+    Invalid(String),
+}
+
+/// Examines `bytes[offset..]` (the rest of a segment) for a batch of `segment_id`.
+/// Every length is checked against the bytes that exist before it is used.
+pub fn probe_batch(segment_id: u64, bytes: &[u8], offset: usize) -> BatchProbe {
+    let rest = &bytes[offset.min(bytes.len())..];
+    // The zero scan runs only when no batch starts here (once per segment in practice).
+    if rest.len() < BATCH_HEADER_LEN || rest[0..4] != BATCH_MAGIC {
+        if rest.iter().all(|&b| b == 0) {
+            return BatchProbe::CleanEnd;
+        }
+        if rest.len() < BATCH_HEADER_LEN {
+            return BatchProbe::Invalid(format!(
+                "{} bytes left, less than a batch header",
+                rest.len()
+            ));
+        }
+        return BatchProbe::Invalid("bad batch magic".into());
+    }
+    let header = &rest[..BATCH_HEADER_LEN];
+    let fields = BatchHeader {
+        body_len: le_u32(header, 8),
+        record_count: le_u32(header, 12),
+        first_index: le_u64(header, 16),
+        entry_count: le_u32(header, 24),
+    };
+    let body_len = fields.body_len as usize;
+    if body_len > rest.len() - BATCH_HEADER_LEN {
+        return BatchProbe::Invalid(format!(
+            "batch body of {body_len} bytes runs past the end of the file ({} bytes left)",
+            rest.len() - BATCH_HEADER_LEN
+        ));
+    }
+    let body = &rest[BATCH_HEADER_LEN..BATCH_HEADER_LEN + body_len];
+    let stored_crc = le_u32(header, 28);
+    let crc = batch_crc(segment_id, &header[0..28], &[body]);
+    if crc != stored_crc {
+        return BatchProbe::Invalid(format!(
+            "batch CRC mismatch (stored {stored_crc:#010x}, computed {crc:#010x})"
+        ));
+    }
+    let version = le_u16(header, 4);
+    if version != FORMAT_VERSION {
+        return BatchProbe::Invalid(format!("unsupported batch format version {version}"));
+    }
+    BatchProbe::Valid(fields)
+}
+
+/// One decoded record. Entry payloads are given as a byte range of the body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Record {
+    Entry {
+        index: u64,
+        term: u64,
+        kind: u8,
+        /// Offset of the payload from the start of the body.
+        payload_offset: usize,
+        payload_len: usize,
+    },
+    HardState(HardState),
+    TruncateSuffix {
+        from_index: u64,
+    },
+    Reset {
+        next_index: u64,
+    },
+}
+
+/// A body whose CRC matched but whose records do not parse: a writer bug or a CRC
+/// collision; never ignored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MalformedBody {
+    pub body_offset: usize,
+    pub reason: String,
+}
+
+impl fmt::Display for MalformedBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "malformed record at body offset {}: {}",
+            self.body_offset, self.reason
+        )
+    }
+}
+
+/// Iterates over the records of a batch body.
+pub struct Records<'a> {
+    body: &'a [u8],
+    position: usize,
+}
+
+/// Records of `body`.
+pub fn records(body: &[u8]) -> Records<'_> {
+    Records { body, position: 0 }
+}
+
+impl Iterator for Records<'_> {
+    type Item = Result<Record, MalformedBody>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.position >= self.body.len() {
+            return None;
+        }
+        let start = self.position;
+        let rest = &self.body[start..];
+        let malformed = |reason: &str| {
+            Some(Err(MalformedBody {
+                body_offset: start,
+                reason: reason.to_string(),
+            }))
+        };
+        let (record, len) = match rest[0] {
+            RECORD_ENTRY => {
+                if rest.len() < ENTRY_RECORD_HEADER_LEN {
+                    return malformed("truncated entry record header");
+                }
+                let payload_len = le_u32(rest, 2) as usize;
+                if payload_len > rest.len() - ENTRY_RECORD_HEADER_LEN {
+                    return malformed("entry payload runs past the end of the batch");
+                }
+                (
+                    Record::Entry {
+                        kind: rest[1],
+                        index: le_u64(rest, 6),
+                        term: le_u64(rest, 14),
+                        payload_offset: start + ENTRY_RECORD_HEADER_LEN,
+                        payload_len,
+                    },
+                    ENTRY_RECORD_HEADER_LEN + payload_len,
+                )
+            }
+            RECORD_HARD_STATE => {
+                if rest.len() < HARD_STATE_RECORD_LEN {
+                    return malformed("truncated hard-state record");
+                }
+                (
+                    Record::HardState(HardState {
+                        term: le_u64(rest, 1),
+                        vote: le_u64(rest, 9),
+                    }),
+                    HARD_STATE_RECORD_LEN,
+                )
+            }
+            RECORD_TRUNCATE_SUFFIX | RECORD_RESET => {
+                if rest.len() < INDEX_RECORD_LEN {
+                    return malformed("truncated index record");
+                }
+                let value = le_u64(rest, 1);
+                let record = if rest[0] == RECORD_RESET {
+                    Record::Reset { next_index: value }
+                } else {
+                    Record::TruncateSuffix { from_index: value }
+                };
+                (record, INDEX_RECORD_LEN)
+            }
+            other => return malformed(&format!("unknown record type {other}")),
+        };
+        self.position = start + len;
+        Some(Ok(record))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_file_name_round_trips() {
+        let name = segment_file_name(7, 123_456);
+        assert_eq!(name, "00000000000000000007-00000000000000123456.wal");
+        assert_eq!(parse_segment_file_name(&name), Some((7, 123_456)));
+        assert_eq!(parse_segment_file_name("LOCK"), None);
+        assert_eq!(parse_segment_file_name("0007-0001.wal"), None);
+    }
+
+    #[test]
+    fn segment_header_rejects_any_single_bit_flip() {
+        let header = encode_segment_header(3, 99);
+        assert_eq!(
+            decode_segment_header(&header),
+            Ok(SegmentHeader {
+                segment_id: 3,
+                first_index: 99
+            })
+        );
+        for bit in 0..SEGMENT_HEADER_LEN * 8 {
+            let mut flipped = header;
+            flipped[bit / 8] ^= 1 << (bit % 8);
+            assert!(
+                decode_segment_header(&flipped).is_err(),
+                "bit {bit} flip accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn batch_round_trips_and_is_bound_to_its_segment() {
+        let mut body = Vec::new();
+        encode_hard_state(&mut body, HardState { term: 4, vote: 2 });
+        encode_entry(&mut body, 10, 4, 7, b"hello");
+        encode_truncate_suffix(&mut body, 10);
+        encode_reset(&mut body, 50);
+        let fields = BatchHeader {
+            body_len: body.len() as u32,
+            record_count: 4,
+            first_index: 10,
+            entry_count: 1,
+        };
+        let header = encode_batch_header(5, fields, &[&body]);
+        let mut file = header.to_vec();
+        file.extend_from_slice(&body);
+        file.extend_from_slice(&[0u8; 16]);
+        assert_eq!(probe_batch(5, &file, 0), BatchProbe::Valid(fields));
+        // Same bytes in another segment never validate.
+        assert!(matches!(probe_batch(6, &file, 0), BatchProbe::Invalid(_)));
+        let decoded: Vec<Record> = records(&body).collect::<Result<_, _>>().unwrap_or_default();
+        assert_eq!(
+            decoded,
+            vec![
+                Record::HardState(HardState { term: 4, vote: 2 }),
+                Record::Entry {
+                    index: 10,
+                    term: 4,
+                    kind: 7,
+                    payload_offset: 17 + 22,
+                    payload_len: 5
+                },
+                Record::TruncateSuffix { from_index: 10 },
+                Record::Reset { next_index: 50 },
+            ]
+        );
+        assert_eq!(probe_batch(5, &file, file.len() - 16), BatchProbe::CleanEnd);
+    }
+
+    #[test]
+    fn oversized_lengths_are_rejected_before_use() {
+        let mut body = Vec::new();
+        encode_entry(&mut body, 1, 1, 0, b"abc");
+        // Claim a payload far larger than the body.
+        body[2..6].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(records(&body).next(), Some(Err(_))));
+        let fields = BatchHeader {
+            body_len: u32::MAX,
+            record_count: 1,
+            first_index: 1,
+            entry_count: 1,
+        };
+        let header = encode_batch_header(
+            1,
+            BatchHeader {
+                body_len: 0,
+                ..fields
+            },
+            &[],
+        );
+        let mut file = header.to_vec();
+        file[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(probe_batch(1, &file, 0), BatchProbe::Invalid(_)));
+    }
+}

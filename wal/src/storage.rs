@@ -1,0 +1,749 @@
+//! The storage seam: a directory of files, real or simulated.
+//!
+//! Everything above this module (format, recovery, the synchronous core) talks to a
+//! [`Storage`], never to `std::fs`, so the deterministic Raft simulator can run the real
+//! WAL code over [`SimStorage`], a fault-injecting in-memory disk that keeps
+//! written-but-unsynced bytes apart from durable ones and can "crash".
+//!
+//! [`FsStorage`] is the production implementation: plain files, `pwritev`, `fdatasync`,
+//! `fallocate`, `flock` on a lock file, and read-only `mmap` views of sealed segments.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::ops::Deref;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+/// A read-only view of a whole file (a memory map on real files, a copy in the simulator).
+pub enum FileView {
+    /// A read-only memory map (sealed segments on [`FsStorage`]).
+    Mapped(memmap2::Mmap),
+    /// An owned snapshot of the bytes.
+    Owned(Bytes),
+}
+
+impl Deref for FileView {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            FileView::Mapped(map) => map,
+            FileView::Owned(bytes) => bytes,
+        }
+    }
+}
+
+/// One open file of a [`Storage`].
+pub trait StorageFile: Send + Sync {
+    /// The file's name inside its directory (for error messages).
+    fn name(&self) -> &str;
+    /// Current length in bytes (including preallocated space).
+    fn len_bytes(&self) -> io::Result<u64>;
+    /// Reads exactly `buf.len()` bytes at `offset`.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Writes all of `bufs`, back to back, starting at `offset` (vectored, short writes
+    /// are continued internally).
+    fn write_all_at(&self, bufs: &[&[u8]], offset: u64) -> io::Result<()>;
+    /// `fdatasync`: makes the written data (and the size needed to read it) durable.
+    fn sync_data(&self) -> io::Result<()>;
+    /// Sets the file length (zero-filling on growth).
+    fn set_len(&self, len_bytes: u64) -> io::Result<()>;
+    /// Reserves space up to `len_bytes` (`fallocate`), so later writes inside it need no
+    /// metadata update and cannot hit `ENOSPC` on ordinary file systems.
+    fn allocate(&self, len_bytes: u64) -> io::Result<()>;
+    /// A read-only view of the current contents.
+    fn view(&self) -> io::Result<FileView>;
+    /// The raw descriptor, if this is a real file (used by the io_uring backend).
+    fn raw_fd(&self) -> Option<RawFd>;
+}
+
+/// Held while a directory is open; dropping it releases the lock.
+pub struct DirLock {
+    _guard: Box<dyn Send + Sync>,
+}
+
+/// A directory of files.
+pub trait Storage: Send + Sync + 'static {
+    /// Human-readable location (for errors).
+    fn describe(&self) -> String;
+    /// Names of the files in the directory.
+    fn list(&self) -> io::Result<Vec<String>>;
+    /// Creates a new, empty file; fails if it exists.
+    fn create(&self, name: &str) -> io::Result<Arc<dyn StorageFile>>;
+    /// Opens an existing file for reading and writing.
+    fn open(&self, name: &str) -> io::Result<Arc<dyn StorageFile>>;
+    /// Removes a file (durable only after [`Storage::sync_dir`]).
+    fn remove(&self, name: &str) -> io::Result<()>;
+    /// Renames a file (durable only after [`Storage::sync_dir`]).
+    fn rename(&self, from: &str, to: &str) -> io::Result<()>;
+    /// Makes creations, renames and removals durable (fsync of the directory).
+    fn sync_dir(&self) -> io::Result<()>;
+    /// Takes the exclusive directory lock; fails with `WouldBlock` if it is held.
+    fn lock(&self) -> io::Result<DirLock>;
+}
+
+// ---------------------------------------------------------------------------------------
+// Real files
+// ---------------------------------------------------------------------------------------
+
+/// Name of the lock file inside a WAL directory.
+pub const LOCK_FILE_NAME: &str = "LOCK";
+
+/// [`Storage`] over a real directory.
+#[derive(Clone, Debug)]
+pub struct FsStorage {
+    dir: PathBuf,
+}
+
+impl FsStorage {
+    /// Uses `dir`, creating it if needed.
+    pub fn new(dir: impl AsRef<Path>) -> io::Result<Self> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir)?;
+        Ok(FsStorage { dir })
+    }
+
+    /// The directory path.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+struct FsFile {
+    name: String,
+    file: File,
+}
+
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+impl StorageFile for FsFile {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn len_bytes(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+
+    fn write_all_at(&self, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
+        pwritev_all(self.file.as_raw_fd(), bufs, offset)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn set_len(&self, len_bytes: u64) -> io::Result<()> {
+        self.file.set_len(len_bytes)
+    }
+
+    fn allocate(&self, len_bytes: u64) -> io::Result<()> {
+        let len = libc::off_t::try_from(len_bytes)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "allocation too large"))?;
+        // SAFETY: plain syscall on a descriptor we own; no memory is passed.
+        let ret = unsafe { libc::fallocate(self.file.as_raw_fd(), 0, 0, len) };
+        match cvt(ret) {
+            Ok(_) => Ok(()),
+            Err(err) if err.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                // File systems without fallocate: fall back to a sparse file of the size.
+                tracing::debug!(file = %self.name, "fallocate unsupported; using set_len");
+                if self.len_bytes()? < len_bytes {
+                    self.file.set_len(len_bytes)?;
+                }
+                Ok(())
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    fn view(&self) -> io::Result<FileView> {
+        // SAFETY: the WAL only maps sealed segments, which are never written again while
+        // mapped (new data goes to the active segment; deletion unlinks the name but the
+        // mapping keeps the pages). Recovery maps the active segment before any writes.
+        let map = unsafe { memmap2::Mmap::map(&self.file)? };
+        Ok(FileView::Mapped(map))
+    }
+
+    fn raw_fd(&self) -> Option<RawFd> {
+        Some(self.file.as_raw_fd())
+    }
+}
+
+/// `pwritev` until every byte of `bufs` is written at `offset`.
+pub fn pwritev_all(fd: RawFd, bufs: &[&[u8]], mut offset: u64) -> io::Result<()> {
+    let mut slices: Vec<&[u8]> = bufs.iter().copied().filter(|b| !b.is_empty()).collect();
+    let mut first = 0usize;
+    while first < slices.len() {
+        let iovecs: Vec<libc::iovec> = slices[first..]
+            .iter()
+            .take(libc::UIO_MAXIOV as usize)
+            .map(|s| libc::iovec {
+                iov_base: s.as_ptr() as *mut libc::c_void,
+                iov_len: s.len(),
+            })
+            .collect();
+        let off = libc::off_t::try_from(offset)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))?;
+        // SAFETY: every iovec points into a slice borrowed for the duration of the call.
+        let ret = unsafe { libc::pwritev(fd, iovecs.as_ptr(), iovecs.len() as libc::c_int, off) };
+        if ret < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        let mut written = ret as usize;
+        if written == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "pwritev wrote 0 bytes",
+            ));
+        }
+        offset += written as u64;
+        while written > 0 {
+            let head = slices[first];
+            if written >= head.len() {
+                written -= head.len();
+                first += 1;
+            } else {
+                slices[first] = &head[written..];
+                written = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Storage for FsStorage {
+    fn describe(&self) -> String {
+        self.dir.display().to_string()
+    }
+
+    fn list(&self) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            if let Some(name) = entry.file_name().to_str() {
+                names.push(name.to_string());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn create(&self, name: &str) -> io::Result<Arc<dyn StorageFile>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(self.dir.join(name))?;
+        Ok(Arc::new(FsFile {
+            name: name.to_string(),
+            file,
+        }))
+    }
+
+    fn open(&self, name: &str) -> io::Result<Arc<dyn StorageFile>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(self.dir.join(name))?;
+        Ok(Arc::new(FsFile {
+            name: name.to_string(),
+            file,
+        }))
+    }
+
+    fn remove(&self, name: &str) -> io::Result<()> {
+        std::fs::remove_file(self.dir.join(name))
+    }
+
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        std::fs::rename(self.dir.join(from), self.dir.join(to))
+    }
+
+    fn sync_dir(&self) -> io::Result<()> {
+        File::open(&self.dir)?.sync_all()
+    }
+
+    fn lock(&self) -> io::Result<DirLock> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(self.dir.join(LOCK_FILE_NAME))?;
+        // SAFETY: plain syscall on a descriptor we own. flock locks belong to the open
+        // file description, so a second open in this process is refused as well.
+        let ret = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        cvt(ret)?;
+        Ok(DirLock {
+            _guard: Box::new(file),
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Simulated disk
+// ---------------------------------------------------------------------------------------
+
+/// How a simulated crash treats bytes written since the last sync.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tear {
+    /// Every unsynced byte is lost.
+    DiscardUnsynced,
+    /// The first `n` unsynced bytes, in write order, survive (the last kept write is cut
+    /// at an arbitrary byte); the rest is lost.
+    KeepUnsyncedBytes(u64),
+    /// Like `KeepUnsyncedBytes`, with the count drawn from this seed (reproducible).
+    Seeded(u64),
+}
+
+#[derive(Default)]
+struct SimInode {
+    /// What reads see now.
+    current: Vec<u8>,
+    /// What survives a crash.
+    durable: Vec<u8>,
+}
+
+/// One unsynced modification, in global write order.
+struct UnsyncedRange {
+    inode: u64,
+    offset: u64,
+    len: u64,
+}
+
+#[derive(Default)]
+struct SimState {
+    inodes: HashMap<u64, SimInode>,
+    next_inode: u64,
+    /// Directory as processes see it now.
+    dir: BTreeMap<String, u64>,
+    /// Directory as it survives a crash (after the last `sync_dir`).
+    durable_dir: BTreeMap<String, u64>,
+    /// Unsynced byte ranges in write order (for sync and for tearing).
+    unsynced: Vec<UnsyncedRange>,
+    /// Incremented by every crash; handles of older boots refuse all work.
+    boot: u64,
+    /// Lock generation held, if any.
+    lock_holder: Option<u64>,
+    next_lock_generation: u64,
+    fail_next_syncs: u32,
+    fail_next_writes: u32,
+    space_limit_bytes: Option<u64>,
+    write_calls: u64,
+    sync_calls: u64,
+    bytes_written: u64,
+}
+
+/// A deterministic, fault-injecting in-memory disk. Cloning yields another handle to the
+/// same disk, so a test keeps one, crashes it and reopens the WAL on it.
+#[derive(Clone, Default)]
+pub struct SimStorage {
+    state: Arc<Mutex<SimState>>,
+}
+
+fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+fn stale_handle() -> io::Error {
+    io::Error::other("simulated disk crashed: this handle belongs to a dead process")
+}
+
+impl SimState {
+    fn used_bytes(&self) -> u64 {
+        self.dir
+            .values()
+            .filter_map(|ino| self.inodes.get(ino))
+            .map(|inode| inode.current.len() as u64)
+            .sum()
+    }
+
+    fn check_space(&self, inode: u64, new_len: u64) -> io::Result<()> {
+        if let Some(limit) = self.space_limit_bytes {
+            let old_len = self
+                .inodes
+                .get(&inode)
+                .map_or(0, |i| i.current.len() as u64);
+            if new_len > old_len && self.used_bytes() + (new_len - old_len) > limit {
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+        }
+        Ok(())
+    }
+
+    fn sync_inode(&mut self, inode_id: u64) {
+        let Some(inode) = self.inodes.get_mut(&inode_id) else {
+            return;
+        };
+        for range in self.unsynced.iter().filter(|r| r.inode == inode_id) {
+            copy_range(&inode.current, &mut inode.durable, range.offset, range.len);
+        }
+        inode.durable.resize(inode.current.len(), 0);
+        self.unsynced.retain(|r| r.inode != inode_id);
+    }
+}
+
+/// Copies `current[offset..offset+len]` into `durable`, growing it as needed.
+fn copy_range(current: &[u8], durable: &mut Vec<u8>, offset: u64, len: u64) {
+    let start = offset as usize;
+    let end = ((offset + len) as usize).min(current.len());
+    if start >= end {
+        return;
+    }
+    if durable.len() < end {
+        durable.resize(end, 0);
+    }
+    durable[start..end].copy_from_slice(&current[start..end]);
+}
+
+impl SimStorage {
+    /// A new, empty disk.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Simulates a power loss: unsynced directory changes revert, unsynced bytes are
+    /// lost except what `tear` keeps, handles of the old "process" stop working and the
+    /// directory lock is released.
+    pub fn crash(&self, tear: Tear) {
+        let mut state = self.state.lock();
+        let unsynced_total: u64 = state.unsynced.iter().map(|r| r.len).sum();
+        let mut keep_bytes = match tear {
+            Tear::DiscardUnsynced => 0,
+            Tear::KeepUnsyncedBytes(n) => n.min(unsynced_total),
+            Tear::Seeded(seed) => splitmix64(seed) % (unsynced_total + 1),
+        };
+        let ranges = std::mem::take(&mut state.unsynced);
+        for range in ranges {
+            if keep_bytes == 0 {
+                break;
+            }
+            let kept = range.len.min(keep_bytes);
+            keep_bytes -= kept;
+            if let Some(inode) = state.inodes.get_mut(&range.inode) {
+                let SimInode { current, durable } = inode;
+                copy_range(current, durable, range.offset, kept);
+            }
+        }
+        state.dir = state.durable_dir.clone();
+        let live: std::collections::HashSet<u64> = state.dir.values().copied().collect();
+        state.inodes.retain(|id, _| live.contains(id));
+        for inode in state.inodes.values_mut() {
+            inode.current = inode.durable.clone();
+        }
+        state.boot += 1;
+        state.lock_holder = None;
+    }
+
+    /// The next `n` `sync_data` calls fail with `EIO` (their data stays unsynced).
+    pub fn fail_next_syncs(&self, n: u32) {
+        self.state.lock().fail_next_syncs = n;
+    }
+
+    /// The next `n` writes fail with `EIO` without writing anything.
+    pub fn fail_next_writes(&self, n: u32) {
+        self.state.lock().fail_next_writes = n;
+    }
+
+    /// Writes or allocations that would grow the disk beyond `limit_bytes` fail with
+    /// `ENOSPC` (`None` removes the limit).
+    pub fn set_space_limit(&self, limit_bytes: Option<u64>) {
+        self.state.lock().space_limit_bytes = limit_bytes;
+    }
+
+    /// Bytes currently used by files in the directory.
+    pub fn used_bytes(&self) -> u64 {
+        self.state.lock().used_bytes()
+    }
+
+    /// Number of write calls so far (successful or not).
+    pub fn write_calls(&self) -> u64 {
+        self.state.lock().write_calls
+    }
+
+    /// Number of `sync_data` calls so far (successful or not).
+    pub fn sync_calls(&self) -> u64 {
+        self.state.lock().sync_calls
+    }
+
+    /// Total bytes written.
+    pub fn bytes_written(&self) -> u64 {
+        self.state.lock().bytes_written
+    }
+
+    /// Unsynced bytes pending (what a crash may lose).
+    pub fn unsynced_bytes(&self) -> u64 {
+        self.state.lock().unsynced.iter().map(|r| r.len).sum()
+    }
+
+    /// The current contents of a file (test helper).
+    pub fn file_contents(&self, name: &str) -> Option<Vec<u8>> {
+        let state = self.state.lock();
+        let ino = state.dir.get(name)?;
+        state.inodes.get(ino).map(|i| i.current.clone())
+    }
+
+    /// Overwrites bytes of a file durably, as bit rot or a misdirected write would
+    /// (test helper for corruption scenarios).
+    pub fn corrupt(&self, name: &str, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        let mut state = self.state.lock();
+        let ino = *state
+            .dir
+            .get(name)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        let inode = state.inodes.get_mut(&ino).ok_or_else(stale_handle)?;
+        let end = offset as usize + bytes.len();
+        for buf in [&mut inode.current, &mut inode.durable] {
+            if buf.len() < end {
+                buf.resize(end, 0);
+            }
+            buf[offset as usize..end].copy_from_slice(bytes);
+        }
+        Ok(())
+    }
+
+    fn handle(&self, name: &str, inode: u64, boot: u64) -> Arc<dyn StorageFile> {
+        Arc::new(SimFile {
+            storage: self.clone(),
+            name: name.to_string(),
+            inode,
+            boot,
+        })
+    }
+}
+
+struct SimFile {
+    storage: SimStorage,
+    name: String,
+    inode: u64,
+    boot: u64,
+}
+
+impl SimFile {
+    fn with_state<T>(&self, f: impl FnOnce(&mut SimState) -> io::Result<T>) -> io::Result<T> {
+        let mut state = self.storage.state.lock();
+        if state.boot != self.boot {
+            return Err(stale_handle());
+        }
+        f(&mut state)
+    }
+}
+
+impl StorageFile for SimFile {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn len_bytes(&self) -> io::Result<u64> {
+        self.with_state(|s| {
+            Ok(s.inodes
+                .get(&self.inode)
+                .ok_or_else(stale_handle)?
+                .current
+                .len() as u64)
+        })
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.with_state(|s| {
+            let inode = s.inodes.get(&self.inode).ok_or_else(stale_handle)?;
+            let start = usize::try_from(offset)
+                .map_err(|_| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+            let end = start + buf.len();
+            if end > inode.current.len() {
+                return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+            }
+            buf.copy_from_slice(&inode.current[start..end]);
+            Ok(())
+        })
+    }
+
+    fn write_all_at(&self, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
+        self.with_state(|s| {
+            s.write_calls += 1;
+            if s.fail_next_writes > 0 {
+                s.fail_next_writes -= 1;
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+            let total: u64 = bufs.iter().map(|b| b.len() as u64).sum();
+            let end = offset + total;
+            s.check_space(self.inode, end)?;
+            let inode = s.inodes.get_mut(&self.inode).ok_or_else(stale_handle)?;
+            if (inode.current.len() as u64) < end {
+                inode.current.resize(end as usize, 0);
+            }
+            let mut pos = offset as usize;
+            for buf in bufs {
+                inode.current[pos..pos + buf.len()].copy_from_slice(buf);
+                pos += buf.len();
+            }
+            s.bytes_written += total;
+            s.unsynced.push(UnsyncedRange {
+                inode: self.inode,
+                offset,
+                len: total,
+            });
+            Ok(())
+        })
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.with_state(|s| {
+            s.sync_calls += 1;
+            if s.fail_next_syncs > 0 {
+                s.fail_next_syncs -= 1;
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+            s.sync_inode(self.inode);
+            Ok(())
+        })
+    }
+
+    fn set_len(&self, len_bytes: u64) -> io::Result<()> {
+        self.with_state(|s| {
+            s.check_space(self.inode, len_bytes)?;
+            let inode = s.inodes.get_mut(&self.inode).ok_or_else(stale_handle)?;
+            let old_len = inode.current.len() as u64;
+            inode.current.resize(len_bytes as usize, 0);
+            let (lo, hi) = (old_len.min(len_bytes), old_len.max(len_bytes));
+            s.unsynced.push(UnsyncedRange {
+                inode: self.inode,
+                offset: lo,
+                len: hi - lo,
+            });
+            Ok(())
+        })
+    }
+
+    fn allocate(&self, len_bytes: u64) -> io::Result<()> {
+        if self.len_bytes()? < len_bytes {
+            self.set_len(len_bytes)?;
+        }
+        Ok(())
+    }
+
+    fn view(&self) -> io::Result<FileView> {
+        self.with_state(|s| {
+            let inode = s.inodes.get(&self.inode).ok_or_else(stale_handle)?;
+            Ok(FileView::Owned(Bytes::copy_from_slice(&inode.current)))
+        })
+    }
+
+    fn raw_fd(&self) -> Option<RawFd> {
+        None
+    }
+}
+
+struct SimLockGuard {
+    storage: SimStorage,
+    generation: u64,
+}
+
+impl Drop for SimLockGuard {
+    fn drop(&mut self) {
+        let mut state = self.storage.state.lock();
+        if state.lock_holder == Some(self.generation) {
+            state.lock_holder = None;
+        }
+    }
+}
+
+impl Storage for SimStorage {
+    fn describe(&self) -> String {
+        "sim:".to_string()
+    }
+
+    fn list(&self) -> io::Result<Vec<String>> {
+        Ok(self.state.lock().dir.keys().cloned().collect())
+    }
+
+    fn create(&self, name: &str) -> io::Result<Arc<dyn StorageFile>> {
+        let (inode, boot) = {
+            let mut state = self.state.lock();
+            if state.dir.contains_key(name) {
+                return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+            }
+            let inode = state.next_inode;
+            state.next_inode += 1;
+            state.inodes.insert(inode, SimInode::default());
+            state.dir.insert(name.to_string(), inode);
+            (inode, state.boot)
+        };
+        Ok(self.handle(name, inode, boot))
+    }
+
+    fn open(&self, name: &str) -> io::Result<Arc<dyn StorageFile>> {
+        let (inode, boot) = {
+            let state = self.state.lock();
+            let inode = *state
+                .dir
+                .get(name)
+                .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+            (inode, state.boot)
+        };
+        Ok(self.handle(name, inode, boot))
+    }
+
+    fn remove(&self, name: &str) -> io::Result<()> {
+        let mut state = self.state.lock();
+        state
+            .dir
+            .remove(name)
+            .map(|_| ())
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
+    }
+
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        let mut state = self.state.lock();
+        let inode = state
+            .dir
+            .remove(from)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        state.dir.insert(to.to_string(), inode);
+        Ok(())
+    }
+
+    fn sync_dir(&self) -> io::Result<()> {
+        let mut state = self.state.lock();
+        state.durable_dir = state.dir.clone();
+        Ok(())
+    }
+
+    fn lock(&self) -> io::Result<DirLock> {
+        let mut state = self.state.lock();
+        if state.lock_holder.is_some() {
+            return Err(io::Error::from(io::ErrorKind::WouldBlock));
+        }
+        let generation = state.next_lock_generation;
+        state.next_lock_generation += 1;
+        state.lock_holder = Some(generation);
+        Ok(DirLock {
+            _guard: Box::new(SimLockGuard {
+                storage: self.clone(),
+                generation,
+            }),
+        })
+    }
+}

@@ -1,0 +1,762 @@
+//! Group commit: a thread-safe [`Wal`] handle over [`WalCore`].
+//!
+//! Appenders validate against a queue-side view of the log tail, encode their records
+//! straight into one shared pending buffer (bounded in bytes and entries: appenders block
+//! when it is full) and get a [`Ticket`]. One writer thread swaps the buffer out (double
+//! buffering), stages it in the core as ONE batch, and issues one write and one
+//! `fdatasync` through the [`IoBackend`]; then it publishes the durable index, wakes the
+//! waiters and notifies the optional subscriber. The writer never sleeps while something
+//! is pending: the next batch is whatever queued during the previous fsync.
+//!
+//! Lock order (never taken in the other direction): queue → core, queue → durable.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use bytes::Bytes;
+use parking_lot::{Condvar, Mutex};
+
+use crate::backend::{make_backend, Backend, IoBackend};
+use crate::core::{Entry, RecoveryReport, WalCore, WalOptions};
+use crate::error::{Result, WalError};
+use crate::format::{self, HardState, ENTRY_RECORD_HEADER_LEN};
+use crate::storage::{FsStorage, Storage};
+
+/// Options of the group-commit WAL.
+#[derive(Clone, Debug)]
+pub struct GroupCommitOptions {
+    /// Options of the underlying log.
+    pub wal: WalOptions,
+    /// I/O backend for the writer.
+    pub backend: Backend,
+    /// Bound on encoded bytes waiting for the writer (appenders block beyond it).
+    /// Clamped to the largest batch a segment can hold.
+    pub max_pending_bytes: usize,
+    /// Bound on entries waiting for the writer.
+    pub max_pending_entries: usize,
+    /// Receives every newly published durable index (use an unbounded channel, or one
+    /// that is drained promptly: the writer blocks on a full channel).
+    pub durable_subscriber: Option<crossbeam_channel::Sender<u64>>,
+}
+
+impl Default for GroupCommitOptions {
+    fn default() -> Self {
+        GroupCommitOptions {
+            wal: WalOptions::default(),
+            backend: Backend::Auto,
+            max_pending_bytes: 8 << 20,
+            max_pending_entries: 64 * 1024,
+            durable_subscriber: None,
+        }
+    }
+}
+
+/// Number of fsync latency buckets: bucket `i` counts latencies in `[2^(i-1), 2^i)` µs.
+pub const FSYNC_HISTOGRAM_BUCKETS: usize = 32;
+
+/// Writer statistics (cheap atomics).
+#[derive(Default)]
+pub struct WalStats {
+    batches: AtomicU64,
+    entries: AtomicU64,
+    bytes: AtomicU64,
+    fsync_total_us: AtomicU64,
+    fsync_max_us: AtomicU64,
+    fsync_histogram: [AtomicU64; FSYNC_HISTOGRAM_BUCKETS],
+}
+
+/// A copy of [`WalStats`] at one moment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WalStatsSnapshot {
+    /// Batches written = fsyncs issued by the writer.
+    pub batches: u64,
+    pub entries: u64,
+    /// Bytes written (batch headers and bodies).
+    pub bytes: u64,
+    pub fsync_total_us: u64,
+    pub fsync_max_us: u64,
+    pub fsync_histogram: Vec<u64>,
+}
+
+impl WalStatsSnapshot {
+    /// Mean entries per fsync.
+    pub fn entries_per_fsync(&self) -> f64 {
+        self.entries as f64 / self.batches.max(1) as f64
+    }
+    /// Mean bytes per fsync.
+    pub fn bytes_per_fsync(&self) -> f64 {
+        self.bytes as f64 / self.batches.max(1) as f64
+    }
+    /// Upper bound (µs) of the histogram bucket holding quantile `q` (0..=1) of the
+    /// write+fsync latency.
+    pub fn fsync_quantile_upper_us(&self, q: f64) -> u64 {
+        let total: u64 = self.fsync_histogram.iter().sum();
+        let target = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (bucket, count) in self.fsync_histogram.iter().enumerate() {
+            seen += count;
+            if seen >= target {
+                return 1u64 << bucket;
+            }
+        }
+        0
+    }
+}
+
+impl WalStats {
+    fn record_batch(&self, entries: u64, bytes: u64, latency_us: u64) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.entries.fetch_add(entries, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.fsync_total_us.fetch_add(latency_us, Ordering::Relaxed);
+        self.fsync_max_us.fetch_max(latency_us, Ordering::Relaxed);
+        let bucket = (64 - latency_us.leading_zeros() as usize).min(FSYNC_HISTOGRAM_BUCKETS - 1);
+        self.fsync_histogram[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Copies the counters.
+    pub fn snapshot(&self) -> WalStatsSnapshot {
+        WalStatsSnapshot {
+            batches: self.batches.load(Ordering::Relaxed),
+            entries: self.entries.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            fsync_total_us: self.fsync_total_us.load(Ordering::Relaxed),
+            fsync_max_us: self.fsync_max_us.load(Ordering::Relaxed),
+            fsync_histogram: self
+                .fsync_histogram
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .collect(),
+        }
+    }
+}
+
+/// The queue-side view of the log tail and the pending batch body.
+struct Queue {
+    /// Encoded records waiting for the writer (one future batch body).
+    body: Vec<u8>,
+    pending_entries: usize,
+    /// Index the next entry gets. Invariant: `next_index == last queued index + 1`.
+    next_index: u64,
+    /// Term of the entry `next_index - 1`, if known (`None` when the log is empty).
+    last_term: Option<u64>,
+    /// Lower bound for truncation (the log's first index as far as the queue knows).
+    first_index: u64,
+    /// Terms of the pending entries `pending_first_index..next_index`.
+    pending_terms: VecDeque<u64>,
+    pending_first_index: u64,
+    hard_state: HardState,
+    /// Sequence number of the next queued operation.
+    next_seq: u64,
+    writer_idle: bool,
+    shutdown: bool,
+    failure: Option<WalError>,
+}
+
+struct DurableState {
+    durable_index: u64,
+    /// Sequence numbers of operations made durable so far (all ops `< durable_seq`).
+    durable_seq: u64,
+    /// (seq, from_index) of every queued truncation/reset: a ticket whose entries were
+    /// truncated by a later operation resolves with `Truncated`.
+    truncations: Vec<(u64, u64)>,
+    failure: Option<WalError>,
+    shutdown: bool,
+}
+
+struct Shared<S: Storage> {
+    queue: Mutex<Queue>,
+    work_ready: Condvar,
+    space_ready: Condvar,
+    core: Mutex<WalCore<S>>,
+    durable: Mutex<DurableState>,
+    durable_changed: Condvar,
+    durable_index: AtomicU64,
+    stats: WalStats,
+    max_pending_bytes: usize,
+    max_pending_entries: usize,
+    max_entry_size_bytes: u64,
+    subscriber: Option<crossbeam_channel::Sender<u64>>,
+    backend_name: &'static str,
+    recovery_report: RecoveryReport,
+}
+
+struct Inner<S: Storage> {
+    shared: Arc<Shared<S>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl<S: Storage> Drop for Inner<S> {
+    fn drop(&mut self) {
+        {
+            let mut queue = self.shared.queue.lock();
+            queue.shutdown = true;
+        }
+        self.shared.work_ready.notify_all();
+        if let Some(handle) = self.writer.lock().take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Thread-safe group-commit WAL handle (cheap to clone).
+pub struct Wal<S: Storage = FsStorage> {
+    inner: Arc<Inner<S>>,
+}
+
+impl<S: Storage> Clone for Wal<S> {
+    fn clone(&self) -> Self {
+        Wal {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+/// Resolves when the operation's entries are durable.
+pub struct Ticket<S: Storage = FsStorage> {
+    shared: Arc<Shared<S>>,
+    /// Durable once the durable index reaches this.
+    last_index: u64,
+    /// Sequence number of the operation (for truncation checks).
+    seq: u64,
+}
+
+impl<S: Storage> Ticket<S> {
+    /// The last index covered by this ticket.
+    pub fn last_index(&self) -> u64 {
+        self.last_index
+    }
+
+    /// True if the ticket would resolve without blocking.
+    pub fn is_ready(&self) -> bool {
+        let durable = self.shared.durable.lock();
+        durable.durable_seq > self.seq || durable.failure.is_some() || durable.shutdown
+    }
+
+    /// Blocks until the entries are durable; returns the durable index.
+    pub fn wait(self) -> Result<u64> {
+        let mut durable = self.shared.durable.lock();
+        loop {
+            if let Some(err) = &durable.failure {
+                return Err(err.clone());
+            }
+            if durable.durable_seq > self.seq {
+                let truncated = durable
+                    .truncations
+                    .iter()
+                    .any(|&(seq, from)| seq > self.seq && from <= self.last_index);
+                if truncated {
+                    return Err(WalError::Truncated {
+                        index: self.last_index,
+                    });
+                }
+                return Ok(durable.durable_index);
+            }
+            if durable.shutdown {
+                return Err(WalError::Shutdown);
+            }
+            self.shared.durable_changed.wait(&mut durable);
+        }
+    }
+}
+
+impl Wal<FsStorage> {
+    /// Opens (recovering) the WAL in `dir` and starts the writer thread.
+    pub fn open(dir: impl AsRef<Path>, options: GroupCommitOptions) -> Result<Self> {
+        let dir = dir.as_ref();
+        let storage = FsStorage::new(dir)
+            .map_err(|e| WalError::io("create dir", dir.display().to_string(), e))?;
+        Self::open_on(storage, options)
+    }
+}
+
+impl<S: Storage> Wal<S> {
+    /// Opens the WAL on any storage and starts the writer thread.
+    pub fn open_on(storage: S, options: GroupCommitOptions) -> Result<Self> {
+        let core = WalCore::open(storage, options.wal.clone())?;
+        let backend = make_backend(options.backend)
+            .map_err(|e| WalError::io("create io_uring", "backend", e))?;
+        let max_batch = core.options().max_batch_body_bytes() as usize;
+        let next_index = core.last_index() + 1;
+        let queue = Queue {
+            body: Vec::new(),
+            pending_entries: 0,
+            next_index,
+            last_term: core.last_term(),
+            first_index: core.first_index(),
+            pending_terms: VecDeque::new(),
+            pending_first_index: next_index,
+            hard_state: core.hard_state(),
+            next_seq: 0,
+            writer_idle: false,
+            shutdown: false,
+            failure: None,
+        };
+        let durable_index = core.durable_index();
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(queue),
+            work_ready: Condvar::new(),
+            space_ready: Condvar::new(),
+            durable: Mutex::new(DurableState {
+                durable_index,
+                durable_seq: 0,
+                truncations: Vec::new(),
+                failure: None,
+                shutdown: false,
+            }),
+            durable_changed: Condvar::new(),
+            durable_index: AtomicU64::new(durable_index),
+            stats: WalStats::default(),
+            max_pending_bytes: options.max_pending_bytes.clamp(1, max_batch),
+            max_pending_entries: options.max_pending_entries.max(1),
+            max_entry_size_bytes: core.options().max_entry_size_bytes,
+            subscriber: options.durable_subscriber.clone(),
+            backend_name: backend.name(),
+            recovery_report: core.recovery_report().clone(),
+            core: Mutex::new(core),
+        });
+        let writer_shared = Arc::clone(&shared);
+        let writer = std::thread::Builder::new()
+            .name("tally-wal-writer".into())
+            .spawn(move || writer_loop(writer_shared, backend))
+            .map_err(|e| WalError::io("spawn writer thread", "tally-wal-writer", e))?;
+        Ok(Wal {
+            inner: Arc::new(Inner {
+                shared,
+                writer: Mutex::new(Some(writer)),
+            }),
+        })
+    }
+
+    fn shared(&self) -> &Shared<S> {
+        &self.inner.shared
+    }
+
+    /// Name of the I/O backend in use ("uring" or "sync").
+    pub fn backend_name(&self) -> &'static str {
+        self.shared().backend_name
+    }
+
+    /// What recovery found when the WAL was opened.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.shared().recovery_report
+    }
+
+    /// Writer statistics.
+    pub fn stats(&self) -> WalStatsSnapshot {
+        self.shared().stats.snapshot()
+    }
+
+    /// Highest durable index.
+    pub fn durable_index(&self) -> u64 {
+        self.shared().durable_index.load(Ordering::Acquire)
+    }
+
+    /// Last queued index (may not be durable yet).
+    pub fn last_index(&self) -> u64 {
+        self.shared().queue.lock().next_index - 1
+    }
+
+    /// First index of the log.
+    pub fn first_index(&self) -> u64 {
+        self.shared().core.lock().first_index()
+    }
+
+    /// Durable hard state.
+    pub fn durable_hard_state(&self) -> HardState {
+        self.shared().core.lock().durable_hard_state()
+    }
+
+    /// Reads a written entry (entries still queued for the writer are not readable).
+    pub fn read(&self, index: u64) -> Result<Entry> {
+        self.shared().core.lock().read(index)
+    }
+
+    /// Reads written entries in `range`.
+    pub fn read_range(&self, range: std::ops::Range<u64>) -> Result<Vec<Entry>> {
+        self.shared().core.lock().read_range(range)
+    }
+
+    /// Term of a written entry.
+    pub fn term_at(&self, index: u64) -> Result<u64> {
+        self.shared().core.lock().term_at(index)
+    }
+
+    /// Blocks until `index` is durable (or the WAL failed).
+    pub fn wait_durable(&self, index: u64) -> Result<u64> {
+        let shared = self.shared();
+        let mut durable = shared.durable.lock();
+        loop {
+            if let Some(err) = &durable.failure {
+                return Err(err.clone());
+            }
+            if durable.durable_index >= index {
+                return Ok(durable.durable_index);
+            }
+            if durable.shutdown {
+                return Err(WalError::Shutdown);
+            }
+            shared.durable_changed.wait(&mut durable);
+        }
+    }
+
+    fn ticket(&self, last_index: u64, seq: u64) -> Ticket<S> {
+        Ticket {
+            shared: Arc::clone(&self.inner.shared),
+            last_index,
+            seq,
+        }
+    }
+
+    /// Locks the queue once the pending buffer has room for `bytes`/`entries` (or is
+    /// empty), failing if the WAL failed or shut down.
+    fn lock_queue_with_room(
+        &self,
+        bytes: usize,
+        entries: usize,
+    ) -> Result<parking_lot::MutexGuard<'_, Queue>> {
+        let shared = self.shared();
+        let mut queue = shared.queue.lock();
+        loop {
+            if let Some(err) = &queue.failure {
+                return Err(err.clone());
+            }
+            if queue.shutdown {
+                return Err(WalError::Shutdown);
+            }
+            let fits = queue.body.len() + bytes <= shared.max_pending_bytes
+                && queue.pending_entries + entries <= shared.max_pending_entries;
+            if fits || queue.body.is_empty() {
+                return Ok(queue);
+            }
+            shared.space_ready.wait(&mut queue);
+        }
+    }
+
+    fn finish_enqueue(&self, mut queue: parking_lot::MutexGuard<'_, Queue>) -> u64 {
+        let seq = queue.next_seq;
+        queue.next_seq += 1;
+        let wake = queue.writer_idle;
+        drop(queue);
+        if wake {
+            self.shared().work_ready.notify_one();
+        }
+        seq
+    }
+
+    fn check_batch_size(&self, first_index: u64, encoded_bytes: usize) -> Result<()> {
+        let limit = self
+            .shared()
+            .max_pending_bytes
+            .max(self.shared().max_entry_size_bytes as usize + ENTRY_RECORD_HEADER_LEN);
+        if encoded_bytes > limit {
+            return Err(WalError::EntryTooLarge {
+                index: first_index,
+                size_bytes: encoded_bytes as u64,
+                max_bytes: limit as u64,
+            });
+        }
+        Ok(())
+    }
+
+    /// Appends entries with WAL-assigned indexes (all with `term` and `kind`).
+    pub fn append_assign(&self, term: u64, kind: u8, payloads: &[Bytes]) -> Result<Ticket<S>> {
+        let encoded: usize = payloads
+            .iter()
+            .map(|p| ENTRY_RECORD_HEADER_LEN + p.len())
+            .sum();
+        let mut queue = self.lock_queue_with_room(encoded, payloads.len())?;
+        let first = queue.next_index;
+        for (offset, payload) in payloads.iter().enumerate() {
+            if payload.len() as u64 > self.shared().max_entry_size_bytes {
+                return Err(WalError::EntryTooLarge {
+                    index: first + offset as u64,
+                    size_bytes: payload.len() as u64,
+                    max_bytes: self.shared().max_entry_size_bytes,
+                });
+            }
+        }
+        self.check_batch_size(first, encoded)?;
+        if let Some(previous) = queue.last_term {
+            if term < previous {
+                return Err(WalError::OutOfOrder {
+                    index: first,
+                    reason: format!("term {term} is below the previous entry's term {previous}"),
+                });
+            }
+        }
+        for payload in payloads {
+            let index = queue.next_index;
+            format::encode_entry(&mut queue.body, index, term, kind, payload);
+            queue.pending_terms.push_back(term);
+            queue.next_index += 1;
+        }
+        queue.pending_entries += payloads.len();
+        if !payloads.is_empty() {
+            queue.last_term = Some(term);
+        }
+        let last_index = queue.next_index - 1;
+        let seq = self.finish_enqueue(queue);
+        Ok(self.ticket(last_index, seq))
+    }
+
+    /// Appends caller-indexed entries (the Raft runtime): `entries[0].index` must follow
+    /// the last queued index, indexes contiguous, terms non-decreasing.
+    pub fn append(&self, entries: &[Entry]) -> Result<Ticket<S>> {
+        let encoded: usize = entries
+            .iter()
+            .map(|e| ENTRY_RECORD_HEADER_LEN + e.payload.len())
+            .sum();
+        let mut queue = self.lock_queue_with_room(encoded, entries.len())?;
+        let mut expected = queue.next_index;
+        let mut previous_term = queue.last_term;
+        for (position, entry) in entries.iter().enumerate() {
+            if entry.index != expected {
+                return Err(if position == 0 {
+                    WalError::IndexGap {
+                        expected,
+                        got: entry.index,
+                    }
+                } else {
+                    WalError::OutOfOrder {
+                        index: entry.index,
+                        reason: format!("expected index {expected} (entries must be contiguous)"),
+                    }
+                });
+            }
+            if previous_term.is_some_and(|previous| entry.term < previous) {
+                return Err(WalError::OutOfOrder {
+                    index: entry.index,
+                    reason: format!(
+                        "term {} is below the previous entry's term {}",
+                        entry.term,
+                        previous_term.unwrap_or(0)
+                    ),
+                });
+            }
+            if entry.payload.len() as u64 > self.shared().max_entry_size_bytes {
+                return Err(WalError::EntryTooLarge {
+                    index: entry.index,
+                    size_bytes: entry.payload.len() as u64,
+                    max_bytes: self.shared().max_entry_size_bytes,
+                });
+            }
+            expected += 1;
+            previous_term = Some(entry.term);
+        }
+        self.check_batch_size(queue.next_index, encoded)?;
+        for entry in entries {
+            format::encode_entry(
+                &mut queue.body,
+                entry.index,
+                entry.term,
+                entry.kind,
+                &entry.payload,
+            );
+            queue.pending_terms.push_back(entry.term);
+        }
+        queue.next_index = expected;
+        queue.last_term = previous_term;
+        queue.pending_entries += entries.len();
+        let last_index = queue.next_index - 1;
+        let seq = self.finish_enqueue(queue);
+        Ok(self.ticket(last_index, seq))
+    }
+
+    /// Queues a hard-state change; it lands in the same write + fsync as the entries
+    /// queued with it. Same rules as [`WalCore::set_hard_state`].
+    pub fn set_hard_state(&self, hard_state: HardState) -> Result<Ticket<S>> {
+        let mut queue = self.lock_queue_with_room(format::HARD_STATE_RECORD_LEN, 0)?;
+        let current = queue.hard_state;
+        if hard_state.term < current.term {
+            return Err(WalError::HardStateRegression {
+                reason: format!(
+                    "term {} is below the current term {}",
+                    hard_state.term, current.term
+                ),
+            });
+        }
+        if hard_state.term == current.term && current.vote != 0 && hard_state.vote != current.vote {
+            return Err(WalError::HardStateRegression {
+                reason: format!(
+                    "vote for {} in term {} after voting for {}",
+                    hard_state.vote, current.term, current.vote
+                ),
+            });
+        }
+        if hard_state != current {
+            format::encode_hard_state(&mut queue.body, hard_state);
+            queue.hard_state = hard_state;
+        }
+        let last_index = queue.next_index - 1;
+        let seq = self.finish_enqueue(queue);
+        Ok(self.ticket(last_index, seq))
+    }
+
+    /// Queues removal of entries `>= from_index` (ordered with the other operations).
+    pub fn truncate_suffix(&self, from_index: u64) -> Result<Ticket<S>> {
+        let mut queue = self.lock_queue_with_room(format::INDEX_RECORD_LEN, 0)?;
+        let last = queue.next_index - 1;
+        if from_index < queue.first_index || from_index > last + 1 {
+            return Err(WalError::IndexOutOfRange {
+                index: from_index,
+                first_index: queue.first_index,
+                last_index: last,
+            });
+        }
+        if from_index <= last {
+            // Term of the entry that becomes the last one.
+            let new_last_term = if from_index - 1 < queue.first_index {
+                None
+            } else if from_index > queue.pending_first_index {
+                queue
+                    .pending_terms
+                    .get((from_index - 1 - queue.pending_first_index) as usize)
+                    .copied()
+            } else {
+                // Lock order queue -> core. The writer applied every swapped-out batch
+                // to the core before releasing it, so the core knows this entry.
+                Some(self.shared().core.lock().term_at(from_index - 1)?)
+            };
+            format::encode_truncate_suffix(&mut queue.body, from_index);
+            if from_index >= queue.pending_first_index {
+                let keep = (from_index - queue.pending_first_index) as usize;
+                queue.pending_terms.truncate(keep);
+            } else {
+                queue.pending_terms.clear();
+                queue.pending_first_index = from_index;
+            }
+            queue.next_index = from_index;
+            queue.last_term = new_last_term;
+            let seq = queue.next_seq;
+            self.shared()
+                .durable
+                .lock()
+                .truncations
+                .push((seq, from_index));
+        }
+        let seq = self.finish_enqueue(queue);
+        Ok(self.ticket(from_index - 1, seq))
+    }
+
+    /// Queues a reset: the log restarts empty at `next_index` (snapshot install).
+    pub fn reset(&self, next_index: u64) -> Result<Ticket<S>> {
+        if next_index == 0 {
+            return Err(WalError::IndexOutOfRange {
+                index: 0,
+                first_index: 1,
+                last_index: 0,
+            });
+        }
+        let mut queue = self.lock_queue_with_room(format::INDEX_RECORD_LEN, 0)?;
+        format::encode_reset(&mut queue.body, next_index);
+        queue.pending_terms.clear();
+        queue.pending_first_index = next_index;
+        queue.next_index = next_index;
+        queue.first_index = next_index;
+        queue.last_term = None;
+        let seq = queue.next_seq;
+        self.shared().durable.lock().truncations.push((seq, 0));
+        let seq = self.finish_enqueue(queue);
+        Ok(self.ticket(next_index - 1, seq))
+    }
+
+    /// Deletes whole segments whose entries are all `<= up_to_index` (see
+    /// [`WalCore::compact_prefix`]). Returns the number of segments removed.
+    pub fn compact_prefix(&self, up_to_index: u64) -> Result<usize> {
+        let (removed, first_index) = {
+            let mut core = self.shared().core.lock();
+            let removed = core.compact_prefix(up_to_index)?;
+            (removed, core.first_index())
+        };
+        let mut queue = self.shared().queue.lock();
+        queue.first_index = queue.first_index.max(first_index);
+        Ok(removed)
+    }
+
+    /// Makes everything queued so far durable and waits for it.
+    pub fn flush(&self) -> Result<u64> {
+        let queue = self.lock_queue_with_room(0, 0)?;
+        let last_index = queue.next_index - 1;
+        let seq = self.finish_enqueue(queue);
+        self.ticket(last_index, seq).wait()
+    }
+}
+
+fn writer_loop<S: Storage>(shared: Arc<Shared<S>>, mut backend: Box<dyn IoBackend>) {
+    let mut spare: Vec<u8> = Vec::new();
+    loop {
+        let mut queue = shared.queue.lock();
+        // `next_seq` counts every operation; an empty flush still needs an answer.
+        let mut acknowledged_seq = shared.durable.lock().durable_seq;
+        while queue.body.is_empty() && queue.next_seq == acknowledged_seq && !queue.shutdown {
+            queue.writer_idle = true;
+            shared.work_ready.wait(&mut queue);
+            acknowledged_seq = shared.durable.lock().durable_seq;
+        }
+        queue.writer_idle = false;
+        if queue.body.is_empty() && queue.next_seq == acknowledged_seq && queue.shutdown {
+            drop(queue);
+            let mut durable = shared.durable.lock();
+            durable.shutdown = true;
+            drop(durable);
+            shared.durable_changed.notify_all();
+            return;
+        }
+        let mut core = shared.core.lock();
+        std::mem::swap(&mut queue.body, &mut spare);
+        let batch_entries = queue.pending_entries as u64;
+        queue.pending_entries = 0;
+        queue.pending_terms.clear();
+        queue.pending_first_index = queue.next_index;
+        let batch_seq = queue.next_seq;
+        drop(queue);
+        shared.space_ready.notify_all();
+
+        let started = Instant::now();
+        let batch_bytes = (spare.len() + format::BATCH_HEADER_LEN) as u64;
+        let result = core
+            .stage_encoded(&spare)
+            .and_then(|()| core.write_and_sync_with(backend.as_mut()));
+        let latency_us = started.elapsed().as_micros() as u64;
+        match result {
+            Ok(durable_index) => {
+                drop(core);
+                if !spare.is_empty() {
+                    shared
+                        .stats
+                        .record_batch(batch_entries, batch_bytes, latency_us);
+                }
+                shared.durable_index.store(durable_index, Ordering::Release);
+                {
+                    let mut durable = shared.durable.lock();
+                    durable.durable_index = durable_index;
+                    durable.durable_seq = batch_seq;
+                    // Truncations older than every pending ticket no longer matter.
+                    if durable.truncations.len() > 1024 {
+                        durable.truncations.retain(|&(seq, _)| seq + 1 >= batch_seq);
+                    }
+                }
+                shared.durable_changed.notify_all();
+                if let Some(subscriber) = &shared.subscriber {
+                    let _ = subscriber.send(durable_index);
+                }
+            }
+            Err(err) => {
+                let stored = core.poisoned().unwrap_or_else(|| err.clone());
+                drop(core);
+                tracing::error!("WAL writer stopped: {err}");
+                shared.queue.lock().failure = Some(stored);
+                shared.durable.lock().failure = Some(err);
+                shared.durable_changed.notify_all();
+                shared.space_ready.notify_all();
+                return;
+            }
+        }
+        spare.clear();
+    }
+}

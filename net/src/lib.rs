@@ -1,1 +1,11 @@
-//! placeholder
+//! tally-net: everything of Tally that touches a socket.
+//!
+//! * [`resp`]: RESP2 codec for the Redis-compatible client port.
+//! * [`frame`]: the checksummed frame format peers exchange.
+//! * [`transport`]: long-lived peer connections with handshake, pipelined vectored
+//!   sending, bounded queues and reconnects.
+//!
+//! The Raft core (in `tally-engine`) never sees sockets; the node runtime moves opaque
+//! `(message type, payload)` pairs between it and this crate.
+
+pub mod resp;

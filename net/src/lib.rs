@@ -8,4 +8,5 @@
 //! The Raft core (in `tally-engine`) never sees sockets; the node runtime moves opaque
 //! `(message type, payload)` pairs between it and this crate.
 
+pub mod frame;
 pub mod resp;

@@ -1,0 +1,587 @@
+//! The frame: the unit peers exchange over TCP (layout in `net/PROTOCOL.md`).
+//!
+//! ```text
+//! offset size field
+//!  0     4    magic        0x594C4154 (the bytes "TALY")
+//!  4     1    version      1
+//!  5     1    message type (opaque here; see transport/codec)
+//!  6     2    flags        (reserved; 0)
+//!  8     4    payload length in bytes (<= the receiver's limit, default 64 MiB)
+//! 12     4    checksum     CRC-32 (IEEE) of the payload followed by header bytes 4..12
+//! 16     ...  payload
+//! ```
+//! All integers are little-endian.
+//!
+//! Why: TCP's own 16-bit checksum lets corruption through at scale, and a bug on either
+//! side can desynchronize a stream; a magic, a version and a checksum turn both into a
+//! closed connection with a logged reason instead of a misread message. The checksum also
+//! covers version, type, flags and length, so a damaged header cannot pass as a different
+//! message. The length is checked against the receiver's limit *before* anything is
+//! allocated, so a hostile or corrupt length cannot exhaust memory.
+//!
+//! Sending is zero-copy: [`encode_frame_header`] computes a header for a payload given as
+//! several slices, and [`write_all_vectored`] writes many headers and payload slices with
+//! as few `writev` calls as the kernel allows. Receiving is buffered: [`FrameReader`]
+//! reads large chunks into a reusable buffer and hands out payloads as [`Bytes`] views of
+//! it, without copying.
+
+use std::io::{self, IoSlice, Read, Write};
+
+use bytes::{Bytes, BytesMut};
+
+/// First four bytes of every frame: "TALY" read as a little-endian u32.
+pub const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"TALY");
+/// The frame format version this build speaks.
+pub const FRAME_VERSION: u8 = 1;
+/// Size of the fixed header.
+pub const FRAME_HEADER_BYTES: usize = 16;
+/// Default bound on a frame's payload.
+pub const DEFAULT_MAX_FRAME_PAYLOAD_BYTES: usize = 64 << 20;
+/// Most slices handed to one `writev` call (Linux's `IOV_MAX`).
+const MAX_IOVECS_PER_WRITE: usize = 1024;
+/// How much [`FrameReader`] asks the socket for at once.
+const READ_CHUNK_BYTES: usize = 64 << 10;
+
+/// Why a frame could not be read. Every variant except [`FrameError::Io`] means the
+/// stream can no longer be trusted and the connection must be closed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// The stream does not start a frame here.
+    #[error("bad frame magic {found:#010x} (expected {FRAME_MAGIC:#010x})")]
+    BadMagic { found: u32 },
+    /// A frame format this build does not speak.
+    #[error("unsupported frame version {found} (this build speaks {FRAME_VERSION})")]
+    BadVersion { found: u8 },
+    /// The announced payload exceeds the limit; nothing was allocated for it.
+    #[error("frame payload of {payload_len} bytes exceeds the limit of {max} bytes")]
+    TooLarge { payload_len: u64, max: usize },
+    /// The payload or header fields were damaged in transit.
+    #[error("frame checksum mismatch: header says {expected:#010x}, computed {computed:#010x}")]
+    BadChecksum { expected: u32, computed: u32 },
+    /// The stream ended inside a frame.
+    #[error("stream ended inside a frame: needed {needed_bytes} bytes, got {got_bytes}")]
+    Truncated {
+        needed_bytes: usize,
+        got_bytes: usize,
+    },
+    /// The stream ended cleanly between frames.
+    #[error("end of stream")]
+    Eof,
+    /// The underlying reader failed (including read timeouts).
+    #[error("frame I/O failed: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// A decoded, validated header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// Message type.
+    pub msg_type: u8,
+    /// Flags (reserved).
+    pub flags: u16,
+    /// Payload length. Invariant: within the limit it was decoded against.
+    pub payload_len: u32,
+    /// Checksum the payload must match (see [`frame_checksum`]).
+    pub checksum: u32,
+}
+
+/// A received frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// Message type.
+    pub msg_type: u8,
+    /// Flags.
+    pub flags: u16,
+    /// Payload, a view into the reader's buffer (no copy).
+    pub payload: Bytes,
+}
+
+/// The checksum of a frame: CRC-32 over the payload parts, then header bytes 4..12
+/// (version, type, flags, length).
+pub fn frame_checksum<'p>(
+    msg_type: u8,
+    flags: u16,
+    payload_len: u32,
+    payload_parts: impl IntoIterator<Item = &'p [u8]>,
+) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    for part in payload_parts {
+        hasher.update(part);
+    }
+    hasher.update(&checksummed_header_fields(msg_type, flags, payload_len));
+    hasher.finalize()
+}
+
+fn checksummed_header_fields(msg_type: u8, flags: u16, payload_len: u32) -> [u8; 8] {
+    let mut fields = [0u8; 8];
+    fields[0] = FRAME_VERSION;
+    fields[1] = msg_type;
+    fields[2..4].copy_from_slice(&flags.to_le_bytes());
+    fields[4..8].copy_from_slice(&payload_len.to_le_bytes());
+    fields
+}
+
+/// Builds the header for a payload given as consecutive slices (sent after the header,
+/// e.g. as separate iovecs). Fails only if the payload exceeds `max_payload_bytes`.
+pub fn encode_frame_header(
+    msg_type: u8,
+    flags: u16,
+    payload_parts: &[&[u8]],
+    max_payload_bytes: usize,
+) -> Result<[u8; FRAME_HEADER_BYTES], FrameError> {
+    let total: u64 = payload_parts.iter().map(|p| p.len() as u64).sum();
+    let limit = max_payload_bytes.min(u32::MAX as usize);
+    if total > limit as u64 {
+        return Err(FrameError::TooLarge {
+            payload_len: total,
+            max: limit,
+        });
+    }
+    let payload_len = total as u32;
+    let checksum = frame_checksum(msg_type, flags, payload_len, payload_parts.iter().copied());
+    let mut header = [0u8; FRAME_HEADER_BYTES];
+    header[0..4].copy_from_slice(&FRAME_MAGIC.to_le_bytes());
+    header[4..12].copy_from_slice(&checksummed_header_fields(msg_type, flags, payload_len));
+    header[12..16].copy_from_slice(&checksum.to_le_bytes());
+    Ok(header)
+}
+
+/// Validates magic, version and length (against `max_payload_bytes`) of a header.
+pub fn decode_frame_header(
+    header: &[u8; FRAME_HEADER_BYTES],
+    max_payload_bytes: usize,
+) -> Result<FrameHeader, FrameError> {
+    let field = |at: usize| {
+        u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+    };
+    let magic = field(0);
+    if magic != FRAME_MAGIC {
+        return Err(FrameError::BadMagic { found: magic });
+    }
+    if header[4] != FRAME_VERSION {
+        return Err(FrameError::BadVersion { found: header[4] });
+    }
+    let payload_len = field(8);
+    if payload_len as usize > max_payload_bytes {
+        return Err(FrameError::TooLarge {
+            payload_len: u64::from(payload_len),
+            max: max_payload_bytes,
+        });
+    }
+    Ok(FrameHeader {
+        msg_type: header[5],
+        flags: u16::from_le_bytes([header[6], header[7]]),
+        payload_len,
+        checksum: field(12),
+    })
+}
+
+/// Checks a payload against its header's checksum.
+pub fn verify_frame_payload(header: &FrameHeader, payload: &[u8]) -> Result<(), FrameError> {
+    debug_assert_eq!(payload.len(), header.payload_len as usize);
+    let computed = frame_checksum(header.msg_type, header.flags, header.payload_len, [payload]);
+    if computed != header.checksum {
+        return Err(FrameError::BadChecksum {
+            expected: header.checksum,
+            computed,
+        });
+    }
+    Ok(())
+}
+
+/// Appends a whole frame (header and payload) to `out`; for tests and small messages.
+pub fn encode_frame(
+    msg_type: u8,
+    flags: u16,
+    payload: &[u8],
+    max_payload_bytes: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), FrameError> {
+    out.extend_from_slice(&encode_frame_header(
+        msg_type,
+        flags,
+        &[payload],
+        max_payload_bytes,
+    )?);
+    out.extend_from_slice(payload);
+    Ok(())
+}
+
+/// Writes every byte of `slices`, in order, with vectored writes of at most 1024 slices,
+/// resuming after partial writes and retrying on `Interrupted`.
+pub fn write_all_vectored(writer: &mut impl Write, slices: &[&[u8]]) -> io::Result<()> {
+    let mut index = 0; // first slice not fully written
+    let mut offset = 0; // bytes of slices[index] already written
+    let mut iovecs: Vec<IoSlice<'_>> = Vec::with_capacity(slices.len().min(MAX_IOVECS_PER_WRITE));
+    loop {
+        while index < slices.len() && offset == slices[index].len() {
+            index += 1;
+            offset = 0;
+        }
+        if index == slices.len() {
+            return Ok(());
+        }
+        iovecs.clear();
+        iovecs.push(IoSlice::new(&slices[index][offset..]));
+        iovecs.extend(
+            slices[index + 1..]
+                .iter()
+                .filter(|s| !s.is_empty())
+                .take(MAX_IOVECS_PER_WRITE - 1)
+                .map(|s| IoSlice::new(s)),
+        );
+        let mut written = match writer.write_vectored(&iovecs) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "writer accepted no bytes",
+                ))
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        while written > 0 {
+            let left_in_slice = slices[index].len() - offset;
+            if written < left_in_slice {
+                offset += written;
+                written = 0;
+            } else {
+                written -= left_in_slice;
+                index += 1;
+                offset = 0;
+                while index < slices.len() && slices[index].is_empty() {
+                    index += 1;
+                }
+            }
+        }
+    }
+}
+
+/// Reads frames from a byte stream through a reusable buffer.
+#[derive(Debug)]
+pub struct FrameReader<R> {
+    reader: R,
+    /// Bytes received but not yet returned as frames.
+    buffer: BytesMut,
+    max_payload_bytes: usize,
+}
+
+impl<R: Read> FrameReader<R> {
+    /// Reads frames of at most `max_payload_bytes` payload from `reader`.
+    pub fn new(reader: R, max_payload_bytes: usize) -> Self {
+        FrameReader {
+            reader,
+            buffer: BytesMut::with_capacity(READ_CHUNK_BYTES),
+            max_payload_bytes,
+        }
+    }
+
+    /// The underlying reader (e.g. to set a timeout).
+    pub fn get_ref(&self) -> &R {
+        &self.reader
+    }
+
+    /// Bytes buffered but not yet returned.
+    pub fn buffered_bytes(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// Reads the next frame. [`FrameError::Eof`] means the peer closed between frames.
+    pub fn read_frame(&mut self) -> Result<Frame, FrameError> {
+        self.fill_to(FRAME_HEADER_BYTES, 0)?;
+        let mut raw = [0u8; FRAME_HEADER_BYTES];
+        raw.copy_from_slice(&self.buffer[..FRAME_HEADER_BYTES]);
+        let header = decode_frame_header(&raw, self.max_payload_bytes)?;
+        let frame_bytes = FRAME_HEADER_BYTES + header.payload_len as usize;
+        self.fill_to(frame_bytes, FRAME_HEADER_BYTES)?;
+        let _ = self.buffer.split_to(FRAME_HEADER_BYTES);
+        let payload = self.buffer.split_to(header.payload_len as usize).freeze();
+        verify_frame_payload(&header, &payload)?;
+        Ok(Frame {
+            msg_type: header.msg_type,
+            flags: header.flags,
+            payload,
+        })
+    }
+
+    /// Reads until at least `wanted` bytes are buffered. `frame_started` tells how many of
+    /// them are already known to belong to a frame (for the Eof/Truncated distinction).
+    fn fill_to(&mut self, wanted: usize, frame_started: usize) -> Result<(), FrameError> {
+        if self.buffer.len() >= wanted {
+            return Ok(());
+        }
+        // Bounded: `wanted` is a header, or a header plus a length checked against the limit.
+        self.buffer.reserve(wanted - self.buffer.len());
+        while self.buffer.len() < wanted {
+            let old_len = self.buffer.len();
+            let chunk = (wanted - old_len).max(READ_CHUNK_BYTES);
+            self.buffer.resize(old_len + chunk, 0);
+            let read = match self.reader.read(&mut self.buffer[old_len..]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    self.buffer.truncate(old_len);
+                    continue;
+                }
+                Err(e) => {
+                    self.buffer.truncate(old_len);
+                    return Err(FrameError::Io(e));
+                }
+            };
+            self.buffer.truncate(old_len + read);
+            if read == 0 {
+                if old_len == 0 && frame_started == 0 {
+                    return Err(FrameError::Eof);
+                }
+                return Err(FrameError::Truncated {
+                    needed_bytes: wanted,
+                    got_bytes: old_len,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const MAX: usize = DEFAULT_MAX_FRAME_PAYLOAD_BYTES;
+
+    fn frame_bytes(msg_type: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_frame(msg_type, 0, payload, MAX, &mut out).expect("encode");
+        out
+    }
+
+    fn read_all(bytes: &[u8], max: usize) -> (Vec<Frame>, FrameError) {
+        let mut reader = FrameReader::new(bytes, max);
+        let mut frames = Vec::new();
+        loop {
+            match reader.read_frame() {
+                Ok(frame) => frames.push(frame),
+                Err(error) => return (frames, error),
+            }
+        }
+    }
+
+    /// A writer that accepts at most `step` bytes per call and fails every other call
+    /// with `Interrupted`, to exercise partial-write handling.
+    struct StingyWriter {
+        out: Vec<u8>,
+        step: usize,
+        calls: usize,
+    }
+
+    impl Write for StingyWriter {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.calls += 1;
+            if self.calls & 1 == 0 {
+                return Err(io::Error::new(io::ErrorKind::Interrupted, "again"));
+            }
+            let n = buf.len().min(self.step);
+            self.out.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn frames_roundtrip_including_empty_and_multi_part_payloads() {
+        let mut wire = frame_bytes(1, b"hello");
+        wire.extend(frame_bytes(2, b""));
+        let parts: [&[u8]; 3] = [b"ab", b"", b"cde"];
+        let header = encode_frame_header(3, 7, &parts, MAX).expect("header");
+        wire.extend_from_slice(&header);
+        for part in parts {
+            wire.extend_from_slice(part);
+        }
+        let (frames, end) = read_all(&wire, MAX);
+        assert!(matches!(end, FrameError::Eof), "{end:?}");
+        let got: Vec<(u8, u16, &[u8])> = frames
+            .iter()
+            .map(|f| (f.msg_type, f.flags, f.payload.as_ref()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(1, 0, &b"hello"[..]), (2, 0, b""), (3, 7, b"abcde")]
+        );
+    }
+
+    #[test]
+    fn header_layout_matches_protocol_document() {
+        let header = encode_frame_header(0x42, 0x0102, &[b"xyz"], MAX).expect("header");
+        assert_eq!(&header[0..4], b"TALY");
+        assert_eq!(header[4], FRAME_VERSION);
+        assert_eq!(header[5], 0x42);
+        assert_eq!(&header[6..8], &[0x02, 0x01]);
+        assert_eq!(&header[8..12], &3u32.to_le_bytes());
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(b"xyz");
+        hasher.update(&header[4..12]);
+        assert_eq!(&header[12..16], &hasher.finalize().to_le_bytes());
+    }
+
+    #[test]
+    fn each_corruption_class_is_reported_as_its_own_error() {
+        let good = frame_bytes(9, b"payload bytes");
+
+        let mut magic = good.clone();
+        magic[0] ^= 1;
+        assert!(matches!(
+            read_all(&magic, MAX).1,
+            FrameError::BadMagic { .. }
+        ));
+
+        let mut version = good.clone();
+        version[4] = 2;
+        assert!(matches!(
+            read_all(&version, MAX).1,
+            FrameError::BadVersion { found: 2 }
+        ));
+
+        let mut payload = good.clone();
+        *payload.last_mut().expect("nonempty") ^= 0x80;
+        assert!(matches!(
+            read_all(&payload, MAX).1,
+            FrameError::BadChecksum { .. }
+        ));
+
+        let mut msg_type = good.clone();
+        msg_type[5] ^= 1;
+        assert!(
+            matches!(read_all(&msg_type, MAX).1, FrameError::BadChecksum { .. }),
+            "header fields are covered by the checksum"
+        );
+
+        let (_, too_large) = read_all(&good, 4);
+        assert!(matches!(
+            too_large,
+            FrameError::TooLarge {
+                payload_len: 13,
+                max: 4
+            }
+        ));
+
+        for cut in 1..good.len() {
+            let (frames, error) = read_all(&good[..cut], MAX);
+            assert!(frames.is_empty());
+            assert!(
+                matches!(error, FrameError::Truncated { .. }),
+                "cut {cut}: {error:?}"
+            );
+        }
+        assert!(matches!(read_all(&[], MAX).1, FrameError::Eof));
+    }
+
+    #[test]
+    fn oversized_length_is_refused_without_allocating_it() {
+        let mut header = encode_frame_header(1, 0, &[], MAX).expect("header");
+        header[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        let mut reader = FrameReader::new(&header[..], MAX);
+        assert!(matches!(
+            reader.read_frame(),
+            Err(FrameError::TooLarge { .. })
+        ));
+        assert!(reader.buffer.capacity() <= 2 * READ_CHUNK_BYTES);
+    }
+
+    #[test]
+    fn encode_refuses_a_payload_over_the_limit() {
+        assert!(matches!(
+            encode_frame_header(1, 0, &[b"abc", b"de"], 4),
+            Err(FrameError::TooLarge {
+                payload_len: 5,
+                max: 4
+            })
+        ));
+    }
+
+    #[test]
+    fn vectored_write_survives_partial_writes_and_interrupts() {
+        let slices: Vec<Vec<u8>> = (0..40u8).map(|i| vec![i; usize::from(i % 7)]).collect();
+        let refs: Vec<&[u8]> = slices.iter().map(Vec::as_slice).collect();
+        for step in [1, 2, 3, 5, 64] {
+            let mut writer = StingyWriter {
+                out: Vec::new(),
+                step,
+                calls: 0,
+            };
+            write_all_vectored(&mut writer, &refs).expect("write");
+            assert_eq!(writer.out, slices.concat(), "step {step}");
+        }
+    }
+
+    #[test]
+    fn vectored_write_handles_more_slices_than_one_writev_takes() {
+        let slices: Vec<Vec<u8>> = (0..3000u32).map(|i| i.to_le_bytes().to_vec()).collect();
+        let refs: Vec<&[u8]> = slices.iter().map(Vec::as_slice).collect();
+        let mut out = Vec::new();
+        write_all_vectored(&mut out, &refs).expect("write");
+        assert_eq!(out, slices.concat());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_bytes_never_panic_the_reader(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            let _ = read_all(&bytes, 64);
+        }
+
+        #[test]
+        fn random_bytes_after_a_valid_header_never_panic(
+            msg_type in any::<u8>(),
+            len in 0u32..100,
+            tail in prop::collection::vec(any::<u8>(), 0..120),
+        ) {
+            let mut header = encode_frame_header(msg_type, 0, &[], MAX).expect("header");
+            header[8..12].copy_from_slice(&len.to_le_bytes());
+            let mut wire = header.to_vec();
+            wire.extend(tail);
+            let _ = read_all(&wire, MAX);
+        }
+
+        #[test]
+        fn any_single_byte_corruption_is_detected(
+            payload in prop::collection::vec(any::<u8>(), 0..64),
+            position in any::<usize>(),
+            xor in 1u8..=255,
+        ) {
+            let mut wire = frame_bytes(5, &payload);
+            let at = position % wire.len();
+            wire[at] ^= xor;
+            let (frames, _) = read_all(&wire, MAX);
+            prop_assert!(frames.is_empty(), "corruption at byte {} went unnoticed", at);
+        }
+
+        #[test]
+        fn streams_of_frames_roundtrip_through_vectored_writes(
+            payloads in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..50), 0..20),
+            step in 1usize..40,
+        ) {
+            let headers: Vec<[u8; FRAME_HEADER_BYTES]> = payloads
+                .iter()
+                .enumerate()
+                .map(|(i, p)| encode_frame_header(i as u8, 0, &[p], MAX).expect("header"))
+                .collect();
+            let mut slices: Vec<&[u8]> = Vec::new();
+            for (header, payload) in headers.iter().zip(&payloads) {
+                slices.push(header);
+                slices.push(payload);
+            }
+            let mut writer = StingyWriter { out: Vec::new(), step, calls: 0 };
+            write_all_vectored(&mut writer, &slices).expect("write");
+            let (frames, end) = read_all(&writer.out, MAX);
+            prop_assert!(matches!(end, FrameError::Eof));
+            let got: Vec<Vec<u8>> = frames.iter().map(|f| f.payload.to_vec()).collect();
+            prop_assert_eq!(got, payloads);
+        }
+    }
+}

@@ -3,3 +3,4 @@
 
 pub mod kv;
 pub mod state_machine;
+pub mod raft;

@@ -1,0 +1,1434 @@
+//! The Raft core: one node's consensus state machine, free of I/O.
+//!
+//! [`RaftNode`] takes inputs (`tick`, `step`, `propose`, `read_index`,
+//! `transfer_leadership`, and the runtime's completions `on_persisted` / `on_applied`)
+//! and accumulates what the runtime must do into a [`Ready`], taken with
+//! [`RaftNode::take_ready`]. It never reads a clock, touches a disk or socket, spawns a
+//! thread or draws randomness it was not given: the election-timeout RNG is seeded
+//! from [`RaftConfig::rng_seed`]. The same code runs in production and in the
+//! simulator (`crate::sim`).
+//!
+//! # Ordering rules (enforced by the core)
+//!
+//! 1. `Ready::persist` actions carry sequence numbers 1, 2, 3, ... The runtime carries
+//!    them out in that order (each as one write + fsync) and reports completion with
+//!    `on_persisted(seq)`, meaning "every action with a sequence number <= seq is
+//!    durable". Truncations inside an action make completions unambiguous: the core
+//!    caps the watermark of every earlier action at the truncation point.
+//! 2. Every message in `Ready::messages` may be sent at once. The core itself holds back
+//!    any message whose correctness depends on durability until the runtime reported
+//!    it: vote grants and RequestVote (term/vote must be durable: one vote per term
+//!    survives crashes), AppendEntries success replies (the follower's log must be
+//!    durable through the acknowledged index), and in general every message is held
+//!    until the hard state current at its creation is durable.
+//! 3. A leader's own AppendEntries go out immediately, in parallel with its own disk
+//!    write (thesis §10.2.1); it counts itself toward the commit quorum only through
+//!    `RaftLog::persisted`, i.e. once its write is durable.
+//! 4. `Ready::committed_entries` are committed and durable locally (applied <=
+//!    min(committed, persisted)); apply them in order and report `on_applied`.
+//! 5. `Ready::reads` name a read index: serve the read once the state machine applied
+//!    at least that index.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::Range;
+
+use bytes::Bytes;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::config::{Configuration, VoteResult};
+use super::log::RaftLog;
+use super::message::{
+    AppendEntries, AppendEntriesResponse, ConflictHint, Message, MessageBody, RequestVote,
+    VoteResponse,
+};
+use super::progress::{Progress, ReplicationState};
+use super::types::{Entry, EntryKind, HardState, LogStart, NodeId, Role};
+
+/// Static parameters of a node. Times are in ticks: the runtime calls
+/// [`RaftNode::tick`] at a fixed interval of its local clock.
+#[derive(Clone, Debug)]
+pub struct RaftConfig {
+    pub id: NodeId,
+    /// Minimum election timeout; each timeout is drawn from `[min, 2 * min)`.
+    /// Followers also refuse votes for this long after hearing from a leader.
+    pub election_timeout_ticks: u64,
+    /// A leader sends heartbeats this often. Must be well below the election timeout.
+    pub heartbeat_interval_ticks: u64,
+    /// At most this many AppendEntries with entries in flight to one follower.
+    pub max_inflight_messages: usize,
+    /// At most this many entry bytes in flight to one follower.
+    pub max_inflight_bytes: u64,
+    /// An AppendEntries carries entries up to this many bytes (at least one entry).
+    pub max_batch_bytes: u64,
+    pub max_batch_entries: usize,
+    /// Run a pre-vote round before incrementing the term (thesis §9.6).
+    pub pre_vote: bool,
+    /// A leader that did not hear from a quorum within an election timeout steps
+    /// down, and followers ignore vote requests while they hear from a leader.
+    pub check_quorum: bool,
+    /// Serve reads under a leader lease when it is valid (needs `check_quorum`).
+    pub lease_reads: bool,
+    /// Bound on clock rate difference: while the slowest clock in the cluster
+    /// advances T, the fastest advances at most T / (1 - max_clock_drift).
+    pub max_clock_drift: f64,
+    /// Seed of the election-timeout RNG.
+    pub rng_seed: u64,
+}
+
+impl RaftConfig {
+    /// Defaults suited to a 10 ms tick: 100 ms election timeout, 10 ms heartbeats.
+    pub fn new(id: NodeId, rng_seed: u64) -> RaftConfig {
+        RaftConfig {
+            id,
+            election_timeout_ticks: 10,
+            heartbeat_interval_ticks: 1,
+            max_inflight_messages: 16,
+            max_inflight_bytes: 4 << 20,
+            max_batch_bytes: 256 << 10,
+            max_batch_entries: 1024,
+            pre_vote: true,
+            check_quorum: true,
+            lease_reads: true,
+            max_clock_drift: 0.1,
+            rng_seed,
+        }
+    }
+
+    /// Ticks a lease lasts after the send time a quorum acknowledged:
+    /// `floor((election_timeout - 1) * (1 - max_clock_drift))`. The `- 1` covers tick
+    /// granularity on the follower side, and the strict comparison in
+    /// `lease_valid` the leader's side (see the derivation in ARCHITECTURE-engine.md).
+    pub fn lease_ticks(&self) -> u64 {
+        let drift = self.max_clock_drift.clamp(0.0, 1.0);
+        ((self.election_timeout_ticks.saturating_sub(1)) as f64 * (1.0 - drift)).floor() as u64
+    }
+}
+
+/// One persistence action: write in ONE write + fsync, in this order:
+/// the hard state, the truncation, then the entries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PersistAction {
+    /// Sequence number, 1, 2, 3, ...; report with `on_persisted(seq)`.
+    pub seq: u64,
+    pub hard_state: Option<HardState>,
+    /// Delete every stored entry with index >= this before appending.
+    pub truncate_from: Option<u64>,
+    /// Entries to append; contiguous, starting at `truncate_from` if set, otherwise
+    /// right after the previously persisted entries.
+    pub entries: Vec<Entry>,
+}
+
+/// A read that became safe to serve.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadyRead {
+    pub request_id: u64,
+    /// Serve once the state machine applied at least this index.
+    pub read_index: u64,
+    pub via: ReadPath,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadPath {
+    /// Leader lease: no message round was needed.
+    Lease,
+    /// A quorum confirmed leadership after the request arrived.
+    ReadIndex,
+}
+
+/// The node's role, term and known leader, reported when any of them changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RoleState {
+    pub role: Role,
+    pub term: u64,
+    pub leader: Option<NodeId>,
+}
+
+/// Everything the runtime must do after feeding inputs. See the module docs for the
+/// ordering rules.
+#[derive(Clone, Debug, Default)]
+pub struct Ready {
+    pub persist: Option<PersistAction>,
+    pub messages: Vec<Message>,
+    pub committed_entries: Vec<Entry>,
+    pub reads: Vec<ReadyRead>,
+    /// Reads that will never become safe on this node (it lost leadership).
+    pub failed_reads: Vec<(u64, ReadError)>,
+    pub role_change: Option<RoleState>,
+}
+
+impl Ready {
+    pub fn is_empty(&self) -> bool {
+        self.persist.is_none()
+            && self.messages.is_empty()
+            && self.committed_entries.is_empty()
+            && self.reads.is_empty()
+            && self.failed_reads.is_empty()
+            && self.role_change.is_none()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    #[error("not the leader (leader hint: {leader_hint:?})")]
+    NotLeader { leader_hint: Option<NodeId> },
+    #[error("leadership transfer in progress")]
+    TransferInProgress,
+    #[error("empty proposal")]
+    Empty,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    #[error("not the leader (leader hint: {leader_hint:?})")]
+    NotLeader { leader_hint: Option<NodeId> },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TransferError {
+    #[error("not the leader (leader hint: {leader_hint:?})")]
+    NotLeader { leader_hint: Option<NodeId> },
+    #[error("node {0} is not a voter of the configuration")]
+    NotAVoter(NodeId),
+    #[error("already the leader")]
+    AlreadyLeader,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct PendingRead {
+    request_id: u64,
+    read_index: u64,
+    /// Confirmed once a quorum echoed a heartbeat id >= this.
+    heartbeat_id: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Transfer {
+    target: NodeId,
+    elapsed_ticks: u64,
+    timeout_now_sent: bool,
+}
+
+/// A persist action handed to the runtime but not yet reported durable.
+#[derive(Clone, Copy, Debug)]
+struct InflightPersist {
+    seq: u64,
+    /// The log is durable through this index once the action completes.
+    /// Capped when a later truncation removes entries the action wrote.
+    last_index: u64,
+    hard_state: Option<HardState>,
+}
+
+/// One Raft node. See the module docs.
+pub struct RaftNode {
+    cfg: RaftConfig,
+    configuration: Configuration,
+    role: Role,
+    /// Invariant: never decreases. Durable copy in `durable_hard_state`.
+    term: u64,
+    /// Invariant: at most one vote per term (set only when `None` or the same node).
+    voted_for: Option<NodeId>,
+    leader_id: Option<NodeId>,
+    log: RaftLog,
+    rng: ChaCha8Rng,
+
+    /// Ticks since construction (the node's local clock).
+    now_tick: u64,
+    election_elapsed_ticks: u64,
+    randomized_election_timeout_ticks: u64,
+    /// Ticks since a leader last contacted us (or since start). While below the election
+    /// timeout, vote requests are ignored: this is what makes leader leases safe.
+    ticks_since_leader_contact: u64,
+    heartbeat_elapsed_ticks: u64,
+    check_quorum_elapsed_ticks: u64,
+
+    /// Votes received in the current (pre-)election.
+    votes: BTreeMap<NodeId, bool>,
+    /// Set when the current candidacy came from TimeoutNow.
+    campaign_is_transfer: bool,
+
+    progress: BTreeMap<NodeId, Progress>,
+    /// Index of the no-op this leader appended on election.
+    term_start_index: u64,
+    heartbeat_id: u64,
+    pending_reads: VecDeque<PendingRead>,
+    reads_awaiting_term_commit: Vec<u64>,
+    transfer: Option<Transfer>,
+
+    next_persist_seq: u64,
+    /// Highest sequence number reported durable. Invariant: < next_persist_seq.
+    durable_seq: u64,
+    hard_state_dirty: bool,
+    last_hard_state_seq: u64,
+    durable_hard_state: HardState,
+    /// Entries from this index on were not yet handed out in a persist action.
+    /// Invariant: `persisted < unissued_from <= last_index + 1`.
+    unissued_from: u64,
+    pending_truncate: Option<u64>,
+    inflight_persists: VecDeque<InflightPersist>,
+    /// Messages waiting for a persist sequence number to become durable.
+    held_messages: VecDeque<(u64, Message)>,
+
+    out_messages: Vec<Message>,
+    out_reads: Vec<ReadyRead>,
+    out_failed_reads: Vec<(u64, ReadError)>,
+    last_reported_role: Option<RoleState>,
+    /// Highest index the runtime reported applied.
+    applied_by_runtime: u64,
+}
+
+impl RaftNode {
+    /// A node of a brand-new cluster: empty log, term 0.
+    pub fn new(cfg: RaftConfig, configuration: Configuration) -> RaftNode {
+        RaftNode::restart(
+            cfg,
+            configuration,
+            HardState::default(),
+            LogStart::default(),
+            Vec::new(),
+        )
+    }
+
+    /// A node rebuilt from durable state: hard state, snapshot point and the entries
+    /// after it. The commit index restarts at the snapshot point.
+    pub fn restart(
+        cfg: RaftConfig,
+        configuration: Configuration,
+        hard_state: HardState,
+        log_start: LogStart,
+        entries: Vec<Entry>,
+    ) -> RaftNode {
+        assert!(
+            cfg.election_timeout_ticks > cfg.heartbeat_interval_ticks,
+            "election timeout must exceed heartbeat"
+        );
+        assert!(cfg.max_inflight_messages > 0);
+        let log = RaftLog::restore(log_start, entries);
+        let unissued_from = log.last_index() + 1;
+        let rng = ChaCha8Rng::seed_from_u64(cfg.rng_seed);
+        let fresh = hard_state == HardState::default() && log.last_index() == 0;
+        // A restarted node may have acknowledged a leader's heartbeat just before it
+        // crashed; it must not vote for an election timeout, or that leader's lease
+        // would be unsafe. A brand-new node never acknowledged anything.
+        let ticks_since_leader_contact = if fresh { cfg.election_timeout_ticks } else { 0 };
+        let mut node = RaftNode {
+            role: if configuration.is_voter(cfg.id) {
+                Role::Follower
+            } else {
+                Role::Learner
+            },
+            configuration,
+            term: hard_state.term,
+            voted_for: hard_state.voted_for,
+            leader_id: None,
+            log,
+            rng,
+            now_tick: 0,
+            election_elapsed_ticks: 0,
+            randomized_election_timeout_ticks: 0,
+            ticks_since_leader_contact,
+            heartbeat_elapsed_ticks: 0,
+            check_quorum_elapsed_ticks: 0,
+            votes: BTreeMap::new(),
+            campaign_is_transfer: false,
+            progress: BTreeMap::new(),
+            term_start_index: 0,
+            heartbeat_id: 0,
+            pending_reads: VecDeque::new(),
+            reads_awaiting_term_commit: Vec::new(),
+            transfer: None,
+            next_persist_seq: 1,
+            durable_seq: 0,
+            hard_state_dirty: false,
+            last_hard_state_seq: 0,
+            durable_hard_state: hard_state,
+            unissued_from,
+            pending_truncate: None,
+            inflight_persists: VecDeque::new(),
+            held_messages: VecDeque::new(),
+            out_messages: Vec::new(),
+            out_reads: Vec::new(),
+            out_failed_reads: Vec::new(),
+            last_reported_role: None,
+            applied_by_runtime: 0,
+            cfg,
+        };
+        node.applied_by_runtime = node.log.applied();
+        node.reset_election_timer();
+        node
+    }
+
+    // ----- accessors -------------------------------------------------------------
+
+    pub fn id(&self) -> NodeId {
+        self.cfg.id
+    }
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+    pub fn role(&self) -> Role {
+        self.role
+    }
+    pub fn voted_for(&self) -> Option<NodeId> {
+        self.voted_for
+    }
+    pub fn leader_id(&self) -> Option<NodeId> {
+        self.leader_id
+    }
+    pub fn log(&self) -> &RaftLog {
+        &self.log
+    }
+    pub fn commit_index(&self) -> u64 {
+        self.log.committed()
+    }
+    pub fn configuration(&self) -> &Configuration {
+        &self.configuration
+    }
+    pub fn config(&self) -> &RaftConfig {
+        &self.cfg
+    }
+    pub fn now_tick(&self) -> u64 {
+        self.now_tick
+    }
+    pub fn is_leader(&self) -> bool {
+        self.role == Role::Leader
+    }
+    /// Progress of a follower, when leader.
+    pub fn progress(&self, peer: NodeId) -> Option<&Progress> {
+        self.progress.get(&peer)
+    }
+    /// Whether a lease read would be served right now without a message round.
+    pub fn lease_valid(&self) -> bool {
+        self.role == Role::Leader
+            && self.cfg.lease_reads
+            && self.cfg.check_quorum
+            && self.committed_in_term()
+            && {
+                let lease_ticks = self.cfg.lease_ticks();
+                let now = self.now_tick;
+                self.configuration.is_quorum(|id| {
+                    id == self.cfg.id
+                        || self
+                            .progress
+                            .get(&id)
+                            .and_then(|progress| progress.acked_sent_tick)
+                            .is_some_and(|sent| now < sent + lease_ticks)
+                })
+            }
+    }
+
+    // ----- inputs ----------------------------------------------------------------
+
+    /// Advances the node's clock by one tick.
+    pub fn tick(&mut self) {
+        self.now_tick += 1;
+        self.ticks_since_leader_contact = self.ticks_since_leader_contact.saturating_add(1);
+        match self.role {
+            Role::Leader => self.tick_leader(),
+            Role::Learner => {}
+            Role::Follower | Role::PreCandidate | Role::Candidate => {
+                self.election_elapsed_ticks += 1;
+                if self.election_elapsed_ticks >= self.randomized_election_timeout_ticks {
+                    self.start_election(false);
+                }
+            }
+        }
+        self.check_invariants();
+    }
+
+    fn tick_leader(&mut self) {
+        self.heartbeat_elapsed_ticks += 1;
+        self.check_quorum_elapsed_ticks += 1;
+        if let Some(transfer) = self.transfer.as_mut() {
+            transfer.elapsed_ticks += 1;
+            if transfer.elapsed_ticks >= self.cfg.election_timeout_ticks {
+                self.transfer = None;
+            }
+        }
+        if self.cfg.check_quorum
+            && self.check_quorum_elapsed_ticks >= self.cfg.election_timeout_ticks
+        {
+            self.check_quorum_elapsed_ticks = 0;
+            let self_id = self.cfg.id;
+            let active = self.configuration.is_quorum(|id| {
+                id == self_id || self.progress.get(&id).is_some_and(|p| p.recent_active)
+            });
+            for progress in self.progress.values_mut() {
+                progress.recent_active = false;
+            }
+            if !active {
+                let term = self.term;
+                self.become_follower(term, None);
+                return;
+            }
+        }
+        if self.heartbeat_elapsed_ticks >= self.cfg.heartbeat_interval_ticks {
+            self.heartbeat_elapsed_ticks = 0;
+            self.broadcast_heartbeat();
+        }
+    }
+
+    /// Appends client commands to the log (leader only). Returns the assigned indexes.
+    pub fn propose(&mut self, commands: Vec<Bytes>) -> Result<Range<u64>, ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader {
+                leader_hint: self.leader_id,
+            });
+        }
+        if self.transfer.is_some() {
+            return Err(ProposeError::TransferInProgress);
+        }
+        if commands.is_empty() {
+            return Err(ProposeError::Empty);
+        }
+        let first = self.log.last_index() + 1;
+        let entries: Vec<Entry> = commands
+            .into_iter()
+            .enumerate()
+            .map(|(k, data)| Entry {
+                index: first + k as u64,
+                term: self.term,
+                kind: EntryKind::Normal,
+                data,
+            })
+            .collect();
+        self.log.append(&entries);
+        let end = self.log.last_index() + 1;
+        self.broadcast_append();
+        self.maybe_commit();
+        Ok(first..end)
+    }
+
+    /// Asks for a linearizable read, identified by `request_id`. The answer comes in a
+    /// later `Ready::reads` (or `failed_reads`).
+    pub fn read_index(&mut self, request_id: u64) -> Result<(), ReadError> {
+        if self.role != Role::Leader {
+            return Err(ReadError::NotLeader {
+                leader_hint: self.leader_id,
+            });
+        }
+        if !self.committed_in_term() {
+            self.reads_awaiting_term_commit.push(request_id);
+            return Ok(());
+        }
+        self.start_read(request_id);
+        Ok(())
+    }
+
+    /// Hands leadership to `target`: it is brought up to date, then told to time out.
+    /// Proposals are refused until the transfer completes or an election timeout passes.
+    pub fn transfer_leadership(&mut self, target: NodeId) -> Result<(), TransferError> {
+        if self.role != Role::Leader {
+            return Err(TransferError::NotLeader {
+                leader_hint: self.leader_id,
+            });
+        }
+        if target == self.cfg.id {
+            return Err(TransferError::AlreadyLeader);
+        }
+        if !self.configuration.is_voter(target) {
+            return Err(TransferError::NotAVoter(target));
+        }
+        self.transfer = Some(Transfer {
+            target,
+            elapsed_ticks: 0,
+            timeout_now_sent: false,
+        });
+        self.maybe_send_timeout_now();
+        if self
+            .transfer
+            .is_some_and(|transfer| !transfer.timeout_now_sent)
+        {
+            self.send_append(target, true);
+        }
+        Ok(())
+    }
+
+    /// The runtime made every persist action with sequence number <= `seq` durable.
+    pub fn on_persisted(&mut self, seq: u64) {
+        debug_assert!(
+            seq < self.next_persist_seq,
+            "on_persisted({seq}) for an action never issued"
+        );
+        if seq <= self.durable_seq {
+            return;
+        }
+        self.durable_seq = seq;
+        while let Some(done) = self.inflight_persists.front().copied() {
+            if done.seq > seq {
+                break;
+            }
+            self.inflight_persists.pop_front();
+            debug_assert!(done.last_index <= self.log.last_index());
+            self.log.persisted = self.log.persisted.max(done.last_index);
+            if let Some(hard_state) = done.hard_state {
+                self.durable_hard_state = hard_state;
+            }
+        }
+        while self
+            .held_messages
+            .front()
+            .is_some_and(|(needed, _)| *needed <= seq)
+        {
+            if let Some((_, message)) = self.held_messages.pop_front() {
+                self.out_messages.push(message);
+            }
+        }
+        let own_vote = HardState {
+            term: self.term,
+            voted_for: Some(self.cfg.id),
+        };
+        match self.role {
+            // Our own vote counts only once it is durable.
+            Role::Candidate if self.durable_hard_state == own_vote => {
+                self.votes.insert(self.cfg.id, true);
+                self.check_vote_result();
+            }
+            Role::Leader => self.maybe_commit(),
+            _ => {}
+        }
+        self.check_invariants();
+    }
+
+    /// The state machine applied every entry through `index`.
+    pub fn on_applied(&mut self, index: u64) {
+        debug_assert!(
+            index <= self.log.applied(),
+            "applied {index} beyond what was handed out"
+        );
+        self.applied_by_runtime = self.applied_by_runtime.max(index);
+    }
+
+    /// Handles a message from another node.
+    pub fn step(&mut self, message: Message) {
+        debug_assert_eq!(
+            message.to, self.cfg.id,
+            "message delivered to the wrong node"
+        );
+        if message.from == self.cfg.id {
+            return;
+        }
+        if message.term > self.term {
+            match &message.body {
+                MessageBody::RequestVote(request) | MessageBody::PreVote(request) => {
+                    if self.in_lease() && !request.leadership_transfer {
+                        // We heard from a live leader recently: a vote now could end
+                        // its lease early. Ignore (thesis §4.2.3).
+                        return;
+                    }
+                    if matches!(message.body, MessageBody::RequestVote(_)) {
+                        self.become_follower(message.term, None);
+                    }
+                }
+                MessageBody::PreVoteResponse(response) if response.granted => {}
+                MessageBody::AppendEntries(_)
+                | MessageBody::TimeoutNow
+                | MessageBody::InstallSnapshot(_) => {
+                    self.become_follower(message.term, Some(message.from));
+                }
+                _ => self.become_follower(message.term, None),
+            }
+        } else if message.term < self.term {
+            match &message.body {
+                MessageBody::AppendEntries(_) | MessageBody::InstallSnapshot(_) => {
+                    // Tell a stale leader about the newer term so it steps down.
+                    self.send_append_response(message.from, false, 0, 0, None, 0, 0);
+                }
+                MessageBody::PreVote(_) => self.send(
+                    message.from,
+                    MessageBody::PreVoteResponse(VoteResponse { granted: false }),
+                ),
+                MessageBody::RequestVote(_) => self.send(
+                    message.from,
+                    MessageBody::RequestVoteResponse(VoteResponse { granted: false }),
+                ),
+                _ => {}
+            }
+            return;
+        }
+        let from = message.from;
+        let term = message.term;
+        match message.body {
+            MessageBody::AppendEntries(append) => self.handle_append_entries(from, append),
+            MessageBody::AppendEntriesResponse(response) => {
+                self.handle_append_response(from, response)
+            }
+            MessageBody::RequestVote(request) => self.handle_request_vote(from, request),
+            MessageBody::RequestVoteResponse(response) => {
+                if self.role == Role::Candidate && term == self.term {
+                    self.votes.insert(from, response.granted);
+                    self.check_vote_result();
+                }
+            }
+            MessageBody::PreVote(request) => self.handle_pre_vote(from, term, request),
+            MessageBody::PreVoteResponse(response) => {
+                if self.role == Role::PreCandidate && term == self.term + 1 {
+                    self.votes.insert(from, response.granted);
+                    self.check_vote_result();
+                }
+            }
+            MessageBody::TimeoutNow => {
+                if self.role == Role::Follower && self.configuration.is_voter(self.cfg.id) {
+                    self.start_election(true);
+                }
+            }
+            // Snapshot transfer is not implemented yet: the message is reserved.
+            MessageBody::InstallSnapshot(_) | MessageBody::InstallSnapshotResponse(_) => {}
+        }
+        self.check_invariants();
+    }
+
+    /// Whether anything is waiting in the next `take_ready`.
+    pub fn has_ready(&self) -> bool {
+        self.hard_state_dirty
+            || self.pending_truncate.is_some()
+            || self.unissued_from <= self.log.last_index()
+            || !self.out_messages.is_empty()
+            || !self.out_reads.is_empty()
+            || !self.out_failed_reads.is_empty()
+            || self.log.applied() < self.log.committed().min(self.log.persisted())
+            || self.last_reported_role != Some(self.role_state())
+    }
+
+    /// Collects everything the runtime must do now.
+    pub fn take_ready(&mut self) -> Ready {
+        let mut ready = Ready::default();
+        if self.hard_state_dirty
+            || self.pending_truncate.is_some()
+            || self.unissued_from <= self.log.last_index()
+        {
+            let seq = self.next_persist_seq;
+            self.next_persist_seq += 1;
+            let hard_state = self.hard_state_dirty.then_some(HardState {
+                term: self.term,
+                voted_for: self.voted_for,
+            });
+            if hard_state.is_some() {
+                self.last_hard_state_seq = seq;
+            }
+            let entries = self.log.entries_from(self.unissued_from).to_vec();
+            debug_assert!(self
+                .pending_truncate
+                .iter()
+                .all(|from| *from == self.unissued_from));
+            ready.persist = Some(PersistAction {
+                seq,
+                hard_state,
+                truncate_from: self.pending_truncate.take(),
+                entries,
+            });
+            self.inflight_persists.push_back(InflightPersist {
+                seq,
+                last_index: self.log.last_index(),
+                hard_state,
+            });
+            self.hard_state_dirty = false;
+            self.unissued_from = self.log.last_index() + 1;
+        }
+        let apply_through = self.log.committed().min(self.log.persisted());
+        if self.log.applied() < apply_through {
+            ready.committed_entries = self.log.entries_from(self.log.applied() + 1)
+                [..(apply_through - self.log.applied()) as usize]
+                .to_vec();
+            self.log.applied = apply_through;
+        }
+        ready.messages = std::mem::take(&mut self.out_messages);
+        ready.reads = std::mem::take(&mut self.out_reads);
+        ready.failed_reads = std::mem::take(&mut self.out_failed_reads);
+        let role_state = self.role_state();
+        if self.last_reported_role != Some(role_state) {
+            ready.role_change = Some(role_state);
+            self.last_reported_role = Some(role_state);
+        }
+        self.check_invariants();
+        ready
+    }
+
+    // ----- elections -------------------------------------------------------------
+
+    fn role_state(&self) -> RoleState {
+        RoleState {
+            role: self.role,
+            term: self.term,
+            leader: self.leader_id,
+        }
+    }
+
+    fn in_lease(&self) -> bool {
+        self.cfg.check_quorum
+            && (self.role == Role::Leader
+                || self.ticks_since_leader_contact < self.cfg.election_timeout_ticks)
+    }
+
+    fn reset_election_timer(&mut self) {
+        self.election_elapsed_ticks = 0;
+        let min = self.cfg.election_timeout_ticks;
+        self.randomized_election_timeout_ticks = self.rng.gen_range(min..2 * min);
+    }
+
+    fn set_term(&mut self, term: u64) {
+        debug_assert!(term >= self.term, "term must never decrease");
+        if term > self.term {
+            self.term = term;
+            self.voted_for = None;
+            self.hard_state_dirty = true;
+        }
+    }
+
+    fn become_follower(&mut self, term: u64, leader: Option<NodeId>) {
+        let was_leader = self.role == Role::Leader;
+        self.set_term(term);
+        self.role = if self.configuration.is_voter(self.cfg.id) {
+            Role::Follower
+        } else {
+            Role::Learner
+        };
+        self.leader_id = leader;
+        self.votes.clear();
+        self.campaign_is_transfer = false;
+        self.reset_election_timer();
+        if was_leader {
+            self.progress.clear();
+            self.transfer = None;
+            let leader_hint = self.leader_id;
+            for read in self.pending_reads.drain(..) {
+                self.out_failed_reads
+                    .push((read.request_id, ReadError::NotLeader { leader_hint }));
+            }
+            for request_id in self.reads_awaiting_term_commit.drain(..) {
+                self.out_failed_reads
+                    .push((request_id, ReadError::NotLeader { leader_hint }));
+            }
+        }
+    }
+
+    fn start_election(&mut self, leadership_transfer: bool) {
+        if !self.configuration.is_voter(self.cfg.id) {
+            return;
+        }
+        if self.cfg.pre_vote && !leadership_transfer {
+            self.role = Role::PreCandidate;
+            self.leader_id = None;
+            self.votes.clear();
+            self.votes.insert(self.cfg.id, true);
+            self.reset_election_timer();
+            let request = self.vote_request(false);
+            for peer in self.voter_peers() {
+                self.send_with_term(peer, self.term + 1, MessageBody::PreVote(request.clone()));
+            }
+            self.check_vote_result();
+        } else {
+            self.become_candidate(leadership_transfer);
+        }
+    }
+
+    fn become_candidate(&mut self, leadership_transfer: bool) {
+        let term = self.term + 1;
+        self.set_term(term);
+        self.voted_for = Some(self.cfg.id);
+        self.hard_state_dirty = true;
+        self.role = Role::Candidate;
+        self.leader_id = None;
+        self.votes.clear();
+        self.campaign_is_transfer = leadership_transfer;
+        self.reset_election_timer();
+        // Our own vote counts once it is durable (see on_persisted); RequestVote messages
+        // are held by `send` until then too.
+        let request = self.vote_request(leadership_transfer);
+        for peer in self.voter_peers() {
+            self.send(peer, MessageBody::RequestVote(request.clone()));
+        }
+    }
+
+    fn vote_request(&self, leadership_transfer: bool) -> RequestVote {
+        RequestVote {
+            last_log_index: self.log.last_index(),
+            last_log_term: self.log.last_term(),
+            leadership_transfer,
+        }
+    }
+
+    fn voter_peers(&self) -> Vec<NodeId> {
+        let self_id = self.cfg.id;
+        self.configuration
+            .members()
+            .into_iter()
+            .filter(|id| *id != self_id && self.configuration.is_voter(*id))
+            .collect()
+    }
+
+    fn check_vote_result(&mut self) {
+        let result = self
+            .configuration
+            .vote_result(|id| self.votes.get(&id).copied());
+        match (result, self.role) {
+            (VoteResult::Won, Role::PreCandidate) => self.become_candidate(false),
+            (VoteResult::Won, Role::Candidate) => self.become_leader(),
+            (VoteResult::Lost, Role::PreCandidate | Role::Candidate) => {
+                let term = self.term;
+                self.become_follower(term, None);
+            }
+            _ => {}
+        }
+    }
+
+    fn handle_request_vote(&mut self, from: NodeId, request: RequestVote) {
+        // Same term here (higher terms were adopted in `step`).
+        let can_vote =
+            self.voted_for == Some(from) || (self.voted_for.is_none() && self.leader_id.is_none());
+        let granted = can_vote
+            && self.role != Role::Leader
+            && self
+                .log
+                .is_up_to_date(request.last_log_index, request.last_log_term);
+        if granted {
+            self.voted_for = Some(from);
+            self.hard_state_dirty = true;
+            self.reset_election_timer();
+        }
+        self.send(
+            from,
+            MessageBody::RequestVoteResponse(VoteResponse { granted }),
+        );
+    }
+
+    fn handle_pre_vote(&mut self, from: NodeId, term: u64, request: RequestVote) {
+        // `step` already dropped pre-votes while we hear from a live leader.
+        let granted = term > self.term
+            && self
+                .log
+                .is_up_to_date(request.last_log_index, request.last_log_term);
+        let reply_term = if granted { term } else { self.term };
+        self.send_with_term(
+            from,
+            reply_term,
+            MessageBody::PreVoteResponse(VoteResponse { granted }),
+        );
+    }
+
+    fn become_leader(&mut self) {
+        debug_assert_eq!(
+            self.durable_hard_state.term, self.term,
+            "leader's term must be durable"
+        );
+        self.role = Role::Leader;
+        self.leader_id = Some(self.cfg.id);
+        self.votes.clear();
+        self.transfer = None;
+        self.heartbeat_elapsed_ticks = 0;
+        self.check_quorum_elapsed_ticks = 0;
+        let next_index = self.log.last_index() + 1;
+        self.progress = self
+            .configuration
+            .members()
+            .into_iter()
+            .filter(|id| *id != self.cfg.id)
+            .map(|id| (id, Progress::new(next_index)))
+            .collect();
+        let noop = Entry {
+            index: next_index,
+            term: self.term,
+            kind: EntryKind::Noop,
+            data: Bytes::new(),
+        };
+        self.term_start_index = next_index;
+        self.log.append(&[noop]);
+        self.broadcast_append();
+        self.maybe_commit();
+    }
+
+    // ----- replication (leader) --------------------------------------------------
+
+    fn committed_in_term(&self) -> bool {
+        self.role == Role::Leader && self.log.committed() >= self.term_start_index
+    }
+
+    fn broadcast_append(&mut self) {
+        let peers: Vec<NodeId> = self.progress.keys().copied().collect();
+        for peer in peers {
+            self.send_append(peer, false);
+        }
+    }
+
+    fn broadcast_heartbeat(&mut self) {
+        let peers: Vec<NodeId> = self.progress.keys().copied().collect();
+        for peer in peers {
+            self.send_heartbeat(peer);
+        }
+    }
+
+    /// An empty AppendEntries. In replicate state it checks the log at `match_index`
+    /// (which the follower surely holds), so reordered heartbeats never cause
+    /// rejections; in probe state it probes at `next_index - 1`.
+    fn send_heartbeat(&mut self, peer: NodeId) {
+        let Some(progress) = self.progress.get(&peer) else {
+            return;
+        };
+        let prev_log_index = match progress.state {
+            ReplicationState::Replicate => progress.match_index,
+            ReplicationState::Probe | ReplicationState::Snapshot => progress.next_index - 1,
+        };
+        let Some(prev_log_term) = self.log.term(prev_log_index) else {
+            return;
+        };
+        self.send_append_entries(peer, prev_log_index, prev_log_term, Vec::new());
+    }
+
+    /// Sends entries to `peer` as flow control allows (several messages in replicate
+    /// state). With `allow_empty`, sends an empty AppendEntries if nothing else goes.
+    fn send_append(&mut self, peer: NodeId, allow_empty: bool) {
+        let mut sent_any = false;
+        loop {
+            let Some(progress) = self.progress.get(&peer) else {
+                return;
+            };
+            let blocked = match progress.state {
+                ReplicationState::Probe => progress.probe_outstanding,
+                ReplicationState::Replicate => {
+                    progress.inflight.len() >= self.cfg.max_inflight_messages
+                        || progress.inflight_bytes >= self.cfg.max_inflight_bytes
+                }
+                ReplicationState::Snapshot => true,
+            };
+            let next_index = progress.next_index;
+            let state = progress.state;
+            if blocked || next_index > self.log.last_index() {
+                break;
+            }
+            let prev_log_index = next_index - 1;
+            let Some(prev_log_term) = self.log.term(prev_log_index) else {
+                // Compacted away: the follower needs a snapshot (not implemented).
+                if let Some(progress) = self.progress.get_mut(&peer) {
+                    progress.state = ReplicationState::Snapshot;
+                }
+                return;
+            };
+            let entries = self.log.batch_from(
+                next_index,
+                self.cfg.max_batch_bytes,
+                self.cfg.max_batch_entries,
+            );
+            let last = entries.last().map_or(prev_log_index, |entry| entry.index);
+            let size_bytes: u64 = entries.iter().map(Entry::size_bytes).sum();
+            self.send_append_entries(peer, prev_log_index, prev_log_term, entries);
+            sent_any = true;
+            let Some(progress) = self.progress.get_mut(&peer) else {
+                return;
+            };
+            match state {
+                ReplicationState::Replicate => {
+                    progress.next_index = last + 1;
+                    progress.inflight.push_back((last, size_bytes));
+                    progress.inflight_bytes += size_bytes;
+                }
+                _ => {
+                    progress.probe_outstanding = true;
+                    break;
+                }
+            }
+        }
+        if allow_empty && !sent_any {
+            self.send_heartbeat(peer);
+        }
+    }
+
+    fn send_append_entries(
+        &mut self,
+        peer: NodeId,
+        prev_log_index: u64,
+        prev_log_term: u64,
+        entries: Vec<Entry>,
+    ) {
+        let append = AppendEntries {
+            prev_log_index,
+            prev_log_term,
+            entries,
+            leader_commit: self.log.committed(),
+            heartbeat_id: self.heartbeat_id,
+            sent_at_tick: self.now_tick,
+        };
+        self.send(peer, MessageBody::AppendEntries(append));
+    }
+
+    fn handle_append_response(&mut self, from: NodeId, response: AppendEntriesResponse) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let last_index = self.log.last_index();
+        let Some(progress) = self.progress.get_mut(&from) else {
+            return;
+        };
+        progress.recent_active = true;
+        progress.acked_heartbeat_id = progress.acked_heartbeat_id.max(response.heartbeat_id);
+        progress.acked_sent_tick = Some(
+            progress
+                .acked_sent_tick
+                .map_or(response.sent_at_tick, |t| t.max(response.sent_at_tick)),
+        );
+        progress.probe_outstanding = false;
+        let mut match_advanced = false;
+        if response.success {
+            debug_assert!(
+                response.match_index <= last_index,
+                "follower acknowledged entries we never had"
+            );
+            if response.match_index > progress.match_index {
+                progress.match_index = response.match_index;
+                match_advanced = true;
+            }
+            match progress.state {
+                ReplicationState::Probe => progress.become_replicate(),
+                ReplicationState::Replicate => {
+                    progress.free_inflight_through(progress.match_index);
+                    progress.next_index = progress.next_index.max(progress.match_index + 1);
+                }
+                ReplicationState::Snapshot => {}
+            }
+        } else {
+            let stale = match progress.state {
+                ReplicationState::Replicate => response.rejected_prev_index <= progress.match_index,
+                ReplicationState::Probe => response.rejected_prev_index != progress.next_index - 1,
+                ReplicationState::Snapshot => true,
+            };
+            if !stale {
+                let next = match response.conflict {
+                    None => response.rejected_prev_index,
+                    Some(hint) => match hint.conflict_term {
+                        None => hint.last_log_index + 1,
+                        Some(term) => match self.log.last_index_of_term(term) {
+                            Some(index) => index + 1,
+                            None => hint.first_index_of_conflict_term,
+                        },
+                    },
+                };
+                let next = next.min(response.rejected_prev_index).max(1);
+                progress.become_probe(next);
+            }
+        }
+        progress.check_invariants();
+        if match_advanced {
+            self.maybe_commit();
+        }
+        self.resolve_pending_reads();
+        self.send_append(from, false);
+        self.maybe_send_timeout_now();
+    }
+
+    /// Advances the commit index to the highest index a quorum holds durably, but only
+    /// through an entry of the current term (Raft Figure 8 / §5.4.2).
+    fn maybe_commit(&mut self) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let self_id = self.cfg.id;
+        let persisted = self.log.persisted();
+        let quorum_index = self.configuration.quorum_index(|id| {
+            if id == self_id {
+                persisted
+            } else {
+                self.progress.get(&id).map_or(0, |p| p.match_index)
+            }
+        });
+        if quorum_index <= self.log.committed() || self.log.term(quorum_index) != Some(self.term) {
+            return;
+        }
+        let was_committed_in_term = self.committed_in_term();
+        self.log.committed = quorum_index;
+        // Tell followers promptly, so they can apply.
+        let peers: Vec<NodeId> = self.progress.keys().copied().collect();
+        for peer in peers {
+            self.send_append(peer, true);
+        }
+        if !was_committed_in_term && self.committed_in_term() {
+            for request_id in std::mem::take(&mut self.reads_awaiting_term_commit) {
+                self.start_read(request_id);
+            }
+        }
+    }
+
+    fn start_read(&mut self, request_id: u64) {
+        debug_assert!(self.committed_in_term());
+        let read_index = self.log.committed();
+        if self.configuration.is_quorum(|id| id == self.cfg.id) {
+            self.out_reads.push(ReadyRead {
+                request_id,
+                read_index,
+                via: ReadPath::ReadIndex,
+            });
+            return;
+        }
+        if self.lease_valid() {
+            self.out_reads.push(ReadyRead {
+                request_id,
+                read_index,
+                via: ReadPath::Lease,
+            });
+            return;
+        }
+        self.heartbeat_id += 1;
+        self.pending_reads.push_back(PendingRead {
+            request_id,
+            read_index,
+            heartbeat_id: self.heartbeat_id,
+        });
+        self.broadcast_heartbeat();
+    }
+
+    fn resolve_pending_reads(&mut self) {
+        while let Some(read) = self.pending_reads.front().copied() {
+            let self_id = self.cfg.id;
+            let confirmed = self.configuration.is_quorum(|id| {
+                id == self_id
+                    || self
+                        .progress
+                        .get(&id)
+                        .is_some_and(|p| p.acked_heartbeat_id >= read.heartbeat_id)
+            });
+            if !confirmed {
+                break;
+            }
+            self.pending_reads.pop_front();
+            self.out_reads.push(ReadyRead {
+                request_id: read.request_id,
+                read_index: read.read_index,
+                via: ReadPath::ReadIndex,
+            });
+        }
+    }
+
+    fn maybe_send_timeout_now(&mut self) {
+        let Some(transfer) = self.transfer else {
+            return;
+        };
+        if transfer.timeout_now_sent {
+            return;
+        }
+        let caught_up = self
+            .progress
+            .get(&transfer.target)
+            .is_some_and(|p| p.match_index == self.log.last_index());
+        if caught_up {
+            self.send(transfer.target, MessageBody::TimeoutNow);
+            if let Some(transfer) = self.transfer.as_mut() {
+                transfer.timeout_now_sent = true;
+            }
+        }
+    }
+
+    // ----- replication (follower) ------------------------------------------------
+
+    fn handle_append_entries(&mut self, from: NodeId, append: AppendEntries) {
+        // Same term as ours (adopted in `step`): `from` is this term's leader.
+        if self.role != Role::Follower && self.role != Role::Learner {
+            let term = self.term;
+            self.become_follower(term, Some(from));
+        }
+        self.leader_id = Some(from);
+        self.election_elapsed_ticks = 0;
+        self.ticks_since_leader_contact = 0;
+
+        let AppendEntries {
+            mut prev_log_index,
+            mut prev_log_term,
+            mut entries,
+            leader_commit,
+            heartbeat_id,
+            sent_at_tick,
+        } = append;
+        let snapshot_index = self.log.start().last_index;
+        if prev_log_index < snapshot_index {
+            // Entries up to the snapshot point are committed and identical everywhere.
+            entries.retain(|entry| entry.index > snapshot_index);
+            prev_log_index = snapshot_index;
+            prev_log_term = self.log.start().last_term;
+        }
+        if prev_log_index > self.log.last_index() {
+            let hint = ConflictHint {
+                conflict_term: None,
+                first_index_of_conflict_term: 0,
+                last_log_index: self.log.last_index(),
+            };
+            self.send_append_response(
+                from,
+                false,
+                0,
+                prev_log_index,
+                Some(hint),
+                heartbeat_id,
+                sent_at_tick,
+            );
+            return;
+        }
+        let our_term = self.log.term(prev_log_index);
+        if our_term != Some(prev_log_term) {
+            let conflict_term = our_term.unwrap_or(0);
+            let hint = ConflictHint {
+                conflict_term: Some(conflict_term),
+                first_index_of_conflict_term: self
+                    .log
+                    .first_index_of_term_at(conflict_term, prev_log_index),
+                last_log_index: self.log.last_index(),
+            };
+            self.send_append_response(
+                from,
+                false,
+                0,
+                prev_log_index,
+                Some(hint),
+                heartbeat_id,
+                sent_at_tick,
+            );
+            return;
+        }
+        let last_new_index = prev_log_index + entries.len() as u64;
+        let mut first_new = entries.len();
+        for (position, entry) in entries.iter().enumerate() {
+            match self.log.term(entry.index) {
+                Some(term) if term == entry.term => continue,
+                Some(_) => {
+                    self.truncate_log_from(entry.index);
+                    first_new = position;
+                    break;
+                }
+                None => {
+                    first_new = position;
+                    break;
+                }
+            }
+        }
+        if first_new < entries.len() {
+            self.log.append(&entries[first_new..]);
+        }
+        if leader_commit > self.log.committed() {
+            let new_commit = leader_commit.min(last_new_index);
+            if new_commit > self.log.committed() {
+                self.log.committed = new_commit;
+            }
+        }
+        self.send_append_response(
+            from,
+            true,
+            last_new_index,
+            prev_log_index,
+            None,
+            heartbeat_id,
+            sent_at_tick,
+        );
+    }
+
+    fn truncate_log_from(&mut self, from: u64) {
+        self.log.truncate_from(from);
+        for inflight in self.inflight_persists.iter_mut() {
+            inflight.last_index = inflight.last_index.min(from - 1);
+        }
+        if from < self.unissued_from {
+            self.unissued_from = from;
+            self.pending_truncate = Some(from);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn send_append_response(
+        &mut self,
+        to: NodeId,
+        success: bool,
+        match_index: u64,
+        rejected_prev_index: u64,
+        conflict: Option<ConflictHint>,
+        heartbeat_id: u64,
+        sent_at_tick: u64,
+    ) {
+        let body = MessageBody::AppendEntriesResponse(AppendEntriesResponse {
+            success,
+            match_index,
+            rejected_prev_index,
+            conflict,
+            heartbeat_id,
+            sent_at_tick,
+        });
+        let needed = if success {
+            self.hard_state_tag().max(self.log_tag(match_index))
+        } else {
+            self.hard_state_tag()
+        };
+        let message = Message {
+            from: self.cfg.id,
+            to,
+            term: self.term,
+            body,
+        };
+        self.emit(needed, message);
+    }
+
+    // ----- durability gating -----------------------------------------------------
+
+    /// Persist sequence number after which the current hard state is durable.
+    fn hard_state_tag(&self) -> u64 {
+        if self.hard_state_dirty {
+            self.next_persist_seq
+        } else {
+            self.last_hard_state_seq
+        }
+    }
+
+    /// Persist sequence number after which the log is durable through `through`.
+    fn log_tag(&self, through: u64) -> u64 {
+        if through <= self.log.persisted() {
+            return 0;
+        }
+        if through >= self.unissued_from {
+            return self.next_persist_seq;
+        }
+        self.inflight_persists
+            .iter()
+            .find(|inflight| inflight.last_index >= through)
+            .map_or(self.next_persist_seq, |inflight| inflight.seq)
+    }
+
+    fn send(&mut self, to: NodeId, body: MessageBody) {
+        let term = self.term;
+        self.send_with_term(to, term, body);
+    }
+
+    fn send_with_term(&mut self, to: NodeId, term: u64, body: MessageBody) {
+        let message = Message {
+            from: self.cfg.id,
+            to,
+            term,
+            body,
+        };
+        let needed = self.hard_state_tag();
+        self.emit(needed, message);
+    }
+
+    fn emit(&mut self, needed_seq: u64, message: Message) {
+        if needed_seq <= self.durable_seq {
+            self.out_messages.push(message);
+        } else {
+            self.held_messages.push_back((needed_seq, message));
+        }
+    }
+
+    fn check_invariants(&self) {
+        if !cfg!(debug_assertions) {
+            return;
+        }
+        self.log.check_invariants();
+        debug_assert!(self.durable_seq < self.next_persist_seq);
+        debug_assert!(
+            self.log.persisted() < self.unissued_from
+                && self.unissued_from <= self.log.last_index() + 1
+        );
+        debug_assert!(self.role != Role::Leader || self.leader_id == Some(self.cfg.id));
+        debug_assert!(self.role != Role::Candidate || self.voted_for == Some(self.cfg.id));
+        debug_assert!(self.durable_hard_state.term <= self.term);
+        for progress in self.progress.values() {
+            progress.check_invariants();
+            debug_assert!(progress.next_index <= self.log.last_index() + 1);
+        }
+        debug_assert!(self
+            .held_messages
+            .iter()
+            .all(|(needed, _)| *needed > self.durable_seq));
+    }
+}

@@ -1,0 +1,556 @@
+//! Unit tests of single-node behaviour, driven by hand-made messages. Cluster-level
+//! scenarios live in `tests/` and run on the simulator.
+
+use bytes::Bytes;
+
+use super::*;
+
+fn config(id: NodeId) -> RaftConfig {
+    RaftConfig::new(id, id * 7919)
+}
+
+fn three_nodes() -> Configuration {
+    Configuration::new([1, 2, 3])
+}
+
+fn entry(index: u64, term: u64) -> Entry {
+    Entry {
+        index,
+        term,
+        kind: EntryKind::Normal,
+        data: Bytes::from(format!("e{index}t{term}")),
+    }
+}
+
+fn message(from: NodeId, to: NodeId, term: u64, body: MessageBody) -> Message {
+    Message {
+        from,
+        to,
+        term,
+        body,
+    }
+}
+
+fn append(prev: (u64, u64), entries: Vec<Entry>, leader_commit: u64) -> MessageBody {
+    MessageBody::AppendEntries(AppendEntries {
+        prev_log_index: prev.0,
+        prev_log_term: prev.1,
+        entries,
+        leader_commit,
+        heartbeat_id: 0,
+        sent_at_tick: 0,
+    })
+}
+
+fn ack(match_index: u64) -> MessageBody {
+    MessageBody::AppendEntriesResponse(AppendEntriesResponse {
+        success: true,
+        match_index,
+        rejected_prev_index: 0,
+        conflict: None,
+        heartbeat_id: 0,
+        sent_at_tick: 0,
+    })
+}
+
+fn responses(ready: &Ready) -> Vec<&AppendEntriesResponse> {
+    ready
+        .messages
+        .iter()
+        .filter_map(|m| match &m.body {
+            MessageBody::AppendEntriesResponse(response) => Some(response),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Ticks until the node sends pre-votes, then grants them from node 2.
+/// Returns the node as a candidate whose hard state is not yet durable.
+fn make_candidate(node: &mut RaftNode) -> u64 {
+    for _ in 0..100 {
+        node.tick();
+        if node.role() == Role::PreCandidate {
+            break;
+        }
+    }
+    assert_eq!(node.role(), Role::PreCandidate);
+    let term = node.term();
+    node.step(message(
+        2,
+        1,
+        term + 1,
+        MessageBody::PreVoteResponse(VoteResponse { granted: true }),
+    ));
+    assert_eq!(node.role(), Role::Candidate);
+    assert_eq!(node.term(), term + 1);
+    term + 1
+}
+
+fn make_leader(node: &mut RaftNode) -> u64 {
+    let term = make_candidate(node);
+    let ready = node.take_ready();
+    node.on_persisted(ready.persist.expect("term and vote must be persisted").seq);
+    node.step(message(
+        2,
+        1,
+        term,
+        MessageBody::RequestVoteResponse(VoteResponse { granted: true }),
+    ));
+    assert_eq!(node.role(), Role::Leader);
+    term
+}
+
+#[test]
+fn request_vote_is_held_until_term_and_vote_are_durable() {
+    let mut node = RaftNode::new(config(1), three_nodes());
+    let term = make_candidate(&mut node);
+    let ready = node.take_ready();
+    let persist = ready
+        .persist
+        .expect("candidate must persist its term and vote");
+    assert_eq!(
+        persist.hard_state,
+        Some(HardState {
+            term,
+            voted_for: Some(1)
+        })
+    );
+    assert!(
+        !ready
+            .messages
+            .iter()
+            .any(|m| matches!(m.body, MessageBody::RequestVote(_))),
+        "RequestVote sent before the vote for ourselves was durable"
+    );
+    node.on_persisted(persist.seq);
+    let ready = node.take_ready();
+    let n_requests = ready
+        .messages
+        .iter()
+        .filter(|m| matches!(m.body, MessageBody::RequestVote(_)))
+        .count();
+    assert_eq!(n_requests, 2);
+}
+
+#[test]
+fn vote_grant_is_held_until_durable() {
+    let mut node = RaftNode::new(config(2), three_nodes());
+    let request = RequestVote {
+        last_log_index: 0,
+        last_log_term: 0,
+        leadership_transfer: false,
+    };
+    node.step(message(1, 2, 1, MessageBody::RequestVote(request)));
+    assert_eq!(node.voted_for(), Some(1));
+    let ready = node.take_ready();
+    assert!(
+        ready.messages.is_empty(),
+        "vote granted before it was durable: {:?}",
+        ready.messages
+    );
+    let persist = ready.persist.expect("vote must be persisted");
+    assert_eq!(
+        persist.hard_state,
+        Some(HardState {
+            term: 1,
+            voted_for: Some(1)
+        })
+    );
+    node.on_persisted(persist.seq);
+    let ready = node.take_ready();
+    assert_eq!(ready.messages.len(), 1);
+    assert!(matches!(
+        ready.messages[0].body,
+        MessageBody::RequestVoteResponse(VoteResponse { granted: true })
+    ));
+}
+
+#[test]
+fn one_vote_per_term() {
+    let mut node = RaftNode::new(config(3), three_nodes());
+    let request = RequestVote {
+        last_log_index: 0,
+        last_log_term: 0,
+        leadership_transfer: false,
+    };
+    node.step(message(1, 3, 1, MessageBody::RequestVote(request.clone())));
+    node.step(message(2, 3, 1, MessageBody::RequestVote(request)));
+    let ready = node.take_ready();
+    node.on_persisted(ready.persist.map_or(0, |p| p.seq));
+    let ready = node.take_ready();
+    let grants: Vec<(NodeId, bool)> = ready
+        .messages
+        .iter()
+        .filter_map(|m| match &m.body {
+            MessageBody::RequestVoteResponse(response) => Some((m.to, response.granted)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(grants, vec![(1, true), (2, false)]);
+}
+
+#[test]
+fn vote_refused_to_candidate_with_older_log() {
+    let entries = vec![entry(1, 1), entry(2, 2)];
+    let mut node = RaftNode::restart(
+        config(2),
+        three_nodes(),
+        HardState {
+            term: 2,
+            voted_for: None,
+        },
+        LogStart::default(),
+        entries,
+    );
+    for _ in 0..20 {
+        node.tick(); // let the post-restart vote quarantine pass
+    }
+    let stale = RequestVote {
+        last_log_index: 5,
+        last_log_term: 1,
+        leadership_transfer: false,
+    };
+    node.step(message(1, 2, 3, MessageBody::RequestVote(stale)));
+    assert_eq!(node.voted_for(), None);
+}
+
+#[test]
+fn single_node_becomes_leader_only_after_its_vote_is_durable() {
+    let mut node = RaftNode::new(config(1), Configuration::new([1]));
+    for _ in 0..40 {
+        node.tick();
+    }
+    assert_eq!(node.role(), Role::Candidate);
+    let ready = node.take_ready();
+    node.on_persisted(ready.persist.expect("vote").seq);
+    assert_eq!(node.role(), Role::Leader);
+    let range = node
+        .propose(vec![Bytes::from_static(b"x")])
+        .expect("leader accepts proposals");
+    assert_eq!(range, 2..3, "the no-op of the new term takes index 1");
+}
+
+#[test]
+fn leader_counts_itself_only_once_its_write_is_durable() {
+    let mut node = RaftNode::new(config(1), three_nodes());
+    let term = make_leader(&mut node);
+    let ready = node.take_ready();
+    let persist = ready.persist.expect("no-op must be persisted");
+    assert_eq!(persist.entries.len(), 1);
+    assert!(
+        ready
+            .messages
+            .iter()
+            .any(|m| matches!(&m.body, MessageBody::AppendEntries(a) if !a.entries.is_empty())),
+        "leader must replicate in parallel with its own disk write"
+    );
+    // Node 2 acknowledges: 1 of 3 durable copies (the leader's own is not durable yet).
+    node.step(message(2, 1, term, ack(1)));
+    assert_eq!(
+        node.commit_index(),
+        0,
+        "leader counted its own non-durable write"
+    );
+    node.on_persisted(persist.seq);
+    assert_eq!(node.commit_index(), 1);
+}
+
+#[test]
+fn leader_never_commits_an_old_term_entry_by_counting_replicas() {
+    // Figure 8: entries 1 (term 1) and 2 (term 2) from earlier leaders.
+    let entries = vec![entry(1, 1), entry(2, 2)];
+    let hard_state = HardState {
+        term: 3,
+        voted_for: None,
+    };
+    let mut node = RaftNode::restart(
+        config(1),
+        three_nodes(),
+        hard_state,
+        LogStart::default(),
+        entries,
+    );
+    let term = make_leader(&mut node);
+    assert_eq!(term, 4);
+    let ready = node.take_ready();
+    node.on_persisted(ready.persist.expect("no-op").seq);
+    // A majority (leader + node 2) now holds entry 2, but it is from term 2.
+    node.step(message(2, 1, term, ack(2)));
+    assert_eq!(
+        node.commit_index(),
+        0,
+        "committed an entry of an older term by counting replicas"
+    );
+    node.step(message(2, 1, term, ack(3)));
+    assert_eq!(
+        node.commit_index(),
+        3,
+        "committing the no-op commits everything before it"
+    );
+}
+
+#[test]
+fn follower_acknowledges_entries_only_after_they_are_durable() {
+    let mut node = RaftNode::new(config(2), three_nodes());
+    node.step(message(
+        1,
+        2,
+        1,
+        append((0, 0), vec![entry(1, 1), entry(2, 1)], 0),
+    ));
+    let ready = node.take_ready();
+    assert!(
+        responses(&ready).is_empty(),
+        "acknowledged entries that are not durable"
+    );
+    let persist = ready.persist.expect("entries must be persisted");
+    assert_eq!(persist.entries.len(), 2);
+    node.on_persisted(persist.seq);
+    let ready = node.take_ready();
+    let acks = responses(&ready);
+    assert_eq!(acks.len(), 1);
+    assert!(acks[0].success);
+    assert_eq!(acks[0].match_index, 2);
+}
+
+#[test]
+fn conflicting_suffix_is_truncated_and_replaced() {
+    let entries = vec![entry(1, 1), entry(2, 1), entry(3, 2), entry(4, 2)];
+    let hard_state = HardState {
+        term: 2,
+        voted_for: None,
+    };
+    let mut node = RaftNode::restart(
+        config(2),
+        three_nodes(),
+        hard_state,
+        LogStart::default(),
+        entries,
+    );
+    node.step(message(1, 2, 3, append((2, 1), vec![entry(3, 3)], 0)));
+    assert_eq!(node.log().last_index(), 3);
+    assert_eq!(node.log().term(3), Some(3));
+    let persist = node
+        .take_ready()
+        .persist
+        .expect("truncation must be persisted");
+    assert_eq!(persist.truncate_from, Some(3));
+    assert_eq!(persist.entries, vec![entry(3, 3)]);
+}
+
+#[test]
+fn durability_of_an_action_is_capped_by_a_later_truncation() {
+    let mut node = RaftNode::new(config(2), three_nodes());
+    node.step(message(
+        1,
+        2,
+        1,
+        append((0, 0), vec![entry(1, 1), entry(2, 1), entry(3, 1)], 0),
+    ));
+    let first = node.take_ready().persist.expect("first write");
+    // A new leader overwrites entries 2..3 before the first write is durable.
+    node.step(message(3, 2, 2, append((1, 1), vec![entry(2, 2)], 0)));
+    let second = node.take_ready();
+    let second_persist = second.persist.expect("second write");
+    assert_eq!(second_persist.truncate_from, Some(2));
+    node.on_persisted(first.seq);
+    assert_eq!(
+        node.log().persisted(),
+        1,
+        "entries 2..3 of the first write were truncated away"
+    );
+    let ready = node.take_ready();
+    // The term-1 reply may go now (it is just a delayed message: its entries were
+    // durable when sent); no term-2 success may.
+    let term_two_acks = ready
+        .messages
+        .iter()
+        .filter(|m| {
+            m.term == 2 && matches!(&m.body, MessageBody::AppendEntriesResponse(r) if r.success)
+        })
+        .count();
+    assert_eq!(
+        term_two_acks, 0,
+        "acknowledged an entry of term 2 that is not durable"
+    );
+    node.on_persisted(second_persist.seq);
+    assert_eq!(node.log().persisted(), 2);
+    let ready = node.take_ready();
+    assert!(responses(&ready)
+        .iter()
+        .any(|r| r.success && r.match_index == 2));
+}
+
+#[test]
+fn rejection_carries_fast_backup_hints() {
+    let entries = vec![
+        entry(1, 1),
+        entry(2, 1),
+        entry(3, 2),
+        entry(4, 2),
+        entry(5, 2),
+    ];
+    let hard_state = HardState {
+        term: 2,
+        voted_for: None,
+    };
+    let mut node = RaftNode::restart(
+        config(2),
+        three_nodes(),
+        hard_state,
+        LogStart::default(),
+        entries,
+    );
+    node.step(message(1, 2, 3, append((5, 3), vec![], 0)));
+    node.step(message(1, 2, 3, append((9, 3), vec![], 0)));
+    let ready = node.take_ready();
+    node.on_persisted(ready.persist.map_or(0, |p| p.seq));
+    let ready = node.take_ready();
+    let hints: Vec<ConflictHint> = responses(&ready)
+        .iter()
+        .filter_map(|r| r.conflict)
+        .collect();
+    assert_eq!(
+        hints,
+        vec![
+            ConflictHint {
+                conflict_term: Some(2),
+                first_index_of_conflict_term: 3,
+                last_log_index: 5
+            },
+            ConflictHint {
+                conflict_term: None,
+                first_index_of_conflict_term: 0,
+                last_log_index: 5
+            },
+        ]
+    );
+}
+
+#[test]
+fn follower_commit_index_never_passes_the_verified_prefix() {
+    let entries = vec![entry(1, 1), entry(2, 1), entry(3, 1)];
+    let hard_state = HardState {
+        term: 1,
+        voted_for: None,
+    };
+    let mut node = RaftNode::restart(
+        config(2),
+        three_nodes(),
+        hard_state,
+        LogStart::default(),
+        entries,
+    );
+    // The leader has committed 10, but this heartbeat only verifies the log through 1.
+    node.step(message(1, 2, 2, append((1, 1), vec![], 10)));
+    assert_eq!(node.commit_index(), 1);
+}
+
+#[test]
+fn pre_vote_does_not_increment_the_term_and_is_ignored_while_a_leader_is_heard() {
+    let mut node = RaftNode::new(config(2), three_nodes());
+    node.step(message(1, 2, 1, append((0, 0), vec![], 0)));
+    let term = node.term();
+    let request = RequestVote {
+        last_log_index: 9,
+        last_log_term: 9,
+        leadership_transfer: false,
+    };
+    node.step(message(
+        3,
+        2,
+        term + 1,
+        MessageBody::PreVote(request.clone()),
+    ));
+    node.step(message(3, 2, term + 1, MessageBody::RequestVote(request)));
+    assert_eq!(node.term(), term);
+    let ready = node.take_ready();
+    node.on_persisted(ready.persist.map_or(0, |p| p.seq));
+    let ready = node.take_ready();
+    assert!(
+        !ready.messages.iter().any(|m| matches!(
+            m.body,
+            MessageBody::PreVoteResponse(_) | MessageBody::RequestVoteResponse(_)
+        )),
+        "answered a vote request while hearing from a live leader"
+    );
+}
+
+#[test]
+fn restarted_node_refuses_votes_for_an_election_timeout() {
+    let hard_state = HardState {
+        term: 5,
+        voted_for: None,
+    };
+    let mut node = RaftNode::restart(
+        config(2),
+        three_nodes(),
+        hard_state,
+        LogStart::default(),
+        vec![entry(1, 5)],
+    );
+    let request = RequestVote {
+        last_log_index: 1,
+        last_log_term: 5,
+        leadership_transfer: false,
+    };
+    node.step(message(3, 2, 6, MessageBody::RequestVote(request.clone())));
+    assert_eq!(
+        node.term(),
+        5,
+        "restarted node voted before an election timeout passed"
+    );
+    for _ in 0..node.config().election_timeout_ticks {
+        node.tick();
+    }
+    node.step(message(3, 2, 7, MessageBody::RequestVote(request)));
+    assert_eq!(node.voted_for(), Some(3));
+}
+
+#[test]
+fn lease_length_shrinks_with_the_drift_bound() {
+    let mut cfg = config(1);
+    cfg.election_timeout_ticks = 11;
+    cfg.max_clock_drift = 0.0;
+    assert_eq!(cfg.lease_ticks(), 10);
+    cfg.max_clock_drift = 0.25;
+    assert_eq!(cfg.lease_ticks(), 7);
+}
+
+#[test]
+fn proposals_on_a_follower_name_the_leader() {
+    let mut node = RaftNode::new(config(2), three_nodes());
+    node.step(message(1, 2, 1, append((0, 0), vec![], 0)));
+    assert_eq!(
+        node.propose(vec![Bytes::from_static(b"x")]),
+        Err(ProposeError::NotLeader {
+            leader_hint: Some(1)
+        })
+    );
+    assert_eq!(
+        node.read_index(7),
+        Err(ReadError::NotLeader {
+            leader_hint: Some(1)
+        })
+    );
+}
+
+#[test]
+fn stale_leader_is_told_the_newer_term() {
+    let hard_state = HardState {
+        term: 5,
+        voted_for: None,
+    };
+    let mut node = RaftNode::restart(
+        config(2),
+        three_nodes(),
+        hard_state,
+        LogStart::default(),
+        vec![],
+    );
+    node.step(message(1, 2, 3, append((0, 0), vec![], 0)));
+    let ready = node.take_ready();
+    assert_eq!(ready.messages.len(), 1);
+    assert_eq!(ready.messages[0].term, 5);
+    assert!(responses(&ready).iter().all(|r| !r.success));
+}

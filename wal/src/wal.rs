@@ -731,6 +731,11 @@ fn writer_loop<S: Storage>(shared: Arc<Shared<S>>, mut backend: Box<dyn IoBacken
                         .stats
                         .record_batch(batch_entries, batch_bytes, latency_us);
                 }
+                // The subscriber hears first, so anyone woken below can rely on the
+                // channel already holding this index.
+                if let Some(subscriber) = &shared.subscriber {
+                    let _ = subscriber.send(durable_index);
+                }
                 shared.durable_index.store(durable_index, Ordering::Release);
                 {
                     let mut durable = shared.durable.lock();
@@ -742,9 +747,6 @@ fn writer_loop<S: Storage>(shared: Arc<Shared<S>>, mut backend: Box<dyn IoBacken
                     }
                 }
                 shared.durable_changed.notify_all();
-                if let Some(subscriber) = &shared.subscriber {
-                    let _ = subscriber.send(durable_index);
-                }
             }
             Err(err) => {
                 let stored = core.poisoned().unwrap_or_else(|| err.clone());

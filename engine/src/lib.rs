@@ -4,3 +4,4 @@
 pub mod kv;
 pub mod state_machine;
 pub mod raft;
+pub mod runtime;

@@ -1,0 +1,402 @@
+//! The node runtime: the threads that carry out what the sans-IO core asks for.
+//!
+//! The core ([`crate::raft::RaftNode`]) decides; this module only moves bytes and
+//! time. It owns three kinds of thread (the transport's threads live in `tally-net`):
+//!
+//! ```text
+//!  client threads ──propose/read──► [proposal queue] ─┐
+//!  transport readers ──messages──► [inbound queue] ───┤
+//!  WAL writer ──durable index──► [durable queue] ─────┼─► raft thread ──► Transport::send
+//!  apply thread ──applied index──► [applied queue] ───┘        │  │
+//!                                                   WAL append ◄┘  └► [apply queue] ─► apply thread
+//! ```
+//!
+//! - **raft thread** (`raft_loop`): owns the [`RaftNode`]. Each turn it blocks until
+//!   any queue has work or the next tick is due, then drains *every* queue (so all
+//!   proposals queued meanwhile become one `propose` call, one WAL batch and one
+//!   AppendEntries per follower), advances the core's clock to the monotonic clock, and
+//!   carries out the resulting [`Ready`]: persist actions go to the group-commit WAL
+//!   (whose writer turns everything queued into one write + one fdatasync), messages to
+//!   the transport, committed entries and safe reads to the apply thread.
+//! - **WAL writer** (inside [`tally_wal::Wal`]): reports durable indexes; the raft thread
+//!   turns them into `on_persisted(seq)` by checking its tickets in order.
+//! - **apply thread** (`apply_loop`): owns the [`StateMachine`], applies committed
+//!   batches, answers the clients whose proposals they were, serves reads once the
+//!   applied index reaches their read index, and reports the applied index back.
+//!
+//! Every queue is a bounded crossbeam channel except the two completion queues (durable
+//! and applied), which carry one small number per batch and must never block the WAL
+//! writer or the apply thread.
+//!
+//! Failure policy: any WAL error is fatal (fail-stop, the page cache may have dropped
+//! the data); so is a state machine `Err`. The node stops, every waiting client gets
+//! [`ClientError::NodeStopped`], and [`Node::wait`] returns the cause.
+
+mod apply;
+mod raft_loop;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use crossbeam_channel::{bounded, unbounded, Sender, TrySendError};
+use parking_lot::Mutex;
+
+use crate::raft::{Configuration, Message, NodeId, RaftConfig, Role};
+use crate::state_machine::StateMachine;
+
+use apply::apply_loop;
+use raft_loop::raft_loop;
+
+/// Carries Raft messages to other nodes. Implemented by `tally-net` over TCP and by
+/// tests over channels.
+pub trait Transport: Send + 'static {
+    /// Sends messages best-effort. Must not block for long: drop what does not fit in a
+    /// peer's queue (Raft retransmits). Messages to one peer must keep their order.
+    fn send(&mut self, messages: Vec<Message>);
+}
+
+/// Why a client request did not get a state-machine response.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// This node is not the leader; `leader` is the one it believes in, if any.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<NodeId> },
+    /// Leadership changed while the write was in flight: it may or may not commit.
+    /// Retrying with the same client id and sequence number is safe (sessions).
+    #[error("leadership changed while the request was in flight: outcome unknown")]
+    OutcomeUnknown,
+    /// The write was definitely not committed (another entry took its index).
+    #[error("the request was not committed (overwritten by a new leader); retry")]
+    NotCommitted,
+    /// The node is stopping or stopped (shutdown or fail-stop).
+    #[error("the node stopped")]
+    NodeStopped,
+    /// The request queue is full.
+    #[error("the node is overloaded")]
+    Overloaded,
+}
+
+/// A response to one client request, tagged with the caller's token so one reply
+/// channel can serve a whole pipelined connection.
+#[derive(Debug)]
+pub struct Reply<R> {
+    pub tag: u64,
+    pub result: Result<R, ClientError>,
+}
+
+/// Where a reply goes: the caller's channel and its token.
+pub struct ReplyTo<R> {
+    pub tag: u64,
+    pub sender: Sender<Reply<R>>,
+}
+
+impl<R> ReplyTo<R> {
+    /// Delivers the result; a caller that went away is not an error.
+    pub fn send(self, result: Result<R, ClientError>) {
+        let _ = self.sender.send(Reply { tag: self.tag, result });
+    }
+}
+
+/// What client threads hand to the raft thread.
+pub(crate) enum Request<R> {
+    /// A command to replicate and apply.
+    Propose { command: Bytes, reply: ReplyTo<R> },
+    /// A read-only query to answer linearizably.
+    Read { query: Bytes, reply: ReplyTo<R> },
+    /// Hand leadership to another voter.
+    TransferLeadership { target: NodeId },
+}
+
+/// Options of a node.
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    pub id: NodeId,
+    /// Voters of the initial configuration (this node included).
+    pub voters: Vec<NodeId>,
+    /// Directory of the node's WAL.
+    pub wal_dir: PathBuf,
+    /// The core's tick: election timeout and heartbeat interval are multiples of it.
+    pub tick_interval: Duration,
+    /// Core parameters (id and seed are taken from here; keep `raft.id == id`).
+    pub raft: RaftConfig,
+    /// Group-commit WAL options (the durable subscriber is set by the runtime).
+    pub wal: tally_wal::GroupCommitOptions,
+    /// Bound of the proposal/read queue from client threads.
+    pub request_queue_capacity: usize,
+    /// Bound of the queue of committed batches waiting for the apply thread.
+    pub apply_queue_capacity: usize,
+}
+
+impl NodeOptions {
+    /// Defaults for a node: 10 ms ticks, 300-600 ms election timeout, 30 ms heartbeats.
+    pub fn new(id: NodeId, voters: Vec<NodeId>, wal_dir: impl Into<PathBuf>) -> NodeOptions {
+        let mut raft = RaftConfig::new(id, id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x7A11);
+        raft.election_timeout_ticks = 30;
+        raft.heartbeat_interval_ticks = 3;
+        NodeOptions {
+            id,
+            voters,
+            wal_dir: wal_dir.into(),
+            tick_interval: Duration::from_millis(10),
+            raft,
+            wal: tally_wal::GroupCommitOptions::default(),
+            request_queue_capacity: 64 * 1024,
+            apply_queue_capacity: 1024,
+        }
+    }
+}
+
+/// Errors that stop a node.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    #[error("WAL: {0}")]
+    Wal(#[from] tally_wal::WalError),
+    #[error("state machine: {0}")]
+    StateMachine(#[from] crate::state_machine::StateMachineError),
+    #[error("the log read back from {dir} is unusable: {reason}")]
+    BadLog { dir: String, reason: String },
+    #[error("could not start thread {name}: {source}")]
+    Spawn { name: &'static str, source: std::io::Error },
+}
+
+/// Live counters of a node, readable from any thread (for INFO and benchmarks).
+#[derive(Debug, Default)]
+pub struct NodeStatus {
+    role: AtomicU8,
+    pub term: AtomicU64,
+    /// 0 when no leader is known.
+    pub leader_id: AtomicU64,
+    pub commit_index: AtomicU64,
+    pub applied_index: AtomicU64,
+    pub last_log_index: AtomicU64,
+    pub proposals: AtomicU64,
+    pub reads_lease: AtomicU64,
+    pub reads_read_index: AtomicU64,
+    /// Set once the node stopped (shutdown or fatal error).
+    pub stopped: AtomicBool,
+}
+
+impl NodeStatus {
+    pub fn role(&self) -> Role {
+        match self.role.load(Ordering::Relaxed) {
+            1 => Role::PreCandidate,
+            2 => Role::Candidate,
+            3 => Role::Leader,
+            4 => Role::Learner,
+            _ => Role::Follower,
+        }
+    }
+
+    pub(crate) fn set_role(&self, role: Role) {
+        let code = match role {
+            Role::Follower => 0,
+            Role::PreCandidate => 1,
+            Role::Candidate => 2,
+            Role::Leader => 3,
+            Role::Learner => 4,
+        };
+        self.role.store(code, Ordering::Relaxed);
+    }
+
+    pub fn leader(&self) -> Option<NodeId> {
+        match self.leader_id.load(Ordering::Relaxed) {
+            0 => None,
+            id => Some(id),
+        }
+    }
+}
+
+/// A cheap, cloneable handle for client threads and the transport.
+pub struct NodeHandle<R> {
+    requests: Sender<Request<R>>,
+    inbound: Sender<Message>,
+    status: Arc<NodeStatus>,
+    wal: tally_wal::Wal,
+}
+
+impl<R> Clone for NodeHandle<R> {
+    fn clone(&self) -> Self {
+        NodeHandle {
+            requests: self.requests.clone(),
+            inbound: self.inbound.clone(),
+            status: Arc::clone(&self.status),
+            wal: self.wal.clone(),
+        }
+    }
+}
+
+impl<R: Send + 'static> NodeHandle<R> {
+    /// Queues a command; the result arrives on `reply` once it is committed and
+    /// applied (or failed). Blocks while the request queue is full.
+    pub fn propose(&self, command: Bytes, reply: ReplyTo<R>) {
+        self.submit(Request::Propose { command, reply });
+    }
+
+    /// Queues a linearizable read of the state machine.
+    pub fn read(&self, query: Bytes, reply: ReplyTo<R>) {
+        self.submit(Request::Read { query, reply });
+    }
+
+    /// Asks the leader to hand leadership to `target` (ignored on followers).
+    pub fn transfer_leadership(&self, target: NodeId) {
+        let _ = self.requests.send(Request::TransferLeadership { target });
+    }
+
+    fn submit(&self, request: Request<R>) {
+        if let Err(error) = self.requests.send(request) {
+            match error.into_inner() {
+                Request::Propose { reply, .. } | Request::Read { reply, .. } => reply.send(Err(ClientError::NodeStopped)),
+                Request::TransferLeadership { .. } => {}
+            }
+        }
+    }
+
+    /// Hands a message received from a peer to the raft thread. Drops it when the
+    /// inbound queue is full (Raft retransmits); returns false then.
+    pub fn deliver(&self, message: Message) -> bool {
+        !matches!(self.inbound.try_send(message), Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)))
+    }
+
+    pub fn status(&self) -> &NodeStatus {
+        &self.status
+    }
+
+    /// Group-commit statistics of this node's WAL.
+    pub fn wal_stats(&self) -> tally_wal::WalStatsSnapshot {
+        self.wal.stats()
+    }
+}
+
+/// A running node: its threads and the handle to talk to it.
+pub struct Node<R> {
+    handle: NodeHandle<R>,
+    shutdown: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    fatal: Arc<Mutex<Option<NodeError>>>,
+}
+
+impl<R: Send + 'static> Node<R> {
+    /// Opens the WAL (recovering it), rebuilds the core from it and starts the raft and
+    /// apply threads. The transport is used by the raft thread only.
+    pub fn start<SM>(options: NodeOptions, state_machine: SM, transport: impl Transport) -> Result<Node<R>, NodeError>
+    where
+        SM: StateMachine<Response = R> + 'static,
+    {
+        assert_eq!(options.raft.id, options.id, "RaftConfig id must match the node id");
+        let (durable_tx, durable_rx) = unbounded();
+        let mut wal_options = options.wal.clone();
+        wal_options.durable_subscriber = Some(durable_tx);
+        let wal = tally_wal::Wal::open(&options.wal_dir, wal_options)?;
+        let report = wal.recovery_report();
+        if !report.dropped.is_empty() {
+            tracing::warn!(dropped = ?report.dropped, "WAL recovery truncated a torn tail");
+        }
+        let core = raft_loop::restore_core(&options, &wal)?;
+
+        let (request_tx, request_rx) = bounded(options.request_queue_capacity);
+        let (inbound_tx, inbound_rx) = bounded(64 * 1024);
+        let (apply_tx, apply_rx) = bounded(options.apply_queue_capacity);
+        let (applied_tx, applied_rx) = unbounded();
+        let status = Arc::new(NodeStatus::default());
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let fatal = Arc::new(Mutex::new(None));
+
+        let apply_thread = {
+            let status = Arc::clone(&status);
+            let fatal = Arc::clone(&fatal);
+            let shutdown = Arc::clone(&shutdown);
+            std::thread::Builder::new()
+                .name(format!("tally-apply-{}", options.id))
+                .spawn(move || {
+                    if let Err(error) = apply_loop(state_machine, apply_rx, applied_tx, &status) {
+                        tracing::error!(%error, "apply thread stopped: fail-stop");
+                        shutdown.store(true, Ordering::Release);
+                        fatal.lock().get_or_insert(error);
+                    }
+                })
+                .map_err(|source| NodeError::Spawn { name: "apply", source })?
+        };
+        let raft_thread = {
+            let queues = raft_loop::Queues {
+                requests: request_rx,
+                inbound: inbound_rx,
+                durable: durable_rx,
+                applied: applied_rx,
+                apply: apply_tx,
+            };
+            let status = Arc::clone(&status);
+            let fatal = Arc::clone(&fatal);
+            let shutdown = Arc::clone(&shutdown);
+            let wal = wal.clone();
+            let tick_interval = options.tick_interval;
+            std::thread::Builder::new()
+                .name(format!("tally-raft-{}", options.id))
+                .spawn(move || {
+                    let result = raft_loop(core, wal, transport, queues, &status, &shutdown, tick_interval);
+                    status.stopped.store(true, Ordering::Release);
+                    if let Err(error) = result {
+                        tracing::error!(%error, "raft thread stopped: fail-stop");
+                        shutdown.store(true, Ordering::Release);
+                        fatal.lock().get_or_insert(error);
+                    }
+                })
+                .map_err(|source| NodeError::Spawn { name: "raft", source })?
+        };
+        tracing::info!(
+            node = options.id,
+            wal_backend = wal.backend_name(),
+            "node started: raft thread (core, batching, ticks), apply thread (state machine, replies, reads), WAL writer (group commit)"
+        );
+        let handle = NodeHandle { requests: request_tx, inbound: inbound_tx, status, wal };
+        Ok(Node { handle, shutdown, threads: vec![raft_thread, apply_thread], fatal })
+    }
+
+    pub fn handle(&self) -> NodeHandle<R> {
+        self.handle.clone()
+    }
+
+    /// True once the node stopped on its own (fatal error).
+    pub fn has_failed(&self) -> bool {
+        self.fatal.lock().is_some()
+    }
+
+    /// Stops the threads and waits for them. Requests still queued get
+    /// [`ClientError::NodeStopped`]; everything the WAL acknowledged stays durable.
+    pub fn shutdown(mut self) -> Result<(), NodeError> {
+        self.shutdown.store(true, Ordering::Release);
+        self.join()
+    }
+
+    fn join(&mut self) -> Result<(), NodeError> {
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+        match self.fatal.lock().take() {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+}
+
+impl<R> Drop for Node<R> {
+    fn drop(&mut self) {
+        self.shutdown.store(true, Ordering::Release);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The configuration a fresh node starts with.
+pub(crate) fn initial_configuration(options: &NodeOptions) -> Configuration {
+    Configuration::new(options.voters.iter().copied())
+}
+
+#[cfg(test)]
+mod tests;

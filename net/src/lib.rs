@@ -2,6 +2,7 @@
 //!
 //! * [`resp`]: RESP2 codec for the Redis-compatible client port.
 //! * [`frame`]: the checksummed frame format peers exchange.
+//! * [`handshake`]: the HELLO/ACCEPT/REJECT exchange that opens every peer connection.
 //! * [`transport`]: long-lived peer connections with handshake, pipelined vectored
 //!   sending, bounded queues and reconnects.
 //!
@@ -9,4 +10,6 @@
 //! `(message type, payload)` pairs between it and this crate.
 
 pub mod frame;
+pub mod handshake;
 pub mod resp;
+pub mod transport;

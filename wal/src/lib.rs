@@ -13,6 +13,7 @@ pub mod backend;
 mod core;
 pub mod error;
 pub mod format;
+pub mod inspect;
 pub mod storage;
 mod wal;
 

@@ -2,6 +2,7 @@
 //!
 //! * [`resp`]: RESP2 codec for the Redis-compatible client port.
 //! * [`frame`]: the checksummed frame format peers exchange.
+//! * [`codec`]: Raft messages as frame payloads, entry data carried without copies.
 //! * [`handshake`]: the HELLO/ACCEPT/REJECT exchange that opens every peer connection.
 //! * [`transport`]: long-lived peer connections with handshake, pipelined vectored
 //!   sending, bounded queues and reconnects.
@@ -9,6 +10,7 @@
 //! The Raft core (in `tally-engine`) never sees sockets; the node runtime moves opaque
 //! `(message type, payload)` pairs between it and this crate.
 
+pub mod codec;
 pub mod frame;
 pub mod handshake;
 pub mod resp;

@@ -5,3 +5,4 @@ pub mod kv;
 pub mod state_machine;
 pub mod raft;
 pub mod runtime;
+pub mod sim;

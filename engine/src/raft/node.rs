@@ -565,13 +565,14 @@ impl RaftNode {
                 self.durable_hard_state = hard_state;
             }
         }
-        while self
-            .held_messages
-            .front()
-            .is_some_and(|(needed, _)| *needed <= seq)
-        {
-            if let Some((_, message)) = self.held_messages.pop_front() {
+        // Tags are not monotonic in creation order (a vote reply needs only the hard
+        // state, an earlier ack needed the log), so scan them all, keeping order.
+        let held = std::mem::take(&mut self.held_messages);
+        for (needed, message) in held {
+            if needed <= seq {
                 self.out_messages.push(message);
+            } else {
+                self.held_messages.push_back((needed, message));
             }
         }
         let own_vote = HardState {
@@ -1018,7 +1019,9 @@ impl RaftNode {
             match state {
                 ReplicationState::Replicate => {
                     progress.next_index = last + 1;
-                    progress.inflight.push_back((last, size_bytes));
+                    progress
+                        .inflight
+                        .push_back((last, size_bytes, self.now_tick));
                     progress.inflight_bytes += size_bytes;
                 }
                 _ => {
@@ -1081,6 +1084,16 @@ impl RaftNode {
                 ReplicationState::Replicate => {
                     progress.free_inflight_through(progress.match_index);
                     progress.next_index = progress.next_index.max(progress.match_index + 1);
+                    // The follower answered a message sent well after the oldest one in
+                    // flight without having that one: it was lost. Resend from the match
+                    // point (a merely delayed message then arrives as a harmless duplicate).
+                    let lost = progress.inflight.front().is_some_and(|&(_, _, sent_tick)| {
+                        response.sent_at_tick >= sent_tick + 2 * self.cfg.heartbeat_interval_ticks
+                    });
+                    if lost {
+                        let next_index = progress.match_index + 1;
+                        progress.become_probe(next_index);
+                    }
                 }
                 ReplicationState::Snapshot => {}
             }

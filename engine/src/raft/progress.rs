@@ -27,9 +27,9 @@ pub struct Progress {
     pub state: ReplicationState,
     /// In probe state: an AppendEntries was sent and not yet answered.
     pub probe_outstanding: bool,
-    /// In replicate state: last index of each AppendEntries in flight, with its size.
-    /// Invariant: indexes strictly increasing; `len() <= max_inflight_messages`.
-    pub inflight: VecDeque<(u64, u64)>,
+    /// In replicate state: each AppendEntries in flight as (last index, size in bytes,
+    /// tick sent). Invariant: indexes strictly increasing; `len() <= max_inflight_messages`.
+    pub inflight: VecDeque<(u64, u64, u64)>,
     /// Sum of the sizes in `inflight`.
     pub inflight_bytes: u64,
     /// Answered at least once since the last check-quorum round.
@@ -57,7 +57,7 @@ impl Progress {
 
     /// Forgets in-flight messages answered through `index`.
     pub fn free_inflight_through(&mut self, index: u64) {
-        while let Some(&(last_index, size_bytes)) = self.inflight.front() {
+        while let Some(&(last_index, size_bytes, _)) = self.inflight.front() {
             if last_index > index {
                 break;
             }
@@ -90,7 +90,7 @@ impl Progress {
             self.next_index
         );
         debug_assert_eq!(
-            self.inflight.iter().map(|(_, size)| size).sum::<u64>(),
+            self.inflight.iter().map(|(_, size, _)| size).sum::<u64>(),
             self.inflight_bytes
         );
     }

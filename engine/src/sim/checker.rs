@@ -1,0 +1,256 @@
+//! Safety invariants checked after every simulator step.
+//!
+//! The checker never trusts a node's own bookkeeping: it mirrors each node's log from
+//! the persist actions the node emits (the core's log is exactly the concatenation of
+//! those actions), summarises each prefix with a hash chain, and compares nodes through
+//! these hashes. Equal prefix hashes at an index mean equal logs up to that index, so
+//! Log Matching, Leader Completeness and State Machine Safety cost O(1) per entry.
+
+use std::collections::HashMap;
+
+use crate::raft::{Entry, NodeId, PersistAction, Role};
+
+/// One log position as the checker sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MirroredEntry {
+    pub term: u64,
+    /// Hash of the whole log prefix through this entry.
+    pub prefix_hash: u64,
+}
+
+/// A node's log as reconstructed from its persist actions. Index 1 is `entries[0]`.
+#[derive(Clone, Debug, Default)]
+pub struct LogMirror {
+    pub entries: Vec<MirroredEntry>,
+}
+
+fn mix(mut x: u64) -> u64 {
+    // splitmix64 finaliser
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// Hash of one entry's content (term, kind, data).
+pub fn entry_hash(entry: &Entry) -> u64 {
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    for byte in entry.data.iter() {
+        hash = (hash ^ *byte as u64).wrapping_mul(0x100_0000_01b3);
+    }
+    mix(hash ^ mix(entry.term) ^ (entry.kind.as_u8() as u64) << 56)
+}
+
+impl LogMirror {
+    pub fn last_index(&self) -> u64 {
+        self.entries.len() as u64
+    }
+
+    pub fn get(&self, index: u64) -> Option<MirroredEntry> {
+        if index == 0 {
+            return None;
+        }
+        self.entries.get(index as usize - 1).copied()
+    }
+
+    fn push(&mut self, entry: &Entry) -> MirroredEntry {
+        assert_eq!(
+            entry.index,
+            self.last_index() + 1,
+            "mirror: persist action leaves a gap"
+        );
+        let previous = self.entries.last().map_or(0, |e| e.prefix_hash);
+        let mirrored = MirroredEntry {
+            term: entry.term,
+            prefix_hash: mix(previous ^ entry_hash(entry)),
+        };
+        self.entries.push(mirrored);
+        mirrored
+    }
+}
+
+/// Cluster-wide facts the invariants compare against.
+#[derive(Debug, Default)]
+pub struct Checker {
+    /// Log Matching: the prefix hash every node must have at (index, term).
+    prefix_at: HashMap<(u64, u64), u64>,
+    /// Election Safety: the leader of each term.
+    leader_of_term: HashMap<u64, NodeId>,
+    /// Entries known committed, by index - 1, with the term of the leader that first
+    /// committed them.
+    committed: Vec<(MirroredEntry, u64)>,
+    /// State Machine Safety: what was applied at each index (by index - 1).
+    applied: Vec<u64>,
+    pub violations: Vec<String>,
+}
+
+/// What the checker remembers about one node between steps.
+#[derive(Clone, Debug, Default)]
+pub struct NodeWatch {
+    pub mirror: LogMirror,
+    /// Commit index last seen (reset by a crash).
+    pub commit_index: u64,
+    /// While leader: (term, last index, prefix hash there) last seen.
+    pub leader_view: Option<(u64, u64, u64)>,
+}
+
+impl Checker {
+    fn violation(&mut self, text: String) {
+        self.violations.push(text);
+    }
+
+    /// Mirrors a persist action and checks Log Matching for the new entries.
+    pub fn on_persist(&mut self, node: NodeId, watch: &mut NodeWatch, action: &PersistAction) {
+        if let Some(from) = action.truncate_from {
+            watch
+                .mirror
+                .entries
+                .truncate(from.saturating_sub(1) as usize);
+        }
+        for entry in &action.entries {
+            let mirrored = watch.mirror.push(entry);
+            self.check_log_matching(node, entry.index, mirrored);
+        }
+    }
+
+    /// Rebuilds a restarted node's mirror from the entries it recovered.
+    pub fn on_restart(&mut self, node: NodeId, watch: &mut NodeWatch, entries: &[Entry]) {
+        watch.mirror = LogMirror::default();
+        watch.commit_index = 0;
+        watch.leader_view = None;
+        for entry in entries {
+            let mirrored = watch.mirror.push(entry);
+            self.check_log_matching(node, entry.index, mirrored);
+        }
+    }
+
+    fn check_log_matching(&mut self, node: NodeId, index: u64, mirrored: MirroredEntry) {
+        match self.prefix_at.get(&(index, mirrored.term)) {
+            Some(expected) if *expected != mirrored.prefix_hash => self.violation(format!(
+                "Log Matching: node {node} has entry {index} of term {} with a different log prefix than another node",
+                mirrored.term
+            )),
+            Some(_) => {}
+            None => {
+                self.prefix_at.insert((index, mirrored.term), mirrored.prefix_hash);
+            }
+        }
+    }
+
+    /// Checks a node after it handled an input.
+    pub fn after_step(
+        &mut self,
+        node: NodeId,
+        watch: &mut NodeWatch,
+        role: Role,
+        term: u64,
+        commit_index: u64,
+    ) {
+        // Commit index never decreases on a node that did not crash.
+        if commit_index < watch.commit_index {
+            self.violation(format!(
+                "commit index of node {node} went back from {} to {commit_index} without a crash",
+                watch.commit_index
+            ));
+        }
+        // Newly committed entries agree with everything known committed.
+        if commit_index > watch.commit_index {
+            if commit_index > watch.mirror.last_index() {
+                self.violation(format!(
+                    "node {node} committed through {commit_index} but holds only {} entries",
+                    watch.mirror.last_index()
+                ));
+                return;
+            }
+            for index in watch.commit_index + 1..=commit_index {
+                let Some(mirrored) = watch.mirror.get(index) else {
+                    continue;
+                };
+                match self.committed.get(index as usize - 1) {
+                    Some((known, _)) if known.prefix_hash != mirrored.prefix_hash => {
+                        self.violation(format!(
+                            "State Machine Safety: node {node} committed a different entry at index {index} \
+                             (term {} vs term {} committed before)",
+                            mirrored.term, known.term
+                        ));
+                        return;
+                    }
+                    Some(_) => {}
+                    None => self.committed.push((mirrored, term)),
+                }
+            }
+            watch.commit_index = commit_index;
+        }
+        if role == Role::Leader {
+            let first_time =
+                !matches!(watch.leader_view, Some((seen_term, _, _)) if seen_term == term);
+            if first_time {
+                // Election Safety.
+                if let Some(other) = self.leader_of_term.insert(term, node) {
+                    if other != node {
+                        self.violation(format!(
+                            "Election Safety: nodes {other} and {node} both leaders of term {term}"
+                        ));
+                    }
+                }
+                // Leader Completeness: everything committed in earlier terms is here.
+                let covered = self
+                    .committed
+                    .iter()
+                    .rposition(|(_, commit_term)| *commit_term < term);
+                if let Some(position) = covered {
+                    let index = position as u64 + 1;
+                    let expected = self.committed[position].0.prefix_hash;
+                    if watch.mirror.get(index).map(|e| e.prefix_hash) != Some(expected) {
+                        self.violation(format!(
+                            "Leader Completeness: node {node} became leader of term {term} without committed entry {index}"
+                        ));
+                    }
+                }
+            } else if let Some((_, last_index, prefix_hash)) = watch.leader_view {
+                // Leader Append-Only: a leader never removes or rewrites its entries.
+                if watch.mirror.get(last_index).map(|e| e.prefix_hash) != Some(prefix_hash) {
+                    self.violation(format!(
+                        "Leader Append-Only: leader {node} of term {term} changed or removed entry {last_index}"
+                    ));
+                }
+            }
+            let last_index = watch.mirror.last_index();
+            let prefix_hash = watch.mirror.get(last_index).map_or(0, |e| e.prefix_hash);
+            watch.leader_view = Some((term, last_index, prefix_hash));
+        } else {
+            watch.leader_view = None;
+        }
+    }
+
+    /// State Machine Safety at the application level: the same entry is applied at
+    /// each index on every node.
+    pub fn on_apply(&mut self, node: NodeId, entry: &Entry) {
+        let hash = entry_hash(entry);
+        let position = entry.index as usize - 1;
+        if position < self.applied.len() {
+            if self.applied[position] != hash {
+                self.violation(format!(
+                    "State Machine Safety: node {node} applied a different entry at index {} (term {})",
+                    entry.index, entry.term
+                ));
+            }
+        } else if position == self.applied.len() {
+            self.applied.push(hash);
+        } else {
+            self.violation(format!(
+                "node {node} applied index {} before index {}",
+                entry.index,
+                self.applied.len() + 1
+            ));
+        }
+    }
+
+    /// Highest index any node reported committed.
+    pub fn committed_len(&self) -> u64 {
+        self.committed.len() as u64
+    }
+
+    pub fn leader_of_term(&self, term: u64) -> Option<NodeId> {
+        self.leader_of_term.get(&term).copied()
+    }
+}

@@ -157,13 +157,41 @@ struct Queue {
     failure: Option<WalError>,
 }
 
+/// Queued truncations, kept as a monotonic stack: `(seq, from_index)` with both strictly
+/// increasing, so `min_from_after(seq)` (the lowest truncation point of any operation
+/// queued after `seq`) is a binary search. A truncation that is dominated by a later one
+/// with a lower or equal `from_index` can never be the answer and is dropped.
+#[derive(Default)]
+struct TruncationLog {
+    stack: Vec<(u64, u64)>,
+}
+
+impl TruncationLog {
+    fn push(&mut self, seq: u64, from_index: u64) {
+        debug_assert!(self.stack.last().is_none_or(|&(last, _)| last < seq));
+        while self
+            .stack
+            .last()
+            .is_some_and(|&(_, from)| from >= from_index)
+        {
+            self.stack.pop();
+        }
+        self.stack.push((seq, from_index));
+    }
+
+    fn min_from_after(&self, seq: u64) -> Option<u64> {
+        let position = self.stack.partition_point(|&(s, _)| s <= seq);
+        self.stack.get(position).map(|&(_, from)| from)
+    }
+}
+
 struct DurableState {
     durable_index: u64,
     /// Sequence numbers of operations made durable so far (all ops `< durable_seq`).
     durable_seq: u64,
     /// (seq, from_index) of every queued truncation/reset: a ticket whose entries were
     /// truncated by a later operation resolves with `Truncated`.
-    truncations: Vec<(u64, u64)>,
+    truncations: TruncationLog,
     failure: Option<WalError>,
     shutdown: bool,
 }
@@ -247,8 +275,8 @@ impl<S: Storage> Ticket<S> {
             if durable.durable_seq > self.seq {
                 let truncated = durable
                     .truncations
-                    .iter()
-                    .any(|&(seq, from)| seq > self.seq && from <= self.last_index);
+                    .min_from_after(self.seq)
+                    .is_some_and(|from| from <= self.last_index);
                 if truncated {
                     return Err(WalError::Truncated {
                         index: self.last_index,
@@ -304,7 +332,7 @@ impl<S: Storage> Wal<S> {
             durable: Mutex::new(DurableState {
                 durable_index,
                 durable_seq: 0,
-                truncations: Vec::new(),
+                truncations: TruncationLog::default(),
                 failure: None,
                 shutdown: false,
             }),
@@ -637,7 +665,7 @@ impl<S: Storage> Wal<S> {
                 .durable
                 .lock()
                 .truncations
-                .push((seq, from_index));
+                .push(seq, from_index);
         }
         let seq = self.finish_enqueue(queue);
         Ok(self.ticket(from_index - 1, seq))
@@ -660,7 +688,7 @@ impl<S: Storage> Wal<S> {
         queue.first_index = next_index;
         queue.last_term = None;
         let seq = queue.next_seq;
-        self.shared().durable.lock().truncations.push((seq, 0));
+        self.shared().durable.lock().truncations.push(seq, 0);
         let seq = self.finish_enqueue(queue);
         Ok(self.ticket(next_index - 1, seq))
     }
@@ -678,12 +706,18 @@ impl<S: Storage> Wal<S> {
         Ok(removed)
     }
 
-    /// Makes everything queued so far durable and waits for it.
-    pub fn flush(&self) -> Result<u64> {
+    /// An ordered no-op: a ticket that resolves once everything queued before it is
+    /// durable (for callers that need a completion without writing anything).
+    pub fn barrier(&self) -> Result<Ticket<S>> {
         let queue = self.lock_queue_with_room(0, 0)?;
         let last_index = queue.next_index - 1;
         let seq = self.finish_enqueue(queue);
-        self.ticket(last_index, seq).wait()
+        Ok(self.ticket(last_index, seq))
+    }
+
+    /// Makes everything queued so far durable and waits for it.
+    pub fn flush(&self) -> Result<u64> {
+        self.barrier()?.wait()
     }
 }
 
@@ -741,10 +775,6 @@ fn writer_loop<S: Storage>(shared: Arc<Shared<S>>, mut backend: Box<dyn IoBacken
                     let mut durable = shared.durable.lock();
                     durable.durable_index = durable_index;
                     durable.durable_seq = batch_seq;
-                    // Truncations older than every pending ticket no longer matter.
-                    if durable.truncations.len() > 1024 {
-                        durable.truncations.retain(|&(seq, _)| seq + 1 >= batch_seq);
-                    }
                 }
                 shared.durable_changed.notify_all();
             }
@@ -760,5 +790,25 @@ fn writer_loop<S: Storage>(shared: Arc<Shared<S>>, mut backend: Box<dyn IoBacken
             }
         }
         spare.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TruncationLog;
+
+    #[test]
+    fn truncation_log_answers_the_lowest_truncation_queued_after_a_ticket() {
+        let mut log = TruncationLog::default();
+        log.push(3, 50);
+        log.push(5, 80);
+        log.push(9, 60); // dominates (5, 80)
+        assert_eq!(log.min_from_after(0), Some(50));
+        assert_eq!(log.min_from_after(3), Some(60));
+        assert_eq!(log.min_from_after(4), Some(60));
+        assert_eq!(log.min_from_after(9), None);
+        log.push(12, 0); // a reset dominates everything before it
+        assert_eq!(log.min_from_after(1), Some(0));
+        assert_eq!(log.stack.len(), 1);
     }
 }

@@ -163,6 +163,12 @@ fn caller_indexed_appends_truncation_and_hard_state_survive_reopen(backend: Back
         .expect("hs");
     wal.truncate_suffix(8).expect("truncate");
     let ticket = wal.append(&entries(8..=9, 3, 60)).expect("append");
+    let untouched = wal.barrier().expect("barrier");
+    assert_eq!(
+        untouched.wait().expect("barrier resolves"),
+        9,
+        "a barrier after the truncation is not truncated"
+    );
     assert!(
         matches!(doomed.wait(), Err(WalError::Truncated { index: 12 })),
         "a ticket whose entries were truncated never reports success"

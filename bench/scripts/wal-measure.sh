@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs the WAL measurements recorded in docs/BENCHMARKS.md on one directory.
+# Usage: bench/scripts/wal-measure.sh [DIR] [SECONDS]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DIR="${1:-/tmp}"
+SECONDS_PER_RUN="${2:-5}"
+BIN=target/release/tally-bench
+cargo build --release -p tally-bench >/dev/null
+echo "# machine: nproc=$(nproc) kernel=$(uname -r) dir=$DIR ($(df -h "$DIR" | awk 'NR==2{print $1}'))"
+run() { echo "\$ tally-bench wal $*"; "$BIN" wal --json --dir "$DIR" --seconds "$SECONDS_PER_RUN" "$@"; }
+run --writers 64 --value-size 128
+run --writers 64 --value-size 128 --backend sync
+run --writers 64 --value-size 4096
+run --writers 64 --value-size 128 --inflight 1
+run --writers 64 --value-size 128 --inflight 1 --backend sync
+run --writers 1 --value-size 128 --inflight 1
+run --writers 1 --value-size 128 --inflight 1 --backend sync
+if command -v fio >/dev/null; then
+  FIO_DIR=$(mktemp -d -p "$DIR" fio-XXXXXX)
+  echo "\$ fio --name=seq --rw=write --bs=1m --size=1g --fdatasync=1 --directory=$FIO_DIR"
+  fio --name=seq --rw=write --bs=1m --size=1g --fdatasync=1 --directory="$FIO_DIR" --output-format=json \
+    | python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]["write"]; print("fio seq write+fdatasync: %.1f MB/s" % (j["bw_bytes"]/1e6))'
+  rm -f "$FIO_DIR"/*
+  echo "\$ fio --name=lat --rw=write --bs=4k --size=8m --fdatasync=1 --directory=$FIO_DIR"
+  fio --name=lat --rw=write --bs=4k --size=8m --fdatasync=1 --directory="$FIO_DIR" --output-format=json \
+    | python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]["sync"]["lat_ns"]["percentile"]; print("fio fdatasync latency: p50 %.0f us, p99 %.0f us" % (j["50.000000"]/1e3, j["99.000000"]/1e3))'
+  rm -rf "$FIO_DIR"
+fi

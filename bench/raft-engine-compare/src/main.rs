@@ -1,0 +1,115 @@
+//! Blocking writers (each waits for durability before its next append) against
+//! raft-engine (`Engine::write(batch, sync = true)`) and tally-wal
+//! (`append_assign(..).wait()`), same process, same directory, same payloads.
+//!
+//! Usage: raft-engine-compare [DIR] [WRITERS] [VALUE_SIZE] [SECONDS]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+
+struct Outcome {
+    name: String,
+    entries: u64,
+    seconds: f64,
+    histogram: Histogram<u64>,
+    extra: String,
+}
+
+fn run_writers(writers: usize, seconds: f64, append: Arc<dyn Fn(usize, u64) + Send + Sync>) -> (u64, f64, Histogram<u64>) {
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let handles: Vec<_> = (0..writers)
+        .map(|writer| {
+            let append = Arc::clone(&append);
+            std::thread::spawn(move || {
+                let mut histogram = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram");
+                let mut seq = 0u64;
+                while Instant::now() < deadline {
+                    let began = Instant::now();
+                    append(writer, seq);
+                    histogram.saturating_record((began.elapsed().as_micros() as u64).max(1));
+                    seq += 1;
+                }
+                (seq, histogram)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    let mut merged = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram");
+    for handle in handles {
+        let (count, histogram) = handle.join().expect("writer");
+        total += count;
+        merged.add(&histogram).expect("merge");
+    }
+    (total, started.elapsed().as_secs_f64(), merged)
+}
+
+fn raft_engine(dir: &Path, writers: usize, value: &Bytes, seconds: f64) -> Outcome {
+    let config = raft_engine::Config { dir: dir.display().to_string(), ..Default::default() };
+    let engine = Arc::new(raft_engine::Engine::open(config).expect("open raft-engine"));
+    let value = value.to_vec();
+    let append_engine = Arc::clone(&engine);
+    let (entries, elapsed, histogram) = run_writers(
+        writers,
+        seconds,
+        Arc::new(move |writer, seq| {
+            let mut batch = raft_engine::LogBatch::default();
+            batch.put(writer as u64 + 1, seq.to_be_bytes().to_vec(), value.clone()).expect("put");
+            append_engine.write(&mut batch, true).expect("write");
+        }),
+    );
+    Outcome { name: "raft-engine 0.4 (write sync=true)".into(), entries, seconds: elapsed, histogram, extra: String::new() }
+}
+
+fn tally(dir: &Path, writers: usize, value: &Bytes, seconds: f64, backend: tally_wal::Backend) -> Outcome {
+    let options = tally_wal::GroupCommitOptions { backend, ..Default::default() };
+    let wal = tally_wal::Wal::open(dir, options).expect("open tally-wal");
+    let name = format!("tally-wal ({})", wal.backend_name());
+    let append_wal = wal.clone();
+    let payload = [value.clone()];
+    let (entries, elapsed, histogram) = run_writers(
+        writers,
+        seconds,
+        Arc::new(move |_, _| {
+            append_wal.append_assign(1, 0, &payload).expect("append").wait().expect("durable");
+        }),
+    );
+    let stats = wal.stats();
+    Outcome { name, entries, seconds: elapsed, histogram, extra: format!("entries/fsync {:.1}", stats.entries_per_fsync()) }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let parent = PathBuf::from(args.get(1).cloned().unwrap_or_else(|| std::env::temp_dir().display().to_string()));
+    let writers: usize = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(64);
+    let value_size: usize = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(128);
+    let seconds: f64 = args.get(4).and_then(|v| v.parse().ok()).unwrap_or(5.0);
+    let value = Bytes::from(vec![0x5Au8; value_size]);
+    println!("blocking writers: {writers}, value size {value_size} B, {seconds} s each, dir {}", parent.display());
+    let mut outcomes = Vec::new();
+    for engine in ["raft-engine", "tally-sync", "tally-uring"] {
+        let dir = tempfile::Builder::new().prefix("compare-").tempdir_in(&parent).expect("temp dir");
+        outcomes.push(match engine {
+            "raft-engine" => raft_engine(dir.path(), writers, &value, seconds),
+            "tally-sync" => tally(dir.path(), writers, &value, seconds, tally_wal::Backend::Sync),
+            _ => tally(dir.path(), writers, &value, seconds, tally_wal::Backend::Auto),
+        });
+    }
+    let baseline = outcomes[0].entries as f64 / outcomes[0].seconds;
+    for outcome in &outcomes {
+        let rate = outcome.entries as f64 / outcome.seconds;
+        println!(
+            "{:<36} {:>9.0} entries/s  ratio {:>5.2}  p50 {:>6} us  p99 {:>6} us  {}",
+            outcome.name,
+            rate,
+            rate / baseline,
+            outcome.histogram.value_at_quantile(0.5),
+            outcome.histogram.value_at_quantile(0.99),
+            outcome.extra
+        );
+    }
+}

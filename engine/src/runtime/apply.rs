@@ -14,10 +14,18 @@ use crate::state_machine::{CommittedEntry, StateMachine};
 pub(crate) enum ApplyWork<R> {
     /// Committed entries (contiguous, increasing) and the clients waiting for some of
     /// them, by index (increasing).
-    Entries { entries: Vec<Entry>, replies: Vec<(u64, ReplyTo<R>)> },
+    Entries {
+        entries: Vec<Entry>,
+        replies: Vec<(u64, ReplyTo<R>)>,
+    },
     /// A read confirmed by the core: answer once everything through `read_index` is
     /// applied.
-    Read { read_index: u64, query: Bytes, reply: ReplyTo<R>, lease: bool },
+    Read {
+        read_index: u64,
+        query: Bytes,
+        reply: ReplyTo<R>,
+        lease: bool,
+    },
 }
 
 /// A read waiting for the state machine to catch up with its read index.
@@ -46,23 +54,44 @@ pub(crate) fn apply_loop<SM: StateMachine>(
                 debug_assert!(entries[0].index > applied_through, "entry applied twice");
                 let last_index = last.index;
                 let mut commands = Vec::with_capacity(entries.len());
-                commands.extend(entries.iter().filter(|entry| entry.kind == EntryKind::Normal).map(|entry| {
-                    CommittedEntry { index: entry.index, payload: &entry.data }
-                }));
+                commands.extend(
+                    entries
+                        .iter()
+                        .filter(|entry| entry.kind == EntryKind::Normal)
+                        .map(|entry| CommittedEntry {
+                            index: entry.index,
+                            payload: &entry.data,
+                        }),
+                );
                 let responses = state_machine.apply(&commands)?;
                 answer(&commands, responses, replies);
                 applied_through = last_index;
-                status.applied_index.store(applied_through, Ordering::Relaxed);
+                status
+                    .applied_index
+                    .store(applied_through, Ordering::Relaxed);
                 let _ = applied_tx.send(applied_through);
                 serve_waiting_reads(&state_machine, &mut waiting_reads, applied_through);
             }
-            ApplyWork::Read { read_index, query, reply, lease } => {
-                let counter = if lease { &status.reads_lease } else { &status.reads_read_index };
+            ApplyWork::Read {
+                read_index,
+                query,
+                reply,
+                lease,
+            } => {
+                let counter = if lease {
+                    &status.reads_lease
+                } else {
+                    &status.reads_read_index
+                };
                 counter.fetch_add(1, Ordering::Relaxed);
                 if read_index <= applied_through {
                     reply.send(Ok(state_machine.query(&query)));
                 } else {
-                    waiting_reads.push_back(WaitingRead { read_index, query, reply });
+                    waiting_reads.push_back(WaitingRead {
+                        read_index,
+                        query,
+                        reply,
+                    });
                 }
             }
         }
@@ -76,7 +105,10 @@ fn answer<R>(commands: &[CommittedEntry<'_>], responses: Vec<R>, replies: Vec<(u
     debug_assert_eq!(commands.len(), responses.len(), "one response per command");
     let mut replies = replies.into_iter().peekable();
     for (command, response) in commands.iter().zip(responses) {
-        if replies.peek().is_some_and(|(index, _)| *index == command.index) {
+        if replies
+            .peek()
+            .is_some_and(|(index, _)| *index == command.index)
+        {
             if let Some((_, reply)) = replies.next() {
                 reply.send(Ok(response));
             }

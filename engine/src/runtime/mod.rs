@@ -98,7 +98,10 @@ pub struct ReplyTo<R> {
 impl<R> ReplyTo<R> {
     /// Delivers the result; a caller that went away is not an error.
     pub fn send(self, result: Result<R, ClientError>) {
-        let _ = self.sender.send(Reply { tag: self.tag, result });
+        let _ = self.sender.send(Reply {
+            tag: self.tag,
+            result,
+        });
     }
 }
 
@@ -133,11 +136,14 @@ pub struct NodeOptions {
 }
 
 impl NodeOptions {
-    /// Defaults for a node: 10 ms ticks, 300-600 ms election timeout, 30 ms heartbeats.
+    /// Defaults for a node: 10 ms ticks, 500-1000 ms election timeout, 50 ms heartbeats.
+    /// The election timeout is generous on purpose: an election needs three fsyncs
+    /// (candidate, voters, the leader's no-op), and a busy machine must not turn slow
+    /// disks into endless elections.
     pub fn new(id: NodeId, voters: Vec<NodeId>, wal_dir: impl Into<PathBuf>) -> NodeOptions {
         let mut raft = RaftConfig::new(id, id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x7A11);
-        raft.election_timeout_ticks = 30;
-        raft.heartbeat_interval_ticks = 3;
+        raft.election_timeout_ticks = 50;
+        raft.heartbeat_interval_ticks = 5;
         NodeOptions {
             id,
             voters,
@@ -162,7 +168,10 @@ pub enum NodeError {
     #[error("the log read back from {dir} is unusable: {reason}")]
     BadLog { dir: String, reason: String },
     #[error("could not start thread {name}: {source}")]
-    Spawn { name: &'static str, source: std::io::Error },
+    Spawn {
+        name: &'static str,
+        source: std::io::Error,
+    },
 }
 
 /// Live counters of a node, readable from any thread (for INFO and benchmarks).
@@ -251,7 +260,9 @@ impl<R: Send + 'static> NodeHandle<R> {
     fn submit(&self, request: Request<R>) {
         if let Err(error) = self.requests.send(request) {
             match error.into_inner() {
-                Request::Propose { reply, .. } | Request::Read { reply, .. } => reply.send(Err(ClientError::NodeStopped)),
+                Request::Propose { reply, .. } | Request::Read { reply, .. } => {
+                    reply.send(Err(ClientError::NodeStopped))
+                }
                 Request::TransferLeadership { .. } => {}
             }
         }
@@ -260,7 +271,10 @@ impl<R: Send + 'static> NodeHandle<R> {
     /// Hands a message received from a peer to the raft thread. Drops it when the
     /// inbound queue is full (Raft retransmits); returns false then.
     pub fn deliver(&self, message: Message) -> bool {
-        !matches!(self.inbound.try_send(message), Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)))
+        !matches!(
+            self.inbound.try_send(message),
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_))
+        )
     }
 
     pub fn status(&self) -> &NodeStatus {
@@ -284,11 +298,18 @@ pub struct Node<R> {
 impl<R: Send + 'static> Node<R> {
     /// Opens the WAL (recovering it), rebuilds the core from it and starts the raft and
     /// apply threads. The transport is used by the raft thread only.
-    pub fn start<SM>(options: NodeOptions, state_machine: SM, transport: impl Transport) -> Result<Node<R>, NodeError>
+    pub fn start<SM>(
+        options: NodeOptions,
+        state_machine: SM,
+        transport: impl Transport,
+    ) -> Result<Node<R>, NodeError>
     where
         SM: StateMachine<Response = R> + 'static,
     {
-        assert_eq!(options.raft.id, options.id, "RaftConfig id must match the node id");
+        assert_eq!(
+            options.raft.id, options.id,
+            "RaftConfig id must match the node id"
+        );
         let (durable_tx, durable_rx) = unbounded();
         let mut wal_options = options.wal.clone();
         wal_options.durable_subscriber = Some(durable_tx);
@@ -320,7 +341,10 @@ impl<R: Send + 'static> Node<R> {
                         fatal.lock().get_or_insert(error);
                     }
                 })
-                .map_err(|source| NodeError::Spawn { name: "apply", source })?
+                .map_err(|source| NodeError::Spawn {
+                    name: "apply",
+                    source,
+                })?
         };
         let raft_thread = {
             let queues = raft_loop::Queues {
@@ -338,7 +362,15 @@ impl<R: Send + 'static> Node<R> {
             std::thread::Builder::new()
                 .name(format!("tally-raft-{}", options.id))
                 .spawn(move || {
-                    let result = raft_loop(core, wal, transport, queues, &status, &shutdown, tick_interval);
+                    let result = raft_loop(
+                        core,
+                        wal,
+                        transport,
+                        queues,
+                        &status,
+                        &shutdown,
+                        tick_interval,
+                    );
                     status.stopped.store(true, Ordering::Release);
                     if let Err(error) = result {
                         tracing::error!(%error, "raft thread stopped: fail-stop");
@@ -346,15 +378,28 @@ impl<R: Send + 'static> Node<R> {
                         fatal.lock().get_or_insert(error);
                     }
                 })
-                .map_err(|source| NodeError::Spawn { name: "raft", source })?
+                .map_err(|source| NodeError::Spawn {
+                    name: "raft",
+                    source,
+                })?
         };
         tracing::info!(
             node = options.id,
             wal_backend = wal.backend_name(),
             "node started: raft thread (core, batching, ticks), apply thread (state machine, replies, reads), WAL writer (group commit)"
         );
-        let handle = NodeHandle { requests: request_tx, inbound: inbound_tx, status, wal };
-        Ok(Node { handle, shutdown, threads: vec![raft_thread, apply_thread], fatal })
+        let handle = NodeHandle {
+            requests: request_tx,
+            inbound: inbound_tx,
+            status,
+            wal,
+        };
+        Ok(Node {
+            handle,
+            shutdown,
+            threads: vec![raft_thread, apply_thread],
+            fatal,
+        })
     }
 
     pub fn handle(&self) -> NodeHandle<R> {

@@ -8,9 +8,13 @@ use bytes::Bytes;
 use crossbeam_channel::{select, Receiver, Sender};
 
 use super::apply::ApplyWork;
-use super::{initial_configuration, ClientError, NodeError, NodeOptions, NodeStatus, ReplyTo, Request, Transport};
+use super::{
+    initial_configuration, ClientError, NodeError, NodeOptions, NodeStatus, ReplyTo, Request,
+    Transport,
+};
 use crate::raft::{
-    Entry, EntryKind, HardState, LogStart, Message, PersistAction, ProposeError, RaftNode, ReadPath, Ready, Role,
+    Entry, EntryKind, HardState, LogStart, Message, PersistAction, ProposeError, RaftNode,
+    ReadPath, Ready, Role,
 };
 
 /// Most requests taken from the queue in one turn, so one turn stays short.
@@ -27,23 +31,43 @@ pub(crate) struct Queues<R> {
 }
 
 /// Rebuilds the core from what the WAL holds.
-pub(crate) fn restore_core(options: &NodeOptions, wal: &tally_wal::Wal) -> Result<RaftNode, NodeError> {
-    let bad_log = |reason: String| NodeError::BadLog { dir: options.wal_dir.display().to_string(), reason };
+pub(crate) fn restore_core(
+    options: &NodeOptions,
+    wal: &tally_wal::Wal,
+) -> Result<RaftNode, NodeError> {
+    let bad_log = |reason: String| NodeError::BadLog {
+        dir: options.wal_dir.display().to_string(),
+        reason,
+    };
     let durable = wal.durable_hard_state();
-    let hard_state = HardState { term: durable.term, voted_for: (durable.vote != 0).then_some(durable.vote) };
+    let hard_state = HardState {
+        term: durable.term,
+        voted_for: (durable.vote != 0).then_some(durable.vote),
+    };
     let first_index = wal.first_index();
     if first_index != 1 {
         // Compaction happens only together with a snapshot, which this runtime does not
         // write yet: a log that starts later cannot be rebuilt into a state machine.
-        return Err(bad_log(format!("log starts at index {first_index} but no snapshot exists")));
+        return Err(bad_log(format!(
+            "log starts at index {first_index} but no snapshot exists"
+        )));
     }
     let last_index = wal.last_index();
     let stored = wal.read_range(first_index..last_index + 1)?;
     let mut entries = Vec::with_capacity(stored.len());
     for entry in stored {
-        let kind = EntryKind::from_u8(entry.kind)
-            .ok_or_else(|| bad_log(format!("entry {} has unknown kind {}", entry.index, entry.kind)))?;
-        entries.push(Entry { index: entry.index, term: entry.term, kind, data: entry.payload });
+        let kind = EntryKind::from_u8(entry.kind).ok_or_else(|| {
+            bad_log(format!(
+                "entry {} has unknown kind {}",
+                entry.index, entry.kind
+            ))
+        })?;
+        entries.push(Entry {
+            index: entry.index,
+            term: entry.term,
+            kind,
+            data: entry.payload,
+        });
     }
     tracing::info!(
         node = options.id,
@@ -52,7 +76,13 @@ pub(crate) fn restore_core(options: &NodeOptions, wal: &tally_wal::Wal) -> Resul
         last_index,
         "restored Raft state from the WAL"
     );
-    Ok(RaftNode::restart(options.raft.clone(), initial_configuration(options), hard_state, LogStart::default(), entries))
+    Ok(RaftNode::restart(
+        options.raft.clone(),
+        initial_configuration(options),
+        hard_state,
+        LogStart::default(),
+        entries,
+    ))
 }
 
 /// A proposal waiting for its entry to commit.
@@ -91,7 +121,13 @@ pub(crate) fn raft_loop<R: Send + 'static, T: Transport>(
     shutdown: &AtomicBool,
     tick_interval: Duration,
 ) -> Result<(), NodeError> {
-    let Queues { requests, inbound, durable, applied, apply } = queues;
+    let Queues {
+        requests,
+        inbound,
+        durable,
+        applied,
+        apply,
+    } = queues;
     let role = core.role();
     let mut pipeline = Pipeline {
         core,
@@ -112,7 +148,8 @@ pub(crate) fn raft_loop<R: Send + 'static, T: Transport>(
         if shutdown.load(Ordering::Acquire) {
             break Ok(());
         }
-        let next_tick_at = started + Duration::from_nanos((tick_nanos * (u128::from(ticks_done) + 1)) as u64);
+        let next_tick_at =
+            started + Duration::from_nanos((tick_nanos * (u128::from(ticks_done) + 1)) as u64);
         let timeout = next_tick_at.saturating_duration_since(Instant::now());
         // Block until anything arrives or the next tick is due; then drain everything.
         select! {
@@ -179,7 +216,12 @@ impl<R: Send + 'static, T: Transport> Pipeline<R, T> {
         self.propose_batch(commands, replies);
     }
 
-    fn sort_request(&mut self, request: Request<R>, commands: &mut Vec<Bytes>, replies: &mut Vec<ReplyTo<R>>) {
+    fn sort_request(
+        &mut self,
+        request: Request<R>,
+        commands: &mut Vec<Bytes>,
+        replies: &mut Vec<ReplyTo<R>>,
+    ) {
         match request {
             Request::Propose { command, reply } => {
                 commands.push(command);
@@ -203,13 +245,19 @@ impl<R: Send + 'static, T: Transport> Pipeline<R, T> {
             Ok(indexes) => {
                 debug_assert_eq!((indexes.end - indexes.start) as usize, replies.len());
                 for (index, reply) in indexes.zip(replies) {
-                    debug_assert!(self.pending_writes.back().is_none_or(|last| last.index < index));
-                    self.pending_writes.push_back(PendingWrite { index, term, reply });
+                    debug_assert!(self
+                        .pending_writes
+                        .back()
+                        .is_none_or(|last| last.index < index));
+                    self.pending_writes
+                        .push_back(PendingWrite { index, term, reply });
                 }
             }
             Err(error) => {
                 let client_error = match error {
-                    ProposeError::NotLeader { leader_hint } => ClientError::NotLeader { leader: leader_hint },
+                    ProposeError::NotLeader { leader_hint } => ClientError::NotLeader {
+                        leader: leader_hint,
+                    },
                     ProposeError::TransferInProgress => ClientError::NotLeader { leader: None },
                     ProposeError::Empty => return,
                 };
@@ -228,7 +276,9 @@ impl<R: Send + 'static, T: Transport> Pipeline<R, T> {
                 self.pending_reads.insert(request_id, (query, reply));
             }
             Err(crate::raft::ReadError::NotLeader { leader_hint }) => {
-                reply.send(Err(ClientError::NotLeader { leader: leader_hint }));
+                reply.send(Err(ClientError::NotLeader {
+                    leader: leader_hint,
+                }));
             }
         }
     }
@@ -241,7 +291,9 @@ impl<R: Send + 'static, T: Transport> Pipeline<R, T> {
                 break;
             }
             let seq = *seq;
-            let Some((_, ticket)) = self.inflight_persists.pop_front() else { break };
+            let Some((_, ticket)) = self.inflight_persists.pop_front() else {
+                break;
+            };
             match ticket.wait() {
                 // A later truncation removed some of these entries; the core already
                 // capped its watermark for that, so the action still counts as done.
@@ -267,7 +319,14 @@ impl<R: Send + 'static, T: Transport> Pipeline<R, T> {
     }
 
     fn carry_out(&mut self, ready: Ready) -> Result<(), NodeError> {
-        let Ready { persist, messages, committed_entries, reads, failed_reads, role_change } = ready;
+        let Ready {
+            persist,
+            messages,
+            committed_entries,
+            reads,
+            failed_reads,
+            role_change,
+        } = ready;
         // The leader's messages go out first so replication overlaps its own fsync.
         if !messages.is_empty() {
             self.transport.send(messages);
@@ -289,17 +348,27 @@ impl<R: Send + 'static, T: Transport> Pipeline<R, T> {
             }
         }
         if !committed_entries.is_empty() {
-            self.send_apply(ApplyWork::Entries { entries: committed_entries, replies })?;
+            self.send_apply(ApplyWork::Entries {
+                entries: committed_entries,
+                replies,
+            })?;
         }
         for ready_read in reads {
             if let Some((query, reply)) = self.pending_reads.remove(&ready_read.request_id) {
                 let lease = ready_read.via == ReadPath::Lease;
-                self.send_apply(ApplyWork::Read { read_index: ready_read.read_index, query, reply, lease })?;
+                self.send_apply(ApplyWork::Read {
+                    read_index: ready_read.read_index,
+                    query,
+                    reply,
+                    lease,
+                })?;
             }
         }
         for (request_id, crate::raft::ReadError::NotLeader { leader_hint }) in failed_reads {
             if let Some((_, reply)) = self.pending_reads.remove(&request_id) {
-                reply.send(Err(ClientError::NotLeader { leader: leader_hint }));
+                reply.send(Err(ClientError::NotLeader {
+                    leader: leader_hint,
+                }));
             }
         }
         Ok(())
@@ -308,13 +377,26 @@ impl<R: Send + 'static, T: Transport> Pipeline<R, T> {
     /// Pairs committed entries with the proposals waiting for them.
     fn answer_committed(&mut self, committed: &[Entry]) -> Vec<(u64, ReplyTo<R>)> {
         let mut replies = Vec::new();
-        let Some(last) = committed.last() else { return replies };
+        let Some(last) = committed.last() else {
+            return replies;
+        };
         let first_index = committed[0].index;
-        while self.pending_writes.front().is_some_and(|pending| pending.index <= last.index) {
-            let Some(pending) = self.pending_writes.pop_front() else { break };
-            let entry = pending.index.checked_sub(first_index).and_then(|offset| committed.get(offset as usize));
+        while self
+            .pending_writes
+            .front()
+            .is_some_and(|pending| pending.index <= last.index)
+        {
+            let Some(pending) = self.pending_writes.pop_front() else {
+                break;
+            };
+            let entry = pending
+                .index
+                .checked_sub(first_index)
+                .and_then(|offset| committed.get(offset as usize));
             match entry {
-                Some(entry) if entry.term == pending.term => replies.push((pending.index, pending.reply)),
+                Some(entry) if entry.term == pending.term => {
+                    replies.push((pending.index, pending.reply))
+                }
                 Some(_) => pending.reply.send(Err(ClientError::NotCommitted)),
                 // Committed in an earlier Ready without us seeing it: cannot happen, as
                 // committed entries arrive in order; answer honestly anyway.
@@ -325,10 +407,18 @@ impl<R: Send + 'static, T: Transport> Pipeline<R, T> {
     }
 
     fn persist(&mut self, action: PersistAction) -> Result<(), NodeError> {
-        let PersistAction { seq, hard_state, truncate_from, entries } = action;
+        let PersistAction {
+            seq,
+            hard_state,
+            truncate_from,
+            entries,
+        } = action;
         let mut ticket = None;
         if let Some(hard_state) = hard_state {
-            let stored = tally_wal::HardState { term: hard_state.term, vote: hard_state.voted_for.unwrap_or(0) };
+            let stored = tally_wal::HardState {
+                term: hard_state.term,
+                vote: hard_state.voted_for.unwrap_or(0),
+            };
             ticket = Some(self.wal.set_hard_state(stored)?);
         }
         if let Some(from_index) = truncate_from {
@@ -336,12 +426,13 @@ impl<R: Send + 'static, T: Transport> Pipeline<R, T> {
         }
         if !entries.is_empty() {
             self.wal_entries.clear();
-            self.wal_entries.extend(entries.iter().map(|entry| tally_wal::Entry {
-                index: entry.index,
-                term: entry.term,
-                kind: entry.kind.as_u8(),
-                payload: entry.data.clone(),
-            }));
+            self.wal_entries
+                .extend(entries.iter().map(|entry| tally_wal::Entry {
+                    index: entry.index,
+                    term: entry.term,
+                    kind: entry.kind.as_u8(),
+                    payload: entry.data.clone(),
+                }));
             ticket = Some(self.wal.append(&self.wal_entries)?);
             self.wal_entries.clear();
         }
@@ -350,7 +441,10 @@ impl<R: Send + 'static, T: Transport> Pipeline<R, T> {
             // An action with nothing to write still needs an ordered completion.
             None => self.wal.set_hard_state(self.wal.durable_hard_state())?,
         };
-        debug_assert!(self.inflight_persists.back().is_none_or(|(last, _)| *last < seq));
+        debug_assert!(self
+            .inflight_persists
+            .back()
+            .is_none_or(|(last, _)| *last < seq));
         self.inflight_persists.push_back((seq, ticket));
         Ok(())
     }
@@ -358,7 +452,9 @@ impl<R: Send + 'static, T: Transport> Pipeline<R, T> {
     fn send_apply(&mut self, work: ApplyWork<R>) -> Result<(), NodeError> {
         // Blocking here is the backpressure from a slow state machine.
         self.apply.send(work).map_err(|_| {
-            NodeError::StateMachine(crate::state_machine::StateMachineError::Fatal("apply thread stopped".into()))
+            NodeError::StateMachine(crate::state_machine::StateMachineError::Fatal(
+                "apply thread stopped".into(),
+            ))
         })
     }
 
@@ -379,8 +475,14 @@ impl<R: Send + 'static, T: Transport> Pipeline<R, T> {
     fn publish(&self, status: &NodeStatus) {
         status.set_role(self.core.role());
         status.term.store(self.core.term(), Ordering::Relaxed);
-        status.leader_id.store(self.core.leader_id().unwrap_or(0), Ordering::Relaxed);
-        status.commit_index.store(self.core.commit_index(), Ordering::Relaxed);
-        status.last_log_index.store(self.core.log().last_index(), Ordering::Relaxed);
+        status
+            .leader_id
+            .store(self.core.leader_id().unwrap_or(0), Ordering::Relaxed);
+        status
+            .commit_index
+            .store(self.core.commit_index(), Ordering::Relaxed);
+        status
+            .last_log_index
+            .store(self.core.log().last_index(), Ordering::Relaxed);
     }
 }

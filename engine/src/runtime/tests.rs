@@ -52,7 +52,10 @@ const PATIENCE: Duration = Duration::from_secs(60);
 
 impl Cluster {
     fn start(size: u64) -> Cluster {
-        let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).try_init();
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .try_init();
         let dir = tempfile::tempdir().expect("tempdir");
         let voters: Vec<NodeId> = (1..=size).collect();
         let mut cluster = Cluster {
@@ -70,13 +73,18 @@ impl Cluster {
     }
 
     fn start_node(&mut self, id: NodeId) {
-        let mut options = NodeOptions::new(id, self.voters.clone(), self.dir.path().join(format!("node-{id}")));
-        options.tick_interval = Duration::from_millis(5);
-        options.raft.election_timeout_ticks = 40;
-        options.raft.heartbeat_interval_ticks = 4;
-        let transport =
-            ChannelTransport { from: id, registry: Arc::clone(&self.registry), isolated: Arc::clone(&self.isolated) };
-        let node = Node::start(options, KvStateMachine::new(KvLimits::default()), transport).expect("node starts");
+        let options = NodeOptions::new(
+            id,
+            self.voters.clone(),
+            self.dir.path().join(format!("node-{id}")),
+        );
+        let transport = ChannelTransport {
+            from: id,
+            registry: Arc::clone(&self.registry),
+            isolated: Arc::clone(&self.isolated),
+        };
+        let node = Node::start(options, KvStateMachine::new(KvLimits::default()), transport)
+            .expect("node starts");
         self.registry.write().insert(id, node.handle());
         self.nodes.insert(id, node);
     }
@@ -95,7 +103,8 @@ impl Cluster {
             .nodes
             .iter()
             .filter(|(id, node)| {
-                !self.isolated.read().contains(id) && node.handle().status().role() == crate::raft::Role::Leader
+                !self.isolated.read().contains(id)
+                    && node.handle().status().role() == crate::raft::Role::Leader
             })
             .map(|(id, _)| *id)
             .collect();
@@ -115,7 +124,10 @@ impl Cluster {
 
     fn encode(&mut self, command: &Command<'_>) -> Bytes {
         self.next_sequence += 1;
-        let session = ClientSession { client_id: 7, sequence: self.next_sequence };
+        let session = ClientSession {
+            client_id: 7,
+            sequence: self.next_sequence,
+        };
         let mut out = Vec::new();
         encode_request(Some(session), command, &KvLimits::default(), &mut out).expect("encodes");
         Bytes::from(out)
@@ -124,12 +136,17 @@ impl Cluster {
     /// Sends a write to whoever leads, retrying on NotLeader / unknown outcomes with the
     /// same session (so a retry never applies twice).
     fn write(&mut self, key: &str, value: &str) -> KvResponse {
-        let command = self.encode(&Command::Set { key: key.as_bytes(), value: value.as_bytes() });
+        let command = self.encode(&Command::Set {
+            key: key.as_bytes(),
+            value: value.as_bytes(),
+        });
         self.request_until_answered(command, false)
     }
 
     fn read(&mut self, key: &str) -> KvResponse {
-        let query = self.encode(&Command::Get { key: key.as_bytes() });
+        let query = self.encode(&Command::Get {
+            key: key.as_bytes(),
+        });
         self.request_until_answered(query, true)
     }
 
@@ -139,14 +156,20 @@ impl Cluster {
         while Instant::now() < deadline {
             let leader = self.wait_for_leader();
             let handle = self.nodes[&leader].handle();
-            let reply = ReplyTo { tag: 1, sender: sender.clone() };
+            let reply = ReplyTo {
+                tag: 1,
+                sender: sender.clone(),
+            };
             if read {
                 handle.read(payload.clone(), reply);
             } else {
                 handle.propose(payload.clone(), reply);
             }
             match receiver.recv_timeout(PATIENCE) {
-                Ok(Reply { result: Ok(response), .. }) => return response,
+                Ok(Reply {
+                    result: Ok(response),
+                    ..
+                }) => return response,
                 Ok(Reply { result: Err(_), .. }) => std::thread::sleep(Duration::from_millis(10)),
                 Err(_) => panic!("no reply within {PATIENCE:?}"),
             }
@@ -172,7 +195,10 @@ fn three_nodes_elect_exactly_one_leader() {
 fn acknowledged_writes_are_readable_from_the_leader() {
     let mut cluster = Cluster::start(3);
     for k in 0..50 {
-        assert_eq!(cluster.write(&format!("key-{k}"), &format!("value-{k}")), KvResponse::Ok);
+        assert_eq!(
+            cluster.write(&format!("key-{k}"), &format!("value-{k}")),
+            KvResponse::Ok
+        );
     }
     for k in 0..50 {
         let expected = KvResponse::Bulk(Some(Bytes::from(format!("value-{k}"))));
@@ -180,7 +206,10 @@ fn acknowledged_writes_are_readable_from_the_leader() {
     }
     let leader = cluster.wait_for_leader();
     let stats = cluster.nodes[&leader].handle().wal_stats();
-    assert!(stats.entries >= 50, "leader WAL holds the writes: {stats:?}");
+    assert!(
+        stats.entries >= 50,
+        "leader WAL holds the writes: {stats:?}"
+    );
 }
 
 #[test]
@@ -193,20 +222,43 @@ fn pipelined_proposals_from_many_clients_all_commit() {
     for k in 0..total {
         let mut out = Vec::new();
         let key = format!("k{k}");
-        let session = ClientSession { client_id: 100 + k % 16, sequence: 1 + k / 16 };
-        encode_request(Some(session), &Command::Set { key: key.as_bytes(), value: b"v" }, &KvLimits::default(), &mut out)
-            .expect("encodes");
-        handle.propose(Bytes::from(out), ReplyTo { tag: k, sender: sender.clone() });
+        let session = ClientSession {
+            client_id: 100 + k % 16,
+            sequence: 1 + k / 16,
+        };
+        encode_request(
+            Some(session),
+            &Command::Set {
+                key: key.as_bytes(),
+                value: b"v",
+            },
+            &KvLimits::default(),
+            &mut out,
+        )
+        .expect("encodes");
+        handle.propose(
+            Bytes::from(out),
+            ReplyTo {
+                tag: k,
+                sender: sender.clone(),
+            },
+        );
     }
     let mut answered = HashSet::new();
     for _ in 0..total {
-        let reply = receiver.recv_timeout(PATIENCE).expect("every proposal is answered");
+        let reply = receiver
+            .recv_timeout(PATIENCE)
+            .expect("every proposal is answered");
         // A leader change during the test would give OutcomeUnknown: acceptable, but
         // then the write must not be reported OK twice.
         if let Ok(response) = reply.result {
             assert_eq!(response, KvResponse::Ok);
         }
-        assert!(answered.insert(reply.tag), "tag {} answered twice", reply.tag);
+        assert!(
+            answered.insert(reply.tag),
+            "tag {} answered twice",
+            reply.tag
+        );
     }
     let stats = handle.wal_stats();
     assert!(
@@ -226,7 +278,10 @@ fn a_new_leader_takes_over_and_keeps_every_acknowledged_write() {
     let new_leader = cluster.wait_for_leader();
     assert_ne!(new_leader, old_leader);
     for k in 0..20 {
-        assert_eq!(cluster.read(&format!("a{k}")), KvResponse::Bulk(Some(Bytes::from_static(b"1"))));
+        assert_eq!(
+            cluster.read(&format!("a{k}")),
+            KvResponse::Bulk(Some(Bytes::from_static(b"1")))
+        );
     }
     assert_eq!(cluster.write("after", "2"), KvResponse::Ok);
 }
@@ -236,17 +291,28 @@ fn a_restarted_node_recovers_from_its_directory_and_catches_up() {
     let mut cluster = Cluster::start(3);
     assert_eq!(cluster.write("before", "1"), KvResponse::Ok);
     let leader = cluster.wait_for_leader();
-    let follower = *cluster.voters.iter().find(|id| **id != leader).expect("a follower");
+    let follower = *cluster
+        .voters
+        .iter()
+        .find(|id| **id != leader)
+        .expect("a follower");
     cluster.stop_node(follower);
     for k in 0..30 {
         assert_eq!(cluster.write(&format!("during{k}"), "2"), KvResponse::Ok);
     }
     cluster.start_node(follower);
-    let target = cluster.nodes[&leader].handle().status().commit_index.load(Ordering::Relaxed);
+    let target = cluster.nodes[&leader]
+        .handle()
+        .status()
+        .commit_index
+        .load(Ordering::Relaxed);
     let deadline = Instant::now() + PATIENCE;
     let restarted = cluster.nodes[&follower].handle();
     while restarted.status().applied_index.load(Ordering::Relaxed) < target {
-        assert!(Instant::now() < deadline, "restarted follower did not catch up");
+        assert!(
+            Instant::now() < deadline,
+            "restarted follower did not catch up"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -255,7 +321,11 @@ fn a_restarted_node_recovers_from_its_directory_and_catches_up() {
 fn a_follower_cut_off_and_healed_catches_up() {
     let mut cluster = Cluster::start(3);
     let leader = cluster.wait_for_leader();
-    let follower = *cluster.voters.iter().find(|id| **id != leader).expect("a follower");
+    let follower = *cluster
+        .voters
+        .iter()
+        .find(|id| **id != leader)
+        .expect("a follower");
     cluster.isolated.write().insert(follower);
     for k in 0..30 {
         assert_eq!(cluster.write(&format!("cut{k}"), "3"), KvResponse::Ok);
@@ -264,12 +334,23 @@ fn a_follower_cut_off_and_healed_catches_up() {
     let deadline = Instant::now() + PATIENCE;
     loop {
         let leader = cluster.wait_for_leader();
-        let target = cluster.nodes[&leader].handle().status().commit_index.load(Ordering::Relaxed);
-        let applied = cluster.nodes[&follower].handle().status().applied_index.load(Ordering::Relaxed);
+        let target = cluster.nodes[&leader]
+            .handle()
+            .status()
+            .commit_index
+            .load(Ordering::Relaxed);
+        let applied = cluster.nodes[&follower]
+            .handle()
+            .status()
+            .applied_index
+            .load(Ordering::Relaxed);
         if applied >= target && target > 30 {
             break;
         }
-        assert!(Instant::now() < deadline, "healed follower did not catch up ({applied} < {target})");
+        assert!(
+            Instant::now() < deadline,
+            "healed follower did not catch up ({applied} < {target})"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -280,10 +361,17 @@ fn a_follower_refuses_writes_and_names_the_leader() {
     let leader = cluster.wait_for_leader();
     // Wait until every follower has heard from the leader.
     let deadline = Instant::now() + PATIENCE;
-    let follower = *cluster.voters.iter().find(|id| **id != leader).expect("a follower");
+    let follower = *cluster
+        .voters
+        .iter()
+        .find(|id| **id != leader)
+        .expect("a follower");
     let handle = cluster.nodes[&follower].handle();
     while handle.status().leader() != Some(leader) {
-        assert!(Instant::now() < deadline, "follower never learned the leader");
+        assert!(
+            Instant::now() < deadline,
+            "follower never learned the leader"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     let (sender, receiver) = unbounded();
@@ -291,7 +379,9 @@ fn a_follower_refuses_writes_and_names_the_leader() {
     let reply = receiver.recv_timeout(PATIENCE).expect("answered");
     match reply.result {
         // Leadership may have moved in between; the hint must still name a member.
-        Err(ClientError::NotLeader { leader: Some(hint) }) => assert!(cluster.voters.contains(&hint)),
+        Err(ClientError::NotLeader { leader: Some(hint) }) => {
+            assert!(cluster.voters.contains(&hint))
+        }
         Err(ClientError::NotLeader { leader: None }) => {}
         other => panic!("expected NotLeader, got {other:?}"),
     }

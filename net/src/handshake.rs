@@ -13,15 +13,20 @@ pub const MSG_ACCEPT: u8 = 0xF1;
 pub const MSG_REJECT: u8 = 0xF2;
 /// Frame types from this value up belong to the transport; Raft messages use lower ones.
 pub const FIRST_RESERVED_MSG_TYPE: u8 = 0xF0;
-/// Version of the handshake payloads this build speaks.
-pub const HANDSHAKE_VERSION: u32 = 1;
-/// Size of a HELLO payload.
+/// Version of the handshake payloads this build speaks (2: HELLO carries the dialer's
+/// advertised client address).
+pub const HANDSHAKE_VERSION: u32 = 2;
+/// Oldest handshake version this build still accepts (1: no client address).
+pub const MIN_HANDSHAKE_VERSION: u32 = 1;
+/// Size of a version-1 HELLO payload, and of the fixed part of a version-2 one.
 pub const HELLO_BYTES: usize = 4 + 8 + 8 + 8;
+/// Longest advertised client address a HELLO carries (a host name plus port fits).
+pub const MAX_CLIENT_ADDR_BYTES: usize = 255;
 /// Longest reason text a REJECT carries.
 pub const MAX_REJECT_TEXT_BYTES: usize = 1024;
 
 /// The dialer's opening message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
     /// Handshake version the dialer speaks.
     pub version: u32,
@@ -31,36 +36,71 @@ pub struct Hello {
     pub from_node: u64,
     /// The node id the dialer means to reach.
     pub to_node: u64,
+    /// Where the dialer serves Redis clients (`host:port`), so followers can redirect
+    /// clients to the leader with `-NOTLEADER <addr>`. Empty when unknown (version 1).
+    /// Invariant: at most [`MAX_CLIENT_ADDR_BYTES`] bytes.
+    pub client_addr: String,
 }
 
 impl Hello {
-    /// Encodes the HELLO payload.
-    pub fn encode(&self) -> [u8; HELLO_BYTES] {
-        let mut out = [0u8; HELLO_BYTES];
-        out[0..4].copy_from_slice(&self.version.to_le_bytes());
-        out[4..12].copy_from_slice(&self.cluster_id.to_le_bytes());
-        out[12..20].copy_from_slice(&self.from_node.to_le_bytes());
-        out[20..28].copy_from_slice(&self.to_node.to_le_bytes());
+    /// Encodes the HELLO payload: the fixed part, then (version 2 and later) a `u16`
+    /// length and the client address. An over-long address is cut at a character
+    /// boundary rather than rejected: it is advisory.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HELLO_BYTES + 2 + self.client_addr.len());
+        out.extend_from_slice(&self.version.to_le_bytes());
+        out.extend_from_slice(&self.cluster_id.to_le_bytes());
+        out.extend_from_slice(&self.from_node.to_le_bytes());
+        out.extend_from_slice(&self.to_node.to_le_bytes());
+        if self.version >= 2 {
+            let mut cut = self.client_addr.len().min(MAX_CLIENT_ADDR_BYTES);
+            while !self.client_addr.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            out.extend_from_slice(&(cut as u16).to_le_bytes());
+            out.extend_from_slice(&self.client_addr.as_bytes()[..cut]);
+        }
         out
     }
 
-    /// Decodes a HELLO payload; `None` unless it is exactly [`HELLO_BYTES`] long.
+    /// Decodes a HELLO payload. A version-1 payload is exactly [`HELLO_BYTES`] long; a
+    /// later one has the address length and address after it and nothing more. `None`
+    /// for any other size, an address over [`MAX_CLIENT_ADDR_BYTES`] or invalid UTF-8.
+    /// (Versions this build does not speak are decoded as far as the fixed part so
+    /// [`check_hello`] can name the version in its refusal.)
     pub fn decode(payload: &[u8]) -> Option<Hello> {
-        if payload.len() != HELLO_BYTES {
-            return None;
-        }
+        let fixed = payload.get(..HELLO_BYTES)?;
         let u64_at = |at: usize| {
             let mut raw = [0u8; 8];
-            raw.copy_from_slice(&payload[at..at + 8]);
+            raw.copy_from_slice(&fixed[at..at + 8]);
             u64::from_le_bytes(raw)
         };
         let mut version = [0u8; 4];
-        version.copy_from_slice(&payload[0..4]);
+        version.copy_from_slice(&fixed[0..4]);
+        let version = u32::from_le_bytes(version);
+        let rest = &payload[HELLO_BYTES..];
+        let client_addr = if version < 2 {
+            if !rest.is_empty() {
+                return None;
+            }
+            String::new()
+        } else if version > HANDSHAKE_VERSION {
+            // Unknown layout beyond the fixed part: let check_hello refuse it by version.
+            String::new()
+        } else {
+            let length_bytes = rest.get(..2)?;
+            let length = usize::from(u16::from_le_bytes([length_bytes[0], length_bytes[1]]));
+            if length > MAX_CLIENT_ADDR_BYTES || rest.len() != 2 + length {
+                return None;
+            }
+            std::str::from_utf8(&rest[2..]).ok()?.to_string()
+        };
         Some(Hello {
-            version: u32::from_le_bytes(version),
+            version,
             cluster_id: u64_at(4),
             from_node: u64_at(12),
             to_node: u64_at(20),
+            client_addr,
         })
     }
 }
@@ -143,11 +183,11 @@ pub fn check_hello(
     node_id: u64,
     is_known_peer: impl Fn(u64) -> bool,
 ) -> Result<(), (RejectReason, String)> {
-    if hello.version != HANDSHAKE_VERSION {
+    if !(MIN_HANDSHAKE_VERSION..=HANDSHAKE_VERSION).contains(&hello.version) {
         return Err((
             RejectReason::VersionMismatch,
             format!(
-                "handshake version {} not supported (this node speaks {HANDSHAKE_VERSION})",
+                "handshake version {} not supported (this node speaks {MIN_HANDSHAKE_VERSION}..={HANDSHAKE_VERSION})",
                 hello.version
             ),
         ));
@@ -186,6 +226,7 @@ mod tests {
             cluster_id: 7,
             from_node: 1,
             to_node: 2,
+            client_addr: "127.0.0.1:6379".to_string(),
         }
     }
 
@@ -194,9 +235,50 @@ mod tests {
         let bytes = hello().encode();
         assert_eq!(Hello::decode(&bytes), Some(hello()));
         assert_eq!(Hello::decode(&bytes[..HELLO_BYTES - 1]), None);
+        assert_eq!(Hello::decode(&bytes[..bytes.len() - 1]), None);
         let mut longer = bytes.to_vec();
         longer.push(0);
         assert_eq!(Hello::decode(&longer), None);
+    }
+
+    #[test]
+    fn version_one_hello_without_client_addr_is_still_understood() {
+        let old = Hello {
+            version: 1,
+            client_addr: String::new(),
+            ..hello()
+        };
+        let bytes = old.encode();
+        assert_eq!(bytes.len(), HELLO_BYTES);
+        assert_eq!(Hello::decode(&bytes), Some(old.clone()));
+        assert_eq!(check_hello(&old, 7, 2, |id| id == 1), Ok(()));
+        let mut longer = bytes.clone();
+        longer.extend_from_slice(&[0, 0]);
+        assert_eq!(
+            Hello::decode(&longer),
+            None,
+            "version 1 has no address field"
+        );
+    }
+
+    #[test]
+    fn client_addr_is_bounded_both_ways() {
+        let long = Hello {
+            client_addr: "é".repeat(MAX_CLIENT_ADDR_BYTES),
+            ..hello()
+        };
+        let decoded = Hello::decode(&long.encode()).expect("an encoded HELLO decodes");
+        assert!(decoded.client_addr.len() <= MAX_CLIENT_ADDR_BYTES);
+        assert!(long.client_addr.starts_with(&decoded.client_addr));
+        // A hand-made payload announcing a longer address is refused.
+        let mut bad = hello().encode()[..HELLO_BYTES].to_vec();
+        bad.extend_from_slice(&((MAX_CLIENT_ADDR_BYTES + 1) as u16).to_le_bytes());
+        bad.extend(std::iter::repeat(b'a').take(MAX_CLIENT_ADDR_BYTES + 1));
+        assert_eq!(Hello::decode(&bad), None);
+        let mut not_utf8 = hello().encode()[..HELLO_BYTES].to_vec();
+        not_utf8.extend_from_slice(&2u16.to_le_bytes());
+        not_utf8.extend_from_slice(&[0xff, 0xfe]);
+        assert_eq!(Hello::decode(&not_utf8), None);
     }
 
     #[test]

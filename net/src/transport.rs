@@ -74,6 +74,10 @@ pub struct TransportConfig {
     pub connect_timeout_ms: u64,
     /// Bound on each side's wait for the other's handshake frame.
     pub handshake_timeout_ms: u64,
+    /// This node's client (RESP) address, sent in every HELLO so peers can redirect
+    /// clients here; empty when there is none. Cut to
+    /// [`crate::handshake::MAX_CLIENT_ADDR_BYTES`] on the wire.
+    pub advertised_client_addr: String,
 }
 
 impl TransportConfig {
@@ -91,6 +95,7 @@ impl TransportConfig {
             reconnect_max_backoff_ms: 1000,
             connect_timeout_ms: 2000,
             handshake_timeout_ms: 5000,
+            advertised_client_addr: String::new(),
         }
     }
 }
@@ -206,6 +211,30 @@ pub struct InboundStats {
     pub received_messages: u64,
 }
 
+/// The client addresses peers advertised in their HELLOs, by node id. Cloneable and
+/// cheap to read from any thread (the client port reads it for `-NOTLEADER <addr>`).
+#[derive(Debug, Clone, Default)]
+pub struct PeerClientAddrs {
+    by_node: Arc<RwLock<HashMap<NodeId, String>>>,
+}
+
+impl PeerClientAddrs {
+    /// The client address `node` advertised most recently, if any.
+    pub fn get(&self, node: NodeId) -> Option<String> {
+        self.by_node.read().get(&node).cloned()
+    }
+
+    /// Records what `node` advertised (an empty address forgets it).
+    pub fn set(&self, node: NodeId, client_addr: String) {
+        let mut by_node = self.by_node.write();
+        if client_addr.is_empty() {
+            by_node.remove(&node);
+        } else {
+            by_node.insert(node, client_addr);
+        }
+    }
+}
+
 /// State shared by the handle and all transport threads.
 struct Shared {
     config: TransportConfig,
@@ -229,6 +258,8 @@ struct Shared {
     rejected_handshakes: AtomicU64,
     closed_for_bad_frames: AtomicU64,
     received_messages: AtomicU64,
+    /// Client addresses learned from accepted HELLOs.
+    peer_client_addrs: PeerClientAddrs,
 }
 
 impl Shared {
@@ -317,6 +348,7 @@ impl PeerTransport {
             rejected_handshakes: AtomicU64::new(0),
             closed_for_bad_frames: AtomicU64::new(0),
             received_messages: AtomicU64::new(0),
+            peer_client_addrs: PeerClientAddrs::default(),
         });
         let mut transport = PeerTransport {
             shared: Arc::clone(&shared),
@@ -387,6 +419,11 @@ impl PeerTransport {
             TrySendError::Full(message) => PeerSendError::Full(message),
             TrySendError::Disconnected(message) => PeerSendError::Disconnected(message),
         })
+    }
+
+    /// The client addresses peers advertised in their HELLOs (live view).
+    pub fn peer_client_addrs(&self) -> PeerClientAddrs {
+        self.shared.peer_client_addrs.clone()
     }
 
     /// Whether the outbound connection to `peer` is established.
@@ -678,6 +715,7 @@ impl PeerSender {
             cluster_id: config.cluster_id,
             from_node: config.node_id,
             to_node: self.peer,
+            client_addr: config.advertised_client_addr.clone(),
         };
         let mut frame = Vec::new();
         encode_frame(MSG_HELLO, 0, &hello.encode(), usize::MAX, &mut frame)?;
@@ -827,6 +865,7 @@ fn serve_inbound(
         }
     };
     let peer = hello.from_node;
+    shared.peer_client_addrs.set(peer, hello.client_addr);
     let mut accept = Vec::new();
     if encode_frame(MSG_ACCEPT, 0, &[], usize::MAX, &mut accept).is_err()
         || (&stream).write_all(&accept).is_err()

@@ -254,6 +254,7 @@ fn raw_handshake(to_addr: SocketAddr, from: NodeId, to: NodeId) -> TcpStream {
         cluster_id: CLUSTER,
         from_node: from,
         to_node: to,
+        client_addr: String::new(),
     };
     let mut frame = Vec::new();
     encode_frame(MSG_HELLO, 0, &hello.encode(), 1024, &mut frame).expect("encode");
@@ -380,6 +381,7 @@ fn a_handshake_from_an_unknown_node_gets_a_reject_frame_with_its_reason() {
         cluster_id: CLUSTER,
         from_node: 77,
         to_node: 2,
+        client_addr: String::new(),
     };
     let mut frame = Vec::new();
     encode_frame(MSG_HELLO, 0, &hello.encode(), 1024, &mut frame).expect("encode");
@@ -465,4 +467,32 @@ fn invalid_configurations_are_refused() {
         (2, "127.0.0.1:10".parse().expect("addr")),
     ];
     assert!(PeerTransport::start(TransportConfig::new(CLUSTER, 1, peers), listener()).is_err());
+}
+
+#[test]
+fn each_node_learns_the_client_address_its_peers_advertise() {
+    let (listener_a, listener_b) = (listener(), listener());
+    let (addr_a, addr_b) = (addr(&listener_a), addr(&listener_b));
+    let start_advertising = |node: NodeId, peer: (NodeId, SocketAddr), listener, client: &str| {
+        captured_logs();
+        let mut config = TransportConfig::new(CLUSTER, node, vec![peer]);
+        config.reconnect_max_backoff_ms = 100;
+        config.advertised_client_addr = client.to_string();
+        PeerTransport::start(config, listener).expect("start transport")
+    };
+    let (a, _inbound_a) = start_advertising(1, (2, addr_b), listener_a, "10.0.0.1:6379");
+    let (b, _inbound_b) = start_advertising(2, (1, addr_a), listener_b, "10.0.0.2:6380");
+    let (addrs_a, addrs_b) = (a.peer_client_addrs(), b.peer_client_addrs());
+    wait_until("both HELLOs accepted", || {
+        addrs_a.get(2).is_some() && addrs_b.get(1).is_some()
+    });
+    assert_eq!(addrs_a.get(2).as_deref(), Some("10.0.0.2:6380"));
+    assert_eq!(addrs_b.get(1).as_deref(), Some("10.0.0.1:6379"));
+    assert_eq!(
+        addrs_a.get(1),
+        None,
+        "a node does not learn its own address"
+    );
+    a.shutdown();
+    b.shutdown();
 }

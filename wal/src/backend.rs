@@ -117,34 +117,36 @@ impl UringBackend {
     }
 
     /// Submits what is queued and waits for `want` completions, returning
-    /// (write result, sync result) by user data. Retries interrupted waits: returning
-    /// early while the kernel still uses the caller's buffers would be unsound.
+    /// (write result, sync result) by user data. Interrupted waits are retried: returning
+    /// while the kernel may still read the caller's buffers would be unsound.
     fn submit_and_reap(&mut self, want: usize) -> io::Result<(Option<i32>, Option<i32>)> {
         let mut write_result = None;
         let mut sync_result = None;
         let mut reaped = 0usize;
-        let mut submitted = false;
+        let mut submitted_any = false;
+        let mut failures = 0u32;
         while reaped < want {
-            let wait_for = want - reaped;
-            match self.ring.submit_and_wait(wait_for) {
-                Ok(_) => submitted = true,
+            match self.ring.submit_and_wait(want - reaped) {
+                Ok(submitted) => submitted_any |= submitted > 0,
                 Err(err)
-                    if err.raw_os_error() == Some(libc::EINTR)
-                        || err.raw_os_error() == Some(libc::EAGAIN)
-                        || err.raw_os_error() == Some(libc::EBUSY) => {}
+                    if matches!(
+                        err.raw_os_error(),
+                        Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+                    ) => {}
+                Err(err) if !submitted_any => {
+                    // Nothing reached the kernel. The caller poisons the WAL and drops
+                    // this backend (and its ring) without entering it again, so the
+                    // queued entries are never submitted.
+                    return Err(err);
+                }
                 Err(err) => {
-                    if !submitted && !self.ring.submission().is_empty() {
-                        // Nothing reached the kernel: drop the queued entries and report.
-                        // SAFETY: the queued entries were never submitted, so the kernel
-                        // holds no reference to the buffers they point to.
-                        unsafe { self.ring.submission_shared().sync() };
+                    failures += 1;
+                    if failures > 100 {
+                        // Operations are in flight on buffers we cannot keep alive past
+                        // this call: stopping the process is the only safe outcome.
+                        tracing::error!("io_uring wait keeps failing with operations in flight: {err}; aborting");
+                        std::process::abort();
                     }
-                    if !submitted {
-                        return Err(err);
-                    }
-                    // The kernel may still write from the caller's buffers: we cannot
-                    // return. This never happens with a healthy ring; stop the process.
-                    panic!("io_uring wait failed with operations in flight: {err}");
                 }
             }
             for cqe in self.ring.completion() {

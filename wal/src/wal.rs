@@ -721,7 +721,31 @@ impl<S: Storage> Wal<S> {
     }
 }
 
+/// If the writer thread unwinds (a bug), fail every waiter instead of leaving them
+/// blocked forever.
+struct WriterPanicGuard<'a, S: Storage> {
+    shared: &'a Shared<S>,
+}
+
+impl<S: Storage> Drop for WriterPanicGuard<'_, S> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let err = WalError::Poisoned {
+            cause: crate::error::PoisonCause::WriteFailed,
+            detail: "the WAL writer thread panicked".into(),
+        };
+        // The writer's own lock guards were dropped before this one (declared later).
+        self.shared.queue.lock().failure = Some(err.clone());
+        self.shared.durable.lock().failure = Some(err);
+        self.shared.durable_changed.notify_all();
+        self.shared.space_ready.notify_all();
+    }
+}
+
 fn writer_loop<S: Storage>(shared: Arc<Shared<S>>, mut backend: Box<dyn IoBackend>) {
+    let _panic_guard = WriterPanicGuard { shared: &shared };
     let mut spare: Vec<u8> = Vec::new();
     loop {
         let mut queue = shared.queue.lock();

@@ -95,6 +95,9 @@ pub struct SimConfig {
     /// Fsync latency range.
     pub min_fsync_us: u64,
     pub max_fsync_us: u64,
+    /// Entries per AppendEntries (1 makes old-term entries travel without the new
+    /// leader's no-op, which Figure 8 scenarios need).
+    pub max_batch_entries: usize,
     /// Keep the full trace (and print it as it happens).
     pub trace: bool,
     /// Events kept for a violation report when not tracing fully.
@@ -124,6 +127,7 @@ impl SimConfig {
             max_delay_us: 1_500,
             min_fsync_us: 50,
             max_fsync_us: 2_000,
+            max_batch_entries: 64,
             trace: false,
             trace_ring_len: 200,
         }
@@ -217,6 +221,8 @@ enum Attempt {
 }
 
 struct Client {
+    /// Driven by a test through `client_write`/`client_read`: never starts operations itself.
+    scripted: bool,
     target: usize,
     op: Option<usize>,
     attempt: Attempt,
@@ -245,6 +251,8 @@ pub struct SimStats {
     pub reads_completed: u64,
     pub lease_reads: u64,
     pub crashes: u64,
+    /// AppendEntries rejections sent (each costs a round trip of log repair).
+    pub rejected_appends: u64,
 }
 
 /// The outcome of a run.
@@ -321,6 +329,7 @@ impl Simulation {
         let n = cfg.n_nodes;
         let clients = (0..cfg.n_clients)
             .map(|_| Client {
+                scripted: false,
                 target: rng.gen_range(0..n),
                 op: None,
                 attempt: Attempt::None,
@@ -673,6 +682,56 @@ impl Simulation {
         None
     }
 
+    /// Adds a client driven by the test (no random operations of its own).
+    pub fn add_client(&mut self) -> usize {
+        self.clients.push(Client {
+            scripted: true,
+            target: 0,
+            op: None,
+            attempt: Attempt::None,
+        });
+        self.clients.len() - 1
+    }
+
+    /// Starts a write of a fresh unique value to `key` by `client`, sent to node `target`
+    /// (redirected on NotLeader like any client). Returns the operation's history index.
+    pub fn client_write(&mut self, client: usize, target: NodeId, key: u64) -> usize {
+        let value = self.next_write_value;
+        self.next_write_value += 1;
+        self.start_client_op(client, target, key, OperationKind::Write { value })
+    }
+
+    /// Starts a read of `key` by `client` at node `target`.
+    pub fn client_read(&mut self, client: usize, target: NodeId, key: u64) -> usize {
+        self.start_client_op(client, target, key, OperationKind::Read)
+    }
+
+    fn start_client_op(
+        &mut self,
+        client: usize,
+        target: NodeId,
+        key: u64,
+        kind: OperationKind,
+    ) -> usize {
+        assert!(
+            self.clients[client].op.is_none(),
+            "client {client} already has an operation running"
+        );
+        let op = self.history.invoke(client, key, kind, self.now_us);
+        self.clients[client].op = Some(op);
+        self.clients[client].target = target as usize - 1;
+        self.clients[client].attempt = Attempt::None;
+        let timeout = self.cfg.client_timeout_us;
+        self.schedule(timeout, Event::ClientTimeout { client, op });
+        self.client_step(client);
+        op
+    }
+
+    /// Whether a client operation completed (writes: committed and applied; reads: served).
+    pub fn op_completed(&self, op: usize) -> bool {
+        self.history.operations[op].completed_at_us.is_some()
+    }
+
     // ----- the event loop ---------------------------------------------------------
 
     fn schedule(&mut self, delay_us: u64, event: Event) {
@@ -772,7 +831,7 @@ impl Simulation {
         raft_cfg.check_quorum = self.cfg.check_quorum;
         raft_cfg.lease_reads = self.cfg.lease_reads;
         raft_cfg.max_clock_drift = self.cfg.assumed_max_clock_drift;
-        raft_cfg.max_batch_entries = 64;
+        raft_cfg.max_batch_entries = self.cfg.max_batch_entries;
         raft_cfg.max_inflight_messages = 8;
         let recovered = node.storage.recover();
         self.checker
@@ -970,6 +1029,10 @@ impl Simulation {
             .messages_by_kind
             .entry(message.body.kind_name())
             .or_default() += 1;
+        if matches!(&message.body, MessageBody::AppendEntriesResponse(response) if !response.success)
+        {
+            self.stats.rejected_appends += 1;
+        }
         if self.net.drop_probability > 0.0 && self.rng.gen_bool(self.net.drop_probability) {
             return;
         }
@@ -1004,7 +1067,7 @@ impl Simulation {
 
     fn client_step(&mut self, client: usize) {
         if self.clients[client].op.is_none() {
-            if !self.clients_may_start_ops() {
+            if self.clients[client].scripted || !self.clients_may_start_ops() {
                 return;
             }
             let key = self.rng.gen_range(0..self.cfg.n_keys.max(1));

@@ -273,7 +273,7 @@ mod tests {
         // A hand-made payload announcing a longer address is refused.
         let mut bad = hello().encode()[..HELLO_BYTES].to_vec();
         bad.extend_from_slice(&((MAX_CLIENT_ADDR_BYTES + 1) as u16).to_le_bytes());
-        bad.extend(std::iter::repeat(b'a').take(MAX_CLIENT_ADDR_BYTES + 1));
+        bad.extend(std::iter::repeat_n(b'a', MAX_CLIENT_ADDR_BYTES + 1));
         assert_eq!(Hello::decode(&bad), None);
         let mut not_utf8 = hello().encode()[..HELLO_BYTES].to_vec();
         not_utf8.extend_from_slice(&2u16.to_le_bytes());

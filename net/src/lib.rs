@@ -6,12 +6,16 @@
 //! * [`handshake`]: the HELLO/ACCEPT/REJECT exchange that opens every peer connection.
 //! * [`transport`]: long-lived peer connections with handshake, pipelined vectored
 //!   sending, bounded queues and reconnects.
+//! * [`node_transport`]: the glue between the node runtime and the transport.
+//! * [`client_port`]: the RESP2 server clients talk to (binary: `tally-server`).
 //!
 //! The Raft core (in `tally-engine`) never sees sockets; the node runtime moves opaque
 //! `(message type, payload)` pairs between it and this crate.
 
+pub mod client_port;
 pub mod codec;
 pub mod frame;
 pub mod handshake;
+pub mod node_transport;
 pub mod resp;
 pub mod transport;

@@ -1,0 +1,231 @@
+//! `tally-server`: one member of a Tally cluster.
+//!
+//! Wires the pieces together: the peer transport (TCP frames between members), the node
+//! runtime (raft thread, WAL group commit, apply thread) with the KV state machine, and
+//! the RESP client port. First start with an empty `--dir` forms the cluster from
+//! `--id` and the `--peer` ids; a restart recovers everything from `--dir`.
+//!
+//! Exit status: 0 after SIGTERM/SIGINT (clients' in-flight rounds answered, node
+//! drained); 1 when the node fail-stops (e.g. an fsync error) or cannot start.
+
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use tally_engine::kv::{KvLimits, KvStateMachine};
+use tally_engine::runtime::{Node, NodeOptions};
+use tally_net::client_port::{ClientPort, ClientPortConfig};
+use tally_net::codec::CodecLimits;
+use tally_net::node_transport::{spawn_inbound_pump, GlueCounters, NetTransport};
+use tally_net::transport::{PeerTransport, TransportConfig};
+
+/// The core's tick; election timeout and heartbeat interval are rounded to it.
+const TICK_MS: u64 = 10;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tally-server",
+    about = "A member of a Raft-replicated Tally cluster (RESP client port)"
+)]
+struct Args {
+    /// This member's id (nonzero, unique in the cluster).
+    #[arg(long)]
+    id: u64,
+    /// Directory of this member's WAL (created on first start, reused on restart).
+    #[arg(long)]
+    dir: PathBuf,
+    /// Address to accept peer connections on.
+    #[arg(long)]
+    listen_peer: String,
+    /// Address to accept Redis clients on.
+    #[arg(long)]
+    listen_client: String,
+    /// Another member: `ID=ADDR`, the address THIS node dials for it (a proxy may sit in
+    /// between). Repeat for every other member.
+    #[arg(long = "peer", value_name = "ID=ADDR")]
+    peers: Vec<String>,
+    /// Client address advertised to peers (for `-NOTLEADER <addr>`); default: the bound
+    /// `--listen-client` address.
+    #[arg(long)]
+    advertise_client: Option<String>,
+    /// Cluster id every member must share.
+    #[arg(long, default_value_t = 0x7a11)]
+    cluster_id: u64,
+    /// Base election timeout (the core randomizes above it).
+    #[arg(long, default_value_t = 500)]
+    election_timeout_ms: u64,
+    /// Leader heartbeat interval.
+    #[arg(long, default_value_t = 50)]
+    heartbeat_ms: u64,
+    /// Thread budget hint (default: the core count). The client port serves each
+    /// connection on its own thread, so this is reported, not enforced (see README).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// WAL I/O backend.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "uring", "sync"])]
+    wal_backend: String,
+}
+
+fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "tally-server stopped with an error");
+            eprintln!("tally-server: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn resolve(what: &str, addr: &str) -> Result<SocketAddr, String> {
+    addr.to_socket_addrs()
+        .map_err(|error| format!("{what} {addr:?}: {error}"))?
+        .next()
+        .ok_or_else(|| format!("{what} {addr:?} resolves to no address"))
+}
+
+fn parse_peer(text: &str) -> Result<(u64, SocketAddr), String> {
+    let (id, addr) = text
+        .split_once('=')
+        .ok_or_else(|| format!("--peer {text:?}: expected ID=ADDR"))?;
+    let id: u64 = id
+        .parse()
+        .map_err(|_| format!("--peer {text:?}: {id:?} is not a node id"))?;
+    Ok((id, resolve("--peer", addr)?))
+}
+
+fn run(args: Args) -> Result<(), String> {
+    if args.id == 0 {
+        return Err("--id must be nonzero".into());
+    }
+    let peers = args
+        .peers
+        .iter()
+        .map(|text| parse_peer(text))
+        .collect::<Result<Vec<_>, _>>()?;
+    if peers.iter().any(|(id, _)| *id == args.id) {
+        return Err(format!("--peer lists this node's own id {}", args.id));
+    }
+    let threads = args.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+
+    let client_listener = TcpListener::bind(resolve("--listen-client", &args.listen_client)?)
+        .map_err(|error| {
+            format!(
+                "cannot listen for clients on {}: {error}",
+                args.listen_client
+            )
+        })?;
+    let client_addr = client_listener
+        .local_addr()
+        .map_err(|error| format!("client listener: {error}"))?;
+    let advertised_client_addr = args
+        .advertise_client
+        .clone()
+        .unwrap_or_else(|| client_addr.to_string());
+    let peer_listener = TcpListener::bind(resolve("--listen-peer", &args.listen_peer)?)
+        .map_err(|error| format!("cannot listen for peers on {}: {error}", args.listen_peer))?;
+
+    let mut transport_config = TransportConfig::new(args.cluster_id, args.id, peers.clone());
+    transport_config.advertised_client_addr = advertised_client_addr.clone();
+    let (peer_transport, inbound) = PeerTransport::start(transport_config, peer_listener)
+        .map_err(|error| format!("peer transport: {error}"))?;
+    let peer_addr = peer_transport.local_addr();
+    let peer_client_addrs = peer_transport.peer_client_addrs();
+
+    let mut voters: Vec<u64> = peers.iter().map(|(id, _)| *id).collect();
+    voters.push(args.id);
+    voters.sort_unstable();
+    let mut options = NodeOptions::new(args.id, voters.clone(), &args.dir);
+    options.tick_interval = Duration::from_millis(TICK_MS);
+    options.raft.election_timeout_ticks = (args.election_timeout_ms / TICK_MS).max(2);
+    options.raft.heartbeat_interval_ticks = (args.heartbeat_ms / TICK_MS).max(1);
+    if options.raft.heartbeat_interval_ticks >= options.raft.election_timeout_ticks {
+        return Err("--heartbeat-ms must be well below --election-timeout-ms".into());
+    }
+    options.wal.backend = args
+        .wal_backend
+        .parse()
+        .map_err(|error| format!("--wal-backend: {error}"))?;
+
+    let counters = Arc::new(GlueCounters::default());
+    let net_transport = NetTransport::new(peer_transport, Arc::clone(&counters));
+    let state_machine = KvStateMachine::new(KvLimits::default());
+    let node = Node::start(options, state_machine, net_transport)
+        .map_err(|error| format!("node {} cannot start: {error}", args.id))?;
+    let pump = spawn_inbound_pump(
+        args.id,
+        inbound,
+        node.handle(),
+        CodecLimits::default(),
+        Arc::clone(&counters),
+    )
+    .map_err(|error| format!("cannot start the inbound pump: {error}"))?;
+    let client_port = ClientPort::start(
+        client_listener,
+        ClientPortConfig::new(args.id, advertised_client_addr.clone()),
+        node.handle(),
+        peer_client_addrs,
+    )
+    .map_err(|error| format!("client port: {error}"))?;
+
+    tracing::info!(
+        node_id = args.id,
+        cluster_id = args.cluster_id,
+        voters = ?voters,
+        %peer_addr,
+        client_addr = %advertised_client_addr,
+        threads_hint = threads,
+        "tally-server ready. Threads: raft (core, batching, ticks), apply (state machine, replies, reads), \
+         WAL writer (group commit), peer-listen + 1 peer-recv per inbound peer connection, 1 peer-send per peer, \
+         peer-pump (decode inbound -> raft), client-accept + 1 client-conn per client"
+    );
+
+    let stop_requested = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, Arc::clone(&stop_requested))
+            .map_err(|error| format!("cannot install the signal handler: {error}"))?;
+    }
+    while !stop_requested.load(Ordering::Relaxed) && !node.has_failed() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let failed = node.has_failed();
+    if failed {
+        tracing::error!(
+            node_id = args.id,
+            "node failed (fail-stop); closing the client port"
+        );
+    } else {
+        tracing::info!(
+            node_id = args.id,
+            "shutdown requested: draining client connections"
+        );
+    }
+    client_port.shutdown();
+    let result = node.shutdown();
+    // The raft thread dropped the transport; the pump sees its queue close.
+    let _ = pump.join();
+    match result {
+        Ok(()) if !failed => {
+            tracing::info!(node_id = args.id, "stopped cleanly");
+            Ok(())
+        }
+        Ok(()) => Err("the node failed".into()),
+        Err(error) => Err(format!("node {} failed: {error}", args.id)),
+    }
+}

@@ -1,0 +1,117 @@
+//! Glue between the node runtime (`tally_engine::runtime`) and the peer transport.
+//!
+//! Why it is a separate piece: the runtime only knows the [`Transport`] trait (raft
+//! thread → peers) and [`NodeHandle::deliver`] (peers → raft thread); the transport
+//! only knows opaque `(type, payload)` frames. This module converts between the two
+//! with the codec and applies the one policy both sides agree on: **never block the
+//! raft thread and never take the process down for a peer's sake.**
+//!
+//! * Outbound: [`NetTransport::send`] encodes each message (entry payloads referenced,
+//!   not copied) and calls `try_send`; a full peer queue drops the message and counts
+//!   it (Raft retransmits on its own schedule).
+//! * Inbound: [`spawn_inbound_pump`] runs one thread that decodes every received frame
+//!   and delivers it; a message that does not decode is logged and dropped (the peer
+//!   connection itself stays up: the frame was intact, only its content is wrong, and a
+//!   newer peer version might send a type we do not know).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::Receiver;
+use tally_engine::raft::Message;
+use tally_engine::runtime::{NodeHandle, Transport};
+
+use crate::codec::{decode_inbound, encode_message, CodecLimits};
+use crate::transport::{InboundMessage, PeerSendError, PeerTransport};
+
+/// Counters of the glue, shared with whoever reports them (INFO, logs).
+#[derive(Debug, Default)]
+pub struct GlueCounters {
+    /// Messages handed to a peer's queue.
+    pub sent_messages: AtomicU64,
+    /// Messages dropped because a peer's queue was full or the peer is unknown.
+    pub dropped_outbound: AtomicU64,
+    /// Inbound messages handed to the raft thread.
+    pub delivered_messages: AtomicU64,
+    /// Inbound messages that did not decode (logged and dropped).
+    pub undecodable_messages: AtomicU64,
+    /// Inbound messages dropped because the raft thread's queue was full.
+    pub dropped_inbound: AtomicU64,
+}
+
+/// The runtime's [`Transport`] over TCP. Owned by the raft thread; dropping it (when
+/// the node stops) shuts the peer transport down, which ends the inbound pump.
+pub struct NetTransport {
+    peers: PeerTransport,
+    counters: Arc<GlueCounters>,
+}
+
+impl NetTransport {
+    /// Wraps a started peer transport.
+    pub fn new(peers: PeerTransport, counters: Arc<GlueCounters>) -> NetTransport {
+        NetTransport { peers, counters }
+    }
+}
+
+impl Transport for NetTransport {
+    fn send(&mut self, messages: Vec<Message>) {
+        for message in messages {
+            let to = message.to;
+            match self.peers.try_send(to, encode_message(&message)) {
+                Ok(()) => {
+                    self.counters.sent_messages.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(PeerSendError::Full(_)) | Err(PeerSendError::Disconnected(_)) => {
+                    self.counters
+                        .dropped_outbound
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                Err(error) => {
+                    self.counters
+                        .dropped_outbound
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(to, %error, "cannot send Raft message; dropped");
+                }
+            }
+        }
+    }
+}
+
+/// Starts the thread that decodes inbound frames and hands them to the raft thread.
+/// It ends when the peer transport shuts down (the inbound queue disconnects).
+pub fn spawn_inbound_pump<R: Send + 'static>(
+    node_id: u64,
+    inbound: Receiver<InboundMessage>,
+    handle: NodeHandle<R>,
+    limits: CodecLimits,
+    counters: Arc<GlueCounters>,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("peer-pump-{node_id}"))
+        .spawn(move || {
+            for received in inbound.iter() {
+                match decode_inbound(&received, &limits) {
+                    Ok(message) => {
+                        if handle.deliver(message) {
+                            counters.delivered_messages.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            counters.dropped_inbound.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Err(error) => {
+                        counters
+                            .undecodable_messages
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            node_id,
+                            from = received.from,
+                            msg_type = received.msg_type,
+                            %error,
+                            "dropping undecodable Raft message"
+                        );
+                    }
+                }
+            }
+        })
+}

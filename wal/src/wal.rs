@@ -187,6 +187,7 @@ impl TruncationLog {
 
 struct DurableState {
     durable_index: u64,
+    durable_hard_state: HardState,
     /// Sequence numbers of operations made durable so far (all ops `< durable_seq`).
     durable_seq: u64,
     /// (seq, from_index) of every queued truncation/reset: a ticket whose entries were
@@ -332,6 +333,7 @@ impl<S: Storage> Wal<S> {
             durable: Mutex::new(DurableState {
                 durable_index,
                 durable_seq: 0,
+                durable_hard_state: core.durable_hard_state(),
                 truncations: TruncationLog::default(),
                 failure: None,
                 shutdown: false,
@@ -391,12 +393,14 @@ impl<S: Storage> Wal<S> {
 
     /// First index of the log.
     pub fn first_index(&self) -> u64 {
-        self.shared().core.lock().first_index()
+        // The queue's view (includes queued resets); never waits for an fsync.
+        self.shared().queue.lock().first_index
     }
 
     /// Durable hard state.
     pub fn durable_hard_state(&self) -> HardState {
-        self.shared().core.lock().durable_hard_state()
+        // Published by the writer; never waits for an fsync in progress.
+        self.shared().durable.lock().durable_hard_state
     }
 
     /// Reads a written entry (entries still queued for the writer are not readable).
@@ -783,6 +787,7 @@ fn writer_loop<S: Storage>(shared: Arc<Shared<S>>, mut backend: Box<dyn IoBacken
         let latency_us = started.elapsed().as_micros() as u64;
         match result {
             Ok(durable_index) => {
+                let durable_hard_state = core.durable_hard_state();
                 drop(core);
                 if !spare.is_empty() {
                     shared
@@ -799,6 +804,7 @@ fn writer_loop<S: Storage>(shared: Arc<Shared<S>>, mut backend: Box<dyn IoBacken
                     let mut durable = shared.durable.lock();
                     durable.durable_index = durable_index;
                     durable.durable_seq = batch_seq;
+                    durable.durable_hard_state = durable_hard_state;
                 }
                 shared.durable_changed.notify_all();
             }

@@ -503,6 +503,7 @@ fn figure8(seed: u64, unreliable: bool, iterations: u64) {
     let mut cfg = SimConfig::quiet(seed, 5);
     cfg.client_timeout_us = 5 * SECOND_US;
     cfg.max_batch_entries = 1;
+    cfg.max_inflight_messages = 1;
     let mut sim = Simulation::new(cfg);
     if unreliable {
         sim.set_unreliable(0.1, 0.05, 0.2);
@@ -539,11 +540,21 @@ fn figure8(seed: u64, unreliable: bool, iterations: u64) {
                 let id = next() % 5 + 1;
                 sim.reconnect(id);
             }
-        } else if n_up < 3 {
-            let id = next() % 5 + 1;
-            if !sim.is_up(id) {
-                sim.restart(id);
-                n_up += 1;
+        } else {
+            // Also crash bystanders now and then, so that stale logs come back later.
+            if next() % 4 == 0 {
+                let id = next() % 5 + 1;
+                if sim.is_up(id) {
+                    sim.crash(id);
+                    n_up -= 1;
+                }
+            }
+            while n_up < 3 {
+                let id = next() % 5 + 1;
+                if !sim.is_up(id) {
+                    sim.restart(id);
+                    n_up += 1;
+                }
             }
         }
     }
@@ -556,15 +567,27 @@ fn figure8(seed: u64, unreliable: bool, iterations: u64) {
     sim.assert_safe();
 }
 
+/// (With the commit rule broken, the unreliable variant below catches it on its seeds;
+/// this reliable variant did not in 100 seeds: with pipelined no-ops the window is one
+/// round trip. The unit test `leader_never_commits_an_old_term_entry_by_counting_replicas`
+/// checks the rule directly.)
 #[test]
 fn figure8_leader_crashes_with_random_delays_never_lose_committed_entries() {
-    figure8(17, false, 1000);
+    for seed in FIGURE8_SEEDS {
+        figure8(seed, false, 1000);
+    }
 }
 
 #[test]
 fn figure8_on_an_unreliable_network_never_loses_committed_entries() {
-    figure8(18, true, 1000);
+    // With the commit rule broken (counting replicas of an old-term entry), each of
+    // these seeds trips the core's "truncating committed entry" assert.
+    for seed in [5, 12, 16, 26] {
+        figure8(seed, true, 1000);
+    }
 }
+
+const FIGURE8_SEEDS: [u64; 4] = [17, 18, 19, 20];
 
 // ----- churn ----------------------------------------------------------------------
 

@@ -98,6 +98,8 @@ pub struct SimConfig {
     /// Entries per AppendEntries (1 makes old-term entries travel without the new
     /// leader's no-op, which Figure 8 scenarios need).
     pub max_batch_entries: usize,
+    /// AppendEntries in flight per follower.
+    pub max_inflight_messages: usize,
     /// Keep the full trace (and print it as it happens).
     pub trace: bool,
     /// Events kept for a violation report when not tracing fully.
@@ -128,6 +130,7 @@ impl SimConfig {
             min_fsync_us: 50,
             max_fsync_us: 2_000,
             max_batch_entries: 64,
+            max_inflight_messages: 8,
             trace: false,
             trace_ring_len: 200,
         }
@@ -832,7 +835,7 @@ impl Simulation {
         raft_cfg.lease_reads = self.cfg.lease_reads;
         raft_cfg.max_clock_drift = self.cfg.assumed_max_clock_drift;
         raft_cfg.max_batch_entries = self.cfg.max_batch_entries;
-        raft_cfg.max_inflight_messages = 8;
+        raft_cfg.max_inflight_messages = self.cfg.max_inflight_messages;
         let recovered = node.storage.recover();
         self.checker
             .on_restart(node.id, &mut node.watch, &recovered.entries);

@@ -254,6 +254,9 @@ pub struct RaftNode {
     pending_reads: VecDeque<PendingRead>,
     reads_awaiting_term_commit: Vec<u64>,
     transfer: Option<Transfer>,
+    /// Set once this leader sent TimeoutNow in its term: the target's election ignores
+    /// follower leases, so this leader's lease is no proof of leadership any more.
+    lease_revoked: bool,
 
     next_persist_seq: u64,
     /// Highest sequence number reported durable. Invariant: < next_persist_seq.
@@ -337,6 +340,7 @@ impl RaftNode {
             pending_reads: VecDeque::new(),
             reads_awaiting_term_commit: Vec::new(),
             transfer: None,
+            lease_revoked: false,
             next_persist_seq: 1,
             durable_seq: 0,
             hard_state_dirty: false,
@@ -402,6 +406,7 @@ impl RaftNode {
         self.role == Role::Leader
             && self.cfg.lease_reads
             && self.cfg.check_quorum
+            && !self.lease_revoked
             && self.committed_in_term()
             && {
                 let lease_ticks = self.cfg.lease_ticks();
@@ -916,6 +921,7 @@ impl RaftNode {
         self.leader_id = Some(self.cfg.id);
         self.votes.clear();
         self.transfer = None;
+        self.lease_revoked = false;
         self.heartbeat_elapsed_ticks = 0;
         self.check_quorum_elapsed_ticks = 0;
         let next_index = self.log.last_index() + 1;
@@ -1221,6 +1227,7 @@ impl RaftNode {
             .get(&transfer.target)
             .is_some_and(|p| p.match_index == self.log.last_index());
         if caught_up {
+            self.lease_revoked = true;
             self.send(transfer.target, MessageBody::TimeoutNow);
             if let Some(transfer) = self.transfer.as_mut() {
                 transfer.timeout_now_sent = true;

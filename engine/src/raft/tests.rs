@@ -554,3 +554,164 @@ fn stale_leader_is_told_the_newer_term() {
     assert_eq!(ready.messages[0].term, 5);
     assert!(responses(&ready).iter().all(|r| !r.success));
 }
+
+fn ack_echo(match_index: u64, heartbeat_id: u64, sent_at_tick: u64) -> MessageBody {
+    MessageBody::AppendEntriesResponse(AppendEntriesResponse {
+        success: true,
+        match_index,
+        rejected_prev_index: match_index,
+        conflict: None,
+        heartbeat_id,
+        sent_at_tick,
+    })
+}
+
+/// A 3-node leader (node 1) whose no-op is durable but not yet acknowledged.
+fn leader_with_durable_noop() -> (RaftNode, u64) {
+    let mut node = RaftNode::new(config(1), three_nodes());
+    let term = make_leader(&mut node);
+    let ready = node.take_ready();
+    node.on_persisted(ready.persist.expect("no-op").seq);
+    (node, term)
+}
+
+fn heartbeat_ids_sent(ready: &Ready) -> Vec<u64> {
+    ready
+        .messages
+        .iter()
+        .filter_map(|m| match &m.body {
+            MessageBody::AppendEntries(append) => Some(append.heartbeat_id),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn no_reads_are_served_before_an_entry_of_the_term_is_committed() {
+    let (mut node, term) = leader_with_durable_noop();
+    node.read_index(1).expect("leader");
+    assert!(
+        node.take_ready().reads.is_empty(),
+        "read served before the no-op committed"
+    );
+    let now = node.now_tick();
+    node.step(message(2, 1, term, ack_echo(1, 0, now)));
+    assert_eq!(node.commit_index(), 1);
+    let reads = node.take_ready().reads;
+    assert_eq!(reads.len(), 1);
+    assert_eq!(reads[0].read_index, 1);
+}
+
+#[test]
+fn lease_read_needs_no_round_trip_until_the_lease_expires() {
+    let (mut node, term) = leader_with_durable_noop();
+    let sent = node.now_tick();
+    node.step(message(2, 1, term, ack_echo(1, 0, sent)));
+    node.take_ready();
+    assert!(node.lease_valid());
+    node.read_index(7).expect("leader");
+    let ready = node.take_ready();
+    assert_eq!(
+        ready.reads,
+        vec![ReadyRead {
+            request_id: 7,
+            read_index: 1,
+            via: ReadPath::Lease
+        }]
+    );
+    // Keep node 2 answering nothing newer: the lease runs out after lease_ticks.
+    for _ in 0..node.config().lease_ticks() {
+        node.tick();
+    }
+    assert!(!node.lease_valid(), "lease outlived lease_ticks");
+    node.take_ready();
+    node.read_index(8).expect("leader");
+    let ready = node.take_ready();
+    assert!(ready.reads.is_empty(), "expired lease served a read");
+    // The ReadIndex round: only an echo of the new heartbeat id confirms it.
+    let round = *heartbeat_ids_sent(&ready)
+        .iter()
+        .max()
+        .expect("heartbeats sent for ReadIndex");
+    node.step(message(2, 1, term, ack_echo(1, round - 1, node.now_tick())));
+    assert!(
+        node.take_ready().reads.is_empty(),
+        "an older heartbeat confirmed a newer read"
+    );
+    node.step(message(2, 1, term, ack_echo(1, round, node.now_tick())));
+    let reads = node.take_ready().reads;
+    assert_eq!(
+        reads,
+        vec![ReadyRead {
+            request_id: 8,
+            read_index: 1,
+            via: ReadPath::ReadIndex
+        }]
+    );
+}
+
+#[test]
+fn lease_is_revoked_once_timeout_now_is_sent() {
+    let (mut node, term) = leader_with_durable_noop();
+    node.step(message(2, 1, term, ack_echo(1, 0, node.now_tick())));
+    node.take_ready();
+    assert!(node.lease_valid());
+    node.transfer_leadership(2).expect("leader");
+    let ready = node.take_ready();
+    assert!(ready
+        .messages
+        .iter()
+        .any(|m| m.to == 2 && matches!(m.body, MessageBody::TimeoutNow)));
+    assert!(
+        !node.lease_valid(),
+        "the transfer target's election ignores leases"
+    );
+    assert_eq!(
+        node.propose(vec![Bytes::from_static(b"x")]),
+        Err(ProposeError::TransferInProgress)
+    );
+}
+
+#[test]
+fn leader_steps_down_after_an_election_timeout_without_a_quorum() {
+    let (mut node, _) = leader_with_durable_noop();
+    for _ in 0..node.config().election_timeout_ticks {
+        node.tick();
+    }
+    assert_eq!(node.role(), Role::Follower);
+}
+
+#[test]
+fn replicate_mode_bounds_messages_in_flight() {
+    let (mut node, term) = leader_with_durable_noop();
+    node.step(message(2, 1, term, ack_echo(1, 0, node.now_tick())));
+    node.take_ready();
+    let limit = node.config().max_inflight_messages;
+    for k in 0..(limit * 3) {
+        node.propose(vec![Bytes::from(format!("p{k}"))])
+            .expect("leader");
+    }
+    let ready = node.take_ready();
+    let to_two = ready
+        .messages
+        .iter()
+        .filter(|m| {
+            m.to == 2 && matches!(&m.body, MessageBody::AppendEntries(a) if !a.entries.is_empty())
+        })
+        .count();
+    assert_eq!(
+        to_two, limit,
+        "pipelining must stop at max_inflight_messages"
+    );
+    let to_three = ready
+        .messages
+        .iter()
+        .filter(|m| {
+            m.to == 3 && matches!(&m.body, MessageBody::AppendEntries(a) if !a.entries.is_empty())
+        })
+        .count();
+    assert!(
+        to_three <= 1,
+        "a follower in probe mode gets one AppendEntries at a time, got {to_three}"
+    );
+}

@@ -1249,9 +1249,18 @@ impl Simulation {
                     }
                 }
             }
-            45..=54 if faults.partitions => {
+            45..=49 if faults.partitions => {
                 if let Some(leader) = self.leader() {
                     self.isolate(leader);
+                }
+            }
+            50..=54 => {
+                if let Some(leader) = self.leader() {
+                    let target = self.rng.gen_range(1..=n as u64);
+                    if target != leader {
+                        self.trace_event(format!("transfer leadership {leader} -> {target}"));
+                        self.transfer_leadership(leader, target);
+                    }
                 }
             }
             55..=74 if faults.crashes => {

@@ -53,6 +53,7 @@ enum Op {
     Truncate { back: u8 },
     Compact { keep: u8 },
     SetHardState { bump_term: bool, vote: u8 },
+    Reset { ahead: u8 },
     Write,
     Sync,
     WriteSync,
@@ -66,6 +67,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         2 => (0u8..10).prop_map(|back| Op::Truncate { back }),
         1 => (0u8..30).prop_map(|keep| Op::Compact { keep }),
         2 => (any::<bool>(), 0u8..4).prop_map(|(bump_term, vote)| Op::SetHardState { bump_term, vote }),
+        1 => (0u8..20).prop_map(|ahead| Op::Reset { ahead }),
         2 => Just(Op::Write),
         2 => Just(Op::Sync),
         3 => Just(Op::WriteSync),
@@ -180,6 +182,16 @@ impl Harness {
                 state.hard_state = next;
                 self.states.push(state);
             }
+            Op::Reset { ahead } => {
+                let mut state = self.current();
+                // Anywhere from a few entries back to a few past the end (snapshot install).
+                let next = (state.last_index() + ahead as u64).saturating_sub(4).max(1);
+                self.wal().reset(next).expect("reset");
+                state.first_index = next;
+                state.terms.clear();
+                self.states.push(state);
+                self.must_bump_term = true;
+            }
             Op::Write => {
                 self.wal().write().expect("write");
                 self.written = self.states.len() - 1;
@@ -245,9 +257,22 @@ impl Harness {
                 recovered.last_index() >= durable_index,
                 "durable entries up to {durable_index} lost: recovered {recovered:?}"
             );
-            let durable_terms = &model.terms[..(durable_index + 1 - model.first_index) as usize];
-            let recovered_prefix = &recovered.terms[..durable_terms.len()];
-            assert_eq!(recovered_prefix, durable_terms, "durable entries changed");
+            // Durable entries of the current log: model.first_index..=durable_index (empty
+            // right after an unsynced reset, which lowers the durable index below it).
+            for index in model.first_index..=durable_index {
+                let position =
+                    |state: &ModelState| index.checked_sub(state.first_index).map(|p| p as usize);
+                let recovered_term = position(&recovered).and_then(|p| recovered.terms.get(p));
+                let model_term = position(&model).and_then(|p| model.terms.get(p));
+                assert!(
+                    model_term.is_some(),
+                    "durable index {durable_index} beyond the model log"
+                );
+                assert_eq!(
+                    recovered_term, model_term,
+                    "durable entry {index} changed or lost"
+                );
+            }
             let hs = recovered.hard_state;
             assert!(
                 hs.term >= durable_hard_state.term,

@@ -1,17 +1,27 @@
 //! tally-bench: load generator and benchmark reports for Tally.
 //!
-//! `tally-bench wal` measures the write-ahead log alone (see `wal_bench.rs`). The
-//! cluster benchmark will become the default (no-subcommand) mode.
+//! * `tally-bench --target HOST:PORT [--target ...]` drives any RESP server (a Tally
+//!   cluster, a Redis) with a SET/GET workload (see `load/`).
+//! * `tally-bench wal` measures the write-ahead log alone (see `wal_bench.rs`).
+//! * `tally-bench` with no target will start a local 3-node cluster (embedded mode) once
+//!   `tally-server` exists; until then it says so and exits with status 2.
 
+mod load;
 mod wal_bench;
 
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "tally-bench", about = "Benchmarks for Tally")]
+#[command(
+    name = "tally-bench",
+    about = "Benchmarks for Tally: drive RESP servers (--target) or the WAL (wal)",
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    #[command(flatten)]
+    load: load::args::LoadArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -22,19 +32,13 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Some(Command::Wal(args)) => wal_bench::run(&args),
-        None => {
-            // Until the cluster benchmark exists, the default is the WAL benchmark with
-            // its default options.
-            match Cli::parse_from(["tally-bench", "wal"]).command {
-                Some(Command::Wal(args)) => wal_bench::run(&args),
-                None => Err("no default benchmark".into()),
+    match cli.command {
+        Some(Command::Wal(args)) => {
+            if let Err(err) = wal_bench::run(&args) {
+                eprintln!("tally-bench: {err}");
+                std::process::exit(1);
             }
         }
-    };
-    if let Err(err) = result {
-        eprintln!("tally-bench: {err}");
-        std::process::exit(1);
+        None => std::process::exit(load::main(&cli.load)),
     }
 }

@@ -115,3 +115,105 @@ pub fn spawn_inbound_pump<R: Send + 'static>(
             }
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use crossbeam_channel::Sender;
+    use tally_engine::kv::{KvLimits, KvStateMachine};
+    use tally_engine::raft::{MessageBody, RequestVote};
+    use tally_engine::runtime::{Node, NodeOptions};
+
+    use super::*;
+
+    /// Records what the raft thread sends.
+    struct CapturingTransport(Sender<Message>);
+
+    impl Transport for CapturingTransport {
+        fn send(&mut self, messages: Vec<Message>) {
+            for message in messages {
+                let _ = self.0.send(message);
+            }
+        }
+    }
+
+    #[test]
+    fn undecodable_inbound_messages_are_dropped_and_valid_ones_reach_the_raft_thread() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (sent_tx, sent_rx) = crossbeam_channel::unbounded();
+        // Node 1 of {1, 2}; a huge election timeout keeps it a quiet follower.
+        let mut options = NodeOptions::new(1, vec![1, 2], dir.path());
+        options.raft.election_timeout_ticks = 1_000_000;
+        let node = Node::start(
+            options,
+            KvStateMachine::new(KvLimits::default()),
+            CapturingTransport(sent_tx),
+        )
+        .expect("start node");
+        let (inbound_tx, inbound_rx) = crossbeam_channel::bounded(16);
+        let counters = Arc::new(GlueCounters::default());
+        let pump = spawn_inbound_pump(
+            1,
+            inbound_rx,
+            node.handle(),
+            CodecLimits::default(),
+            Arc::clone(&counters),
+        )
+        .expect("spawn pump");
+        let garbage = [
+            (0x01, vec![0xff; 3]), // truncated AppendEntries
+            (0x77, vec![0; 40]),   // unknown type
+        ];
+        for (msg_type, payload) in garbage {
+            inbound_tx
+                .send(InboundMessage {
+                    from: 2,
+                    msg_type,
+                    payload: payload.into(),
+                })
+                .expect("queue");
+        }
+        // A valid PreVote from node 2, but on a connection the handshake says is node 3:
+        // refused as a sender mismatch.
+        let pre_vote = Message {
+            from: 2,
+            to: 1,
+            term: 1,
+            body: MessageBody::PreVote(RequestVote {
+                last_log_index: 0,
+                last_log_term: 0,
+                leadership_transfer: false,
+            }),
+        };
+        let encoded = encode_message(&pre_vote);
+        let payload: Vec<u8> = encoded
+            .payload_parts
+            .iter()
+            .flat_map(|part| part.iter().copied())
+            .collect();
+        let inbound = |from| InboundMessage {
+            from,
+            msg_type: encoded.msg_type,
+            payload: payload.clone().into(),
+        };
+        inbound_tx.send(inbound(3)).expect("queue");
+        inbound_tx.send(inbound(2)).expect("queue");
+        // The node answers the valid PreVote: it was delivered.
+        let answer = sent_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the node answers the PreVote");
+        assert_eq!((answer.from, answer.to), (1, 2));
+        assert!(matches!(answer.body, MessageBody::PreVoteResponse(_)));
+        let started = Instant::now();
+        while counters.delivered_messages.load(Ordering::Relaxed) < 1 {
+            assert!(started.elapsed() < Duration::from_secs(60));
+            std::thread::yield_now();
+        }
+        assert_eq!(counters.undecodable_messages.load(Ordering::Relaxed), 3);
+        assert_eq!(counters.delivered_messages.load(Ordering::Relaxed), 1);
+        drop(inbound_tx);
+        pump.join().expect("the pump ends when its queue closes");
+        node.shutdown().expect("clean shutdown");
+    }
+}

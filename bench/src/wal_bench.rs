@@ -38,6 +38,10 @@ pub struct WalArgs {
     /// Segment size in MiB.
     #[arg(long, default_value_t = 64)]
     pub segment_mib: u64,
+    /// Zero-fill each segment when it is created (lower fdatasync latency, each segment
+    /// written twice; see `WalOptions::zero_fill_segments`).
+    #[arg(long)]
+    pub zero_fill: bool,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -49,6 +53,7 @@ struct Report {
     writers: usize,
     inflight: usize,
     value_size: usize,
+    zero_fill: bool,
     seconds: f64,
     entries: u64,
     entries_per_sec: f64,
@@ -118,6 +123,7 @@ pub fn run(args: &WalArgs) -> Result<(), String> {
         writers: args.writers,
         inflight: args.inflight,
         value_size: args.value_size,
+        zero_fill: args.zero_fill,
         seconds: elapsed,
         entries,
         entries_per_sec: entries as f64 / elapsed,

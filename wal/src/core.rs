@@ -48,6 +48,14 @@ pub struct WalOptions {
     /// Preallocate segments with `fallocate` (recommended: steady-state `fdatasync`
     /// then has no metadata to write).
     pub preallocate: bool,
+    /// Write zeros over each new segment before using it. On ext4/xfs an fallocated
+    /// extent is "unwritten", and the first write into it makes the next fdatasync commit
+    /// metadata (the extent conversion) through the journal; overwriting blocks that were
+    /// already written needs no metadata, so fdatasync can be cheaper (fio on this
+    /// machine: 0.16–3.9 ms median for overwrites vs 3.3–3.9 ms for fresh blocks, very
+    /// noisy). The price: every segment is written twice, and the roll that creates a
+    /// segment stalls while it is zeroed. Off by default (bandwidth-bound loads lose).
+    pub zero_fill_segments: bool,
     /// On corruption (a bad batch followed by valid data), stop at the first bad batch,
     /// drop and report everything after it, instead of failing the open.
     pub tolerant_recovery: bool,
@@ -62,6 +70,7 @@ impl Default for WalOptions {
             max_entry_size_bytes: 8 << 20,
             preallocate: true,
             tolerant_recovery: false,
+            zero_fill_segments: false,
             first_index_of_new_log: 1,
         }
     }
@@ -1202,6 +1211,13 @@ impl<S: Storage> WalCore<S> {
         } else {
             file.set_len(size)
         };
+        let allocated = allocated.and_then(|()| {
+            if self.options.zero_fill_segments {
+                zero_fill(file.as_ref(), size)
+            } else {
+                Ok(())
+            }
+        });
         if let Err(err) = allocated {
             let err = io_err("allocate segment", &name, err);
             // Best effort: a half-created segment is also removed by the next recovery.
@@ -1278,6 +1294,19 @@ impl<S: Storage> WalCore<S> {
         }
         Ok(removed)
     }
+}
+
+/// Overwrites `[0, size_bytes)` of `file` with zeros (1 MiB writes).
+fn zero_fill(file: &dyn StorageFile, size_bytes: u64) -> std::io::Result<()> {
+    const CHUNK_BYTES: u64 = 1 << 20;
+    let zeros = vec![0u8; CHUNK_BYTES.min(size_bytes) as usize];
+    let mut offset = 0;
+    while offset < size_bytes {
+        let len = CHUNK_BYTES.min(size_bytes - offset) as usize;
+        file.write_all_at(&[&zeros[..len]], offset)?;
+        offset += len as u64;
+    }
+    Ok(())
 }
 
 /// Looks for any valid batch after the bad spot (in the same segment and all later

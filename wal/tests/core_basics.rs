@@ -287,3 +287,33 @@ fn real_files_survive_reopen_with_sealed_segments_read_through_mmap() {
         );
     }
 }
+
+#[test]
+fn zero_filled_segments_are_fully_written_and_behave_like_preallocated_ones() {
+    let disk = SimStorage::new();
+    let options = WalOptions {
+        zero_fill_segments: true,
+        ..small_options()
+    };
+    let mut wal = WalCore::open(disk.clone(), options.clone()).unwrap();
+    let writes_after_open = disk.write_calls();
+    assert!(
+        disk.bytes_written() >= 4096,
+        "the first segment was zero-filled"
+    );
+    for i in 1..=60 {
+        wal.append(&[entry(i, 1, 100)]).unwrap();
+        wal.write().unwrap();
+        wal.sync().unwrap();
+    }
+    assert!(wal.segment_count() >= 2);
+    assert!(
+        disk.write_calls() > writes_after_open + 60,
+        "rolled segments were zero-filled too"
+    );
+    drop(wal);
+    disk.crash(Tear::DiscardUnsynced);
+    let wal = WalCore::open(disk, options).unwrap();
+    assert_eq!(wal.last_index(), 60);
+    assert!(wal.recovery_report().dropped.is_empty());
+}

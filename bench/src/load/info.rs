@@ -6,7 +6,7 @@
 //! * `role` (`leader` marks the node whose figures are reported);
 //! * `entries_per_fsync` (a gauge, used when the counters below are absent);
 //! * counters, when present (first name found wins): fsyncs — `wal_fsyncs`, `fsyncs`;
-//!   WAL bytes written — `wal_bytes_written`, `bytes_written`; WAL entries written —
+//!   WAL bytes written — `wal_bytes`, `wal_bytes_written`, `bytes_written`; WAL entries written —
 //!   `wal_entries`, `wal_entries_written`. With them, entries per fsync, fsyncs per
 //!   second and bytes written per operation are exact deltas over the measured window.
 
@@ -22,7 +22,7 @@ const INFO_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_INFO_BYTES: usize = 1 << 20;
 
 pub const FSYNC_COUNTERS: &[&str] = &["wal_fsyncs", "fsyncs"];
-pub const BYTES_COUNTERS: &[&str] = &["wal_bytes_written", "bytes_written"];
+pub const BYTES_COUNTERS: &[&str] = &["wal_bytes", "wal_bytes_written", "bytes_written"];
 pub const ENTRY_COUNTERS: &[&str] = &["wal_entries", "wal_entries_written"];
 
 /// The `# Raft` section of one node's INFO.

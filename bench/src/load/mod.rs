@@ -67,9 +67,8 @@ pub fn run_all(
                 first.keys
             );
         }
-        println!("{}", report::table_header());
     }
-    for config in runs {
+    for (index, config) in runs.iter().enumerate() {
         if config.read_ratio > 0.0 && preloaded != Some((config.keys, config.value_size)) {
             preload(&targets, config, output)?;
             preloaded = Some((config.keys, config.value_size));
@@ -78,6 +77,10 @@ pub fn run_all(
         if output.json {
             println!("{}", report.to_json_line());
         } else {
+            // After the preload's line, so header and rows stay together.
+            if index == 0 {
+                println!("{}", report::table_header());
+            }
             println!("{}", report::table_row(&report));
         }
         reports.push(report);

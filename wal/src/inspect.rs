@@ -614,6 +614,7 @@ mod tests {
             preallocate: false,
             tolerant_recovery: false,
             first_index_of_new_log: 1,
+            zero_fill_segments: false,
         }
     }
 

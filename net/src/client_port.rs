@@ -52,6 +52,9 @@ pub const REDIS_COMPATIBLE_VERSION: &str = "7.0.0-tally-compatible";
 pub const OUTCOME_UNKNOWN_ERROR: &str =
     "UNKNOWN leadership changed while the write was in flight; outcome unknown";
 
+/// How long one reply write may stall before the connection is dropped.
+const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Tuning and bounds of the client port.
 #[derive(Debug, Clone)]
 pub struct ClientPortConfig {
@@ -229,6 +232,9 @@ fn accept_loop(shared: &Arc<Shared>, listener: TcpListener) {
             }
         };
         let _ = stream.set_nodelay(true);
+        // A client that stops reading its replies must not pin a thread forever (nor
+        // block shutdown): a write stalled this long closes the connection.
+        let _ = stream.set_write_timeout(Some(CLIENT_WRITE_TIMEOUT));
         let Ok(registered) = stream.try_clone() else {
             continue;
         };

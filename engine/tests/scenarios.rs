@@ -597,6 +597,7 @@ fn churn(seed: u64, message_faults: bool) {
         message_faults,
         partitions: true,
         crashes: true,
+        membership_changes: true,
         nemesis_interval_us: 100_000,
     };
     cfg.n_clients = 5;
@@ -641,6 +642,7 @@ fn lease_reads_never_stale_under_partitions_and_drift_within_the_bound() {
             message_faults: false,
             partitions: true,
             crashes: true,
+            membership_changes: false,
             nemesis_interval_us: 100_000,
         };
         cfg.assumed_max_clock_drift = 0.3;
@@ -729,5 +731,44 @@ fn leadership_transfer_hands_over_to_a_lagging_target_after_it_catches_up() {
         "transfer should take exactly one election"
     );
     one(&mut sim, "after-transfer", 3);
+    sim.assert_safe();
+}
+
+// ----- membership changes -----------------------------------------------------------
+
+#[test]
+fn membership_change_grows_to_five_then_removes_the_leader_and_another_node() {
+    let mut cfg = SimConfig::quiet(21, 5);
+    cfg.initial_voters = 3;
+    let mut sim = Simulation::new(cfg);
+    let leader = wait_for_one_leader_among(&mut sim, &[1, 2, 3]);
+    one(&mut sim, "before", 3);
+    assert!(sim.change_membership(leader, &[1, 2, 3, 4, 5]));
+    let grown = sim.run_until(SECOND_US, |sim| {
+        sim.node(leader).is_some_and(|raft| {
+            !raft.configuration().is_joint() && raft.configuration().voters.len() == 5
+        })
+    });
+    assert!(grown, "did not reach the five-voter configuration");
+    let index = one(&mut sim, "five", 5);
+    // Remove the leader and one more node.
+    let other = (1..=5).find(|id| *id != leader).expect("other");
+    let remaining: Vec<NodeId> = (1..=5).filter(|id| *id != leader && *id != other).collect();
+    assert!(sim.change_membership(leader, &remaining));
+    let stepped_down = sim.run_until(SECOND_US, |sim| {
+        sim.node(leader)
+            .is_some_and(|raft| raft.role() != Role::Leader)
+    });
+    assert!(
+        stepped_down,
+        "a leader outside the new configuration kept leading"
+    );
+    let new_leader = wait_for_one_leader_among(&mut sim, &remaining);
+    assert!(remaining.contains(&new_leader));
+    // The removed nodes are not needed any more.
+    sim.isolate(leader);
+    sim.isolate(other);
+    let after = one(&mut sim, "three", 3);
+    assert!(after > index);
     sim.assert_safe();
 }

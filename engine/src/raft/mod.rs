@@ -21,8 +21,8 @@ pub use message::{
     Message, MessageBody, RequestVote, VoteResponse,
 };
 pub use node::{
-    PersistAction, ProposeError, RaftConfig, RaftNode, ReadError, ReadPath, Ready, ReadyRead,
-    RoleState, TransferError,
+    ConfigChangeError, PersistAction, ProposeError, RaftConfig, RaftNode, ReadError, ReadPath,
+    Ready, ReadyRead, RoleState, TransferError,
 };
 pub use progress::{Progress, ReplicationState};
 pub use types::{Entry, EntryKind, HardState, LogStart, NodeId, Role};

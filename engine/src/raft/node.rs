@@ -179,6 +179,18 @@ pub enum ProposeError {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigChangeError {
+    #[error("not the leader (leader hint: {leader_hint:?})")]
+    NotLeader { leader_hint: Option<NodeId> },
+    #[error("leadership transfer in progress")]
+    TransferInProgress,
+    #[error("a membership change is still in progress")]
+    ChangeInProgress,
+    #[error("a configuration needs at least one voter")]
+    NoVoters,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ReadError {
     #[error("not the leader (leader hint: {leader_hint:?})")]
     NotLeader { leader_hint: Option<NodeId> },
@@ -222,7 +234,13 @@ struct InflightPersist {
 /// One Raft node. See the module docs.
 pub struct RaftNode {
     cfg: RaftConfig,
+    /// The configuration in effect: that of the latest configuration entry in the log
+    /// (committed or not, Raft §6), else the base configuration.
     configuration: Configuration,
+    /// Configurations by the log index that introduced them, oldest first; the first
+    /// is the base (index = log start). Invariant: non-empty; indexes increasing;
+    /// `configuration == history.last()`. Truncation pops entries past the cut.
+    configuration_history: Vec<(u64, Configuration)>,
     role: Role,
     /// Invariant: never decreases. Durable copy in `durable_hard_state`.
     term: u64,
@@ -306,6 +324,18 @@ impl RaftNode {
             "election timeout must exceed heartbeat"
         );
         assert!(cfg.max_inflight_messages > 0);
+        let mut configuration_history = vec![(log_start.last_index, configuration.clone())];
+        for entry in entries
+            .iter()
+            .filter(|entry| entry.kind == EntryKind::Config)
+        {
+            if let Ok(decoded) = Configuration::decode(&entry.data) {
+                configuration_history.push((entry.index, decoded));
+            }
+        }
+        let configuration = configuration_history
+            .last()
+            .map_or(configuration, |(_, c)| c.clone());
         let log = RaftLog::restore(log_start, entries);
         let unissued_from = log.last_index() + 1;
         let rng = ChaCha8Rng::seed_from_u64(cfg.rng_seed);
@@ -321,6 +351,7 @@ impl RaftNode {
                 Role::Learner
             },
             configuration,
+            configuration_history,
             term: hard_state.term,
             voted_for: hard_state.voted_for,
             leader_id: None,
@@ -502,6 +533,110 @@ impl RaftNode {
         self.broadcast_append();
         self.maybe_commit();
         Ok(first..end)
+    }
+
+    /// Starts a membership change to `voters` and `learners` through joint consensus:
+    /// the leader appends C_old,new (decisions need both majorities), and once that is
+    /// committed, appends C_new on its own. One change at a time. Returns the index of
+    /// the joint entry.
+    pub fn propose_configuration_change(
+        &mut self,
+        voters: impl IntoIterator<Item = NodeId>,
+        learners: impl IntoIterator<Item = NodeId>,
+    ) -> Result<u64, ConfigChangeError> {
+        if self.role != Role::Leader {
+            return Err(ConfigChangeError::NotLeader {
+                leader_hint: self.leader_id,
+            });
+        }
+        if self.transfer.is_some() {
+            return Err(ConfigChangeError::TransferInProgress);
+        }
+        if self.configuration.is_joint() || self.latest_configuration_index() > self.log.committed()
+        {
+            return Err(ConfigChangeError::ChangeInProgress);
+        }
+        let mut joint = Configuration::new(voters);
+        if joint.voters.is_empty() {
+            return Err(ConfigChangeError::NoVoters);
+        }
+        joint.learners = learners
+            .into_iter()
+            .filter(|id| !joint.voters.contains(id))
+            .collect();
+        joint.outgoing_voters = self.configuration.voters.clone();
+        Ok(self.append_configuration(joint))
+    }
+
+    fn latest_configuration_index(&self) -> u64 {
+        self.configuration_history
+            .last()
+            .map_or(0, |(index, _)| *index)
+    }
+
+    /// Leader: appends a configuration entry; it takes effect at once.
+    fn append_configuration(&mut self, configuration: Configuration) -> u64 {
+        let index = self.log.last_index() + 1;
+        let entry = Entry {
+            index,
+            term: self.term,
+            kind: EntryKind::Config,
+            data: configuration.encode(),
+        };
+        self.log.append(&[entry]);
+        self.adopt_configuration(index, configuration);
+        self.broadcast_append();
+        self.maybe_commit();
+        index
+    }
+
+    /// Makes `configuration` (from the entry at `index`) the one in effect.
+    fn adopt_configuration(&mut self, index: u64, configuration: Configuration) {
+        debug_assert!(index > self.latest_configuration_index());
+        self.configuration_history
+            .push((index, configuration.clone()));
+        self.set_configuration(configuration);
+    }
+
+    fn set_configuration(&mut self, configuration: Configuration) {
+        self.configuration = configuration;
+        let is_voter = self.configuration.is_voter(self.cfg.id);
+        match self.role {
+            Role::Learner if is_voter => {
+                self.role = Role::Follower;
+                self.reset_election_timer();
+            }
+            Role::Follower if !is_voter => self.role = Role::Learner,
+            _ => {}
+        }
+        if self.role == Role::Leader {
+            let members = self.configuration.members();
+            self.progress.retain(|id, _| members.contains(id));
+            let next_index = self.log.last_index() + 1;
+            for id in members {
+                if id != self.cfg.id {
+                    self.progress
+                        .entry(id)
+                        .or_insert_with(|| Progress::new(next_index));
+                }
+            }
+        }
+    }
+
+    /// Leader: after the joint configuration commits, move to C_new; after a
+    /// configuration that excludes this leader commits, step down (thesis §4.2.2).
+    fn advance_configuration(&mut self) {
+        if self.role != Role::Leader || self.latest_configuration_index() > self.log.committed() {
+            return;
+        }
+        if self.configuration.is_joint() {
+            let mut new = self.configuration.clone();
+            new.outgoing_voters.clear();
+            self.append_configuration(new);
+        } else if !self.configuration.is_voter(self.cfg.id) {
+            let term = self.term;
+            self.become_follower(term, None);
+        }
     }
 
     /// Asks for a linearizable read, identified by `request_id`. The answer comes in a
@@ -1163,6 +1298,7 @@ impl RaftNode {
                 self.start_read(request_id);
             }
         }
+        self.advance_configuration();
     }
 
     fn start_read(&mut self, request_id: u64) {
@@ -1318,6 +1454,17 @@ impl RaftNode {
         }
         if first_new < entries.len() {
             self.log.append(&entries[first_new..]);
+            for entry in entries[first_new..]
+                .iter()
+                .filter(|entry| entry.kind == EntryKind::Config)
+            {
+                match Configuration::decode(&entry.data) {
+                    Ok(configuration) => self.adopt_configuration(entry.index, configuration),
+                    Err(error) => {
+                        tracing::error!(index = entry.index, %error, "undecodable configuration entry")
+                    }
+                }
+            }
         }
         if leader_commit > self.log.committed() {
             let new_commit = leader_commit.min(last_new_index);
@@ -1338,6 +1485,18 @@ impl RaftNode {
 
     fn truncate_log_from(&mut self, from: u64) {
         self.log.truncate_from(from);
+        let before = self.configuration_history.len();
+        while self.configuration_history.len() > 1 && self.latest_configuration_index() >= from {
+            self.configuration_history.pop();
+        }
+        if self.configuration_history.len() != before {
+            let configuration = self
+                .configuration_history
+                .last()
+                .map(|(_, c)| c.clone())
+                .unwrap_or_default();
+            self.set_configuration(configuration);
+        }
         for inflight in self.inflight_persists.iter_mut() {
             inflight.last_index = inflight.last_index.min(from - 1);
         }
@@ -1442,6 +1601,14 @@ impl RaftNode {
         debug_assert!(self.role != Role::Leader || self.leader_id == Some(self.cfg.id));
         debug_assert!(self.role != Role::Candidate || self.voted_for == Some(self.cfg.id));
         debug_assert!(self.durable_hard_state.term <= self.term);
+        debug_assert!(self
+            .configuration_history
+            .last()
+            .is_some_and(|(_, c)| *c == self.configuration));
+        debug_assert!(self
+            .configuration_history
+            .windows(2)
+            .all(|pair| pair[0].0 < pair[1].0));
         for progress in self.progress.values() {
             progress.check_invariants();
             debug_assert!(progress.next_index <= self.log.last_index() + 1);

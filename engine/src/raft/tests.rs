@@ -4,6 +4,7 @@
 use bytes::Bytes;
 
 use super::*;
+use crate::raft::node::ConfigChangeError;
 
 fn config(id: NodeId) -> RaftConfig {
     RaftConfig::new(id, id * 7919)
@@ -713,5 +714,99 @@ fn replicate_mode_bounds_messages_in_flight() {
     assert!(
         to_three <= 1,
         "a follower in probe mode gets one AppendEntries at a time, got {to_three}"
+    );
+}
+
+#[test]
+fn joint_configuration_commits_only_with_majorities_of_old_and_new_voters() {
+    let (mut node, term) = leader_with_durable_noop();
+    let now = node.now_tick();
+    node.step(message(2, 1, term, ack_echo(1, 0, now)));
+    let joint_index = node
+        .propose_configuration_change([1, 4, 5], [])
+        .expect("leader");
+    assert!(
+        node.configuration().is_joint(),
+        "the joint configuration takes effect when appended"
+    );
+    assert!(node.progress(4).is_some(), "new voters get replicated to");
+    assert_eq!(
+        node.propose_configuration_change([1, 2, 3], []),
+        Err(ConfigChangeError::ChangeInProgress)
+    );
+    let persist = node.take_ready().persist.expect("joint entry");
+    node.on_persisted(persist.seq);
+    // Old majority {1, 2, 3} holds it, new majority {1, 4, 5} does not.
+    node.step(message(2, 1, term, ack_echo(joint_index, 0, now)));
+    node.step(message(3, 1, term, ack_echo(joint_index, 0, now)));
+    assert!(
+        node.commit_index() < joint_index,
+        "joint entry committed without a new-voter majority"
+    );
+    node.step(message(4, 1, term, ack_echo(joint_index, 0, now)));
+    assert_eq!(node.commit_index(), joint_index);
+    // Committing the joint entry makes the leader append C_new by itself.
+    let final_config = node.configuration().clone();
+    assert!(!final_config.is_joint());
+    assert_eq!(final_config.voters, [1, 4, 5].into_iter().collect());
+    assert_eq!(
+        node.log().entry(joint_index + 1).map(|e| e.kind),
+        Some(EntryKind::Config)
+    );
+    assert!(
+        node.progress(2).is_none(),
+        "removed voters are no longer replicated to"
+    );
+}
+
+#[test]
+fn truncating_a_configuration_entry_restores_the_previous_configuration() {
+    let mut node = RaftNode::new(config(2), three_nodes());
+    let mut joint = Configuration::new([1, 2, 4]);
+    joint.outgoing_voters = [1, 2, 3].into_iter().collect();
+    let config_entry = Entry {
+        index: 1,
+        term: 1,
+        kind: EntryKind::Config,
+        data: joint.encode(),
+    };
+    node.step(message(1, 2, 1, append((0, 0), vec![config_entry], 0)));
+    assert_eq!(node.configuration(), &joint);
+    node.step(message(3, 2, 2, append((0, 0), vec![entry(1, 2)], 0)));
+    assert_eq!(
+        node.configuration(),
+        &three_nodes(),
+        "configuration of a truncated entry still in effect"
+    );
+}
+
+#[test]
+fn restarted_node_uses_the_latest_configuration_in_its_log() {
+    let new = Configuration::new([2, 3, 4]);
+    let entries = vec![
+        entry(1, 1),
+        Entry {
+            index: 2,
+            term: 1,
+            kind: EntryKind::Config,
+            data: new.encode(),
+        },
+    ];
+    let hard_state = HardState {
+        term: 1,
+        voted_for: None,
+    };
+    let node = RaftNode::restart(
+        config(1),
+        three_nodes(),
+        hard_state,
+        LogStart::default(),
+        entries,
+    );
+    assert_eq!(node.configuration(), &new);
+    assert_eq!(
+        node.role(),
+        Role::Learner,
+        "a node outside the configuration must not campaign"
     );
 }

@@ -42,6 +42,8 @@ pub struct FaultConfig {
     pub message_faults: bool,
     pub partitions: bool,
     pub crashes: bool,
+    /// Leaders are asked to change the voter set (joint consensus).
+    pub membership_changes: bool,
     /// Mean time between nemesis actions.
     pub nemesis_interval_us: u64,
 }
@@ -52,6 +54,7 @@ impl FaultConfig {
             message_faults: true,
             partitions: true,
             crashes: true,
+            membership_changes: true,
             nemesis_interval_us: 150_000,
         }
     }
@@ -60,6 +63,7 @@ impl FaultConfig {
             message_faults: false,
             partitions: false,
             crashes: false,
+            membership_changes: false,
             nemesis_interval_us: 150_000,
         }
     }
@@ -70,6 +74,9 @@ impl FaultConfig {
 pub struct SimConfig {
     pub seed: u64,
     pub n_nodes: usize,
+    /// Nodes 1..=initial_voters form the initial configuration; the others start as
+    /// non-members until a membership change adds them.
+    pub initial_voters: usize,
     /// Nominal tick interval; each node's real interval is this divided by its clock rate.
     pub tick_us: u64,
     pub election_timeout_ticks: u64,
@@ -111,6 +118,7 @@ impl SimConfig {
         SimConfig {
             seed,
             n_nodes,
+            initial_voters: n_nodes,
             tick_us: 10_000,
             election_timeout_ticks: 10,
             heartbeat_interval_ticks: 2,
@@ -311,7 +319,7 @@ impl Simulation {
     pub fn new(cfg: SimConfig) -> Simulation {
         assert!(cfg.n_nodes >= 1);
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-        let configuration = Configuration::new(1..=cfg.n_nodes as u64);
+        let configuration = Configuration::new(1..=cfg.initial_voters.clamp(1, cfg.n_nodes) as u64);
         let mut nodes = Vec::new();
         for k in 0..cfg.n_nodes {
             let rate = 1.0 - rng.gen_range(0.0..=cfg.actual_max_clock_drift.max(0.0));
@@ -370,7 +378,8 @@ impl Simulation {
             sim.schedule(delay, Event::Client(client));
         }
         let faults = &sim.cfg.faults;
-        if faults.message_faults || faults.partitions || faults.crashes {
+        if faults.message_faults || faults.partitions || faults.crashes || faults.membership_changes
+        {
             sim.faults_active = true;
             let first = sim.rng.gen_range(0..sim.cfg.faults.nemesis_interval_us * 2);
             sim.schedule(first, Event::Nemesis);
@@ -610,6 +619,25 @@ impl Simulation {
         self.trace_event(format!("propose on node {id} at index {}", range.start));
         self.process(k);
         Ok(range.start)
+    }
+
+    /// Asks node `id` (a leader) to change the voters to `voters`. Returns whether the
+    /// change was accepted.
+    pub fn change_membership(&mut self, id: NodeId, voters: &[NodeId]) -> bool {
+        let k = id as usize - 1;
+        let Some(raft) = self.nodes[k].raft.as_mut() else {
+            return false;
+        };
+        let accepted = raft
+            .propose_configuration_change(voters.iter().copied(), [])
+            .is_ok();
+        if accepted {
+            self.trace_event(format!(
+                "node {id} starts membership change to voters {voters:?}"
+            ));
+        }
+        self.process(k);
+        accepted
     }
 
     /// Asks node `id` to transfer leadership.
@@ -1211,7 +1239,12 @@ impl Simulation {
             .map(|r| r.commit_index())
             .max()
             .unwrap_or(0);
-        for node in &self.nodes {
+        let members = self
+            .leader()
+            .and_then(|leader| self.node(leader))
+            .map(|raft| raft.configuration().members())
+            .unwrap_or_default();
+        for node in self.nodes.iter().filter(|node| members.contains(&node.id)) {
             if node.applied_index < max_commit {
                 self.liveness_failures.push(format!(
                     "Liveness: node {} applied only {} of {max_commit} committed entries",
@@ -1231,15 +1264,15 @@ impl Simulation {
         let n = self.nodes.len();
         let choice = self.rng.gen_range(0..100);
         match choice {
-            0..=19 => self.heal(),
-            20..=34 if faults.partitions => {
+            0..=17 => self.heal(),
+            18..=32 if faults.partitions => {
                 let mut ids: Vec<NodeId> = (1..=n as u64).collect();
                 ids.shuffle(&mut self.rng);
                 let size = self.rng.gen_range(1..=n / 2);
                 let group = ids[..size].to_vec();
                 self.partition(&group);
             }
-            35..=44 if faults.partitions => {
+            33..=41 if faults.partitions => {
                 let n_links = self.rng.gen_range(1..=3);
                 for _ in 0..n_links {
                     let from = self.rng.gen_range(1..=n as u64);
@@ -1249,12 +1282,21 @@ impl Simulation {
                     }
                 }
             }
-            45..=49 if faults.partitions => {
+            42..=46 if faults.partitions => {
                 if let Some(leader) = self.leader() {
                     self.isolate(leader);
                 }
             }
-            50..=54 => {
+            47..=54 if faults.membership_changes => {
+                if let Some(leader) = self.leader() {
+                    let size = self.rng.gen_range(n.saturating_sub(2).max(1)..=n);
+                    let mut ids: Vec<NodeId> = (1..=n as u64).collect();
+                    ids.shuffle(&mut self.rng);
+                    ids.truncate(size);
+                    self.change_membership(leader, &ids);
+                }
+            }
+            95..=99 => {
                 if let Some(leader) = self.leader() {
                     let target = self.rng.gen_range(1..=n as u64);
                     if target != leader {
@@ -1276,7 +1318,7 @@ impl Simulation {
                     self.schedule(downtime, Event::Restart(victim));
                 }
             }
-            75..=99 if faults.message_faults => {
+            75..=94 if faults.message_faults => {
                 let drop = *[0.0, 0.01, 0.05, 0.2].choose(&mut self.rng).unwrap_or(&0.0);
                 let duplicate = *[0.0, 0.02, 0.1].choose(&mut self.rng).unwrap_or(&0.0);
                 let long_delay = *[0.0, 0.05, 0.2].choose(&mut self.rng).unwrap_or(&0.0);

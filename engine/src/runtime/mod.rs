@@ -184,6 +184,7 @@ pub struct NodeStatus {
     pub commit_index: AtomicU64,
     pub applied_index: AtomicU64,
     pub last_log_index: AtomicU64,
+    /// Commands accepted by the core while leader (cumulative).
     pub proposals: AtomicU64,
     pub reads_lease: AtomicU64,
     pub reads_read_index: AtomicU64,

@@ -109,6 +109,8 @@ struct Pipeline<R, T> {
     /// Reused buffer for converting entries.
     wal_entries: Vec<tally_wal::Entry>,
     role: Role,
+    /// Commands the core accepted as leader, for `NodeStatus::proposals`.
+    proposals_accepted: u64,
 }
 
 /// Runs until shutdown or a fatal error.
@@ -140,6 +142,7 @@ pub(crate) fn raft_loop<R: Send + 'static, T: Transport>(
         inflight_persists: VecDeque::new(),
         wal_entries: Vec::new(),
         role,
+        proposals_accepted: 0,
     };
     let started = Instant::now();
     let mut ticks_done: u64 = 0;
@@ -236,6 +239,11 @@ impl<R: Send + 'static, T: Transport> Pipeline<R, T> {
         }
     }
 
+    /// Proposes every command drained this turn as one batch. Reads drained in the same
+    /// turn were started before it: a read need not observe a write that has not been
+    /// acknowledged yet (the two are concurrent); a client that wants its own pipelined
+    /// writes visible to its later reads holds those reads back until the writes are
+    /// answered (the RESP port does).
     fn propose_batch(&mut self, commands: Vec<Bytes>, replies: Vec<ReplyTo<R>>) {
         if commands.is_empty() {
             return;
@@ -243,6 +251,7 @@ impl<R: Send + 'static, T: Transport> Pipeline<R, T> {
         let term = self.core.term();
         match self.core.propose(commands) {
             Ok(indexes) => {
+                self.proposals_accepted += indexes.end - indexes.start;
                 debug_assert_eq!((indexes.end - indexes.start) as usize, replies.len());
                 for (index, reply) in indexes.zip(replies) {
                     debug_assert!(self
@@ -474,6 +483,9 @@ impl<R: Send + 'static, T: Transport> Pipeline<R, T> {
 
     fn publish(&self, status: &NodeStatus) {
         status.set_role(self.core.role());
+        status
+            .proposals
+            .store(self.proposals_accepted, Ordering::Relaxed);
         status.term.store(self.core.term(), Ordering::Relaxed);
         status
             .leader_id

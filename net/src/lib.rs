@@ -7,7 +7,9 @@
 //! * [`transport`]: long-lived peer connections with handshake, pipelined vectored
 //!   sending, bounded queues and reconnects.
 //! * [`node_transport`]: the glue between the node runtime and the transport.
-//! * [`client_port`]: the RESP2 server clients talk to (binary: `tally-server`).
+//! * [`client_port`]: the RESP2 server clients talk to.
+//! * [`server`]: one member as a library (binary: `tally-server`; the benchmark embeds
+//!   three).
 //!
 //! The Raft core (in `tally-engine`) never sees sockets; the node runtime moves opaque
 //! `(message type, payload)` pairs between it and this crate.
@@ -18,4 +20,5 @@ pub mod frame;
 pub mod handshake;
 pub mod node_transport;
 pub mod resp;
+pub mod server;
 pub mod transport;

@@ -16,15 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use tally_engine::kv::{KvLimits, KvStateMachine};
-use tally_engine::runtime::{Node, NodeOptions};
-use tally_net::client_port::{ClientPort, ClientPortConfig};
-use tally_net::codec::CodecLimits;
-use tally_net::node_transport::{spawn_inbound_pump, GlueCounters, NetTransport};
-use tally_net::transport::{PeerTransport, TransportConfig};
-
-/// The core's tick; election timeout and heartbeat interval are rounded to it.
-const TICK_MS: u64 = 10;
+use tally_net::server::{Server, ServerConfig};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -107,23 +99,16 @@ fn parse_peer(text: &str) -> Result<(u64, SocketAddr), String> {
 }
 
 fn run(args: Args) -> Result<(), String> {
-    if args.id == 0 {
-        return Err("--id must be nonzero".into());
-    }
     let peers = args
         .peers
         .iter()
         .map(|text| parse_peer(text))
         .collect::<Result<Vec<_>, _>>()?;
-    if peers.iter().any(|(id, _)| *id == args.id) {
-        return Err(format!("--peer lists this node's own id {}", args.id));
-    }
     let threads = args.threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
     });
-
     let client_listener = TcpListener::bind(resolve("--listen-client", &args.listen_client)?)
         .map_err(|error| {
             format!(
@@ -131,65 +116,33 @@ fn run(args: Args) -> Result<(), String> {
                 args.listen_client
             )
         })?;
-    let client_addr = client_listener
-        .local_addr()
-        .map_err(|error| format!("client listener: {error}"))?;
-    let advertised_client_addr = args
-        .advertise_client
-        .clone()
-        .unwrap_or_else(|| client_addr.to_string());
     let peer_listener = TcpListener::bind(resolve("--listen-peer", &args.listen_peer)?)
         .map_err(|error| format!("cannot listen for peers on {}: {error}", args.listen_peer))?;
 
-    let mut transport_config = TransportConfig::new(args.cluster_id, args.id, peers.clone());
-    transport_config.advertised_client_addr = advertised_client_addr.clone();
-    let (peer_transport, inbound) = PeerTransport::start(transport_config, peer_listener)
-        .map_err(|error| format!("peer transport: {error}"))?;
-    let peer_addr = peer_transport.local_addr();
-    let peer_client_addrs = peer_transport.peer_client_addrs();
-
-    let mut voters: Vec<u64> = peers.iter().map(|(id, _)| *id).collect();
-    voters.push(args.id);
-    voters.sort_unstable();
-    let mut options = NodeOptions::new(args.id, voters.clone(), &args.dir);
-    options.tick_interval = Duration::from_millis(TICK_MS);
-    options.raft.election_timeout_ticks = (args.election_timeout_ms / TICK_MS).max(2);
-    options.raft.heartbeat_interval_ticks = (args.heartbeat_ms / TICK_MS).max(1);
-    if options.raft.heartbeat_interval_ticks >= options.raft.election_timeout_ticks {
-        return Err("--heartbeat-ms must be well below --election-timeout-ms".into());
-    }
-    options.wal.backend = args
+    let mut config = ServerConfig::new(args.id, &args.dir, peers);
+    config.advertise_client = args.advertise_client.clone();
+    config.cluster_id = args.cluster_id;
+    config.election_timeout_ms = args.election_timeout_ms;
+    config.heartbeat_ms = args.heartbeat_ms;
+    config.wal_backend = args
         .wal_backend
         .parse()
         .map_err(|error| format!("--wal-backend: {error}"))?;
-
-    let counters = Arc::new(GlueCounters::default());
-    let net_transport = NetTransport::new(peer_transport, Arc::clone(&counters));
-    let state_machine = KvStateMachine::new(KvLimits::default());
-    let node = Node::start(options, state_machine, net_transport)
-        .map_err(|error| format!("node {} cannot start: {error}", args.id))?;
-    let pump = spawn_inbound_pump(
-        args.id,
-        inbound,
-        node.handle(),
-        CodecLimits::default(),
-        Arc::clone(&counters),
-    )
-    .map_err(|error| format!("cannot start the inbound pump: {error}"))?;
-    let client_port = ClientPort::start(
-        client_listener,
-        ClientPortConfig::new(args.id, advertised_client_addr.clone()),
-        node.handle(),
-        peer_client_addrs,
-    )
-    .map_err(|error| format!("client port: {error}"))?;
+    let voters: Vec<u64> = config
+        .peers
+        .iter()
+        .map(|(id, _)| *id)
+        .chain([args.id])
+        .collect();
+    let server =
+        Server::start(config, peer_listener, client_listener).map_err(|error| error.to_string())?;
 
     tracing::info!(
         node_id = args.id,
         cluster_id = args.cluster_id,
         voters = ?voters,
-        %peer_addr,
-        client_addr = %advertised_client_addr,
+        peer_addr = %server.peer_addr(),
+        client_addr = %server.advertised_client_addr(),
         threads_hint = threads,
         "tally-server ready. Threads: raft (core, batching, ticks), apply (state machine, replies, reads), \
          WAL writer (group commit), peer-listen + 1 peer-recv per inbound peer connection, 1 peer-send per peer, \
@@ -201,10 +154,10 @@ fn run(args: Args) -> Result<(), String> {
         signal_hook::flag::register(signal, Arc::clone(&stop_requested))
             .map_err(|error| format!("cannot install the signal handler: {error}"))?;
     }
-    while !stop_requested.load(Ordering::Relaxed) && !node.has_failed() {
+    while !stop_requested.load(Ordering::Relaxed) && !server.has_failed() {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let failed = node.has_failed();
+    let failed = server.has_failed();
     if failed {
         tracing::error!(
             node_id = args.id,
@@ -216,16 +169,12 @@ fn run(args: Args) -> Result<(), String> {
             "shutdown requested: draining client connections"
         );
     }
-    client_port.shutdown();
-    let result = node.shutdown();
-    // The raft thread dropped the transport; the pump sees its queue close.
-    let _ = pump.join();
-    match result {
+    match server.shutdown() {
         Ok(()) if !failed => {
             tracing::info!(node_id = args.id, "stopped cleanly");
             Ok(())
         }
         Ok(()) => Err("the node failed".into()),
-        Err(error) => Err(format!("node {} failed: {error}", args.id)),
+        Err(error) => Err(error.to_string()),
     }
 }

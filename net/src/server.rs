@@ -1,0 +1,273 @@
+//! One Tally member as a library: peer transport + node runtime + KV state machine +
+//! RESP client port, wired together.
+//!
+//! `tally-server` is a thin command line around [`Server`]; the benchmark embeds three of
+//! them in one process for its default run. Listeners are bound by the caller so that a
+//! whole cluster's addresses are known before any member starts (members dial each
+//! other lazily, with backoff, so start order does not matter).
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tally_engine::kv::{KvLimits, KvResponse, KvStateMachine};
+use tally_engine::runtime::{Node, NodeHandle, NodeOptions};
+
+use crate::client_port::{ClientPort, ClientPortConfig};
+use crate::codec::CodecLimits;
+use crate::node_transport::{spawn_inbound_pump, GlueCounters, NetTransport};
+use crate::transport::{PeerTransport, TransportConfig};
+
+/// The core's tick; election timeout and heartbeat interval are rounded to it.
+pub const TICK_MS: u64 = 10;
+
+/// What one member needs to start.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// This member's id (nonzero, unique in the cluster).
+    pub id: u64,
+    /// Directory of this member's WAL.
+    pub dir: PathBuf,
+    /// The other members and the address this member dials for each.
+    pub peers: Vec<(u64, SocketAddr)>,
+    /// Client address advertised to peers for `-NOTLEADER <addr>`; default: the bound
+    /// client listener's address.
+    pub advertise_client: Option<String>,
+    pub cluster_id: u64,
+    /// Base election timeout (the core randomizes above it).
+    pub election_timeout_ms: u64,
+    pub heartbeat_ms: u64,
+    pub wal_backend: tally_wal::Backend,
+}
+
+impl ServerConfig {
+    pub fn new(id: u64, dir: impl Into<PathBuf>, peers: Vec<(u64, SocketAddr)>) -> ServerConfig {
+        ServerConfig {
+            id,
+            dir: dir.into(),
+            peers,
+            advertise_client: None,
+            cluster_id: 0x7a11,
+            election_timeout_ms: 500,
+            heartbeat_ms: 50,
+            wal_backend: tally_wal::Backend::Auto,
+        }
+    }
+}
+
+/// Why a member could not start (or stopped with an error).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("peer transport: {0}")]
+    Transport(String),
+    #[error("node {id}: {source}")]
+    Node {
+        id: u64,
+        source: tally_engine::runtime::NodeError,
+    },
+}
+
+/// A running member.
+pub struct Server {
+    id: u64,
+    node: Node<KvResponse>,
+    client_port: ClientPort,
+    pump: JoinHandle<()>,
+    peer_addr: SocketAddr,
+    client_addr: SocketAddr,
+    advertised_client_addr: String,
+}
+
+impl Server {
+    /// Starts a member on already-bound listeners.
+    pub fn start(
+        config: ServerConfig,
+        peer_listener: TcpListener,
+        client_listener: TcpListener,
+    ) -> Result<Server, ServerError> {
+        validate(&config)?;
+        let client_addr = client_listener
+            .local_addr()
+            .map_err(|source| ServerError::Io {
+                what: "client listener",
+                source,
+            })?;
+        let advertised_client_addr = config
+            .advertise_client
+            .clone()
+            .unwrap_or_else(|| client_addr.to_string());
+
+        let mut transport_config =
+            TransportConfig::new(config.cluster_id, config.id, config.peers.clone());
+        transport_config.advertised_client_addr = advertised_client_addr.clone();
+        let (peer_transport, inbound) = PeerTransport::start(transport_config, peer_listener)
+            .map_err(|error| ServerError::Transport(error.to_string()))?;
+        let peer_addr = peer_transport.local_addr();
+        let peer_client_addrs = peer_transport.peer_client_addrs();
+
+        let counters = Arc::new(GlueCounters::default());
+        let net_transport = NetTransport::new(peer_transport, Arc::clone(&counters));
+        let node = Node::start(
+            node_options(&config),
+            KvStateMachine::new(KvLimits::default()),
+            net_transport,
+        )
+        .map_err(|source| ServerError::Node {
+            id: config.id,
+            source,
+        })?;
+        let pump = spawn_inbound_pump(
+            config.id,
+            inbound,
+            node.handle(),
+            CodecLimits::default(),
+            counters,
+        )
+        .map_err(|source| ServerError::Io {
+            what: "inbound pump thread",
+            source,
+        })?;
+        let client_port = ClientPort::start(
+            client_listener,
+            ClientPortConfig::new(config.id, advertised_client_addr.clone()),
+            node.handle(),
+            peer_client_addrs,
+        )
+        .map_err(|error| ServerError::Transport(format!("client port: {error}")))?;
+        Ok(Server {
+            id: config.id,
+            node,
+            client_port,
+            pump,
+            peer_addr,
+            client_addr,
+            advertised_client_addr,
+        })
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_addr
+    }
+
+    pub fn client_addr(&self) -> SocketAddr {
+        self.client_addr
+    }
+
+    pub fn advertised_client_addr(&self) -> &str {
+        &self.advertised_client_addr
+    }
+
+    /// The node's handle (status, WAL statistics, direct proposals).
+    pub fn handle(&self) -> NodeHandle<KvResponse> {
+        self.node.handle()
+    }
+
+    /// True once the node stopped on its own (fail-stop).
+    pub fn has_failed(&self) -> bool {
+        self.node.has_failed()
+    }
+
+    /// Closes the client port (answering in-flight rounds), stops the node and joins
+    /// every thread. Returns the node's fatal error, if it had one.
+    pub fn shutdown(self) -> Result<(), ServerError> {
+        let id = self.id;
+        self.client_port.shutdown();
+        let result = self.node.shutdown();
+        // The raft thread dropped the transport; the pump sees its queue close.
+        let _ = self.pump.join();
+        result.map_err(|source| ServerError::Node { id, source })
+    }
+}
+
+fn validate(config: &ServerConfig) -> Result<(), ServerError> {
+    if config.id == 0 {
+        return Err(ServerError::Config("the node id must be nonzero".into()));
+    }
+    if config.peers.iter().any(|(id, _)| *id == config.id) {
+        return Err(ServerError::Config(format!(
+            "the peer list names this node's own id {}",
+            config.id
+        )));
+    }
+    if config.peers.iter().any(|(id, _)| *id == 0) {
+        return Err(ServerError::Config("peer ids must be nonzero".into()));
+    }
+    let election_ticks = config.election_timeout_ms / TICK_MS;
+    let heartbeat_ticks = (config.heartbeat_ms / TICK_MS).max(1);
+    if election_ticks < 2 || heartbeat_ticks >= election_ticks {
+        return Err(ServerError::Config(format!(
+            "the heartbeat ({} ms) must be well below the election timeout ({} ms), \
+             both at least {TICK_MS} ms",
+            config.heartbeat_ms, config.election_timeout_ms
+        )));
+    }
+    Ok(())
+}
+
+fn node_options(config: &ServerConfig) -> NodeOptions {
+    let mut voters: Vec<u64> = config.peers.iter().map(|(id, _)| *id).collect();
+    voters.push(config.id);
+    voters.sort_unstable();
+    let mut options = NodeOptions::new(config.id, voters, &config.dir);
+    options.tick_interval = Duration::from_millis(TICK_MS);
+    options.raft.election_timeout_ticks = config.election_timeout_ms / TICK_MS;
+    options.raft.heartbeat_interval_ticks = (config.heartbeat_ms / TICK_MS).max(1);
+    options.wal.backend = config.wal_backend;
+    options
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> ServerConfig {
+        let peer: SocketAddr = "127.0.0.1:1".parse().expect("address");
+        ServerConfig::new(1, "/nonexistent", vec![(2, peer)])
+    }
+
+    #[test]
+    fn a_zero_id_is_refused() {
+        let mut config = config();
+        config.id = 0;
+        assert!(matches!(validate(&config), Err(ServerError::Config(_))));
+    }
+
+    #[test]
+    fn listing_itself_as_a_peer_is_refused() {
+        let mut config = config();
+        config
+            .peers
+            .push((1, "127.0.0.1:2".parse().expect("address")));
+        assert!(matches!(validate(&config), Err(ServerError::Config(_))));
+    }
+
+    #[test]
+    fn a_heartbeat_not_below_the_election_timeout_is_refused() {
+        let mut config = config();
+        config.heartbeat_ms = 500;
+        config.election_timeout_ms = 500;
+        assert!(matches!(validate(&config), Err(ServerError::Config(_))));
+        config.election_timeout_ms = 5;
+        config.heartbeat_ms = 1;
+        assert!(matches!(validate(&config), Err(ServerError::Config(_))));
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert!(validate(&config()).is_ok());
+    }
+}

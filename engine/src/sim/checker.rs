@@ -254,3 +254,145 @@ impl Checker {
         self.leader_of_term.get(&term).copied()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::EntryKind;
+    use bytes::Bytes;
+
+    fn entry(index: u64, term: u64, data: &'static str) -> Entry {
+        Entry {
+            index,
+            term,
+            kind: EntryKind::Normal,
+            data: Bytes::from_static(data.as_bytes()),
+        }
+    }
+
+    fn persist(entries: Vec<Entry>, truncate_from: Option<u64>) -> PersistAction {
+        PersistAction {
+            seq: 1,
+            hard_state: None,
+            truncate_from,
+            entries,
+        }
+    }
+
+    #[test]
+    fn two_leaders_in_one_term_are_reported() {
+        let mut checker = Checker::default();
+        let (mut a, mut b) = (NodeWatch::default(), NodeWatch::default());
+        checker.after_step(1, &mut a, Role::Leader, 3, 0);
+        checker.after_step(2, &mut b, Role::Leader, 3, 0);
+        assert!(
+            checker.violations[0].contains("Election Safety"),
+            "{:?}",
+            checker.violations
+        );
+    }
+
+    #[test]
+    fn same_index_and_term_with_different_prefix_breaks_log_matching() {
+        let mut checker = Checker::default();
+        let (mut a, mut b) = (NodeWatch::default(), NodeWatch::default());
+        checker.on_persist(
+            1,
+            &mut a,
+            &persist(vec![entry(1, 1, "x"), entry(2, 2, "y")], None),
+        );
+        checker.on_persist(
+            2,
+            &mut b,
+            &persist(vec![entry(1, 1, "other"), entry(2, 2, "y")], None),
+        );
+        assert!(
+            checker
+                .violations
+                .iter()
+                .any(|v| v.contains("Log Matching")),
+            "{:?}",
+            checker.violations
+        );
+    }
+
+    #[test]
+    fn committed_entry_missing_from_a_later_leader_is_reported() {
+        let mut checker = Checker::default();
+        let (mut a, mut b) = (NodeWatch::default(), NodeWatch::default());
+        checker.on_persist(1, &mut a, &persist(vec![entry(1, 1, "x")], None));
+        checker.after_step(1, &mut a, Role::Leader, 1, 1);
+        checker.on_persist(2, &mut b, &persist(vec![entry(1, 2, "y")], None));
+        checker.after_step(2, &mut b, Role::Leader, 2, 0);
+        assert!(
+            checker
+                .violations
+                .iter()
+                .any(|v| v.contains("Leader Completeness")),
+            "{:?}",
+            checker.violations
+        );
+    }
+
+    #[test]
+    fn commit_index_going_back_and_divergent_commits_are_reported() {
+        let mut checker = Checker::default();
+        let (mut a, mut b) = (NodeWatch::default(), NodeWatch::default());
+        checker.on_persist(
+            1,
+            &mut a,
+            &persist(vec![entry(1, 1, "x"), entry(2, 1, "y")], None),
+        );
+        checker.after_step(1, &mut a, Role::Follower, 1, 2);
+        checker.after_step(1, &mut a, Role::Follower, 1, 1);
+        assert!(
+            checker.violations.iter().any(|v| v.contains("went back")),
+            "{:?}",
+            checker.violations
+        );
+        checker.on_persist(
+            2,
+            &mut b,
+            &persist(vec![entry(1, 1, "x"), entry(2, 3, "z")], None),
+        );
+        checker.after_step(2, &mut b, Role::Follower, 3, 2);
+        assert!(
+            checker
+                .violations
+                .iter()
+                .any(|v| v.contains("State Machine Safety")),
+            "{:?}",
+            checker.violations
+        );
+    }
+
+    #[test]
+    fn leader_rewriting_its_log_breaks_append_only() {
+        let mut checker = Checker::default();
+        let mut a = NodeWatch::default();
+        checker.on_persist(
+            1,
+            &mut a,
+            &persist(vec![entry(1, 1, "x"), entry(2, 1, "y")], None),
+        );
+        checker.after_step(1, &mut a, Role::Leader, 1, 0);
+        checker.on_persist(1, &mut a, &persist(vec![entry(2, 1, "rewritten")], Some(2)));
+        checker.after_step(1, &mut a, Role::Leader, 1, 0);
+        assert!(
+            checker.violations.iter().any(|v| v.contains("Append-Only")),
+            "{:?}",
+            checker.violations
+        );
+    }
+
+    #[test]
+    fn different_entries_applied_at_one_index_are_reported() {
+        let mut checker = Checker::default();
+        checker.on_apply(1, &entry(1, 1, "x"));
+        checker.on_apply(2, &entry(1, 1, "y"));
+        assert!(checker
+            .violations
+            .iter()
+            .any(|v| v.contains("State Machine Safety")));
+    }
+}

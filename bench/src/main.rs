@@ -3,9 +3,10 @@
 //! * `tally-bench --target HOST:PORT [--target ...]` drives any RESP server (a Tally
 //!   cluster, a Redis) with a SET/GET workload (see `load/`).
 //! * `tally-bench wal` measures the write-ahead log alone (see `wal_bench.rs`).
-//! * `tally-bench` with no target will start a local 3-node cluster (embedded mode) once
-//!   `tally-server` exists; until then it says so and exits with status 2.
+//! * `tally-bench` with no target starts a local 3-node cluster in this process
+//!   (embedded mode, `embedded.rs`) and drives it; `--dir` picks where its WALs live.
 
+mod embedded;
 mod load;
 mod wal_bench;
 

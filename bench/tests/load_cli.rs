@@ -162,13 +162,64 @@ fn json_lines(output: &Output) -> Vec<serde_json::Value> {
 const SHORT: [&str; 4] = ["--seconds", "0.5", "--warmup", "0"];
 
 #[test]
-fn no_target_exits_2_with_a_message_and_prints_no_numbers() {
-    let output = bench(&[]);
+fn no_target_starts_an_embedded_cluster_and_reports_replicated_writes() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().to_str().unwrap();
+    let output = bench(&[
+        "--dir",
+        dir,
+        "--json",
+        "--clients",
+        "4",
+        "--pipeline",
+        "4",
+        "--seconds",
+        "1",
+        "--warmup",
+        "0.2",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
+    let runs = json_lines(&output);
+    assert_eq!(runs.len(), 1);
+    let run = &runs[0];
+    assert!(run["ops_per_sec"].as_f64().unwrap() > 0.0, "{run}");
+    assert_eq!(run["errors"].as_u64(), Some(0), "{run}");
+    // The embedded cluster is a real Tally cluster: INFO reports its group commit.
+    assert!(run["entries_per_fsync"].as_f64().unwrap() >= 1.0, "{run}");
+    assert!(run["p50_us"].as_f64().unwrap() <= run["p99_us"].as_f64().unwrap());
+    // Whatever the run created inside --dir is removed afterwards.
+    assert_eq!(std::fs::read_dir(parent.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn repeated_dirs_run_the_same_workload_on_each_and_compare_them() {
+    let first = tempfile::tempdir().unwrap();
+    let second = tempfile::tempdir().unwrap();
+    let output = bench(&[
+        "--dir",
+        first.path().to_str().unwrap(),
+        "--dir",
+        second.path().to_str().unwrap(),
+        "--clients",
+        "2",
+        "--seconds",
+        "0.5",
+        "--warmup",
+        "0",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr_of(&output));
+    let stdout = stdout_of(&output);
+    assert!(stdout.contains("storage comparison"), "{stdout}");
+    for dir in [first.path(), second.path()] {
+        let label = format!("embedded:{}", dir.display());
+        assert!(stdout.contains(&label), "{label} missing from\n{stdout}");
+    }
+}
+
+#[test]
+fn dir_and_target_together_are_a_usage_error() {
+    let output = bench(&["--dir", "/tmp", "--target", "127.0.0.1:1"]);
     assert_eq!(output.status.code(), Some(2));
-    assert!(output.stdout.is_empty(), "no placeholder results on stdout");
-    let stderr = stderr_of(&output);
-    assert!(stderr.contains("--target"), "{stderr}");
-    assert!(stderr.contains("embedded"), "{stderr}");
 }
 
 #[test]

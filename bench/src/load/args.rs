@@ -23,6 +23,11 @@ pub struct LoadArgs {
     /// spread over them and follow `-NOTLEADER <addr>` redirects to the leader.
     #[arg(long = "target", value_name = "HOST:PORT")]
     pub targets: Vec<String>,
+    /// Without --target: where the embedded 3-node cluster keeps its WALs (a fresh
+    /// directory is created inside and removed afterwards). Repeat to run the same
+    /// workload on each location in turn, e.g. an HDD, an SSD and /dev/shm.
+    #[arg(long = "dir", value_name = "PATH", conflicts_with = "targets")]
+    pub dirs: Vec<PathBuf>,
     /// Client threads, each with its own TCP connection.
     #[arg(long, default_value_t = 50, value_parser = parse_clients)]
     pub clients: usize,

@@ -278,26 +278,25 @@ fn progress_bar(total_ns: u64) -> indicatif::ProgressBar {
 
 /// Entry point of `tally-bench [--target ...]`. Returns the process exit code.
 pub fn main(args: &LoadArgs) -> i32 {
-    if args.targets.is_empty() {
-        eprintln!(
-            "tally-bench: no --target given. The embedded mode (a local 3-node Tally \
-             cluster started for you) arrives with tally-server; until then, drive a running \
-             RESP server: tally-bench --target HOST:PORT [--target HOST:PORT ...]. \
-             `tally-bench wal` benchmarks the WAL alone."
-        );
-        return 2;
-    }
     let output = OutputOptions {
         json: args.json,
         progress_bar: std::io::stderr().is_terminal(),
     };
-    let reports = match run_all(&args.targets, &args.runs(), &output) {
+    let result = if args.targets.is_empty() {
+        crate::embedded::run(args, &output)
+    } else {
+        run_all(&args.targets, &args.runs(), &output)
+    };
+    let reports = match result {
         Ok(reports) => reports,
         Err(error) => {
             eprintln!("tally-bench: {error}");
             return 1;
         }
     };
+    if args.dirs.len() > 1 && !args.json {
+        print!("{}", report::format_comparison(&reports));
+    }
     if let Some(path) = &args.plot {
         let x_name = args.sweep.as_ref().map_or("run", |s| s.param.name());
         if let Err(error) = plot::write_svg(path, &reports, x_name) {

@@ -169,3 +169,27 @@ pub fn table_row(report: &RunReport) -> String {
     }
     row
 }
+
+/// A side-by-side table of runs on different storage locations (`--dir` repeated).
+pub fn format_comparison(reports: &[RunReport]) -> String {
+    let mut out = String::from("\nstorage comparison\n");
+    out.push_str(&format!(
+        "{:<40} {:>12} {:>10} {:>10} {:>10} {:>14}\n",
+        "location", "ops/s", "p50 us", "p99 us", "p999 us", "entries/fsync"
+    ));
+    for report in reports {
+        let per_fsync = report
+            .entries_per_fsync
+            .map_or_else(|| "-".to_string(), |value| format!("{value:.1}"));
+        out.push_str(&format!(
+            "{:<40} {:>12.0} {:>10.1} {:>10.1} {:>10.1} {:>14}\n",
+            report.target,
+            report.ops_per_sec,
+            report.p50_us,
+            report.p99_us,
+            report.p999_us,
+            per_fsync
+        ));
+    }
+    out
+}

@@ -134,15 +134,45 @@ pub struct RecoveryReport {
 /// Where an entry lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Location {
-    /// Segment holding the entry (meaningless while `staged`).
+    /// Segment holding the entry (meaningless while `Staged`).
     segment_id: u64,
-    /// Payload offset in the segment file, or in the staged body while `staged`.
+    /// Payload offset in the segment file when `Written`, else in the staged or
+    /// in-flight body.
     offset: u64,
     payload_len: u32,
     kind: u8,
-    /// Not yet handed to storage: the payload is in the staged body.
-    staged: bool,
+    residence: Residence,
     term: u64,
+}
+
+/// Where an entry's payload bytes are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Residence {
+    /// In a segment file.
+    Written,
+    /// In the staged body (not yet handed to storage).
+    Staged,
+    /// In the body of the commit between `begin_commit` and `finish_commit`.
+    InFlight,
+}
+
+/// A batch handed out by [`WalCore::begin_commit`]: write `header` then `body` at
+/// `offset` of `file` and fdatasync, without holding the core, then report the outcome
+/// to [`WalCore::finish_commit`].
+pub struct PendingCommit {
+    pub file: Arc<dyn StorageFile>,
+    pub header: [u8; BATCH_HEADER_LEN],
+    pub body: Bytes,
+    pub offset: u64,
+}
+
+/// The core's record of a commit in flight.
+struct InFlight {
+    body: Bytes,
+    batch_offset: u64,
+    /// Log state the batch brings the disk to.
+    last_index: u64,
+    hard_state: HardState,
 }
 
 /// The logical log, rebuilt identically by recovery and by live mutations.
@@ -255,6 +285,9 @@ pub struct WalCore<S: Storage> {
     active_unsynced: bool,
     poison: Option<(PoisonCause, String)>,
     report: RecoveryReport,
+    /// The batch between `begin_commit` and `finish_commit`, if any.
+    /// Invariant: while `Some`, `staged` is empty and nothing new is staged.
+    in_flight: Option<InFlight>,
 }
 
 fn io_err(operation: &'static str, file: &str, err: std::io::Error) -> WalError {
@@ -296,6 +329,7 @@ impl<S: Storage> WalCore<S> {
             active_unsynced: false,
             poison: None,
             report: RecoveryReport::default(),
+            in_flight: None,
         };
         core.recover()?;
         Ok(core)
@@ -560,7 +594,7 @@ impl<S: Storage> WalCore<S> {
                 offset: 0,
                 payload_len: 0,
                 kind: 0,
-                staged: false,
+                residence: Residence::Written,
                 term: 0,
             };
             if let Record::Entry {
@@ -587,7 +621,7 @@ impl<S: Storage> WalCore<S> {
                     offset: body_file_offset + payload_offset as u64,
                     payload_len: payload_len as u32,
                     kind,
-                    staged: false,
+                    residence: Residence::Written,
                     term,
                 };
                 n_entries += 1;
@@ -710,9 +744,25 @@ impl<S: Storage> WalCore<S> {
         self.check_poison()?;
         let location = self.location(index)?;
         let len = location.payload_len as usize;
-        let payload = if location.staged {
+        let payload = if location.residence == Residence::Staged {
             let start = location.offset as usize;
             Bytes::copy_from_slice(&self.staged[start..start + len])
+        } else if location.residence == Residence::InFlight {
+            let start = location.offset as usize;
+            let body = self
+                .in_flight
+                .as_ref()
+                .map(|f| &f.body[..])
+                .unwrap_or_default();
+            let bytes = body
+                .get(start..start + len)
+                .ok_or_else(|| WalError::Corruption {
+                    file: "in-flight batch".into(),
+                    offset: location.offset,
+                    expected_index: index,
+                    reason: "in-flight entry outside its batch".into(),
+                })?;
+            Bytes::copy_from_slice(bytes)
         } else {
             let position = location
                 .segment_id
@@ -842,7 +892,7 @@ impl<S: Storage> WalCore<S> {
             offset: 0,
             payload_len: 0,
             kind: 0,
-            staged: true,
+            residence: Residence::Staged,
             term: 0,
         };
         if let Record::Entry {
@@ -858,7 +908,7 @@ impl<S: Storage> WalCore<S> {
                 offset: (start + ENTRY_RECORD_HEADER_LEN) as u64,
                 payload_len: payload_len as u32,
                 kind,
-                staged: true,
+                residence: Residence::Staged,
                 term,
             };
             if self.staged_first_entry_index.is_none() {
@@ -880,6 +930,7 @@ impl<S: Storage> WalCore<S> {
     /// error. The entries are readable at once and durable after `write` + `sync`.
     pub fn append(&mut self, entries: &[Entry]) -> Result<()> {
         self.check_poison()?;
+        self.check_no_commit_in_flight()?;
         self.validate_entries(entries)?;
         for entry in entries {
             self.ensure_staging_room(ENTRY_RECORD_HEADER_LEN + entry.payload.len())?;
@@ -902,6 +953,7 @@ impl<S: Storage> WalCore<S> {
     /// change within a term once cast.
     pub fn set_hard_state(&mut self, hard_state: HardState) -> Result<()> {
         self.check_poison()?;
+        self.check_no_commit_in_flight()?;
         let current = self.log.hard_state;
         if hard_state == current {
             return Ok(());
@@ -933,6 +985,7 @@ impl<S: Storage> WalCore<S> {
     /// recovery never brings them back). `first_index() <= from_index <= last_index() + 1`.
     pub fn truncate_suffix(&mut self, from_index: u64) -> Result<()> {
         self.check_poison()?;
+        self.check_no_commit_in_flight()?;
         let last = self.log.last_index();
         if from_index < self.log.first_index || from_index > last + 1 {
             return Err(WalError::IndexOutOfRange {
@@ -957,6 +1010,7 @@ impl<S: Storage> WalCore<S> {
     /// snapshot). Old segments are removed by later `compact_prefix` calls.
     pub fn reset(&mut self, next_index: u64) -> Result<()> {
         self.check_poison()?;
+        self.check_no_commit_in_flight()?;
         if next_index == 0 {
             return Err(WalError::IndexOutOfRange {
                 index: 0,
@@ -978,6 +1032,7 @@ impl<S: Storage> WalCore<S> {
     /// validated them already, so this is a bug, and memory may be half-updated).
     pub fn stage_encoded(&mut self, body: &[u8]) -> Result<()> {
         self.check_poison()?;
+        self.check_no_commit_in_flight()?;
         if self.staged.len() + body.len() > self.options.max_batch_body_bytes() as usize {
             self.write()?;
         }
@@ -998,7 +1053,7 @@ impl<S: Storage> WalCore<S> {
                 offset: 0,
                 payload_len: 0,
                 kind: 0,
-                staged: true,
+                residence: Residence::Staged,
                 term: 0,
             };
             match record {
@@ -1014,7 +1069,7 @@ impl<S: Storage> WalCore<S> {
                         offset: (base + payload_offset) as u64,
                         payload_len: payload_len as u32,
                         kind,
-                        staged: true,
+                        residence: Residence::Staged,
                         term,
                     };
                     if self.staged_first_entry_index.is_none() {
@@ -1076,15 +1131,20 @@ impl<S: Storage> WalCore<S> {
     fn finish_staged_write(&mut self, batch_offset: u64) {
         let body_base = batch_offset + BATCH_HEADER_LEN as u64;
         let active_id = self.active().id;
+        let mut body_len = self.staged.len();
+        if let Some(in_flight) = &self.in_flight {
+            debug_assert!(self.staged.is_empty());
+            body_len = in_flight.body.len();
+        }
         for location in self.log.index.iter_mut().rev() {
-            if !location.staged {
+            if location.residence == Residence::Written {
                 break;
             }
-            location.staged = false;
+            location.residence = Residence::Written;
             location.segment_id = active_id;
             location.offset += body_base;
         }
-        let batch_len = (BATCH_HEADER_LEN + self.staged.len()) as u64;
+        let batch_len = (BATCH_HEADER_LEN + body_len) as u64;
         if let Some(active) = self.segments.back_mut() {
             active.end_offset = batch_offset + batch_len;
             debug_assert!(active.end_offset <= active.capacity_bytes);
@@ -1104,6 +1164,7 @@ impl<S: Storage> WalCore<S> {
         if self.staged.is_empty() {
             return Ok(());
         }
+        self.check_no_commit_in_flight()?;
         let (header, offset) = self.frame_staged()?;
         let active = self.active();
         let result = active.file.write_all_at(&[&header, &self.staged], offset);
@@ -1141,14 +1202,71 @@ impl<S: Storage> WalCore<S> {
     /// Writes the staged batch and makes it durable through `backend` (one write + one
     /// fdatasync, linked on io_uring). Returns the durable index.
     pub fn write_and_sync_with(&mut self, backend: &mut dyn IoBackend) -> Result<u64> {
+        match self.begin_commit()? {
+            None => self.sync(),
+            Some(commit) => {
+                let outcome = backend.write_and_sync(
+                    commit.file.as_ref(),
+                    &[&commit.header, &commit.body],
+                    commit.offset,
+                );
+                self.finish_commit(outcome)
+            }
+        }
+    }
+
+    /// Frames the staged records as one batch (rolling to a new segment if needed) and
+    /// hands it out, so the caller can write and sync it without holding the core.
+    /// Until [`finish_commit`](Self::finish_commit), its entries stay readable from the
+    /// in-flight body, and new records cannot be staged. `None` if nothing is staged.
+    pub fn begin_commit(&mut self) -> Result<Option<PendingCommit>> {
         self.check_poison()?;
+        self.check_no_commit_in_flight()?;
         if self.staged.is_empty() {
-            return self.sync();
+            return Ok(None);
         }
         let (header, offset) = self.frame_staged()?;
-        let active = self.active();
-        let name = active.name.clone();
-        match backend.write_and_sync(active.file.as_ref(), &[&header, &self.staged], offset) {
+        let active_id = self.active().id;
+        for location in self.log.index.iter_mut().rev() {
+            if location.residence != Residence::Staged {
+                break;
+            }
+            location.residence = Residence::InFlight;
+            location.segment_id = active_id;
+        }
+        let body = Bytes::from(std::mem::take(&mut self.staged));
+        self.staged_records = 0;
+        self.staged_entries = 0;
+        self.staged_first_entry_index = None;
+        self.in_flight = Some(InFlight {
+            body: body.clone(),
+            batch_offset: offset,
+            last_index: self.log.last_index(),
+            hard_state: self.log.hard_state,
+        });
+        Ok(Some(PendingCommit {
+            file: Arc::clone(&self.active().file),
+            header,
+            body,
+            offset,
+        }))
+    }
+
+    /// Completes [`begin_commit`](Self::begin_commit) with the outcome of the write +
+    /// fdatasync. Returns the new durable index; a failure poisons the WAL.
+    pub fn finish_commit(&mut self, outcome: std::result::Result<(), BackendError>) -> Result<u64> {
+        let Some(in_flight) = self.in_flight.as_ref() else {
+            return Err(WalError::InvalidOptions(
+                "finish_commit without begin_commit".into(),
+            ));
+        };
+        let (batch_offset, last_index, hard_state) = (
+            in_flight.batch_offset,
+            in_flight.last_index,
+            in_flight.hard_state,
+        );
+        let name = self.active().name.clone();
+        match outcome {
             Ok(()) => {}
             Err(BackendError::Write(err)) => {
                 return Err(self.poison_with(PoisonCause::WriteFailed, io_err("write", &name, err)))
@@ -1159,10 +1277,25 @@ impl<S: Storage> WalCore<S> {
                 )
             }
         }
-        self.finish_staged_write(offset);
+        // Nothing can be staged or truncated while a commit is in flight.
+        debug_assert_eq!(last_index, self.log.last_index());
+        self.finish_staged_write(batch_offset);
+        self.in_flight = None;
+        self.written_index = last_index;
+        self.written_next_index = last_index + 1;
+        self.written_hard_state = hard_state;
         self.active_unsynced = false;
         self.mark_written_durable();
         Ok(self.durable_index)
+    }
+
+    fn check_no_commit_in_flight(&self) -> Result<()> {
+        if self.in_flight.is_some() {
+            return Err(WalError::InvalidOptions(
+                "a commit is in flight: finish_commit first".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Seals the active segment (syncing it) and starts a new one.

@@ -20,7 +20,7 @@ mod wal;
 pub use crate::backend::{
     make_backend, Backend, BackendError, IoBackend, SyncBackend, UringBackend,
 };
-pub use crate::core::{DroppedRegion, Entry, RecoveryReport, WalCore, WalOptions};
+pub use crate::core::{DroppedRegion, Entry, PendingCommit, RecoveryReport, WalCore, WalOptions};
 pub use crate::error::{PoisonCause, Result, WalError};
 pub use crate::format::HardState;
 pub use crate::storage::{FsStorage, SimStorage, Storage, StorageFile, Tear};

@@ -781,9 +781,26 @@ fn writer_loop<S: Storage>(shared: Arc<Shared<S>>, mut backend: Box<dyn IoBacken
 
         let started = Instant::now();
         let batch_bytes = (spare.len() + format::BATCH_HEADER_LEN) as u64;
-        let result = core
+        // Stage and frame under the core lock, then write + fdatasync WITHOUT it, so
+        // readers (and truncation's term lookup) never wait for the device.
+        let begun = core
             .stage_encoded(&spare)
-            .and_then(|()| core.write_and_sync_with(backend.as_mut()));
+            .and_then(|()| core.begin_commit());
+        let result = match begun {
+            Ok(Some(commit)) => {
+                drop(core);
+                let outcome = backend.write_and_sync(
+                    commit.file.as_ref(),
+                    &[&commit.header, &commit.body],
+                    commit.offset,
+                );
+                drop(commit);
+                core = shared.core.lock();
+                core.finish_commit(outcome)
+            }
+            Ok(None) => core.sync(),
+            Err(err) => Err(err),
+        };
         let latency_us = started.elapsed().as_micros() as u64;
         match result {
             Ok(durable_index) => {

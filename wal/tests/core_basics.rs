@@ -317,3 +317,62 @@ fn zero_filled_segments_are_fully_written_and_behave_like_preallocated_ones() {
     assert_eq!(wal.last_index(), 60);
     assert!(wal.recovery_report().dropped.is_empty());
 }
+
+#[test]
+fn entries_of_a_commit_in_flight_stay_readable_and_become_durable_on_finish() {
+    let disk = SimStorage::new();
+    let mut wal = WalCore::open(disk.clone(), small_options()).unwrap();
+    wal.append(&entries(1..=3, 1, 50)).unwrap();
+    wal.write().unwrap();
+    wal.sync().unwrap();
+    wal.set_hard_state(HardState { term: 2, vote: 1 }).unwrap();
+    wal.append(&entries(4..=6, 2, 50)).unwrap();
+    let commit = wal.begin_commit().unwrap().expect("something staged");
+    // While the caller writes and syncs without the core: reads, terms and compaction work,
+    // staging does not.
+    assert_eq!(
+        wal.read_range(1..7).unwrap(),
+        [entries(1..=3, 1, 50), entries(4..=6, 2, 50)].concat()
+    );
+    assert_eq!(wal.term_at(5).unwrap(), 2);
+    assert_eq!(wal.durable_index(), 3);
+    assert!(
+        wal.append(&[entry(7, 2, 1)]).is_err(),
+        "no staging while a commit is in flight"
+    );
+    wal.compact_prefix(0).unwrap();
+    commit
+        .file
+        .write_all_at(&[&commit.header, &commit.body], commit.offset)
+        .unwrap();
+    commit.file.sync_data().unwrap();
+    assert_eq!(wal.finish_commit(Ok(())).unwrap(), 6);
+    assert_eq!(wal.durable_hard_state(), HardState { term: 2, vote: 1 });
+    assert_eq!(
+        wal.read(5).unwrap(),
+        entry(5, 2, 50),
+        "read from the segment after finish"
+    );
+    wal.append(&[entry(7, 2, 1)]).unwrap();
+    drop(wal);
+    disk.crash(Tear::DiscardUnsynced);
+    let wal = WalCore::open(disk, small_options()).unwrap();
+    assert_eq!(wal.last_index(), 6);
+    assert_eq!(wal.hard_state(), HardState { term: 2, vote: 1 });
+}
+
+#[test]
+fn a_failed_commit_in_flight_poisons_the_core() {
+    let mut wal = WalCore::open(SimStorage::new(), small_options()).unwrap();
+    wal.append(&entries(1..=2, 1, 10)).unwrap();
+    let _commit = wal.begin_commit().unwrap().expect("staged");
+    let outcome = Err(tally_wal::BackendError::Sync(
+        std::io::Error::from_raw_os_error(5),
+    ));
+    assert!(matches!(
+        wal.finish_commit(outcome),
+        Err(WalError::Poisoned { .. })
+    ));
+    assert!(matches!(wal.sync(), Err(WalError::Poisoned { .. })));
+    assert_eq!(wal.durable_index(), 0);
+}

@@ -448,7 +448,7 @@ impl<R: Send + 'static, T: Transport> Pipeline<R, T> {
         let ticket = match ticket {
             Some(ticket) => ticket,
             // An action with nothing to write still needs an ordered completion.
-            None => self.wal.set_hard_state(self.wal.durable_hard_state())?,
+            None => self.wal.barrier()?,
         };
         debug_assert!(self
             .inflight_persists

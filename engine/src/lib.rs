@@ -2,7 +2,7 @@
 //! the state-machine interface and the KV state machine Tally ships.
 
 pub mod kv;
-pub mod state_machine;
 pub mod raft;
 pub mod runtime;
 pub mod sim;
+pub mod state_machine;

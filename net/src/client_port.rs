@@ -1,44 +1,52 @@
 //! The Redis-compatible (RESP2) client port of a Tally node.
 //!
 //! Why it is built this way:
-//! * **One thread per connection, blocking sockets.** Each connection's thread reads,
-//!   parses *every* complete command in its buffer, submits them all to the node
-//!   (writes as proposals, reads through the linearizable read path), waits for their
-//!   replies on one channel (matched by tag), and answers them in request order with
-//!   one write. This is pipelining without an event loop: a connection with 16 commands
-//!   in flight costs one read, 16 queue pushes and one write. The cost is a thread per
-//!   client (fine for tens to hundreds of clients, the target of this port); an event
-//!   loop (`mio`) with a waker per I/O thread would cap threads but needs a wake-up
-//!   hook the runtime's reply channels do not offer (a relay thread per I/O thread
-//!   would be the workaround). See `net/ARCHITECTURE-net.md`.
-//! * **Reads after writes within one pipeline wait for the writes.** The runtime starts
-//!   reads (ReadIndex/lease) as soon as the raft thread sees them, but proposes the
-//!   writes drained in the same turn after them; a `SET k v; GET k` pipeline could then
-//!   read the old value. So before submitting a read that follows an unanswered write of
-//!   the same connection, the connection waits for the outstanding replies.
+//! * **N event-loop I/O threads, not a thread per connection.** One accept thread hands
+//!   each new connection, round-robin, to one of [`ClientPortConfig::io_threads`] I/O
+//!   threads (`--threads`, default the core count). Each I/O thread runs a `mio` poll
+//!   over its non-blocking sockets and drives every connection as a small state machine:
+//!   read what is there, parse *every* complete command in the buffer, submit them all
+//!   to the node (writes as proposals, reads through the linearizable read path), and
+//!   write the answers, in request order, as soon as the head of the connection's reply
+//!   queue is answered. A connection with 16 commands in flight costs one read, 16 queue
+//!   pushes and (usually) one write.
+//! * **Replies wake the loop, coalesced.** The raft and apply threads answer through
+//!   [`ReplyTo`] on the I/O thread's single reply channel; the tag says which
+//!   connection (and whether the request was a write). `ReplyTo` calls the thread's
+//!   [`LoopWaker`] after each send; an atomic "wake pending" flag turns a burst of
+//!   replies (a whole applied batch) into one `mio::Waker::wake` (one eventfd write),
+//!   cleared by the I/O thread before it drains the channel.
+//! * **Reads after writes within one connection wait for the writes.** The runtime
+//!   starts reads (ReadIndex/lease) as soon as the raft thread sees them, but proposes
+//!   the writes drained in the same turn after them; a `SET k v; GET k` pipeline could
+//!   then read the old value. So a read stays queued (with everything after it, to keep
+//!   the connection's order) until every earlier write of the connection is answered.
 //! * **Never a false OK.** An `OK` (or any state-machine reply) is only ever produced
 //!   from the reply the apply thread sends after the entry committed and applied.
 //!   Leadership loss mid-flight becomes `-UNKNOWN ...`; a follower answers
 //!   `-NOTLEADER <leader client addr>` (or `-NOTLEADER ?`).
 //! * **Bounded buffers.** The parser bounds every announced length; a request that is
 //!   still incomplete past [`ClientPortConfig::max_request_bytes`] is a protocol error;
-//!   at most [`ClientPortConfig::max_pipeline_commands`] commands are taken per round.
-//!   A protocol error gets `-ERR Protocol error: ...` and closes that connection only.
+//!   a connection has at most [`ClientPortConfig::max_pipeline_commands`] unanswered
+//!   commands and at most [`ClientPortConfig::max_unsent_reply_bytes`] of replies its
+//!   client has not read before the port stops reading from it. A protocol error gets
+//!   `-ERR Protocol error: ...` and closes that connection only.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream as StdTcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use parking_lot::Mutex;
+use crossbeam_channel::{Receiver, Sender};
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token, Waker};
 use tally_engine::kv::{encode_request, parse_command_args, ClientSession, KvLimits, KvResponse};
 use tally_engine::raft::Role;
-use tally_engine::runtime::{ClientError, NodeHandle, Reply, ReplyTo};
+use tally_engine::runtime::{ClientError, NodeHandle, Reply, ReplyTo, ReplyWaker};
 
 use crate::resp::{
     write_array_header, write_bulk, write_error, write_kv_response, write_simple_string,
@@ -52,8 +60,24 @@ pub const REDIS_COMPATIBLE_VERSION: &str = "7.0.0-tally-compatible";
 pub const OUTCOME_UNKNOWN_ERROR: &str =
     "UNKNOWN leadership changed while the write was in flight; outcome unknown";
 
-/// How long one reply write may stall before the connection is dropped.
+/// How long unsent replies may make no progress before the connection is dropped (a
+/// client that stops reading must not hold memory, nor block shutdown, forever).
 const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often an idle I/O thread looks at the clock: node stopped, stalled writers.
+const IO_TICK: Duration = Duration::from_millis(200);
+/// The poll token of an I/O thread's waker; connection ids start at 1.
+const WAKE_TOKEN: Token = Token(0);
+/// Reply tags: `connection id << 24 | request sequence (23 bits) << 1 | is_write`.
+const TAG_CONNECTION_SHIFT: u32 = 24;
+const TAG_SEQUENCE_MASK: u64 = (1 << (TAG_CONNECTION_SHIFT - 1)) - 1;
+const TAG_WRITE_BIT: u64 = 1;
+
+/// The core count (the default number of I/O threads).
+pub fn default_io_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
 
 /// Tuning and bounds of the client port.
 #[derive(Debug, Clone)]
@@ -62,24 +86,32 @@ pub struct ClientPortConfig {
     pub node_id: u64,
     /// The address this node advertises to clients (INFO, `-NOTLEADER` on itself).
     pub advertised_client_addr: String,
+    /// Event-loop threads serving connections (at least 1).
+    pub io_threads: usize,
     /// Bounds on what a request may announce.
     pub resp_limits: RespLimits,
     /// Bounds the KV state machine enforces (must match every replica's).
     pub kv_limits: KvLimits,
-    /// Most commands taken from one connection's buffer per round.
+    /// Most unanswered commands per connection; past it the port stops parsing and
+    /// reading from that connection until replies go out. Must stay below 2^23 (tag
+    /// sequence space).
     pub max_pipeline_commands: usize,
     /// Largest incomplete request buffered before it is a protocol error.
     pub max_request_bytes: usize,
+    /// Replies a client has not read yet; past it the port stops reading from it.
+    pub max_unsent_reply_bytes: usize,
     /// Bytes read per `read` call.
     pub read_chunk_bytes: usize,
 }
 
 impl ClientPortConfig {
-    /// Defaults: 16 MiB bulk strings, 64 MiB requests, 4096 commands per round.
+    /// Defaults: one I/O thread per core, 16 MiB bulk strings, 64 MiB requests, 4096
+    /// unanswered commands and 64 MiB of unread replies per connection.
     pub fn new(node_id: u64, advertised_client_addr: String) -> ClientPortConfig {
         ClientPortConfig {
             node_id,
             advertised_client_addr,
+            io_threads: default_io_threads(),
             resp_limits: RespLimits {
                 max_bulk_bytes: 16 << 20,
                 max_array_elements: 1 << 16,
@@ -88,6 +120,7 @@ impl ClientPortConfig {
             kv_limits: KvLimits::default(),
             max_pipeline_commands: 4096,
             max_request_bytes: 64 << 20,
+            max_unsent_reply_bytes: 64 << 20,
             read_chunk_bytes: 64 << 10,
         }
     }
@@ -100,13 +133,11 @@ pub struct ClientPortCounters {
     pub connections_open: AtomicU64,
     pub commands: AtomicU64,
     pub protocol_errors: AtomicU64,
+    /// Wake-ups that reached an I/O thread's `mio::Waker` (after coalescing).
+    pub io_wakeups: AtomicU64,
 }
 
-/// A registered connection: a clone of its socket (so shutdown can end its reads) and
-/// its thread (taken when joined).
-type OpenConnection = (TcpStream, Option<JoinHandle<()>>);
-
-/// What every connection thread shares.
+/// What the accept thread and every I/O thread share.
 struct Shared {
     config: ClientPortConfig,
     handle: NodeHandle<KvResponse>,
@@ -114,29 +145,82 @@ struct Shared {
     counters: ClientPortCounters,
     started: Instant,
     local_addr: SocketAddr,
-    /// Set once at shutdown. Invariant: once set (under `connections`), no connection
-    /// is added.
+    /// Set once at shutdown: the accept thread stops, I/O threads stop reading, answer
+    /// what they parsed, close and exit.
     stopping: AtomicBool,
-    /// Open connections (for shutdown) and their threads.
-    connections: Mutex<HashMap<u64, OpenConnection>>,
-    next_connection_id: AtomicU64,
+}
+
+/// Wakes one I/O thread's poll, coalescing: between two [`LoopWaker::acknowledge`]
+/// calls by the I/O thread at most one `mio::Waker::wake` happens, however many replies
+/// or new connections arrive.
+struct LoopWaker {
+    waker: Waker,
+    /// Invariant: true ⇒ a wake was issued that the I/O thread has not acknowledged
+    /// yet, so it will drain its queues after this flag's last setter queued its item.
+    wake_pending: AtomicBool,
+    shared: Arc<Shared>,
+}
+
+impl LoopWaker {
+    fn new(registry: &mio::Registry, shared: Arc<Shared>) -> io::Result<LoopWaker> {
+        Ok(LoopWaker {
+            waker: Waker::new(registry, WAKE_TOKEN)?,
+            wake_pending: AtomicBool::new(false),
+            shared,
+        })
+    }
+
+    /// Called by the I/O thread on a wake event, *before* it drains its queues: a
+    /// sender that queues after this point sees `false` and wakes again. (AcqRel pairs
+    /// with the sender's swap: what it queued before is visible to the drain.)
+    fn acknowledge(&self) {
+        self.wake_pending.swap(false, Ordering::AcqRel);
+    }
+}
+
+impl ReplyWaker for LoopWaker {
+    fn wake(&self) {
+        if !self.wake_pending.swap(true, Ordering::AcqRel) {
+            self.shared
+                .counters
+                .io_wakeups
+                .fetch_add(1, Ordering::Relaxed);
+            if let Err(error) = self.waker.wake() {
+                // The I/O thread still drains its queues every IO_TICK.
+                tracing::warn!(%error, "cannot wake a client I/O thread");
+            }
+        }
+    }
+}
+
+/// What the accept thread holds of one I/O thread.
+struct IoThreadInbox {
+    waker: Arc<LoopWaker>,
+    new_connections: Sender<(StdTcpStream, SocketAddr)>,
 }
 
 /// A running client port. Dropping it shuts it down.
 pub struct ClientPort {
     shared: Arc<Shared>,
     accept_thread: Option<JoinHandle<()>>,
+    io_wakers: Vec<Arc<LoopWaker>>,
+    io_threads: Vec<JoinHandle<()>>,
 }
 
 impl ClientPort {
-    /// Starts accepting clients on `listener`.
+    /// Starts accepting clients on `listener`, served by `config.io_threads` threads.
     pub fn start(
         listener: TcpListener,
         config: ClientPortConfig,
         handle: NodeHandle<KvResponse>,
         peer_client_addrs: PeerClientAddrs,
     ) -> io::Result<ClientPort> {
+        assert!(
+            (config.max_pipeline_commands as u64) < TAG_SEQUENCE_MASK,
+            "max_pipeline_commands must leave the tag sequence room to wrap"
+        );
         let local_addr = listener.local_addr()?;
+        let n_io_threads = config.io_threads.max(1);
         let shared = Arc::new(Shared {
             config,
             handle,
@@ -145,22 +229,45 @@ impl ClientPort {
             started: Instant::now(),
             local_addr,
             stopping: AtomicBool::new(false),
-            connections: Mutex::new(HashMap::new()),
-            next_connection_id: AtomicU64::new(1),
         });
+        let node_id = shared.config.node_id;
+        let mut port = ClientPort {
+            shared: Arc::clone(&shared),
+            accept_thread: None,
+            io_wakers: Vec::new(),
+            io_threads: Vec::new(),
+        };
+        let mut inboxes = Vec::with_capacity(n_io_threads);
+        for index in 0..n_io_threads {
+            let poll = Poll::new()?;
+            let waker = Arc::new(LoopWaker::new(poll.registry(), Arc::clone(&shared))?);
+            let (new_tx, new_rx) = crossbeam_channel::unbounded();
+            let io_loop = IoLoop::new(Arc::clone(&shared), poll, Arc::clone(&waker), new_rx);
+            // On error, `port` drops here and stops the threads already started.
+            let thread = std::thread::Builder::new()
+                .name(format!("client-io-{node_id}-{index}"))
+                .spawn(move || io_loop.run())?;
+            port.io_threads.push(thread);
+            port.io_wakers.push(Arc::clone(&waker));
+            inboxes.push(IoThreadInbox {
+                waker,
+                new_connections: new_tx,
+            });
+        }
         let accept_shared = Arc::clone(&shared);
-        let accept_thread = std::thread::Builder::new()
-            .name(format!("client-accept-{}", shared.config.node_id))
-            .spawn(move || accept_loop(&accept_shared, listener))?;
-        tracing::info!(
-            node_id = shared.config.node_id,
-            %local_addr,
-            "client port started: 1 accept thread, 1 thread per client connection (read, parse, submit, reply)"
+        port.accept_thread = Some(
+            std::thread::Builder::new()
+                .name(format!("client-accept-{node_id}"))
+                .spawn(move || accept_loop(&accept_shared, listener, inboxes))?,
         );
-        Ok(ClientPort {
-            shared,
-            accept_thread: Some(accept_thread),
-        })
+        tracing::info!(
+            node_id,
+            %local_addr,
+            io_threads = n_io_threads,
+            "client port started: 1 accept thread (client-accept, round-robin hand-off), \
+             {n_io_threads} I/O threads (client-io, mio event loops: read, parse, submit, reply)"
+        );
+        Ok(port)
     }
 
     /// The address the port listens on.
@@ -173,41 +280,31 @@ impl ClientPort {
         &self.shared.counters
     }
 
-    /// Stops accepting, lets every connection finish the round it is in (its replies
-    /// are written), closes the connections and joins their threads.
+    /// Stops accepting; every connection stops reading, gets the answers to every
+    /// command it already sent that was parsed, and is closed; joins every thread.
     pub fn shutdown(mut self) {
         self.stop();
     }
 
     fn stop(&mut self) {
-        let threads: Vec<JoinHandle<()>> = {
-            let mut connections = self.shared.connections.lock();
-            if self.shared.stopping.swap(true, Ordering::AcqRel) {
-                return;
-            }
-            connections
-                .values_mut()
-                .filter_map(|(stream, thread)| {
-                    // Reads end; replies already owed can still be written.
-                    let _ = stream.shutdown(Shutdown::Read);
-                    thread.take()
-                })
-                .collect()
-        };
-        // Wake the blocking accept with a throwaway connection.
-        let mut wake_addr = self.shared.local_addr;
-        if wake_addr.ip().is_unspecified() {
-            wake_addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        if self.shared.stopping.swap(true, Ordering::AcqRel) {
+            return;
         }
-        let _ = TcpStream::connect_timeout(&wake_addr, Duration::from_secs(1));
         if let Some(thread) = self.accept_thread.take() {
+            // Wake the blocking accept with a throwaway connection.
+            let mut wake_addr = self.shared.local_addr;
+            if wake_addr.ip().is_unspecified() {
+                wake_addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            let _ = StdTcpStream::connect_timeout(&wake_addr, Duration::from_secs(1));
             let _ = thread.join();
         }
-        for thread in threads {
+        for waker in &self.io_wakers {
+            waker.wake();
+        }
+        for thread in self.io_threads.drain(..) {
             let _ = thread.join();
         }
-        // Threads of connections registered after the snapshot cannot exist (stopping).
-        self.shared.connections.lock().clear();
     }
 }
 
@@ -217,7 +314,8 @@ impl Drop for ClientPort {
     }
 }
 
-fn accept_loop(shared: &Arc<Shared>, listener: TcpListener) {
+fn accept_loop(shared: &Shared, listener: TcpListener, inboxes: Vec<IoThreadInbox>) {
+    let mut next_inbox = 0usize;
     loop {
         let accepted = listener.accept();
         if shared.stopping.load(Ordering::Acquire) {
@@ -232,52 +330,243 @@ fn accept_loop(shared: &Arc<Shared>, listener: TcpListener) {
             }
         };
         let _ = stream.set_nodelay(true);
-        // A client that stops reading its replies must not pin a thread forever (nor
-        // block shutdown): a write stalled this long closes the connection.
-        let _ = stream.set_write_timeout(Some(CLIENT_WRITE_TIMEOUT));
-        let Ok(registered) = stream.try_clone() else {
+        if let Err(error) = stream.set_nonblocking(true) {
+            tracing::warn!(%remote, %error, "cannot make a client socket non-blocking; closing it");
             continue;
-        };
-        let id = shared.next_connection_id.fetch_add(1, Ordering::Relaxed);
-        let mut connections = shared.connections.lock();
-        if shared.stopping.load(Ordering::Acquire) {
-            return;
         }
-        // Forget the threads of connections that ended.
-        connections.retain(|_, (_, thread)| thread.as_ref().is_none_or(|t| !t.is_finished()));
-        let thread_shared = Arc::clone(shared);
-        let spawned = std::thread::Builder::new()
-            .name(format!("client-conn-{}", shared.config.node_id))
-            .spawn(move || {
-                thread_shared
-                    .counters
-                    .connections_open
-                    .fetch_add(1, Ordering::Relaxed);
-                if let Err(error) = serve_connection(&thread_shared, stream) {
-                    tracing::debug!(%remote, %error, "client connection ended with an error");
+        let inbox = &inboxes[next_inbox % inboxes.len()];
+        next_inbox = next_inbox.wrapping_add(1);
+        if inbox.new_connections.send((stream, remote)).is_err() {
+            tracing::error!(%remote, "a client I/O thread is gone; closing the connection");
+            continue;
+        }
+        inbox.waker.wake();
+        shared
+            .counters
+            .connections_accepted
+            .fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One I/O thread: a `mio` poll over its connections, its waker and its reply channel.
+struct IoLoop {
+    shared: Arc<Shared>,
+    poll: Poll,
+    waker: Arc<LoopWaker>,
+    /// The same waker, as the runtime sees it (cloned into every `ReplyTo`).
+    reply_waker: Arc<dyn ReplyWaker>,
+    new_connections: Receiver<(StdTcpStream, SocketAddr)>,
+    reply_tx: Sender<Reply<KvResponse>>,
+    reply_rx: Receiver<Reply<KvResponse>>,
+    /// Open connections by id. Invariant: ids are never reused (stale replies to a
+    /// closed connection find nothing), start at 1 and stay below 2^40.
+    connections: HashMap<u64, Connection>,
+    next_connection_id: u64,
+    /// Connections to drive this turn; each appears once (`Connection::scheduled`).
+    scheduled: Vec<u64>,
+    encode_buffer: Vec<u8>,
+    read_scratch: Vec<u8>,
+}
+
+/// What a connection needs from its I/O thread while it is driven.
+struct Context<'a> {
+    shared: &'a Shared,
+    reply_tx: &'a Sender<Reply<KvResponse>>,
+    reply_waker: &'a Arc<dyn ReplyWaker>,
+    encode_buffer: &'a mut Vec<u8>,
+    read_scratch: &'a mut [u8],
+}
+
+impl IoLoop {
+    fn new(
+        shared: Arc<Shared>,
+        poll: Poll,
+        waker: Arc<LoopWaker>,
+        new_connections: Receiver<(StdTcpStream, SocketAddr)>,
+    ) -> IoLoop {
+        let (reply_tx, reply_rx) = crossbeam_channel::unbounded();
+        let read_chunk_bytes = shared.config.read_chunk_bytes.max(1);
+        IoLoop {
+            reply_waker: Arc::clone(&waker) as Arc<dyn ReplyWaker>,
+            shared,
+            poll,
+            waker,
+            new_connections,
+            reply_tx,
+            reply_rx,
+            connections: HashMap::new(),
+            next_connection_id: 1,
+            scheduled: Vec::new(),
+            encode_buffer: Vec::new(),
+            read_scratch: vec![0; read_chunk_bytes],
+        }
+    }
+
+    fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut stopping_seen = false;
+        let mut last_tick = Instant::now();
+        loop {
+            if let Err(error) = self.poll.poll(&mut events, Some(IO_TICK)) {
+                if error.kind() == io::ErrorKind::Interrupted {
+                    continue;
                 }
-                thread_shared
-                    .counters
-                    .connections_open
-                    .fetch_sub(1, Ordering::Relaxed);
-            });
-        match spawned {
-            Ok(thread) => {
-                shared
-                    .counters
-                    .connections_accepted
-                    .fetch_add(1, Ordering::Relaxed);
-                connections.insert(id, (registered, Some(thread)));
+                tracing::error!(%error, "client I/O thread cannot poll; closing its connections");
+                break;
             }
-            Err(error) => {
-                tracing::error!(%error, "cannot spawn a client connection thread; closing it");
-                let _ = registered.shutdown(Shutdown::Both);
+            for event in events.iter() {
+                match event.token() {
+                    WAKE_TOKEN => self.waker.acknowledge(),
+                    Token(id) => self.schedule(id as u64),
+                }
             }
+            self.register_new_connections();
+            self.route_replies();
+            if !stopping_seen && self.shared.stopping.load(Ordering::Acquire) {
+                stopping_seen = true;
+                let ids: Vec<u64> = self.connections.keys().copied().collect();
+                for id in ids {
+                    if let Some(connection) = self.connections.get_mut(&id) {
+                        connection.stop_reading();
+                    }
+                    self.schedule(id);
+                }
+            }
+            if last_tick.elapsed() >= IO_TICK {
+                last_tick = Instant::now();
+                self.tick();
+            }
+            self.drive_scheduled();
+            if stopping_seen && self.connections.is_empty() {
+                break;
+            }
+        }
+        let ids: Vec<u64> = self.connections.keys().copied().collect();
+        for id in ids {
+            self.close(id);
+        }
+    }
+
+    fn schedule(&mut self, id: u64) {
+        if let Some(connection) = self.connections.get_mut(&id) {
+            if !connection.scheduled {
+                connection.scheduled = true;
+                self.scheduled.push(id);
+            }
+        }
+    }
+
+    fn register_new_connections(&mut self) {
+        while let Ok((stream, remote)) = self.new_connections.try_recv() {
+            if self.shared.stopping.load(Ordering::Acquire) {
+                let _ = stream.shutdown(Shutdown::Both);
+                continue;
+            }
+            let id = self.next_connection_id;
+            self.next_connection_id += 1;
+            debug_assert!(id < 1 << 40, "connection ids must fit the reply tag");
+            let mut stream = TcpStream::from_std(stream);
+            if let Err(error) = self.poll.registry().register(
+                &mut stream,
+                Token(id as usize),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                tracing::warn!(%remote, %error, "cannot register a client connection; closing it");
+                continue;
+            }
+            self.shared
+                .counters
+                .connections_open
+                .fetch_add(1, Ordering::Relaxed);
+            self.connections
+                .insert(id, Connection::new(id, stream, remote, &self.shared.config));
+            self.schedule(id);
+        }
+    }
+
+    /// Hands every reply on the channel to its connection (replies to closed
+    /// connections are dropped).
+    fn route_replies(&mut self) {
+        while let Ok(reply) = self.reply_rx.try_recv() {
+            let id = reply.tag >> TAG_CONNECTION_SHIFT;
+            if let Some(connection) = self.connections.get_mut(&id) {
+                connection.accept_reply(reply);
+                self.schedule(id);
+            }
+        }
+    }
+
+    /// Periodic checks: a stopped node answers nothing more; a client that stopped
+    /// reading its replies is dropped.
+    fn tick(&mut self) {
+        let node_stopped = self.shared.handle.status().stopped.load(Ordering::Acquire);
+        let now = Instant::now();
+        let mut stalled = Vec::new();
+        let mut to_schedule = Vec::new();
+        for (id, connection) in &mut self.connections {
+            if node_stopped && connection.abandon_unanswered() {
+                to_schedule.push(*id);
+            }
+            if connection
+                .unsent_since
+                .is_some_and(|since| now.duration_since(since) > CLIENT_WRITE_TIMEOUT)
+            {
+                stalled.push(*id);
+            }
+        }
+        for id in to_schedule {
+            self.schedule(id);
+        }
+        for id in stalled {
+            tracing::info!(
+                node_id = self.shared.config.node_id,
+                "closing a client connection that stopped reading its replies"
+            );
+            self.close(id);
+        }
+    }
+
+    fn drive_scheduled(&mut self) {
+        let mut ids = std::mem::take(&mut self.scheduled);
+        for id in ids.drain(..) {
+            let Some(connection) = self.connections.get_mut(&id) else {
+                continue;
+            };
+            connection.scheduled = false;
+            let mut context = Context {
+                shared: &self.shared,
+                reply_tx: &self.reply_tx,
+                reply_waker: &self.reply_waker,
+                encode_buffer: &mut self.encode_buffer,
+                read_scratch: &mut self.read_scratch,
+            };
+            match connection.drive(&mut context) {
+                Ok(Verdict::Keep) => {}
+                Ok(Verdict::Close) => self.close(id),
+                Err(error) => {
+                    tracing::debug!(remote = %connection.remote, %error, "client connection ended with an error");
+                    self.close(id);
+                }
+            }
+        }
+        // Keep the allocation; drive never schedules (only events and replies do).
+        debug_assert!(self.scheduled.is_empty());
+        self.scheduled = ids;
+    }
+
+    fn close(&mut self, id: u64) {
+        if let Some(mut connection) = self.connections.remove(&id) {
+            let _ = self.poll.registry().deregister(&mut connection.stream);
+            let _ = connection.stream.shutdown(Shutdown::Both);
+            self.shared
+                .counters
+                .connections_open
+                .fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
 
-/// One reply slot of a round, in request order.
+/// One reply owed to a connection, in request order.
 enum Slot {
     /// Already encoded (local commands, parse errors).
     Ready(Vec<u8>),
@@ -285,157 +574,55 @@ enum Slot {
     Pending(u64),
 }
 
-/// Per-connection state.
-struct Connection<'s> {
-    shared: &'s Shared,
-    /// Unique per connection for the life of the cluster (never 0): the KV session.
-    client_id: u64,
-    /// Sequence number of the last write sent. Invariant: increases by 1 per write.
-    last_sequence: u64,
-    next_tag: u64,
-    reply_tx: Sender<Reply<KvResponse>>,
-    reply_rx: Receiver<Reply<KvResponse>>,
-    /// Replies received, by tag, not yet written.
-    received: HashMap<u64, Result<KvResponse, ClientError>>,
-    /// Tags submitted this round whose reply has not arrived.
-    outstanding: usize,
-    /// Whether a write of this round is still unanswered (reads wait for it).
-    write_outstanding: bool,
-    /// Reused buffer for encoded requests.
-    encode_buffer: Vec<u8>,
+/// A KV request encoded but not yet handed to the node.
+struct Unsubmitted {
+    tag: u64,
+    request: Bytes,
+    read_only: bool,
 }
 
-/// What to do after a round.
-enum AfterRound {
-    Continue,
+/// What the I/O thread does with a connection after driving it.
+enum Verdict {
+    Keep,
     Close,
 }
 
-fn serve_connection(shared: &Shared, mut stream: TcpStream) -> io::Result<()> {
-    let (reply_tx, reply_rx) = crossbeam_channel::unbounded();
-    let mut connection = Connection {
-        shared,
-        client_id: new_client_id(),
-        last_sequence: 0,
-        next_tag: 1,
-        reply_tx,
-        reply_rx,
-        received: HashMap::new(),
-        outstanding: 0,
-        write_outstanding: false,
-        encode_buffer: Vec::new(),
-    };
-    let config = &shared.config;
-    let mut parser = RequestParser::new(config.resp_limits);
-    let mut buffer: Vec<u8> = Vec::with_capacity(config.read_chunk_bytes);
-    let mut out: Vec<u8> = Vec::new();
-    let mut slots: Vec<Slot> = Vec::new();
-    loop {
-        // Read at least one chunk.
-        let filled = buffer.len();
-        buffer.resize(filled + config.read_chunk_bytes, 0);
-        let n_read = match stream.read(&mut buffer[filled..]) {
-            Ok(n) => n,
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => {
-                buffer.truncate(filled);
-                continue;
-            }
-            Err(error) => {
-                buffer.truncate(filled);
-                return Err(error);
-            }
-        };
-        buffer.truncate(filled + n_read);
-        if n_read == 0 {
-            // EOF (or our shutdown of the read side). A client that half-closed in the
-            // middle of a request still hears why nothing happened.
-            if !buffer.is_empty() {
-                shared
-                    .counters
-                    .protocol_errors
-                    .fetch_add(1, Ordering::Relaxed);
-                out.clear();
-                write_error(
-                    &mut out,
-                    "ERR Protocol error: connection closed in the middle of a request",
-                );
-                let _ = stream.write_all(&out);
-            }
-            return Ok(());
-        }
-        // Take every complete command.
-        let mut consumed_total = 0;
-        let mut close_after = false;
-        let mut protocol_error = None;
-        while slots.len() < config.max_pipeline_commands {
-            match parser.parse(&buffer[consumed_total..]) {
-                Ok(ParseStatus::Complete { consumed }) => {
-                    let args: Vec<&[u8]> = parser.args(&buffer[consumed_total..]).collect();
-                    let (slot, quit) = connection.command(&args);
-                    slots.push(slot);
-                    consumed_total += consumed;
-                    if quit {
-                        close_after = true;
-                        break;
-                    }
-                }
-                Ok(ParseStatus::Incomplete) => break,
-                Err(error) => {
-                    protocol_error = Some(error.error_reply());
-                    break;
-                }
-            }
-        }
-        if protocol_error.is_none()
-            && !close_after
-            && buffer.len() - consumed_total > config.max_request_bytes
-        {
-            protocol_error = Some(format!(
-                "ERR Protocol error: request larger than {} bytes",
-                config.max_request_bytes
-            ));
-        }
-        buffer.drain(..consumed_total);
-        let commands = slots.len() as u64;
-        shared
-            .counters
-            .commands
-            .fetch_add(commands, Ordering::Relaxed);
-        let after = if protocol_error.is_some() || close_after {
-            AfterRound::Close
-        } else {
-            AfterRound::Continue
-        };
-        if slots.is_empty() && protocol_error.is_none() {
-            continue;
-        }
-        connection.wait_for_outstanding();
-        out.clear();
-        for slot in slots.drain(..) {
-            match slot {
-                Slot::Ready(bytes) => out.extend_from_slice(&bytes),
-                Slot::Pending(tag) => match connection.received.remove(&tag) {
-                    Some(result) => connection.write_result(&mut out, result),
-                    // wait_for_outstanding only returns without a reply when the node
-                    // stopped.
-                    None => write_error(&mut out, "ERR the node stopped"),
-                },
-            }
-        }
-        if let Some(error_line) = &protocol_error {
-            shared
-                .counters
-                .protocol_errors
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::info!(node_id = config.node_id, error = %error_line, "closing client connection on a protocol error");
-            write_error(&mut out, error_line);
-        }
-        stream.write_all(&out)?;
-        if let AfterRound::Close = after {
-            let _ = stream.shutdown(Shutdown::Both);
-            return Ok(());
-        }
-    }
+/// One client connection, driven by its I/O thread.
+struct Connection {
+    id: u64,
+    stream: TcpStream,
+    remote: SocketAddr,
+    /// Unique per connection for the life of the cluster (never 0): the KV session.
+    client_id: u64,
+    /// Sequence number of the last write encoded. Invariant: increases by 1 per write.
+    last_sequence: u64,
+    /// Sequence part of the next reply tag (wraps; never more than
+    /// `max_pipeline_commands` tags are live).
+    next_request: u64,
+    parser: RequestParser,
+    /// Bytes read and not yet parsed (the parser's buffer).
+    input: Vec<u8>,
+    /// Replies owed, in request order. Invariant: at most `max_pipeline_commands`
+    /// (plus one protocol error line).
+    slots: VecDeque<Slot>,
+    /// Requests not yet submitted, in order: the head is a read waiting for this
+    /// connection's unanswered writes (everything behind it waits too).
+    unsubmitted: VecDeque<Unsubmitted>,
+    /// Replies received, by tag, not yet written.
+    received: HashMap<u64, Result<KvResponse, ClientError>>,
+    /// Submitted writes whose reply has not arrived (reads wait for 0).
+    unanswered_writes: usize,
+    /// Encoded replies; `out[out_written..]` is not yet written to the socket.
+    out: Vec<u8>,
+    out_written: usize,
+    /// Since when unsent replies made no progress (None: nothing unsent or progress).
+    unsent_since: Option<Instant>,
+    /// No more bytes will be read (EOF, shutdown, QUIT, protocol error).
+    read_closed: bool,
+    /// No more commands are parsed; close once every slot is answered and written.
+    closing: bool,
+    /// Queued in the I/O thread's `scheduled` list.
+    scheduled: bool,
 }
 
 /// A client id unique for the life of the cluster with overwhelming probability: 64
@@ -449,14 +636,267 @@ fn new_client_id() -> u64 {
     }
 }
 
-impl Connection<'_> {
-    /// Handles one command: answers it locally or submits it. Returns its slot and
-    /// whether the connection closes after this round (QUIT).
-    fn command(&mut self, args: &[&[u8]]) -> (Slot, bool) {
+impl Connection {
+    fn new(
+        id: u64,
+        stream: TcpStream,
+        remote: SocketAddr,
+        config: &ClientPortConfig,
+    ) -> Connection {
+        Connection {
+            id,
+            stream,
+            remote,
+            client_id: new_client_id(),
+            last_sequence: 0,
+            next_request: 0,
+            parser: RequestParser::new(config.resp_limits),
+            input: Vec::new(),
+            slots: VecDeque::new(),
+            unsubmitted: VecDeque::new(),
+            received: HashMap::new(),
+            unanswered_writes: 0,
+            out: Vec::new(),
+            out_written: 0,
+            unsent_since: None,
+            read_closed: false,
+            closing: false,
+            scheduled: false,
+        }
+    }
+
+    fn unsent_bytes(&self) -> usize {
+        self.out.len() - self.out_written
+    }
+
+    /// Shutdown: read nothing more, answer what was parsed, then close.
+    fn stop_reading(&mut self) {
+        self.read_closed = true;
+        self.closing = true;
+    }
+
+    /// Makes as much progress as the socket allows: submit, write answered replies,
+    /// parse buffered commands, read. Returns when the socket would block (or the
+    /// connection waits for replies, or must close).
+    fn drive(&mut self, context: &mut Context<'_>) -> io::Result<Verdict> {
+        let config = &context.shared.config;
+        loop {
+            self.submit_ready(context);
+            self.collect_answered(context.shared);
+            self.flush()?;
+            if self.closing && self.slots.is_empty() && self.unsent_bytes() == 0 {
+                return Ok(Verdict::Close);
+            }
+            if self.parse_commands(context) {
+                continue;
+            }
+            let may_read = !self.read_closed
+                && !self.closing
+                && self.slots.len() < config.max_pipeline_commands
+                && self.unsent_bytes() < config.max_unsent_reply_bytes;
+            if !may_read {
+                return Ok(Verdict::Keep);
+            }
+            match self.stream.read(context.read_scratch) {
+                Ok(0) => self.read_closed = true,
+                Ok(n_read) => self
+                    .input
+                    .extend_from_slice(&context.read_scratch[..n_read]),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    return Ok(Verdict::Keep)
+                }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Parses buffered commands (within the bounds) and turns them into slots.
+    /// Returns whether anything changed.
+    fn parse_commands(&mut self, context: &mut Context<'_>) -> bool {
+        if self.closing {
+            return false;
+        }
+        let shared = context.shared;
+        let config = &shared.config;
+        let input = std::mem::take(&mut self.input);
+        let mut parser =
+            std::mem::replace(&mut self.parser, RequestParser::new(config.resp_limits));
+        let mut consumed_total = 0;
+        let mut n_commands = 0u64;
+        let mut incomplete = false;
+        let mut protocol_error = None;
+        while !self.closing
+            && self.slots.len() < config.max_pipeline_commands
+            && self.unsent_bytes() < config.max_unsent_reply_bytes
+        {
+            match parser.parse(&input[consumed_total..]) {
+                Ok(ParseStatus::Complete { consumed }) => {
+                    let args: Vec<&[u8]> = parser.args(&input[consumed_total..]).collect();
+                    let slot = self.command(&args, context);
+                    self.slots.push_back(slot);
+                    consumed_total += consumed;
+                    n_commands += 1;
+                }
+                Ok(ParseStatus::Incomplete) => {
+                    incomplete = true;
+                    break;
+                }
+                Err(error) => {
+                    protocol_error = Some(error.error_reply());
+                    break;
+                }
+            }
+        }
+        let leftover_bytes = input.len() - consumed_total;
+        if protocol_error.is_none() && incomplete && !self.closing {
+            if leftover_bytes > config.max_request_bytes {
+                protocol_error = Some(format!(
+                    "ERR Protocol error: request larger than {} bytes",
+                    config.max_request_bytes
+                ));
+            } else if self.read_closed && leftover_bytes > 0 {
+                // A client that half-closed in the middle of a request still hears why
+                // nothing happened.
+                protocol_error =
+                    Some("ERR Protocol error: connection closed in the middle of a request".into());
+            }
+        }
+        self.parser = parser;
+        self.input = input;
+        self.input.drain(..consumed_total);
+        shared
+            .counters
+            .commands
+            .fetch_add(n_commands, Ordering::Relaxed);
+        let mut changed = n_commands > 0;
+        if let Some(error_line) = protocol_error {
+            shared
+                .counters
+                .protocol_errors
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::info!(node_id = config.node_id, remote = %self.remote, error = %error_line, "closing client connection on a protocol error");
+            let mut out = Vec::new();
+            write_error(&mut out, &error_line);
+            self.slots.push_back(Slot::Ready(out));
+            self.read_closed = true;
+            self.closing = true;
+            changed = true;
+        } else if self.read_closed && self.input.is_empty() && !self.closing {
+            // EOF after whole commands: answer them, then close.
+            self.closing = true;
+            changed = true;
+        }
+        changed
+    }
+
+    /// Hands queued requests to the node, in order, holding back a read (and what
+    /// follows it) while a write of this connection is unanswered.
+    fn submit_ready(&mut self, context: &Context<'_>) {
+        while let Some(next) = self.unsubmitted.front() {
+            if next.read_only && self.unanswered_writes > 0 {
+                return;
+            }
+            let Some(request) = self.unsubmitted.pop_front() else {
+                return;
+            };
+            let reply = ReplyTo::with_waker(
+                request.tag,
+                context.reply_tx.clone(),
+                Arc::clone(context.reply_waker),
+            );
+            if request.read_only {
+                context.shared.handle.read(request.request, reply);
+            } else {
+                self.unanswered_writes += 1;
+                context.shared.handle.propose(request.request, reply);
+            }
+        }
+    }
+
+    /// Files a reply from the node.
+    fn accept_reply(&mut self, reply: Reply<KvResponse>) {
+        if self.received.contains_key(&reply.tag) {
+            return; // Already given up on (node stopped).
+        }
+        if reply.tag & TAG_WRITE_BIT != 0 {
+            debug_assert!(
+                self.unanswered_writes > 0,
+                "a write reply nobody waited for"
+            );
+            self.unanswered_writes = self.unanswered_writes.saturating_sub(1);
+        }
+        self.received.insert(reply.tag, reply.result);
+    }
+
+    /// The node stopped: whatever it has not answered yet never will be. Returns true
+    /// if a slot changed.
+    fn abandon_unanswered(&mut self) -> bool {
+        let mut changed = false;
+        for slot in &self.slots {
+            if let Slot::Pending(tag) = slot {
+                if !self.received.contains_key(tag) {
+                    self.received.insert(*tag, Err(ClientError::NodeStopped));
+                    changed = true;
+                }
+            }
+        }
+        self.unsubmitted.clear();
+        self.unanswered_writes = 0;
+        changed
+    }
+
+    /// Moves the answered head of `slots` into `out`, in request order.
+    fn collect_answered(&mut self, shared: &Shared) {
+        while let Some(slot) = self.slots.front() {
+            match slot {
+                Slot::Ready(bytes) => self.out.extend_from_slice(bytes),
+                Slot::Pending(tag) => match self.received.remove(tag) {
+                    Some(result) => shared.write_result(&mut self.out, result),
+                    None => return,
+                },
+            }
+            self.slots.pop_front();
+        }
+    }
+
+    /// Writes unsent replies until done or the socket would block.
+    fn flush(&mut self) -> io::Result<()> {
+        while self.out_written < self.out.len() {
+            match self.stream.write(&self.out[self.out_written..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n_written) => {
+                    self.out_written += n_written;
+                    self.unsent_since = None;
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    self.unsent_since.get_or_insert_with(Instant::now);
+                    return Ok(());
+                }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(error),
+            }
+        }
+        self.out.clear();
+        self.out_written = 0;
+        self.unsent_since = None;
+        Ok(())
+    }
+
+    /// A reply tag for this connection's next request.
+    fn new_tag(&mut self, is_write: bool) -> u64 {
+        let sequence = self.next_request & TAG_SEQUENCE_MASK;
+        self.next_request = self.next_request.wrapping_add(1);
+        (self.id << TAG_CONNECTION_SHIFT) | (sequence << 1) | u64::from(is_write)
+    }
+
+    /// Handles one command: answers it locally or queues it for the node. Returns its
+    /// slot (QUIT also closes the connection once everything before it is answered).
+    fn command(&mut self, args: &[&[u8]], context: &mut Context<'_>) -> Slot {
         let mut out = Vec::new();
         let Some(name) = args.first() else {
             write_error(&mut out, "ERR empty command");
-            return (Slot::Ready(out), false);
+            return Slot::Ready(out);
         };
         let name = name.to_ascii_lowercase();
         let rest = &args[1..];
@@ -472,7 +912,8 @@ impl Connection<'_> {
             },
             b"quit" => {
                 write_simple_string(&mut out, "OK");
-                return (Slot::Ready(out), true);
+                self.read_closed = true;
+                self.closing = true;
             }
             b"select" => match rest {
                 [db] if *db == b"0" => write_simple_string(&mut out, "OK"),
@@ -484,7 +925,7 @@ impl Connection<'_> {
             },
             b"info" => {
                 let section = rest.first().map(|s| s.to_ascii_lowercase());
-                let text = self.info(section.as_deref());
+                let text = context.shared.info(section.as_deref());
                 write_bulk(&mut out, text.as_bytes());
             }
             b"config" => config_command(&mut out, rest),
@@ -493,13 +934,13 @@ impl Connection<'_> {
             b"client" => write_simple_string(&mut out, "OK"),
             // RESP3 is not spoken: clients fall back to RESP2 on this error.
             b"hello" => write_error(&mut out, "NOPROTO unsupported protocol version"),
-            _ => return (self.kv_command(args), false),
+            _ => return self.kv_command(args, context),
         }
-        (Slot::Ready(out), false)
+        Slot::Ready(out)
     }
 
-    /// Parses and submits a KV command.
-    fn kv_command(&mut self, args: &[&[u8]]) -> Slot {
+    /// Parses and encodes a KV command and queues it for submission.
+    fn kv_command(&mut self, args: &[&[u8]], context: &mut Context<'_>) -> Slot {
         let mut out = Vec::new();
         let command = match parse_command_args(args) {
             Ok(command) => command,
@@ -509,10 +950,6 @@ impl Connection<'_> {
             }
         };
         let read_only = command.is_read_only();
-        if read_only && self.write_outstanding {
-            // Keep read-your-writes within the pipeline (module docs).
-            self.wait_for_outstanding();
-        }
         let session = if read_only {
             None
         } else {
@@ -521,12 +958,12 @@ impl Connection<'_> {
                 sequence: self.last_sequence + 1,
             })
         };
-        self.encode_buffer.clear();
+        context.encode_buffer.clear();
         if let Err(error) = encode_request(
             session,
             &command,
-            &self.shared.config.kv_limits,
-            &mut self.encode_buffer,
+            &context.shared.config.kv_limits,
+            context.encode_buffer,
         ) {
             write_error(&mut out, &format!("ERR {error}"));
             return Slot::Ready(out);
@@ -534,49 +971,17 @@ impl Connection<'_> {
         if !read_only {
             self.last_sequence += 1;
         }
-        let tag = self.next_tag;
-        self.next_tag += 1;
-        let reply = ReplyTo {
+        let tag = self.new_tag(!read_only);
+        self.unsubmitted.push_back(Unsubmitted {
             tag,
-            sender: self.reply_tx.clone(),
-        };
-        let request = Bytes::copy_from_slice(&self.encode_buffer);
-        self.outstanding += 1;
-        if read_only {
-            self.shared.handle.read(request, reply);
-        } else {
-            self.write_outstanding = true;
-            self.shared.handle.propose(request, reply);
-        }
+            request: Bytes::copy_from_slice(context.encode_buffer),
+            read_only,
+        });
         Slot::Pending(tag)
     }
+}
 
-    /// Waits until every submitted request of this round has its reply (or the node
-    /// stopped).
-    fn wait_for_outstanding(&mut self) {
-        while self.outstanding > 0 {
-            match self.reply_rx.recv_timeout(Duration::from_millis(200)) {
-                Ok(reply) => {
-                    self.received.insert(reply.tag, reply.result);
-                    self.outstanding -= 1;
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    let status = self.shared.handle.status();
-                    if status.stopped.load(Ordering::Acquire) {
-                        // The stopped node answers what it held; anything still missing
-                        // after it stopped will never come.
-                        for reply in self.reply_rx.try_iter() {
-                            self.received.insert(reply.tag, reply.result);
-                        }
-                        self.outstanding = 0;
-                    }
-                }
-                Err(RecvTimeoutError::Disconnected) => self.outstanding = 0,
-            }
-        }
-        self.write_outstanding = false;
-    }
-
+impl Shared {
     fn write_result(&self, out: &mut Vec<u8>, result: Result<KvResponse, ClientError>) {
         match result {
             Ok(response) => write_kv_response(out, &response),
@@ -600,17 +1005,17 @@ impl Connection<'_> {
 
     /// The client address of a member, if known.
     fn client_addr_of(&self, node: u64) -> Option<String> {
-        if node == self.shared.config.node_id {
-            Some(self.shared.config.advertised_client_addr.clone()).filter(|addr| !addr.is_empty())
+        if node == self.config.node_id {
+            Some(self.config.advertised_client_addr.clone()).filter(|addr| !addr.is_empty())
         } else {
-            self.shared.peer_client_addrs.get(node)
+            self.peer_client_addrs.get(node)
         }
     }
 
     /// INFO text: `# Server` and `# Raft` (the brief's contract), CRLF line ends.
     fn info(&self, section: Option<&[u8]>) -> String {
         use std::fmt::Write as _;
-        let shared = self.shared;
+        let shared = self;
         let (server, raft) = match section {
             None | Some(b"all") | Some(b"default") | Some(b"everything") => (true, true),
             Some(b"server") => (true, false),

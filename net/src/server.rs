@@ -15,7 +15,7 @@ use std::time::Duration;
 use tally_engine::kv::{KvLimits, KvResponse, KvStateMachine};
 use tally_engine::runtime::{Node, NodeHandle, NodeOptions};
 
-use crate::client_port::{ClientPort, ClientPortConfig};
+use crate::client_port::{default_io_threads, ClientPort, ClientPortConfig};
 use crate::codec::CodecLimits;
 use crate::node_transport::{spawn_inbound_pump, GlueCounters, NetTransport};
 use crate::transport::{PeerTransport, TransportConfig};
@@ -40,6 +40,8 @@ pub struct ServerConfig {
     pub election_timeout_ms: u64,
     pub heartbeat_ms: u64,
     pub wal_backend: tally_wal::Backend,
+    /// Event-loop threads of the client port (`--threads`; at least 1).
+    pub client_io_threads: usize,
 }
 
 impl ServerConfig {
@@ -53,6 +55,7 @@ impl ServerConfig {
             election_timeout_ms: 500,
             heartbeat_ms: 50,
             wal_backend: tally_wal::Backend::Auto,
+            client_io_threads: default_io_threads(),
         }
     }
 }
@@ -137,9 +140,12 @@ impl Server {
             what: "inbound pump thread",
             source,
         })?;
+        let mut client_port_config =
+            ClientPortConfig::new(config.id, advertised_client_addr.clone());
+        client_port_config.io_threads = config.client_io_threads;
         let client_port = ClientPort::start(
             client_listener,
-            ClientPortConfig::new(config.id, advertised_client_addr.clone()),
+            client_port_config,
             node.handle(),
             peer_client_addrs,
         )
@@ -203,6 +209,11 @@ fn validate(config: &ServerConfig) -> Result<(), ServerError> {
             config.id
         )));
     }
+    if config.client_io_threads == 0 {
+        return Err(ServerError::Config(
+            "the client port needs at least one I/O thread".into(),
+        ));
+    }
     if config.peers.iter().any(|(id, _)| *id == 0) {
         return Err(ServerError::Config("peer ids must be nonzero".into()));
     }
@@ -263,6 +274,13 @@ mod tests {
         assert!(matches!(validate(&config), Err(ServerError::Config(_))));
         config.election_timeout_ms = 5;
         config.heartbeat_ms = 1;
+        assert!(matches!(validate(&config), Err(ServerError::Config(_))));
+    }
+
+    #[test]
+    fn zero_client_io_threads_are_refused() {
+        let mut config = config();
+        config.client_io_threads = 0;
         assert!(matches!(validate(&config), Err(ServerError::Config(_))));
     }
 

@@ -89,19 +89,61 @@ pub struct Reply<R> {
     pub result: Result<R, ClientError>,
 }
 
-/// Where a reply goes: the caller's channel and its token.
+/// Told after a reply was put on a caller's channel, so a caller that multiplexes many
+/// requests in an event loop (the client port's I/O threads) need not block on the
+/// channel. Called on the raft or apply thread: it must be cheap and must not block
+/// (coalescing repeated wake-ups is the implementor's job).
+pub trait ReplyWaker: Send + Sync {
+    fn wake(&self);
+}
+
+/// Where a reply goes: the caller's channel, its token and, optionally, whom to wake.
 pub struct ReplyTo<R> {
     pub tag: u64,
     pub sender: Sender<Reply<R>>,
+    /// Invariant: when set, called after (never before) the reply is on `sender`, so a
+    /// woken caller always finds it there.
+    pub waker: Option<Arc<dyn ReplyWaker>>,
 }
 
 impl<R> ReplyTo<R> {
-    /// Delivers the result; a caller that went away is not an error.
+    /// A reply target the caller blocks on (no wake-up hook).
+    pub fn new(tag: u64, sender: Sender<Reply<R>>) -> ReplyTo<R> {
+        ReplyTo {
+            tag,
+            sender,
+            waker: None,
+        }
+    }
+
+    /// A reply target that calls `waker` after each reply is sent.
+    pub fn with_waker(
+        tag: u64,
+        sender: Sender<Reply<R>>,
+        waker: Arc<dyn ReplyWaker>,
+    ) -> ReplyTo<R> {
+        ReplyTo {
+            tag,
+            sender,
+            waker: Some(waker),
+        }
+    }
+
+    /// Delivers the result, then wakes the caller; a caller that went away is not an
+    /// error.
     pub fn send(self, result: Result<R, ClientError>) {
-        let _ = self.sender.send(Reply {
-            tag: self.tag,
-            result,
-        });
+        let delivered = self
+            .sender
+            .send(Reply {
+                tag: self.tag,
+                result,
+            })
+            .is_ok();
+        if delivered {
+            if let Some(waker) = &self.waker {
+                waker.wake();
+            }
+        }
     }
 }
 

@@ -156,10 +156,7 @@ impl Cluster {
         while Instant::now() < deadline {
             let leader = self.wait_for_leader();
             let handle = self.nodes[&leader].handle();
-            let reply = ReplyTo {
-                tag: 1,
-                sender: sender.clone(),
-            };
+            let reply = ReplyTo::new(1, sender.clone());
             if read {
                 handle.read(payload.clone(), reply);
             } else {
@@ -236,13 +233,7 @@ fn pipelined_proposals_from_many_clients_all_commit() {
             &mut out,
         )
         .expect("encodes");
-        handle.propose(
-            Bytes::from(out),
-            ReplyTo {
-                tag: k,
-                sender: sender.clone(),
-            },
-        );
+        handle.propose(Bytes::from(out), ReplyTo::new(k, sender.clone()));
     }
     let mut answered = HashSet::new();
     for _ in 0..total {
@@ -375,7 +366,7 @@ fn a_follower_refuses_writes_and_names_the_leader() {
         std::thread::sleep(Duration::from_millis(5));
     }
     let (sender, receiver) = unbounded();
-    handle.propose(Bytes::from_static(b"x"), ReplyTo { tag: 9, sender });
+    handle.propose(Bytes::from_static(b"x"), ReplyTo::new(9, sender));
     let reply = receiver.recv_timeout(PATIENCE).expect("answered");
     match reply.result {
         // Leadership may have moved in between; the hint must still name a member.
@@ -385,4 +376,53 @@ fn a_follower_refuses_writes_and_names_the_leader() {
         Err(ClientError::NotLeader { leader: None }) => {}
         other => panic!("expected NotLeader, got {other:?}"),
     }
+}
+
+/// A waker that checks, when called, that the reply is already on the channel.
+struct ReplyVisibleWaker {
+    receiver: Receiver<Reply<KvResponse>>,
+    calls: std::sync::atomic::AtomicU64,
+    calls_with_reply_queued: std::sync::atomic::AtomicU64,
+}
+
+impl ReplyWaker for ReplyVisibleWaker {
+    fn wake(&self) {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if !self.receiver.is_empty() {
+            self.calls_with_reply_queued.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+#[test]
+fn reply_waker_is_called_once_per_reply_and_only_after_the_reply_is_queued() {
+    let (sender, receiver) = unbounded();
+    let waker = Arc::new(ReplyVisibleWaker {
+        receiver: receiver.clone(),
+        calls: Default::default(),
+        calls_with_reply_queued: Default::default(),
+    });
+    for tag in 0..3 {
+        let reply = ReplyTo::with_waker(tag, sender.clone(), Arc::clone(&waker) as _);
+        reply.send(Err(ClientError::Overloaded));
+        assert_eq!(receiver.try_recv().map(|r| r.tag).ok(), Some(tag));
+    }
+    assert_eq!(waker.calls.load(Ordering::SeqCst), 3);
+    assert_eq!(waker.calls_with_reply_queued.load(Ordering::SeqCst), 3);
+    // A plain target never wakes anyone.
+    ReplyTo::new(7, sender).send(Err(ClientError::Overloaded));
+    assert_eq!(waker.calls.load(Ordering::SeqCst), 3);
+}
+
+#[test]
+fn reply_waker_is_not_called_when_the_caller_went_away() {
+    let (sender, receiver) = unbounded::<Reply<KvResponse>>();
+    let waker = Arc::new(ReplyVisibleWaker {
+        receiver: unbounded().1,
+        calls: Default::default(),
+        calls_with_reply_queued: Default::default(),
+    });
+    drop(receiver);
+    ReplyTo::with_waker(1, sender, Arc::clone(&waker) as _).send(Err(ClientError::NodeStopped));
+    assert_eq!(waker.calls.load(Ordering::SeqCst), 0);
 }

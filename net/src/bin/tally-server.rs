@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use tally_net::client_port::default_io_threads;
 use tally_net::server::{Server, ServerConfig};
 
 #[derive(Parser, Debug)]
@@ -53,8 +54,8 @@ struct Args {
     /// Leader heartbeat interval.
     #[arg(long, default_value_t = 50)]
     heartbeat_ms: u64,
-    /// Thread budget hint (default: the core count). The client port serves each
-    /// connection on its own thread, so this is reported, not enforced (see README).
+    /// Client I/O threads: event loops that serve every client connection (default: the
+    /// core count).
     #[arg(long)]
     threads: Option<usize>,
     /// WAL I/O backend.
@@ -104,11 +105,10 @@ fn run(args: Args) -> Result<(), String> {
         .iter()
         .map(|text| parse_peer(text))
         .collect::<Result<Vec<_>, _>>()?;
-    let threads = args.threads.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    });
+    let client_io_threads = args.threads.unwrap_or_else(default_io_threads);
+    if client_io_threads == 0 {
+        return Err("--threads must be at least 1".into());
+    }
     let client_listener = TcpListener::bind(resolve("--listen-client", &args.listen_client)?)
         .map_err(|error| {
             format!(
@@ -124,6 +124,7 @@ fn run(args: Args) -> Result<(), String> {
     config.cluster_id = args.cluster_id;
     config.election_timeout_ms = args.election_timeout_ms;
     config.heartbeat_ms = args.heartbeat_ms;
+    config.client_io_threads = client_io_threads;
     config.wal_backend = args
         .wal_backend
         .parse()
@@ -143,10 +144,12 @@ fn run(args: Args) -> Result<(), String> {
         voters = ?voters,
         peer_addr = %server.peer_addr(),
         client_addr = %server.advertised_client_addr(),
-        threads_hint = threads,
+        client_io_threads,
         "tally-server ready. Threads: raft (core, batching, ticks), apply (state machine, replies, reads), \
-         WAL writer (group commit), peer-listen + 1 peer-recv per inbound peer connection, 1 peer-send per peer, \
-         peer-pump (decode inbound -> raft), client-accept + 1 client-conn per client"
+         WAL writer (group commit), peer-listen + 1 peer-recv per inbound peer connection, 1 peer-send per peer \
+         ({n_peers}), peer-pump (decode inbound -> raft), client-accept (round-robin hand-off), \
+         {client_io_threads} client-io (mio event loops serving every client connection)",
+        n_peers = voters.len() - 1,
     );
 
     let stop_requested = Arc::new(AtomicBool::new(false));

@@ -72,6 +72,17 @@ const TAG_CONNECTION_SHIFT: u32 = 24;
 const TAG_SEQUENCE_MASK: u64 = (1 << (TAG_CONNECTION_SHIFT - 1)) - 1;
 const TAG_WRITE_BIT: u64 = 1;
 
+/// The reply tag of a connection's request number `sequence` (taken modulo 2^23).
+fn reply_tag(connection_id: u64, sequence: u64, is_write: bool) -> u64 {
+    debug_assert!(
+        connection_id < 1 << 40,
+        "connection ids must fit the reply tag"
+    );
+    (connection_id << TAG_CONNECTION_SHIFT)
+        | ((sequence & TAG_SEQUENCE_MASK) << 1)
+        | u64::from(is_write)
+}
+
 /// The core count (the default number of I/O threads).
 pub fn default_io_threads() -> usize {
     std::thread::available_parallelism()
@@ -142,7 +153,7 @@ struct Shared {
     config: ClientPortConfig,
     handle: NodeHandle<KvResponse>,
     peer_client_addrs: PeerClientAddrs,
-    counters: ClientPortCounters,
+    counters: Arc<ClientPortCounters>,
     started: Instant,
     local_addr: SocketAddr,
     /// Set once at shutdown: the accept thread stops, I/O threads stop reading, answer
@@ -158,15 +169,15 @@ struct LoopWaker {
     /// Invariant: true ⇒ a wake was issued that the I/O thread has not acknowledged
     /// yet, so it will drain its queues after this flag's last setter queued its item.
     wake_pending: AtomicBool,
-    shared: Arc<Shared>,
+    counters: Arc<ClientPortCounters>,
 }
 
 impl LoopWaker {
-    fn new(registry: &mio::Registry, shared: Arc<Shared>) -> io::Result<LoopWaker> {
+    fn new(registry: &mio::Registry, counters: Arc<ClientPortCounters>) -> io::Result<LoopWaker> {
         Ok(LoopWaker {
             waker: Waker::new(registry, WAKE_TOKEN)?,
             wake_pending: AtomicBool::new(false),
-            shared,
+            counters,
         })
     }
 
@@ -181,10 +192,7 @@ impl LoopWaker {
 impl ReplyWaker for LoopWaker {
     fn wake(&self) {
         if !self.wake_pending.swap(true, Ordering::AcqRel) {
-            self.shared
-                .counters
-                .io_wakeups
-                .fetch_add(1, Ordering::Relaxed);
+            self.counters.io_wakeups.fetch_add(1, Ordering::Relaxed);
             if let Err(error) = self.waker.wake() {
                 // The I/O thread still drains its queues every IO_TICK.
                 tracing::warn!(%error, "cannot wake a client I/O thread");
@@ -225,7 +233,7 @@ impl ClientPort {
             config,
             handle,
             peer_client_addrs,
-            counters: ClientPortCounters::default(),
+            counters: Arc::new(ClientPortCounters::default()),
             started: Instant::now(),
             local_addr,
             stopping: AtomicBool::new(false),
@@ -240,7 +248,10 @@ impl ClientPort {
         let mut inboxes = Vec::with_capacity(n_io_threads);
         for index in 0..n_io_threads {
             let poll = Poll::new()?;
-            let waker = Arc::new(LoopWaker::new(poll.registry(), Arc::clone(&shared))?);
+            let waker = Arc::new(LoopWaker::new(
+                poll.registry(),
+                Arc::clone(&shared.counters),
+            )?);
             let (new_tx, new_rx) = crossbeam_channel::unbounded();
             let io_loop = IoLoop::new(Arc::clone(&shared), poll, Arc::clone(&waker), new_rx);
             // On error, `port` drops here and stops the threads already started.
@@ -885,9 +896,9 @@ impl Connection {
 
     /// A reply tag for this connection's next request.
     fn new_tag(&mut self, is_write: bool) -> u64 {
-        let sequence = self.next_request & TAG_SEQUENCE_MASK;
+        let tag = reply_tag(self.id, self.next_request, is_write);
         self.next_request = self.next_request.wrapping_add(1);
-        (self.id << TAG_CONNECTION_SHIFT) | (sequence << 1) | u64::from(is_write)
+        tag
     }
 
     /// Handles one command: answers it locally or queues it for the node. Returns its
@@ -1116,6 +1127,51 @@ mod tests {
         out.clear();
         config_command(&mut out, &[b"SET", b"save", b""]);
         assert!(out.starts_with(b"-ERR"));
+    }
+
+    #[test]
+    fn a_burst_of_wakes_costs_one_waker_call_until_the_loop_acknowledges() {
+        let mut poll = Poll::new().expect("poll");
+        let counters = Arc::new(ClientPortCounters::default());
+        let waker = LoopWaker::new(poll.registry(), Arc::clone(&counters)).expect("waker");
+        for _ in 0..1000 {
+            waker.wake();
+        }
+        assert_eq!(counters.io_wakeups.load(Ordering::Relaxed), 1);
+        let mut events = Events::with_capacity(8);
+        poll.poll(&mut events, None).expect("poll");
+        assert!(events.iter().any(|event| event.token() == WAKE_TOKEN));
+        waker.acknowledge();
+        // After the acknowledgement the next reply must wake the loop again.
+        waker.wake();
+        waker.wake();
+        assert_eq!(counters.io_wakeups.load(Ordering::Relaxed), 2);
+        poll.poll(&mut events, None).expect("poll");
+        assert!(events.iter().any(|event| event.token() == WAKE_TOKEN));
+    }
+
+    #[test]
+    fn reply_tags_name_their_connection_and_whether_they_are_writes() {
+        for (connection_id, sequence, is_write) in [
+            (1, 0, true),
+            (7, TAG_SEQUENCE_MASK, false),
+            ((1 << 40) - 1, 12345, true),
+        ] {
+            let tag = reply_tag(connection_id, sequence, is_write);
+            assert_eq!(tag >> TAG_CONNECTION_SHIFT, connection_id);
+            assert_eq!(tag & TAG_WRITE_BIT != 0, is_write);
+            assert_eq!((tag >> 1) & TAG_SEQUENCE_MASK, sequence);
+        }
+        // The sequence wraps inside its field instead of spilling into the id.
+        assert_eq!(
+            reply_tag(3, TAG_SEQUENCE_MASK + 1, false),
+            reply_tag(3, 0, false)
+        );
+        // Far more sequence values than unanswered commands may exist at once.
+        assert!(
+            ClientPortConfig::new(1, String::new()).max_pipeline_commands as u64
+                <= TAG_SEQUENCE_MASK
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::time::Duration;
 use tally_engine::kv::{KvLimits, KvResponse, KvStateMachine};
 use tally_engine::runtime::{Node, NodeHandle, NodeOptions};
 
-use crate::client_port::{default_io_threads, ClientPort, ClientPortConfig};
+use crate::client_port::{default_io_threads, ClientPort, ClientPortConfig, ClientPortCounters};
 use crate::codec::CodecLimits;
 use crate::node_transport::{spawn_inbound_pump, GlueCounters, NetTransport};
 use crate::transport::{PeerTransport, TransportConfig};
@@ -182,6 +182,11 @@ impl Server {
         self.node.handle()
     }
 
+    /// Counters of the client port (connections, commands, I/O-thread wake-ups).
+    pub fn client_port_counters(&self) -> &ClientPortCounters {
+        self.client_port.counters()
+    }
+
     /// True once the node stopped on its own (fail-stop).
     pub fn has_failed(&self) -> bool {
         self.node.has_failed()
@@ -244,6 +249,151 @@ fn node_options(config: &ServerConfig) -> NodeOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resp::{parse_reply, write_command, RespLimits, RespValue};
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::sync::atomic::Ordering;
+    use std::time::Instant;
+
+    /// Generous: only a hung server reaches it (tests never assert on timing).
+    const PATIENCE: Duration = Duration::from_secs(60);
+
+    /// A one-member cluster on loopback with `io_threads` client I/O threads, once it
+    /// leads.
+    fn single_member(dir: &std::path::Path, io_threads: usize) -> Server {
+        let mut config = ServerConfig::new(1, dir, Vec::new());
+        config.client_io_threads = io_threads;
+        let peer_listener = TcpListener::bind("127.0.0.1:0").expect("bind peer");
+        let client_listener = TcpListener::bind("127.0.0.1:0").expect("bind client");
+        let server = Server::start(config, peer_listener, client_listener).expect("start");
+        let deadline = Instant::now() + PATIENCE;
+        while server.handle().status().role() != tally_engine::raft::Role::Leader {
+            assert!(Instant::now() < deadline, "the single member never led");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        server
+    }
+
+    /// Sends every command in one write, then reads exactly one reply per command.
+    fn pipeline(stream: &mut TcpStream, commands: &[Vec<String>]) -> Vec<RespValue> {
+        let mut out = Vec::new();
+        for command in commands {
+            let args: Vec<&[u8]> = command.iter().map(|a| a.as_bytes()).collect();
+            write_command(&mut out, &args);
+        }
+        stream.write_all(&out).expect("send pipeline");
+        read_replies(stream, commands.len())
+    }
+
+    /// Reads up to `n_replies` replies; fewer if the server closes first.
+    fn read_replies(stream: &mut TcpStream, n_replies: usize) -> Vec<RespValue> {
+        let mut buffer = Vec::new();
+        let mut replies = Vec::new();
+        let mut chunk = [0u8; 16 * 1024];
+        while replies.len() < n_replies {
+            if let Some((value, used)) =
+                parse_reply(&buffer, &RespLimits::default()).expect("a well-formed reply")
+            {
+                buffer.drain(..used);
+                replies.push(value);
+                continue;
+            }
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            }
+        }
+        replies
+    }
+
+    fn command(args: &[&str]) -> Vec<String> {
+        args.iter().map(|a| a.to_string()).collect()
+    }
+
+    #[test]
+    fn pipelined_reads_see_earlier_writes_of_their_connection_on_every_io_thread() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = single_member(dir.path(), 3);
+        let addr = server.client_addr();
+        let n_clients = 6;
+        let clients: Vec<_> = (0..n_clients)
+            .map(|client| {
+                std::thread::spawn(move || {
+                    let mut stream = TcpStream::connect(addr).expect("connect");
+                    stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+                    // SET then GET of the same key, INCRs then a GET of the counter, all
+                    // in one pipeline: each read must see every write sent before it.
+                    let mut commands = Vec::new();
+                    for round in 0..40 {
+                        let key = format!("c{client}-k{round}");
+                        commands.push(command(&["SET", &key, &format!("v{round}")]));
+                        commands.push(command(&["GET", &key]));
+                        commands.push(command(&["INCR", &format!("c{client}-counter")]));
+                        commands.push(command(&["GET", &format!("c{client}-counter")]));
+                    }
+                    let replies = pipeline(&mut stream, &commands);
+                    assert_eq!(replies.len(), commands.len(), "one reply per command");
+                    for (round, chunk) in replies.chunks(4).enumerate() {
+                        let count = (round + 1).to_string();
+                        assert_eq!(chunk[0], RespValue::Simple(b"OK".to_vec()));
+                        assert_eq!(
+                            chunk[1],
+                            RespValue::Bulk(Some(format!("v{round}").into_bytes()))
+                        );
+                        assert_eq!(chunk[2], RespValue::Integer(round as i64 + 1));
+                        assert_eq!(chunk[3], RespValue::Bulk(Some(count.into_bytes())));
+                    }
+                })
+            })
+            .collect();
+        for client in clients {
+            client.join().expect("client thread");
+        }
+        let counters = server.client_port_counters();
+        assert_eq!(
+            counters.connections_accepted.load(Ordering::Relaxed),
+            n_clients
+        );
+        assert_eq!(counters.commands.load(Ordering::Relaxed), n_clients * 160);
+        server.shutdown().expect("clean shutdown");
+    }
+
+    #[test]
+    fn shutdown_answers_every_command_already_parsed_then_closes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = single_member(dir.path(), 2);
+        let mut stream = TcpStream::connect(server.client_addr()).expect("connect");
+        stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+        let n_commands = 300;
+        let mut out = Vec::new();
+        for index in 0..n_commands {
+            let key = format!("k{index}");
+            write_command(&mut out, &[b"SET", key.as_bytes(), b"v"]);
+        }
+        stream.write_all(&out).expect("send");
+        // Wait until the port has parsed (and so owes) every command, then stop it.
+        let deadline = Instant::now() + PATIENCE;
+        while server
+            .client_port_counters()
+            .commands
+            .load(Ordering::Relaxed)
+            < n_commands
+        {
+            assert!(Instant::now() < deadline, "the pipeline was never parsed");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let stopper = std::thread::spawn(move || server.shutdown());
+        let replies = read_replies(&mut stream, n_commands as usize + 1);
+        assert_eq!(
+            replies.len(),
+            n_commands as usize,
+            "every parsed command answered, nothing more"
+        );
+        assert!(replies
+            .iter()
+            .all(|reply| *reply == RespValue::Simple(b"OK".to_vec())));
+        stopper.join().expect("stopper").expect("clean shutdown");
+    }
 
     fn config() -> ServerConfig {
         let peer: SocketAddr = "127.0.0.1:1".parse().expect("address");

@@ -44,7 +44,25 @@ fn nodes_for(seed: u64, fixed: Option<usize>) -> usize {
 fn run_one(seed: u64, nodes: usize, trace: bool) -> (bool, String) {
     let mut cfg = SimConfig::new(seed, nodes);
     cfg.trace = trace;
-    let report = Simulation::new(cfg).run();
+    // A core assertion (e.g. "truncating committed entry") is a violation of this seed,
+    // not the end of the whole run.
+    let report = match std::panic::catch_unwind(|| Simulation::new(cfg).run()) {
+        Ok(report) => report,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            return (
+                false,
+                format!(
+                    "VIOLATION seed {seed} ({nodes} nodes):\n  assertion failed inside the run: {message}\n  \
+                     replay: cargo run --release -p tally-engine --example simulate -- --seed {seed} --nodes {nodes} --trace\n"
+                ),
+            );
+        }
+    };
     if report.violations.is_empty() {
         return (true, String::new());
     }

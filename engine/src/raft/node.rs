@@ -390,6 +390,8 @@ impl RaftNode {
         };
         node.applied_by_runtime = node.log.applied();
         node.reset_election_timer();
+        node.role = Role::Learner;
+        node.refresh_passive_role();
         node
     }
 
@@ -598,17 +600,38 @@ impl RaftNode {
         self.set_configuration(configuration);
     }
 
-    fn set_configuration(&mut self, configuration: Configuration) {
-        self.configuration = configuration;
-        let is_voter = self.configuration.is_voter(self.cfg.id);
+    /// Whether this node may start elections. A voter of the latest configuration may;
+    /// so may a voter of the previous one while the latest is not committed: it may be
+    /// needed to commit it (thesis §4.2.2) — e.g. a leader that appended a C_new without
+    /// itself and lost leadership before anyone else stored that entry. Its own vote
+    /// still counts only where the configuration says so.
+    fn can_campaign(&self) -> bool {
+        if self.configuration.is_voter(self.cfg.id) {
+            return true;
+        }
+        let n = self.configuration_history.len();
+        n >= 2
+            && self.configuration_history[n - 1].0 > self.log.committed()
+            && self.configuration_history[n - 2].1.is_voter(self.cfg.id)
+    }
+
+    /// Follower or Learner, by `can_campaign`, for a node that is neither leader nor
+    /// candidate.
+    fn refresh_passive_role(&mut self) {
+        let can_campaign = self.can_campaign();
         match self.role {
-            Role::Learner if is_voter => {
+            Role::Learner if can_campaign => {
                 self.role = Role::Follower;
                 self.reset_election_timer();
             }
-            Role::Follower if !is_voter => self.role = Role::Learner,
+            Role::Follower if !can_campaign => self.role = Role::Learner,
             _ => {}
         }
+    }
+
+    fn set_configuration(&mut self, configuration: Configuration) {
+        self.configuration = configuration;
+        self.refresh_passive_role();
         if self.role == Role::Leader {
             let members = self.configuration.members();
             self.progress.retain(|id, _| members.contains(id));
@@ -809,7 +832,7 @@ impl RaftNode {
                 }
             }
             MessageBody::TimeoutNow => {
-                if self.role == Role::Follower && self.configuration.is_voter(self.cfg.id) {
+                if self.role == Role::Follower && self.can_campaign() {
                     self.start_election(true);
                 }
             }
@@ -919,7 +942,7 @@ impl RaftNode {
     fn become_follower(&mut self, term: u64, leader: Option<NodeId>) {
         let was_leader = self.role == Role::Leader;
         self.set_term(term);
-        self.role = if self.configuration.is_voter(self.cfg.id) {
+        self.role = if self.can_campaign() {
             Role::Follower
         } else {
             Role::Learner
@@ -944,7 +967,7 @@ impl RaftNode {
     }
 
     fn start_election(&mut self, leadership_transfer: bool) {
-        if !self.configuration.is_voter(self.cfg.id) {
+        if !self.can_campaign() {
             return;
         }
         if self.cfg.pre_vote && !leadership_transfer {
@@ -1470,6 +1493,8 @@ impl RaftNode {
             let new_commit = leader_commit.min(last_new_index);
             if new_commit > self.log.committed() {
                 self.log.committed = new_commit;
+                // Committing a configuration that excludes us ends our candidacy rights.
+                self.refresh_passive_role();
             }
         }
         self.send_append_response(

@@ -781,7 +781,8 @@ fn truncating_a_configuration_entry_restores_the_previous_configuration() {
 }
 
 #[test]
-fn restarted_node_uses_the_latest_configuration_in_its_log() {
+fn removed_node_may_campaign_until_its_removal_is_committed() {
+    // Node 1 restarts with C_new = {2, 3, 4} (which drops it) as the latest entry.
     let new = Configuration::new([2, 3, 4]);
     let entries = vec![
         entry(1, 1),
@@ -796,17 +797,26 @@ fn restarted_node_uses_the_latest_configuration_in_its_log() {
         term: 1,
         voted_for: None,
     };
-    let node = RaftNode::restart(
+    let mut node = RaftNode::restart(
         config(1),
         three_nodes(),
         hard_state,
         LogStart::default(),
         entries,
     );
-    assert_eq!(node.configuration(), &new);
+    assert_eq!(
+        node.configuration(),
+        &new,
+        "the latest configuration in the log is in effect"
+    );
+    // Until C_new is known committed, node 1 may be the only holder of it and must be
+    // able to get elected to finish the change (thesis §4.2.2).
+    assert_eq!(node.role(), Role::Follower);
+    node.step(message(2, 1, 2, append((2, 1), vec![], 2)));
+    assert_eq!(node.commit_index(), 2);
     assert_eq!(
         node.role(),
         Role::Learner,
-        "a node outside the configuration must not campaign"
+        "a removed node kept campaigning after its removal committed"
     );
 }

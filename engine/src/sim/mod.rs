@@ -3,8 +3,9 @@
 //! Single-threaded, simulated time in microseconds, every random choice drawn from one
 //! ChaCha RNG seeded by [`SimConfig::seed`]: a seed replays exactly. It runs N
 //! [`RaftNode`]s over a simulated network (drop, delay, duplication, reordering,
-//! symmetric and one-way partitions), simulated disks with a durable/unsynced split
-//! ([`storage::SimStorage`]; crashes lose unsynced writes), per-node clock drift (each
+//! symmetric and one-way partitions), each node's log in the real `tally-wal` over its
+//! fault-injecting in-memory disk ([`storage::WalStorage`]: a crash loses unsynced
+//! writes and may tear the last one at any byte), per-node clock drift (each
 //! node ticks at its own rate), and clients that write and read registers throughout.
 //!
 //! After every step the [`checker::Checker`] verifies Election Safety, Leader
@@ -34,7 +35,7 @@ use crate::raft::{
 };
 use checker::{Checker, NodeWatch};
 use history::{History, OperationKind};
-use storage::{MemStorage, SimStorage};
+use storage::{SimStorage, WalStorage};
 
 /// Which faults a run injects while faults are active.
 #[derive(Clone, Debug)]
@@ -327,7 +328,7 @@ impl Simulation {
             nodes.push(SimNode {
                 id: k as u64 + 1,
                 raft: None,
-                storage: Box::new(MemStorage::new()),
+                storage: Box::new(WalStorage::new()),
                 incarnation: 0,
                 tick_interval_us,
                 fsync_free_at_us: 0,

@@ -958,22 +958,7 @@ impl<S: Storage> WalCore<S> {
         if hard_state == current {
             return Ok(());
         }
-        if hard_state.term < current.term {
-            return Err(WalError::HardStateRegression {
-                reason: format!(
-                    "term {} is below the current term {}",
-                    hard_state.term, current.term
-                ),
-            });
-        }
-        if hard_state.term == current.term && current.vote != 0 && hard_state.vote != current.vote {
-            return Err(WalError::HardStateRegression {
-                reason: format!(
-                    "vote for {} in term {} after voting for {}",
-                    hard_state.vote, current.term, current.vote
-                ),
-            });
-        }
+        check_hard_state_transition(current, hard_state)?;
         self.ensure_staging_room(HARD_STATE_RECORD_LEN)?;
         self.stage_record(Record::HardState(hard_state), |out| {
             format::encode_hard_state(out, hard_state)
@@ -1470,4 +1455,27 @@ fn find_valid_batch_after(
         }
     }
     None
+}
+
+/// The one rule for changing the hard state, shared by the synchronous core and the
+/// group-commit queue: the term never decreases and a vote is never changed within a
+/// term (Raft's "one vote per term" must survive crashes).
+pub(crate) fn check_hard_state_transition(current: HardState, next: HardState) -> Result<()> {
+    if next.term < current.term {
+        return Err(WalError::HardStateRegression {
+            reason: format!(
+                "term {} is below the current term {}",
+                next.term, current.term
+            ),
+        });
+    }
+    if next.term == current.term && current.vote != 0 && next.vote != current.vote {
+        return Err(WalError::HardStateRegression {
+            reason: format!(
+                "vote for {} in term {} after voting for {}",
+                next.vote, current.term, current.vote
+            ),
+        });
+    }
+    Ok(())
 }

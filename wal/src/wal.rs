@@ -604,22 +604,7 @@ impl<S: Storage> Wal<S> {
     pub fn set_hard_state(&self, hard_state: HardState) -> Result<Ticket<S>> {
         let mut queue = self.lock_queue_with_room(format::HARD_STATE_RECORD_LEN, 0)?;
         let current = queue.hard_state;
-        if hard_state.term < current.term {
-            return Err(WalError::HardStateRegression {
-                reason: format!(
-                    "term {} is below the current term {}",
-                    hard_state.term, current.term
-                ),
-            });
-        }
-        if hard_state.term == current.term && current.vote != 0 && hard_state.vote != current.vote {
-            return Err(WalError::HardStateRegression {
-                reason: format!(
-                    "vote for {} in term {} after voting for {}",
-                    hard_state.vote, current.term, current.vote
-                ),
-            });
-        }
+        crate::core::check_hard_state_transition(current, hard_state)?;
         if hard_state != current {
             format::encode_hard_state(&mut queue.body, hard_state);
             queue.hard_state = hard_state;

@@ -289,15 +289,36 @@ impl Storage for FsStorage {
             .create(true)
             .truncate(false)
             .open(self.dir.join(LOCK_FILE_NAME))?;
-        // SAFETY: plain syscall on a descriptor we own. flock locks belong to the open
-        // file description, so a second open in this process is refused as well.
-        let ret = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        cvt(ret)?;
+        // A lock found held is retried for a short, bounded time before giving up: flock
+        // locks belong to the open file description, and a child that another thread of
+        // this (or the previous owner's) process forks copies that description and holds
+        // it until its `exec` closes the CLOEXEC descriptor. Without the retry, reopening
+        // a WAL right after closing it fails spuriously whenever the process also spawns
+        // children. A real second owner still gets `WouldBlock` after the wait.
+        let deadline = std::time::Instant::now() + LOCK_CONTENTION_WAIT;
+        loop {
+            // SAFETY: plain syscall on a descriptor we own. flock locks belong to the open
+            // file description, so a second open in this process is refused as well.
+            let ret = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            match cvt(ret) {
+                Ok(_) => break,
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(e) => return Err(e),
+            }
+        }
         Ok(DirLock {
             _guard: Box::new(file),
         })
     }
 }
+
+/// How long `FsStorage::lock` keeps retrying a held lock (see there for why).
+const LOCK_CONTENTION_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 // ---------------------------------------------------------------------------------------
 // Simulated disk

@@ -9,13 +9,21 @@
 //! is pending: the next batch is whatever queued during the previous fsync.
 //!
 //! Lock order (never taken in the other direction): queue → core, queue → durable.
+//!
+//! Disk emulation: [`GroupCommitOptions::emulated_sync_delay`] makes the writer sleep a
+//! fixed time after every successful batch fdatasync and before it publishes the batch as
+//! durable, so a fast device behaves like a slower one (an HDD's ~8 ms rotational fsync)
+//! on machines without that hardware. The sleep sits where the device wait sits, outside
+//! the core lock, so the next batch accumulates during it exactly as during a real slow
+//! fsync and group commit keeps working. It is the same for every backend because it
+//! lives in the writer loop, not in an [`IoBackend`].
 
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex};
@@ -41,6 +49,11 @@ pub struct GroupCommitOptions {
     /// Receives every newly published durable index (use an unbounded channel, or one
     /// that is drained promptly: the writer blocks on a full channel).
     pub durable_subscriber: Option<crossbeam_channel::Sender<u64>>,
+    /// Emulated extra device latency: after each successful batch write + fdatasync the
+    /// writer sleeps this long before it reports the batch durable (`None`: real disk
+    /// only). For benchmarking slow disks on fast hardware; never weakens durability (the
+    /// real fdatasync still happens first).
+    pub emulated_sync_delay: Option<Duration>,
 }
 
 impl Default for GroupCommitOptions {
@@ -51,6 +64,7 @@ impl Default for GroupCommitOptions {
             max_pending_bytes: 8 << 20,
             max_pending_entries: 64 * 1024,
             durable_subscriber: None,
+            emulated_sync_delay: None,
         }
     }
 }
@@ -67,6 +81,8 @@ pub struct WalStats {
     fsync_total_us: AtomicU64,
     fsync_max_us: AtomicU64,
     fsync_histogram: [AtomicU64; FSYNC_HISTOGRAM_BUCKETS],
+    /// The configured emulated sync delay (0 = none); constant for the WAL's lifetime.
+    emulated_sync_delay_us: u64,
 }
 
 /// A copy of [`WalStats`] at one moment.
@@ -79,7 +95,12 @@ pub struct WalStatsSnapshot {
     pub bytes: u64,
     pub fsync_total_us: u64,
     pub fsync_max_us: u64,
+    /// Bucketed write+fsync latencies (see [`FSYNC_HISTOGRAM_BUCKETS`]); like
+    /// `fsync_total_us` and `fsync_max_us` they include any emulated sync delay.
     pub fsync_histogram: Vec<u64>,
+    /// Emulated delay added after every batch fdatasync, in µs (0 = real disk only);
+    /// reports use it to say their figures come from an emulated disk.
+    pub emulated_sync_delay_us: u64,
 }
 
 impl WalStatsSnapshot {
@@ -108,6 +129,13 @@ impl WalStatsSnapshot {
 }
 
 impl WalStats {
+    fn with_emulated_sync_delay(delay: Option<Duration>) -> Self {
+        WalStats {
+            emulated_sync_delay_us: delay.map_or(0, |d| d.as_micros() as u64),
+            ..WalStats::default()
+        }
+    }
+
     fn record_batch(&self, entries: u64, bytes: u64, latency_us: u64) {
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.entries.fetch_add(entries, Ordering::Relaxed);
@@ -131,6 +159,7 @@ impl WalStats {
                 .iter()
                 .map(|c| c.load(Ordering::Relaxed))
                 .collect(),
+            emulated_sync_delay_us: self.emulated_sync_delay_us,
         }
     }
 }
@@ -210,6 +239,8 @@ struct Shared<S: Storage> {
     max_pending_entries: usize,
     max_entry_size_bytes: u64,
     subscriber: Option<crossbeam_channel::Sender<u64>>,
+    /// Slept after each successful batch fdatasync (see the module docs).
+    emulated_sync_delay: Option<Duration>,
     backend_name: &'static str,
     recovery_report: RecoveryReport,
 }
@@ -340,11 +371,12 @@ impl<S: Storage> Wal<S> {
             }),
             durable_changed: Condvar::new(),
             durable_index: AtomicU64::new(durable_index),
-            stats: WalStats::default(),
+            stats: WalStats::with_emulated_sync_delay(options.emulated_sync_delay),
             max_pending_bytes: options.max_pending_bytes.clamp(1, max_batch),
             max_pending_entries: options.max_pending_entries.max(1),
             max_entry_size_bytes: core.options().max_entry_size_bytes,
             subscriber: options.durable_subscriber.clone(),
+            emulated_sync_delay: options.emulated_sync_delay.filter(|d| !d.is_zero()),
             backend_name: backend.name(),
             recovery_report: core.recovery_report().clone(),
             core: Mutex::new(core),
@@ -374,6 +406,11 @@ impl<S: Storage> Wal<S> {
     /// What recovery found when the WAL was opened.
     pub fn recovery_report(&self) -> &RecoveryReport {
         &self.shared().recovery_report
+    }
+
+    /// The emulated delay added after every batch fdatasync, if any.
+    pub fn emulated_sync_delay(&self) -> Option<Duration> {
+        self.shared().emulated_sync_delay
     }
 
     /// Writer statistics.
@@ -780,6 +817,11 @@ fn writer_loop<S: Storage>(shared: Arc<Shared<S>>, mut backend: Box<dyn IoBacken
                     commit.offset,
                 );
                 drop(commit);
+                if let (Ok(()), Some(delay)) = (&outcome, shared.emulated_sync_delay) {
+                    // The emulated slow device: nothing is published before this ends,
+                    // and no lock is held, so appenders keep filling the next batch.
+                    std::thread::sleep(delay);
+                }
                 core = shared.core.lock();
                 core.finish_commit(outcome)
             }

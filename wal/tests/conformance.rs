@@ -6,6 +6,7 @@ mod common;
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{entries, entry};
@@ -28,6 +29,7 @@ fn options(backend: Backend, segment_size_bytes: u64) -> GroupCommitOptions {
         max_pending_bytes: 64 * 1024,
         max_pending_entries: 512,
         durable_subscriber: None,
+        emulated_sync_delay: None,
     }
 }
 
@@ -101,6 +103,7 @@ fn concurrent_appenders_get_unique_contiguous_durable_indexes(backend: Backend) 
     let stats = wal.stats();
     assert_eq!(stats.entries, total);
     assert!(stats.batches >= 1 && stats.batches <= total);
+    assert_eq!(stats.emulated_sync_delay_us, 0, "no emulation unless asked");
     // Every payload exactly once, and each thread's appends in index order.
     let mut seen = HashSet::new();
     let mut last_seq_per_thread = vec![None::<(u32, u32)>; THREADS as usize];
@@ -254,6 +257,94 @@ fn a_locked_directory_cannot_be_opened_twice(backend: Backend) {
     Wal::open(dir.path(), options(backend, 64 * 1024)).expect("reopen after close");
 }
 
+fn each_synced_batch_waits_at_least_the_emulated_sync_delay(backend: Backend) {
+    if !available(backend) {
+        return;
+    }
+    const DELAY: Duration = Duration::from_millis(15);
+    const BATCHES: u32 = 5;
+    let dir = temp_dir();
+    let wal = Wal::open(
+        dir.path(),
+        GroupCommitOptions {
+            emulated_sync_delay: Some(DELAY),
+            ..options(backend, 256 * 1024)
+        },
+    )
+    .expect("open");
+    assert_eq!(wal.emulated_sync_delay(), Some(DELAY));
+    let started = Instant::now();
+    for seq in 0..BATCHES {
+        // One blocking caller: every append is its own batch and its own fdatasync.
+        let durable = wal
+            .append_assign(1, 0, &[Bytes::from(format!("entry {seq}"))])
+            .expect("append")
+            .wait()
+            .expect("durable");
+        assert_eq!(durable, u64::from(seq) + 1);
+    }
+    let elapsed = started.elapsed();
+    // A lower bound only: a slow machine can take longer, never shorter.
+    assert!(
+        elapsed >= DELAY * BATCHES,
+        "{BATCHES} synced batches took {elapsed:?}, less than {BATCHES} x {DELAY:?}"
+    );
+    let stats = wal.stats();
+    assert_eq!(stats.batches, u64::from(BATCHES));
+    assert_eq!(stats.emulated_sync_delay_us, DELAY.as_micros() as u64);
+    assert!(
+        stats.fsync_total_us >= stats.emulated_sync_delay_us * u64::from(BATCHES),
+        "the recorded fsync latency includes the emulated delay: {stats:?}"
+    );
+    drop(wal);
+    assert_eq!(reopen_core(dir.path()).last_index(), u64::from(BATCHES));
+}
+
+fn batching_keeps_growing_while_the_emulated_delay_holds_the_writer(backend: Backend) {
+    if !available(backend) {
+        return;
+    }
+    const THREADS: u64 = 16;
+    const APPENDS_PER_THREAD: u64 = 12;
+    let dir = temp_dir();
+    let wal = Wal::open(
+        dir.path(),
+        GroupCommitOptions {
+            emulated_sync_delay: Some(Duration::from_millis(20)),
+            ..options(backend, 256 * 1024)
+        },
+    )
+    .expect("open");
+    let handles: Vec<_> = (0..THREADS)
+        .map(|thread| {
+            let wal = wal.clone();
+            std::thread::spawn(move || {
+                for seq in 0..APPENDS_PER_THREAD {
+                    // Blocking callers: one append outstanding per thread.
+                    wal.append_assign(1, 0, &[Bytes::from(format!("{thread}:{seq}"))])
+                        .expect("append")
+                        .wait()
+                        .expect("durable");
+                }
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.join().expect("appender thread");
+    }
+    let entries = THREADS * APPENDS_PER_THREAD;
+    assert_eq!(wal.durable_index(), entries);
+    let stats = wal.stats();
+    assert_eq!(stats.entries, entries);
+    // While the writer sleeps, the other appenders queue into the next batch: far fewer
+    // fdatasyncs than entries (one per entry would mean group commit stopped working).
+    assert!(
+        stats.batches * 2 <= entries,
+        "{} fsyncs for {entries} entries from {THREADS} concurrent appenders",
+        stats.batches
+    );
+}
+
 macro_rules! conformance_suite {
     ($module:ident, $backend:expr) => {
         mod $module {
@@ -268,6 +359,14 @@ macro_rules! conformance_suite {
             #[test]
             fn batches_roll_across_segments_and_large_entries_round_trip() {
                 super::batches_roll_across_segments_and_large_entries_round_trip($backend);
+            }
+            #[test]
+            fn each_synced_batch_waits_at_least_the_emulated_sync_delay() {
+                super::each_synced_batch_waits_at_least_the_emulated_sync_delay($backend);
+            }
+            #[test]
+            fn batching_keeps_growing_while_the_emulated_delay_holds_the_writer() {
+                super::batching_keeps_growing_while_the_emulated_delay_holds_the_writer($backend);
             }
             #[test]
             fn a_locked_directory_cannot_be_opened_twice() {

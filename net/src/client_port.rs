@@ -1075,6 +1075,14 @@ impl Shared {
                 status.reads_lease.load(Ordering::Relaxed),
                 status.reads_read_index.load(Ordering::Relaxed),
             );
+            if wal.emulated_sync_delay_us > 0 {
+                // Disk emulation is on: figures from this node are not its real disk's.
+                let _ = write!(
+                    text,
+                    "emulated_fsync_delay_us:{}\r\n",
+                    wal.emulated_sync_delay_us
+                );
+            }
         }
         text
     }

@@ -42,7 +42,15 @@ pub struct ServerConfig {
     pub wal_backend: tally_wal::Backend,
     /// Event-loop threads of the client port (`--threads`; at least 1).
     pub client_io_threads: usize,
+    /// Disk emulation: extra latency slept after every WAL batch fdatasync, on top of
+    /// the real one (see `tally_wal::GroupCommitOptions::emulated_sync_delay`); at most
+    /// [`MAX_EMULATED_SYNC_DELAY`]. `None`: the real disk only.
+    pub emulated_sync_delay: Option<Duration>,
 }
+
+/// Largest accepted emulated fsync delay: far above any real device, low enough that a
+/// unit mistake (µs given as ns) is refused rather than stalling the cluster.
+pub const MAX_EMULATED_SYNC_DELAY: Duration = Duration::from_secs(1);
 
 impl ServerConfig {
     pub fn new(id: u64, dir: impl Into<PathBuf>, peers: Vec<(u64, SocketAddr)>) -> ServerConfig {
@@ -56,6 +64,7 @@ impl ServerConfig {
             heartbeat_ms: 50,
             wal_backend: tally_wal::Backend::Auto,
             client_io_threads: default_io_threads(),
+            emulated_sync_delay: None,
         }
     }
 }
@@ -222,6 +231,15 @@ fn validate(config: &ServerConfig) -> Result<(), ServerError> {
     if config.peers.iter().any(|(id, _)| *id == 0) {
         return Err(ServerError::Config("peer ids must be nonzero".into()));
     }
+    if config
+        .emulated_sync_delay
+        .is_some_and(|delay| delay > MAX_EMULATED_SYNC_DELAY)
+    {
+        return Err(ServerError::Config(format!(
+            "the emulated fsync delay {:?} exceeds the maximum {MAX_EMULATED_SYNC_DELAY:?}",
+            config.emulated_sync_delay.unwrap_or_default()
+        )));
+    }
     let election_ticks = config.election_timeout_ms / TICK_MS;
     let heartbeat_ticks = (config.heartbeat_ms / TICK_MS).max(1);
     if election_ticks < 2 || heartbeat_ticks >= election_ticks {
@@ -243,6 +261,7 @@ fn node_options(config: &ServerConfig) -> NodeOptions {
     options.raft.election_timeout_ticks = config.election_timeout_ms / TICK_MS;
     options.raft.heartbeat_interval_ticks = (config.heartbeat_ms / TICK_MS).max(1);
     options.wal.backend = config.wal_backend;
+    options.wal.emulated_sync_delay = config.emulated_sync_delay;
     options
 }
 
@@ -437,5 +456,58 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         assert!(validate(&config()).is_ok());
+    }
+
+    #[test]
+    fn an_emulated_fsync_delay_above_the_maximum_is_refused() {
+        let mut config = config();
+        config.emulated_sync_delay = Some(MAX_EMULATED_SYNC_DELAY);
+        assert!(validate(&config).is_ok());
+        config.emulated_sync_delay = Some(MAX_EMULATED_SYNC_DELAY + Duration::from_micros(1));
+        assert!(matches!(validate(&config), Err(ServerError::Config(_))));
+    }
+
+    /// The `# Raft` INFO text of a one-member cluster after one acknowledged SET.
+    fn raft_info_after_one_write(emulated_sync_delay: Option<Duration>) -> String {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = ServerConfig::new(1, dir.path(), Vec::new());
+        config.emulated_sync_delay = emulated_sync_delay;
+        let server = Server::start(
+            config,
+            TcpListener::bind("127.0.0.1:0").expect("bind peer"),
+            TcpListener::bind("127.0.0.1:0").expect("bind client"),
+        )
+        .expect("start");
+        let deadline = Instant::now() + PATIENCE;
+        while server.handle().status().role() != tally_engine::raft::Role::Leader {
+            assert!(Instant::now() < deadline, "the single member never led");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let mut stream = TcpStream::connect(server.client_addr()).expect("connect");
+        stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+        let replies = pipeline(
+            &mut stream,
+            &[command(&["SET", "k", "v"]), command(&["INFO", "raft"])],
+        );
+        assert_eq!(replies[0], RespValue::Simple(b"OK".to_vec()));
+        let RespValue::Bulk(Some(info)) = &replies[1] else {
+            panic!("INFO is a bulk string: {:?}", replies[1]);
+        };
+        let info = String::from_utf8_lossy(info).into_owned();
+        drop(stream);
+        server.shutdown().expect("clean shutdown");
+        info
+    }
+
+    #[test]
+    fn info_reports_the_emulated_fsync_delay_only_when_one_is_set() {
+        let emulated = raft_info_after_one_write(Some(Duration::from_micros(2_500)));
+        assert!(
+            emulated.contains("\r\nemulated_fsync_delay_us:2500\r\n"),
+            "{emulated}"
+        );
+        assert!(emulated.contains("entries_per_fsync:"), "{emulated}");
+        let real = raft_info_after_one_write(None);
+        assert!(!real.contains("emulated"), "{real}");
     }
 }

@@ -61,6 +61,11 @@ struct Args {
     /// WAL I/O backend.
     #[arg(long, default_value = "auto", value_parser = ["auto", "uring", "sync"])]
     wal_backend: String,
+    /// Disk emulation for benchmarks: microseconds slept after every WAL fdatasync, on
+    /// top of the real one (e.g. 8000 for an HDD). Reported in INFO as
+    /// `emulated_fsync_delay_us`. Default: none.
+    #[arg(long, value_name = "MICROSECONDS")]
+    emulated_fsync_delay_us: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -129,6 +134,10 @@ fn run(args: Args) -> Result<(), String> {
         .wal_backend
         .parse()
         .map_err(|error| format!("--wal-backend: {error}"))?;
+    config.emulated_sync_delay = args
+        .emulated_fsync_delay_us
+        .filter(|&micros| micros > 0)
+        .map(Duration::from_micros);
     let voters: Vec<u64> = config
         .peers
         .iter()
@@ -145,6 +154,7 @@ fn run(args: Args) -> Result<(), String> {
         peer_addr = %server.peer_addr(),
         client_addr = %server.advertised_client_addr(),
         client_io_threads,
+        emulated_fsync_delay_us = args.emulated_fsync_delay_us.unwrap_or(0),
         "tally-server ready. Threads: raft (core, batching, ticks), apply (state machine, replies, reads), \
          WAL writer (group commit), peer-listen + 1 peer-recv per inbound peer connection, 1 peer-send per peer \
          ({n_peers}), peer-pump (decode inbound -> raft), client-accept (round-robin hand-off), \

@@ -5,8 +5,11 @@
 //! * `tally-bench wal` measures the write-ahead log alone (see `wal_bench.rs`).
 //! * `tally-bench` with no target starts a local 3-node cluster in this process
 //!   (embedded mode, `embedded.rs`) and drives it; `--dir` picks where its WALs live.
+//! * `tally-bench etcd --endpoints URL,...` drives an etcd v3 cluster with the same
+//!   workload shape, for comparison (see `etcd.rs`).
 
 mod embedded;
+mod etcd;
 mod load;
 mod wal_bench;
 
@@ -29,6 +32,8 @@ struct Cli {
 enum Command {
     /// Append from N concurrent writers to the WAL for a fixed time.
     Wal(wal_bench::WalArgs),
+    /// Drive an etcd v3 cluster (JSON gateway) with the same SET/GET workload shape.
+    Etcd(etcd::EtcdArgs),
 }
 
 fn main() {
@@ -40,6 +45,7 @@ fn main() {
                 std::process::exit(1);
             }
         }
+        Some(Command::Etcd(args)) => std::process::exit(etcd::main(&args)),
         None => std::process::exit(load::main(&cli.load)),
     }
 }

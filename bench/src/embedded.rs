@@ -6,7 +6,8 @@
 //! directory under `--dir` (default: the system temp dir), drives them with the load
 //! generator over real sockets, and removes what it created. `--dir` may be repeated:
 //! the same workload then runs on each location in turn and the results stand side by
-//! side (the HDD versus SSD versus `/dev/shm` question).
+//! side (the HDD versus SSD versus `/dev/shm` question). `--disk-profile` makes every
+//! node's WAL emulate a slower disk at each location (see `load/disk_profile.rs`).
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use tally_engine::raft::Role;
 use tally_net::server::{Server, ServerConfig};
 
 use crate::load::args::LoadArgs;
+use crate::load::disk_profile::DiskEmulation;
 use crate::load::report::RunReport;
 use crate::load::OutputOptions;
 
@@ -32,7 +34,7 @@ struct EmbeddedCluster {
 }
 
 impl EmbeddedCluster {
-    fn start(parent: &Path) -> Result<EmbeddedCluster, String> {
+    fn start(parent: &Path, disk: Option<&DiskEmulation>) -> Result<EmbeddedCluster, String> {
         let dir = tempfile::Builder::new()
             .prefix("tally-bench-")
             .tempdir_in(parent)
@@ -62,7 +64,8 @@ impl EmbeddedCluster {
                 .filter(|other| *other != id)
                 .map(|other| (other, peer_addrs[(other - 1) as usize]))
                 .collect();
-            let config = ServerConfig::new(id, dir.path().join(format!("node-{id}")), peers);
+            let mut config = ServerConfig::new(id, dir.path().join(format!("node-{id}")), peers);
+            config.emulated_sync_delay = disk.map(DiskEmulation::fsync_delay);
             let server = Server::start(config, peer_listener, client_listener)
                 .map_err(|error| format!("cannot start node {id}: {error}"))?;
             servers.push(server);
@@ -112,6 +115,7 @@ pub fn run(args: &LoadArgs, output: &OutputOptions) -> Result<Vec<RunReport>, St
     } else {
         args.dirs.clone()
     };
+    let disk = args.disk.emulation();
     let mut reports = Vec::new();
     for dir in &dirs {
         if !output.json {
@@ -120,9 +124,21 @@ pub fn run(args: &LoadArgs, output: &OutputOptions) -> Result<Vec<RunReport>, St
                  (every acknowledged write fdatasync'd on a majority)",
                 dir.display()
             );
+            if let Some(disk) = &disk {
+                println!(
+                    "  disk: {} -- every node's WAL sleeps {} ms after each real fdatasync",
+                    disk.label(),
+                    disk.fsync_delay_ms
+                );
+            }
         }
-        let cluster = EmbeddedCluster::start(dir)?;
-        let result = crate::load::run_all(&cluster.client_addrs(), &args.runs(), output);
+        let cluster = EmbeddedCluster::start(dir, disk.as_ref())?;
+        let result = crate::load::run_all_on_disk(
+            &cluster.client_addrs(),
+            &args.runs(),
+            output,
+            disk.as_ref(),
+        );
         let stopped = cluster.shutdown();
         let mut dir_reports = result?;
         stopped?;

@@ -3,7 +3,9 @@
 //! Each writer keeps up to `--inflight` appends outstanding (1 = a blocking caller like a
 //! database thread waiting for durability; 256 = the Raft leader, which keeps appending
 //! while earlier appends sync). Latency is append-to-durable, recorded per entry in an
-//! HDR histogram; throughput counts entries made durable.
+//! HDR histogram; throughput counts entries made durable. `--disk-profile` adds a fixed
+//! delay after every fdatasync (see `load/disk_profile.rs`); the report then says
+//! "emulated".
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -13,6 +15,8 @@ use bytes::Bytes;
 use clap::Args;
 use hdrhistogram::Histogram;
 use tally_wal::{Backend, GroupCommitOptions, Wal, WalOptions};
+
+use crate::load::disk_profile::DiskProfileArgs;
 
 #[derive(Args, Debug, Clone)]
 pub struct WalArgs {
@@ -45,6 +49,8 @@ pub struct WalArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub disk: DiskProfileArgs,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -65,8 +71,13 @@ struct Report {
     p99_us: u64,
     p999_us: u64,
     max_us: u64,
+    /// Includes the emulated delay, when there is one.
     mean_fsync_us: f64,
     dir: String,
+    /// e.g. `hdd (emulated: +8 ms per fsync)`; null on the real disk alone.
+    disk_profile: Option<String>,
+    /// The delay the WAL added after every fdatasync, in µs (0: none).
+    emulated_fsync_delay_us: u64,
 }
 
 /// Runs the benchmark and prints the report.
@@ -90,6 +101,7 @@ pub fn run(args: &WalArgs) -> Result<(), String> {
             ..WalOptions::default()
         },
         backend: args.backend,
+        emulated_sync_delay: args.disk.emulation().map(|disk| disk.fsync_delay()),
         ..GroupCommitOptions::default()
     };
     let wal = Wal::open(dir.path(), options).map_err(|e| e.to_string())?;
@@ -137,6 +149,8 @@ pub fn run(args: &WalArgs) -> Result<(), String> {
         max_us: histogram.max(),
         mean_fsync_us: stats.fsync_total_us as f64 / stats.batches.max(1) as f64,
         dir: parent.display().to_string(),
+        disk_profile: args.disk.emulation().map(|disk| disk.label()),
+        emulated_fsync_delay_us: stats.emulated_sync_delay_us,
     };
     drop(wal);
     if args.json {
@@ -149,12 +163,23 @@ pub fn run(args: &WalArgs) -> Result<(), String> {
             "tally-bench wal  backend={} writers={} inflight={} value_size={} B  dir={}",
             report.backend, report.writers, report.inflight, report.value_size, report.dir
         );
+        if let Some(disk) = &report.disk_profile {
+            println!("  disk             {disk} -- every figure below is for an emulated disk");
+        }
         println!("  entries/s        {:>14.0}", report.entries_per_sec);
         println!("  MB/s (payload)   {:>14.1}", report.mb_per_sec);
         println!("  fsyncs/s         {:>14.0}", report.fsyncs_per_sec);
         println!("  entries/fsync    {:>14.1}", report.entries_per_fsync);
         println!("  bytes/fsync      {:>14.0}", report.bytes_per_fsync);
-        println!("  write+fsync mean {:>12.0} us", report.mean_fsync_us);
+        let emulated = if report.emulated_fsync_delay_us > 0 {
+            format!(" (incl. emulated +{} us)", report.emulated_fsync_delay_us)
+        } else {
+            String::new()
+        };
+        println!(
+            "  write+fsync mean {:>12.0} us{emulated}",
+            report.mean_fsync_us
+        );
         println!(
             "  append->durable  p50 {} us  p99 {} us  p99.9 {} us  max {} us",
             report.p50_us, report.p99_us, report.p999_us, report.max_us

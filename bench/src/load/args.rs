@@ -67,6 +67,10 @@ pub struct LoadArgs {
     /// Seed of the key and operation choice (each client derives its own stream).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// `--disk-profile` / `--fsync-delay-ms` (embedded cluster only; applies to every
+    /// `--dir`).
+    #[command(flatten)]
+    pub disk: super::disk_profile::DiskProfileArgs,
 }
 
 /// The flag a sweep varies.

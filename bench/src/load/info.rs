@@ -8,7 +8,9 @@
 //! * counters, when present (first name found wins): fsyncs — `wal_fsyncs`, `fsyncs`;
 //!   WAL bytes written — `wal_bytes`, `wal_bytes_written`, `bytes_written`; WAL entries written —
 //!   `wal_entries`, `wal_entries_written`. With them, entries per fsync, fsyncs per
-//!   second and bytes written per operation are exact deltas over the measured window.
+//!   second and bytes written per operation are exact deltas over the measured window;
+//! * `emulated_fsync_delay_us`, when the node emulates a slower disk (reports then say
+//!   "emulated").
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -24,6 +26,8 @@ const MAX_INFO_BYTES: usize = 1 << 20;
 pub const FSYNC_COUNTERS: &[&str] = &["wal_fsyncs", "fsyncs"];
 pub const BYTES_COUNTERS: &[&str] = &["wal_bytes", "wal_bytes_written", "bytes_written"];
 pub const ENTRY_COUNTERS: &[&str] = &["wal_entries", "wal_entries_written"];
+/// Present (in µs) only on a node whose WAL emulates a slower disk.
+pub const EMULATED_FSYNC_DELAY: &str = "emulated_fsync_delay_us";
 
 /// The `# Raft` section of one node's INFO.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -111,6 +115,9 @@ pub struct StorageFigures {
     pub bytes_written_per_op: Option<f64>,
     /// Which target the figures come from.
     pub source: Option<String>,
+    /// The delay that target's WAL adds to every fsync (INFO `emulated_fsync_delay_us`);
+    /// `None` when it reports none (a real disk, or not Tally).
+    pub emulated_fsync_delay_us: Option<f64>,
 }
 
 /// Compares samples taken before and after the window (`(address, info)` per target
@@ -145,6 +152,11 @@ pub fn storage_figures(
         fsyncs_per_sec: fsyncs.map(|f| f / seconds),
         bytes_written_per_op: bytes.filter(|_| ops_ok > 0).map(|b| b / ops_ok as f64),
         source: Some(address.clone()),
+        emulated_fsync_delay_us: end
+            .numbers
+            .get(EMULATED_FSYNC_DELAY)
+            .copied()
+            .filter(|&us| us > 0.0),
     }
 }
 
@@ -213,5 +225,16 @@ mod tests {
             storage_figures(&[], &[], 1.0, 10),
             StorageFigures::default()
         );
+    }
+
+    #[test]
+    fn an_emulated_fsync_delay_in_info_is_reported_and_absent_otherwise() {
+        let real = parse_raft_section(LEADER_INFO).unwrap();
+        let figures = storage_figures(&[], &[("a".into(), real)], 1.0, 10);
+        assert_eq!(figures.emulated_fsync_delay_us, None);
+        let emulated =
+            parse_raft_section(&format!("{LEADER_INFO}emulated_fsync_delay_us:8000\r\n")).unwrap();
+        let figures = storage_figures(&[], &[("a".into(), emulated)], 1.0, 10);
+        assert_eq!(figures.emulated_fsync_delay_us, Some(8000.0));
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod args;
 pub mod client;
+pub mod disk_profile;
 pub mod info;
 pub mod plot;
 pub mod reply;
@@ -25,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use args::{LoadArgs, RunConfig};
 use client::{ClientSetup, Connector, OpSource, Timeline};
+use disk_profile::DiskEmulation;
 use report::RunReport;
 use request::OpChooser;
 use stats::ClientStats;
@@ -50,6 +52,17 @@ pub fn run_all(
     runs: &[RunConfig],
     output: &OutputOptions,
 ) -> Result<Vec<RunReport>, String> {
+    run_all_on_disk(targets, runs, output, None)
+}
+
+/// [`run_all`] against servers whose WALs run under `disk` emulation (the embedded
+/// cluster): every report row and JSON object says so (the caller titles the table).
+pub fn run_all_on_disk(
+    targets: &[String],
+    runs: &[RunConfig],
+    output: &OutputOptions,
+    disk: Option<&DiskEmulation>,
+) -> Result<Vec<RunReport>, String> {
     let targets = Arc::new(targets.to_vec());
     let mut reports = Vec::with_capacity(runs.len());
     let mut preloaded: Option<(u64, usize)> = None;
@@ -73,7 +86,10 @@ pub fn run_all(
             preload(&targets, config, output)?;
             preloaded = Some((config.keys, config.value_size));
         }
-        let report = run_one(&targets, config, output)?;
+        let mut report = run_one(&targets, config, output)?;
+        if let Some(disk) = disk {
+            report.disk_profile = Some(disk.label());
+        }
         if output.json {
             println!("{}", report.to_json_line());
         } else {
@@ -278,6 +294,11 @@ fn progress_bar(total_ns: u64) -> indicatif::ProgressBar {
 
 /// Entry point of `tally-bench [--target ...]`. Returns the process exit code.
 pub fn main(args: &LoadArgs) -> i32 {
+    if !args.targets.is_empty() && args.disk.disk_profile.is_some() {
+        // A usage error (exit 2, like clap's), with the reason and the alternative.
+        eprintln!("tally-bench: {}", disk_profile::TARGET_CONFLICT);
+        return 2;
+    }
     let output = OutputOptions {
         json: args.json,
         progress_bar: std::io::stderr().is_terminal(),

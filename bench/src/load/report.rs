@@ -45,6 +45,11 @@ pub struct RunReport {
     pub bytes_written_per_op: Option<f64>,
     /// The target whose INFO the storage figures come from.
     pub storage_figures_from: Option<String>,
+    /// Set when the disk was emulated (`--disk-profile`, or a server that reports an
+    /// emulated fsync delay), e.g. `hdd (emulated: +8 ms per fsync)`; null on real disks.
+    pub disk_profile: Option<String>,
+    /// The emulated delay per fsync the measured leader reported in INFO, in µs.
+    pub emulated_fsync_delay_us: Option<f64>,
 }
 
 fn micros(nanoseconds: u64) -> f64 {
@@ -101,6 +106,10 @@ impl RunReport {
             fsyncs_per_sec: storage.fsyncs_per_sec,
             bytes_written_per_op: storage.bytes_written_per_op,
             storage_figures_from: storage.source,
+            disk_profile: storage
+                .emulated_fsync_delay_us
+                .map(super::disk_profile::label_from_server),
+            emulated_fsync_delay_us: storage.emulated_fsync_delay_us,
         }
     }
 
@@ -152,6 +161,9 @@ pub fn table_row(report: &RunReport) -> String {
         optional(report.fsyncs_per_sec, 0),
         optional(report.bytes_written_per_op, 0),
     );
+    if let Some(disk) = &report.disk_profile {
+        row.push_str(&format!("  disk: {disk}"));
+    }
     if report.errors > 0 || report.errors_outside_window > 0 {
         let kinds = &report.error_kinds;
         row.push_str(&format!(
@@ -172,7 +184,13 @@ pub fn table_row(report: &RunReport) -> String {
 
 /// A side-by-side table of runs on different storage locations (`--dir` repeated).
 pub fn format_comparison(reports: &[RunReport]) -> String {
-    let mut out = String::from("\nstorage comparison\n");
+    let mut out = String::from("\nstorage comparison");
+    if let Some(disk) = reports.iter().find_map(|r| r.disk_profile.as_ref()) {
+        out.push_str(&format!(
+            " (disk {disk}, added to each location's real fsync)"
+        ));
+    }
+    out.push('\n');
     out.push_str(&format!(
         "{:<40} {:>12} {:>10} {:>10} {:>10} {:>14}\n",
         "location", "ops/s", "p50 us", "p99 us", "p999 us", "entries/fsync"
@@ -190,6 +208,62 @@ pub fn format_comparison(reports: &[RunReport]) -> String {
             report.p999_us,
             per_fsync
         ));
+        if let Some(disk) = &report.disk_profile {
+            // Replace the row's newline: the label belongs on the row.
+            out.pop();
+            out.push_str(&format!("  {disk}\n"));
+        }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> RunConfig {
+        RunConfig {
+            clients: 1,
+            pipeline: 1,
+            value_size: 100,
+            keys: 10,
+            read_ratio: 0.0,
+            seconds: 1.0,
+            warmup: 0.0,
+            rate: None,
+            seed: 1,
+        }
+    }
+
+    fn report(storage: StorageFigures) -> RunReport {
+        RunReport::new(&["a".into()], &config(), 1.0, &ClientStats::new(), storage)
+    }
+
+    #[test]
+    fn a_real_disk_run_carries_no_disk_label() {
+        let run = report(StorageFigures::default());
+        assert_eq!(run.disk_profile, None);
+        assert!(run.to_json_line().contains("\"disk_profile\":null"));
+        assert!(!table_row(&run).contains("emulated"));
+        assert!(!format_comparison(&[run]).contains("emulated"));
+    }
+
+    #[test]
+    fn a_server_reporting_an_emulated_delay_labels_row_json_and_comparison() {
+        let run = report(StorageFigures {
+            emulated_fsync_delay_us: Some(200.0),
+            ..StorageFigures::default()
+        });
+        let label = "server-side (emulated: +0.2 ms per fsync)";
+        assert_eq!(run.disk_profile.as_deref(), Some(label));
+        assert!(run.to_json_line().contains(label));
+        assert!(table_row(&run).ends_with(&format!("disk: {label}")));
+        let comparison = format_comparison(&[run]);
+        let lines: Vec<&str> = comparison.lines().collect();
+        assert!(
+            lines[1].starts_with("storage comparison (disk"),
+            "{comparison}"
+        );
+        assert!(lines[3].ends_with(label), "{comparison}");
+    }
 }

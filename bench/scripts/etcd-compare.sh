@@ -86,7 +86,14 @@ spread_flag=()
 ETCD_CMD=("$BENCH" etcd --endpoints "$ENDPOINTS" --clients "$CLIENTS" --value-size "$VALUE_SIZE" \
   --seconds "$SECONDS_MEASURED" --warmup "$WARMUP" "${spread_flag[@]}" --json)
 echo "\$ ${ETCD_CMD[*]#"$ROOT/"}"
+# CPU time of the three etcd processes over the run (user + system), to tell whether
+# etcd was CPU-bound (where the JSON gateway costs) or waiting on its disk.
+TCK="$(getconf CLK_TCK)"
+etcd_cpu_s() { for pid in "${PIDS[@]}"; do cat "/proc/$pid/stat"; done | awk -v t="$TCK" '{s += $14 + $15} END {print s / t}'; }
+CPU0="$(etcd_cpu_s)"; WALL0="$(date +%s.%N)"
 ETCD_JSON="$("${ETCD_CMD[@]}")"
+CPU1="$(etcd_cpu_s)"; WALL1="$(date +%s.%N)"
+ETCD_CPU="$(awk -v a="$CPU0" -v b="$CPU1" -v w0="$WALL0" -v w1="$WALL1" 'BEGIN {printf "%.0f", (b - a) / (w1 - w0) * 100}')"
 stop_etcd
 
 TALLY_CMD=("$BENCH" --clients "$CLIENTS" --value-size "$VALUE_SIZE" \
@@ -112,6 +119,7 @@ printf '%-26s %10s %8s %8s %8s %9s %6s\n' "system (clients $CLIENTS, ${VALUE_SIZ
 row "etcd $ETCD_VERSION" "$ETCD_JSON"
 row "Tally" "$TALLY_JSON"
 [ -n "$PIPELINED_JSON" ] && row "Tally pipeline $PIPELINE_RUN (info)" "$PIPELINED_JSON"
+echo "etcd processes used ${ETCD_CPU}% of one CPU (sum of 3 members, warmup included; 200% = both CPUs)"
 ETCD_OPS="$(echo "$ETCD_JSON" | jq .ops_per_sec)"
 TALLY_OPS="$(echo "$TALLY_JSON" | jq .ops_per_sec)"
 jq -rn --argjson t "$TALLY_OPS" --argjson e "$ETCD_OPS" \

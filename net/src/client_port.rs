@@ -46,7 +46,7 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use tally_engine::kv::{encode_request, parse_command_args, ClientSession, KvLimits, KvResponse};
 use tally_engine::raft::Role;
-use tally_engine::runtime::{ClientError, NodeHandle, Reply, ReplyTo, ReplyWaker};
+use tally_engine::runtime::{ClientError, NodeHandle, Reply, ReplyTo, ReplyWaker, Submission};
 
 use crate::resp::{
     write_array_header, write_bulk, write_error, write_kv_response, write_simple_string,
@@ -377,6 +377,9 @@ struct IoLoop {
     scheduled: Vec<u64>,
     encode_buffer: Vec<u8>,
     read_scratch: Vec<u8>,
+    /// Requests parsed in this pass over the scheduled connections, handed to the node
+    /// in one batch at the end of the pass (one queue operation, one wake-up).
+    outbox: Vec<Submission<KvResponse>>,
 }
 
 /// What a connection needs from its I/O thread while it is driven.
@@ -386,6 +389,7 @@ struct Context<'a> {
     reply_waker: &'a Arc<dyn ReplyWaker>,
     encode_buffer: &'a mut Vec<u8>,
     read_scratch: &'a mut [u8],
+    outbox: &'a mut Vec<Submission<KvResponse>>,
 }
 
 impl IoLoop {
@@ -410,6 +414,7 @@ impl IoLoop {
             scheduled: Vec::new(),
             encode_buffer: Vec::new(),
             read_scratch: vec![0; read_chunk_bytes],
+            outbox: Vec::new(),
         }
     }
 
@@ -550,6 +555,7 @@ impl IoLoop {
                 reply_waker: &self.reply_waker,
                 encode_buffer: &mut self.encode_buffer,
                 read_scratch: &mut self.read_scratch,
+                outbox: &mut self.outbox,
             };
             match connection.drive(&mut context) {
                 Ok(Verdict::Keep) => {}
@@ -563,6 +569,10 @@ impl IoLoop {
         // Keep the allocation; drive never schedules (only events and replies do).
         debug_assert!(self.scheduled.is_empty());
         self.scheduled = ids;
+        if !self.outbox.is_empty() {
+            let batch = std::mem::take(&mut self.outbox);
+            self.shared.handle.submit_batch(batch);
+        }
     }
 
     fn close(&mut self, id: u64) {
@@ -803,7 +813,7 @@ impl Connection {
 
     /// Hands queued requests to the node, in order, holding back a read (and what
     /// follows it) while a write of this connection is unanswered.
-    fn submit_ready(&mut self, context: &Context<'_>) {
+    fn submit_ready(&mut self, context: &mut Context<'_>) {
         while let Some(next) = self.unsubmitted.front() {
             if next.read_only && self.unanswered_writes > 0 {
                 return;
@@ -817,10 +827,16 @@ impl Connection {
                 Arc::clone(context.reply_waker),
             );
             if request.read_only {
-                context.shared.handle.read(request.request, reply);
+                context.outbox.push(Submission::Read {
+                    query: request.request,
+                    reply,
+                });
             } else {
                 self.unanswered_writes += 1;
-                context.shared.handle.propose(request.request, reply);
+                context.outbox.push(Submission::Propose {
+                    command: request.request,
+                    reply,
+                });
             }
         }
     }

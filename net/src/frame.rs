@@ -265,6 +265,8 @@ pub struct FrameReader<R> {
     reader: R,
     /// Bytes received but not yet returned as frames.
     buffer: BytesMut,
+    /// Landing area for small reads, allocated on first use (see `fill_to`).
+    scratch: Option<Vec<u8>>,
     max_payload_bytes: usize,
 }
 
@@ -274,6 +276,7 @@ impl<R: Read> FrameReader<R> {
         FrameReader {
             reader,
             buffer: BytesMut::with_capacity(READ_CHUNK_BYTES),
+            scratch: None,
             max_payload_bytes,
         }
     }
@@ -308,6 +311,12 @@ impl<R: Read> FrameReader<R> {
 
     /// Reads until at least `wanted` bytes are buffered. `frame_started` tells how many of
     /// them are already known to belong to a frame (for the Eof/Truncated distinction).
+    ///
+    /// Small reads go through `scratch` and are copied: `Read` needs an initialized
+    /// buffer, and zero-filling a fresh 64 KiB region of `buffer` for every read of a few
+    /// hundred bytes cost more than the copy (perf: memset and page clearing in the peer
+    /// reader threads). Only the part of a large frame that is certainly needed is read
+    /// in place, so every byte zeroed is a byte about to be received.
     fn fill_to(&mut self, wanted: usize, frame_started: usize) -> Result<(), FrameError> {
         if self.buffer.len() >= wanted {
             return Ok(());
@@ -316,20 +325,28 @@ impl<R: Read> FrameReader<R> {
         self.buffer.reserve(wanted - self.buffer.len());
         while self.buffer.len() < wanted {
             let old_len = self.buffer.len();
-            let chunk = (wanted - old_len).max(READ_CHUNK_BYTES);
-            self.buffer.resize(old_len + chunk, 0);
-            let read = match self.reader.read(&mut self.buffer[old_len..]) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                    self.buffer.truncate(old_len);
-                    continue;
+            let missing = wanted - old_len;
+            let result = if missing >= READ_CHUNK_BYTES {
+                self.buffer.resize(wanted, 0);
+                let result = self.reader.read(&mut self.buffer[old_len..]);
+                let read = *result.as_ref().unwrap_or(&0);
+                self.buffer.truncate(old_len + read);
+                result
+            } else {
+                let scratch = self
+                    .scratch
+                    .get_or_insert_with(|| vec![0; READ_CHUNK_BYTES]);
+                let result = self.reader.read(&mut scratch[..]);
+                if let Ok(read) = result {
+                    self.buffer.extend_from_slice(&scratch[..read]);
                 }
-                Err(e) => {
-                    self.buffer.truncate(old_len);
-                    return Err(FrameError::Io(e));
-                }
+                result
             };
-            self.buffer.truncate(old_len + read);
+            let read = match result {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(FrameError::Io(e)),
+            };
             if read == 0 {
                 if old_len == 0 && frame_started == 0 {
                     return Err(FrameError::Eof);

@@ -62,7 +62,8 @@ impl ServerConfig {
             cluster_id: 0x7a11,
             election_timeout_ms: 500,
             heartbeat_ms: 50,
-            wal_backend: tally_wal::Backend::Auto,
+            // See tally-server's --wal-backend for why not io_uring by default.
+            wal_backend: tally_wal::Backend::Sync,
             client_io_threads: default_io_threads(),
             emulated_sync_delay: None,
         }

@@ -49,7 +49,7 @@ use crate::raft::{Configuration, Message, NodeId, RaftConfig, Role};
 use crate::state_machine::StateMachine;
 
 use apply::apply_loop;
-use raft_loop::raft_loop;
+use raft_loop::{fail_request, raft_loop};
 
 /// Carries Raft messages to other nodes. Implemented by `tally-net` over TCP and by
 /// tests over channels.
@@ -155,6 +155,25 @@ pub(crate) enum Request<R> {
     Read { query: Bytes, reply: ReplyTo<R> },
     /// Hand leadership to another voter.
     TransferLeadership { target: NodeId },
+    /// Several proposals and reads in order, handed over with one queue operation.
+    Batch(Vec<Submission<R>>),
+}
+
+/// One client request inside [`NodeHandle::submit_batch`].
+pub enum Submission<R> {
+    /// A command to replicate and apply (as [`NodeHandle::propose`]).
+    Propose { command: Bytes, reply: ReplyTo<R> },
+    /// A linearizable read (as [`NodeHandle::read`]).
+    Read { query: Bytes, reply: ReplyTo<R> },
+}
+
+impl<R> Submission<R> {
+    fn into_request(self) -> Request<R> {
+        match self {
+            Submission::Propose { command, reply } => Request::Propose { command, reply },
+            Submission::Read { query, reply } => Request::Read { query, reply },
+        }
+    }
 }
 
 /// Options of a node.
@@ -300,14 +319,25 @@ impl<R: Send + 'static> NodeHandle<R> {
         let _ = self.requests.send(Request::TransferLeadership { target });
     }
 
+    /// Queues proposals and reads in order with one queue operation (and at most one
+    /// wake-up of the raft thread): a client port that collects everything it parsed in
+    /// one pass over its connections hands it over here instead of once per request.
+    /// The whole batch takes one slot of the request queue; callers bound its size.
+    pub fn submit_batch(&self, batch: Vec<Submission<R>>) {
+        match batch.len() {
+            0 => {}
+            1 => {
+                if let Some(one) = batch.into_iter().next() {
+                    self.submit(one.into_request());
+                }
+            }
+            _ => self.submit(Request::Batch(batch)),
+        }
+    }
+
     fn submit(&self, request: Request<R>) {
         if let Err(error) = self.requests.send(request) {
-            match error.into_inner() {
-                Request::Propose { reply, .. } | Request::Read { reply, .. } => {
-                    reply.send(Err(ClientError::NodeStopped))
-                }
-                Request::TransferLeadership { .. } => {}
-            }
+            fail_request(error.into_inner(), ClientError::NodeStopped);
         }
     }
 

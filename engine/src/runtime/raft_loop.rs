@@ -194,10 +194,15 @@ pub(crate) fn raft_loop<R: Send + 'static, T: Transport>(
     result
 }
 
-fn fail_request<R>(request: Request<R>, error: ClientError) {
+pub(crate) fn fail_request<R>(request: Request<R>, error: ClientError) {
     match request {
         Request::Propose { reply, .. } | Request::Read { reply, .. } => reply.send(Err(error)),
         Request::TransferLeadership { .. } => {}
+        Request::Batch(batch) => {
+            for submission in batch {
+                fail_request(submission.into_request(), error.clone());
+            }
+        }
     }
 }
 
@@ -234,6 +239,11 @@ impl<R: Send + 'static, T: Transport> Pipeline<R, T> {
             Request::TransferLeadership { target } => {
                 if let Err(error) = self.core.transfer_leadership(target) {
                     tracing::info!(%error, target, "leadership transfer refused");
+                }
+            }
+            Request::Batch(batch) => {
+                for submission in batch {
+                    self.sort_request(submission.into_request(), commands, replies);
                 }
             }
         }

@@ -58,8 +58,10 @@ struct Args {
     /// core count).
     #[arg(long)]
     threads: Option<usize>,
-    /// WAL I/O backend.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "uring", "sync"])]
+    /// WAL I/O backend. `sync` (pwritev + fdatasync on the WAL writer thread) is the
+    /// default: io_uring runs fdatasync on a kernel worker thread, one more hand-off per
+    /// batch, and on small machines that costs latency and CPU (docs/BENCHMARKS.md).
+    #[arg(long, default_value = "sync", value_parser = ["auto", "uring", "sync"])]
     wal_backend: String,
     /// Disk emulation for benchmarks: microseconds slept after every WAL fdatasync, on
     /// top of the real one (e.g. 8000 for an HDD). Reported in INFO as

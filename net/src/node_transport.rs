@@ -9,21 +9,21 @@
 //! * Outbound: [`NetTransport::send`] encodes each message (entry payloads referenced,
 //!   not copied) and calls `try_send`; a full peer queue drops the message and counts
 //!   it (Raft retransmits on its own schedule).
-//! * Inbound: [`spawn_inbound_pump`] runs one thread that decodes every received frame
-//!   and delivers it; a message that does not decode is logged and dropped (the peer
-//!   connection itself stays up: the frame was intact, only its content is wrong, and a
-//!   newer peer version might send a type we do not know).
+//! * Inbound: [`RaftInbound`] is the transport's [`InboundSink`]: the connection's
+//!   reader thread decodes each frame and hands the message straight to the raft
+//!   thread (no queue and thread in between: one wake-up per message fewer). A message
+//!   that does not decode is logged and dropped (the peer connection itself stays up:
+//!   the frame was intact, only its content is wrong, and a newer peer version might
+//!   send a type we do not know); so is one that finds the raft queue full or arrives
+//!   before the node started (Raft retransmits).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
-
-use crossbeam_channel::Receiver;
+use std::sync::{Arc, OnceLock};
 use tally_engine::raft::Message;
 use tally_engine::runtime::{NodeHandle, Transport};
 
 use crate::codec::{decode_inbound, encode_message, CodecLimits};
-use crate::transport::{InboundMessage, PeerSendError, PeerTransport};
+use crate::transport::{InboundMessage, InboundSink, PeerSendError, PeerTransport};
 
 /// Counters of the glue, shared with whoever reports them (INFO, logs).
 #[derive(Debug, Default)]
@@ -78,42 +78,62 @@ impl Transport for NetTransport {
     }
 }
 
-/// Starts the thread that decodes inbound frames and hands them to the raft thread.
-/// It ends when the peer transport shuts down (the inbound queue disconnects).
-pub fn spawn_inbound_pump<R: Send + 'static>(
+/// Decodes inbound frames on the transport's reader threads and delivers them to the
+/// raft thread. Created before the node (the node needs the transport), so the handle
+/// is attached afterwards with [`RaftInbound::attach`].
+pub struct RaftInbound<R> {
     node_id: u64,
-    inbound: Receiver<InboundMessage>,
-    handle: NodeHandle<R>,
+    handle: OnceLock<NodeHandle<R>>,
     limits: CodecLimits,
     counters: Arc<GlueCounters>,
-) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name(format!("peer-pump-{node_id}"))
-        .spawn(move || {
-            for received in inbound.iter() {
-                match decode_inbound(&received, &limits) {
-                    Ok(message) => {
-                        if handle.deliver(message) {
-                            counters.delivered_messages.fetch_add(1, Ordering::Relaxed);
-                        } else {
-                            counters.dropped_inbound.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    Err(error) => {
-                        counters
-                            .undecodable_messages
-                            .fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(
-                            node_id,
-                            from = received.from,
-                            msg_type = received.msg_type,
-                            %error,
-                            "dropping undecodable Raft message"
-                        );
-                    }
-                }
+}
+
+impl<R: Send + 'static> RaftInbound<R> {
+    pub fn new(node_id: u64, limits: CodecLimits, counters: Arc<GlueCounters>) -> Self {
+        RaftInbound {
+            node_id,
+            handle: OnceLock::new(),
+            limits,
+            counters,
+        }
+    }
+
+    /// Starts delivering to `handle` (messages before this are dropped and counted).
+    pub fn attach(&self, handle: NodeHandle<R>) {
+        let _ = self.handle.set(handle);
+    }
+}
+
+impl<R: Send + 'static> InboundSink for RaftInbound<R> {
+    fn deliver(&self, received: InboundMessage) -> bool {
+        match decode_inbound(&received, &self.limits) {
+            Ok(message) => {
+                let delivered = self
+                    .handle
+                    .get()
+                    .is_some_and(|handle| handle.deliver(message));
+                let counter = if delivered {
+                    &self.counters.delivered_messages
+                } else {
+                    &self.counters.dropped_inbound
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
             }
-        })
+            Err(error) => {
+                self.counters
+                    .undecodable_messages
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    node_id = self.node_id,
+                    from = received.from,
+                    msg_type = received.msg_type,
+                    %error,
+                    "dropping undecodable Raft message"
+                );
+            }
+        }
+        true
+    }
 }
 
 #[cfg(test)]
@@ -151,28 +171,18 @@ mod tests {
             CapturingTransport(sent_tx),
         )
         .expect("start node");
-        let (inbound_tx, inbound_rx) = crossbeam_channel::bounded(16);
         let counters = Arc::new(GlueCounters::default());
-        let pump = spawn_inbound_pump(
-            1,
-            inbound_rx,
-            node.handle(),
-            CodecLimits::default(),
-            Arc::clone(&counters),
-        )
-        .expect("spawn pump");
+        let sink = RaftInbound::new(1, CodecLimits::default(), Arc::clone(&counters));
         let garbage = [
             (0x01, vec![0xff; 3]), // truncated AppendEntries
             (0x77, vec![0; 40]),   // unknown type
         ];
         for (msg_type, payload) in garbage {
-            inbound_tx
-                .send(InboundMessage {
-                    from: 2,
-                    msg_type,
-                    payload: payload.into(),
-                })
-                .expect("queue");
+            assert!(sink.deliver(InboundMessage {
+                from: 2,
+                msg_type,
+                payload: payload.into(),
+            }));
         }
         // A valid PreVote from node 2, but on a connection the handshake says is node 3:
         // refused as a sender mismatch.
@@ -197,8 +207,12 @@ mod tests {
             msg_type: encoded.msg_type,
             payload: payload.clone().into(),
         };
-        inbound_tx.send(inbound(3)).expect("queue");
-        inbound_tx.send(inbound(2)).expect("queue");
+        // Before the node is attached a valid message is dropped (and counted).
+        assert!(sink.deliver(inbound(2)));
+        assert_eq!(counters.dropped_inbound.load(Ordering::Relaxed), 1);
+        sink.attach(node.handle());
+        assert!(sink.deliver(inbound(3)));
+        assert!(sink.deliver(inbound(2)));
         // The node answers the valid PreVote: it was delivered.
         let answer = sent_rx
             .recv_timeout(Duration::from_secs(60))
@@ -212,8 +226,6 @@ mod tests {
         }
         assert_eq!(counters.undecodable_messages.load(Ordering::Relaxed), 3);
         assert_eq!(counters.delivered_messages.load(Ordering::Relaxed), 1);
-        drop(inbound_tx);
-        pump.join().expect("the pump ends when its queue closes");
         node.shutdown().expect("clean shutdown");
     }
 }

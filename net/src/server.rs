@@ -9,7 +9,6 @@
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tally_engine::kv::{KvLimits, KvResponse, KvStateMachine};
@@ -17,8 +16,8 @@ use tally_engine::runtime::{Node, NodeHandle, NodeOptions};
 
 use crate::client_port::{default_io_threads, ClientPort, ClientPortConfig, ClientPortCounters};
 use crate::codec::CodecLimits;
-use crate::node_transport::{spawn_inbound_pump, GlueCounters, NetTransport};
-use crate::transport::{PeerTransport, TransportConfig};
+use crate::node_transport::{GlueCounters, NetTransport, RaftInbound};
+use crate::transport::{InboundSink, PeerTransport, TransportConfig};
 
 /// The core's tick; election timeout and heartbeat interval are rounded to it.
 pub const TICK_MS: u64 = 10;
@@ -95,7 +94,6 @@ pub struct Server {
     id: u64,
     node: Node<KvResponse>,
     client_port: ClientPort,
-    pump: JoinHandle<()>,
     peer_addr: SocketAddr,
     client_addr: SocketAddr,
     advertised_client_addr: String,
@@ -123,13 +121,22 @@ impl Server {
         let mut transport_config =
             TransportConfig::new(config.cluster_id, config.id, config.peers.clone());
         transport_config.advertised_client_addr = advertised_client_addr.clone();
-        let (peer_transport, inbound) = PeerTransport::start(transport_config, peer_listener)
-            .map_err(|error| ServerError::Transport(error.to_string()))?;
+        let counters = Arc::new(GlueCounters::default());
+        let inbound = Arc::new(RaftInbound::new(
+            config.id,
+            CodecLimits::default(),
+            Arc::clone(&counters),
+        ));
+        let peer_transport = PeerTransport::start_with_sink(
+            transport_config,
+            peer_listener,
+            Arc::clone(&inbound) as Arc<dyn InboundSink>,
+        )
+        .map_err(|error| ServerError::Transport(error.to_string()))?;
         let peer_addr = peer_transport.local_addr();
         let peer_client_addrs = peer_transport.peer_client_addrs();
 
-        let counters = Arc::new(GlueCounters::default());
-        let net_transport = NetTransport::new(peer_transport, Arc::clone(&counters));
+        let net_transport = NetTransport::new(peer_transport, counters);
         let node = Node::start(
             node_options(&config),
             KvStateMachine::new(KvLimits::default()),
@@ -139,17 +146,7 @@ impl Server {
             id: config.id,
             source,
         })?;
-        let pump = spawn_inbound_pump(
-            config.id,
-            inbound,
-            node.handle(),
-            CodecLimits::default(),
-            counters,
-        )
-        .map_err(|source| ServerError::Io {
-            what: "inbound pump thread",
-            source,
-        })?;
+        inbound.attach(node.handle());
         let mut client_port_config =
             ClientPortConfig::new(config.id, advertised_client_addr.clone());
         client_port_config.io_threads = config.client_io_threads;
@@ -164,7 +161,6 @@ impl Server {
             id: config.id,
             node,
             client_port,
-            pump,
             peer_addr,
             client_addr,
             advertised_client_addr,
@@ -207,9 +203,8 @@ impl Server {
     pub fn shutdown(self) -> Result<(), ServerError> {
         let id = self.id;
         self.client_port.shutdown();
+        // The raft thread drops the transport, which ends its reader threads.
         let result = self.node.shutdown();
-        // The raft thread dropped the transport; the pump sees its queue close.
-        let _ = self.pump.join();
         result.map_err(|source| ServerError::Node { id, source })
     }
 }

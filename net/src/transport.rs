@@ -136,6 +136,39 @@ pub struct InboundMessage {
     pub payload: Bytes,
 }
 
+/// Where reader threads hand inbound messages. Called on the connection's reader thread,
+/// so a sink that decodes and forwards the message saves the hop through a queue and
+/// another thread (the server's sink hands messages straight to the raft thread).
+pub trait InboundSink: Send + Sync + 'static {
+    /// Takes one message. Returning false ends this connection's reader (the consumer
+    /// is gone); the sink decides itself whether a full consumer blocks or drops.
+    fn deliver(&self, message: InboundMessage) -> bool;
+}
+
+/// The sink of [`PeerTransport::start`]: a bounded queue; a full queue blocks the reader
+/// (TCP flow control then slows the peer) until there is room or the transport stops.
+struct ChannelSink {
+    queue: Sender<InboundMessage>,
+    shared: Arc<Shared>,
+}
+
+impl InboundSink for ChannelSink {
+    fn deliver(&self, mut message: InboundMessage) -> bool {
+        loop {
+            match self.queue.send_timeout(message, Duration::from_millis(100)) {
+                Ok(()) => return true,
+                Err(SendTimeoutError::Timeout(back)) => {
+                    if self.shared.is_stopping() {
+                        return false;
+                    }
+                    message = back;
+                }
+                Err(SendTimeoutError::Disconnected(_)) => return false,
+            }
+        }
+    }
+}
+
 /// Why [`PeerTransport::try_send`] did not queue a message. The message is handed back.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -324,14 +357,38 @@ impl PeerTransport {
     }
 
     /// Starts the listener and one sender thread per peer. Returns the transport and the
-    /// single inbound queue the Raft thread consumes.
+    /// single inbound queue the consumer reads.
     pub fn start(
         config: TransportConfig,
         listener: TcpListener,
     ) -> Result<(PeerTransport, Receiver<InboundMessage>), TransportError> {
+        let (inbound_tx, inbound_rx) = crossbeam_channel::bounded(config.inbound_queue_capacity);
+        let transport = Self::start_inner(config, listener, |shared| {
+            Arc::new(ChannelSink {
+                queue: inbound_tx,
+                shared,
+            })
+        })?;
+        Ok((transport, inbound_rx))
+    }
+
+    /// Like [`PeerTransport::start`], but every inbound message goes to `sink` on the
+    /// reader thread of its connection instead of into a queue.
+    pub fn start_with_sink(
+        config: TransportConfig,
+        listener: TcpListener,
+        sink: Arc<dyn InboundSink>,
+    ) -> Result<PeerTransport, TransportError> {
+        Self::start_inner(config, listener, |_| sink)
+    }
+
+    fn start_inner(
+        config: TransportConfig,
+        listener: TcpListener,
+        make_sink: impl FnOnce(Arc<Shared>) -> Arc<dyn InboundSink>,
+    ) -> Result<PeerTransport, TransportError> {
         validate(&config)?;
         let local_addr = listener.local_addr().map_err(TransportError::Listen)?;
-        let (inbound_tx, inbound_rx) = crossbeam_channel::bounded(config.inbound_queue_capacity);
         let known_peers = config.peers.iter().map(|(id, _)| *id).collect();
         let shared = Arc::new(Shared {
             config: config.clone(),
@@ -357,9 +414,10 @@ impl PeerTransport {
             threads: Vec::new(),
         };
         let listener_shared = Arc::clone(&shared);
+        let sink = make_sink(Arc::clone(&shared));
         let handle = std::thread::Builder::new()
             .name(format!("peer-listen-{}", config.node_id))
-            .spawn(move || listen_loop(listener_shared, listener, inbound_tx))
+            .spawn(move || listen_loop(listener_shared, listener, sink))
             .map_err(TransportError::Spawn)?;
         transport.threads.push(handle);
         for (peer, addr) in &config.peers {
@@ -371,7 +429,7 @@ impl PeerTransport {
             n_peers = config.peers.len(),
             "peer transport started: 1 listener thread, 1 sender thread per peer, 1 reader thread per inbound connection"
         );
-        Ok((transport, inbound_rx))
+        Ok(transport)
     }
 
     fn spawn_sender(&mut self, peer: NodeId, addr: SocketAddr) -> Result<(), TransportError> {
@@ -762,7 +820,7 @@ fn write_batch(
     write_all_vectored(stream, &slices)
 }
 
-fn listen_loop(shared: Arc<Shared>, listener: TcpListener, inbound: Sender<InboundMessage>) {
+fn listen_loop(shared: Arc<Shared>, listener: TcpListener, inbound: Arc<dyn InboundSink>) {
     loop {
         let accepted = listener.accept();
         if shared.is_stopping() {
@@ -780,7 +838,7 @@ fn listen_loop(shared: Arc<Shared>, listener: TcpListener, inbound: Sender<Inbou
             break;
         };
         let reader_shared = Arc::clone(&shared);
-        let reader_inbound = inbound.clone();
+        let reader_inbound = Arc::clone(&inbound);
         let spawned = std::thread::Builder::new()
             .name(format!("peer-recv-{}", shared.config.node_id))
             .spawn(move || {
@@ -806,7 +864,7 @@ fn serve_inbound(
     stream: TcpStream,
     remote: SocketAddr,
     socket_id: u64,
-    inbound: &Sender<InboundMessage>,
+    inbound: &Arc<dyn InboundSink>,
 ) {
     let config = &shared.config;
     let node_id = config.node_id;
@@ -894,7 +952,7 @@ fn receive_frames(
     shared: &Shared,
     reader: &mut FrameReader<&TcpStream>,
     peer: NodeId,
-    inbound: &Sender<InboundMessage>,
+    inbound: &Arc<dyn InboundSink>,
 ) -> String {
     loop {
         let frame = match reader.read_frame() {
@@ -917,24 +975,17 @@ fn receive_frames(
             );
             return format!("reserved message type {:#04x}", frame.msg_type);
         }
-        let mut message = InboundMessage {
+        let message = InboundMessage {
             from: peer,
             msg_type: frame.msg_type,
             payload: frame.payload,
         };
-        loop {
-            match inbound.send_timeout(message, Duration::from_millis(100)) {
-                Ok(()) => break,
-                Err(SendTimeoutError::Timeout(back)) => {
-                    if shared.is_stopping() {
-                        return "transport stopping".to_string();
-                    }
-                    message = back;
-                }
-                Err(SendTimeoutError::Disconnected(_)) => {
-                    return "inbound queue closed".to_string();
-                }
-            }
+        if !inbound.deliver(message) {
+            return if shared.is_stopping() {
+                "transport stopping".to_string()
+            } else {
+                "inbound consumer gone".to_string()
+            };
         }
         shared.received_messages.fetch_add(1, Ordering::Relaxed);
     }

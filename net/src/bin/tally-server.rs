@@ -158,8 +158,8 @@ fn run(args: Args) -> Result<(), String> {
         client_io_threads,
         emulated_fsync_delay_us = args.emulated_fsync_delay_us.unwrap_or(0),
         "tally-server ready. Threads: raft (core, batching, ticks), apply (state machine, replies, reads), \
-         WAL writer (group commit), peer-listen + 1 peer-recv per inbound peer connection, 1 peer-send per peer \
-         ({n_peers}), peer-pump (decode inbound -> raft), client-accept (round-robin hand-off), \
+         WAL writer (group commit), peer-listen + 1 peer-recv per inbound peer connection (decodes and hands to raft), \
+         1 peer-send per peer ({n_peers}), client-accept (round-robin hand-off), \
          {client_io_threads} client-io (mio event loops serving every client connection)",
         n_peers = voters.len() - 1,
     );

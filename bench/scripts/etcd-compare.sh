@@ -96,7 +96,7 @@ CPU1="$(etcd_cpu_s)"; WALL1="$(date +%s.%N)"
 ETCD_CPU="$(awk -v a="$CPU0" -v b="$CPU1" -v w0="$WALL0" -v w1="$WALL1" 'BEGIN {printf "%.0f", (b - a) / (w1 - w0) * 100}')"
 stop_etcd
 
-TALLY_CMD=("$BENCH" --clients "$CLIENTS" --value-size "$VALUE_SIZE" \
+TALLY_CMD=("$BENCH" --read-ratio 0 --clients "$CLIENTS" --value-size "$VALUE_SIZE" \
   --seconds "$SECONDS_MEASURED" --warmup "$WARMUP" --json)
 echo "\$ ${TALLY_CMD[*]#"$ROOT/"}"
 TALLY_JSON="$("${TALLY_CMD[@]}")"

@@ -34,7 +34,7 @@ for line in sys.stdin:
     print("%-28s ops/s %9.0f  p50 %8.0f us  p99 %8.0f us  p999 %8.0f us  errors %d%s" % (label, d["ops_per_sec"], d["p50_us"], d["p99_us"], d["p999_us"], d["errors"], "" if e is None else "  entries/fsync %.1f" % e))
 ' "$label"
 }
-for what in "set-p16:--pipeline 16" "set-p1:--pipeline 1" "get-p16:--pipeline 16 --read-ratio 1" "get-p1:--pipeline 1 --read-ratio 1"; do
+for what in "set-p16:--pipeline 16 --read-ratio 0" "set-p1:--pipeline 1 --read-ratio 0" "get-p16:--pipeline 16 --read-ratio 1" "get-p1:--pipeline 1 --read-ratio 1"; do
   name=${what%%:*}; args=${what#*:}
   # shellcheck disable=SC2086
   run "redis  $name" --target 127.0.0.1:$PORT "${COMMON[@]}" $args

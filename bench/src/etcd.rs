@@ -14,7 +14,7 @@
 //! client thread. This keeps the crate free of an async runtime and a gRPC stack, at a
 //! cost on etcd's side: every request is decoded from JSON, re-encoded as protobuf and
 //! passed through an in-process gRPC call. That cost is CPU, not disk, so it matters
-//! little next to the fsync of every commit, but it is not zero (see docs/bench-etcd.md).
+//! little next to the fsync of every commit, but it is not zero (see docs/BENCHMARKS.md, "Tally versus etcd").
 //! Reads are etcd's default range requests, i.e. linearizable (`serializable: false`).
 //!
 //! Which member the clients talk to: by default all of them go to the leader, found by

@@ -173,6 +173,8 @@ fn no_target_starts_an_embedded_cluster_and_reports_replicated_writes() {
         "4",
         "--pipeline",
         "4",
+        "--keys",
+        "1000",
         "--seconds",
         "1",
         "--warmup",
@@ -184,6 +186,9 @@ fn no_target_starts_an_embedded_cluster_and_reports_replicated_writes() {
     let run = &runs[0];
     assert!(run["ops_per_sec"].as_f64().unwrap() > 0.0, "{run}");
     assert_eq!(run["errors"].as_u64(), Some(0), "{run}");
+    // Without --read-ratio the embedded run is a mixed load (a --target run is SET
+    // only: see defaults_are_50_clients_pipeline_1_value_100_set_only_closed_loop).
+    assert_eq!(run["read_ratio"], 0.5, "{run}");
     // The embedded cluster is a real Tally cluster: INFO reports its group commit.
     assert!(run["entries_per_fsync"].as_f64().unwrap() >= 1.0, "{run}");
     assert!(run["p50_us"].as_f64().unwrap() <= run["p99_us"].as_f64().unwrap());
@@ -200,6 +205,8 @@ fn repeated_dirs_run_the_same_workload_on_each_and_compare_them() {
         first.path().to_str().unwrap(),
         "--dir",
         second.path().to_str().unwrap(),
+        "--read-ratio",
+        "0",
         "--clients",
         "2",
         "--seconds",

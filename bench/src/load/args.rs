@@ -42,9 +42,10 @@ pub struct LoadArgs {
     #[arg(long, default_value_t = 100_000, value_parser = parse_keys)]
     pub keys: u64,
     /// Fraction of operations that are GETs (0.0 = SET only, 1.0 = GET only). When above
-    /// 0, every key is written once before the run so GETs find a value.
-    #[arg(long, default_value_t = 0.0, value_parser = parse_ratio)]
-    pub read_ratio: f64,
+    /// 0, every key is written once before the run so GETs find a value. Default: 0.5 (a
+    /// mixed load) for the embedded cluster, 0 (SET only) with --target
+    #[arg(long, value_parser = parse_ratio)]
+    pub read_ratio: Option<f64>,
     /// Measured time per run, in seconds.
     #[arg(long, default_value_t = 5.0, value_parser = parse_positive_seconds)]
     pub seconds: f64,
@@ -99,6 +100,10 @@ pub struct Sweep {
     pub values: Vec<usize>,
 }
 
+/// Read ratio of the embedded run when `--read-ratio` is not given: the README's main
+/// command measures a mixed load.
+pub const EMBEDDED_DEFAULT_READ_RATIO: f64 = 0.5;
+
 /// The workload of one run, after a sweep value has been applied.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunConfig {
@@ -121,7 +126,11 @@ impl LoadArgs {
             pipeline: self.pipeline,
             value_size: self.value_size,
             keys: self.keys,
-            read_ratio: self.read_ratio,
+            read_ratio: self.read_ratio.unwrap_or(if self.targets.is_empty() {
+                EMBEDDED_DEFAULT_READ_RATIO
+            } else {
+                0.0
+            }),
             seconds: self.seconds,
             warmup: self.warmup,
             rate: self.rate,

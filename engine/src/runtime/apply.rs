@@ -18,14 +18,17 @@ pub(crate) enum ApplyWork<R> {
         entries: Vec<Entry>,
         replies: Vec<(u64, ReplyTo<R>)>,
     },
-    /// A read confirmed by the core: answer once everything through `read_index` is
-    /// applied.
-    Read {
-        read_index: u64,
-        query: Bytes,
-        reply: ReplyTo<R>,
-        lease: bool,
-    },
+    /// Reads confirmed by the core in one turn of the raft thread (one queue operation
+    /// for all of them): answer each once everything through its read index is applied.
+    Reads(Vec<ConfirmedRead<R>>),
+}
+
+/// A read confirmed by the core (lease or ReadIndex round).
+pub(crate) struct ConfirmedRead<R> {
+    pub(crate) read_index: u64,
+    pub(crate) query: Bytes,
+    pub(crate) reply: ReplyTo<R>,
+    pub(crate) lease: bool,
 }
 
 /// A read waiting for the state machine to catch up with its read index.
@@ -72,26 +75,23 @@ pub(crate) fn apply_loop<SM: StateMachine>(
                 let _ = applied_tx.send(applied_through);
                 serve_waiting_reads(&state_machine, &mut waiting_reads, applied_through);
             }
-            ApplyWork::Read {
-                read_index,
-                query,
-                reply,
-                lease,
-            } => {
-                let counter = if lease {
-                    &status.reads_lease
-                } else {
-                    &status.reads_read_index
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                if read_index <= applied_through {
-                    reply.send(Ok(state_machine.query(&query)));
-                } else {
-                    waiting_reads.push_back(WaitingRead {
-                        read_index,
-                        query,
-                        reply,
-                    });
+            ApplyWork::Reads(reads) => {
+                for read in reads {
+                    let counter = if read.lease {
+                        &status.reads_lease
+                    } else {
+                        &status.reads_read_index
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    if read.read_index <= applied_through {
+                        read.reply.send(Ok(state_machine.query(&read.query)));
+                    } else {
+                        waiting_reads.push_back(WaitingRead {
+                            read_index: read.read_index,
+                            query: read.query,
+                            reply: read.reply,
+                        });
+                    }
                 }
             }
         }

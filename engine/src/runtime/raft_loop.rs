@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use crossbeam_channel::{select, Receiver, Sender};
 
-use super::apply::ApplyWork;
+use super::apply::{ApplyWork, ConfirmedRead};
 use super::{
     initial_configuration, ClientError, NodeError, NodeOptions, NodeStatus, ReplyTo, Request,
     Transport,
@@ -372,16 +372,19 @@ impl<R: Send + 'static, T: Transport> Pipeline<R, T> {
                 replies,
             })?;
         }
+        let mut confirmed = Vec::with_capacity(reads.len());
         for ready_read in reads {
             if let Some((query, reply)) = self.pending_reads.remove(&ready_read.request_id) {
-                let lease = ready_read.via == ReadPath::Lease;
-                self.send_apply(ApplyWork::Read {
+                confirmed.push(ConfirmedRead {
                     read_index: ready_read.read_index,
                     query,
                     reply,
-                    lease,
-                })?;
+                    lease: ready_read.via == ReadPath::Lease,
+                });
             }
+        }
+        if !confirmed.is_empty() {
+            self.send_apply(ApplyWork::Reads(confirmed))?;
         }
         for (request_id, crate::raft::ReadError::NotLeader { leader_hint }) in failed_reads {
             if let Some((_, reply)) = self.pending_reads.remove(&request_id) {

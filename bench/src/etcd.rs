@@ -34,8 +34,11 @@ use base64::Engine as _;
 use clap::Args;
 use serde_json::Value;
 
-use crate::load::args::{RunConfig, KEY_DIGITS, MAX_CLIENTS, MAX_KEYS};
-use crate::load::client::Timeline;
+use crate::load::args::{
+    parse_bounded_u64, parse_keys, parse_nonnegative_seconds, parse_positive_seconds, parse_ratio,
+    RunConfig, KEY_DIGITS, MAX_CLIENTS, MAX_KEYS,
+};
+use crate::load::client::{OpSource, Timeline};
 use crate::load::info::StorageFigures;
 use crate::load::report::{self, RunReport};
 use crate::load::request::{value_bytes, OpChooser, OpKind};
@@ -162,66 +165,16 @@ pub fn parse_endpoint(text: &str) -> Result<Endpoint, String> {
     }
 }
 
-fn parse_bounded(text: &str, min: u64, max: u64) -> Result<u64, String> {
-    let value: u64 = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{text}` is not a whole number"))?;
-    if value < min || value > max {
-        return Err(format!("{value} is out of range {min}..={max}"));
-    }
-    Ok(value)
-}
-
 fn parse_clients(text: &str) -> Result<usize, String> {
-    parse_bounded(text, 1, MAX_CLIENTS as u64).map(|v| v as usize)
+    parse_bounded_u64(text, 1, MAX_CLIENTS as u64).map(|v| v as usize)
 }
 
 fn parse_value_size(text: &str) -> Result<usize, String> {
-    parse_bounded(text, 0, MAX_ETCD_VALUE_SIZE_BYTES as u64).map(|v| v as usize)
-}
-
-fn parse_keys(text: &str) -> Result<u64, String> {
-    parse_bounded(text, 1, MAX_KEYS)
+    parse_bounded_u64(text, 0, MAX_ETCD_VALUE_SIZE_BYTES as u64).map(|v| v as usize)
 }
 
 fn parse_timeout_ms(text: &str) -> Result<u64, String> {
-    parse_bounded(text, 1, 3_600_000)
-}
-
-fn parse_finite(text: &str) -> Result<f64, String> {
-    let value: f64 = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{text}` is not a number"))?;
-    if !value.is_finite() {
-        return Err(format!("`{text}` is not a finite number"));
-    }
-    Ok(value)
-}
-
-fn parse_ratio(text: &str) -> Result<f64, String> {
-    let value = parse_finite(text)?;
-    if !(0.0..=1.0).contains(&value) {
-        return Err(format!("{value} is not between 0.0 and 1.0"));
-    }
-    Ok(value)
-}
-
-fn parse_positive_seconds(text: &str) -> Result<f64, String> {
-    let value = parse_finite(text)?;
-    if value <= 0.0 || value > 86_400.0 {
-        return Err(format!("{value} is not in (0, 86400] seconds"));
-    }
-    Ok(value)
-}
-
-fn parse_nonnegative_seconds(text: &str) -> Result<f64, String> {
-    let value = parse_finite(text)?;
-    if !(0.0..=86_400.0).contains(&value) {
-        return Err(format!("{value} is not in [0, 86400] seconds"));
-    }
-    Ok(value)
+    parse_bounded_u64(text, 1, 3_600_000)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -569,30 +522,6 @@ fn discover(endpoints: &[Endpoint], timeout: Duration) -> Result<Discovery, Stri
 
 // ---------------------------------------------------------------------------------------
 // Clients
-
-/// Where a client's operations come from.
-enum OpSource {
-    /// The workload: random keys, reads with probability read_ratio.
-    Random(OpChooser),
-    /// The preload: puts of keys `next, next + stride, ...` below `end`.
-    Sequential { next: u64, stride: u64, end: u64 },
-}
-
-impl OpSource {
-    fn next_op(&mut self) -> Option<(OpKind, u64)> {
-        match self {
-            OpSource::Random(chooser) => Some(chooser.next_op()),
-            OpSource::Sequential { next, stride, end } => {
-                if *next >= *end {
-                    return None;
-                }
-                let key = *next;
-                *next += *stride;
-                Some((OpKind::Set, key))
-            }
-        }
-    }
-}
 
 /// Everything one client thread needs.
 struct EtcdClient {

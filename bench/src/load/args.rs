@@ -155,8 +155,9 @@ impl LoadArgs {
     }
 }
 
-fn parse_bounded(text: &str, min: usize, max: usize) -> Result<usize, String> {
-    let value: usize = text
+/// A whole number in `min..=max` (shared with `tally-bench etcd`).
+pub(crate) fn parse_bounded_u64(text: &str, min: u64, max: u64) -> Result<u64, String> {
+    let value: u64 = text
         .trim()
         .parse()
         .map_err(|_| format!("`{text}` is not a whole number"))?;
@@ -164,6 +165,10 @@ fn parse_bounded(text: &str, min: usize, max: usize) -> Result<usize, String> {
         return Err(format!("{value} is out of range {min}..={max}"));
     }
     Ok(value)
+}
+
+fn parse_bounded(text: &str, min: usize, max: usize) -> Result<usize, String> {
+    parse_bounded_u64(text, min as u64, max as u64).map(|value| value as usize)
 }
 
 fn parse_clients(text: &str) -> Result<usize, String> {
@@ -178,15 +183,8 @@ fn parse_value_size(text: &str) -> Result<usize, String> {
     parse_bounded(text, 0, MAX_VALUE_SIZE_BYTES)
 }
 
-fn parse_keys(text: &str) -> Result<u64, String> {
-    let value: u64 = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{text}` is not a whole number"))?;
-    if value == 0 || value > MAX_KEYS {
-        return Err(format!("{value} is out of range 1..={MAX_KEYS}"));
-    }
-    Ok(value)
+pub(crate) fn parse_keys(text: &str) -> Result<u64, String> {
+    parse_bounded_u64(text, 1, MAX_KEYS)
 }
 
 fn parse_finite(text: &str) -> Result<f64, String> {
@@ -200,7 +198,7 @@ fn parse_finite(text: &str) -> Result<f64, String> {
     Ok(value)
 }
 
-fn parse_ratio(text: &str) -> Result<f64, String> {
+pub(crate) fn parse_ratio(text: &str) -> Result<f64, String> {
     let value = parse_finite(text)?;
     if !(0.0..=1.0).contains(&value) {
         return Err(format!("{value} is not between 0.0 and 1.0"));
@@ -208,7 +206,7 @@ fn parse_ratio(text: &str) -> Result<f64, String> {
     Ok(value)
 }
 
-fn parse_positive_seconds(text: &str) -> Result<f64, String> {
+pub(crate) fn parse_positive_seconds(text: &str) -> Result<f64, String> {
     let value = parse_finite(text)?;
     if value <= 0.0 || value > 86_400.0 {
         return Err(format!("{value} is not in (0, 86400] seconds"));
@@ -216,7 +214,7 @@ fn parse_positive_seconds(text: &str) -> Result<f64, String> {
     Ok(value)
 }
 
-fn parse_nonnegative_seconds(text: &str) -> Result<f64, String> {
+pub(crate) fn parse_nonnegative_seconds(text: &str) -> Result<f64, String> {
     let value = parse_finite(text)?;
     if !(0.0..=86_400.0).contains(&value) {
         return Err(format!("{value} is not in [0, 86400] seconds"));

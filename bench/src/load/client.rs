@@ -237,7 +237,7 @@ pub enum OpSource {
 }
 
 impl OpSource {
-    fn next_op(&mut self) -> Option<(OpKind, u64)> {
+    pub(crate) fn next_op(&mut self) -> Option<(OpKind, u64)> {
         match self {
             OpSource::Random(chooser) => Some(chooser.next_op()),
             OpSource::Sequential { next, stride, end } => {

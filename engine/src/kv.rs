@@ -51,7 +51,73 @@ use bytes::Bytes;
 use imbl::OrdMap;
 
 /// The data map: see the module docs for why it is hashed.
-type DataMap = imbl::HashMap<Bytes, Bytes>;
+type DataMap = imbl::HashMap<DataKey, Bytes>;
+
+/// Longest key stored inside the map's node instead of in its own allocation.
+const INLINE_KEY_BYTES: usize = 22;
+
+/// A key of the data map. Short keys (the common case) live inline: inserting one
+/// allocates nothing, and comparing it during a lookup touches no other cache line --
+/// with a separately allocated key, that comparison was a cache miss on every write of
+/// every replica (perf: `memcmp` ~6 % of a 3-node cluster's CPU at 50 clients × 16).
+/// Hash and equality are those of the byte string, so `&[u8]` looks keys up.
+#[derive(Clone)]
+enum DataKey {
+    Inline {
+        len: u8,
+        bytes: [u8; INLINE_KEY_BYTES],
+    },
+    Heap(Box<[u8]>),
+}
+
+impl DataKey {
+    fn new(key: &[u8]) -> DataKey {
+        if key.len() <= INLINE_KEY_BYTES {
+            let mut bytes = [0u8; INLINE_KEY_BYTES];
+            bytes[..key.len()].copy_from_slice(key);
+            DataKey::Inline {
+                len: key.len() as u8,
+                bytes,
+            }
+        } else {
+            DataKey::Heap(key.into())
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            DataKey::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            DataKey::Heap(bytes) => bytes,
+        }
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for DataKey {
+    fn borrow(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl std::hash::Hash for DataKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // Must equal `<[u8] as Hash>::hash` for `Borrow<[u8]>` lookups to work.
+        self.as_slice().hash(state);
+    }
+}
+
+impl PartialEq for DataKey {
+    fn eq(&self, other: &DataKey) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for DataKey {}
+
+impl std::fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", Bytes::copy_from_slice(self.as_slice()))
+    }
+}
 
 use crate::state_machine::{CommittedEntry, SnapshotSource, StateMachine, StateMachineError};
 
@@ -789,8 +855,8 @@ impl KvStateMachine {
     }
 
     /// All key-value pairs, in no particular order (for tests and tools).
-    pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &Bytes)> {
-        self.data.iter()
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &Bytes)> {
+        self.data.iter().map(|(key, value)| (key.as_slice(), value))
     }
 
     /// An O(1) frozen view for reads on other threads.
@@ -843,13 +909,13 @@ impl KvStateMachine {
             }
             Command::Set { key, value } => {
                 self.data
-                    .insert(Bytes::copy_from_slice(key), Bytes::copy_from_slice(value));
+                    .insert(DataKey::new(key), Bytes::copy_from_slice(value));
                 KvResponse::Ok
             }
             Command::MSet { pairs } => {
                 for (key, value) in pairs {
                     self.data
-                        .insert(Bytes::copy_from_slice(key), Bytes::copy_from_slice(value));
+                        .insert(DataKey::new(key), Bytes::copy_from_slice(value));
                 }
                 KvResponse::Ok
             }
@@ -872,7 +938,7 @@ impl KvStateMachine {
                     return KvResponse::Error(KvError::IncrOverflow);
                 };
                 self.data.insert(
-                    Bytes::copy_from_slice(key),
+                    DataKey::new(key),
                     Bytes::from(next.to_string().into_bytes()),
                 );
                 KvResponse::Integer(next)
@@ -881,7 +947,7 @@ impl KvStateMachine {
                 let swap = self.data.get(*key).is_some_and(|v| v.as_ref() == *expected);
                 if swap {
                     self.data
-                        .insert(Bytes::copy_from_slice(key), Bytes::copy_from_slice(new));
+                        .insert(DataKey::new(key), Bytes::copy_from_slice(new));
                 }
                 KvResponse::Integer(i64::from(swap))
             }
@@ -1050,7 +1116,11 @@ impl SnapshotSource for KvSnapshot {
         }
         writer.write_all(&(self.data.len() as u64).to_le_bytes())?;
         // Key order makes the bytes a pure function of the state (the map is hashed).
-        let mut pairs: Vec<(&Bytes, &Bytes)> = self.data.iter().collect();
+        let mut pairs: Vec<(&[u8], &Bytes)> = self
+            .data
+            .iter()
+            .map(|(key, value)| (key.as_slice(), value))
+            .collect();
         pairs.sort_unstable_by(|a, b| a.0.cmp(b.0));
         for (key, value) in pairs {
             write_len_bytes(&mut writer, key)?;
@@ -1231,8 +1301,8 @@ fn read_snapshot(
         if previous_key.as_ref().is_some_and(|p| *p >= key) {
             return Err(corrupt("keys not in increasing order"));
         }
-        previous_key = Some(key.clone());
-        state.data.insert(key, value);
+        state.data.insert(DataKey::new(&key), value);
+        previous_key = Some(key);
     }
 
     let computed = reader.hasher.clone().finalize();
@@ -1297,6 +1367,48 @@ mod tests {
         let written = source.write_to(&mut out).expect("snapshot");
         assert_eq!(written, out.len() as u64);
         out
+    }
+
+    #[test]
+    fn keys_on_both_sides_of_the_inline_limit_are_stored_found_and_snapshotted() {
+        let lengths = [
+            0,
+            1,
+            INLINE_KEY_BYTES - 1,
+            INLINE_KEY_BYTES,
+            INLINE_KEY_BYTES + 1,
+            300,
+        ];
+        let keys: Vec<Vec<u8>> = lengths.iter().map(|&n| vec![b'k'; n]).collect();
+        let mut sm = KvStateMachine::default();
+        for (i, key) in keys.iter().enumerate() {
+            let value = format!("v{i}");
+            let cmd = Command::Set {
+                key,
+                value: value.as_bytes(),
+            };
+            assert_eq!(
+                apply_one(&mut sm, i as u64 + 1, &encode(None, &cmd)),
+                KvResponse::Ok
+            );
+        }
+        // Keys that differ only in length are distinct entries.
+        assert_eq!(sm.len(), keys.len());
+        for (i, key) in keys.iter().enumerate() {
+            assert_eq!(sm.get(key), bulk(format!("v{i}").as_bytes()).as_ref());
+            let mut shorter = key.clone();
+            if shorter.pop().is_some() && !keys.contains(&shorter) {
+                assert_eq!(sm.get(&shorter), None);
+            }
+        }
+        let mut restored = KvStateMachine::default();
+        restored
+            .restore(&mut snapshot_bytes(&sm).as_slice())
+            .expect("restore");
+        assert_eq!(restored, sm);
+        for key in &keys {
+            assert_eq!(restored.get(key), sm.get(key));
+        }
     }
 
     #[test]

@@ -620,18 +620,6 @@ fn run_client(
     stats
 }
 
-fn join_all(handles: Vec<thread::JoinHandle<ClientStats>>) -> Result<ClientStats, String> {
-    let mut total = ClientStats::new();
-    for handle in handles {
-        total.merge(
-            handle
-                .join()
-                .map_err(|_| "client thread panicked".to_string())?,
-        );
-    }
-    Ok(total)
-}
-
 /// Writes every key once so that reads find values of the configured size.
 fn preload(endpoints: &[Endpoint], args: &EtcdArgs) -> Result<String, String> {
     let started = Instant::now();
@@ -660,7 +648,7 @@ fn preload(endpoints: &[Endpoint], args: &EtcdArgs) -> Result<String, String> {
                 .map_err(|error| format!("spawn preload thread: {error}"))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let total = join_all(handles)?;
+    let total = ClientStats::join_all(handles, "client")?;
     let missing = total.failed_keys.len() as u64;
     if missing == args.keys {
         return Err(format!(
@@ -723,7 +711,7 @@ fn run_measured(endpoints: &[Endpoint], args: &EtcdArgs) -> Result<ClientStats, 
         measure_end_ns: warmup_ns + (args.seconds * 1e9) as u64,
     });
     ready.wait();
-    join_all(handles)
+    ClientStats::join_all(handles, "preload")
 }
 
 /// The report's JSON line: the RESP run's keys plus which system and version ran.

@@ -134,14 +134,7 @@ fn preload(
             thread::spawn(move || client::run_closed_loop(setup, timeline, source, true))
         })
         .collect();
-    let mut total = ClientStats::new();
-    for handle in handles {
-        total.merge(
-            handle
-                .join()
-                .map_err(|_| "preload thread panicked".to_string())?,
-        );
-    }
+    let total = ClientStats::join_all(handles, "preload")?;
     let missing = total.failed_keys.len();
     let line = format!(
         "preload: {} of {} keys written in {:.1} s{}",
@@ -271,14 +264,7 @@ fn run_one(
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    let mut total = ClientStats::new();
-    for handle in handles {
-        total.merge(
-            handle
-                .join()
-                .map_err(|_| "client thread panicked".to_string())?,
-        );
-    }
+    let total = ClientStats::join_all(handles, "client")?;
     let seconds = config.seconds;
     let storage = info::storage_figures(&before, &after, seconds, total.ops_ok);
     Ok(RunReport::new(targets, config, seconds, &total, storage))

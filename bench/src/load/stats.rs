@@ -66,6 +66,23 @@ impl ClientStats {
         }
     }
 
+    /// Waits for every client thread and merges their statistics; `what` names the
+    /// threads in the error if one panicked.
+    pub fn join_all(
+        handles: Vec<std::thread::JoinHandle<ClientStats>>,
+        what: &str,
+    ) -> Result<ClientStats, String> {
+        let mut total = ClientStats::new();
+        for handle in handles {
+            total.merge(
+                handle
+                    .join()
+                    .map_err(|_| format!("{what} thread panicked"))?,
+            );
+        }
+        Ok(total)
+    }
+
     pub fn merge(&mut self, other: ClientStats) {
         // Same bounds on both sides, so adding cannot fail.
         self.latency_ns

@@ -23,19 +23,13 @@ pub(crate) enum ApplyWork<R> {
     Reads(Vec<ConfirmedRead<R>>),
 }
 
-/// A read confirmed by the core (lease or ReadIndex round).
+/// A read confirmed by the core (lease or ReadIndex round); it waits in the apply thread
+/// until everything through `read_index` is applied.
 pub(crate) struct ConfirmedRead<R> {
     pub(crate) read_index: u64,
     pub(crate) query: Bytes,
     pub(crate) reply: ReplyTo<R>,
     pub(crate) lease: bool,
-}
-
-/// A read waiting for the state machine to catch up with its read index.
-struct WaitingRead<R> {
-    read_index: u64,
-    query: Bytes,
-    reply: ReplyTo<R>,
 }
 
 /// Runs until the raft thread hangs up. Returns the state machine's fatal error.
@@ -49,7 +43,7 @@ pub(crate) fn apply_loop<SM: StateMachine>(
     // reflected; `state_machine.applied_index()` only counts commands.
     // Invariant: never decreases; equals the last index of the last batch applied.
     let mut applied_through: u64 = 0;
-    let mut waiting_reads: VecDeque<WaitingRead<SM::Response>> = VecDeque::new();
+    let mut waiting_reads: VecDeque<ConfirmedRead<SM::Response>> = VecDeque::new();
     for item in work.iter() {
         match item {
             ApplyWork::Entries { entries, replies } => {
@@ -84,13 +78,9 @@ pub(crate) fn apply_loop<SM: StateMachine>(
                     };
                     counter.fetch_add(1, Ordering::Relaxed);
                     if read.read_index <= applied_through {
-                        read.reply.send(Ok(state_machine.query(&read.query)));
+                        reply_read(&state_machine, read);
                     } else {
-                        waiting_reads.push_back(WaitingRead {
-                            read_index: read.read_index,
-                            query: read.query,
-                            reply: read.reply,
-                        });
+                        waiting_reads.push_back(read);
                     }
                 }
             }
@@ -120,7 +110,7 @@ fn answer<R>(commands: &[CommittedEntry<'_>], responses: Vec<R>, replies: Vec<(u
 
 fn serve_waiting_reads<SM: StateMachine>(
     state_machine: &SM,
-    waiting: &mut VecDeque<WaitingRead<SM::Response>>,
+    waiting: &mut VecDeque<ConfirmedRead<SM::Response>>,
     applied_through: u64,
 ) {
     // Read indexes arrive in non-decreasing order from one leader term, but keep the
@@ -137,7 +127,7 @@ fn serve_waiting_reads<SM: StateMachine>(
     }
 }
 
-fn reply_read<SM: StateMachine>(state_machine: &SM, read: WaitingRead<SM::Response>) {
+fn reply_read<SM: StateMachine>(state_machine: &SM, read: ConfirmedRead<SM::Response>) {
     let response = state_machine.query(&read.query);
     read.reply.send(Ok(response));
 }

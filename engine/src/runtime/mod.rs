@@ -149,31 +149,21 @@ impl<R> ReplyTo<R> {
 
 /// What client threads hand to the raft thread.
 pub(crate) enum Request<R> {
+    /// One proposal or read.
+    One(Submission<R>),
+    /// Several proposals and reads in order, handed over with one queue operation.
+    Batch(Vec<Submission<R>>),
+    /// Hand leadership to another voter.
+    TransferLeadership { target: NodeId },
+}
+
+/// One client request: alone ([`NodeHandle::propose`], [`NodeHandle::read`]) or inside
+/// [`NodeHandle::submit_batch`].
+pub enum Submission<R> {
     /// A command to replicate and apply.
     Propose { command: Bytes, reply: ReplyTo<R> },
     /// A read-only query to answer linearizably.
     Read { query: Bytes, reply: ReplyTo<R> },
-    /// Hand leadership to another voter.
-    TransferLeadership { target: NodeId },
-    /// Several proposals and reads in order, handed over with one queue operation.
-    Batch(Vec<Submission<R>>),
-}
-
-/// One client request inside [`NodeHandle::submit_batch`].
-pub enum Submission<R> {
-    /// A command to replicate and apply (as [`NodeHandle::propose`]).
-    Propose { command: Bytes, reply: ReplyTo<R> },
-    /// A linearizable read (as [`NodeHandle::read`]).
-    Read { query: Bytes, reply: ReplyTo<R> },
-}
-
-impl<R> Submission<R> {
-    fn into_request(self) -> Request<R> {
-        match self {
-            Submission::Propose { command, reply } => Request::Propose { command, reply },
-            Submission::Read { query, reply } => Request::Read { query, reply },
-        }
-    }
 }
 
 /// Options of a node.
@@ -306,12 +296,12 @@ impl<R: Send + 'static> NodeHandle<R> {
     /// Queues a command; the result arrives on `reply` once it is committed and
     /// applied (or failed). Blocks while the request queue is full.
     pub fn propose(&self, command: Bytes, reply: ReplyTo<R>) {
-        self.submit(Request::Propose { command, reply });
+        self.submit(Request::One(Submission::Propose { command, reply }));
     }
 
     /// Queues a linearizable read of the state machine.
     pub fn read(&self, query: Bytes, reply: ReplyTo<R>) {
-        self.submit(Request::Read { query, reply });
+        self.submit(Request::One(Submission::Read { query, reply }));
     }
 
     /// Asks the leader to hand leadership to `target` (ignored on followers).
@@ -324,14 +314,8 @@ impl<R: Send + 'static> NodeHandle<R> {
     /// one pass over its connections hands it over here instead of once per request.
     /// The whole batch takes one slot of the request queue; callers bound its size.
     pub fn submit_batch(&self, batch: Vec<Submission<R>>) {
-        match batch.len() {
-            0 => {}
-            1 => {
-                if let Some(one) = batch.into_iter().next() {
-                    self.submit(one.into_request());
-                }
-            }
-            _ => self.submit(Request::Batch(batch)),
+        if !batch.is_empty() {
+            self.submit(Request::Batch(batch));
         }
     }
 

@@ -10,7 +10,7 @@ use crossbeam_channel::{select, Receiver, Sender};
 use super::apply::{ApplyWork, ConfirmedRead};
 use super::{
     initial_configuration, ClientError, NodeError, NodeOptions, NodeStatus, ReplyTo, Request,
-    Transport,
+    Submission, Transport,
 };
 use crate::raft::{
     Entry, EntryKind, HardState, LogStart, Message, PersistAction, ProposeError, RaftNode,
@@ -194,15 +194,23 @@ pub(crate) fn raft_loop<R: Send + 'static, T: Transport>(
     result
 }
 
+fn fail_submission<R>(submission: Submission<R>, error: ClientError) {
+    match submission {
+        Submission::Propose { reply, .. } | Submission::Read { reply, .. } => {
+            reply.send(Err(error))
+        }
+    }
+}
+
 pub(crate) fn fail_request<R>(request: Request<R>, error: ClientError) {
     match request {
-        Request::Propose { reply, .. } | Request::Read { reply, .. } => reply.send(Err(error)),
-        Request::TransferLeadership { .. } => {}
+        Request::One(submission) => fail_submission(submission, error),
         Request::Batch(batch) => {
             for submission in batch {
-                fail_request(submission.into_request(), error.clone());
+                fail_submission(submission, error.clone());
             }
         }
+        Request::TransferLeadership { .. } => {}
     }
 }
 
@@ -231,21 +239,32 @@ impl<R: Send + 'static, T: Transport> Pipeline<R, T> {
         replies: &mut Vec<ReplyTo<R>>,
     ) {
         match request {
-            Request::Propose { command, reply } => {
-                commands.push(command);
-                replies.push(reply);
+            Request::One(submission) => self.sort_submission(submission, commands, replies),
+            Request::Batch(batch) => {
+                for submission in batch {
+                    self.sort_submission(submission, commands, replies);
+                }
             }
-            Request::Read { query, reply } => self.start_read(query, reply),
             Request::TransferLeadership { target } => {
                 if let Err(error) = self.core.transfer_leadership(target) {
                     tracing::info!(%error, target, "leadership transfer refused");
                 }
             }
-            Request::Batch(batch) => {
-                for submission in batch {
-                    self.sort_request(submission.into_request(), commands, replies);
-                }
+        }
+    }
+
+    fn sort_submission(
+        &mut self,
+        submission: Submission<R>,
+        commands: &mut Vec<Bytes>,
+        replies: &mut Vec<ReplyTo<R>>,
+    ) {
+        match submission {
+            Submission::Propose { command, reply } => {
+                commands.push(command);
+                replies.push(reply);
             }
+            Submission::Read { query, reply } => self.start_read(query, reply),
         }
     }
 

@@ -25,12 +25,17 @@
 //!   from the reply the apply thread sends after the entry committed and applied.
 //!   Leadership loss mid-flight becomes `-UNKNOWN ...`; a follower answers
 //!   `-NOTLEADER <leader client addr>` (or `-NOTLEADER ?`).
-//! * **Bounded buffers.** The parser bounds every announced length; a request that is
-//!   still incomplete past [`ClientPortConfig::max_request_bytes`] is a protocol error;
-//!   a connection has at most [`ClientPortConfig::max_pipeline_commands`] unanswered
-//!   commands and at most [`ClientPortConfig::max_unsent_reply_bytes`] of replies its
-//!   client has not read before the port stops reading from it. A protocol error gets
-//!   `-ERR Protocol error: ...` and closes that connection only.
+//! * **Bounded buffers** ([`Limits`], one set for the whole member). The parser bounds
+//!   every announced length; a request still incomplete past
+//!   [`Limits::max_request_buffer_bytes`] is a protocol error; a command larger than
+//!   [`Limits::max_command_bytes`] (or whose log encoding exceeds
+//!   [`Limits::max_entry_bytes`]) is answered `-ERR ... (max-command-bytes)` and nothing
+//!   else happens, so no client can make the WAL refuse an entry (which would stop the
+//!   node). A connection has at most [`Limits::max_pipeline_commands`] unanswered
+//!   commands; past [`Limits::output_buffer_soft_bytes`] of unsent replies it is not
+//!   read and no further reply is encoded for it until its client reads; a reply that
+//!   would take it past [`Limits::output_buffer_limit_bytes`] closes it (counted). A
+//!   protocol error gets `-ERR Protocol error: ...` and closes that connection only.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
@@ -48,9 +53,10 @@ use tally_engine::kv::{encode_request, parse_command_args, ClientSession, KvLimi
 use tally_engine::raft::Role;
 use tally_engine::runtime::{ClientError, NodeHandle, Reply, ReplyTo, ReplyWaker, Submission};
 
+use crate::limits::Limits;
 use crate::resp::{
     write_array_header, write_bulk, write_error, write_kv_response, write_simple_string,
-    ParseStatus, RequestParser, RespLimits,
+    ParseStatus, RequestParser,
 };
 use crate::transport::PeerClientAddrs;
 
@@ -99,39 +105,24 @@ pub struct ClientPortConfig {
     pub advertised_client_addr: String,
     /// Event-loop threads serving connections (at least 1).
     pub io_threads: usize,
-    /// Bounds on what a request may announce.
-    pub resp_limits: RespLimits,
+    /// Size limits of requests, commands and unsent replies (the member's one set;
+    /// `max_pipeline_commands` must stay below 2^23, the tag sequence space).
+    pub limits: Limits,
     /// Bounds the KV state machine enforces (must match every replica's).
     pub kv_limits: KvLimits,
-    /// Most unanswered commands per connection; past it the port stops parsing and
-    /// reading from that connection until replies go out. Must stay below 2^23 (tag
-    /// sequence space).
-    pub max_pipeline_commands: usize,
-    /// Largest incomplete request buffered before it is a protocol error.
-    pub max_request_bytes: usize,
-    /// Replies a client has not read yet; past it the port stops reading from it.
-    pub max_unsent_reply_bytes: usize,
     /// Bytes read per `read` call.
     pub read_chunk_bytes: usize,
 }
 
 impl ClientPortConfig {
-    /// Defaults: one I/O thread per core, 16 MiB bulk strings, 64 MiB requests, 4096
-    /// unanswered commands and 64 MiB of unread replies per connection.
+    /// Defaults: one I/O thread per core and [`Limits::default`].
     pub fn new(node_id: u64, advertised_client_addr: String) -> ClientPortConfig {
         ClientPortConfig {
             node_id,
             advertised_client_addr,
             io_threads: default_io_threads(),
-            resp_limits: RespLimits {
-                max_bulk_bytes: 16 << 20,
-                max_array_elements: 1 << 16,
-                max_inline_bytes: 64 << 10,
-            },
+            limits: Limits::default(),
             kv_limits: KvLimits::default(),
-            max_pipeline_commands: 4096,
-            max_request_bytes: 64 << 20,
-            max_unsent_reply_bytes: 64 << 20,
             read_chunk_bytes: 64 << 10,
         }
     }
@@ -144,6 +135,10 @@ pub struct ClientPortCounters {
     pub connections_open: AtomicU64,
     pub commands: AtomicU64,
     pub protocol_errors: AtomicU64,
+    /// Commands refused for exceeding `max_command_bytes` / `max_entry_bytes`.
+    pub commands_too_large: AtomicU64,
+    /// Connections closed because a reply would pass `output_buffer_limit_bytes`.
+    pub output_buffer_limit_disconnections: AtomicU64,
     /// Wake-ups that reached an I/O thread's `mio::Waker` (after coalescing).
     pub io_wakeups: AtomicU64,
 }
@@ -224,9 +219,13 @@ impl ClientPort {
         peer_client_addrs: PeerClientAddrs,
     ) -> io::Result<ClientPort> {
         assert!(
-            (config.max_pipeline_commands as u64) < TAG_SEQUENCE_MASK,
+            (config.limits.max_pipeline_commands as u64) < TAG_SEQUENCE_MASK,
             "max_pipeline_commands must leave the tag sequence room to wrap"
         );
+        config
+            .limits
+            .validate()
+            .map_err(|reason| io::Error::new(io::ErrorKind::InvalidInput, reason))?;
         let local_addr = listener.local_addr()?;
         let n_io_threads = config.io_threads.max(1);
         let shared = Arc::new(Shared {
@@ -671,7 +670,7 @@ impl Connection {
             client_id: new_client_id(),
             last_sequence: 0,
             next_request: 0,
-            parser: RequestParser::new(config.resp_limits),
+            parser: RequestParser::new(config.limits.resp_limits()),
             input: Vec::new(),
             slots: VecDeque::new(),
             unsubmitted: VecDeque::new(),
@@ -703,8 +702,22 @@ impl Connection {
         let config = &context.shared.config;
         loop {
             self.submit_ready(context);
-            self.collect_answered(context.shared);
-            self.flush()?;
+            if let Err(reply_bytes) = self.collect_and_flush(context.shared)? {
+                context
+                    .shared
+                    .counters
+                    .output_buffer_limit_disconnections
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    node_id = config.node_id,
+                    remote = %self.remote,
+                    reply_bytes,
+                    unsent_bytes = self.unsent_bytes(),
+                    limit_bytes = config.limits.output_buffer_limit_bytes,
+                    "closing a client connection: its unsent replies would pass the output buffer limit"
+                );
+                return Ok(Verdict::Close);
+            }
             if self.closing && self.slots.is_empty() && self.unsent_bytes() == 0 {
                 return Ok(Verdict::Close);
             }
@@ -713,8 +726,8 @@ impl Connection {
             }
             let may_read = !self.read_closed
                 && !self.closing
-                && self.slots.len() < config.max_pipeline_commands
-                && self.unsent_bytes() < config.max_unsent_reply_bytes;
+                && self.slots.len() < config.limits.max_pipeline_commands
+                && self.unsent_bytes() < config.limits.output_buffer_soft_bytes;
             if !may_read {
                 return Ok(Verdict::Keep);
             }
@@ -741,15 +754,17 @@ impl Connection {
         let shared = context.shared;
         let config = &shared.config;
         let input = std::mem::take(&mut self.input);
-        let mut parser =
-            std::mem::replace(&mut self.parser, RequestParser::new(config.resp_limits));
+        let mut parser = std::mem::replace(
+            &mut self.parser,
+            RequestParser::new(config.limits.resp_limits()),
+        );
         let mut consumed_total = 0;
         let mut n_commands = 0u64;
         let mut incomplete = false;
         let mut protocol_error = None;
         while !self.closing
-            && self.slots.len() < config.max_pipeline_commands
-            && self.unsent_bytes() < config.max_unsent_reply_bytes
+            && self.slots.len() < config.limits.max_pipeline_commands
+            && self.unsent_bytes() < config.limits.output_buffer_soft_bytes
         {
             match parser.parse(&input[consumed_total..]) {
                 Ok(ParseStatus::Complete { consumed }) => {
@@ -771,10 +786,10 @@ impl Connection {
         }
         let leftover_bytes = input.len() - consumed_total;
         if protocol_error.is_none() && incomplete && !self.closing {
-            if leftover_bytes > config.max_request_bytes {
+            if leftover_bytes > config.limits.max_request_buffer_bytes {
                 protocol_error = Some(format!(
-                    "ERR Protocol error: request larger than {} bytes",
-                    config.max_request_bytes
+                    "ERR Protocol error: request larger than {} bytes (max-request-buffer-bytes)",
+                    config.limits.max_request_buffer_bytes
                 ));
             } else if self.read_closed && leftover_bytes > 0 {
                 // A client that half-closed in the middle of a request still hears why
@@ -873,18 +888,62 @@ impl Connection {
         changed
     }
 
-    /// Moves the answered head of `slots` into `out`, in request order.
-    fn collect_answered(&mut self, shared: &Shared) {
+    /// Encodes answered replies and writes them until the socket would block or the
+    /// head of the queue is unanswered. `Ok(Err(reply_bytes))`: the next reply would take
+    /// the unsent bytes past the hard output limit (the connection must close).
+    fn collect_and_flush(&mut self, shared: &Shared) -> io::Result<Result<(), usize>> {
+        loop {
+            if let Err(reply_bytes) = self.collect_answered(shared) {
+                return Ok(Err(reply_bytes));
+            }
+            self.flush()?;
+            // Stop when the socket is full (a writable event resumes) or nothing more is
+            // answered; otherwise the soft limit held replies back that now fit.
+            if self.unsent_bytes() > 0 || !self.head_is_answered() {
+                return Ok(Ok(()));
+            }
+        }
+    }
+
+    fn head_is_answered(&self) -> bool {
+        match self.slots.front() {
+            Some(Slot::Ready(_)) => true,
+            Some(Slot::Pending(tag)) => self.received.contains_key(tag),
+            None => false,
+        }
+    }
+
+    /// Moves the answered head of `slots` into `out`, in request order, while the unsent
+    /// bytes stay below the soft output limit (one reply may pass it when nothing else
+    /// is unsent). `Err(reply_bytes)`: the next reply alone would pass the hard limit.
+    fn collect_answered(&mut self, shared: &Shared) -> Result<(), usize> {
+        let limits = &shared.config.limits;
         while let Some(slot) = self.slots.front() {
+            let unsent = self.unsent_bytes();
+            let reply_bytes = match slot {
+                Slot::Ready(bytes) => bytes.len(),
+                Slot::Pending(tag) => match self.received.get(tag) {
+                    Some(result) => encoded_reply_bytes(result),
+                    None => return Ok(()),
+                },
+            };
+            if unsent.saturating_add(reply_bytes) > limits.output_buffer_limit_bytes {
+                return Err(reply_bytes);
+            }
+            if unsent > 0 && unsent + reply_bytes > limits.output_buffer_soft_bytes {
+                return Ok(()); // written once the client reads what is already here
+            }
             match slot {
                 Slot::Ready(bytes) => self.out.extend_from_slice(bytes),
-                Slot::Pending(tag) => match self.received.remove(tag) {
-                    Some(result) => shared.write_result(&mut self.out, result),
-                    None => return,
-                },
+                Slot::Pending(tag) => {
+                    if let Some(result) = self.received.remove(tag) {
+                        shared.write_result(&mut self.out, result);
+                    }
+                }
             }
             self.slots.pop_front();
         }
+        Ok(())
     }
 
     /// Writes unsent replies until done or the socket would block.
@@ -925,6 +984,23 @@ impl Connection {
             write_error(&mut out, "ERR empty command");
             return Slot::Ready(out);
         };
+        let command_bytes: usize = args.iter().map(|arg| arg.len()).sum();
+        let max_command_bytes = context.shared.config.limits.max_command_bytes;
+        if command_bytes > max_command_bytes {
+            context
+                .shared
+                .counters
+                .commands_too_large
+                .fetch_add(1, Ordering::Relaxed);
+            write_error(
+                &mut out,
+                &format!(
+                    "ERR command of {command_bytes} bytes exceeds the limit of \
+                     {max_command_bytes} bytes (max-command-bytes)"
+                ),
+            );
+            return Slot::Ready(out);
+        }
         let name = name.to_ascii_lowercase();
         let rest = &args[1..];
         match name.as_slice() {
@@ -995,6 +1071,26 @@ impl Connection {
             write_error(&mut out, &format!("ERR {error}"));
             return Slot::Ready(out);
         }
+        let max_entry_bytes = context.shared.config.limits.max_entry_bytes;
+        if context.encode_buffer.len() as u64 > max_entry_bytes {
+            // Limits::validate makes this unreachable for commands under
+            // max_command_bytes; kept so no configuration can hand the WAL an entry it
+            // refuses (which would stop the node).
+            context
+                .shared
+                .counters
+                .commands_too_large
+                .fetch_add(1, Ordering::Relaxed);
+            write_error(
+                &mut out,
+                &format!(
+                    "ERR command encodes to {} bytes, above the log entry limit of \
+                     {max_entry_bytes} bytes (max-entry-bytes)",
+                    context.encode_buffer.len()
+                ),
+            );
+            return Slot::Ready(out);
+        }
         if !read_only {
             self.last_sequence += 1;
         }
@@ -1043,11 +1139,12 @@ impl Shared {
     fn info(&self, section: Option<&[u8]>) -> String {
         use std::fmt::Write as _;
         let shared = self;
-        let (server, raft) = match section {
-            None | Some(b"all") | Some(b"default") | Some(b"everything") => (true, true),
-            Some(b"server") => (true, false),
-            Some(b"raft") => (false, true),
-            Some(_) => (false, false),
+        let (server, raft, limits) = match section {
+            None | Some(b"all") | Some(b"default") | Some(b"everything") => (true, true, true),
+            Some(b"server") => (true, false, false),
+            Some(b"raft") => (false, true, false),
+            Some(b"limits") => (false, false, true),
+            Some(_) => (false, false, false),
         };
         let mut text = String::new();
         if server {
@@ -1100,7 +1197,36 @@ impl Shared {
                 );
             }
         }
+        if limits {
+            let counters = &shared.counters;
+            let _ = write!(
+                text,
+                "# Limits\r\n{}commands_too_large:{}\r\nclient_output_buffer_limit_disconnections:{}\r\n\r\n",
+                shared.config.limits.info_lines(),
+                counters.commands_too_large.load(Ordering::Relaxed),
+                counters
+                    .output_buffer_limit_disconnections
+                    .load(Ordering::Relaxed),
+            );
+        }
         text
+    }
+}
+
+/// Bytes `write_result` will produce for `result`, or a bound close above it (computed
+/// before encoding so that an oversized reply is refused without being built).
+fn encoded_reply_bytes(result: &Result<KvResponse, ClientError>) -> usize {
+    /// Type byte, length digits and CRLFs of one RESP element, rounded up.
+    const ELEMENT_OVERHEAD_BYTES: usize = 16;
+    match result {
+        Ok(KvResponse::Bulk(Some(value))) => value.len() + ELEMENT_OVERHEAD_BYTES,
+        Ok(KvResponse::Array(values)) => {
+            values.iter().fold(ELEMENT_OVERHEAD_BYTES, |sum, value| {
+                sum.saturating_add(value.as_ref().map_or(0, |v| v.len()) + ELEMENT_OVERHEAD_BYTES)
+            })
+        }
+        // Status, integer, null and error lines are short.
+        _ => 256,
     }
 }
 
@@ -1193,7 +1319,9 @@ mod tests {
         );
         // Far more sequence values than unanswered commands may exist at once.
         assert!(
-            ClientPortConfig::new(1, String::new()).max_pipeline_commands as u64
+            ClientPortConfig::new(1, String::new())
+                .limits
+                .max_pipeline_commands as u64
                 <= TAG_SEQUENCE_MASK
         );
     }

@@ -18,6 +18,7 @@ pub mod client_port;
 pub mod codec;
 pub mod frame;
 pub mod handshake;
+pub mod limits;
 pub mod node_transport;
 pub mod resp;
 pub mod server;

@@ -16,6 +16,7 @@ use tally_engine::runtime::{Node, NodeHandle, NodeOptions};
 
 use crate::client_port::{default_io_threads, ClientPort, ClientPortConfig, ClientPortCounters};
 use crate::codec::CodecLimits;
+use crate::limits::Limits;
 use crate::node_transport::{GlueCounters, NetTransport, RaftInbound};
 use crate::transport::{InboundSink, PeerTransport, TransportConfig};
 
@@ -45,6 +46,9 @@ pub struct ServerConfig {
     /// the real one (see `tally_wal::GroupCommitOptions::emulated_sync_delay`); at most
     /// [`MAX_EMULATED_SYNC_DELAY`]. `None`: the real disk only.
     pub emulated_sync_delay: Option<Duration>,
+    /// Size limits of commands, log entries and client buffers, end to end (one place;
+    /// checked by [`Limits::validate`] at start, shown in `INFO limits`).
+    pub limits: Limits,
 }
 
 /// Largest accepted emulated fsync delay: far above any real device, low enough that a
@@ -65,6 +69,7 @@ impl ServerConfig {
             wal_backend: tally_wal::Backend::Sync,
             client_io_threads: default_io_threads(),
             emulated_sync_delay: None,
+            limits: Limits::default(),
         }
     }
 }
@@ -150,6 +155,7 @@ impl Server {
         let mut client_port_config =
             ClientPortConfig::new(config.id, advertised_client_addr.clone());
         client_port_config.io_threads = config.client_io_threads;
+        client_port_config.limits = config.limits;
         let client_port = ClientPort::start(
             client_listener,
             client_port_config,
@@ -236,6 +242,10 @@ fn validate(config: &ServerConfig) -> Result<(), ServerError> {
             config.emulated_sync_delay.unwrap_or_default()
         )));
     }
+    config
+        .limits
+        .validate()
+        .map_err(|reason| ServerError::Config(format!("limits: {reason}")))?;
     let election_ticks = config.election_timeout_ms / TICK_MS;
     let heartbeat_ticks = (config.heartbeat_ms / TICK_MS).max(1);
     if election_ticks < 2 || heartbeat_ticks >= election_ticks {
@@ -258,6 +268,15 @@ fn node_options(config: &ServerConfig) -> NodeOptions {
     options.raft.heartbeat_interval_ticks = (config.heartbeat_ms / TICK_MS).max(1);
     options.wal.backend = config.wal_backend;
     options.wal.emulated_sync_delay = config.emulated_sync_delay;
+    // The WAL takes every entry the client port lets through (Limits::validate).
+    let max_entry_bytes = config.limits.max_entry_bytes;
+    options.wal.wal.max_entry_size_bytes = max_entry_bytes;
+    options.wal.wal.segment_size_bytes =
+        options.wal.wal.segment_size_bytes.max(2 * max_entry_bytes);
+    options.wal.max_pending_bytes = options
+        .wal
+        .max_pending_bytes
+        .max(max_entry_bytes as usize + tally_wal::ENTRY_RECORD_HEADER_LEN);
     options
 }
 

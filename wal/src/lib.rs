@@ -22,6 +22,6 @@ pub use crate::backend::{
 };
 pub use crate::core::{DroppedRegion, Entry, PendingCommit, RecoveryReport, WalCore, WalOptions};
 pub use crate::error::{PoisonCause, Result, WalError};
-pub use crate::format::HardState;
+pub use crate::format::{HardState, ENTRY_RECORD_HEADER_LEN};
 pub use crate::storage::{FsStorage, SimStorage, Storage, StorageFile, Tear};
 pub use crate::wal::{GroupCommitOptions, Ticket, Wal, WalStats, WalStatsSnapshot};

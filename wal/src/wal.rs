@@ -517,11 +517,22 @@ impl<S: Storage> Wal<S> {
         seq
     }
 
-    fn check_batch_size(&self, first_index: u64, encoded_bytes: usize) -> Result<()> {
-        let limit = self
-            .shared()
+    /// The most encoded bytes one `append` / `append_assign` call may carry (entry
+    /// records of [`ENTRY_RECORD_HEADER_LEN`] + payload each): a caller with more splits
+    /// it into several appends, which group commit still writes together.
+    pub fn max_append_bytes(&self) -> usize {
+        self.shared()
             .max_pending_bytes
-            .max(self.shared().max_entry_size_bytes as usize + ENTRY_RECORD_HEADER_LEN);
+            .max(self.shared().max_entry_size_bytes as usize + ENTRY_RECORD_HEADER_LEN)
+    }
+
+    /// The largest entry payload this log accepts (`WalOptions::max_entry_size_bytes`).
+    pub fn max_entry_size_bytes(&self) -> u64 {
+        self.shared().max_entry_size_bytes
+    }
+
+    fn check_batch_size(&self, first_index: u64, encoded_bytes: usize) -> Result<()> {
+        let limit = self.max_append_bytes();
         if encoded_bytes > limit {
             return Err(WalError::EntryTooLarge {
                 index: first_index,

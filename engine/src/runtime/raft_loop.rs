@@ -466,16 +466,7 @@ impl<R: Send + 'static, T: Transport> Pipeline<R, T> {
             ticket = Some(self.wal.truncate_suffix(from_index)?);
         }
         if !entries.is_empty() {
-            self.wal_entries.clear();
-            self.wal_entries
-                .extend(entries.iter().map(|entry| tally_wal::Entry {
-                    index: entry.index,
-                    term: entry.term,
-                    kind: entry.kind.as_u8(),
-                    payload: entry.data.clone(),
-                }));
-            ticket = Some(self.wal.append(&self.wal_entries)?);
-            self.wal_entries.clear();
+            ticket = Some(self.append_entries(&entries)?);
         }
         let ticket = match ticket {
             Some(ticket) => ticket,
@@ -488,6 +479,39 @@ impl<R: Send + 'static, T: Transport> Pipeline<R, T> {
             .is_none_or(|(last, _)| *last < seq));
         self.inflight_persists.push_back((seq, ticket));
         Ok(())
+    }
+
+    /// Appends `entries` in as many WAL appends as the WAL's per-append bound needs (a
+    /// leader's batch of many large commands can exceed it); group commit still writes
+    /// them together, and the last ticket covers them all (tickets resolve in order).
+    fn append_entries(&mut self, entries: &[Entry]) -> Result<tally_wal::Ticket, NodeError> {
+        let max_bytes = self.wal.max_append_bytes();
+        let mut last_ticket = None;
+        let mut chunk_bytes = 0usize;
+        self.wal_entries.clear();
+        for entry in entries {
+            let entry_bytes = tally_wal::ENTRY_RECORD_HEADER_LEN + entry.data.len();
+            if !self.wal_entries.is_empty() && chunk_bytes + entry_bytes > max_bytes {
+                last_ticket = Some(self.wal.append(&self.wal_entries)?);
+                self.wal_entries.clear();
+                chunk_bytes = 0;
+            }
+            chunk_bytes += entry_bytes;
+            self.wal_entries.push(tally_wal::Entry {
+                index: entry.index,
+                term: entry.term,
+                kind: entry.kind.as_u8(),
+                payload: entry.data.clone(),
+            });
+        }
+        if !self.wal_entries.is_empty() {
+            last_ticket = Some(self.wal.append(&self.wal_entries)?);
+            self.wal_entries.clear();
+        }
+        match last_ticket {
+            Some(ticket) => Ok(ticket),
+            None => Ok(self.wal.barrier()?),
+        }
     }
 
     fn send_apply(&mut self, work: ApplyWork<R>) -> Result<(), NodeError> {

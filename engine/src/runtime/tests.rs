@@ -45,6 +45,8 @@ struct Cluster {
     registry: Registry,
     isolated: Arc<RwLock<HashSet<NodeId>>>,
     next_sequence: u64,
+    /// Applied to every node's options before it starts.
+    tweak: fn(&mut NodeOptions),
 }
 
 /// Generous bound for anything a test waits for; only hit when something is broken.
@@ -52,6 +54,10 @@ const PATIENCE: Duration = Duration::from_secs(60);
 
 impl Cluster {
     fn start(size: u64) -> Cluster {
+        Cluster::start_with(size, |_| {})
+    }
+
+    fn start_with(size: u64, tweak: fn(&mut NodeOptions)) -> Cluster {
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -65,6 +71,7 @@ impl Cluster {
             registry: Arc::default(),
             isolated: Arc::default(),
             next_sequence: 0,
+            tweak,
         };
         for id in voters {
             cluster.start_node(id);
@@ -73,11 +80,12 @@ impl Cluster {
     }
 
     fn start_node(&mut self, id: NodeId) {
-        let options = NodeOptions::new(
+        let mut options = NodeOptions::new(
             id,
             self.voters.clone(),
             self.dir.path().join(format!("node-{id}")),
         );
+        (self.tweak)(&mut options);
         let transport = ChannelTransport {
             from: id,
             registry: Arc::clone(&self.registry),
@@ -255,6 +263,55 @@ fn pipelined_proposals_from_many_clients_all_commit() {
     assert!(
         stats.batches < stats.entries,
         "group commit must put several entries in one fsync: {stats:?}"
+    );
+}
+
+#[test]
+fn a_batch_of_proposals_larger_than_one_wal_append_is_split_and_all_commit() {
+    // 64 KiB per WAL append; one batch of 200 commands of 1 KiB (about 200 KiB) reaches
+    // the raft thread in one queue operation and becomes one persist action.
+    let cluster = Cluster::start_with(3, |options| {
+        options.wal.max_pending_bytes = 64 << 10;
+        options.wal.wal.max_entry_size_bytes = 16 << 10;
+    });
+    let leader = cluster.wait_for_leader();
+    let handle = cluster.nodes[&leader].handle();
+    let (sender, receiver) = unbounded();
+    let value = vec![b'v'; 1024];
+    let batch: Vec<Submission<KvResponse>> = (0..200u64)
+        .map(|k| {
+            let key = format!("big-batch-{k}");
+            let mut out = Vec::new();
+            let session = ClientSession {
+                client_id: 900,
+                sequence: k + 1,
+            };
+            encode_request(
+                Some(session),
+                &Command::Set {
+                    key: key.as_bytes(),
+                    value: &value,
+                },
+                &KvLimits::default(),
+                &mut out,
+            )
+            .expect("encodes");
+            Submission::Propose {
+                command: Bytes::from(out),
+                reply: ReplyTo::new(k, sender.clone()),
+            }
+        })
+        .collect();
+    handle.submit_batch(batch);
+    for _ in 0..200 {
+        let reply = receiver
+            .recv_timeout(PATIENCE)
+            .expect("every proposal answered");
+        assert_eq!(reply.result, Ok(KvResponse::Ok), "proposal {}", reply.tag);
+    }
+    assert!(
+        !cluster.nodes[&leader].has_failed(),
+        "the leader must not fail-stop"
     );
 }
 

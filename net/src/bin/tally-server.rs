@@ -68,6 +68,22 @@ struct Args {
     /// `emulated_fsync_delay_us`. Default: none.
     #[arg(long, value_name = "MICROSECONDS")]
     emulated_fsync_delay_us: Option<u64>,
+    /// Largest client command (sum of its arguments' bytes); a larger one is answered
+    /// `-ERR ... (max-command-bytes)`. Default 7.5 MiB. Must leave room for the log
+    /// encoding within --max-entry-bytes.
+    #[arg(long, value_name = "BYTES")]
+    max_command_bytes: Option<usize>,
+    /// Largest log entry the WAL accepts. Default 8 MiB.
+    #[arg(long, value_name = "BYTES")]
+    max_entry_bytes: Option<u64>,
+    /// Unsent reply bytes past which a client connection is not read until its client
+    /// reads. Default 16 MiB.
+    #[arg(long, value_name = "BYTES")]
+    client_output_buffer_soft_bytes: Option<usize>,
+    /// A reply that would take a connection's unsent replies past this closes the
+    /// connection (Redis's client-output-buffer-limit). Default 256 MiB.
+    #[arg(long, value_name = "BYTES")]
+    client_output_buffer_limit_bytes: Option<usize>,
 }
 
 fn main() -> ExitCode {
@@ -140,6 +156,18 @@ fn run(args: Args) -> Result<(), String> {
         .emulated_fsync_delay_us
         .filter(|&micros| micros > 0)
         .map(Duration::from_micros);
+    if let Some(bytes) = args.max_command_bytes {
+        config.limits.max_command_bytes = bytes;
+    }
+    if let Some(bytes) = args.max_entry_bytes {
+        config.limits.max_entry_bytes = bytes;
+    }
+    if let Some(bytes) = args.client_output_buffer_soft_bytes {
+        config.limits.output_buffer_soft_bytes = bytes;
+    }
+    if let Some(bytes) = args.client_output_buffer_limit_bytes {
+        config.limits.output_buffer_limit_bytes = bytes;
+    }
     let voters: Vec<u64> = config
         .peers
         .iter()

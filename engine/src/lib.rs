@@ -1,6 +1,7 @@
 //! tally-engine: the sans-IO Raft core, the deterministic cluster simulator,
 //! the state-machine interface and the KV state machine Tally ships.
 
+pub mod driver;
 pub mod kv;
 pub mod raft;
 pub mod runtime;

@@ -49,7 +49,11 @@ use crate::raft::{Configuration, Message, NodeId, RaftConfig, Role};
 use crate::state_machine::StateMachine;
 
 use apply::apply_loop;
-use raft_loop::{fail_request, raft_loop};
+use raft_loop::raft_loop;
+
+pub use crate::driver::{
+    fail_request, ClientError, NodeError, Reply, ReplyTo, ReplyWaker, Request, Submission,
+};
 
 /// Carries Raft messages to other nodes. Implemented by `tally-net` over TCP and by
 /// tests over channels.
@@ -57,113 +61,6 @@ pub trait Transport: Send + 'static {
     /// Sends messages best-effort. Must not block for long: drop what does not fit in a
     /// peer's queue (Raft retransmits). Messages to one peer must keep their order.
     fn send(&mut self, messages: Vec<Message>);
-}
-
-/// Why a client request did not get a state-machine response.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ClientError {
-    /// This node is not the leader; `leader` is the one it believes in, if any.
-    #[error("not the leader (leader: {leader:?})")]
-    NotLeader { leader: Option<NodeId> },
-    /// Leadership changed while the write was in flight: it may or may not commit.
-    /// Retrying with the same client id and sequence number is safe (sessions).
-    #[error("leadership changed while the request was in flight: outcome unknown")]
-    OutcomeUnknown,
-    /// The write was definitely not committed (another entry took its index).
-    #[error("the request was not committed (overwritten by a new leader); retry")]
-    NotCommitted,
-    /// The node is stopping or stopped (shutdown or fail-stop).
-    #[error("the node stopped")]
-    NodeStopped,
-    /// The request queue is full.
-    #[error("the node is overloaded")]
-    Overloaded,
-}
-
-/// A response to one client request, tagged with the caller's token so one reply
-/// channel can serve a whole pipelined connection.
-#[derive(Debug)]
-pub struct Reply<R> {
-    pub tag: u64,
-    pub result: Result<R, ClientError>,
-}
-
-/// Told after a reply was put on a caller's channel, so a caller that multiplexes many
-/// requests in an event loop (the client port's I/O threads) need not block on the
-/// channel. Called on the raft or apply thread: it must be cheap and must not block
-/// (coalescing repeated wake-ups is the implementor's job).
-pub trait ReplyWaker: Send + Sync {
-    fn wake(&self);
-}
-
-/// Where a reply goes: the caller's channel, its token and, optionally, whom to wake.
-pub struct ReplyTo<R> {
-    pub tag: u64,
-    pub sender: Sender<Reply<R>>,
-    /// Invariant: when set, called after (never before) the reply is on `sender`, so a
-    /// woken caller always finds it there.
-    pub waker: Option<Arc<dyn ReplyWaker>>,
-}
-
-impl<R> ReplyTo<R> {
-    /// A reply target the caller blocks on (no wake-up hook).
-    pub fn new(tag: u64, sender: Sender<Reply<R>>) -> ReplyTo<R> {
-        ReplyTo {
-            tag,
-            sender,
-            waker: None,
-        }
-    }
-
-    /// A reply target that calls `waker` after each reply is sent.
-    pub fn with_waker(
-        tag: u64,
-        sender: Sender<Reply<R>>,
-        waker: Arc<dyn ReplyWaker>,
-    ) -> ReplyTo<R> {
-        ReplyTo {
-            tag,
-            sender,
-            waker: Some(waker),
-        }
-    }
-
-    /// Delivers the result, then wakes the caller; a caller that went away is not an
-    /// error.
-    pub fn send(self, result: Result<R, ClientError>) {
-        let delivered = self
-            .sender
-            .send(Reply {
-                tag: self.tag,
-                result,
-            })
-            .is_ok();
-        if delivered {
-            if let Some(waker) = &self.waker {
-                waker.wake();
-            }
-        }
-    }
-}
-
-/// What client threads hand to the raft thread.
-pub(crate) enum Request<R> {
-    /// One proposal or read.
-    One(Submission<R>),
-    /// Several proposals and reads in order, handed over with one queue operation.
-    Batch(Vec<Submission<R>>),
-    /// Hand leadership to another voter.
-    TransferLeadership { target: NodeId },
-}
-
-/// One client request: alone ([`NodeHandle::propose`], [`NodeHandle::read`]) or inside
-/// [`NodeHandle::submit_batch`].
-pub enum Submission<R> {
-    /// A command to replicate and apply.
-    Propose { command: Bytes, reply: ReplyTo<R> },
-    /// A read-only query to answer linearizably.
-    Read { query: Bytes, reply: ReplyTo<R> },
 }
 
 /// Options of a node.
@@ -206,23 +103,6 @@ impl NodeOptions {
             apply_queue_capacity: 1024,
         }
     }
-}
-
-/// Errors that stop a node.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum NodeError {
-    #[error("WAL: {0}")]
-    Wal(#[from] tally_wal::WalError),
-    #[error("state machine: {0}")]
-    StateMachine(#[from] crate::state_machine::StateMachineError),
-    #[error("the log read back from {dir} is unusable: {reason}")]
-    BadLog { dir: String, reason: String },
-    #[error("could not start thread {name}: {source}")]
-    Spawn {
-        name: &'static str,
-        source: std::io::Error,
-    },
 }
 
 /// Live counters of a node, readable from any thread (for INFO and benchmarks).

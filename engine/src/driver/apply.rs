@@ -1,0 +1,158 @@
+//! Applying: committed entries become state, clients get their answers, confirmed reads
+//! are served once the state reaches their read index.
+//!
+//! [`Applier`] is the one copy of that logic: the threaded runtime runs it on its apply
+//! thread, the simulator calls it inline.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+use super::ReplyTo;
+use crate::raft::{Entry, EntryKind};
+use crate::state_machine::{CommittedEntry, StateMachine, StateMachineError};
+
+/// Work for the state machine, in log order.
+pub enum ApplyWork<R> {
+    /// Committed entries (contiguous, increasing) and the clients waiting for some of
+    /// them, by index (increasing).
+    Entries {
+        entries: Vec<Entry>,
+        replies: Vec<(u64, ReplyTo<R>)>,
+    },
+    /// Reads confirmed by the core in one turn (one hand-off for all of them): answer
+    /// each once everything through its read index is applied.
+    Reads(Vec<ConfirmedRead<R>>),
+}
+
+/// A read confirmed by the core (lease or ReadIndex round); it waits until everything
+/// through `read_index` is applied.
+pub struct ConfirmedRead<R> {
+    pub read_index: u64,
+    pub query: Bytes,
+    pub reply: ReplyTo<R>,
+    pub lease: bool,
+}
+
+/// What one [`Applier::handle`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// The new applied index, when entries were applied.
+    pub applied_through: Option<u64>,
+    pub reads_lease: u64,
+    pub reads_read_index: u64,
+}
+
+/// Owns the state machine and the reads waiting for it.
+pub struct Applier<SM: StateMachine> {
+    state_machine: SM,
+    /// Every entry handed over so far (no-ops and configuration entries included) is
+    /// reflected; `state_machine.applied_index()` only counts commands.
+    /// Invariant: never decreases; equals the last index of the last batch applied.
+    applied_through: u64,
+    waiting_reads: VecDeque<ConfirmedRead<SM::Response>>,
+}
+
+impl<SM: StateMachine> Applier<SM> {
+    pub fn new(state_machine: SM) -> Applier<SM> {
+        Applier {
+            state_machine,
+            applied_through: 0,
+            waiting_reads: VecDeque::new(),
+        }
+    }
+
+    pub fn state_machine(&self) -> &SM {
+        &self.state_machine
+    }
+
+    pub fn applied_through(&self) -> u64 {
+        self.applied_through
+    }
+
+    /// Applies or queues one item. An `Err` is fatal (fail-stop).
+    pub fn handle(&mut self, work: ApplyWork<SM::Response>) -> Result<Applied, StateMachineError> {
+        let mut outcome = Applied::default();
+        match work {
+            ApplyWork::Entries { entries, replies } => {
+                let Some(last) = entries.last() else {
+                    return Ok(outcome);
+                };
+                debug_assert!(
+                    entries[0].index > self.applied_through,
+                    "entry applied twice"
+                );
+                let last_index = last.index;
+                let mut commands = Vec::with_capacity(entries.len());
+                commands.extend(
+                    entries
+                        .iter()
+                        .filter(|entry| entry.kind == EntryKind::Normal)
+                        .map(|entry| CommittedEntry {
+                            index: entry.index,
+                            payload: &entry.data,
+                        }),
+                );
+                let responses = self.state_machine.apply(&commands)?;
+                answer(&commands, responses, replies);
+                self.applied_through = last_index;
+                outcome.applied_through = Some(last_index);
+                self.serve_waiting_reads();
+            }
+            ApplyWork::Reads(reads) => {
+                for read in reads {
+                    if read.lease {
+                        outcome.reads_lease += 1;
+                    } else {
+                        outcome.reads_read_index += 1;
+                    }
+                    if read.read_index <= self.applied_through {
+                        self.reply_read(read);
+                    } else {
+                        self.waiting_reads.push_back(read);
+                    }
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    fn serve_waiting_reads(&mut self) {
+        // Read indexes arrive in non-decreasing order from one leader term, but keep the
+        // scan general: serve every read that is ready, keep the rest in order.
+        let mut index = 0;
+        while index < self.waiting_reads.len() {
+            if self.waiting_reads[index].read_index <= self.applied_through {
+                if let Some(read) = self.waiting_reads.remove(index) {
+                    self.reply_read(read);
+                }
+            } else {
+                index += 1;
+            }
+        }
+    }
+
+    fn reply_read(&self, read: ConfirmedRead<SM::Response>) {
+        let response = self.state_machine.query(&read.query);
+        read.reply.send(Ok(response));
+    }
+}
+
+/// Sends each waiting client the response of its entry. `replies` and `commands` are
+/// both in increasing index order, `replies` a subset.
+fn answer<R>(commands: &[CommittedEntry<'_>], responses: Vec<R>, replies: Vec<(u64, ReplyTo<R>)>) {
+    debug_assert_eq!(commands.len(), responses.len(), "one response per command");
+    let mut replies = replies.into_iter().peekable();
+    for (command, response) in commands.iter().zip(responses) {
+        if replies
+            .peek()
+            .is_some_and(|(index, _)| *index == command.index)
+        {
+            if let Some((_, reply)) = replies.next() {
+                reply.send(Ok(response));
+            }
+        }
+    }
+    // A reply whose entry was not a command cannot exist: proposals are commands.
+    debug_assert!(replies.peek().is_none(), "a reply without its command");
+}

@@ -1,0 +1,61 @@
+//! The WAL seam of the driver: the operations a persist action becomes.
+//!
+//! Two implementations: `tally_wal::Wal` (group commit on a writer thread; the threaded
+//! runtime) and the simulator's `WalCore` over a fault-injecting in-memory disk. Both
+//! run the production encoding and recovery; only who performs the write and fsync
+//! (a thread, or a simulated event) differs.
+
+use tally_wal::{HardState, WalError};
+
+/// What the driver needs from a node's log. Every operation is queued in order and
+/// returns a ticket; a ticket is durable once everything queued up to it is.
+pub trait LogWriter {
+    type Ticket;
+    fn set_hard_state(&mut self, hard_state: HardState) -> Result<Self::Ticket, WalError>;
+    fn truncate_suffix(&mut self, from_index: u64) -> Result<Self::Ticket, WalError>;
+    fn append(&mut self, entries: &[tally_wal::Entry]) -> Result<Self::Ticket, WalError>;
+    /// An ordered completion that writes nothing.
+    fn barrier(&mut self) -> Result<Self::Ticket, WalError>;
+    /// The most encoded bytes one `append` may carry.
+    fn max_append_bytes(&self) -> usize;
+    /// Whether the ticket resolved (durable, or failed).
+    fn is_durable(&self, ticket: &Self::Ticket) -> bool;
+    /// The outcome of a resolved ticket. A ticket whose entries a later truncation
+    /// removed still counts as done (the core capped its watermark for that).
+    fn finish(&mut self, ticket: Self::Ticket) -> Result<(), WalError>;
+}
+
+impl LogWriter for tally_wal::Wal {
+    type Ticket = tally_wal::Ticket;
+
+    fn set_hard_state(&mut self, hard_state: HardState) -> Result<Self::Ticket, WalError> {
+        tally_wal::Wal::set_hard_state(self, hard_state)
+    }
+
+    fn truncate_suffix(&mut self, from_index: u64) -> Result<Self::Ticket, WalError> {
+        tally_wal::Wal::truncate_suffix(self, from_index)
+    }
+
+    fn append(&mut self, entries: &[tally_wal::Entry]) -> Result<Self::Ticket, WalError> {
+        tally_wal::Wal::append(self, entries)
+    }
+
+    fn barrier(&mut self) -> Result<Self::Ticket, WalError> {
+        tally_wal::Wal::barrier(self)
+    }
+
+    fn max_append_bytes(&self) -> usize {
+        tally_wal::Wal::max_append_bytes(self)
+    }
+
+    fn is_durable(&self, ticket: &Self::Ticket) -> bool {
+        ticket.is_ready()
+    }
+
+    fn finish(&mut self, ticket: Self::Ticket) -> Result<(), WalError> {
+        match ticket.wait() {
+            Ok(_) | Err(WalError::Truncated { .. }) => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+}

@@ -1,0 +1,669 @@
+//! The node driver: everything a node does except waiting, as one sans-IO object.
+//!
+//! Why it exists: the Raft core ([`RaftNode`]) decides, but a node also has to keep its
+//! clock, pair proposals with the clients waiting for them, carry out each [`Ready`]
+//! (messages, persist actions as WAL operations, committed entries and confirmed reads
+//! to the state machine), report persist completions in order and fail pending work on
+//! leadership loss. That logic used to exist twice, in the threaded runtime and in the
+//! simulator, and only the simulator's copy ran under faults. [`NodeDriver`] is the one
+//! copy: the threaded runtime (`crate::runtime`) is a thin loop that waits on its
+//! queues, collects what arrived into a [`TurnInput`] and calls [`NodeDriver::turn`];
+//! the simulator (`crate::sim`) does the same with simulated time, network and disk.
+//!
+//! The order inside a turn is fixed here, because it is a safety property: the clock
+//! is advanced to the caller's "now" **before** anything is stepped or answered. A
+//! leader that was stalled (a blocked thread, a paused process) must judge its lease at
+//! the real time, not at the tick it had when it stopped; a follower must stamp leader
+//! contact with the time it processes a message, never earlier, so a stall cannot
+//! shorten its wait before voting (the lease derivation in ARCHITECTURE.md assumes
+//! both).
+//!
+//! I/O is done by the caller through two seams: [`LogWriter`] (the WAL: the threaded
+//! runtime passes `tally_wal::Wal`, the simulator a `WalCore` over a simulated disk) and
+//! [`NodeIo`] (sending messages, handing work to the state machine).
+
+mod apply;
+mod log;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use crossbeam_channel::Sender;
+
+use crate::raft::{
+    Entry, Message, NodeId, PersistAction, ProposeError, RaftNode, ReadError, ReadPath, Ready,
+    Role, RoleState,
+};
+
+pub use apply::{Applied, Applier, ApplyWork, ConfirmedRead};
+pub use log::LogWriter;
+
+/// Why a client request did not get a state-machine response.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// This node is not the leader; `leader` is the one it believes in, if any.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<NodeId> },
+    /// Leadership changed while the write was in flight: it may or may not commit.
+    /// Retrying with the same client id and sequence number is safe (sessions).
+    #[error("leadership changed while the request was in flight: outcome unknown")]
+    OutcomeUnknown,
+    /// The write was definitely not committed (another entry took its index).
+    #[error("the request was not committed (overwritten by a new leader); retry")]
+    NotCommitted,
+    /// The node is stopping or stopped (shutdown or fail-stop).
+    #[error("the node stopped")]
+    NodeStopped,
+    /// The request queue is full.
+    #[error("the node is overloaded")]
+    Overloaded,
+}
+
+/// A response to one client request, tagged with the caller's token so one reply
+/// channel can serve a whole pipelined connection.
+#[derive(Debug)]
+pub struct Reply<R> {
+    pub tag: u64,
+    pub result: Result<R, ClientError>,
+}
+
+/// Told after a reply was put on a caller's channel, so a caller that multiplexes many
+/// requests in an event loop (the client port's I/O threads) need not block on the
+/// channel. Called on the raft or apply thread: it must be cheap and must not block
+/// (coalescing repeated wake-ups is the implementor's job).
+pub trait ReplyWaker: Send + Sync {
+    fn wake(&self);
+}
+
+/// Where a reply goes: the caller's channel, its token and, optionally, whom to wake.
+pub struct ReplyTo<R> {
+    pub tag: u64,
+    pub sender: Sender<Reply<R>>,
+    /// Invariant: when set, called after (never before) the reply is on `sender`, so a
+    /// woken caller always finds it there.
+    pub waker: Option<Arc<dyn ReplyWaker>>,
+}
+
+impl<R> ReplyTo<R> {
+    /// A reply target the caller blocks on (no wake-up hook).
+    pub fn new(tag: u64, sender: Sender<Reply<R>>) -> ReplyTo<R> {
+        ReplyTo {
+            tag,
+            sender,
+            waker: None,
+        }
+    }
+
+    /// A reply target that calls `waker` after each reply is sent.
+    pub fn with_waker(
+        tag: u64,
+        sender: Sender<Reply<R>>,
+        waker: Arc<dyn ReplyWaker>,
+    ) -> ReplyTo<R> {
+        ReplyTo {
+            tag,
+            sender,
+            waker: Some(waker),
+        }
+    }
+
+    /// Delivers the result, then wakes the caller; a caller that went away is not an
+    /// error.
+    pub fn send(self, result: Result<R, ClientError>) {
+        let delivered = self
+            .sender
+            .send(Reply {
+                tag: self.tag,
+                result,
+            })
+            .is_ok();
+        if delivered {
+            if let Some(waker) = &self.waker {
+                waker.wake();
+            }
+        }
+    }
+}
+
+/// What clients hand to a node.
+pub enum Request<R> {
+    /// One proposal or read.
+    One(Submission<R>),
+    /// Several proposals and reads in order, handed over with one queue operation.
+    Batch(Vec<Submission<R>>),
+    /// Hand leadership to another voter.
+    TransferLeadership { target: NodeId },
+}
+
+/// One client request: alone or inside a batch.
+pub enum Submission<R> {
+    /// A command to replicate and apply.
+    Propose { command: Bytes, reply: ReplyTo<R> },
+    /// A read-only query to answer linearizably.
+    Read { query: Bytes, reply: ReplyTo<R> },
+}
+
+fn fail_submission<R>(submission: Submission<R>, error: ClientError) {
+    match submission {
+        Submission::Propose { reply, .. } | Submission::Read { reply, .. } => {
+            reply.send(Err(error))
+        }
+    }
+}
+
+/// Answers every client request inside `request` with `error`.
+pub fn fail_request<R>(request: Request<R>, error: ClientError) {
+    match request {
+        Request::One(submission) => fail_submission(submission, error),
+        Request::Batch(batch) => {
+            for submission in batch {
+                fail_submission(submission, error.clone());
+            }
+        }
+        Request::TransferLeadership { .. } => {}
+    }
+}
+
+/// Errors that stop a node.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    #[error("WAL: {0}")]
+    Wal(#[from] tally_wal::WalError),
+    #[error("state machine: {0}")]
+    StateMachine(#[from] crate::state_machine::StateMachineError),
+    #[error("the log read back from {dir} is unusable: {reason}")]
+    BadLog { dir: String, reason: String },
+    #[error("could not start thread {name}: {source}")]
+    Spawn {
+        name: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// What the driver asks of its environment besides the WAL.
+pub trait NodeIo<R> {
+    /// Sends messages best-effort (Raft retransmits what is lost).
+    fn send(&mut self, messages: Vec<Message>);
+    /// Hands committed entries (with the clients waiting for them) or confirmed reads to
+    /// the state machine, in order. The environment reports the applied index back
+    /// through [`TurnInput::applied_index`].
+    fn apply(&mut self, work: ApplyWork<R>) -> Result<(), NodeError>;
+    /// Called with every persist action before it is carried out (the simulator's
+    /// checker mirrors logs from them).
+    fn observe_persist(&mut self, _action: &PersistAction) {}
+    /// Called on every role change the core reports.
+    fn observe_role(&mut self, _change: &RoleState) {}
+}
+
+/// Everything that arrived for a node since its last turn. The driver empties it.
+pub struct TurnInput<R> {
+    /// The node's clock, in ticks since it started (monotonic; the driver never moves
+    /// the core's clock backwards).
+    pub now_tick: u64,
+    /// The highest index the state machine reported applied, if it advanced.
+    pub applied_index: Option<u64>,
+    /// Messages from peers, in arrival order.
+    pub messages: Vec<Message>,
+    /// Client requests, in arrival order.
+    pub requests: Vec<Request<R>>,
+}
+
+impl<R> TurnInput<R> {
+    /// An empty input at tick 0.
+    pub fn new() -> TurnInput<R> {
+        TurnInput {
+            now_tick: 0,
+            applied_index: None,
+            messages: Vec::new(),
+            requests: Vec::new(),
+        }
+    }
+
+    /// Records an applied index (keeps the highest).
+    pub fn note_applied(&mut self, index: u64) {
+        self.applied_index = Some(self.applied_index.map_or(index, |seen| seen.max(index)));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.applied_index.is_none() && self.messages.is_empty() && self.requests.is_empty()
+    }
+}
+
+impl<R> Default for TurnInput<R> {
+    fn default() -> Self {
+        TurnInput::new()
+    }
+}
+
+/// A proposal waiting for its entry to commit.
+struct PendingWrite<R> {
+    index: u64,
+    term: u64,
+    reply: ReplyTo<R>,
+}
+
+/// Counters a driver keeps beside the core (for INFO and the simulator).
+#[derive(Clone, Debug, Default)]
+pub struct DriverStats {
+    /// Commands accepted by the core while leader (cumulative).
+    pub proposals_accepted: u64,
+    /// Ticks the clock advanced by more than one in a single turn (stalls caught up).
+    pub ticks_caught_up: u64,
+}
+
+/// One node's behaviour (see the module docs).
+pub struct NodeDriver<R, L: LogWriter> {
+    core: RaftNode,
+    log: L,
+    /// Proposals by index. Invariant: indexes strictly increasing.
+    pending_writes: VecDeque<PendingWrite<R>>,
+    /// Reads waiting for the core to confirm them, by request id.
+    pending_reads: HashMap<u64, (Bytes, ReplyTo<R>)>,
+    next_read_id: u64,
+    /// Persist actions handed to the log, oldest first, with the ticket of their last
+    /// operation. Invariant: sequence numbers strictly increasing.
+    inflight_persists: VecDeque<(u64, L::Ticket)>,
+    /// Reused buffer for converting entries.
+    wal_entries: Vec<tally_wal::Entry>,
+    role: Role,
+    /// Ticks given to the core so far. Invariant: never decreases.
+    ticks_done: u64,
+    stats: DriverStats,
+}
+
+impl<R, L: LogWriter> NodeDriver<R, L> {
+    /// A driver around a core restored from `log`'s contents, at tick 0.
+    pub fn new(core: RaftNode, log: L) -> NodeDriver<R, L> {
+        let role = core.role();
+        NodeDriver {
+            core,
+            log,
+            pending_writes: VecDeque::new(),
+            pending_reads: HashMap::new(),
+            next_read_id: 1,
+            inflight_persists: VecDeque::new(),
+            wal_entries: Vec::new(),
+            role,
+            ticks_done: 0,
+            stats: DriverStats::default(),
+        }
+    }
+
+    pub fn core(&self) -> &RaftNode {
+        &self.core
+    }
+
+    pub fn log(&self) -> &L {
+        &self.log
+    }
+
+    pub fn log_mut(&mut self) -> &mut L {
+        &mut self.log
+    }
+
+    pub fn stats(&self) -> &DriverStats {
+        &self.stats
+    }
+
+    /// Ticks the core has seen.
+    pub fn now_tick(&self) -> u64 {
+        self.ticks_done
+    }
+
+    /// One turn: advance the clock to `input.now_tick`, then report the applied index,
+    /// step every message, take every request (all proposals become one `propose`),
+    /// report durable persists in order, and carry out everything the core asks for.
+    /// An `Err` is fatal: the caller stops the node.
+    pub fn turn(
+        &mut self,
+        input: &mut TurnInput<R>,
+        io: &mut impl NodeIo<R>,
+    ) -> Result<(), NodeError> {
+        // The clock first: nothing time-dependent (a lease, a vote, leader contact) may
+        // be judged at a tick older than the caller's now.
+        self.advance_clock(input.now_tick);
+        if let Some(index) = input.applied_index.take() {
+            self.core.on_applied(index);
+        }
+        for message in input.messages.drain(..) {
+            self.core.step(message);
+        }
+        let mut commands = Vec::new();
+        let mut replies = Vec::new();
+        for request in input.requests.drain(..) {
+            self.sort_request(request, &mut commands, &mut replies);
+        }
+        self.propose_batch(commands, replies);
+        self.check_durable()?;
+        self.process_ready(io)
+    }
+
+    fn advance_clock(&mut self, now_tick: u64) {
+        if now_tick > self.ticks_done + 1 {
+            self.stats.ticks_caught_up += now_tick - self.ticks_done - 1;
+        }
+        while self.ticks_done < now_tick {
+            self.core.tick();
+            self.ticks_done += 1;
+        }
+    }
+
+    fn sort_request(
+        &mut self,
+        request: Request<R>,
+        commands: &mut Vec<Bytes>,
+        replies: &mut Vec<ReplyTo<R>>,
+    ) {
+        match request {
+            Request::One(submission) => self.sort_submission(submission, commands, replies),
+            Request::Batch(batch) => {
+                for submission in batch {
+                    self.sort_submission(submission, commands, replies);
+                }
+            }
+            Request::TransferLeadership { target } => {
+                if let Err(error) = self.core.transfer_leadership(target) {
+                    tracing::info!(%error, target, "leadership transfer refused");
+                }
+            }
+        }
+    }
+
+    fn sort_submission(
+        &mut self,
+        submission: Submission<R>,
+        commands: &mut Vec<Bytes>,
+        replies: &mut Vec<ReplyTo<R>>,
+    ) {
+        match submission {
+            Submission::Propose { command, reply } => {
+                commands.push(command);
+                replies.push(reply);
+            }
+            Submission::Read { query, reply } => self.start_read(query, reply),
+        }
+    }
+
+    /// Proposes every command of this turn as one batch. Reads of the same turn were
+    /// started before it: a read need not observe a write that has not been
+    /// acknowledged yet (the two are concurrent); a client that wants its own pipelined
+    /// writes visible to its later reads holds those reads back until the writes are
+    /// answered (the RESP port does).
+    fn propose_batch(&mut self, commands: Vec<Bytes>, replies: Vec<ReplyTo<R>>) {
+        if commands.is_empty() {
+            return;
+        }
+        let term = self.core.term();
+        match self.core.propose(commands) {
+            Ok(indexes) => {
+                self.stats.proposals_accepted += indexes.end - indexes.start;
+                debug_assert_eq!((indexes.end - indexes.start) as usize, replies.len());
+                for (index, reply) in indexes.zip(replies) {
+                    debug_assert!(self
+                        .pending_writes
+                        .back()
+                        .is_none_or(|last| last.index < index));
+                    self.pending_writes
+                        .push_back(PendingWrite { index, term, reply });
+                }
+            }
+            Err(error) => {
+                let client_error = match error {
+                    ProposeError::NotLeader { leader_hint } => ClientError::NotLeader {
+                        leader: leader_hint,
+                    },
+                    ProposeError::TransferInProgress => ClientError::NotLeader { leader: None },
+                    ProposeError::Empty => return,
+                };
+                for reply in replies {
+                    reply.send(Err(client_error.clone()));
+                }
+            }
+        }
+    }
+
+    fn start_read(&mut self, query: Bytes, reply: ReplyTo<R>) {
+        let request_id = self.next_read_id;
+        self.next_read_id += 1;
+        match self.core.read_index(request_id) {
+            Ok(()) => {
+                self.pending_reads.insert(request_id, (query, reply));
+            }
+            Err(ReadError::NotLeader { leader_hint }) => {
+                reply.send(Err(ClientError::NotLeader {
+                    leader: leader_hint,
+                }));
+            }
+        }
+    }
+
+    /// Reports to the core every persist action the log made durable, in order.
+    fn check_durable(&mut self) -> Result<(), NodeError> {
+        let mut durable_seq = None;
+        while let Some((_, ticket)) = self.inflight_persists.front() {
+            if !self.log.is_durable(ticket) {
+                break;
+            }
+            let Some((seq, ticket)) = self.inflight_persists.pop_front() else {
+                break;
+            };
+            self.log.finish(ticket)?;
+            durable_seq = Some(seq);
+        }
+        if let Some(seq) = durable_seq {
+            self.core.on_persisted(seq);
+        }
+        Ok(())
+    }
+
+    fn process_ready(&mut self, io: &mut impl NodeIo<R>) -> Result<(), NodeError> {
+        while self.core.has_ready() {
+            let ready = self.core.take_ready();
+            self.carry_out(ready, io)?;
+            // A persist that was already durable (e.g. nothing new) resolves at once.
+            self.check_durable()?;
+        }
+        Ok(())
+    }
+
+    fn carry_out(&mut self, ready: Ready, io: &mut impl NodeIo<R>) -> Result<(), NodeError> {
+        let Ready {
+            persist,
+            messages,
+            committed_entries,
+            reads,
+            failed_reads,
+            role_change,
+        } = ready;
+        // The leader's messages go out first so replication overlaps its own fsync.
+        if !messages.is_empty() {
+            io.send(messages);
+        }
+        if let Some(action) = persist {
+            io.observe_persist(&action);
+            self.persist(action)?;
+        }
+        // Committed entries answer their clients even if leadership is lost in the
+        // same turn; only what is still pending after them has an unknown outcome.
+        let replies = self.answer_committed(&committed_entries);
+        if let Some(change) = role_change {
+            io.observe_role(&change);
+            if change.role != self.role {
+                tracing::debug!(term = change.term, role = ?change.role, leader = ?change.leader, "role change");
+            }
+            let was_leader = self.role == Role::Leader;
+            self.role = change.role;
+            if was_leader && change.role != Role::Leader {
+                self.fail_all_pending(ClientError::OutcomeUnknown);
+            }
+        }
+        if !committed_entries.is_empty() {
+            io.apply(ApplyWork::Entries {
+                entries: committed_entries,
+                replies,
+            })?;
+        }
+        let mut confirmed = Vec::with_capacity(reads.len());
+        for ready_read in reads {
+            if let Some((query, reply)) = self.pending_reads.remove(&ready_read.request_id) {
+                confirmed.push(ConfirmedRead {
+                    read_index: ready_read.read_index,
+                    query,
+                    reply,
+                    lease: ready_read.via == ReadPath::Lease,
+                });
+            }
+        }
+        if !confirmed.is_empty() {
+            io.apply(ApplyWork::Reads(confirmed))?;
+        }
+        for (request_id, ReadError::NotLeader { leader_hint }) in failed_reads {
+            if let Some((_, reply)) = self.pending_reads.remove(&request_id) {
+                reply.send(Err(ClientError::NotLeader {
+                    leader: leader_hint,
+                }));
+            }
+        }
+        Ok(())
+    }
+
+    /// Pairs committed entries with the proposals waiting for them.
+    fn answer_committed(&mut self, committed: &[Entry]) -> Vec<(u64, ReplyTo<R>)> {
+        let mut replies = Vec::new();
+        let Some(last) = committed.last() else {
+            return replies;
+        };
+        let first_index = committed[0].index;
+        while self
+            .pending_writes
+            .front()
+            .is_some_and(|pending| pending.index <= last.index)
+        {
+            let Some(pending) = self.pending_writes.pop_front() else {
+                break;
+            };
+            let entry = pending
+                .index
+                .checked_sub(first_index)
+                .and_then(|offset| committed.get(offset as usize));
+            match entry {
+                Some(entry) if entry.term == pending.term => {
+                    replies.push((pending.index, pending.reply))
+                }
+                Some(_) => pending.reply.send(Err(ClientError::NotCommitted)),
+                // Committed in an earlier Ready without us seeing it: cannot happen, as
+                // committed entries arrive in order; answer honestly anyway.
+                None => pending.reply.send(Err(ClientError::OutcomeUnknown)),
+            }
+        }
+        replies
+    }
+
+    /// Carries out one persist action as WAL operations — the only place where a
+    /// `PersistAction` becomes WAL records. Order: hard state, truncation, entries; the
+    /// ticket of the last operation covers the whole action.
+    fn persist(&mut self, action: PersistAction) -> Result<(), NodeError> {
+        let PersistAction {
+            seq,
+            hard_state,
+            truncate_from,
+            entries,
+        } = action;
+        let mut ticket = None;
+        if let Some(hard_state) = hard_state {
+            let stored = tally_wal::HardState {
+                term: hard_state.term,
+                vote: hard_state.voted_for.unwrap_or(0),
+            };
+            ticket = Some(self.log.set_hard_state(stored)?);
+        }
+        if let Some(from_index) = truncate_from {
+            ticket = Some(self.log.truncate_suffix(from_index)?);
+        }
+        if !entries.is_empty() {
+            ticket = Some(self.append_entries(&entries)?);
+        }
+        let ticket = match ticket {
+            Some(ticket) => ticket,
+            // An action with nothing to write still needs an ordered completion.
+            None => self.log.barrier()?,
+        };
+        debug_assert!(self
+            .inflight_persists
+            .back()
+            .is_none_or(|(last, _)| *last < seq));
+        self.inflight_persists.push_back((seq, ticket));
+        Ok(())
+    }
+
+    /// Appends `entries` in as many log appends as the log's per-append bound needs (a
+    /// leader's batch of many large commands can exceed it); group commit still writes
+    /// them together, and the last ticket covers them all (tickets resolve in order).
+    fn append_entries(&mut self, entries: &[Entry]) -> Result<L::Ticket, NodeError> {
+        let max_bytes = self.log.max_append_bytes();
+        let mut last_ticket = None;
+        let mut chunk_bytes = 0usize;
+        self.wal_entries.clear();
+        for entry in entries {
+            let entry_bytes = tally_wal::ENTRY_RECORD_HEADER_LEN + entry.data.len();
+            if !self.wal_entries.is_empty() && chunk_bytes + entry_bytes > max_bytes {
+                last_ticket = Some(self.log.append(&self.wal_entries)?);
+                self.wal_entries.clear();
+                chunk_bytes = 0;
+            }
+            chunk_bytes += entry_bytes;
+            self.wal_entries.push(tally_wal::Entry {
+                index: entry.index,
+                term: entry.term,
+                kind: entry.kind.as_u8(),
+                payload: entry.data.clone(),
+            });
+        }
+        if !self.wal_entries.is_empty() {
+            last_ticket = Some(self.log.append(&self.wal_entries)?);
+            self.wal_entries.clear();
+        }
+        match last_ticket {
+            Some(ticket) => Ok(ticket),
+            None => Ok(self.log.barrier()?),
+        }
+    }
+
+    /// Answers every pending client: writes with `error`, reads with `NotLeader` when
+    /// the error is an unknown outcome (a read never has side effects).
+    pub fn fail_all_pending(&mut self, error: ClientError) {
+        for pending in self.pending_writes.drain(..) {
+            pending.reply.send(Err(error.clone()));
+        }
+        let leader = self.core.leader_id();
+        for (_, (_, reply)) in self.pending_reads.drain() {
+            let read_error = match error {
+                ClientError::OutcomeUnknown => ClientError::NotLeader { leader },
+                ref other => other.clone(),
+            };
+            reply.send(Err(read_error));
+        }
+    }
+
+    /// The node stops (shutdown or fail-stop): writes already proposed may still commit
+    /// through the other members, so their outcome is unknown; reads just failed.
+    pub fn fail_on_stop(&mut self) {
+        for pending in self.pending_writes.drain(..) {
+            pending.reply.send(Err(ClientError::OutcomeUnknown));
+        }
+        for (_, (_, reply)) in self.pending_reads.drain() {
+            reply.send(Err(ClientError::NodeStopped));
+        }
+    }
+
+    /// Writes this driver has proposed that are not answered yet.
+    pub fn pending_write_count(&self) -> usize {
+        self.pending_writes.len()
+    }
+}
+
+#[cfg(test)]
+mod tests;

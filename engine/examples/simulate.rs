@@ -12,7 +12,7 @@
 use std::time::Instant;
 
 use clap::Parser;
-use tally_engine::sim::{SimConfig, Simulation};
+use tally_engine::sim::{KvStats, SimConfig, Simulation};
 
 #[derive(Parser, Debug)]
 #[command(about = "Run the Tally Raft simulator over many seeds")]
@@ -41,7 +41,14 @@ fn nodes_for(seed: u64, fixed: Option<usize>) -> usize {
     fixed.unwrap_or(if seed & 1 == 0 { 3 } else { 5 })
 }
 
-fn run_one(seed: u64, nodes: usize, trace: bool) -> (bool, String) {
+fn add_kv(total: &mut KvStats, run: &KvStats) {
+    total.ops += run.ops;
+    total.retried += run.retried;
+    total.applied_twice += run.applied_twice;
+    total.stalls += run.stalls;
+}
+
+fn run_one(seed: u64, nodes: usize, trace: bool, kv: &mut KvStats) -> (bool, String) {
     let mut cfg = SimConfig::new(seed, nodes);
     cfg.trace = trace;
     // A core assertion (e.g. "truncating committed entry") is a violation of this seed,
@@ -63,6 +70,7 @@ fn run_one(seed: u64, nodes: usize, trace: bool) -> (bool, String) {
             );
         }
     };
+    add_kv(kv, &report.stats.kv);
     if report.violations.is_empty() {
         return (true, String::new());
     }
@@ -89,35 +97,44 @@ fn main() {
     let chunks: Vec<Vec<u64>> = (0..threads)
         .map(|t| seeds.iter().copied().skip(t).step_by(threads).collect())
         .collect();
-    let results: Vec<(u64, u64)> = std::thread::scope(|scope| {
+    let results: Vec<(u64, u64, KvStats)> = std::thread::scope(|scope| {
         let handles: Vec<_> = chunks
             .into_iter()
             .map(|chunk| {
                 let (nodes, trace) = (args.nodes, args.trace);
                 scope.spawn(move || {
                     let mut violations = 0;
+                    let mut kv = KvStats::default();
                     for seed in &chunk {
-                        let (ok, text) = run_one(*seed, nodes_for(*seed, nodes), trace);
+                        let (ok, text) = run_one(*seed, nodes_for(*seed, nodes), trace, &mut kv);
                         if !ok {
                             violations += 1;
                             print!("{text}");
                         }
                     }
-                    (chunk.len() as u64, violations)
+                    (chunk.len() as u64, violations, kv)
                 })
             })
             .collect();
         handles
             .into_iter()
-            .map(|handle| handle.join().unwrap_or((0, 1)))
+            .map(|handle| handle.join().unwrap_or((0, 1, KvStats::default())))
             .collect()
     });
-    let n_seeds: u64 = results.iter().map(|(n, _)| n).sum();
-    let violations: u64 = results.iter().map(|(_, v)| v).sum();
+    let n_seeds: u64 = results.iter().map(|(n, _, _)| n).sum();
+    let violations: u64 = results.iter().map(|(_, v, _)| v).sum();
+    let mut kv = KvStats::default();
+    for (_, _, run) in &results {
+        add_kv(&mut kv, run);
+    }
     let elapsed = started.elapsed().as_secs_f64();
     println!(
         "elapsed: {elapsed:.1}s, {:.1} seeds/second on {threads} thread(s)",
         n_seeds as f64 / elapsed.max(1e-9)
+    );
+    println!(
+        "kv: ops={} retried={} applied_twice={} stalls={}",
+        kv.ops, kv.retried, kv.applied_twice, kv.stalls
     );
     println!("seeds: {n_seeds}, violations: {violations}");
     if violations > 0 {

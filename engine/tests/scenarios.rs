@@ -599,6 +599,7 @@ fn churn(seed: u64, message_faults: bool) -> u64 {
         partitions: true,
         crashes: true,
         membership_changes: true,
+        stalls: true,
         nemesis_interval_us: 100_000,
     };
     cfg.n_clients = 5;
@@ -642,6 +643,7 @@ fn lease_reads_never_stale_under_partitions_and_drift_within_the_bound() {
             partitions: true,
             crashes: true,
             membership_changes: false,
+            stalls: true,
             nemesis_interval_us: 100_000,
         };
         cfg.assumed_max_clock_drift = 0.3;

@@ -296,6 +296,17 @@ impl<R, L: LogWriter> NodeDriver<R, L> {
         &self.core
     }
 
+    /// The core, for scripted inputs (tests, the simulator's nemesis): whatever it
+    /// produces is carried out by the next [`NodeDriver::turn`], like any other input.
+    pub fn core_mut(&mut self) -> &mut RaftNode {
+        &mut self.core
+    }
+
+    /// Gives the log back (the node stops; the simulator keeps the disk across crashes).
+    pub fn into_log(self) -> L {
+        self.log
+    }
+
     pub fn log(&self) -> &L {
         &self.log
     }

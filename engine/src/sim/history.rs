@@ -49,6 +49,8 @@ pub struct History {
     completed_by_key: HashMap<u64, Vec<(u64, Position)>>,
     /// Log index at which each written value was committed (from applied entries).
     pub committed_write_index: HashMap<u64, u64>,
+    /// The session of the request that first committed each value.
+    write_sessions: HashMap<u64, Option<crate::kv::ClientSession>>,
     pub violations: Vec<String>,
 }
 
@@ -66,13 +68,30 @@ impl History {
         self.operations.len() - 1
     }
 
-    /// Records that a write was committed (applied) at `index`.
-    pub fn note_committed_write(&mut self, value: u64, index: u64) {
-        let previous = self.committed_write_index.insert(value, index);
-        if previous.is_some_and(|before| before != index) {
-            self.violations.push(format!(
-                "value {value} committed at two indexes {previous:?} and {index}"
-            ));
+    /// Records that a write was committed (applied) at `index`. The first index of a
+    /// value is its position; a later entry with the same value is only allowed as the
+    /// same client request resent (the state machine's session table makes it a no-op).
+    pub fn note_committed_write(
+        &mut self,
+        value: u64,
+        index: u64,
+        session: Option<crate::kv::ClientSession>,
+    ) {
+        match self.committed_write_index.get(&value) {
+            None => {
+                self.committed_write_index.insert(value, index);
+                self.write_sessions.insert(value, session);
+            }
+            Some(&first) if first == index => {}
+            Some(&first) => {
+                let same_request =
+                    session.is_some() && self.write_sessions.get(&value) == Some(&session);
+                if !same_request {
+                    self.violations.push(format!(
+                        "value {value} committed at two indexes {first} and {index} by different requests"
+                    ));
+                }
+            }
         }
     }
 
@@ -134,10 +153,10 @@ mod tests {
     fn read_of_an_overwritten_value_after_the_overwrite_completed_is_stale() {
         let mut history = History::default();
         let w1 = history.invoke(0, 7, OperationKind::Write { value: 1 }, 0);
-        history.note_committed_write(1, 5);
+        history.note_committed_write(1, 5, None);
         history.complete_write(w1, 5, 10);
         let w2 = history.invoke(0, 7, OperationKind::Write { value: 2 }, 20);
-        history.note_committed_write(2, 9);
+        history.note_committed_write(2, 9, None);
         history.complete_write(w2, 9, 30);
         let read = history.invoke(1, 7, OperationKind::Read, 40);
         history.complete_read(read, 1, 50);
@@ -148,12 +167,12 @@ mod tests {
     fn read_concurrent_with_a_write_may_see_either_value() {
         let mut history = History::default();
         let w1 = history.invoke(0, 7, OperationKind::Write { value: 1 }, 0);
-        history.note_committed_write(1, 5);
+        history.note_committed_write(1, 5, None);
         history.complete_write(w1, 5, 10);
         let w2 = history.invoke(0, 7, OperationKind::Write { value: 2 }, 20);
         let old = history.invoke(1, 7, OperationKind::Read, 21);
         history.complete_read(old, 1, 25);
-        history.note_committed_write(2, 9);
+        history.note_committed_write(2, 9, None);
         let new = history.invoke(2, 7, OperationKind::Read, 22);
         history.complete_read(new, 2, 26);
         history.complete_write(w2, 9, 30);

@@ -1,17 +1,26 @@
-//! A deterministic cluster simulator running the real Raft core.
+//! A deterministic cluster simulator running the real node: driver, core, WAL and KV
+//! state machine.
 //!
 //! Single-threaded, simulated time in microseconds, every random choice drawn from one
-//! ChaCha RNG seeded by [`SimConfig::seed`]: a seed replays exactly. It runs N
-//! [`RaftNode`]s over a simulated network (drop, delay, duplication, reordering,
-//! symmetric and one-way partitions), each node's log in the real `tally-wal` over its
-//! fault-injecting in-memory disk ([`storage::WalStorage`]: a crash loses unsynced
-//! writes and may tear the last one at any byte), per-node clock drift (each
-//! node ticks at its own rate), and clients that write and read registers throughout.
+//! ChaCha RNG seeded by [`SimConfig::seed`]: a seed replays exactly. Each simulated
+//! server is the production [`NodeDriver`] (the same code the threaded runtime runs:
+//! clock, batching, persist actions as WAL operations, replies, leadership-loss
+//! handling) over the real `tally-wal` on its fault-injecting in-memory disk
+//! ([`storage::WalStorage`]: a crash loses unsynced writes and may tear the last one at
+//! any byte), applying to the real [`KvStateMachine`] through the same [`Applier`] as
+//! the apply thread. Around them: a simulated network (drop, delay, duplication,
+//! reordering, symmetric and one-way partitions), per-node clock drift (each node ticks
+//! at its own rate), stalls (a node's driver frozen while its clock runs on; what
+//! queued meanwhile arrives together), and KV clients with real sessions (SET, MSET,
+//! GET, INCR, CAS, DEL) that resend a write with the same (client id, sequence) after an
+//! unknown outcome.
 //!
 //! After every step the [`checker::Checker`] verifies Election Safety, Leader
 //! Append-Only, Log Matching, Leader Completeness, State Machine Safety, commit index
 //! monotonicity and that committed entries survive on later leaders; the
-//! [`history::History`] checks that served reads and writes are linearizable. Once
+//! [`history::History`] checks that register reads and writes (SET, MSET, GET, CAS) are
+//! linearizable, and each client's INCR counter checks that no retried write is applied
+//! twice (the n-th acknowledged INCR must answer n). Once
 //! faults stop, the run checks liveness: a leader emerges and client operations
 //! complete within a bound. A violation keeps the seed and the last events in a ring
 //! buffer (or the full trace with `trace`).
@@ -24,18 +33,26 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::fmt::Write as _;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::Bytes;
+use crossbeam_channel::{unbounded, Receiver, Sender};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::driver::{
+    Applier, ApplyWork, ClientError, NodeDriver, NodeError, NodeIo, Reply, ReplyTo, Request,
+    Submission, TurnInput,
+};
+use crate::kv::{
+    decode_request, encode_request, ClientSession, Command, KvLimits, KvResponse, KvStateMachine,
+};
 use crate::raft::{
-    Configuration, Entry, EntryKind, Message, MessageBody, NodeId, ProposeError, RaftConfig,
-    RaftNode, ReadError, Ready, Role,
+    Configuration, Entry, EntryKind, Message, MessageBody, NodeId, PersistAction, ProposeError,
+    RaftConfig, RaftNode, Role, RoleState,
 };
 use checker::{Checker, NodeWatch};
 use history::{History, OperationKind};
-use storage::{SimStorage, WalStorage};
+use storage::WalStorage;
 
 /// Which faults a run injects while faults are active.
 #[derive(Clone, Debug)]
@@ -45,6 +62,8 @@ pub struct FaultConfig {
     pub crashes: bool,
     /// Leaders are asked to change the voter set (joint consensus).
     pub membership_changes: bool,
+    /// A node's driver is frozen for a while (a blocked raft thread, a paused process).
+    pub stalls: bool,
     /// Mean time between nemesis actions.
     pub nemesis_interval_us: u64,
 }
@@ -56,6 +75,7 @@ impl FaultConfig {
             partitions: true,
             crashes: true,
             membership_changes: true,
+            stalls: true,
             nemesis_interval_us: 150_000,
         }
     }
@@ -65,6 +85,7 @@ impl FaultConfig {
             partitions: false,
             crashes: false,
             membership_changes: false,
+            stalls: false,
             nemesis_interval_us: 150_000,
         }
     }
@@ -162,15 +183,20 @@ enum Event {
         incarnation: u64,
     },
     Deliver(Message),
+    /// The node's disk finished the fsync of everything written when it was issued.
     FsyncDone {
         node: usize,
         incarnation: u64,
-        seq: u64,
+    },
+    /// A stalled node's driver runs again.
+    Resume {
+        node: usize,
+        incarnation: u64,
     },
     Client(usize),
     ClientTimeout {
         client: usize,
-        op: usize,
+        serial: u64,
     },
     Nemesis,
     Restart(usize),
@@ -201,43 +227,101 @@ impl Ord for Scheduled {
 }
 
 /// A simulated server: the core, its disk, its state machine and its clock.
+/// A simulated server: its node driver (the production behaviour), its disk, its
+/// state machine and its clock.
 pub struct SimNode {
     pub id: NodeId,
-    pub raft: Option<RaftNode>,
-    pub storage: Box<dyn SimStorage>,
+    /// The node's behaviour, exactly as the threaded runtime runs it. `None` while down.
+    pub driver: Option<NodeDriver<KvResponse, WalStorage>>,
+    /// The real KV state machine behind the same applier the runtime's apply thread
+    /// runs. `None` while down.
+    applier: Option<Applier<KvStateMachine>>,
+    /// The node's disk while it is down (while up, the driver owns it as its log).
+    storage: Option<WalStorage>,
     pub incarnation: u64,
     /// Real microseconds between this node's ticks (its clock rate).
     pub tick_interval_us: u64,
+    /// This incarnation's clock, in ticks: one per `Tick` event, which keep coming at
+    /// the node's own rate while it is frozen (a stall stops the driver, not time).
+    ticks: u64,
     fsync_free_at_us: u64,
-    /// The register state machine: key -> value (0 = never written).
-    pub registers: BTreeMap<u64, u64>,
+    /// Everything applied (no-ops and configuration entries included).
     pub applied_index: u64,
-    /// Reads declared safe, waiting for the state machine to reach their index.
-    ready_reads: Vec<(u64, u64)>,
+    /// What arrived since the driver's last turn (messages, requests, applied index).
+    input: TurnInput<KvResponse>,
+    /// While set, the driver is frozen (a blocked raft thread, a paused process): what
+    /// arrives queues in `input`; the disk and the clock keep going.
+    frozen_until_us: Option<u64>,
     pub watch: NodeWatch,
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Attempt {
-    None,
-    Write {
-        node: usize,
-        incarnation: u64,
-        index: u64,
-    },
-    Read {
-        node: usize,
-        incarnation: u64,
-        request_id: u64,
-    },
+impl SimNode {
+    fn is_up(&self) -> bool {
+        self.driver.is_some()
+    }
+
+    fn core(&self) -> Option<&RaftNode> {
+        self.driver.as_ref().map(NodeDriver::core)
+    }
+
+    /// The node's disk, wherever it is.
+    fn storage_mut(&mut self) -> &mut WalStorage {
+        match (self.driver.as_mut(), self.storage.as_mut()) {
+            (Some(driver), _) => driver.log_mut(),
+            (None, Some(storage)) => storage,
+            (None, None) => unreachable!("a node's disk is either in its driver or kept aside"),
+        }
+    }
+}
+
+/// What a simulated client is doing.
+#[derive(Clone, Debug)]
+enum ClientOpKind {
+    /// `SET r:<key> <value>` (a history write).
+    Set { key: u64, value: u64 },
+    /// `MSET r:<a> <va> r:<b> <vb>` (two history writes at one log index).
+    MSet { pairs: [(u64, u64); 2] },
+    /// `GET r:<key>` (a history read).
+    Get { key: u64 },
+    /// `INCR c:<client>`: only this client increments its counter, so the n-th
+    /// acknowledged INCR must answer n (a retry applied twice answers more).
+    Incr,
+    /// `CAS r:<key> <expected> <new>`: swaps only if the register holds the value this
+    /// client last wrote there; a swap is a history write of `new`.
+    Cas { key: u64, expected: u64, new: u64 },
+    /// `DEL d:<client>` on the client's own scratch key (exercised, not modelled).
+    Del,
+}
+
+#[derive(Clone, Debug)]
+struct ClientOp {
+    kind: ClientOpKind,
+    /// History operations this client operation completes.
+    history_ops: Vec<usize>,
+    /// The encoded request (a retry resends exactly these bytes: same session).
+    request: Bytes,
+    read_only: bool,
+    /// Resent at least once (after an unknown outcome, a redirect or a timeout).
+    retried: bool,
+    /// Tag of the current attempt's replies: `client << 32 | serial`.
+    serial: u64,
 }
 
 struct Client {
     /// Driven by a test through `client_write`/`client_read`: never starts operations itself.
     scripted: bool,
     target: usize,
-    op: Option<usize>,
-    attempt: Attempt,
+    /// This client's session id (nonzero) and its last write sequence.
+    client_id: u64,
+    last_sequence: u64,
+    op: Option<ClientOp>,
+    next_serial: u64,
+    /// Where the current attempt went (node, incarnation), if it was accepted there.
+    attempt_on: Option<(usize, u64)>,
+    /// INCRs acknowledged so far (the counter's expected value).
+    incr_acknowledged: i64,
+    /// The last value this client wrote to each register (for CAS).
+    last_written: HashMap<u64, u64>,
 }
 
 /// Network conditions, changed by the nemesis.
@@ -249,6 +333,19 @@ struct NetworkState {
     duplicate_probability: f64,
     long_delay_probability: f64,
     long_delay_max_us: u64,
+}
+
+/// KV client totals of a run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KvStats {
+    /// Client operations completed with a state-machine answer.
+    pub ops: u64,
+    /// Operations resent with the same session at least once.
+    pub retried: u64,
+    /// Writes whose effect was applied more than once (must be 0).
+    pub applied_twice: u64,
+    /// Times a node's driver was frozen by the nemesis.
+    pub stalls: u64,
 }
 
 /// Message and byte counts, for budgets in tests.
@@ -265,6 +362,7 @@ pub struct SimStats {
     pub crashes: u64,
     /// AppendEntries rejections sent (each costs a round trip of log repair).
     pub rejected_appends: u64,
+    pub kv: KvStats,
 }
 
 /// The outcome of a run.
@@ -289,6 +387,9 @@ pub struct Simulation {
     configuration: Configuration,
     net: NetworkState,
     clients: Vec<Client>,
+    /// Every client's replies arrive here, tagged `client << 32 | serial`.
+    reply_tx: Sender<Reply<KvResponse>>,
+    reply_rx: Receiver<Reply<KvResponse>>,
     pub checker: Checker,
     pub history: History,
     pub stats: SimStats,
@@ -297,23 +398,27 @@ pub struct Simulation {
     faults_active: bool,
     faults_ended_at_us: Option<u64>,
     next_write_value: u64,
-    next_request_id: u64,
     liveness_failures: Vec<String>,
+    /// Other safety failures found outside the checker (exactly-once, replies).
+    kv_violations: Vec<String>,
 }
 
-fn encode_write(key: u64, value: u64) -> Bytes {
-    let mut data = BytesMut::with_capacity(16);
-    data.put_u64_le(key);
-    data.put_u64_le(value);
-    data.freeze()
+/// The KV key of register `key`.
+fn register_key(key: u64) -> Vec<u8> {
+    format!("r:{key}").into_bytes()
 }
 
-fn decode_write(entry: &Entry) -> Option<(u64, u64)> {
-    if entry.kind != EntryKind::Normal || entry.data.len() != 16 {
-        return None;
-    }
-    let mut data = &entry.data[..];
-    Some((data.get_u64_le(), data.get_u64_le()))
+/// The register a KV key names, if it is one.
+fn parse_register_key(key: &[u8]) -> Option<u64> {
+    std::str::from_utf8(key.strip_prefix(b"r:")?)
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// A register value as the KV store holds it (decimal text; 0 is never written).
+fn parse_register_value(value: &[u8]) -> Option<u64> {
+    std::str::from_utf8(value).ok()?.parse().ok()
 }
 
 impl Simulation {
@@ -327,26 +432,24 @@ impl Simulation {
             let tick_interval_us = (cfg.tick_us as f64 / rate).round() as u64;
             nodes.push(SimNode {
                 id: k as u64 + 1,
-                raft: None,
-                storage: Box::new(WalStorage::new()),
+                driver: None,
+                applier: None,
+                storage: Some(WalStorage::new()),
                 incarnation: 0,
                 tick_interval_us,
+                ticks: 0,
                 fsync_free_at_us: 0,
-                registers: BTreeMap::new(),
                 applied_index: 0,
-                ready_reads: Vec::new(),
+                input: TurnInput::new(),
+                frozen_until_us: None,
                 watch: NodeWatch::default(),
             });
         }
         let n = cfg.n_nodes;
         let clients = (0..cfg.n_clients)
-            .map(|_| Client {
-                scripted: false,
-                target: rng.gen_range(0..n),
-                op: None,
-                attempt: Attempt::None,
-            })
+            .map(|k| Client::new(k, rng.gen_range(0..n), false))
             .collect();
+        let (reply_tx, reply_rx) = unbounded();
         let mut sim = Simulation {
             rng,
             now_us: 0,
@@ -359,6 +462,8 @@ impl Simulation {
                 ..NetworkState::default()
             },
             clients,
+            reply_tx,
+            reply_rx,
             checker: Checker::default(),
             history: History::default(),
             stats: SimStats::default(),
@@ -367,8 +472,8 @@ impl Simulation {
             faults_active: false,
             faults_ended_at_us: None,
             next_write_value: 1,
-            next_request_id: 1,
             liveness_failures: Vec::new(),
+            kv_violations: Vec::new(),
             cfg,
         };
         for k in 0..n {
@@ -379,7 +484,11 @@ impl Simulation {
             sim.schedule(delay, Event::Client(client));
         }
         let faults = &sim.cfg.faults;
-        if faults.message_faults || faults.partitions || faults.crashes || faults.membership_changes
+        if faults.message_faults
+            || faults.partitions
+            || faults.crashes
+            || faults.membership_changes
+            || faults.stalls
         {
             sim.faults_active = true;
             let first = sim.rng.gen_range(0..sim.cfg.faults.nemesis_interval_us * 2);
@@ -407,6 +516,7 @@ impl Simulation {
     pub fn report(self) -> SimReport {
         let mut violations = self.checker.violations.clone();
         violations.extend(self.history.violations.iter().cloned());
+        violations.extend(self.kv_violations.iter().cloned());
         violations.extend(self.liveness_failures.iter().cloned());
         let trace = if violations.is_empty() {
             String::new()
@@ -426,6 +536,7 @@ impl Simulation {
     pub fn violations(&self) -> Vec<String> {
         let mut all = self.checker.violations.clone();
         all.extend(self.history.violations.iter().cloned());
+        all.extend(self.kv_violations.iter().cloned());
         all
     }
 
@@ -474,28 +585,28 @@ impl Simulation {
     }
 
     pub fn node(&self, id: NodeId) -> Option<&RaftNode> {
-        self.nodes[id as usize - 1].raft.as_ref()
+        self.nodes[id as usize - 1].core()
     }
 
     pub fn is_up(&self, id: NodeId) -> bool {
-        self.nodes[id as usize - 1].raft.is_some()
+        self.nodes[id as usize - 1].is_up()
     }
 
     /// The live leader of the highest term, if any.
     pub fn leader(&self) -> Option<NodeId> {
         self.nodes
             .iter()
-            .filter_map(|node| node.raft.as_ref())
+            .filter_map(SimNode::core)
             .filter(|raft| raft.role() == Role::Leader)
             .max_by_key(|raft| raft.term())
             .map(|raft| raft.id())
     }
 
-    /// Leaders whose followers could still reach them: leaders not isolated from a majority.
+    /// Every live leader with its term.
     pub fn leaders(&self) -> Vec<(NodeId, u64)> {
         self.nodes
             .iter()
-            .filter_map(|node| node.raft.as_ref())
+            .filter_map(SimNode::core)
             .filter(|raft| raft.role() == Role::Leader)
             .map(|raft| (raft.id(), raft.term()))
             .collect()
@@ -504,7 +615,7 @@ impl Simulation {
     pub fn max_term(&self) -> u64 {
         self.nodes
             .iter()
-            .filter_map(|node| node.raft.as_ref())
+            .filter_map(SimNode::core)
             .map(|raft| raft.term())
             .max()
             .unwrap_or(0)
@@ -577,25 +688,29 @@ impl Simulation {
     /// Crashes a node: it loses its volatile state and unsynced writes.
     pub fn crash(&mut self, id: NodeId) {
         let k = id as usize - 1;
-        if self.nodes[k].raft.is_none() {
+        if !self.nodes[k].is_up() {
             return;
         }
         self.stats.crashes += 1;
         let node = &mut self.nodes[k];
-        node.raft = None;
+        if let Some(driver) = node.driver.take() {
+            node.storage = Some(driver.into_log());
+        }
+        node.applier = None;
         node.incarnation += 1;
-        node.storage.crash(&mut self.rng);
-        node.registers.clear();
+        node.storage_mut().crash(&mut self.rng);
         node.applied_index = 0;
-        node.ready_reads.clear();
+        node.input = TurnInput::new();
+        node.frozen_until_us = None;
         node.fsync_free_at_us = 0;
         self.trace_event(format!("crash node {id}"));
-        // Clients waiting on this node: writes become indeterminate, reads retry.
+        // Clients waiting on this node resend (same session) elsewhere.
         for client in 0..self.clients.len() {
-            match self.clients[client].attempt {
-                Attempt::Write { node, .. } if node == k => self.abandon_op(client),
-                Attempt::Read { node, .. } if node == k => self.retry_client(client),
-                _ => {}
+            if self.clients[client]
+                .attempt_on
+                .is_some_and(|(node, _)| node == k)
+            {
+                self.resend_soon(client);
             }
         }
     }
@@ -603,20 +718,43 @@ impl Simulation {
     /// Restarts a crashed node from its durable storage.
     pub fn restart(&mut self, id: NodeId) {
         let k = id as usize - 1;
-        if self.nodes[k].raft.is_some() {
+        if self.nodes[k].is_up() {
             return;
         }
         self.trace_event(format!("restart node {id}"));
         self.start_node(k);
     }
 
-    /// Proposes one command directly on node `id`.
+    /// Freezes node `id`'s driver for `duration_us` (a blocked raft thread, a paused
+    /// process): messages and requests queue meanwhile and are handled together when it
+    /// resumes; its clock and its disk keep going.
+    pub fn stall(&mut self, id: NodeId, duration_us: u64) {
+        let k = id as usize - 1;
+        if !self.nodes[k].is_up() || self.nodes[k].frozen_until_us.is_some() {
+            return;
+        }
+        self.stats.kv.stalls += 1;
+        let until = self.now_us + duration_us;
+        self.nodes[k].frozen_until_us = Some(until);
+        let incarnation = self.nodes[k].incarnation;
+        self.trace_event(format!("stall node {id} for {duration_us}us"));
+        self.schedule(
+            duration_us,
+            Event::Resume {
+                node: k,
+                incarnation,
+            },
+        );
+    }
+
+    /// Proposes one command directly on node `id` (a scripted input to its core; the
+    /// driver carries out the result in the turn that follows).
     pub fn propose(&mut self, id: NodeId, data: Bytes) -> Result<u64, ProposeError> {
         let k = id as usize - 1;
-        let Some(raft) = self.nodes[k].raft.as_mut() else {
+        let Some(driver) = self.nodes[k].driver.as_mut() else {
             return Err(ProposeError::NotLeader { leader_hint: None });
         };
-        let range = raft.propose(vec![data])?;
+        let range = driver.core_mut().propose(vec![data])?;
         self.trace_event(format!("propose on node {id} at index {}", range.start));
         self.process(k);
         Ok(range.start)
@@ -626,10 +764,11 @@ impl Simulation {
     /// change was accepted.
     pub fn change_membership(&mut self, id: NodeId, voters: &[NodeId]) -> bool {
         let k = id as usize - 1;
-        let Some(raft) = self.nodes[k].raft.as_mut() else {
+        let Some(driver) = self.nodes[k].driver.as_mut() else {
             return false;
         };
-        let accepted = raft
+        let accepted = driver
+            .core_mut()
             .propose_configuration_change(voters.iter().copied(), [])
             .is_ok();
         if accepted {
@@ -641,22 +780,28 @@ impl Simulation {
         accepted
     }
 
-    /// Asks node `id` to transfer leadership.
+    /// Asks node `id` to transfer leadership (through the driver, as a client request).
     pub fn transfer_leadership(&mut self, id: NodeId, target: NodeId) -> bool {
         let k = id as usize - 1;
-        let Some(raft) = self.nodes[k].raft.as_mut() else {
+        if !self.nodes[k].is_up() {
             return false;
-        };
-        let ok = raft.transfer_leadership(target).is_ok();
+        }
+        let is_leader = self.nodes[k]
+            .core()
+            .is_some_and(|raft| raft.role() == Role::Leader);
+        self.nodes[k]
+            .input
+            .requests
+            .push(Request::TransferLeadership { target });
         self.process(k);
-        ok
+        is_leader
     }
 
-    /// How many live nodes applied `index`, and the data they applied (None if they disagree).
+    /// How many live nodes applied `index`.
     pub fn n_applied(&self, index: u64) -> usize {
         self.nodes
             .iter()
-            .filter(|node| node.raft.is_some() && node.applied_index >= index)
+            .filter(|node| node.is_up() && node.applied_index >= index)
             .count()
     }
 
@@ -680,23 +825,19 @@ impl Simulation {
                 let data_ref = data.clone();
                 let done = self.run_until(until - self.now_us, |sim| {
                     sim.n_applied(index) >= expected
-                        && sim
-                            .nodes
-                            .iter()
-                            .filter_map(|n| n.raft.as_ref())
-                            .any(|raft| {
-                                raft.log()
-                                    .entry(index)
-                                    .is_some_and(|entry| entry.data == data_ref)
-                                    && raft.log().applied() >= index
-                            })
+                        && sim.nodes.iter().filter_map(SimNode::core).any(|raft| {
+                            raft.log()
+                                .entry(index)
+                                .is_some_and(|entry| entry.data == data_ref)
+                                && raft.log().applied() >= index
+                        })
                 });
                 if done {
                     let agreed = self
                         .nodes
                         .iter()
                         .filter(|node| node.applied_index >= index)
-                        .filter_map(|node| node.raft.as_ref())
+                        .filter_map(SimNode::core)
                         .filter(|raft| {
                             raft.log()
                                 .entry(index)
@@ -716,52 +857,45 @@ impl Simulation {
 
     /// Adds a client driven by the test (no random operations of its own).
     pub fn add_client(&mut self) -> usize {
-        self.clients.push(Client {
-            scripted: true,
-            target: 0,
-            op: None,
-            attempt: Attempt::None,
-        });
-        self.clients.len() - 1
+        let index = self.clients.len();
+        self.clients.push(Client::new(index, 0, true));
+        index
     }
 
-    /// Starts a write of a fresh unique value to `key` by `client`, sent to node `target`
-    /// (redirected on NotLeader like any client). Returns the operation's history index.
+    /// Starts a SET of a fresh unique value to register `key` by `client`, sent to node
+    /// `target` (redirected on NotLeader like any client). Returns the operation's
+    /// history index.
     pub fn client_write(&mut self, client: usize, target: NodeId, key: u64) -> usize {
-        let value = self.next_write_value;
-        self.next_write_value += 1;
-        self.start_client_op(client, target, key, OperationKind::Write { value })
+        let value = self.fresh_value();
+        self.start_client_op(client, target, ClientOpKind::Set { key, value })
     }
 
-    /// Starts a read of `key` by `client` at node `target`.
+    /// Starts a GET of register `key` by `client` at node `target`.
     pub fn client_read(&mut self, client: usize, target: NodeId, key: u64) -> usize {
-        self.start_client_op(client, target, key, OperationKind::Read)
+        self.start_client_op(client, target, ClientOpKind::Get { key })
     }
 
-    fn start_client_op(
-        &mut self,
-        client: usize,
-        target: NodeId,
-        key: u64,
-        kind: OperationKind,
-    ) -> usize {
+    fn start_client_op(&mut self, client: usize, target: NodeId, kind: ClientOpKind) -> usize {
         assert!(
             self.clients[client].op.is_none(),
             "client {client} already has an operation running"
         );
-        let op = self.history.invoke(client, key, kind, self.now_us);
-        self.clients[client].op = Some(op);
         self.clients[client].target = target as usize - 1;
-        self.clients[client].attempt = Attempt::None;
-        let timeout = self.cfg.client_timeout_us;
-        self.schedule(timeout, Event::ClientTimeout { client, op });
-        self.client_step(client);
-        op
+        self.begin_op(client, kind);
+        let op = &self.clients[client].op;
+        op.as_ref()
+            .and_then(|op| op.history_ops.first().copied())
+            .unwrap_or(usize::MAX)
     }
 
     /// Whether a client operation completed (writes: committed and applied; reads: served).
     pub fn op_completed(&self, op: usize) -> bool {
         self.history.operations[op].completed_at_us.is_some()
+    }
+
+    /// KV client totals so far.
+    pub fn kv_stats(&self) -> &KvStats {
+        &self.stats.kv
     }
 
     // ----- the event loop ---------------------------------------------------------
@@ -784,12 +918,10 @@ impl Simulation {
         self.stats.events += 1;
         match next.event {
             Event::Tick { node, incarnation } => {
-                if self.nodes[node].incarnation != incarnation || self.nodes[node].raft.is_none() {
+                if self.nodes[node].incarnation != incarnation || !self.nodes[node].is_up() {
                     return;
                 }
-                if let Some(raft) = self.nodes[node].raft.as_mut() {
-                    raft.tick();
-                }
+                self.nodes[node].ticks += 1;
                 self.process(node);
                 let interval = self.nodes[node].tick_interval_us;
                 self.schedule(interval, Event::Tick { node, incarnation });
@@ -797,37 +929,36 @@ impl Simulation {
             Event::Deliver(message) => {
                 let to = message.to as usize - 1;
                 let from = message.from as usize - 1;
-                if self.net.blocked[from][to] {
-                    return;
-                }
-                if self.nodes[to].raft.is_none() {
+                if self.net.blocked[from][to] || !self.nodes[to].is_up() {
                     return;
                 }
                 self.trace_delivery(&message);
-                if let Some(raft) = self.nodes[to].raft.as_mut() {
-                    raft.step(message);
-                }
+                self.nodes[to].input.messages.push(message);
                 self.process(to);
             }
-            Event::FsyncDone {
-                node,
-                incarnation,
-                seq,
-            } => {
-                if self.nodes[node].incarnation != incarnation || self.nodes[node].raft.is_none() {
+            Event::FsyncDone { node, incarnation } => {
+                if self.nodes[node].incarnation != incarnation || !self.nodes[node].is_up() {
                     return;
                 }
-                self.nodes[node].storage.sync(seq);
-                if let Some(raft) = self.nodes[node].raft.as_mut() {
-                    raft.on_persisted(seq);
+                // The disk completes its fsync even while the driver is frozen.
+                self.nodes[node].storage_mut().sync_written();
+                self.process(node);
+            }
+            Event::Resume { node, incarnation } => {
+                if self.nodes[node].incarnation != incarnation {
+                    return;
                 }
+                self.nodes[node].frozen_until_us = None;
+                self.trace_event(format!("node {} resumes", node + 1));
                 self.process(node);
             }
             Event::Client(client) => self.client_step(client),
-            Event::ClientTimeout { client, op } => {
-                if self.clients[client].op == Some(op) {
-                    self.trace_event(format!("client {client} gives up on operation {op}"));
-                    self.abandon_op(client);
+            Event::ClientTimeout { client, serial } => {
+                let current = self.clients[client].op.as_ref().map(|op| op.serial);
+                if current == Some(serial) {
+                    self.trace_event(format!("client {client} times out; resends"));
+                    self.clients[client].target = self.rng.gen_range(0..self.nodes.len());
+                    self.resend_soon(client);
                 }
             }
             Event::Nemesis => {
@@ -849,6 +980,7 @@ impl Simulation {
                 }
             }
         }
+        self.route_replies();
     }
 
     fn start_node(&mut self, k: usize) {
@@ -865,7 +997,7 @@ impl Simulation {
         raft_cfg.max_clock_drift = self.cfg.assumed_max_clock_drift;
         raft_cfg.max_batch_entries = self.cfg.max_batch_entries;
         raft_cfg.max_inflight_messages = self.cfg.max_inflight_messages;
-        let recovered = node.storage.recover();
+        let recovered = node.storage_mut().recover();
         self.checker
             .on_restart(node.id, &mut node.watch, &recovered.entries);
         let raft = RaftNode::restart(
@@ -875,10 +1007,20 @@ impl Simulation {
             Default::default(),
             recovered.entries,
         );
-        node.raft = Some(raft);
-        let incarnation = node.incarnation;
+        // The driver owns the disk for this incarnation; the node takes it back when
+        // it goes down.
+        let Some(storage) = node.storage.take() else {
+            unreachable!("a node that is down keeps its disk aside")
+        };
+        node.driver = Some(NodeDriver::new(raft, storage));
+        node.applier = Some(Applier::new(KvStateMachine::new(KvLimits::default())));
+        node.applied_index = 0;
+        node.input = TurnInput::new();
         // Start the clock at a random phase.
         let phase = self.rng.gen_range(0..self.nodes[k].tick_interval_us);
+        let node = &mut self.nodes[k];
+        node.ticks = 0;
+        let incarnation = node.incarnation;
         self.schedule(
             phase,
             Event::Tick {
@@ -889,42 +1031,73 @@ impl Simulation {
         self.process(k);
     }
 
-    /// Carries out everything node `k`'s core asked for, then checks invariants.
+    /// Runs node `k`'s driver over everything that arrived for it, then carries out what
+    /// it asked for, until nothing is left; then checks invariants.
     fn process(&mut self, k: usize) {
         loop {
-            let Some(raft) = self.nodes[k].raft.as_mut() else {
+            let node = &mut self.nodes[k];
+            if node.frozen_until_us.is_some() {
+                return;
+            }
+            let now_tick = node.ticks;
+            let SimNode { driver, input, .. } = node;
+            let Some(driver) = driver.as_mut() else {
                 return;
             };
-            if !raft.has_ready() {
+            input.now_tick = now_tick;
+            let mut io = SimIo::default();
+            if let Err(error) = driver.turn(input, &mut io) {
+                let id = self.nodes[k].id;
+                self.kv_violations
+                    .push(format!("node {id} fail-stopped in the simulator: {error}"));
+                self.capture_violation_trace();
+                self.crash(id);
+                return;
+            }
+            self.after_turn(k, io);
+            if self.nodes[k].input.is_empty() {
                 break;
             }
-            let ready = raft.take_ready();
-            self.handle_ready(k, ready);
         }
         let node = &mut self.nodes[k];
-        let Some(raft) = node.raft.as_ref() else {
+        let Some(raft) = node.driver.as_ref().map(NodeDriver::core) else {
             return;
         };
         let (role, term, commit) = (raft.role(), raft.term(), raft.commit_index());
         self.checker
             .after_step(node.id, &mut node.watch, role, term, commit);
-        if !self.checker.violations.is_empty() || !self.history.violations.is_empty() {
+        if !self.checker.violations.is_empty()
+            || !self.history.violations.is_empty()
+            || !self.kv_violations.is_empty()
+        {
             self.capture_violation_trace();
         }
     }
 
-    fn handle_ready(&mut self, k: usize, ready: Ready) {
+    /// Carries out one turn's I/O: the checker sees every persist action, messages go
+    /// on the network, committed entries and reads reach the state machine, staged log
+    /// writes are written and their fsync scheduled.
+    fn after_turn(&mut self, k: usize, io: SimIo) {
         let id = self.nodes[k].id;
-        if let Some(change) = ready.role_change {
+        for change in &io.roles {
             self.trace_event(format!(
                 "node {id} is {:?} in term {} (leader {:?})",
                 change.role, change.term, change.leader
             ));
         }
-        if let Some(action) = ready.persist {
+        for action in &io.persists {
             let node = &mut self.nodes[k];
-            self.checker.on_persist(id, &mut node.watch, &action);
-            node.storage.write(&action);
+            self.checker.on_persist(id, &mut node.watch, action);
+        }
+        for message in io.messages {
+            self.send(message);
+        }
+        for work in io.work {
+            self.apply_work(k, work);
+        }
+        let storage = self.nodes[k].storage_mut();
+        if storage.has_unwritten() {
+            storage.write_staged();
             let latency = self
                 .rng
                 .gen_range(self.cfg.min_fsync_us..=self.cfg.max_fsync_us);
@@ -932,124 +1105,124 @@ impl Simulation {
             let done_at = node.fsync_free_at_us.max(self.now_us) + latency;
             node.fsync_free_at_us = done_at;
             let incarnation = node.incarnation;
-            let delay = done_at - self.now_us;
             self.schedule(
-                delay,
+                done_at - self.now_us,
                 Event::FsyncDone {
                     node: k,
                     incarnation,
-                    seq: action.seq,
                 },
             );
         }
-        for message in ready.messages {
-            self.send(message);
-        }
-        if let Some(last) = ready.committed_entries.last().map(|entry| entry.index) {
-            for entry in &ready.committed_entries {
-                self.apply(k, entry);
-            }
-            if let Some(raft) = self.nodes[k].raft.as_mut() {
-                raft.on_applied(last);
-            }
-        }
-        for read in ready.reads {
-            if read.via == crate::raft::ReadPath::Lease {
-                self.stats.lease_reads += 1;
-            }
-            self.nodes[k]
-                .ready_reads
-                .push((read.request_id, read.read_index));
-        }
-        for (request_id, ReadError::NotLeader { .. }) in ready.failed_reads {
-            if let Some(client) = self.client_reading(k, request_id) {
-                self.retry_client(client);
-            }
-        }
-        self.serve_reads(k);
     }
 
-    fn apply(&mut self, k: usize, entry: &Entry) {
+    fn apply_work(&mut self, k: usize, work: ApplyWork<KvResponse>) {
+        match work {
+            ApplyWork::Entries { entries, replies } => self.apply_entries(k, entries, replies),
+            reads @ ApplyWork::Reads(_) => {
+                let Some(applier) = self.nodes[k].applier.as_mut() else {
+                    return;
+                };
+                match applier.handle(reads) {
+                    Ok(outcome) => self.stats.lease_reads += outcome.reads_lease,
+                    Err(error) => self
+                        .kv_violations
+                        .push(format!("node {} state machine failed: {error}", k + 1)),
+                }
+            }
+        }
+    }
+
+    /// Applies committed entries through the node's applier. A batch is applied in
+    /// pieces that end at each CAS, so the simulator can tell (from the state right
+    /// after it) whether that CAS swapped: the history records only writes that took
+    /// effect.
+    fn apply_entries(
+        &mut self,
+        k: usize,
+        entries: Vec<Entry>,
+        replies: Vec<(u64, ReplyTo<KvResponse>)>,
+    ) {
         let id = self.nodes[k].id;
-        self.checker.on_apply(id, entry);
-        debug_assert_eq!(entry.index, self.nodes[k].applied_index + 1);
-        self.nodes[k].applied_index = entry.index;
-        let Some((key, value)) = decode_write(entry) else {
+        let limits = KvLimits::default();
+        let mut replies = replies.into_iter().peekable();
+        let mut piece = Vec::new();
+        let n_entries = entries.len();
+        for (position, entry) in entries.into_iter().enumerate() {
+            self.checker.on_apply(id, &entry);
+            let mut cas = None;
+            if entry.kind == EntryKind::Normal {
+                if let Ok(request) = decode_request(&entry.data, &limits) {
+                    let session = request.session;
+                    match request.command {
+                        Command::Set { key, value } => {
+                            self.note_register_write(key, value, entry.index, session)
+                        }
+                        Command::MSet { pairs } => {
+                            for (key, value) in pairs {
+                                self.note_register_write(key, value, entry.index, session);
+                            }
+                        }
+                        Command::Cas { key, new, .. } => {
+                            cas = Some((key.to_vec(), new.to_vec(), session));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            let index = entry.index;
+            piece.push(entry);
+            if cas.is_none() && position + 1 < n_entries {
+                continue;
+            }
+            let mut piece_replies = Vec::new();
+            while replies
+                .peek()
+                .is_some_and(|(reply_index, _)| *reply_index <= index)
+            {
+                if let Some(reply) = replies.next() {
+                    piece_replies.push(reply);
+                }
+            }
+            let work = ApplyWork::Entries {
+                entries: std::mem::take(&mut piece),
+                replies: piece_replies,
+            };
+            let Some(applier) = self.nodes[k].applier.as_mut() else {
+                return;
+            };
+            if let Err(error) = applier.handle(work) {
+                self.kv_violations
+                    .push(format!("node {id} state machine failed: {error}"));
+                return;
+            }
+            if let Some((key, new, session)) = cas {
+                let swapped = applier
+                    .state_machine()
+                    .get(&key)
+                    .is_some_and(|value| value.as_ref() == new.as_slice());
+                if swapped {
+                    self.note_register_write(&key, &new, index, session);
+                }
+            }
+            let node = &mut self.nodes[k];
+            node.applied_index = index;
+            node.input.note_applied(index);
+        }
+    }
+
+    /// Records the log index of a register write (the first one for its value; a later
+    /// entry with the same value must be the same client request, retried).
+    fn note_register_write(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        index: u64,
+        session: Option<ClientSession>,
+    ) {
+        let (Some(_), Some(value)) = (parse_register_key(key), parse_register_value(value)) else {
             return;
         };
-        self.nodes[k].registers.insert(key, value);
-        self.history.note_committed_write(value, entry.index);
-        // Complete the client write waiting for this index on this node.
-        let incarnation = self.nodes[k].incarnation;
-        for client in 0..self.clients.len() {
-            let Attempt::Write {
-                node,
-                incarnation: inc,
-                index,
-            } = self.clients[client].attempt
-            else {
-                continue;
-            };
-            if node != k || inc != incarnation || index != entry.index {
-                continue;
-            }
-            let Some(op) = self.clients[client].op else {
-                continue;
-            };
-            let OperationKind::Write { value: wanted } = self.history.operations[op].kind else {
-                continue;
-            };
-            if wanted == value {
-                self.history.complete_write(op, entry.index, self.now_us);
-                self.stats.writes_completed += 1;
-                self.finish_op(client);
-            } else {
-                // Another entry won this index: ours was never committed anywhere, so
-                // proposing the same value again keeps values unique in the log.
-                self.retry_client(client);
-            }
-        }
-    }
-
-    fn serve_reads(&mut self, k: usize) {
-        let applied = self.nodes[k].applied_index;
-        let ready: Vec<(u64, u64)> = self.nodes[k]
-            .ready_reads
-            .iter()
-            .copied()
-            .filter(|(_, index)| *index <= applied)
-            .collect();
-        if ready.is_empty() {
-            return;
-        }
-        self.nodes[k]
-            .ready_reads
-            .retain(|(_, index)| *index > applied);
-        for (request_id, _) in ready {
-            let Some(client) = self.client_reading(k, request_id) else {
-                continue;
-            };
-            let Some(op) = self.clients[client].op else {
-                continue;
-            };
-            let key = self.history.operations[op].key;
-            let value = self.nodes[k].registers.get(&key).copied().unwrap_or(0);
-            self.history.complete_read(op, value, self.now_us);
-            self.stats.reads_completed += 1;
-            self.trace_event(format!(
-                "client {client} read key {key} = {value} on node {}",
-                k + 1
-            ));
-            self.finish_op(client);
-        }
-    }
-
-    fn client_reading(&self, k: usize, request_id: u64) -> Option<usize> {
-        let incarnation = self.nodes[k].incarnation;
-        self.clients.iter().position(|client| {
-            matches!(client.attempt, Attempt::Read { node, incarnation: inc, request_id: id }
-                if node == k && inc == incarnation && id == request_id)
-        })
+        self.history.note_committed_write(value, index, session);
     }
 
     fn send(&mut self, message: Message) {
@@ -1097,111 +1270,263 @@ impl Simulation {
         }
     }
 
+    fn fresh_value(&mut self) -> u64 {
+        let value = self.next_write_value;
+        self.next_write_value += 1;
+        value
+    }
+
+    /// A random operation for an unscripted client.
+    fn random_op(&mut self, client: usize) -> ClientOpKind {
+        let n_keys = self.cfg.n_keys.max(1);
+        let key = self.rng.gen_range(0..n_keys);
+        match self.rng.gen_range(0..100) {
+            0..=39 => ClientOpKind::Get { key },
+            40..=64 => ClientOpKind::Set {
+                key,
+                value: self.fresh_value(),
+            },
+            65..=74 if n_keys >= 2 => {
+                let other = (key + self.rng.gen_range(1..n_keys)) % n_keys;
+                ClientOpKind::MSet {
+                    pairs: [(key, self.fresh_value()), (other, self.fresh_value())],
+                }
+            }
+            75..=84 => ClientOpKind::Incr,
+            85..=94 => match self.clients[client].last_written.get(&key).copied() {
+                Some(expected) => ClientOpKind::Cas {
+                    key,
+                    expected,
+                    new: self.fresh_value(),
+                },
+                None => ClientOpKind::Set {
+                    key,
+                    value: self.fresh_value(),
+                },
+            },
+            95..=99 => ClientOpKind::Del,
+            _ => ClientOpKind::Get { key },
+        }
+    }
+
+    /// Starts `kind` as `client`'s operation: records it in the history, encodes it
+    /// once with the client's next session sequence (a retry resends the same bytes),
+    /// and sends the first attempt.
+    fn begin_op(&mut self, client: usize, kind: ClientOpKind) {
+        let now = self.now_us;
+        let history_ops = match &kind {
+            ClientOpKind::Set { key, value } => {
+                vec![self
+                    .history
+                    .invoke(client, *key, OperationKind::Write { value: *value }, now)]
+            }
+            ClientOpKind::MSet { pairs } => pairs
+                .iter()
+                .map(|(key, value)| {
+                    self.history
+                        .invoke(client, *key, OperationKind::Write { value: *value }, now)
+                })
+                .collect(),
+            ClientOpKind::Get { key } => {
+                vec![self.history.invoke(client, *key, OperationKind::Read, now)]
+            }
+            ClientOpKind::Cas { key, new, .. } => {
+                vec![self
+                    .history
+                    .invoke(client, *key, OperationKind::Write { value: *new }, now)]
+            }
+            ClientOpKind::Incr | ClientOpKind::Del => Vec::new(),
+        };
+        let read_only = matches!(kind, ClientOpKind::Get { .. });
+        let state = &mut self.clients[client];
+        let session = (!read_only).then(|| {
+            state.last_sequence += 1;
+            ClientSession {
+                client_id: state.client_id,
+                sequence: state.last_sequence,
+            }
+        });
+        let request = encode_client_op(&kind, client, session);
+        let serial = state.next_serial;
+        state.next_serial += 1;
+        state.op = Some(ClientOp {
+            kind,
+            history_ops,
+            request,
+            read_only,
+            retried: false,
+            serial,
+        });
+        self.send_attempt(client);
+    }
+
+    /// Sends the current operation to the client's target node.
+    fn send_attempt(&mut self, client: usize) {
+        let n = self.nodes.len();
+        let k = self.clients[client].target;
+        if !self.nodes[k].is_up() {
+            self.clients[client].target = self.rng.gen_range(0..n);
+            self.resend_soon(client);
+            return;
+        }
+        let Some(op) = self.clients[client].op.as_ref() else {
+            return;
+        };
+        let serial = op.serial;
+        let tag = ((client as u64) << 32) | serial;
+        let reply = ReplyTo::new(tag, self.reply_tx.clone());
+        let submission = if op.read_only {
+            Submission::Read {
+                query: op.request.clone(),
+                reply,
+            }
+        } else {
+            Submission::Propose {
+                command: op.request.clone(),
+                reply,
+            }
+        };
+        let incarnation = self.nodes[k].incarnation;
+        self.clients[client].attempt_on = Some((k, incarnation));
+        self.nodes[k].input.requests.push(Request::One(submission));
+        let timeout = self.cfg.client_timeout_us;
+        self.schedule(timeout, Event::ClientTimeout { client, serial });
+        self.process(k);
+    }
+
+    /// Sends the current operation again (same session) after a short pause.
+    fn resend_soon(&mut self, client: usize) {
+        let state = &mut self.clients[client];
+        state.attempt_on = None;
+        if let Some(op) = state.op.as_mut() {
+            op.retried = true;
+        }
+        let delay = self.rng.gen_range(1_000..10_000);
+        self.schedule(delay, Event::Client(client));
+    }
+
     fn client_step(&mut self, client: usize) {
         if self.clients[client].op.is_none() {
             if self.clients[client].scripted || !self.clients_may_start_ops() {
                 return;
             }
-            let key = self.rng.gen_range(0..self.cfg.n_keys.max(1));
-            let kind = if self.rng.gen_bool(0.5) {
-                let value = self.next_write_value;
-                self.next_write_value += 1;
-                OperationKind::Write { value }
-            } else {
-                OperationKind::Read
-            };
-            let op = self.history.invoke(client, key, kind, self.now_us);
-            self.clients[client].op = Some(op);
-            let timeout = self.cfg.client_timeout_us;
-            self.schedule(timeout, Event::ClientTimeout { client, op });
-        }
-        if !matches!(self.clients[client].attempt, Attempt::None) {
-            return; // an attempt is outstanding (this event is a stale retry)
-        }
-        let Some(op) = self.clients[client].op else {
+            let kind = self.random_op(client);
+            self.begin_op(client, kind);
             return;
-        };
-        let k = self.clients[client].target;
-        let n = self.nodes.len();
-        let incarnation = self.nodes[k].incarnation;
-        let Some(raft) = self.nodes[k].raft.as_mut() else {
-            self.clients[client].target = self.rng.gen_range(0..n);
-            self.retry_client(client);
-            return;
-        };
-        let operation = &self.history.operations[op];
-        let hint = match operation.kind {
-            OperationKind::Write { value } => {
-                match raft.propose(vec![encode_write(operation.key, value)]) {
-                    Ok(range) => {
-                        self.clients[client].attempt = Attempt::Write {
-                            node: k,
-                            incarnation,
-                            index: range.start,
-                        };
-                        None
-                    }
-                    Err(ProposeError::NotLeader { leader_hint }) => Some(leader_hint),
-                    Err(_) => Some(None),
+        }
+        if self.clients[client].attempt_on.is_none() {
+            self.send_attempt(client);
+        }
+    }
+
+    /// Hands every reply on the clients' channel to its client.
+    fn route_replies(&mut self) {
+        while let Ok(reply) = self.reply_rx.try_recv() {
+            let client = (reply.tag >> 32) as usize;
+            let serial = reply.tag & 0xffff_ffff;
+            let current = self.clients[client].op.as_ref().map(|op| op.serial);
+            if current != Some(serial) {
+                continue; // an earlier operation's late attempt
+            }
+            match reply.result {
+                Ok(response) => self.complete_op(client, response),
+                Err(ClientError::NotLeader { leader }) => {
+                    let n = self.nodes.len();
+                    self.clients[client].target = match leader {
+                        Some(leader) if (leader as usize) <= n => leader as usize - 1,
+                        _ => self.rng.gen_range(0..n),
+                    };
+                    self.resend_soon(client);
+                }
+                Err(_) => {
+                    // Unknown outcome, not committed, stopped: the same request again,
+                    // elsewhere; its session makes a second application impossible.
+                    self.clients[client].target = self.rng.gen_range(0..self.nodes.len());
+                    self.resend_soon(client);
                 }
             }
-            OperationKind::Read => {
-                let request_id = self.next_request_id;
-                self.next_request_id += 1;
-                match raft.read_index(request_id) {
-                    Ok(()) => {
-                        self.clients[client].attempt = Attempt::Read {
-                            node: k,
-                            incarnation,
-                            request_id,
-                        };
-                        None
-                    }
-                    Err(ReadError::NotLeader { leader_hint }) => Some(leader_hint),
-                }
-            }
+        }
+    }
+
+    /// A state-machine answer to the client's current operation.
+    fn complete_op(&mut self, client: usize, response: KvResponse) {
+        let Some(op) = self.clients[client].op.take() else {
+            return;
         };
-        match hint {
-            None => self.process(k),
-            Some(leader_hint) => {
-                self.clients[client].target = match leader_hint {
-                    Some(leader) => leader as usize - 1,
-                    None => self.rng.gen_range(0..n),
+        let now = self.now_us;
+        self.stats.kv.ops += 1;
+        if op.retried {
+            self.stats.kv.retried += 1;
+        }
+        let unexpected = |sim: &mut Simulation, what: &str| {
+            sim.kv_violations.push(format!(
+                "client {client}: {what}: {:?} answered {response:?}",
+                op.kind
+            ));
+        };
+        match (&op.kind, &response) {
+            (ClientOpKind::Set { .. } | ClientOpKind::MSet { .. }, KvResponse::Ok) => {
+                let values: Vec<(u64, u64)> = match &op.kind {
+                    ClientOpKind::Set { key, value } => vec![(*key, *value)],
+                    ClientOpKind::MSet { pairs } => pairs.to_vec(),
+                    _ => Vec::new(),
                 };
-                self.retry_client(client);
+                for ((key, value), history_op) in values.into_iter().zip(&op.history_ops) {
+                    self.complete_history_write(*history_op, value);
+                    self.clients[client].last_written.insert(key, value);
+                }
+                self.stats.writes_completed += 1;
             }
+            (ClientOpKind::Get { .. }, KvResponse::Bulk(value)) => {
+                let value = match value {
+                    None => Some(0),
+                    Some(bytes) => parse_register_value(bytes),
+                };
+                match (value, op.history_ops.first()) {
+                    (Some(value), Some(history_op)) => {
+                        self.history.complete_read(*history_op, value, now);
+                        self.stats.reads_completed += 1;
+                    }
+                    _ => unexpected(self, "a register read returned no register value"),
+                }
+            }
+            (ClientOpKind::Incr, KvResponse::Integer(counter)) => {
+                let state = &mut self.clients[client];
+                let expected = state.incr_acknowledged + 1;
+                if *counter > expected {
+                    self.stats.kv.applied_twice += (*counter - expected) as u64;
+                    unexpected(self, "an INCR was applied more than once");
+                } else if *counter < expected {
+                    unexpected(self, "a counter went backwards");
+                }
+                self.clients[client].incr_acknowledged = *counter;
+            }
+            (ClientOpKind::Cas { key, new, .. }, KvResponse::Integer(swapped)) => {
+                if *swapped == 1 {
+                    if let Some(history_op) = op.history_ops.first() {
+                        self.complete_history_write(*history_op, *new);
+                    }
+                    self.clients[client].last_written.insert(*key, *new);
+                }
+                // A CAS that did not swap wrote nothing: its history write stays
+                // uncompleted and is never committed, so it constrains nothing.
+            }
+            (ClientOpKind::Del, KvResponse::Integer(_)) => {}
+            _ => unexpected(self, "an unexpected reply"),
         }
-    }
-
-    fn retry_client(&mut self, client: usize) {
-        self.clients[client].attempt = Attempt::None;
-        let delay = self.rng.gen_range(1_000..10_000);
-        self.schedule(delay, Event::Client(client));
-    }
-
-    fn finish_op(&mut self, client: usize) {
-        self.clients[client].op = None;
-        self.clients[client].attempt = Attempt::None;
+        let state = &mut self.clients[client];
+        state.attempt_on = None;
         let delay = self.rng.gen_range(0..5_000);
         self.schedule(delay, Event::Client(client));
     }
 
-    /// The client stops waiting: a write may or may not take effect (it stays in the
-    /// history without completion), a read is simply dropped.
-    fn abandon_op(&mut self, client: usize) {
-        if let Some(op) = self.clients[client].op {
-            let invoked = self.history.operations[op].invoked_at_us;
-            if let Some(ended) = self.faults_ended_at_us {
-                if invoked >= ended + self.cfg.liveness_bound_us / 4 {
-                    self.liveness_failures.push(format!(
-                        "Liveness: client {client} operation {op} invoked at {invoked}us, after faults ended at \
-                         {ended}us, did not complete within {}us",
-                        self.cfg.client_timeout_us
-                    ));
-                }
-            }
+    fn complete_history_write(&mut self, history_op: usize, value: u64) {
+        match self.history.committed_write_index.get(&value).copied() {
+            Some(index) => self.history.complete_write(history_op, index, self.now_us),
+            None => self.kv_violations.push(format!(
+                "write of value {value} acknowledged but never applied"
+            )),
         }
-        self.finish_op(client);
     }
 
     fn check_liveness(&mut self) {
@@ -1215,10 +1540,10 @@ impl Simulation {
             ));
         }
         for (client, state) in self.clients.iter().enumerate() {
-            if let Some(op) = state.op {
-                let invoked = self.history.operations[op].invoked_at_us;
+            if let Some(op) = &state.op {
                 self.liveness_failures.push(format!(
-                    "Liveness: client {client} operation {op} invoked at {invoked}us still pending at the end"
+                    "Liveness: client {client} operation {:?} (serial {}) still pending at the end",
+                    op.kind, op.serial
                 ));
             }
         }
@@ -1236,7 +1561,7 @@ impl Simulation {
         let max_commit = self
             .nodes
             .iter()
-            .filter_map(|n| n.raft.as_ref())
+            .filter_map(SimNode::core)
             .map(|r| r.commit_index())
             .max()
             .unwrap_or(0);
@@ -1306,14 +1631,24 @@ impl Simulation {
                     }
                 }
             }
-            55..=74 if faults.crashes => {
+            65..=74 if faults.stalls => {
+                let k = self.rng.gen_range(0..n);
+                let victim = if self.rng.gen_bool(0.5) {
+                    self.leader().map_or(k, |l| l as usize - 1)
+                } else {
+                    k
+                };
+                let duration = self.rng.gen_range(5_000..400_000);
+                self.stall(victim as u64 + 1, duration);
+            }
+            55..=64 if faults.crashes => {
                 let k = self.rng.gen_range(0..n);
                 let victim = if self.rng.gen_bool(0.3) {
                     self.leader().map_or(k, |l| l as usize - 1)
                 } else {
                     k
                 };
-                if self.nodes[victim].raft.is_some() {
+                if self.nodes[victim].is_up() {
                     self.crash(victim as u64 + 1);
                     let downtime = self.rng.gen_range(10_000..400_000);
                     self.schedule(downtime, Event::Restart(victim));
@@ -1371,7 +1706,7 @@ impl Simulation {
             let _ = writeln!(text, "{record}");
         }
         for node in &self.nodes {
-            match &node.raft {
+            match node.core() {
                 Some(raft) => {
                     let _ = writeln!(
                         text,
@@ -1505,10 +1840,97 @@ pub fn applied_at(sim: &Simulation, index: u64) -> HashMap<NodeId, Entry> {
         .iter()
         .filter(|node| node.applied_index >= index)
         .filter_map(|node| {
-            node.raft
-                .as_ref()
+            node.core()
                 .and_then(|raft| raft.log().entry(index).cloned())
                 .map(|e| (node.id, e))
         })
         .collect()
+}
+
+/// What one driver turn asked the simulator to do.
+#[derive(Default)]
+struct SimIo {
+    messages: Vec<Message>,
+    work: Vec<ApplyWork<KvResponse>>,
+    persists: Vec<PersistAction>,
+    roles: Vec<RoleState>,
+}
+
+impl NodeIo<KvResponse> for SimIo {
+    fn send(&mut self, messages: Vec<Message>) {
+        self.messages.extend(messages);
+    }
+
+    fn apply(&mut self, work: ApplyWork<KvResponse>) -> Result<(), NodeError> {
+        self.work.push(work);
+        Ok(())
+    }
+
+    fn observe_persist(&mut self, action: &PersistAction) {
+        self.persists.push(action.clone());
+    }
+
+    fn observe_role(&mut self, change: &RoleState) {
+        self.roles.push(*change);
+    }
+}
+
+impl Client {
+    /// Client number `index`: a session id no other client has (never 0).
+    fn new(index: usize, target: usize, scripted: bool) -> Client {
+        Client {
+            scripted,
+            target,
+            client_id: 0x5EED_0000 + index as u64 + 1,
+            last_sequence: 0,
+            op: None,
+            next_serial: 1,
+            attempt_on: None,
+            incr_acknowledged: 0,
+            last_written: HashMap::new(),
+        }
+    }
+}
+
+/// The log payload of a client operation (the KV request encoding, with its session).
+fn encode_client_op(kind: &ClientOpKind, client: usize, session: Option<ClientSession>) -> Bytes {
+    let text = |value: u64| value.to_string().into_bytes();
+    let counter_key = format!("c:{client}").into_bytes();
+    let scratch_key = format!("d:{client}").into_bytes();
+    let (a, b, c, d) = match kind {
+        ClientOpKind::Set { key, value } => {
+            (register_key(*key), text(*value), Vec::new(), Vec::new())
+        }
+        ClientOpKind::MSet { pairs } => (
+            register_key(pairs[0].0),
+            text(pairs[0].1),
+            register_key(pairs[1].0),
+            text(pairs[1].1),
+        ),
+        ClientOpKind::Get { key } => (register_key(*key), Vec::new(), Vec::new(), Vec::new()),
+        ClientOpKind::Cas { key, expected, new } => {
+            (register_key(*key), text(*expected), text(*new), Vec::new())
+        }
+        ClientOpKind::Incr => (counter_key, Vec::new(), Vec::new(), Vec::new()),
+        ClientOpKind::Del => (scratch_key, Vec::new(), Vec::new(), Vec::new()),
+    };
+    let command = match kind {
+        ClientOpKind::Set { .. } => Command::Set { key: &a, value: &b },
+        ClientOpKind::MSet { .. } => Command::MSet {
+            pairs: vec![(&a, &b), (&c, &d)],
+        },
+        ClientOpKind::Get { .. } => Command::Get { key: &a },
+        ClientOpKind::Cas { .. } => Command::Cas {
+            key: &a,
+            expected: &b,
+            new: &c,
+        },
+        ClientOpKind::Incr => Command::Incr { key: &a },
+        ClientOpKind::Del => Command::Del { keys: vec![&a] },
+    };
+    let mut out = Vec::new();
+    if let Err(error) = encode_request(session, &command, &KvLimits::default(), &mut out) {
+        unreachable!("a simulated client's request always encodes: {error}");
+    }
+    Bytes::from(out)
 }

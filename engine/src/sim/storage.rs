@@ -1,98 +1,22 @@
-//! The simulator's per-node durable storage, behind a small seam.
+//! The simulator's per-node disk: the real `tally-wal` log over `tally-wal`'s
+//! fault-injecting in-memory disk, behind the driver's [`LogWriter`] seam.
 //!
-//! [`SimStorage`] is what the simulator needs from a node's disk: accept persist
-//! actions (written, not yet durable), make them durable up to a sequence number
-//! (fsync), lose what was not synced on a crash, and give back the durable state on
-//! restart. [`MemStorage`] implements it in memory; a WAL-backed implementation over
-//! `tally-wal`'s fault-injecting disk plugs in here without touching the simulator.
+//! The node driver turns persist actions into WAL operations exactly as in production;
+//! here they are staged into a `WalCore`, written when the node's turn ends and made
+//! durable when the simulated fsync completes. A crash tears the last unsynced write at
+//! an arbitrary byte, and the restarting node reads the log back through real recovery.
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::raft::{Entry, HardState, PersistAction};
+use crate::driver::LogWriter;
+use crate::raft::{Entry, HardState};
 
 /// What a restarted node is rebuilt from.
 #[derive(Clone, Debug, Default)]
 pub struct RecoveredState {
     pub hard_state: HardState,
     pub entries: Vec<Entry>,
-}
-
-/// A node's disk as the simulator sees it.
-pub trait SimStorage {
-    /// Writes an action (not yet durable). Actions arrive in sequence order.
-    fn write(&mut self, action: &PersistAction);
-    /// Makes every written action with `seq <= through_seq` durable.
-    fn sync(&mut self, through_seq: u64);
-    /// The node crashed: written-but-unsynced actions are lost, except that an
-    /// arbitrary prefix of them may have reached the disk anyway.
-    fn crash(&mut self, rng: &mut ChaCha8Rng);
-    /// The durable state, as a restarting node reads it.
-    fn recover(&self) -> RecoveredState;
-}
-
-/// In-memory storage with a durable/unsynced split.
-#[derive(Debug, Default)]
-pub struct MemStorage {
-    durable: RecoveredState,
-    /// Written but not synced, in sequence order.
-    unsynced: Vec<PersistAction>,
-}
-
-impl MemStorage {
-    pub fn new() -> MemStorage {
-        MemStorage::default()
-    }
-
-    fn make_durable(durable: &mut RecoveredState, action: &PersistAction) {
-        if let Some(hard_state) = action.hard_state {
-            durable.hard_state = hard_state;
-        }
-        if let Some(from) = action.truncate_from {
-            durable.entries.retain(|entry| entry.index < from);
-        }
-        for entry in &action.entries {
-            let expected = durable.entries.last().map_or(1, |last| last.index + 1);
-            assert_eq!(
-                entry.index, expected,
-                "persist action leaves a gap in the durable log"
-            );
-            durable.entries.push(entry.clone());
-        }
-    }
-}
-
-impl SimStorage for MemStorage {
-    fn write(&mut self, action: &PersistAction) {
-        debug_assert!(self.unsynced.iter().all(|earlier| earlier.seq < action.seq));
-        self.unsynced.push(action.clone());
-    }
-
-    fn sync(&mut self, through_seq: u64) {
-        let n_done = self
-            .unsynced
-            .iter()
-            .take_while(|action| action.seq <= through_seq)
-            .count();
-        for action in self.unsynced.drain(..n_done) {
-            MemStorage::make_durable(&mut self.durable, &action);
-        }
-    }
-
-    fn crash(&mut self, rng: &mut ChaCha8Rng) {
-        // A prefix of unsynced writes may have been flushed by the OS anyway.
-        let mut survivors = 0;
-        while survivors < self.unsynced.len() && rng.gen_bool(0.5) {
-            survivors += 1;
-        }
-        for action in self.unsynced.drain(..).take(survivors) {
-            MemStorage::make_durable(&mut self.durable, &action);
-        }
-    }
-
-    fn recover(&self) -> RecoveredState {
-        self.durable.clone()
-    }
 }
 
 /// A node's disk as the real `tally-wal` log over `tally-wal`'s fault-injecting
@@ -107,6 +31,11 @@ pub struct WalStorage {
     disk: tally_wal::SimStorage,
     /// `None` only transiently while reopening after a crash.
     log: Option<tally_wal::WalCore<tally_wal::SimStorage>>,
+    /// Operations staged so far (tickets are their numbers). Invariant:
+    /// `durable_ops <= written_ops <= staged_ops`; all three restart at 0 on a crash.
+    staged_ops: u64,
+    written_ops: u64,
+    durable_ops: u64,
 }
 
 impl WalStorage {
@@ -118,6 +47,9 @@ impl WalStorage {
         WalStorage {
             disk,
             log: Some(log),
+            staged_ops: 0,
+            written_ops: 0,
+            durable_ops: 0,
         }
     }
 
@@ -153,59 +85,55 @@ impl Default for WalStorage {
 }
 
 /// The WAL rejects only what Raft never does (gaps, term regressions, vote changes
-/// within a term); a rejection is a core bug, reported with the action.
-fn expect_wal<T>(result: tally_wal::Result<T>, action: &PersistAction) -> T {
+/// within a term) and the simulated disk injects no I/O errors: a failure is a bug,
+/// reported loudly (the simulator counts a panic as a violation of its seed).
+fn expect_wal<T>(result: tally_wal::Result<T>, what: &str) -> T {
     match result {
         Ok(value) => value,
-        Err(error) => panic!("the WAL refused persist action {}: {error}", action.seq),
+        Err(error) => panic!("the simulated WAL refused {what}: {error}"),
     }
 }
 
-impl SimStorage for WalStorage {
-    fn write(&mut self, action: &PersistAction) {
-        let log = self.log();
-        if let Some(hard_state) = action.hard_state {
-            let stored = tally_wal::HardState {
-                term: hard_state.term,
-                vote: hard_state.voted_for.unwrap_or(0),
-            };
-            expect_wal(log.set_hard_state(stored), action);
-        }
-        if let Some(from) = action.truncate_from {
-            expect_wal(log.truncate_suffix(from), action);
-        }
-        if !action.entries.is_empty() {
-            let entries: Vec<tally_wal::Entry> = action
-                .entries
-                .iter()
-                .map(|entry| tally_wal::Entry {
-                    index: entry.index,
-                    term: entry.term,
-                    kind: entry.kind.as_u8(),
-                    payload: entry.data.clone(),
-                })
-                .collect();
-            expect_wal(log.append(&entries), action);
-        }
-        expect_wal(log.write(), action);
+impl WalStorage {
+    fn staged(&mut self) -> u64 {
+        self.staged_ops += 1;
+        self.staged_ops
     }
 
-    fn sync(&mut self, _through_seq: u64) {
-        let log = self.log();
-        if let Err(error) = log.sync() {
-            panic!("fdatasync failed on a disk that injects no faults: {error}");
-        }
+    /// Whether operations were staged since the last write.
+    pub fn has_unwritten(&self) -> bool {
+        self.staged_ops > self.written_ops
     }
 
-    fn crash(&mut self, rng: &mut ChaCha8Rng) {
-        // Drop the open log first (its in-memory state dies with the process), tear
-        // the disk, then recover the way a restarting node does.
+    /// Writes everything staged (one WAL batch, not yet durable); returns the highest
+    /// operation the next fsync will cover.
+    pub fn write_staged(&mut self) -> u64 {
+        expect_wal(self.log().write(), "a write");
+        self.written_ops = self.staged_ops;
+        self.written_ops
+    }
+
+    /// One fdatasync of everything written so far (a real disk may make more durable
+    /// than was asked: that is allowed).
+    pub fn sync_written(&mut self) {
+        let written = self.written_ops;
+        expect_wal(self.log().sync(), "an fdatasync");
+        self.durable_ops = self.durable_ops.max(written);
+    }
+
+    /// The node crashed: drop the open log (its in-memory state dies with the process),
+    /// tear the disk, then recover the way a restarting node does.
+    pub fn crash(&mut self, rng: &mut ChaCha8Rng) {
         self.log = None;
         self.disk.crash(tally_wal::Tear::Seeded(rng.gen()));
         self.log = Some(Self::open(&self.disk));
+        self.staged_ops = 0;
+        self.written_ops = 0;
+        self.durable_ops = 0;
     }
 
-    fn recover(&self) -> RecoveredState {
+    /// The durable state, as a restarting node reads it.
+    pub fn recover(&self) -> RecoveredState {
         let Some(log) = self.log.as_ref() else {
             unreachable!("the log is reopened before crash() returns")
         };
@@ -215,10 +143,7 @@ impl SimStorage for WalStorage {
             voted_for: (durable.vote != 0).then_some(durable.vote),
         };
         let range = log.first_index()..log.last_index() + 1;
-        let entries = match log.read_range(range) {
-            Ok(entries) => entries,
-            Err(error) => panic!("reading back the recovered WAL failed: {error}"),
-        };
+        let entries = expect_wal(log.read_range(range), "reading back the recovered log");
         let entries = entries
             .into_iter()
             .map(|entry| Entry {
@@ -241,57 +166,99 @@ impl SimStorage for WalStorage {
     }
 }
 
+impl LogWriter for WalStorage {
+    type Ticket = u64;
+
+    fn set_hard_state(&mut self, hard_state: tally_wal::HardState) -> tally_wal::Result<u64> {
+        self.log().set_hard_state(hard_state)?;
+        Ok(self.staged())
+    }
+
+    fn truncate_suffix(&mut self, from_index: u64) -> tally_wal::Result<u64> {
+        self.log().truncate_suffix(from_index)?;
+        Ok(self.staged())
+    }
+
+    fn append(&mut self, entries: &[tally_wal::Entry]) -> tally_wal::Result<u64> {
+        self.log().append(entries)?;
+        Ok(self.staged())
+    }
+
+    fn barrier(&mut self) -> tally_wal::Result<u64> {
+        Ok(self.staged())
+    }
+
+    fn max_append_bytes(&self) -> usize {
+        usize::MAX
+    }
+
+    fn is_durable(&self, ticket: &u64) -> bool {
+        *ticket <= self.durable_ops
+    }
+
+    fn finish(&mut self, _ticket: u64) -> tally_wal::Result<()> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft::EntryKind;
-    use bytes::Bytes;
     use rand::SeedableRng;
 
-    fn action(seq: u64, first: u64, n: u64, truncate_from: Option<u64>) -> PersistAction {
-        let entries = (first..first + n)
-            .map(|index| Entry {
+    fn entries(term: u64, first: u64, n: u64) -> Vec<tally_wal::Entry> {
+        (first..first + n)
+            .map(|index| tally_wal::Entry {
                 index,
-                term: seq,
-                kind: EntryKind::Normal,
-                data: Bytes::new(),
+                term,
+                kind: crate::raft::EntryKind::Normal.as_u8(),
+                payload: bytes::Bytes::new(),
             })
-            .collect();
-        PersistAction {
-            seq,
-            hard_state: Some(HardState {
-                term: seq,
-                voted_for: None,
-            }),
-            truncate_from,
-            entries,
-        }
+            .collect()
+    }
+
+    fn hard(term: u64) -> tally_wal::HardState {
+        tally_wal::HardState { term, vote: 0 }
     }
 
     #[test]
     fn crash_keeps_synced_writes_and_at_most_a_prefix_of_unsynced_ones() {
         for seed in 0..50 {
-            check_crash_model(seed, &mut MemStorage::new());
-            check_crash_model(seed, &mut WalStorage::new());
-        }
-    }
-
-    fn check_crash_model(seed: u64, storage: &mut dyn SimStorage) {
-        {
+            let mut storage = WalStorage::new();
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
-            storage.write(&action(1, 1, 3, None));
-            storage.sync(1);
-            storage.write(&action(2, 4, 2, None));
-            storage.write(&action(3, 3, 1, Some(3)));
+            storage.set_hard_state(hard(1)).expect("hard state");
+            storage.append(&entries(1, 1, 3)).expect("append");
+            storage.write_staged();
+            storage.sync_written();
+            storage.set_hard_state(hard(2)).expect("hard state");
+            storage.append(&entries(2, 4, 2)).expect("append");
+            storage.write_staged();
+            storage.set_hard_state(hard(3)).expect("hard state");
+            storage.truncate_suffix(3).expect("truncate");
+            storage.append(&entries(3, 3, 1)).expect("append");
+            storage.write_staged();
             storage.crash(&mut rng);
             let recovered = storage.recover();
             let terms: Vec<u64> = recovered.entries.iter().map(|e| e.term).collect();
-            // Synced prefix always there; then nothing, action 2, or actions 2 and 3.
+            // Synced prefix always there; then nothing, the second batch, or both.
             assert!(
                 terms == [1, 1, 1] || terms == [1, 1, 1, 2, 2] || terms == [1, 1, 3],
                 "seed {seed}: recovered {terms:?}"
             );
             assert_eq!(recovered.hard_state.term, *terms.last().unwrap_or(&0));
         }
+    }
+
+    #[test]
+    fn tickets_become_durable_only_after_the_fsync_that_covers_them() {
+        let mut storage = WalStorage::new();
+        let first = storage.append(&entries(1, 1, 2)).expect("append");
+        assert!(!storage.is_durable(&first));
+        storage.write_staged();
+        assert!(!storage.is_durable(&first), "written is not durable");
+        let second = storage.append(&entries(1, 3, 1)).expect("append");
+        storage.sync_written();
+        assert!(storage.is_durable(&first));
+        assert!(!storage.is_durable(&second), "staged after the write");
     }
 }

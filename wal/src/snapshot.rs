@@ -563,7 +563,7 @@ impl<S: Storage> SnapshotStore<S> {
                 size_bytes,
             });
         }
-        infos.sort_by(|a, b| (b.index, b.term).cmp(&(a.index, a.term)));
+        infos.sort_by_key(|i| std::cmp::Reverse((i.index, i.term)));
         Ok(infos)
     }
 

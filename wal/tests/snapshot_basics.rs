@@ -162,7 +162,7 @@ fn received_chunks_install_as_the_senders_snapshot() {
     let info = receiver.install().expect("install");
     assert_eq!((info.index, info.term), (900, 7));
     assert_eq!(info.size_bytes, file.len() as u64);
-    assert_eq!(follower.list().expect("list"), [info.clone()]);
+    assert_eq!(follower.list().expect("list"), std::slice::from_ref(&info));
     assert_eq!(read_all(&follower, &info.name).1, data);
 }
 

@@ -812,10 +812,19 @@ impl<S: Storage> Write for SnapshotWriter<S> {
         if self.failed {
             return Err(io::Error::other("an earlier snapshot write failed"));
         }
-        let room = self
-            .shared
-            .write_buffer_bytes
-            .saturating_sub(self.buffer.len());
+        let capacity = self.shared.write_buffer_bytes;
+        if self.buffer.is_empty() && buf.len() >= capacity {
+            // A large write goes straight to the file (no copy through the buffer).
+            if let Err(e) = self.file.write_all_at(&[buf], self.written_bytes) {
+                self.failed = true;
+                return Err(e);
+            }
+            self.written_bytes += buf.len() as u64;
+            self.hasher.update(buf);
+            self.data_len_bytes += buf.len() as u64;
+            return Ok(buf.len());
+        }
+        let room = capacity.saturating_sub(self.buffer.len());
         if room == 0 {
             self.flush_buffer()?;
             return self.write(buf);
@@ -984,8 +993,9 @@ impl<S: Storage> SnapshotReceiver<S> {
         Ok(())
     }
 
-    /// fsyncs, verifies (header, footer, CRC) and renames the file into place, then
-    /// fsyncs the directory. On a verification failure the temp file is deleted.
+    /// Verifies the received file (header, footer, CRC), fsyncs it, renames it to its
+    /// final name and fsyncs the directory. On a verification failure the temp file is
+    /// deleted (nothing was fsynced for it).
     pub fn install(mut self) -> SnapshotResult<SnapshotInfo> {
         self.shared.check_poison()?;
         if self.received_bytes != self.total_bytes {

@@ -498,9 +498,18 @@ impl<S: Storage> Shared<S> {
     }
 }
 
-/// The snapshot files of one node directory.
+/// The snapshot files of one node directory. Cloning is cheap and yields another handle
+/// to the same store (for a background snapshot thread); the poison flag is shared.
 pub struct SnapshotStore<S: Storage> {
     shared: Arc<Shared<S>>,
+}
+
+impl<S: Storage> Clone for SnapshotStore<S> {
+    fn clone(&self) -> Self {
+        SnapshotStore {
+            shared: Arc::clone(&self.shared),
+        }
+    }
 }
 
 impl<S: Storage> SnapshotStore<S> {

@@ -356,3 +356,23 @@ fn wal_recovery_ignores_snapshot_files_and_snapshot_temp_files_in_its_directory(
     let store = SnapshotStore::new(fs).expect("store");
     assert_eq!(store.list().expect("list").len(), 1);
 }
+
+#[test]
+fn store_writer_reader_and_receiver_can_move_to_other_threads() {
+    fn assert_send<T: Send>() {}
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<SnapshotStore<FsStorage>>();
+    assert_send::<tally_wal::SnapshotWriter<FsStorage>>();
+    assert_send::<tally_wal::SnapshotReader>();
+    assert_send::<tally_wal::SnapshotReceiver<SimStorage>>();
+
+    let store = SnapshotStore::new(SimStorage::new()).expect("store");
+    let background = store.clone();
+    std::thread::spawn(move || write_snapshot(&background, 3, 1, b"from another thread"))
+        .join()
+        .expect("join");
+    assert_eq!(
+        read_all(&store, &snapshot_file_name(3, 1)).1,
+        b"from another thread"
+    );
+}

@@ -353,3 +353,39 @@ fn snapshot_with_an_empty_configuration_and_a_non_kv_stream_is_shown_as_such() {
         run.stdout
     );
 }
+
+#[test]
+fn inspecting_snapshots_never_changes_a_byte_or_deletes_a_temp_file() {
+    let root = sample_with_snapshot();
+    let dir = root.path().join("wal");
+    std::fs::write(dir.join("snapshot-x-1.snap.tmp"), b"unfinished").expect("temp");
+    let contents = |dir: &Path| {
+        let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+            .expect("read dir")
+            .flatten()
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    std::fs::read(e.path()).expect("read"),
+                )
+            })
+            .collect();
+        files.sort();
+        files
+    };
+    let before = contents(&dir);
+    let held = open(&dir); // a live server holds the WAL lock
+    let newest = format!("wal/{NEWEST}");
+    for args in [
+        vec!["info", "wal"],
+        vec!["verify", "wal"],
+        vec!["snapshot", newest.as_str()],
+        vec!["snapshot", "--format", "json", newest.as_str()],
+    ] {
+        let run = tally_wal(root.path(), &args);
+        assert_eq!(run.code, 0, "{args:?}: {}{}", run.stdout, run.stderr);
+        assert_eq!(run.stderr, "", "{args:?}");
+    }
+    drop(held);
+    assert_eq!(contents(&dir), before);
+}

@@ -63,7 +63,7 @@ pub enum Command<'a> {
 
 impl Command<'_> {
     /// True for commands that never change state (GET, MGET, EXISTS): they may be served
-    /// by [`KvReadView::query`] instead of going through the log.
+    /// by [`KvReadView::query`](super::KvReadView::query) instead of going through the log.
     pub fn is_read_only(&self) -> bool {
         matches!(
             self,

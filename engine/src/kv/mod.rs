@@ -4,13 +4,14 @@
 //! Why it looks like this:
 //! * **Persistent maps.** Data lives in an `imbl::HashMap` (a hash array mapped trie with
 //!   structural sharing) and the session table in `imbl::OrdMap`s, so
-//!   [`KvStateMachine::snapshot`] and [`KvStateMachine::read_view`] are O(1) pointer
-//!   copies: a background thread can serialize a frozen view while the apply thread keeps
-//!   writing, and client threads can read a published view. The data map is hashed, not
-//!   ordered, because every replica applies every write on the hot path: an ordered
-//!   B-tree spent a third of a 3-node cluster's CPU comparing keys (perf, 50 clients,
-//!   pipeline 16). Snapshots sort the keys while they serialize, off the hot path, so the
-//!   snapshot bytes stay a pure function of the state.
+//!   [`snapshot`](crate::state_machine::StateMachine::snapshot) and
+//!   [`KvStateMachine::read_view`] are O(1) pointer copies: a background thread can
+//!   serialize a frozen view while the apply thread keeps writing, and client threads
+//!   can read a published view. The data map is hashed, not ordered, because every
+//!   replica applies every write on the hot path: an ordered B-tree spent a third of a
+//!   3-node cluster's CPU comparing keys (perf, 50 clients, pipeline 16). Snapshots sort
+//!   the keys while they serialize, off the hot path, so the snapshot bytes stay a pure
+//!   function of the state.
 //! * **Sessions for exactly-once writes.** Every request may carry a session header
 //!   (client id, sequence number). The state machine remembers, per client, the last
 //!   sequence number applied and its reply. A retry of that sequence returns the remembered

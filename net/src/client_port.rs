@@ -49,10 +49,11 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
-use tally_engine::kv::{encode_request, parse_command_args, ClientSession, KvLimits, KvResponse};
+use tally_engine::kv::{encode_request, ClientSession, KvLimits, KvResponse};
 use tally_engine::raft::Role;
 use tally_engine::runtime::{ClientError, NodeHandle, Reply, ReplyTo, ReplyWaker, Submission};
 
+use crate::commands::parse_command_args;
 use crate::limits::Limits;
 use crate::resp::{
     write_array_header, write_bulk, write_error, write_kv_response, write_simple_string,

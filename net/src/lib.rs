@@ -8,6 +8,7 @@
 //!   sending, bounded queues and reconnects.
 //! * [`node_transport`]: the glue between the node runtime and the transport.
 //! * [`client_port`]: the RESP2 server clients talk to.
+//! * [`commands`]: Redis argument vectors parsed into KV commands.
 //! * [`server`]: one member as a library (binary: `tally-server`; the benchmark embeds
 //!   three).
 //!
@@ -16,6 +17,7 @@
 
 pub mod client_port;
 pub mod codec;
+pub mod commands;
 pub mod frame;
 pub mod handshake;
 pub mod limits;

@@ -131,6 +131,27 @@ fn ids(set: &std::collections::BTreeSet<u64>) -> String {
         .join(",")
 }
 
+/// A membership configuration as text: `voters {1,2,3}` (+ outgoing, learners).
+pub fn configuration_text(config: &Configuration) -> String {
+    let mut text = format!("voters {{{}}}", ids(&config.voters));
+    if !config.outgoing_voters.is_empty() {
+        text.push_str(&format!(" outgoing {{{}}}", ids(&config.outgoing_voters)));
+    }
+    if !config.learners.is_empty() {
+        text.push_str(&format!(" learners {{{}}}", ids(&config.learners)));
+    }
+    text
+}
+
+/// A membership configuration as JSON.
+pub fn configuration_json(config: &Configuration) -> Value {
+    json!({
+        "voters": config.voters,
+        "outgoing_voters": config.outgoing_voters,
+        "learners": config.learners,
+    })
+}
+
 /// The decoded payload of an entry for text output ("" for a no-op).
 pub fn describe_text(kind: u8, payload: &[u8]) -> String {
     match EntryKind::from_u8(kind) {
@@ -149,16 +170,7 @@ pub fn describe_text(kind: u8, payload: &[u8]) -> String {
             Err(reason) => format!("<not a KV command: {reason}>"),
         },
         Some(EntryKind::Config) => match Configuration::decode(payload) {
-            Ok(config) => {
-                let mut text = format!("voters {{{}}}", ids(&config.voters));
-                if !config.outgoing_voters.is_empty() {
-                    text.push_str(&format!(" outgoing {{{}}}", ids(&config.outgoing_voters)));
-                }
-                if !config.learners.is_empty() {
-                    text.push_str(&format!(" learners {{{}}}", ids(&config.learners)));
-                }
-                text
-            }
+            Ok(config) => configuration_text(&config),
             Err(err) => format!("<not a configuration: {err}>"),
         },
         None => format!("<{} bytes of unknown kind>", payload.len()),
@@ -186,14 +198,7 @@ pub fn describe_json(kind: u8, payload: &[u8], object: &mut Map<String, Value>) 
         },
         Some(EntryKind::Config) => match Configuration::decode(payload) {
             Ok(config) => {
-                object.insert(
-                    "config".into(),
-                    json!({
-                        "voters": config.voters,
-                        "outgoing_voters": config.outgoing_voters,
-                        "learners": config.learners,
-                    }),
-                );
+                object.insert("config".into(), configuration_json(&config));
             }
             Err(err) => {
                 object.insert("decode_error".into(), Value::String(err.to_string()));

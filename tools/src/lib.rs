@@ -14,4 +14,5 @@ pub mod entries;
 pub mod error;
 pub mod progress;
 pub mod report;
+pub mod snapshots;
 pub mod source;

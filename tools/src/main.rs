@@ -10,12 +10,14 @@ use tally_tools::commands::diff::{diff, DiffWindow, MAX_COLUMNS};
 use tally_tools::commands::dump::{dump, stats, DumpFilter, DumpFormat};
 use tally_tools::commands::info::{info, verify};
 use tally_tools::commands::repair::repair;
+use tally_tools::commands::snapshot::{snapshot, SnapshotFormat};
 use tally_tools::decode::parse_kind;
 use tally_tools::error::{Outcome, ToolError};
 use tally_tools::source::WalDir;
 
-/// Offline inspector for Tally write-ahead logs. Read-only (no lock taken) except
-/// `repair --yes`. Exit status: 0 clean, 1 torn tail / corruption / divergence,
+/// Offline inspector for Tally node directories (WAL segments and snapshot files).
+/// Read-only (no lock taken) except `repair --yes`. Exit status: 0 clean, 1 torn tail /
+/// corruption / divergence / invalid snapshot / log gap after the newest snapshot,
 /// 2 usage error or unreadable / non-Tally directory.
 #[derive(Parser)]
 #[command(name = "tally-wal", version)]
@@ -31,12 +33,19 @@ enum FormatArg {
     Hex,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum SnapshotFormatArg {
+    Text,
+    Json,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Segments, hard state, index range, totals.
+    /// Segments, hard state, index range, totals; snapshot files (valid or not).
     Info { dir: PathBuf },
     /// Check every batch CRC, index continuity, term order and format version; tell a
-    /// torn tail from corruption exactly as recovery would.
+    /// torn tail from corruption exactly as recovery would. Check every snapshot's
+    /// checksum and that the log starts at most one past the newest snapshot.
     Verify {
         dir: PathBuf,
         /// Print bytes verified and throughput to stderr.
@@ -82,6 +91,13 @@ enum Command {
         /// Columns to show when --from/--to are not both given.
         #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=MAX_COLUMNS))]
         width: u64,
+    },
+    /// One snapshot file: header (index, term, configuration), checksum verdict and, for
+    /// KV snapshots, the applied index, sessions, keys and values.
+    Snapshot {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value = "text")]
+        format: SnapshotFormatArg,
     },
     /// Truncate a torn tail (never a corruption in the middle), keeping a backup.
     /// Without --yes, only prints what it would do.
@@ -145,6 +161,13 @@ fn run(cli: Cli, out: &mut dyn Write) -> Result<Outcome, ToolError> {
                 width,
             };
             diff(&dirs, &window, out)
+        }
+        Command::Snapshot { file, format } => {
+            let format = match format {
+                SnapshotFormatArg::Text => SnapshotFormat::Text,
+                SnapshotFormatArg::Json => SnapshotFormat::Json,
+            };
+            snapshot(&file, format, out)
         }
         Command::Repair { dir, yes } => repair(&dir, yes, out),
     }

@@ -41,6 +41,7 @@ hard state: term 2, vote 3
 log: entries 1..=16 (16 entries; last term 2)
 records: 15 batches, 18 entry records, 574 payload bytes, 1736 bytes used of 1920 allocated
 verdict: clean
+snapshots: none
 ",
     );
 }
@@ -58,6 +59,8 @@ fn verify_reports_every_segment_and_a_clean_verdict() {
 checked: 3 segments, 15 batches, 18 entry records, 1736 bytes; format version, batch CRCs, index continuity, term order
 log: entries 1..=16, terms 1..=2, hard state term 2 vote 3
 verdict: clean
+snapshots: none (log first index 1)
+snapshot verdict: clean
 ",
     );
 }

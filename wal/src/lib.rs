@@ -7,13 +7,15 @@
 //! - [`WalCore`]: synchronous recovery, index, append/truncate/compact/hard state and the
 //!   separated write and sync steps (what the deterministic simulator drives);
 //! - [`Wal`]: the thread-safe group-commit handle (one writer thread, one write and one
-//!   fdatasync per batch) over an [`IoBackend`] (io_uring or pwritev).
+//!   fdatasync per batch) over an [`IoBackend`] (io_uring or pwritev);
+//! - [`snapshot`]: durable, checksummed snapshot files in the same directory.
 
 pub mod backend;
 mod core;
 pub mod error;
 pub mod format;
 pub mod inspect;
+pub mod snapshot;
 pub mod storage;
 mod wal;
 
@@ -23,5 +25,9 @@ pub use crate::backend::{
 pub use crate::core::{DroppedRegion, Entry, PendingCommit, RecoveryReport, WalCore, WalOptions};
 pub use crate::error::{PoisonCause, Result, WalError};
 pub use crate::format::{HardState, ENTRY_RECORD_HEADER_LEN};
+pub use crate::snapshot::{
+    SnapshotError, SnapshotHeader, SnapshotInfo, SnapshotOptions, SnapshotReader, SnapshotReceiver,
+    SnapshotStore, SnapshotWriter,
+};
 pub use crate::storage::{FsStorage, SimStorage, Storage, StorageFile, Tear};
 pub use crate::wal::{GroupCommitOptions, Ticket, Wal, WalStats, WalStatsSnapshot};

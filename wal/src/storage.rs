@@ -175,6 +175,9 @@ impl StorageFile for FsFile {
         // SAFETY: the WAL only maps sealed segments, which are never written again while
         // mapped (new data goes to the active segment; deletion unlinks the name but the
         // mapping keeps the pages). Recovery maps the active segment before any writes.
+        // The snapshot store maps only files it no longer writes (complete snapshot
+        // files, a received temp file after its last chunk); replacing or deleting one
+        // unlinks the name, never truncates the mapped inode.
         let map = unsafe { memmap2::Mmap::map(&self.file)? };
         Ok(FileView::Mapped(map))
     }

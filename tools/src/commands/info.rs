@@ -8,6 +8,7 @@ use tally_wal::inspect::{NoVisitor, ScanReport, TailAction, Verdict};
 
 use crate::error::{Outcome, ToolError};
 use crate::report::{index_range, outcome, write_verdict};
+use crate::snapshots::DirSnapshots;
 use crate::source::WalDir;
 
 /// What became of a segment under the verdict.
@@ -102,7 +103,97 @@ pub fn info(dir: &WalDir, out: &mut dyn Write) -> Result<Outcome, ToolError> {
         dir.total_bytes()
     )?;
     write_verdict(out, &report)?;
-    Ok(outcome(&report))
+    let snapshots = DirSnapshots::scan(&dir.path, &dir.display)?;
+    snapshots.write_table(out)?;
+    Ok(combine(outcome(&report), snapshots.all_valid()))
+}
+
+fn combine(wal: Outcome, snapshots_ok: bool) -> Outcome {
+    if wal == Outcome::Clean && snapshots_ok {
+        Outcome::Clean
+    } else {
+        Outcome::Problems
+    }
+}
+
+/// One line per snapshot file, then whether the log starts where a restart needs it
+/// (first index <= newest snapshot index + 1). Returns true when all is well.
+fn verify_snapshots(
+    dir: &WalDir,
+    wal_first_index: u64,
+    out: &mut dyn Write,
+) -> Result<bool, ToolError> {
+    let snapshots = DirSnapshots::scan(&dir.path, &dir.display)?;
+    let width = snapshots
+        .files
+        .iter()
+        .map(|f| f.name.len())
+        .max()
+        .unwrap_or(0);
+    for file in &snapshots.files {
+        match &file.check {
+            Ok(layout) => writeln!(
+                out,
+                "{:<width$}  ok  index {} term {}, {} bytes ({} data bytes), checksum ok",
+                file.name, file.index, file.term, file.size_bytes, layout.data_len_bytes
+            )?,
+            Err(reason) => writeln!(out, "{:<width$}  INVALID  {reason}", file.name)?,
+        }
+    }
+    for (name, len) in &snapshots.temp_files {
+        writeln!(
+            out,
+            "{name}  ignored  unfinished snapshot temp file, {len} bytes"
+        )?;
+    }
+    let covered = match (
+        snapshots.files.first(),
+        snapshots.restart_choice(wal_first_index),
+    ) {
+        (None, _) => {
+            writeln!(out, "snapshots: none (log first index {wal_first_index})")?;
+            true
+        }
+        (Some(newest), Ok(Some(chosen))) if chosen.index.saturating_add(1) >= wal_first_index => {
+            let fallback = if chosen.name == newest.name {
+                String::new()
+            } else {
+                format!(
+                    " (newest is invalid; restart falls back to index {})",
+                    chosen.index
+                )
+            };
+            writeln!(
+                out,
+                "snapshots: {} checked; log first index {wal_first_index} <= snapshot index {} + 1: covered{fallback}",
+                snapshots.files.len(),
+                chosen.index
+            )?;
+            true
+        }
+        (Some(_), Ok(Some(chosen))) => {
+            writeln!(
+                out,
+                "snapshots: GAP: log first index {wal_first_index} > snapshot index {} + 1: entries {}..={} are in neither",
+                chosen.index,
+                chosen.index + 1,
+                wal_first_index - 1
+            )?;
+            false
+        }
+        (Some(_), Ok(None)) => true,
+        (Some(_), Err(reason)) => {
+            writeln!(out, "snapshots: restart would fail: {reason}")?;
+            false
+        }
+    };
+    let clean = covered && snapshots.all_valid();
+    writeln!(
+        out,
+        "snapshot verdict: {}",
+        if clean { "clean" } else { "PROBLEM" }
+    )?;
+    Ok(clean)
 }
 
 pub fn verify(dir: &WalDir, timing: bool, out: &mut dyn Write) -> Result<Outcome, ToolError> {
@@ -168,6 +259,7 @@ pub fn verify(dir: &WalDir, timing: bool, out: &mut dyn Write) -> Result<Outcome
         log.hard_state.vote
     )?;
     write_verdict(out, &report)?;
+    let snapshots_ok = verify_snapshots(dir, report.log.first_index, out)?;
     if timing {
         let seconds = elapsed.as_secs_f64().max(1e-9);
         eprintln!(
@@ -178,5 +270,5 @@ pub fn verify(dir: &WalDir, timing: bool, out: &mut dyn Write) -> Result<Outcome
             report.scanned_bytes as f64 / seconds / 1e9
         );
     }
-    Ok(outcome(&report))
+    Ok(combine(outcome(&report), snapshots_ok))
 }

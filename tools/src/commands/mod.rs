@@ -5,3 +5,4 @@ pub mod diff;
 pub mod dump;
 pub mod info;
 pub mod repair;
+pub mod snapshot;

@@ -1,0 +1,448 @@
+//! The KV snapshot stream (format 1): the writer a background thread runs over a frozen
+//! view, restore, and [`read_stream`] for inspection tools. Keys are written sorted so
+//! the bytes are a pure function of the state.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+
+use bytes::Bytes;
+
+use super::command::{KvError, KvLimits, KvResponse};
+use super::machine::{DataKey, DataMap, KvStateMachine};
+use super::session::{SessionRecord, SessionTable};
+use crate::state_machine::{SnapshotSource, StateMachineError};
+
+const SNAPSHOT_MAGIC: [u8; 4] = *b"TKVS";
+const SNAPSHOT_FORMAT_VERSION: u8 = 1;
+
+/// A frozen KV state for a background snapshot writer.
+///
+/// Snapshot format 1 (little-endian), followed by nothing:
+/// ```text
+/// "TKVS" u8 version u64 applied_index
+/// u64 n_sessions, then per session in client-id order:
+///     u64 client_id u64 last_sequence u64 last_index  response
+/// u64 n_entries, then per entry in key order: u32 len key u32 len value
+/// u32 CRC-32 of every preceding byte
+/// response: u8 tag; 0 OK | 1 i64 | 2 null bulk | 3 u32 len bytes |
+///           4 u32 n then n x (u8 0 null | u8 1 u32 len bytes) | 5 u8 error code (1 not an
+///           integer, 2 overflow)
+/// ```
+pub(super) struct KvSnapshot {
+    pub(super) data: DataMap,
+    pub(super) sessions: SessionTable,
+    pub(super) applied_index: u64,
+}
+
+/// Counts and checksums everything written through it.
+struct ChecksumWriter<'a> {
+    inner: &'a mut dyn Write,
+    hasher: crc32fast::Hasher,
+    written_bytes: u64,
+}
+
+impl Write for ChecksumWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.written_bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn write_len_bytes(out: &mut dyn Write, bytes: &[u8]) -> Result<(), StateMachineError> {
+    let len = u32::try_from(bytes.len()).map_err(|_| StateMachineError::SnapshotLimitExceeded {
+        what: "byte string length",
+        found: bytes.len() as u64,
+        limit: u64::from(u32::MAX),
+    })?;
+    out.write_all(&len.to_le_bytes())?;
+    out.write_all(bytes)?;
+    Ok(())
+}
+
+fn write_response(out: &mut dyn Write, response: &KvResponse) -> Result<(), StateMachineError> {
+    match response {
+        KvResponse::Ok => out.write_all(&[0])?,
+        KvResponse::Integer(n) => {
+            out.write_all(&[1])?;
+            out.write_all(&n.to_le_bytes())?;
+        }
+        KvResponse::Bulk(None) => out.write_all(&[2])?,
+        KvResponse::Bulk(Some(bytes)) => {
+            out.write_all(&[3])?;
+            write_len_bytes(out, bytes)?;
+        }
+        KvResponse::Array(items) => {
+            out.write_all(&[4])?;
+            out.write_all(&(items.len() as u32).to_le_bytes())?;
+            for item in items {
+                match item {
+                    None => out.write_all(&[0])?,
+                    Some(bytes) => {
+                        out.write_all(&[1])?;
+                        write_len_bytes(out, bytes)?;
+                    }
+                }
+            }
+        }
+        KvResponse::Error(KvError::NotAnInteger) => out.write_all(&[5, 1])?,
+        KvResponse::Error(KvError::IncrOverflow) => out.write_all(&[5, 2])?,
+        KvResponse::Error(other) => {
+            // Only replies of executed commands are remembered; stale/malformed/read-path
+            // errors are produced before execution and never reach the session table.
+            return Err(StateMachineError::Fatal(format!(
+                "session table holds an uncacheable reply: {other}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl SnapshotSource for KvSnapshot {
+    fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    fn write_to(&mut self, out: &mut dyn Write) -> Result<u64, StateMachineError> {
+        let mut writer = ChecksumWriter {
+            inner: out,
+            hasher: crc32fast::Hasher::new(),
+            written_bytes: 0,
+        };
+        writer.write_all(&SNAPSHOT_MAGIC)?;
+        writer.write_all(&[SNAPSHOT_FORMAT_VERSION])?;
+        writer.write_all(&self.applied_index.to_le_bytes())?;
+        writer.write_all(&(self.sessions.by_client.len() as u64).to_le_bytes())?;
+        for (client_id, record) in &self.sessions.by_client {
+            writer.write_all(&client_id.to_le_bytes())?;
+            writer.write_all(&record.last_sequence.to_le_bytes())?;
+            writer.write_all(&record.last_index.to_le_bytes())?;
+            write_response(&mut writer, &record.reply)?;
+        }
+        writer.write_all(&(self.data.len() as u64).to_le_bytes())?;
+        // Key order makes the bytes a pure function of the state (the map is hashed).
+        let mut pairs: Vec<(&[u8], &Bytes)> = self
+            .data
+            .iter()
+            .map(|(key, value)| (key.as_slice(), value))
+            .collect();
+        pairs.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        for (key, value) in pairs {
+            write_len_bytes(&mut writer, key)?;
+            write_len_bytes(&mut writer, value)?;
+        }
+        let crc = writer.hasher.clone().finalize();
+        writer.inner.write_all(&crc.to_le_bytes())?;
+        writer.inner.flush()?;
+        Ok(writer.written_bytes + 4)
+    }
+}
+
+/// Checksums everything read through it.
+struct ChecksumReader<'a> {
+    inner: &'a mut dyn Read,
+    hasher: crc32fast::Hasher,
+}
+
+impl ChecksumReader<'_> {
+    fn read_array<const N: usize>(&mut self) -> Result<[u8; N], StateMachineError> {
+        let mut raw = [0u8; N];
+        self.inner
+            .read_exact(&mut raw)
+            .map_err(truncated_is_corrupt)?;
+        self.hasher.update(&raw);
+        Ok(raw)
+    }
+
+    fn u8(&mut self) -> Result<u8, StateMachineError> {
+        Ok(self.read_array::<1>()?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, StateMachineError> {
+        Ok(u32::from_le_bytes(self.read_array()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, StateMachineError> {
+        Ok(u64::from_le_bytes(self.read_array()?))
+    }
+
+    /// Reads a u32-length-prefixed byte string of at most `max_bytes`, growing the buffer
+    /// only as bytes actually arrive.
+    fn len_bytes(&mut self, max_bytes: usize) -> Result<Bytes, StateMachineError> {
+        let len = self.u32()?;
+        if len as usize > max_bytes {
+            return Err(StateMachineError::SnapshotLimitExceeded {
+                what: "byte string length",
+                found: u64::from(len),
+                limit: max_bytes as u64,
+            });
+        }
+        let mut buffer = Vec::new();
+        let read = (&mut *self.inner)
+            .take(u64::from(len))
+            .read_to_end(&mut buffer)?;
+        if read != len as usize {
+            return Err(corrupt("snapshot ends inside a byte string"));
+        }
+        self.hasher.update(&buffer);
+        Ok(Bytes::from(buffer))
+    }
+}
+
+fn corrupt(reason: impl Into<String>) -> StateMachineError {
+    StateMachineError::CorruptSnapshot {
+        reason: reason.into(),
+    }
+}
+
+fn truncated_is_corrupt(error: std::io::Error) -> StateMachineError {
+    if error.kind() == std::io::ErrorKind::UnexpectedEof {
+        corrupt("snapshot ends early")
+    } else {
+        StateMachineError::Io(error)
+    }
+}
+
+fn read_response(
+    reader: &mut ChecksumReader<'_>,
+    limits: &KvLimits,
+) -> Result<KvResponse, StateMachineError> {
+    Ok(match reader.u8()? {
+        0 => KvResponse::Ok,
+        1 => KvResponse::Integer(i64::from_le_bytes(reader.read_array()?)),
+        2 => KvResponse::Bulk(None),
+        3 => KvResponse::Bulk(Some(reader.len_bytes(limits.max_argument_bytes)?)),
+        4 => {
+            let count = reader.u32()?;
+            if count as usize > limits.max_arguments {
+                return Err(StateMachineError::SnapshotLimitExceeded {
+                    what: "reply array length",
+                    found: u64::from(count),
+                    limit: limits.max_arguments as u64,
+                });
+            }
+            let mut items = Vec::new();
+            for _ in 0..count {
+                items.push(match reader.u8()? {
+                    0 => None,
+                    1 => Some(reader.len_bytes(limits.max_argument_bytes)?),
+                    tag => return Err(corrupt(format!("bad array item tag {tag}"))),
+                });
+            }
+            KvResponse::Array(items)
+        }
+        5 => match reader.u8()? {
+            1 => KvResponse::Error(KvError::NotAnInteger),
+            2 => KvResponse::Error(KvError::IncrOverflow),
+            code => return Err(corrupt(format!("bad error code {code}"))),
+        },
+        tag => return Err(corrupt(format!("bad reply tag {tag}"))),
+    })
+}
+
+/// One client session as stored in a snapshot stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvSnapshotSession {
+    /// The client's id (nonzero).
+    pub client_id: u64,
+    /// Sequence number of the client's last applied request (nonzero).
+    pub last_sequence: u64,
+    /// Log index of that request (in `1..=applied_index`).
+    pub last_index: u64,
+    /// Its remembered reply.
+    pub reply: KvResponse,
+}
+
+/// Everything a KV snapshot stream holds, for inspection tools.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvSnapshotContents {
+    /// Index of the last entry the snapshot reflects.
+    pub applied_index: u64,
+    /// The session table in client-id order, as stored (before any eviction a smaller
+    /// `max_sessions` would make on restore).
+    pub sessions: Vec<KvSnapshotSession>,
+    /// The key-value pairs in key order.
+    pub entries: Vec<(Bytes, Bytes)>,
+}
+
+/// Reads and fully checks a KV snapshot stream (the same checks as restore: magic,
+/// version, bounds, orders, CRC, nothing after it) and returns its contents. Holds the
+/// whole contents in memory.
+pub fn read_stream(
+    input: &mut dyn Read,
+    limits: &KvLimits,
+) -> Result<KvSnapshotContents, StateMachineError> {
+    let mut contents = KvSnapshotContents {
+        applied_index: 0,
+        sessions: Vec::new(),
+        entries: Vec::new(),
+    };
+    parse_stream(input, limits, &mut contents)?;
+    Ok(contents)
+}
+
+/// Receives the parts of a stream as [`parse_stream`] checks them.
+trait StreamSink {
+    fn applied_index(&mut self, applied_index: u64);
+    fn session(&mut self, session: KvSnapshotSession);
+    fn entry(&mut self, key: Bytes, value: Bytes);
+}
+
+impl StreamSink for KvSnapshotContents {
+    fn applied_index(&mut self, applied_index: u64) {
+        self.applied_index = applied_index;
+    }
+    fn session(&mut self, session: KvSnapshotSession) {
+        self.sessions.push(session);
+    }
+    fn entry(&mut self, key: Bytes, value: Bytes) {
+        self.entries.push((key, value));
+    }
+}
+
+impl StreamSink for KvStateMachine {
+    fn applied_index(&mut self, applied_index: u64) {
+        self.applied_index = applied_index;
+    }
+    fn session(&mut self, session: KvSnapshotSession) {
+        // `parse_stream` checked that clients and last indexes are unique.
+        self.sessions
+            .by_last_index
+            .insert(session.last_index, session.client_id);
+        self.sessions.by_client.insert(
+            session.client_id,
+            SessionRecord {
+                last_sequence: session.last_sequence,
+                last_index: session.last_index,
+                reply: session.reply,
+            },
+        );
+    }
+    fn entry(&mut self, key: Bytes, value: Bytes) {
+        self.data.insert(DataKey::new(&key), value);
+    }
+}
+
+/// Restores a state machine from a snapshot stream.
+pub(super) fn read_snapshot(
+    input: &mut dyn Read,
+    limits: &KvLimits,
+) -> Result<KvStateMachine, StateMachineError> {
+    let mut state = KvStateMachine::new(*limits);
+    parse_stream(input, limits, &mut state)?;
+    // A smaller configured bound than the writer's evicts the same clients everywhere.
+    state.sessions.evict_beyond(limits.max_sessions);
+    Ok(state)
+}
+
+fn parse_stream(
+    input: &mut dyn Read,
+    limits: &KvLimits,
+    sink: &mut dyn StreamSink,
+) -> Result<(), StateMachineError> {
+    let mut reader = ChecksumReader {
+        inner: input,
+        hasher: crc32fast::Hasher::new(),
+    };
+    if reader.read_array::<4>()? != SNAPSHOT_MAGIC {
+        return Err(corrupt("bad magic"));
+    }
+    let version = reader.u8()?;
+    if version != SNAPSHOT_FORMAT_VERSION {
+        return Err(StateMachineError::UnsupportedSnapshotVersion {
+            found: version,
+            supported: SNAPSHOT_FORMAT_VERSION,
+        });
+    }
+    let applied_index = reader.u64()?;
+    sink.applied_index(applied_index);
+    parse_sessions(&mut reader, limits, applied_index, sink)?;
+    parse_entries(&mut reader, limits, sink)?;
+    check_trailer(reader)
+}
+
+fn parse_sessions(
+    reader: &mut ChecksumReader<'_>,
+    limits: &KvLimits,
+    applied_index: u64,
+    sink: &mut dyn StreamSink,
+) -> Result<(), StateMachineError> {
+    let n_sessions = reader.u64()?;
+    let mut previous_client: Option<u64> = None;
+    let mut last_indexes = BTreeSet::new();
+    for _ in 0..n_sessions {
+        let client_id = reader.u64()?;
+        let last_sequence = reader.u64()?;
+        let last_index = reader.u64()?;
+        let reply = read_response(reader, limits)?;
+        if client_id == 0 || last_sequence == 0 {
+            return Err(corrupt("session with zero client id or sequence"));
+        }
+        if previous_client.is_some_and(|p| p >= client_id) {
+            return Err(corrupt("sessions not in increasing client order"));
+        }
+        previous_client = Some(client_id);
+        if last_index == 0 || last_index > applied_index {
+            return Err(corrupt("session index outside 1..=applied_index"));
+        }
+        if !last_indexes.insert(last_index) {
+            return Err(corrupt("two sessions at one log index"));
+        }
+        sink.session(KvSnapshotSession {
+            client_id,
+            last_sequence,
+            last_index,
+            reply,
+        });
+    }
+    Ok(())
+}
+
+fn parse_entries(
+    reader: &mut ChecksumReader<'_>,
+    limits: &KvLimits,
+    sink: &mut dyn StreamSink,
+) -> Result<(), StateMachineError> {
+    let n_entries = reader.u64()?;
+    let mut previous_key: Option<Bytes> = None;
+    for _ in 0..n_entries {
+        let key = reader.len_bytes(limits.max_argument_bytes)?;
+        let value = reader.len_bytes(limits.max_argument_bytes)?;
+        if previous_key.as_ref().is_some_and(|p| *p >= key) {
+            return Err(corrupt("keys not in increasing order"));
+        }
+        previous_key = Some(key.clone());
+        sink.entry(key, value);
+    }
+    Ok(())
+}
+
+/// The stored CRC must match and nothing may follow it.
+fn check_trailer(reader: ChecksumReader<'_>) -> Result<(), StateMachineError> {
+    let computed = reader.hasher.clone().finalize();
+    let mut raw = [0u8; 4];
+    reader
+        .inner
+        .read_exact(&mut raw)
+        .map_err(truncated_is_corrupt)?;
+    let stored = u32::from_le_bytes(raw);
+    if stored != computed {
+        return Err(corrupt(format!(
+            "checksum mismatch: stored {stored:#010x}, computed {computed:#010x}"
+        )));
+    }
+    let mut probe = [0u8; 1];
+    loop {
+        match reader.inner.read(&mut probe) {
+            Ok(0) => return Ok(()),
+            Ok(_) => return Err(corrupt("bytes after the checksum")),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(StateMachineError::Io(e)),
+        }
+    }
+}

@@ -1,0 +1,989 @@
+use bytes::Bytes;
+
+use super::codec::*;
+use super::machine::*;
+use super::*;
+use crate::state_machine::{CommittedEntry, StateMachine, StateMachineError};
+use proptest::prelude::*;
+use std::collections::{BTreeMap, HashMap};
+
+fn encode(session: Option<ClientSession>, command: &Command<'_>) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_request(session, command, &KvLimits::default(), &mut out).expect("encodable");
+    out
+}
+
+fn session(client_id: u64, sequence: u64) -> Option<ClientSession> {
+    Some(ClientSession {
+        client_id,
+        sequence,
+    })
+}
+
+/// Applies one encoded entry at `index` and returns its reply.
+fn apply_one(sm: &mut KvStateMachine, index: u64, payload: &[u8]) -> KvResponse {
+    let mut replies = sm
+        .apply(&[CommittedEntry { index, payload }])
+        .expect("apply");
+    assert_eq!(replies.len(), 1);
+    replies.remove(0)
+}
+
+fn bulk(bytes: &[u8]) -> Option<Bytes> {
+    Some(Bytes::copy_from_slice(bytes))
+}
+
+fn snapshot_bytes(sm: &KvStateMachine) -> Vec<u8> {
+    let mut source = sm.snapshot();
+    let mut out = Vec::new();
+    let written = source.write_to(&mut out).expect("snapshot");
+    assert_eq!(written, out.len() as u64);
+    out
+}
+
+#[test]
+fn keys_on_both_sides_of_the_inline_limit_are_stored_found_and_snapshotted() {
+    let lengths = [
+        0,
+        1,
+        INLINE_KEY_BYTES - 1,
+        INLINE_KEY_BYTES,
+        INLINE_KEY_BYTES + 1,
+        300,
+    ];
+    let keys: Vec<Vec<u8>> = lengths.iter().map(|&n| vec![b'k'; n]).collect();
+    let mut sm = KvStateMachine::default();
+    for (i, key) in keys.iter().enumerate() {
+        let value = format!("v{i}");
+        let cmd = Command::Set {
+            key,
+            value: value.as_bytes(),
+        };
+        assert_eq!(
+            apply_one(&mut sm, i as u64 + 1, &encode(None, &cmd)),
+            KvResponse::Ok
+        );
+    }
+    // Keys that differ only in length are distinct entries.
+    assert_eq!(sm.len(), keys.len());
+    for (i, key) in keys.iter().enumerate() {
+        assert_eq!(sm.get(key), bulk(format!("v{i}").as_bytes()).as_ref());
+        let mut shorter = key.clone();
+        if shorter.pop().is_some() && !keys.contains(&shorter) {
+            assert_eq!(sm.get(&shorter), None);
+        }
+    }
+    let mut restored = KvStateMachine::default();
+    restored
+        .restore(&mut snapshot_bytes(&sm).as_slice())
+        .expect("restore");
+    assert_eq!(restored, sm);
+    for key in &keys {
+        assert_eq!(restored.get(key), sm.get(key));
+    }
+}
+
+#[test]
+fn each_command_follows_redis_semantics() {
+    let mut sm = KvStateMachine::default();
+    let mut index = 0;
+    let mut run = |sm: &mut KvStateMachine, cmd: Command<'_>| {
+        index += 1;
+        apply_one(sm, index, &encode(None, &cmd))
+    };
+    assert_eq!(
+        run(&mut sm, Command::Get { key: b"k" }),
+        KvResponse::Bulk(None)
+    );
+    assert_eq!(
+        run(
+            &mut sm,
+            Command::Set {
+                key: b"k",
+                value: b"v"
+            }
+        ),
+        KvResponse::Ok
+    );
+    assert_eq!(
+        run(&mut sm, Command::Get { key: b"k" }),
+        KvResponse::Bulk(bulk(b"v"))
+    );
+    assert_eq!(
+        run(
+            &mut sm,
+            Command::Exists {
+                keys: vec![b"k", b"k", b"missing"]
+            }
+        ),
+        KvResponse::Integer(2)
+    );
+    assert_eq!(
+        run(
+            &mut sm,
+            Command::MSet {
+                pairs: vec![(b"a", b"1"), (b"b", b"2")]
+            }
+        ),
+        KvResponse::Ok
+    );
+    assert_eq!(
+        run(
+            &mut sm,
+            Command::MGet {
+                keys: vec![b"a", b"nope", b"b"]
+            }
+        ),
+        KvResponse::Array(vec![bulk(b"1"), None, bulk(b"2")])
+    );
+    assert_eq!(
+        run(
+            &mut sm,
+            Command::Del {
+                keys: vec![b"a", b"a", b"zzz"]
+            }
+        ),
+        KvResponse::Integer(1)
+    );
+    assert_eq!(
+        run(&mut sm, Command::Incr { key: b"counter" }),
+        KvResponse::Integer(1)
+    );
+    assert_eq!(
+        run(&mut sm, Command::Incr { key: b"counter" }),
+        KvResponse::Integer(2)
+    );
+    assert_eq!(sm.get(b"counter").map(|v| v.as_ref()), Some(&b"2"[..]));
+    assert_eq!(
+        run(&mut sm, Command::Incr { key: b"k" }),
+        KvResponse::Error(KvError::NotAnInteger)
+    );
+    assert_eq!(sm.applied_index(), index);
+}
+
+#[test]
+fn incr_rejects_redis_non_integers_and_overflow() {
+    for bad in [
+        &b""[..],
+        b" 1",
+        b"+1",
+        b"01",
+        b"-0",
+        b"1.5",
+        b"9223372036854775808",
+        b"-",
+    ] {
+        let mut sm = KvStateMachine::default();
+        apply_one(
+            &mut sm,
+            1,
+            &encode(
+                None,
+                &Command::Set {
+                    key: b"n",
+                    value: bad,
+                },
+            ),
+        );
+        assert_eq!(
+            apply_one(&mut sm, 2, &encode(None, &Command::Incr { key: b"n" })),
+            KvResponse::Error(KvError::NotAnInteger),
+            "value {:?}",
+            String::from_utf8_lossy(bad)
+        );
+        assert_eq!(
+            sm.get(b"n").map(|v| v.as_ref()),
+            Some(bad),
+            "value unchanged"
+        );
+    }
+    let mut sm = KvStateMachine::default();
+    let max = i64::MAX.to_string();
+    apply_one(
+        &mut sm,
+        1,
+        &encode(
+            None,
+            &Command::Set {
+                key: b"n",
+                value: max.as_bytes(),
+            },
+        ),
+    );
+    assert_eq!(
+        apply_one(&mut sm, 2, &encode(None, &Command::Incr { key: b"n" })),
+        KvResponse::Error(KvError::IncrOverflow)
+    );
+    assert_eq!(
+        KvError::IncrOverflow.to_string(),
+        "ERR increment or decrement would overflow"
+    );
+    let min = i64::MIN.to_string();
+    apply_one(
+        &mut sm,
+        3,
+        &encode(
+            None,
+            &Command::Set {
+                key: b"m",
+                value: min.as_bytes(),
+            },
+        ),
+    );
+    assert_eq!(
+        apply_one(&mut sm, 4, &encode(None, &Command::Incr { key: b"m" })),
+        KvResponse::Integer(i64::MIN + 1)
+    );
+    assert_eq!(parse_redis_integer(b"-42"), Some(-42));
+    assert_eq!(parse_redis_integer(b"0"), Some(0));
+}
+
+#[test]
+fn cas_swaps_only_on_exact_match_and_never_creates_a_missing_key() {
+    let mut sm = KvStateMachine::default();
+    let cas = |e: &'static [u8], n: &'static [u8]| Command::Cas {
+        key: b"k",
+        expected: e,
+        new: n,
+    };
+    assert_eq!(
+        apply_one(&mut sm, 1, &encode(None, &cas(b"", b"x"))),
+        KvResponse::Integer(0)
+    );
+    assert_eq!(sm.get(b"k"), None, "missing key stays missing");
+    apply_one(
+        &mut sm,
+        2,
+        &encode(
+            None,
+            &Command::Set {
+                key: b"k",
+                value: b"old",
+            },
+        ),
+    );
+    assert_eq!(
+        apply_one(&mut sm, 3, &encode(None, &cas(b"ol", b"x"))),
+        KvResponse::Integer(0)
+    );
+    assert_eq!(
+        apply_one(&mut sm, 4, &encode(None, &cas(b"old", b"new"))),
+        KvResponse::Integer(1)
+    );
+    assert_eq!(sm.get(b"k").map(|v| v.as_ref()), Some(&b"new"[..]));
+    assert_eq!(
+        apply_one(&mut sm, 5, &encode(None, &cas(b"old", b"x"))),
+        KvResponse::Integer(0)
+    );
+}
+
+#[test]
+fn retried_write_with_same_session_applies_once_and_returns_the_first_reply() {
+    let mut sm = KvStateMachine::default();
+    let incr = encode(session(7, 1), &Command::Incr { key: b"c" });
+    assert_eq!(apply_one(&mut sm, 1, &incr), KvResponse::Integer(1));
+    assert_eq!(
+        apply_one(&mut sm, 2, &incr),
+        KvResponse::Integer(1),
+        "cached reply"
+    );
+    assert_eq!(
+        sm.get(b"c").map(|v| v.as_ref()),
+        Some(&b"1"[..]),
+        "applied once"
+    );
+    let next = encode(session(7, 2), &Command::Incr { key: b"c" });
+    assert_eq!(apply_one(&mut sm, 3, &next), KvResponse::Integer(2));
+    // The older sequence is now stale: a clear error, and nothing applied.
+    assert_eq!(
+        apply_one(&mut sm, 4, &incr),
+        KvResponse::Error(KvError::StaleSequence {
+            client_id: 7,
+            sequence: 1,
+            last_sequence: 2
+        })
+    );
+    assert_eq!(sm.get(b"c").map(|v| v.as_ref()), Some(&b"2"[..]));
+    // Another client with the same sequence number is independent.
+    let other = encode(session(8, 1), &Command::Incr { key: b"c" });
+    assert_eq!(apply_one(&mut sm, 5, &other), KvResponse::Integer(3));
+    // Requests without a session are applied every time.
+    let anonymous = encode(None, &Command::Incr { key: b"c" });
+    assert_eq!(apply_one(&mut sm, 6, &anonymous), KvResponse::Integer(4));
+    assert_eq!(apply_one(&mut sm, 7, &anonymous), KvResponse::Integer(5));
+}
+
+#[test]
+fn session_table_evicts_the_client_with_the_oldest_last_write() {
+    let limits = KvLimits {
+        max_sessions: 2,
+        ..KvLimits::default()
+    };
+    let mut sm = KvStateMachine::new(limits);
+    let set = Command::Set {
+        key: b"k",
+        value: b"v",
+    };
+    apply_one(&mut sm, 1, &encode(session(1, 1), &set));
+    apply_one(&mut sm, 2, &encode(session(2, 1), &set));
+    // Client 1 writes again: client 2 is now the least recent.
+    apply_one(&mut sm, 3, &encode(session(1, 2), &set));
+    apply_one(&mut sm, 4, &encode(session(3, 1), &set));
+    assert_eq!(sm.session_count(), 2);
+    assert!(sm.sessions.by_client.contains_key(&1));
+    assert!(!sm.sessions.by_client.contains_key(&2), "client 2 evicted");
+    assert!(sm.sessions.by_client.contains_key(&3));
+    // An evicted client's retry is applied again (documented limitation).
+    let incr = encode(session(2, 1), &Command::Incr { key: b"n" });
+    assert_eq!(apply_one(&mut sm, 5, &incr), KvResponse::Integer(1));
+}
+
+#[test]
+fn apply_refuses_an_index_that_does_not_increase() {
+    let mut sm = KvStateMachine::default();
+    let set = encode(
+        None,
+        &Command::Set {
+            key: b"k",
+            value: b"v",
+        },
+    );
+    apply_one(&mut sm, 5, &set);
+    let error = sm
+        .apply(&[CommittedEntry {
+            index: 5,
+            payload: &set,
+        }])
+        .expect_err("must refuse");
+    assert!(matches!(
+        error,
+        StateMachineError::IndexNotIncreasing {
+            applied_index: 5,
+            got: 5
+        }
+    ));
+    // Gaps (skipped no-op entries) are fine.
+    apply_one(&mut sm, 9, &set);
+    assert_eq!(sm.applied_index(), 9);
+}
+
+#[test]
+fn malformed_entry_gets_an_error_reply_and_advances_the_applied_index() {
+    let mut sm = KvStateMachine::default();
+    let reply = apply_one(&mut sm, 1, &[1, 2, 3]);
+    assert!(
+        matches!(reply, KvResponse::Error(KvError::Malformed(_))),
+        "{reply:?}"
+    );
+    assert_eq!(sm.applied_index(), 1);
+    assert!(sm.is_empty());
+}
+
+#[test]
+fn decode_reports_each_kind_of_bad_input() {
+    let limits = KvLimits {
+        max_argument_bytes: 8,
+        max_arguments: 2,
+        ..KvLimits::default()
+    };
+    let good = encode(None, &Command::Get { key: b"k" });
+    assert!(decode_request(&good, &limits).is_ok());
+    assert!(matches!(
+        decode_request(&good[..good.len() - 1], &limits),
+        Err(KvDecodeError::Truncated { .. })
+    ));
+    let mut trailing = good.clone();
+    trailing.push(0);
+    assert_eq!(
+        decode_request(&trailing, &limits),
+        Err(KvDecodeError::TrailingBytes(1))
+    );
+    let mut format = good.clone();
+    format[0] = 9;
+    assert_eq!(
+        decode_request(&format, &limits),
+        Err(KvDecodeError::UnsupportedFormat(9))
+    );
+    let mut opcode = good.clone();
+    opcode[17] = 99;
+    assert_eq!(
+        decode_request(&opcode, &limits),
+        Err(KvDecodeError::UnknownOpcode(99))
+    );
+    let big = encode(None, &Command::Get { key: b"123456789" });
+    assert!(matches!(
+        decode_request(&big, &limits),
+        Err(KvDecodeError::ArgumentTooLarge { len: 9, max: 8 })
+    ));
+    let many = encode(
+        None,
+        &Command::Del {
+            keys: vec![b"a", b"b", b"c"],
+        },
+    );
+    assert!(matches!(
+        decode_request(&many, &limits),
+        Err(KvDecodeError::BadArgumentCount { count: 3, max: 2 })
+    ));
+    // A huge announced count with no bytes behind it is refused without allocating it.
+    let mut huge = good[..17].to_vec();
+    huge.push(OP_DEL);
+    huge.extend_from_slice(&u32::MAX.to_le_bytes());
+    assert!(decode_request(&huge, &KvLimits::default()).is_err());
+    let mut bad_session = good.clone();
+    bad_session[9] = 1; // sequence 1 without a client id
+    assert!(matches!(
+        decode_request(&bad_session, &limits),
+        Err(KvDecodeError::InvalidSession {
+            client_id: 0,
+            sequence: 1
+        })
+    ));
+}
+
+#[test]
+fn encode_refuses_what_decode_would_refuse() {
+    let limits = KvLimits {
+        max_argument_bytes: 4,
+        max_arguments: 2,
+        ..KvLimits::default()
+    };
+    let mut out = Vec::new();
+    assert!(matches!(
+        encode_request(None, &Command::Get { key: b"12345" }, &limits, &mut out),
+        Err(KvEncodeError::ArgumentTooLarge { len: 5, max: 4 })
+    ));
+    assert!(matches!(
+        encode_request(None, &Command::MGet { keys: vec![] }, &limits, &mut out),
+        Err(KvEncodeError::BadArgumentCount { count: 0, .. })
+    ));
+    assert!(matches!(
+        encode_request(
+            session(0, 3),
+            &Command::Get { key: b"k" },
+            &limits,
+            &mut out
+        ),
+        Err(KvEncodeError::InvalidSession { .. })
+    ));
+    assert!(out.is_empty(), "nothing written on error");
+}
+
+#[test]
+fn snapshot_is_a_point_in_time_view_while_writes_continue() {
+    let mut sm = KvStateMachine::default();
+    apply_one(
+        &mut sm,
+        1,
+        &encode(
+            session(1, 1),
+            &Command::Set {
+                key: b"a",
+                value: b"1",
+            },
+        ),
+    );
+    let frozen = sm.clone();
+    let mut source = sm.snapshot();
+    // Writes after the snapshot must not leak into it.
+    apply_one(
+        &mut sm,
+        2,
+        &encode(
+            session(1, 2),
+            &Command::Set {
+                key: b"a",
+                value: b"2",
+            },
+        ),
+    );
+    apply_one(
+        &mut sm,
+        3,
+        &encode(
+            None,
+            &Command::Set {
+                key: b"b",
+                value: b"3",
+            },
+        ),
+    );
+    let mut bytes = Vec::new();
+    source.write_to(&mut bytes).expect("write");
+    assert_eq!(source.applied_index(), 1);
+    let mut restored = KvStateMachine::default();
+    assert_eq!(restored.restore(&mut bytes.as_slice()).expect("restore"), 1);
+    assert_eq!(restored, frozen);
+    assert_eq!(
+        snapshot_bytes(&restored),
+        bytes,
+        "snapshot bytes are a function of state"
+    );
+}
+
+#[test]
+fn read_view_does_not_see_later_writes() {
+    let mut sm = KvStateMachine::default();
+    apply_one(
+        &mut sm,
+        1,
+        &encode(
+            None,
+            &Command::Set {
+                key: b"a",
+                value: b"1",
+            },
+        ),
+    );
+    let view = sm.read_view();
+    apply_one(
+        &mut sm,
+        2,
+        &encode(
+            None,
+            &Command::Set {
+                key: b"a",
+                value: b"2",
+            },
+        ),
+    );
+    assert_eq!(view.applied_index(), 1);
+    assert_eq!(
+        view.query(&Command::Get { key: b"a" }),
+        KvResponse::Bulk(bulk(b"1"))
+    );
+    assert_eq!(
+        sm.query(&encode(None, &Command::Get { key: b"a" })),
+        KvResponse::Bulk(bulk(b"2"))
+    );
+    assert_eq!(
+        view.query(&Command::Incr { key: b"a" }),
+        KvResponse::Error(KvError::NotReadOnly("incr"))
+    );
+}
+
+#[test]
+fn read_stream_returns_applied_index_sessions_and_sorted_pairs_and_refuses_damage() {
+    let mut sm = KvStateMachine::default();
+    apply_one(
+        &mut sm,
+        4,
+        &encode(session(9, 2), &Command::Incr { key: b"n" }),
+    );
+    apply_one(
+        &mut sm,
+        6,
+        &encode(
+            session(3, 1),
+            &Command::MSet {
+                pairs: vec![(b"zz", b"1"), (b"a", b"\x00")],
+            },
+        ),
+    );
+    let bytes = snapshot_bytes(&sm);
+    let contents =
+        super::read_stream(&mut bytes.as_slice(), &KvLimits::default()).expect("read stream");
+    assert_eq!(contents.applied_index, 6);
+    let sessions: Vec<(u64, u64, u64, KvResponse)> = contents
+        .sessions
+        .iter()
+        .map(|s| (s.client_id, s.last_sequence, s.last_index, s.reply.clone()))
+        .collect();
+    assert_eq!(
+        sessions,
+        [(3, 1, 6, KvResponse::Ok), (9, 2, 4, KvResponse::Integer(1))]
+    );
+    let pairs: Vec<(&[u8], &[u8])> = contents
+        .entries
+        .iter()
+        .map(|(k, v)| (k.as_ref(), v.as_ref()))
+        .collect();
+    assert_eq!(
+        pairs,
+        [(&b"a"[..], &b"\x00"[..]), (b"n", b"1"), (b"zz", b"1")]
+    );
+    for position in 0..bytes.len() {
+        let mut damaged = bytes.clone();
+        damaged[position] ^= 0x01;
+        assert!(
+            super::read_stream(&mut damaged.as_slice(), &KvLimits::default()).is_err(),
+            "damage at byte {position} not detected"
+        );
+    }
+}
+
+#[test]
+fn restore_detects_every_single_byte_corruption_and_keeps_the_old_state() {
+    let mut sm = KvStateMachine::default();
+    apply_one(
+        &mut sm,
+        1,
+        &encode(session(3, 1), &Command::Incr { key: b"n" }),
+    );
+    apply_one(
+        &mut sm,
+        2,
+        &encode(
+            None,
+            &Command::MSet {
+                pairs: vec![(b"x", b"y"), (b"k", b"")],
+            },
+        ),
+    );
+    apply_one(
+        &mut sm,
+        3,
+        &encode(
+            session(4, 9),
+            &Command::MGet {
+                keys: vec![b"x", b"q"],
+            },
+        ),
+    );
+    let bytes = snapshot_bytes(&sm);
+    let mut target = KvStateMachine::default();
+    apply_one(
+        &mut target,
+        1,
+        &encode(
+            None,
+            &Command::Set {
+                key: b"keep",
+                value: b"me",
+            },
+        ),
+    );
+    let before = target.clone();
+    for position in 0..bytes.len() {
+        let mut damaged = bytes.clone();
+        damaged[position] ^= 0x5a;
+        assert!(
+            target.restore(&mut damaged.as_slice()).is_err(),
+            "corruption at byte {position} not detected"
+        );
+        assert_eq!(target, before, "failed restore changed state");
+    }
+    for cut in 0..bytes.len() {
+        assert!(
+            target.restore(&mut &bytes[..cut]).is_err(),
+            "truncation at {cut}"
+        );
+    }
+    let mut extended = bytes.clone();
+    extended.push(0);
+    assert!(target.restore(&mut extended.as_slice()).is_err());
+    assert_eq!(target, before);
+    target
+        .restore(&mut bytes.as_slice())
+        .expect("good snapshot");
+    assert_eq!(target, sm);
+}
+
+// ---- property tests against a BTreeMap model ----
+
+#[derive(Debug, Clone)]
+enum Op {
+    Set(usize, usize),
+    Get(usize),
+    Del(Vec<usize>),
+    Exists(Vec<usize>),
+    Incr(usize),
+    MGet(Vec<usize>),
+    MSet(Vec<(usize, usize)>),
+    Cas(usize, usize, usize),
+}
+
+/// How a generated request uses sessions.
+#[derive(Debug, Clone)]
+enum SessionUse {
+    None,
+    /// Next sequence of client `c`.
+    Next(u64),
+    /// Repeat client `c`'s last sequence (a retry).
+    Retry(u64),
+    /// An older sequence of client `c`.
+    Stale(u64),
+}
+
+const KEYS: [&[u8]; 4] = [b"a", b"b", b"c", b"n"];
+const VALUES: [&[u8]; 6] = [b"", b"1", b"-7", b"x", b"9223372036854775807", b"08"];
+
+fn op_strategy() -> impl Strategy<Value = Op> {
+    let key = 0..KEYS.len();
+    let value = 0..VALUES.len();
+    let keys = prop::collection::vec(0..KEYS.len(), 1..4);
+    prop_oneof![
+        (key.clone(), value.clone()).prop_map(|(k, v)| Op::Set(k, v)),
+        key.clone().prop_map(Op::Get),
+        keys.clone().prop_map(Op::Del),
+        keys.clone().prop_map(Op::Exists),
+        key.clone().prop_map(Op::Incr),
+        keys.prop_map(Op::MGet),
+        prop::collection::vec((key.clone(), value.clone()), 1..3).prop_map(Op::MSet),
+        (key, value.clone(), value).prop_map(|(k, e, n)| Op::Cas(k, e, n)),
+    ]
+}
+
+fn session_strategy() -> impl Strategy<Value = SessionUse> {
+    prop_oneof![
+        2 => Just(SessionUse::None),
+        4 => (1u64..4).prop_map(SessionUse::Next),
+        1 => (1u64..4).prop_map(SessionUse::Retry),
+        1 => (1u64..4).prop_map(SessionUse::Stale),
+    ]
+}
+
+fn command(op: &Op) -> Command<'static> {
+    match op {
+        Op::Set(k, v) => Command::Set {
+            key: KEYS[*k],
+            value: VALUES[*v],
+        },
+        Op::Get(k) => Command::Get { key: KEYS[*k] },
+        Op::Del(ks) => Command::Del {
+            keys: ks.iter().map(|k| KEYS[*k]).collect(),
+        },
+        Op::Exists(ks) => Command::Exists {
+            keys: ks.iter().map(|k| KEYS[*k]).collect(),
+        },
+        Op::Incr(k) => Command::Incr { key: KEYS[*k] },
+        Op::MGet(ks) => Command::MGet {
+            keys: ks.iter().map(|k| KEYS[*k]).collect(),
+        },
+        Op::MSet(ps) => Command::MSet {
+            pairs: ps.iter().map(|(k, v)| (KEYS[*k], VALUES[*v])).collect(),
+        },
+        Op::Cas(k, e, n) => Command::Cas {
+            key: KEYS[*k],
+            expected: VALUES[*e],
+            new: VALUES[*n],
+        },
+    }
+}
+
+/// An independent, straightforward model of the KV semantics.
+#[derive(Default)]
+struct Model {
+    data: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// client -> (last sequence, reply)
+    sessions: HashMap<u64, (u64, KvResponse)>,
+}
+
+impl Model {
+    fn execute(&mut self, op: &Op) -> KvResponse {
+        let get = |data: &BTreeMap<Vec<u8>, Vec<u8>>, k: usize| {
+            data.get(KEYS[k]).map(|v| Bytes::from(v.clone()))
+        };
+        match op {
+            Op::Set(k, v) => {
+                self.data.insert(KEYS[*k].to_vec(), VALUES[*v].to_vec());
+                KvResponse::Ok
+            }
+            Op::Get(k) => KvResponse::Bulk(get(&self.data, *k)),
+            Op::Del(ks) => KvResponse::Integer(
+                ks.iter()
+                    .filter(|k| self.data.remove(KEYS[**k]).is_some())
+                    .count() as i64,
+            ),
+            Op::Exists(ks) => KvResponse::Integer(
+                ks.iter()
+                    .filter(|k| self.data.contains_key(KEYS[**k]))
+                    .count() as i64,
+            ),
+            Op::Incr(k) => {
+                let current = match self.data.get(KEYS[*k]) {
+                    None => 0i64,
+                    Some(v) => {
+                        let text = String::from_utf8_lossy(v).into_owned();
+                        let canonical = text.parse::<i64>().ok().filter(|n| n.to_string() == text);
+                        match canonical {
+                            Some(n) => n,
+                            None => return KvResponse::Error(KvError::NotAnInteger),
+                        }
+                    }
+                };
+                match current.checked_add(1) {
+                    None => KvResponse::Error(KvError::IncrOverflow),
+                    Some(next) => {
+                        self.data
+                            .insert(KEYS[*k].to_vec(), next.to_string().into_bytes());
+                        KvResponse::Integer(next)
+                    }
+                }
+            }
+            Op::MGet(ks) => KvResponse::Array(ks.iter().map(|k| get(&self.data, *k)).collect()),
+            Op::MSet(ps) => {
+                for (k, v) in ps {
+                    self.data.insert(KEYS[*k].to_vec(), VALUES[*v].to_vec());
+                }
+                KvResponse::Ok
+            }
+            Op::Cas(k, e, n) => {
+                let hit = self
+                    .data
+                    .get(KEYS[*k])
+                    .is_some_and(|v| v.as_slice() == VALUES[*e]);
+                if hit {
+                    self.data.insert(KEYS[*k].to_vec(), VALUES[*n].to_vec());
+                }
+                KvResponse::Integer(i64::from(hit))
+            }
+        }
+    }
+
+    /// Resolves the session use to a concrete header (or None when impossible, e.g.
+    /// retrying a client that never wrote) and the expected reply.
+    fn apply(&mut self, op: &Op, use_: &SessionUse) -> (Option<ClientSession>, KvResponse) {
+        match use_ {
+            SessionUse::None => (None, self.execute(op)),
+            SessionUse::Next(c) => {
+                let seq = self.sessions.get(c).map_or(1, |(s, _)| s + 1);
+                let reply = self.execute(op);
+                self.sessions.insert(*c, (seq, reply.clone()));
+                (session(*c, seq), reply)
+            }
+            SessionUse::Retry(c) => match self.sessions.get(c) {
+                Some((seq, reply)) => (session(*c, *seq), reply.clone()),
+                None => self.apply(op, &SessionUse::Next(*c)),
+            },
+            SessionUse::Stale(c) => match self.sessions.get(c) {
+                Some((seq, _)) if *seq > 1 => (
+                    session(*c, seq - 1),
+                    KvResponse::Error(KvError::StaleSequence {
+                        client_id: *c,
+                        sequence: seq - 1,
+                        last_sequence: *seq,
+                    }),
+                ),
+                _ => self.apply(op, &SessionUse::Next(*c)),
+            },
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_command_sequences_match_the_model(
+        steps in prop::collection::vec((op_strategy(), session_strategy()), 1..60),
+        batch_size in 1usize..8,
+    ) {
+        let mut model = Model::default();
+        let mut sm = KvStateMachine::default();
+        let mut payloads = Vec::new();
+        let mut expected = Vec::new();
+        for (op, use_) in &steps {
+            let (header, reply) = model.apply(op, use_);
+            payloads.push(encode(header, &command(op)));
+            expected.push(reply);
+        }
+        let mut replies = Vec::new();
+        let mut index = 0u64;
+        for chunk in payloads.chunks(batch_size) {
+            let entries: Vec<_> = chunk
+                .iter()
+                .map(|payload| {
+                    index += 1;
+                    CommittedEntry { index, payload }
+                })
+                .collect();
+            replies.extend(sm.apply(&entries).expect("apply"));
+        }
+        prop_assert_eq!(replies, expected);
+        let state: BTreeMap<Vec<u8>, Vec<u8>> =
+            sm.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+        prop_assert_eq!(state, model.data);
+        prop_assert_eq!(sm.applied_index(), steps.len() as u64);
+    }
+
+    #[test]
+    fn snapshot_then_restore_continues_exactly_like_the_original(
+        prefix in prop::collection::vec((op_strategy(), session_strategy()), 0..40),
+        suffix in prop::collection::vec((op_strategy(), session_strategy()), 1..20),
+    ) {
+        let mut model = Model::default();
+        let mut original = KvStateMachine::default();
+        let mut index = 0u64;
+        for (op, use_) in &prefix {
+            let (header, _) = model.apply(op, use_);
+            index += 1;
+            apply_one(&mut original, index, &encode(header, &command(op)));
+        }
+        let bytes = snapshot_bytes(&original);
+        let mut restored = KvStateMachine::default();
+        prop_assert_eq!(restored.restore(&mut bytes.as_slice()).expect("restore"), index);
+        prop_assert_eq!(&restored, &original);
+        // Sessions came along: retries and stale requests behave identically.
+        for (op, use_) in &suffix {
+            let (header, _) = model.apply(op, use_);
+            index += 1;
+            let payload = encode(header, &command(op));
+            let a = apply_one(&mut original, index, &payload);
+            let b = apply_one(&mut restored, index, &payload);
+            prop_assert_eq!(a, b);
+        }
+        prop_assert_eq!(&restored, &original);
+    }
+
+    #[test]
+    fn decoding_random_bytes_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+        let _ = decode_request(&bytes, &KvLimits::default());
+        let mut sm = KvStateMachine::default();
+        let _ = sm.restore(&mut bytes.as_slice());
+        prop_assert!(sm.is_empty());
+    }
+
+    #[test]
+    fn decoding_mutated_valid_requests_never_panics(
+        op in op_strategy(),
+        flips in prop::collection::vec((any::<usize>(), any::<u8>()), 1..4),
+    ) {
+        let mut bytes = encode(session(5, 6), &command(&op));
+        for (position, value) in flips {
+            let at = position % bytes.len();
+            bytes[at] = value;
+        }
+        let _ = decode_request(&bytes, &KvLimits::default());
+    }
+
+    #[test]
+    fn encode_decode_roundtrips(op in op_strategy(), client in 0u64..3, seq in 1u64..1000) {
+        let header = if client == 0 { None } else { session(client, seq) };
+        let cmd = command(&op);
+        let bytes = encode(header, &cmd);
+        let decoded = decode_request(&bytes, &KvLimits::default()).expect("decode");
+        prop_assert_eq!(decoded, Request { session: header, command: cmd });
+    }
+}
+
+#[test]
+fn kv_snapshot_written_through_the_snapshot_store_restores_equal_state() {
+    use tally_wal::{SimStorage, SnapshotHeader, SnapshotStore};
+    let mut sm = KvStateMachine::default();
+    apply_one(
+        &mut sm,
+        2,
+        &encode(
+            session(5, 1),
+            &Command::Set {
+                key: b"k",
+                value: b"v",
+            },
+        ),
+    );
+    let store = SnapshotStore::new(SimStorage::new()).expect("store");
+    let mut writer = store
+        .begin(&SnapshotHeader {
+            index: 2,
+            term: 1,
+            configuration: Bytes::new(),
+        })
+        .expect("begin");
+    sm.snapshot().write_to(&mut writer).expect("write");
+    let info = writer.finish().expect("finish");
+    let mut restored = KvStateMachine::default();
+    let mut reader = store.open(&info.name).expect("open");
+    assert_eq!(restored.restore(&mut reader).expect("restore"), 2);
+    assert_eq!(restored, sm);
+}

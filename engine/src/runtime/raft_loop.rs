@@ -13,8 +13,8 @@ use super::{
     Submission, Transport,
 };
 use crate::raft::{
-    Entry, EntryKind, HardState, LogStart, Message, PersistAction, ProposeError, RaftNode,
-    ReadPath, Ready, Role,
+    Entry, EntryKind, HardState, Message, PersistAction, ProposeError, RaftNode, ReadPath, Ready,
+    Role,
 };
 
 /// Most requests taken from the queue in one turn, so one turn stays short.
@@ -76,13 +76,14 @@ pub(crate) fn restore_core(
         last_index,
         "restored Raft state from the WAL"
     );
-    Ok(RaftNode::restart(
+    RaftNode::restart(
         options.raft.clone(),
         initial_configuration(options),
         hard_state,
-        LogStart::default(),
+        None,
         entries,
-    ))
+    )
+    .map_err(|error| bad_log(error.to_string()))
 }
 
 /// A proposal waiting for its entry to commit.
@@ -364,6 +365,7 @@ impl<R: Send + 'static, T: Transport> Pipeline<R, T> {
             reads,
             failed_reads,
             role_change,
+            ..
         } = ready;
         // The leader's messages go out first so replication overlaps its own fsync.
         if !messages.is_empty() {
@@ -453,6 +455,7 @@ impl<R: Send + 'static, T: Transport> Pipeline<R, T> {
             hard_state,
             truncate_from,
             entries,
+            ..
         } = action;
         let mut ticket = None;
         if let Some(hard_state) = hard_state {

@@ -276,6 +276,8 @@ mod tests {
             hard_state: None,
             truncate_from,
             entries,
+            snapshot: None,
+            reset_log: None,
         }
     }
 

@@ -874,7 +874,8 @@ impl Simulation {
             recovered.hard_state,
             Default::default(),
             recovered.entries,
-        );
+        )
+        .expect("the simulated log restores");
         node.raft = Some(raft);
         let incarnation = node.incarnation;
         // Start the clock at a random phase.

@@ -265,6 +265,8 @@ mod tests {
             }),
             truncate_from,
             entries,
+            snapshot: None,
+            reset_log: None,
         }
     }
 

@@ -1226,7 +1226,11 @@ impl RaftNode {
             .vote_result(|id| self.votes.get(&id).copied());
         match (result, self.role) {
             (VoteResult::Won, Role::PreCandidate) => self.become_candidate(false),
-            (VoteResult::Won, Role::Candidate) => self.become_leader(),
+            // Grants can only answer our RequestVote, which left after our vote was
+            // durable; a grant before that is bogus input: wait for durability.
+            (VoteResult::Won, Role::Candidate) if self.durable_hard_state.term == self.term => {
+                self.become_leader()
+            }
             (VoteResult::Lost, Role::PreCandidate | Role::Candidate) => {
                 let term = self.term;
                 self.become_follower(term, None);
@@ -1631,12 +1635,21 @@ impl RaftNode {
             heartbeat_id,
             sent_at_tick,
         } = append;
-        let snapshot_index = self.log.start().last_index;
-        if prev_log_index < snapshot_index {
-            // Entries up to the snapshot point are committed and identical everywhere.
-            entries.retain(|entry| entry.index > snapshot_index);
-            prev_log_index = snapshot_index;
-            prev_log_term = self.log.start().last_term;
+        let start = self.log.start();
+        if prev_log_index < start.last_index {
+            // Entries up to the snapshot point are committed and identical everywhere;
+            // a message that disagrees with the snapshot's last entry is bogus.
+            let at_start = entries.iter().find(|entry| entry.index == start.last_index);
+            match at_start {
+                Some(entry) if entry.term != start.last_term => {
+                    self.stats.invalid_messages += 1;
+                    return;
+                }
+                Some(_) => entries.retain(|entry| entry.index > start.last_index),
+                None => entries.clear(),
+            }
+            prev_log_index = start.last_index;
+            prev_log_term = start.last_term;
         }
         if prev_log_index > self.log.last_index() {
             let hint = ConflictHint {

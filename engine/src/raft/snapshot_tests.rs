@@ -1146,9 +1146,52 @@ fn append_body(prev_index: u64, prev_term: u64, entries: Vec<Entry>, commit: u64
     })
 }
 
+/// Mostly plausible AppendEntries: contiguous entries with non-decreasing terms.
+fn plausible_append() -> impl Strategy<Value = MessageBody> {
+    (
+        0u64..8,
+        0u64..3,
+        prop::collection::vec(0u64..2, 0..4),
+        0u64..12,
+    )
+        .prop_map(|(prev_index, prev_term, bumps, commit)| {
+            let mut term = prev_term;
+            let entries = bumps
+                .iter()
+                .enumerate()
+                .map(|(k, bump)| {
+                    term += bump;
+                    entry(prev_index + 1 + k as u64, term)
+                })
+                .collect();
+            append_body(prev_index, prev_term, entries, commit)
+        })
+}
+
+/// Chunks of a 30-byte snapshot at chunk boundaries, sometimes corrupt.
+fn plausible_chunk() -> impl Strategy<Value = MessageBody> {
+    (1u64..10, 1u64..3, 0u64..3, any::<bool>(), any::<bool>()).prop_map(
+        |(index, term, piece, whole, corrupt)| {
+            let data = vec![3u8; 30];
+            let (offset, len) = if whole { (0, 30) } else { (piece * 10, 10) };
+            let MessageBody::InstallSnapshot(mut request) =
+                chunk(&meta(index, term), &data, offset, len)
+            else {
+                unreachable!("built as InstallSnapshot")
+            };
+            if corrupt {
+                request.checksum ^= 1;
+            }
+            MessageBody::InstallSnapshot(request)
+        },
+    )
+}
+
 fn arbitrary_body() -> impl Strategy<Value = MessageBody> {
     let small = 0u64..12;
     prop_oneof![
+        plausible_append(),
+        plausible_chunk(),
         (
             small.clone(),
             small.clone(),
@@ -1228,7 +1271,7 @@ enum Input {
 
 fn arbitrary_input() -> impl Strategy<Value = Input> {
     prop_oneof![
-        4 => (1u64..4, prop_oneof![0u64..6, Just(u64::MAX)], arbitrary_body())
+        4 => (1u64..4, prop_oneof![8 => 1u64..4, 1 => 0u64..8, 1 => Just(u64::MAX)], arbitrary_body())
             .prop_map(|(from, term, body)| Input::Message(from, term, body)),
         2 => Just(Input::Tick),
         2 => Just(Input::PersistAll),
@@ -1236,8 +1279,16 @@ fn arbitrary_input() -> impl Strategy<Value = Input> {
     ]
 }
 
+/// 128 cases by default; `PROPTEST_CASES` overrides it.
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(128)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
 
     /// Arbitrary (often impossible) message sequences never panic the core, and its
     /// invariants (checked after every input in test builds) hold throughout.

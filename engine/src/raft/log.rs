@@ -54,9 +54,8 @@ impl RaftLog {
     /// A log holding `entries` after `start`, all durable (as read back at startup).
     /// Refuses entries that are not contiguous after `start` or whose terms decrease.
     pub fn restore(start: LogStart, entries: Vec<Entry>) -> Result<RaftLog, CoreError> {
-        let mut expected_index = start.last_index + 1;
         let mut previous_term = start.last_term;
-        for entry in &entries {
+        for (expected_index, entry) in (start.last_index + 1..).zip(entries.iter()) {
             if entry.index != expected_index {
                 return Err(CoreError::LogNotContiguous {
                     expected_index,
@@ -70,7 +69,6 @@ impl RaftLog {
                     previous_term,
                 });
             }
-            expected_index += 1;
             previous_term = entry.term;
         }
         let last_index = start.last_index + entries.len() as u64;

@@ -618,7 +618,7 @@ fn leader_change_mid_transfer_restarts_it_cleanly_from_the_new_leader() {
     }));
     cluster.tick_all(2);
     assert_eq!(cluster.chunks_delivered_to(3).len(), 2);
-    assert!(cluster.restores.get(&3).is_none(), "installed too early");
+    assert!(!cluster.restores.contains_key(&3), "installed too early");
     cluster
         .node_mut(1)
         .transfer_leadership(2)
@@ -673,7 +673,7 @@ fn leader_without_a_snapshot_waits_for_one_then_sends_it() {
         Some(ReplicationState::Snapshot)
     );
     assert!(cluster.chunks_delivered_to(3).is_empty());
-    assert!(cluster.restores.get(&3).is_none());
+    assert!(!cluster.restores.contains_key(&3));
     let (meta, data) = cluster.disks[&leader].snapshot.clone().expect("snapshot");
     cluster
         .node_mut(leader)

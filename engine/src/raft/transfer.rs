@@ -192,14 +192,11 @@ impl RaftNode {
         let window_bytes =
             chunk_bytes.saturating_mul(self.cfg.snapshot_inflight_chunks.max(1) as u64);
         let mut sent_any = false;
-        loop {
-            let Some(transfer) = self
-                .progress
-                .get_mut(&peer)
-                .and_then(|progress| progress.snapshot.as_mut())
-            else {
-                break;
-            };
+        while let Some(transfer) = self
+            .progress
+            .get_mut(&peer)
+            .and_then(|progress| progress.snapshot.as_mut())
+        {
             if transfer.last_sent || transfer.next_offset - transfer.acked_offset >= window_bytes {
                 break;
             }

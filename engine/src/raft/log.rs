@@ -451,6 +451,50 @@ mod tests {
     }
 
     #[test]
+    fn compaction_returns_the_memory_of_dropped_entries() {
+        let mut log = log_with_terms(&[1; 10_000]);
+        log.committed = 10_000;
+        log.applied = 10_000;
+        let capacity_before = log.entries.capacity();
+        assert!(log.compact_to(9_900));
+        assert_eq!(log.len(), 100);
+        assert!(
+            log.entries.capacity() < capacity_before / 10,
+            "capacity {} kept after compaction",
+            log.entries.capacity()
+        );
+        assert_eq!(log.entry(9_901).map(|e| e.index), Some(9_901));
+    }
+
+    #[test]
+    fn installing_a_snapshot_the_log_contradicts_discards_it_and_caps_persisted() {
+        let mut log = log_with_terms(&[1, 1, 2, 2]);
+        log.committed = 1;
+        log.applied = 1;
+        let kept = log.install_snapshot(LogStart {
+            last_index: 3,
+            last_term: 3,
+        });
+        assert!(!kept);
+        assert!(log.is_empty());
+        assert_eq!(
+            log.persisted(),
+            1,
+            "durable entries no longer vouch past the commit"
+        );
+        assert_eq!(log.committed(), 3);
+        assert!(
+            log.take_committed().is_empty(),
+            "entries handed out before the restore"
+        );
+        log.check_invariants();
+        log.persist_to(3);
+        log.snapshot_restored();
+        assert_eq!(log.applied(), 3);
+        log.check_invariants();
+    }
+
+    #[test]
     fn compaction_moves_the_start_point() {
         let mut log = log_with_terms(&[1, 2, 2]);
         log.committed = 3;

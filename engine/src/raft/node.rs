@@ -717,7 +717,9 @@ impl RaftNode {
             .filter(|id| !joint.voters.contains(id))
             .collect();
         joint.outgoing_voters = self.configuration.voters.clone();
-        Ok(self.append_configuration(joint))
+        let index = self.append_configuration(joint);
+        self.check_invariants();
+        Ok(index)
     }
 
     fn latest_configuration_index(&self) -> u64 {
@@ -825,6 +827,7 @@ impl RaftNode {
             return Ok(());
         }
         self.start_read(request_id);
+        self.check_invariants();
         Ok(())
     }
 
@@ -854,6 +857,7 @@ impl RaftNode {
         {
             self.send_append(target, true);
         }
+        self.check_invariants();
         Ok(())
     }
 
@@ -921,9 +925,11 @@ impl RaftNode {
             "applied {index} beyond what was handed out"
         );
         self.applied_by_runtime = self.applied_by_runtime.max(index);
+        self.check_invariants();
     }
 
     /// Handles a message from another node.
+    ///
     /// Messages that are malformed or impossible from a correct peer (wrong
     /// addressee, absurd terms, non-contiguous entries, indexes beyond anything this
     /// node sent...) are dropped and counted in `stats().invalid_messages`.

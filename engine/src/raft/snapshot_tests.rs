@@ -264,6 +264,30 @@ impl Cluster {
         }
     }
 
+    /// Crashes and restarts `id` from its disk: the core is rebuilt from the hard
+    /// state, the installed snapshot and the WAL; the state machine from the snapshot;
+    /// the temporary snapshot file is discarded (as a runtime does on startup).
+    fn restart(&mut self, id: NodeId) {
+        let disk = self.disks.get_mut(&id).expect("disk");
+        disk.temp.clear();
+        let disk = disk.clone();
+        let snapshot_meta = disk.snapshot.as_ref().map(|(meta, _)| meta.clone());
+        let node = RaftNode::restart(
+            config(id),
+            members(),
+            disk.hard_state,
+            snapshot_meta,
+            disk.wal.clone(),
+        )
+        .expect("restart from disk");
+        self.nodes.insert(id, node);
+        let model = match &disk.snapshot {
+            Some((meta, data)) => Model::restore(meta.index, data),
+            None => Model::default(),
+        };
+        self.models.insert(id, model);
+    }
+
     /// Ticks every node until one is leader; returns it.
     fn tick_until_leader(&mut self) -> NodeId {
         for _ in 0..500 {
@@ -560,6 +584,43 @@ fn a_lost_last_window_is_resent_after_the_retry_timeout() {
     }));
     cluster.tick_all(config(1).snapshot_retry_ticks as usize + 5);
     assert_eq!(cluster.restores[&3], vec![meta]);
+    assert_eq!(cluster.models[&3], cluster.models[&1]);
+}
+
+#[test]
+fn follower_restarted_mid_transfer_receives_the_snapshot_again_from_offset_0() {
+    let (mut cluster, meta) = cluster_with_a_lagging_follower(100);
+    cluster.isolated.clear();
+    let mut chunks_to_3 = 0;
+    cluster.filter = Some(Box::new(move |m: &Message| {
+        if m.to == 3 && matches!(m.body, MessageBody::InstallSnapshot(_)) {
+            chunks_to_3 += 1;
+            if chunks_to_3 > 2 {
+                return None;
+            }
+        }
+        Some(m.clone())
+    }));
+    cluster.tick_all(2);
+    assert_eq!(cluster.chunks_delivered_to(3).len(), 2);
+    cluster.restart(3);
+    cluster.filter = None;
+    cluster.tick_all(config(1).snapshot_retry_ticks as usize + 5);
+    assert_eq!(cluster.restores[&3], vec![meta]);
+    let starts = cluster
+        .chunks_delivered_to(3)
+        .iter()
+        .filter(|chunk| chunk.offset == 0)
+        .count();
+    assert_eq!(
+        starts, 2,
+        "the transfer did not start over after the restart"
+    );
+    assert_eq!(cluster.models[&3], cluster.models[&1]);
+    // And it survives another restart, now from the installed snapshot.
+    cluster.restart(3);
+    cluster.propose(1, 2, "after-restart");
+    cluster.tick_all(3);
     assert_eq!(cluster.models[&3], cluster.models[&1]);
 }
 

@@ -11,6 +11,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use proptest::prelude::*;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
 use super::*;
 
@@ -154,6 +156,8 @@ struct Cluster {
     delivered: Vec<Message>,
     restores: BTreeMap<NodeId, Vec<SnapshotMeta>>,
     fatal: BTreeMap<NodeId, CoreError>,
+    /// When set, messages are dropped, duplicated and reordered at random.
+    chaos: Option<ChaCha8Rng>,
 }
 
 impl Cluster {
@@ -172,6 +176,7 @@ impl Cluster {
             delivered: Vec::new(),
             restores: BTreeMap::new(),
             fatal: BTreeMap::new(),
+            chaos: None,
         }
     }
 
@@ -238,6 +243,17 @@ impl Cluster {
             if self.isolated.contains(&message.from) || self.isolated.contains(&message.to) {
                 continue;
             }
+            if let Some(rng) = self.chaos.as_mut() {
+                let roll: f64 = rng.gen();
+                if roll < 0.1 {
+                    continue; // lost
+                } else if roll < 0.2 {
+                    self.network.push_back(message); // overtaken by what follows
+                    continue;
+                } else if roll < 0.25 {
+                    self.network.push_back(message.clone()); // duplicated
+                }
+            }
             let message = match self.filter.as_mut() {
                 Some(filter) => match filter(&message) {
                     Some(message) => message,
@@ -268,6 +284,12 @@ impl Cluster {
     /// state, the installed snapshot and the WAL; the state machine from the snapshot;
     /// the temporary snapshot file is discarded (as a runtime does on startup).
     fn restart(&mut self, id: NodeId) {
+        self.restart_reporting(id, false);
+    }
+
+    /// `restart`, then (with `report_snapshot`) the runtime reports the snapshot it
+    /// restored from, so the node can send it.
+    fn restart_reporting(&mut self, id: NodeId, report_snapshot: bool) {
         let disk = self.disks.get_mut(&id).expect("disk");
         disk.temp.clear();
         let disk = disk.clone();
@@ -286,6 +308,20 @@ impl Cluster {
             None => Model::default(),
         };
         self.models.insert(id, model);
+        if let (true, Some((meta, data))) = (report_snapshot, disk.snapshot) {
+            self.node_mut(id)
+                .snapshot_ready(meta, data)
+                .expect("the restored snapshot is at the log start");
+        }
+    }
+
+    /// Takes a snapshot on `id` if it applied past its newest one, then compacts.
+    fn maybe_snapshot(&mut self, id: NodeId, retain: u64) {
+        let node = &self.nodes[&id];
+        let newest = node.snapshot_meta().map_or(0, |meta| meta.index);
+        if node.log().applied() > newest && !node.log().restore_pending() {
+            self.snapshot_and_compact(id, retain);
+        }
     }
 
     /// Ticks every node until one is leader; returns it.
@@ -1338,6 +1374,60 @@ fn arbitrary_input() -> impl Strategy<Value = Input> {
         2 => Just(Input::PersistAll),
         1 => Just(Input::Propose),
     ]
+}
+
+/// Random loss, duplication, reordering, partitions, restarts, proposals and
+/// snapshots on every node: in the end every node applied the same state.
+fn run_chaos(seed: u64) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut cluster = Cluster::new();
+    cluster.elect(1);
+    cluster.chaos = Some(ChaCha8Rng::seed_from_u64(seed ^ 0x5EED));
+    for step in 0..300u64 {
+        let roll: f64 = rng.gen();
+        if roll < 0.03 {
+            cluster.isolated = [rng.gen_range(1..=3)].into_iter().collect();
+        } else if roll < 0.08 {
+            cluster.isolated.clear();
+        } else if roll < 0.1 {
+            cluster.restart_reporting(rng.gen_range(1..=3), true);
+        }
+        if let Some(leader) = cluster
+            .nodes
+            .values()
+            .find(|n| n.is_leader())
+            .map(|n| n.id())
+        {
+            let _ = cluster
+                .node_mut(leader)
+                .propose(vec![Bytes::from(format!("c{step}"))]);
+        }
+        if step % 25 == 0 {
+            for id in [1, 2, 3] {
+                cluster.maybe_snapshot(id, rng.gen_range(0..4));
+            }
+        }
+        cluster.tick_all(1);
+    }
+    cluster.chaos = None;
+    cluster.isolated.clear();
+    let leader = cluster.tick_until_leader();
+    cluster.propose(leader, 1, "final");
+    cluster.tick_all(60);
+    let leader = cluster.tick_until_leader();
+    for id in [1, 2, 3] {
+        assert_eq!(
+            cluster.models[&id], cluster.models[&leader],
+            "seed {seed}: node {id} differs from leader {leader}"
+        );
+    }
+}
+
+#[test]
+fn transfers_survive_loss_duplication_reordering_partitions_and_restarts() {
+    for seed in 0..u64::from(cases() / 8) {
+        run_chaos(seed);
+    }
 }
 
 /// 128 cases by default; `PROPTEST_CASES` overrides it.

@@ -260,7 +260,13 @@ impl RaftNode {
             return; // an answer about an earlier transfer
         }
         if response.rejected {
-            transfer.resend_from = Some(response.next_offset);
+            // A follower's expected offset only grows within a receive, or drops to 0
+            // when it starts over (checksum failure, restart): a refusal naming an
+            // offset below what it already confirmed is an old answer.
+            let stale = response.next_offset != 0 && response.next_offset < transfer.acked_offset;
+            if !stale {
+                transfer.resend_from = Some(response.next_offset);
+            }
             transfer.last_activity_tick = now_tick;
             return;
         }

@@ -1632,58 +1632,21 @@ impl RaftNode {
 
     fn handle_append_entries(&mut self, from: NodeId, append: AppendEntries) {
         self.note_leader_contact(from);
-
         let AppendEntries {
-            mut prev_log_index,
-            mut prev_log_term,
-            mut entries,
+            prev_log_index,
+            prev_log_term,
+            entries,
             leader_commit,
             heartbeat_id,
             sent_at_tick,
         } = append;
-        let start = self.log.start();
-        if prev_log_index < start.last_index {
-            // Entries up to the snapshot point are committed and identical everywhere;
-            // a message that disagrees with the snapshot's last entry is bogus.
-            let at_start = entries.iter().find(|entry| entry.index == start.last_index);
-            match at_start {
-                Some(entry) if entry.term != start.last_term => {
-                    self.stats.invalid_messages += 1;
-                    return;
-                }
-                Some(_) => entries.retain(|entry| entry.index > start.last_index),
-                None => entries.clear(),
-            }
-            prev_log_index = start.last_index;
-            prev_log_term = start.last_term;
-        }
-        if prev_log_index > self.log.last_index() {
-            let hint = ConflictHint {
-                conflict_term: None,
-                first_index_of_conflict_term: 0,
-                last_log_index: self.log.last_index(),
-            };
-            self.send_append_response(
-                from,
-                false,
-                0,
-                prev_log_index,
-                Some(hint),
-                heartbeat_id,
-                sent_at_tick,
-            );
+        let Some((prev_log_index, prev_log_term, entries)) =
+            self.clip_to_log_start(prev_log_index, prev_log_term, entries)
+        else {
+            self.stats.invalid_messages += 1;
             return;
-        }
-        let our_term = self.log.term(prev_log_index);
-        if our_term != Some(prev_log_term) {
-            let conflict_term = our_term.unwrap_or(0);
-            let hint = ConflictHint {
-                conflict_term: Some(conflict_term),
-                first_index_of_conflict_term: self
-                    .log
-                    .first_index_of_term_at(conflict_term, prev_log_index),
-                last_log_index: self.log.last_index(),
-            };
+        };
+        if let Some(hint) = self.append_conflict(prev_log_index, prev_log_term) {
             self.send_append_response(
                 from,
                 false,
@@ -1711,13 +1674,11 @@ impl RaftNode {
                 return;
             }
         }
-        if leader_commit > self.log.committed() {
-            let new_commit = leader_commit.min(last_new_index);
-            if new_commit > self.log.committed() {
-                self.log.commit_to(new_commit);
-                // Committing a configuration that excludes us ends our candidacy rights.
-                self.refresh_passive_role();
-            }
+        let new_commit = leader_commit.min(last_new_index);
+        if new_commit > self.log.committed() {
+            self.log.commit_to(new_commit);
+            // Committing a configuration that excludes us ends our candidacy rights.
+            self.refresh_passive_role();
         }
         self.send_append_response(
             from,
@@ -1728,6 +1689,52 @@ impl RaftNode {
             heartbeat_id,
             sent_at_tick,
         );
+    }
+
+    /// Moves an AppendEntries that starts below the log start up to it: entries up to
+    /// the snapshot point are committed and identical everywhere. `None` when the
+    /// message disagrees with the snapshot's last entry (bogus).
+    fn clip_to_log_start(
+        &self,
+        prev_log_index: u64,
+        prev_log_term: u64,
+        mut entries: Vec<Entry>,
+    ) -> Option<(u64, u64, Vec<Entry>)> {
+        let start = self.log.start();
+        if prev_log_index >= start.last_index {
+            return Some((prev_log_index, prev_log_term, entries));
+        }
+        match entries.iter().find(|entry| entry.index == start.last_index) {
+            Some(entry) if entry.term != start.last_term => return None,
+            Some(_) => entries.retain(|entry| entry.index > start.last_index),
+            None => entries.clear(),
+        }
+        Some((start.last_index, start.last_term, entries))
+    }
+
+    /// The fast-backup hint to refuse an AppendEntries with when this log does not
+    /// hold `(prev_log_index, prev_log_term)`; `None` when it does.
+    fn append_conflict(&self, prev_log_index: u64, prev_log_term: u64) -> Option<ConflictHint> {
+        let last_log_index = self.log.last_index();
+        if prev_log_index > last_log_index {
+            return Some(ConflictHint {
+                conflict_term: None,
+                first_index_of_conflict_term: 0,
+                last_log_index,
+            });
+        }
+        let our_term = self.log.term(prev_log_index);
+        if our_term == Some(prev_log_term) {
+            return None;
+        }
+        let conflict_term = our_term.unwrap_or(0);
+        Some(ConflictHint {
+            conflict_term: Some(conflict_term),
+            first_index_of_conflict_term: self
+                .log
+                .first_index_of_term_at(conflict_term, prev_log_index),
+            last_log_index,
+        })
     }
 
     /// Position of the first entry this log does not hold (the length if it holds them

@@ -89,7 +89,8 @@ pub struct RaftConfig {
     pub max_clock_drift: f64,
     /// Seed of the election-timeout RNG.
     pub rng_seed: u64,
-    /// A snapshot is sent in chunks of this many bytes (the last may be shorter).
+    /// A snapshot is sent in chunks of this many bytes (the last may be shorter). Keep
+    /// it well below the transport's frame limit (64 MiB by default).
     pub snapshot_chunk_bytes: u64,
     /// At most this many snapshot chunks are unacknowledged per follower.
     pub snapshot_inflight_chunks: usize,

@@ -572,6 +572,13 @@ fn snapshot_window_is_bounded_and_heartbeats_continue_during_a_transfer() {
         cluster.node(1).lease_valid(),
         "the transfer cost the leader its lease"
     );
+    // The other follower is unaffected: new entries reach it at once.
+    cluster.propose(1, 3, "during");
+    assert_eq!(cluster.models[&2], cluster.models[&1]);
+    assert_eq!(
+        cluster.node(1).progress(3).map(|p| p.state),
+        Some(ReplicationState::Snapshot)
+    );
 }
 
 #[test]

@@ -46,6 +46,8 @@ fn add_kv(total: &mut KvStats, run: &KvStats) {
     total.retried += run.retried;
     total.applied_twice += run.applied_twice;
     total.stalls += run.stalls;
+    total.snapshots_taken += run.snapshots_taken;
+    total.snapshots_installed += run.snapshots_installed;
 }
 
 fn run_one(seed: u64, nodes: usize, trace: bool, kv: &mut KvStats) -> (bool, String) {
@@ -131,6 +133,10 @@ fn main() {
     println!(
         "elapsed: {elapsed:.1}s, {:.1} seeds/second on {threads} thread(s)",
         n_seeds as f64 / elapsed.max(1e-9)
+    );
+    println!(
+        "snapshots: taken={} installed={}",
+        kv.snapshots_taken, kv.snapshots_installed
     );
     println!(
         "kv: ops={} retried={} applied_twice={} stalls={}",

@@ -13,7 +13,21 @@ fn run_seeds(first_seed: u64, n_seeds: u64, n_nodes: usize) {
         let mut cfg = SimConfig::new(seed, n_nodes);
         cfg.fault_duration_us = 1_000_000;
         cfg.liveness_bound_us = 1_500_000;
-        let report = Simulation::new(cfg).run();
+        // An assertion inside the core is a failure of this seed, named as such.
+        let report = match std::panic::catch_unwind(|| Simulation::new(cfg).run()) {
+            Ok(report) => report,
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                failures.push(format!(
+                    "seed {seed} ({n_nodes} nodes): assertion failed inside the run: {message}"
+                ));
+                continue;
+            }
+        };
         if !report.violations.is_empty() {
             failures.push(format!(
                 "seed {seed} ({n_nodes} nodes): {:?}\n{}",
@@ -66,6 +80,8 @@ fn kv_clients_resend_with_their_sessions_and_no_write_applies_twice_under_stalls
         total.retried += kv.retried;
         total.applied_twice += kv.applied_twice;
         total.stalls += kv.stalls;
+        total.snapshots_taken += kv.snapshots_taken;
+        total.snapshots_installed += kv.snapshots_installed;
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert_eq!(
@@ -78,4 +94,8 @@ fn kv_clients_resend_with_their_sessions_and_no_write_applies_twice_under_stalls
         "no operation was resent with its session: {total:?}"
     );
     assert!(total.ops > 1000, "too little KV traffic: {total:?}");
+    assert!(
+        total.snapshots_taken > 0 && total.snapshots_installed > 0,
+        "snapshots were neither taken nor installed: {total:?}"
+    );
 }

@@ -22,11 +22,14 @@
 //!                                     u8 leadership_transfer
 //! 0x04 RequestVoteResponse, 0x06 PreVoteResponse   u8 granted
 //! 0x07 TimeoutNow             (nothing)
-//! 0x08 InstallSnapshot        u64 last_included_index u64 last_included_term u64 offset
-//!                             u8 done u32 data_len u32 config_len config bytes,
-//!                             then the data
-//! 0x09 InstallSnapshotResponse u64 last_included_index
+//! 0x0A InstallSnapshot (v2)   u64 index u64 term u64 total_bytes u32 checksum
+//!                             u64 offset u8 done u32 data_len u32 config_len
+//!                             config bytes, then the data
+//! 0x0B InstallSnapshotResponse (v2)  u64 snapshot_index u64 next_offset
+//!                                    u8 installed u8 rejected
 //! ```
+//! 0x08 and 0x09 were the first (never sent) layouts of the snapshot messages; they
+//! are retired and refused as unknown types (see `net/PROTOCOL.md`, "Versions").
 //! Booleans are exactly 0 or 1. Decoding checks every count and length against the bytes
 //! present (and [`CodecLimits`]) before allocating, rejects trailing bytes, and never
 //! panics.
@@ -36,7 +39,7 @@ use tally_engine::raft::config::ConfigDecodeError;
 use tally_engine::raft::{
     AppendEntries, AppendEntriesResponse, Configuration, ConflictHint, Entry, EntryKind,
     InstallSnapshot, InstallSnapshotResponse, Message, MessageBody, NodeId, RequestVote,
-    VoteResponse,
+    SnapshotMeta, VoteResponse,
 };
 
 use crate::transport::{InboundMessage, OutboundMessage};
@@ -50,8 +53,12 @@ pub mod msg_type {
     pub const PRE_VOTE: u8 = 0x05;
     pub const PRE_VOTE_RESPONSE: u8 = 0x06;
     pub const TIMEOUT_NOW: u8 = 0x07;
-    pub const INSTALL_SNAPSHOT: u8 = 0x08;
-    pub const INSTALL_SNAPSHOT_RESPONSE: u8 = 0x09;
+    /// Retired: the version-1 layout of InstallSnapshot (never sent by any release).
+    pub const INSTALL_SNAPSHOT_V1: u8 = 0x08;
+    /// Retired: the version-1 layout of InstallSnapshotResponse.
+    pub const INSTALL_SNAPSHOT_RESPONSE_V1: u8 = 0x09;
+    pub const INSTALL_SNAPSHOT: u8 = 0x0A;
+    pub const INSTALL_SNAPSHOT_RESPONSE: u8 = 0x0B;
 }
 
 const ENTRY_DESCRIPTOR_BYTES: usize = 8 + 8 + 1 + 4;
@@ -171,9 +178,11 @@ pub fn encode_message(message: &Message) -> OutboundMessage {
         }
         MessageBody::TimeoutNow => msg_type::TIMEOUT_NOW,
         MessageBody::InstallSnapshot(snapshot) => {
-            let configuration = snapshot.configuration.encode();
-            meta.put_u64_le(snapshot.last_included_index);
-            meta.put_u64_le(snapshot.last_included_term);
+            let configuration = snapshot.meta.configuration.encode();
+            meta.put_u64_le(snapshot.meta.index);
+            meta.put_u64_le(snapshot.meta.term);
+            meta.put_u64_le(snapshot.total_bytes);
+            meta.put_u32_le(snapshot.checksum);
             meta.put_u64_le(snapshot.offset);
             meta.put_u8(u8::from(snapshot.done));
             meta.put_u32_le(snapshot.data.len() as u32);
@@ -185,7 +194,10 @@ pub fn encode_message(message: &Message) -> OutboundMessage {
             msg_type::INSTALL_SNAPSHOT
         }
         MessageBody::InstallSnapshotResponse(response) => {
-            meta.put_u64_le(response.last_included_index);
+            meta.put_u64_le(response.snapshot_index);
+            meta.put_u64_le(response.next_offset);
+            meta.put_u8(u8::from(response.installed));
+            meta.put_u8(u8::from(response.rejected));
             msg_type::INSTALL_SNAPSHOT_RESPONSE
         }
     };
@@ -283,7 +295,13 @@ pub fn decode_message(
     limits: &CodecLimits,
 ) -> Result<Message, CodecError> {
     let mut reader = Reader { payload, offset: 0 };
-    if !(msg_type::APPEND_ENTRIES..=msg_type::INSTALL_SNAPSHOT_RESPONSE).contains(&msg_type) {
+    let retired = [
+        msg_type::INSTALL_SNAPSHOT_V1,
+        msg_type::INSTALL_SNAPSHOT_RESPONSE_V1,
+    ];
+    if !(msg_type::APPEND_ENTRIES..=msg_type::INSTALL_SNAPSHOT_RESPONSE).contains(&msg_type)
+        || retired.contains(&msg_type)
+    {
         return Err(CodecError::UnknownType(msg_type));
     }
     let from = reader.u64()?;
@@ -334,27 +352,12 @@ pub fn decode_message(
             granted: reader.bool()?,
         }),
         msg_type::TIMEOUT_NOW => MessageBody::TimeoutNow,
-        msg_type::INSTALL_SNAPSHOT => {
-            let last_included_index = reader.u64()?;
-            let last_included_term = reader.u64()?;
-            let offset = reader.u64()?;
-            let done = reader.bool()?;
-            let data_len = reader.u32()? as usize;
-            let config_len = reader.u32()? as usize;
-            let configuration = Configuration::decode(reader.take(config_len)?)
-                .map_err(|error: ConfigDecodeError| CodecError::Config(error.to_string()))?;
-            let data = reader.bytes(data_len)?;
-            MessageBody::InstallSnapshot(InstallSnapshot {
-                last_included_index,
-                last_included_term,
-                configuration,
-                offset,
-                data,
-                done,
-            })
-        }
+        msg_type::INSTALL_SNAPSHOT => MessageBody::InstallSnapshot(decode_install(&mut reader)?),
         _ => MessageBody::InstallSnapshotResponse(InstallSnapshotResponse {
-            last_included_index: reader.u64()?,
+            snapshot_index: reader.u64()?,
+            next_offset: reader.u64()?,
+            installed: reader.bool()?,
+            rejected: reader.bool()?,
         }),
     };
     reader.finish()?;
@@ -363,6 +366,33 @@ pub fn decode_message(
         to,
         term,
         body,
+    })
+}
+
+fn decode_install(reader: &mut Reader<'_>) -> Result<InstallSnapshot, CodecError> {
+    let index = reader.u64()?;
+    let term = reader.u64()?;
+    let total_bytes = reader.u64()?;
+    let checksum = reader.u32()?;
+    let offset = reader.u64()?;
+    let done = reader.bool()?;
+    let data_len = reader.u32()? as usize;
+    let config_len = reader.u32()? as usize;
+    // `take` and `bytes` check both lengths against the bytes present.
+    let configuration = Configuration::decode(reader.take(config_len)?)
+        .map_err(|error: ConfigDecodeError| CodecError::Config(error.to_string()))?;
+    let data = reader.bytes(data_len)?;
+    Ok(InstallSnapshot {
+        meta: SnapshotMeta {
+            index,
+            term,
+            configuration,
+        },
+        total_bytes,
+        checksum,
+        offset,
+        data,
+        done,
     })
 }
 
@@ -521,20 +551,49 @@ mod tests {
                 granted: false,
             })),
             message(MessageBody::TimeoutNow),
-            message(MessageBody::InstallSnapshot(InstallSnapshot {
-                last_included_index: 100,
-                last_included_term: 7,
-                configuration: Configuration::new([1, 2, 3]),
-                offset: 4096,
-                data: Bytes::from_static(b"snapshot chunk"),
-                done: true,
-            })),
+            message(MessageBody::InstallSnapshot(install_snapshot(
+                4096,
+                b"snapshot chunk",
+                true,
+            ))),
+            message(MessageBody::InstallSnapshot(install_snapshot(
+                0, b"", false,
+            ))),
             message(MessageBody::InstallSnapshotResponse(
                 InstallSnapshotResponse {
-                    last_included_index: 100,
+                    snapshot_index: 100,
+                    next_offset: 4110,
+                    installed: true,
+                    rejected: false,
+                },
+            )),
+            message(MessageBody::InstallSnapshotResponse(
+                InstallSnapshotResponse {
+                    snapshot_index: 100,
+                    next_offset: 0,
+                    installed: false,
+                    rejected: true,
                 },
             )),
         ]
+    }
+
+    fn install_snapshot(offset: u64, data: &'static [u8], done: bool) -> InstallSnapshot {
+        let mut configuration = Configuration::new([1, 2, 3]);
+        configuration.outgoing_voters = [4].into_iter().collect();
+        configuration.learners = [9].into_iter().collect();
+        InstallSnapshot {
+            meta: SnapshotMeta {
+                index: 100,
+                term: 7,
+                configuration,
+            },
+            total_bytes: 4110,
+            checksum: 0xDEAD_BEEF,
+            offset,
+            data: Bytes::from_static(data),
+            done,
+        }
     }
 
     #[test]
@@ -652,6 +711,69 @@ mod tests {
     }
 
     #[test]
+    fn snapshot_chunk_data_is_referenced_when_encoding_and_sliced_when_decoding() {
+        let original = message(MessageBody::InstallSnapshot(install_snapshot(
+            4096,
+            b"snapshot chunk",
+            true,
+        )));
+        let encoded = encode_message(&original);
+        let MessageBody::InstallSnapshot(chunk) = &original.body else {
+            unreachable!("built as InstallSnapshot")
+        };
+        assert_eq!(encoded.payload_parts.len(), 2);
+        assert_eq!(encoded.payload_parts[1].as_ptr(), chunk.data.as_ptr());
+        let payload = concat(&encoded);
+        let decoded =
+            decode_message(encoded.msg_type, &payload, &CodecLimits::default()).expect("decode");
+        let MessageBody::InstallSnapshot(decoded) = decoded.body else {
+            unreachable!("InstallSnapshot")
+        };
+        assert!(payload.as_ptr_range().contains(&decoded.data.as_ptr()));
+    }
+
+    #[test]
+    fn retired_version_1_snapshot_types_are_refused_as_unknown() {
+        let limits = CodecLimits::default();
+        for retired in [
+            msg_type::INSTALL_SNAPSHOT_V1,
+            msg_type::INSTALL_SNAPSHOT_RESPONSE_V1,
+        ] {
+            let encoded = encode_message(&message(MessageBody::InstallSnapshotResponse(
+                InstallSnapshotResponse {
+                    snapshot_index: 1,
+                    next_offset: 0,
+                    installed: false,
+                    rejected: false,
+                },
+            )));
+            assert_eq!(
+                decode_message(retired, &concat(&encoded), &limits),
+                Err(CodecError::UnknownType(retired))
+            );
+        }
+    }
+
+    #[test]
+    fn a_snapshot_chunk_announcing_more_data_than_present_is_truncated_not_allocated() {
+        let encoded = encode_message(&message(MessageBody::InstallSnapshot(install_snapshot(
+            0, b"abc", false,
+        ))));
+        let mut bytes = concat(&encoded).to_vec();
+        // data_len sits after from/to/term, index, term, total, checksum, offset, done.
+        let data_len_at = COMMON_BYTES + 8 + 8 + 8 + 4 + 8 + 1;
+        bytes[data_len_at..data_len_at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            decode_message(
+                encoded.msg_type,
+                &Bytes::from(bytes),
+                &CodecLimits::default()
+            ),
+            Err(CodecError::Truncated { .. })
+        ));
+    }
+
+    #[test]
     fn a_message_claiming_another_sender_is_refused() {
         let encoded = encode_message(&message(MessageBody::TimeoutNow));
         let inbound = InboundMessage {
@@ -673,7 +795,7 @@ mod tests {
 
         #[test]
         fn random_payloads_never_panic(
-            msg_type in 0u8..12,
+            msg_type in 0u8..14,
             bytes in prop::collection::vec(any::<u8>(), 0..200),
         ) {
             let _ = decode_message(msg_type, &Bytes::from(bytes), &CodecLimits::default());
@@ -681,7 +803,7 @@ mod tests {
 
         #[test]
         fn mutated_messages_never_panic(
-            which in 0usize..12,
+            which in 0usize..16,
             flips in prop::collection::vec((any::<usize>(), any::<u8>()), 1..4),
         ) {
             let kinds = every_kind();
@@ -692,6 +814,38 @@ mod tests {
                 bytes[at] = value;
             }
             let _ = decode_message(encoded.msg_type, &Bytes::from(bytes), &CodecLimits::default());
+        }
+
+        #[test]
+        fn random_snapshot_messages_roundtrip(
+            fields in (any::<u64>(), any::<u64>(), any::<u64>(), any::<u32>(), any::<u64>(), any::<bool>()),
+            voters in prop::collection::btree_set(any::<u64>(), 0..5),
+            data in prop::collection::vec(any::<u8>(), 0..64),
+            response in (any::<u64>(), any::<u64>(), any::<bool>(), any::<bool>()),
+        ) {
+            let chunk = message(MessageBody::InstallSnapshot(InstallSnapshot {
+                meta: SnapshotMeta {
+                    index: fields.0,
+                    term: fields.1,
+                    configuration: Configuration {
+                        voters,
+                        ..Configuration::default()
+                    },
+                },
+                total_bytes: fields.2,
+                checksum: fields.3,
+                offset: fields.4,
+                data: Bytes::from(data),
+                done: fields.5,
+            }));
+            prop_assert_eq!(roundtrip(&chunk), chunk);
+            let answer = message(MessageBody::InstallSnapshotResponse(InstallSnapshotResponse {
+                snapshot_index: response.0,
+                next_offset: response.1,
+                installed: response.2,
+                rejected: response.3,
+            }));
+            prop_assert_eq!(roundtrip(&answer), answer);
         }
 
         #[test]

@@ -547,6 +547,11 @@ impl<S: Storage> SnapshotStore<S> {
         Ok(store)
     }
 
+    /// The directory, for messages.
+    pub fn describe(&self) -> String {
+        self.shared.storage.describe()
+    }
+
     /// Complete snapshot files, newest (highest index, then term) first.
     pub fn list(&self) -> SnapshotResult<Vec<SnapshotInfo>> {
         let storage = &self.shared.storage;

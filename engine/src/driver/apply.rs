@@ -5,12 +5,13 @@
 //! thread, the simulator calls it inline.
 
 use std::collections::VecDeque;
+use std::io::Read;
 
 use bytes::Bytes;
 
 use super::ReplyTo;
-use crate::raft::{Entry, EntryKind};
-use crate::state_machine::{CommittedEntry, StateMachine, StateMachineError};
+use crate::raft::{Entry, EntryKind, SnapshotMeta};
+use crate::state_machine::{CommittedEntry, SnapshotSource, StateMachine, StateMachineError};
 
 /// Work for the state machine, in log order.
 pub enum ApplyWork<R> {
@@ -23,6 +24,14 @@ pub enum ApplyWork<R> {
     /// Reads confirmed by the core in one turn (one hand-off for all of them): answer
     /// each once everything through its read index is applied.
     Reads(Vec<ConfirmedRead<R>>),
+    /// Capture a frozen view for a snapshot; everything through `meta.index` (exactly)
+    /// has been handed over before this item.
+    Snapshot { meta: SnapshotMeta },
+    /// Replace the whole state with a snapshot installed from the leader.
+    Restore {
+        meta: SnapshotMeta,
+        reader: Box<dyn Read + Send>,
+    },
 }
 
 /// A read confirmed by the core (lease or ReadIndex round); it waits until everything
@@ -35,12 +44,14 @@ pub struct ConfirmedRead<R> {
 }
 
 /// What one [`Applier::handle`] did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Default)]
 pub struct Applied {
-    /// The new applied index, when entries were applied.
+    /// The new applied index, when entries were applied (or a snapshot restored).
     pub applied_through: Option<u64>,
     pub reads_lease: u64,
     pub reads_read_index: u64,
+    /// A frozen view to serialize into a snapshot file (off this thread).
+    pub snapshot: Option<(SnapshotMeta, Box<dyn SnapshotSource>)>,
 }
 
 /// Owns the state machine and the reads waiting for it.
@@ -55,9 +66,15 @@ pub struct Applier<SM: StateMachine> {
 
 impl<SM: StateMachine> Applier<SM> {
     pub fn new(state_machine: SM) -> Applier<SM> {
+        Applier::restored(state_machine, 0)
+    }
+
+    /// An applier whose state machine already reflects every entry through
+    /// `applied_through` (restored from a snapshot, or persisted by itself).
+    pub fn restored(state_machine: SM, applied_through: u64) -> Applier<SM> {
         Applier {
             state_machine,
-            applied_through: 0,
+            applied_through,
             waiting_reads: VecDeque::new(),
         }
     }
@@ -83,11 +100,14 @@ impl<SM: StateMachine> Applier<SM> {
                     "entry applied twice"
                 );
                 let last_index = last.index;
+                // A state machine that persists itself may be ahead of the log at start:
+                // it is given only the entries after what it already reflects.
+                let already = self.state_machine.applied_index();
                 let mut commands = Vec::with_capacity(entries.len());
                 commands.extend(
                     entries
                         .iter()
-                        .filter(|entry| entry.kind == EntryKind::Normal)
+                        .filter(|entry| entry.kind == EntryKind::Normal && entry.index > already)
                         .map(|entry| CommittedEntry {
                             index: entry.index,
                             payload: &entry.data,
@@ -112,6 +132,21 @@ impl<SM: StateMachine> Applier<SM> {
                         self.waiting_reads.push_back(read);
                     }
                 }
+            }
+            ApplyWork::Snapshot { meta } => {
+                if meta.index != self.applied_through {
+                    return Err(StateMachineError::Fatal(format!(
+                        "snapshot asked at index {} but the applier is at {}",
+                        meta.index, self.applied_through
+                    )));
+                }
+                outcome.snapshot = Some((meta, self.state_machine.snapshot()));
+            }
+            ApplyWork::Restore { meta, mut reader } => {
+                self.state_machine.restore(&mut reader)?;
+                self.applied_through = meta.index;
+                outcome.applied_through = Some(meta.index);
+                self.serve_waiting_reads();
             }
         }
         Ok(outcome)

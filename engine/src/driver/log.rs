@@ -14,8 +14,12 @@ pub trait LogWriter {
     fn set_hard_state(&mut self, hard_state: HardState) -> Result<Self::Ticket, WalError>;
     fn truncate_suffix(&mut self, from_index: u64) -> Result<Self::Ticket, WalError>;
     fn append(&mut self, entries: &[tally_wal::Entry]) -> Result<Self::Ticket, WalError>;
+    /// The log now starts at `next_index`, every entry gone (a snapshot replaced it).
+    fn reset(&mut self, next_index: u64) -> Result<Self::Ticket, WalError>;
     /// An ordered completion that writes nothing.
     fn barrier(&mut self) -> Result<Self::Ticket, WalError>;
+    /// Deletes whole segments whose entries are all `<= up_to_index`.
+    fn compact_prefix(&mut self, up_to_index: u64) -> Result<(), WalError>;
     /// The most encoded bytes one `append` may carry.
     fn max_append_bytes(&self) -> usize;
     /// Whether the ticket resolved (durable, or failed).
@@ -40,8 +44,16 @@ impl LogWriter for tally_wal::Wal {
         tally_wal::Wal::append(self, entries)
     }
 
+    fn reset(&mut self, next_index: u64) -> Result<Self::Ticket, WalError> {
+        tally_wal::Wal::reset(self, next_index)
+    }
+
     fn barrier(&mut self) -> Result<Self::Ticket, WalError> {
         tally_wal::Wal::barrier(self)
+    }
+
+    fn compact_prefix(&mut self, up_to_index: u64) -> Result<(), WalError> {
+        tally_wal::Wal::compact_prefix(self, up_to_index).map(|_| ())
     }
 
     fn max_append_bytes(&self) -> usize {

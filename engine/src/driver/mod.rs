@@ -24,6 +24,7 @@
 
 mod apply;
 mod log;
+mod snapshot;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -31,13 +32,20 @@ use std::sync::Arc;
 use bytes::Bytes;
 use crossbeam_channel::Sender;
 
+use tally_wal::{SnapshotStore, Storage};
+
 use crate::raft::{
-    Entry, Message, NodeId, PersistAction, ProposeError, RaftNode, ReadError, ReadPath, Ready,
-    Role, RoleState,
+    CoreError, Entry, Message, NodeId, PersistAction, ProposeError, RaftNode, ReadError, ReadPath,
+    Ready, Role, RoleState, SnapshotChunk, SnapshotMeta,
 };
 
 pub use apply::{Applied, Applier, ApplyWork, ConfirmedRead};
 pub use log::LogWriter;
+use snapshot::SnapshotState;
+pub use snapshot::{
+    meta_from_header, snapshot_header, SnapshotDone, SnapshotPolicy, SnapshotStats, SnapshotTaken,
+    WrittenSnapshot,
+};
 
 /// Why a client request did not get a state-machine response.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -135,6 +143,9 @@ pub enum Request<R> {
     Batch(Vec<Submission<R>>),
     /// Hand leadership to another voter.
     TransferLeadership { target: NodeId },
+    /// Take a snapshot now; `done` is called once one covering everything applied so
+    /// far is durable.
+    SnapshotNow { done: SnapshotDone },
 }
 
 /// One client request: alone or inside a batch.
@@ -163,6 +174,7 @@ pub fn fail_request<R>(request: Request<R>, error: ClientError) {
             }
         }
         Request::TransferLeadership { .. } => {}
+        Request::SnapshotNow { done } => done(Err(error)),
     }
 }
 
@@ -181,6 +193,10 @@ pub enum NodeError {
         name: &'static str,
         source: std::io::Error,
     },
+    #[error("Raft core: {0}")]
+    Core(#[from] CoreError),
+    #[error("snapshot: {0}")]
+    Snapshot(#[from] tally_wal::SnapshotError),
 }
 
 /// What the driver asks of its environment besides the WAL.
@@ -209,6 +225,8 @@ pub struct TurnInput<R> {
     pub messages: Vec<Message>,
     /// Client requests, in arrival order.
     pub requests: Vec<Request<R>>,
+    /// Snapshot files the background writer finished since the last turn.
+    pub snapshots_written: Vec<WrittenSnapshot>,
 }
 
 impl<R> TurnInput<R> {
@@ -219,6 +237,7 @@ impl<R> TurnInput<R> {
             applied_index: None,
             messages: Vec::new(),
             requests: Vec::new(),
+            snapshots_written: Vec::new(),
         }
     }
 
@@ -228,7 +247,10 @@ impl<R> TurnInput<R> {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.applied_index.is_none() && self.messages.is_empty() && self.requests.is_empty()
+        self.applied_index.is_none()
+            && self.messages.is_empty()
+            && self.requests.is_empty()
+            && self.snapshots_written.is_empty()
     }
 }
 
@@ -255,9 +277,10 @@ pub struct DriverStats {
 }
 
 /// One node's behaviour (see the module docs).
-pub struct NodeDriver<R, L: LogWriter> {
+pub struct NodeDriver<R, L: LogWriter, S: Storage> {
     core: RaftNode,
     log: L,
+    snapshots: SnapshotState<S>,
     /// Proposals by index. Invariant: indexes strictly increasing.
     pending_writes: VecDeque<PendingWrite<R>>,
     /// Reads waiting for the core to confirm them, by request id.
@@ -274,13 +297,26 @@ pub struct NodeDriver<R, L: LogWriter> {
     stats: DriverStats,
 }
 
-impl<R, L: LogWriter> NodeDriver<R, L> {
-    /// A driver around a core restored from `log`'s contents, at tick 0.
-    pub fn new(core: RaftNode, log: L) -> NodeDriver<R, L> {
+impl<R, L: LogWriter, S: Storage> NodeDriver<R, L, S> {
+    /// A driver around a core restored from `log`'s contents (and, when the core
+    /// restarted from one, the newest snapshot in `snapshots`), at tick 0.
+    pub fn new(
+        core: RaftNode,
+        log: L,
+        snapshots: SnapshotStore<S>,
+        policy: SnapshotPolicy,
+    ) -> NodeDriver<R, L, S> {
         let role = core.role();
+        let mut state = SnapshotState::new(snapshots, policy);
+        if let Some(meta) = core.snapshot_meta() {
+            state.stats.snapshot_index = meta.index;
+            state.stats.snapshot_term = meta.term;
+        }
+        state.handed_out = (core.log().applied(), 0);
         NodeDriver {
             core,
             log,
+            snapshots: state,
             pending_writes: VecDeque::new(),
             pending_reads: HashMap::new(),
             next_read_id: 1,
@@ -319,6 +355,34 @@ impl<R, L: LogWriter> NodeDriver<R, L> {
         &self.stats
     }
 
+    pub fn snapshot_stats(&self) -> &SnapshotStats {
+        &self.snapshots.stats
+    }
+
+    pub fn snapshot_store(&self) -> &SnapshotStore<S> {
+        &self.snapshots.store
+    }
+
+    /// Tells the core about the snapshot it restarted from, with the file's bytes so it
+    /// can send it to followers (call once after `new` when the node restored one).
+    pub fn restarted_from_snapshot(
+        &mut self,
+        meta: SnapshotMeta,
+        info: &tally_wal::SnapshotInfo,
+    ) -> Result<(), NodeError> {
+        let data = self.snapshots.file_bytes(info)?;
+        self.snapshots.stats.snapshot_bytes = info.size_bytes;
+        self.snapshots.stats.snapshot_index = meta.index;
+        self.snapshots.stats.snapshot_term = meta.term;
+        self.snapshots.handed_out = (meta.index, meta.term);
+        self.core
+            .snapshot_ready(meta, data)
+            .map_err(|error| NodeError::BadLog {
+                dir: self.snapshots.store.describe(),
+                reason: format!("the restart snapshot was refused by the core: {error}"),
+            })
+    }
+
     /// Ticks the core has seen.
     pub fn now_tick(&self) -> u64 {
         self.ticks_done
@@ -338,6 +402,9 @@ impl<R, L: LogWriter> NodeDriver<R, L> {
         self.advance_clock(input.now_tick);
         if let Some(index) = input.applied_index.take() {
             self.core.on_applied(index);
+        }
+        for written in std::mem::take(&mut input.snapshots_written) {
+            self.snapshot_written(written)?;
         }
         for message in input.messages.drain(..) {
             self.core.step(message);
@@ -379,6 +446,13 @@ impl<R, L: LogWriter> NodeDriver<R, L> {
                 if let Err(error) = self.core.transfer_leadership(target) {
                     tracing::info!(%error, target, "leadership transfer refused");
                 }
+            }
+            Request::SnapshotNow { done } => {
+                // Answered by the first snapshot that covers everything handed out so
+                // far (one already in progress may not).
+                let covers = self.snapshots.handed_out.0.max(1);
+                self.snapshots.waiters.push((covers, done));
+                self.snapshots.forced = true;
             }
         }
     }
@@ -488,7 +562,12 @@ impl<R, L: LogWriter> NodeDriver<R, L> {
             reads,
             failed_reads,
             role_change,
+            restore_snapshot,
+            fatal,
         } = ready;
+        if let Some(error) = fatal {
+            return Err(NodeError::Core(error));
+        }
         // The leader's messages go out first so replication overlaps its own fsync.
         if !messages.is_empty() {
             io.send(messages);
@@ -511,11 +590,22 @@ impl<R, L: LogWriter> NodeDriver<R, L> {
                 self.fail_all_pending(ClientError::OutcomeUnknown);
             }
         }
-        if !committed_entries.is_empty() {
+        if let Some(meta) = restore_snapshot {
+            self.restore_installed(meta, io)?;
+        }
+        if let Some(last) = committed_entries.last() {
+            self.snapshots.handed_out = (last.index, last.term);
+            self.snapshots.bytes_since += committed_entries
+                .iter()
+                .map(|entry| entry.data.len() as u64)
+                .sum::<u64>();
             io.apply(ApplyWork::Entries {
                 entries: committed_entries,
                 replies,
             })?;
+            self.maybe_snapshot(io)?;
+        } else if self.snapshots.forced {
+            self.maybe_snapshot(io)?;
         }
         let mut confirmed = Vec::with_capacity(reads.len());
         for ready_read in reads {
@@ -582,7 +672,15 @@ impl<R, L: LogWriter> NodeDriver<R, L> {
             hard_state,
             truncate_from,
             entries,
+            snapshot,
+            reset_log,
         } = action;
+        // A received snapshot chunk first; the last one is installed (fsync, rename,
+        // directory fsync) before anything after it is queued: a WAL reset must never
+        // become durable before the snapshot that replaces the log.
+        if let Some(chunk) = snapshot {
+            self.receive_chunk(chunk)?;
+        }
         let mut ticket = None;
         if let Some(hard_state) = hard_state {
             let stored = tally_wal::HardState {
@@ -590,6 +688,9 @@ impl<R, L: LogWriter> NodeDriver<R, L> {
                 vote: hard_state.voted_for.unwrap_or(0),
             };
             ticket = Some(self.log.set_hard_state(stored)?);
+        }
+        if let Some(start) = reset_log {
+            ticket = Some(self.log.reset(start.last_index + 1)?);
         }
         if let Some(from_index) = truncate_from {
             ticket = Some(self.log.truncate_suffix(from_index)?);
@@ -643,6 +744,129 @@ impl<R, L: LogWriter> NodeDriver<R, L> {
         }
     }
 
+    /// Appends one chunk of a snapshot received from the leader to its temp file; the
+    /// last chunk installs it (durable and visible) before the action counts as done.
+    fn receive_chunk(&mut self, chunk: SnapshotChunk) -> Result<(), NodeError> {
+        let state = &mut self.snapshots;
+        if chunk.offset == 0 || state.receiver.is_none() {
+            // A new transfer (or one restarted from 0) replaces any partial one.
+            state.receiver = Some(state.store.begin_receive(chunk.total_bytes)?);
+        }
+        let Some(receiver) = state.receiver.as_mut() else {
+            unreachable!("a receiver was just created")
+        };
+        receiver.append(chunk.offset, &chunk.data)?;
+        if chunk.last {
+            let Some(receiver) = state.receiver.take() else {
+                unreachable!("the receiver is present")
+            };
+            // The core checked the bytes' CRC; the file's own checksums are verified
+            // again here, so a mismatch is local corruption: fail-stop.
+            let info = receiver.install()?;
+            state.stats.snapshots_installed += 1;
+            state.note_durable(&chunk.meta, &info);
+            state.pending_install = Some((chunk.meta, info));
+        }
+        Ok(())
+    }
+
+    /// The core asks for the installed snapshot to be restored: hand the state machine
+    /// a reader over the file (in order, before later committed entries), offer the
+    /// file to the core for sending, and compact what the snapshot covers.
+    fn restore_installed(
+        &mut self,
+        meta: SnapshotMeta,
+        io: &mut impl NodeIo<R>,
+    ) -> Result<(), NodeError> {
+        let info = match self.snapshots.pending_install.take() {
+            Some((installed, info)) if installed.index == meta.index => info,
+            _ => {
+                return Err(NodeError::BadLog {
+                    dir: self.snapshots.store.describe(),
+                    reason: format!(
+                        "the core asked to restore snapshot {} which was not installed here",
+                        meta.index
+                    ),
+                })
+            }
+        };
+        let reader = self.snapshots.store.open(&info.name)?;
+        io.apply(ApplyWork::Restore {
+            meta: meta.clone(),
+            reader: Box::new(reader),
+        })?;
+        self.snapshots.handed_out = (meta.index, meta.term);
+        self.snapshots.bytes_since = 0;
+        let data = self.snapshots.file_bytes(&info)?;
+        if let Err(error) = self.core.snapshot_ready(meta.clone(), data) {
+            tracing::debug!(%error, index = meta.index, "installed snapshot not kept for sending");
+        }
+        self.compact(meta.index)?;
+        self.snapshots
+            .store
+            .retain_newest(self.snapshots.policy.keep_files.max(1))?;
+        Ok(())
+    }
+
+    /// Asks the state machine for a frozen view as of the last entry handed out, when
+    /// the policy (or `snapshot_now`) says so. The applier reaches it in order, so the
+    /// view is exactly at `meta.index`.
+    fn maybe_snapshot(&mut self, io: &mut impl NodeIo<R>) -> Result<(), NodeError> {
+        if !self.snapshots.due() {
+            return Ok(());
+        }
+        let (index, term) = self.snapshots.handed_out;
+        let Some(configuration) = self.core.configuration_at(index).cloned() else {
+            return Ok(()); // not in memory any more: the next trigger will do
+        };
+        self.snapshots.in_progress = true;
+        self.snapshots.forced = false;
+        self.snapshots.bytes_since = 0;
+        io.apply(ApplyWork::Snapshot {
+            meta: SnapshotMeta {
+                index,
+                term,
+                configuration,
+            },
+        })
+    }
+
+    /// The background writer finished a snapshot file: offer it to the core, compact
+    /// memory and disk below it (keeping the retained window), keep the newest files.
+    fn snapshot_written(&mut self, written: WrittenSnapshot) -> Result<(), NodeError> {
+        let WrittenSnapshot { meta, info } = written;
+        self.snapshots.in_progress = false;
+        self.snapshots.stats.snapshots_taken += 1;
+        self.snapshots.note_durable(&meta, &info);
+        let data = self.snapshots.file_bytes(&info)?;
+        if let Err(error) = self.core.snapshot_ready(meta.clone(), data) {
+            // E.g. a newer snapshot was installed from the leader meanwhile.
+            tracing::debug!(%error, index = meta.index, "snapshot not offered to the core");
+            return Ok(());
+        }
+        self.compact(meta.index)?;
+        self.snapshots
+            .store
+            .retain_newest(self.snapshots.policy.keep_files.max(1))?;
+        Ok(())
+    }
+
+    /// Drops entries below `snapshot_index - retain_entries` from memory and from the
+    /// WAL (whole segments).
+    fn compact(&mut self, snapshot_index: u64) -> Result<(), NodeError> {
+        let through = snapshot_index.saturating_sub(self.snapshots.policy.retain_entries);
+        let through = through.min(self.core.log().applied());
+        if through <= self.core.log().start().last_index {
+            return Ok(());
+        }
+        if let Err(error) = self.core.compact_log(through) {
+            tracing::debug!(%error, through, "in-memory compaction skipped");
+            return Ok(());
+        }
+        self.log.compact_prefix(through)?;
+        Ok(())
+    }
+
     /// Answers every pending client: writes with `error`, reads with `NotLeader` when
     /// the error is an unknown outcome (a read never has side effects).
     pub fn fail_all_pending(&mut self, error: ClientError) {
@@ -662,6 +886,9 @@ impl<R, L: LogWriter> NodeDriver<R, L> {
     /// The node stops (shutdown or fail-stop): writes already proposed may still commit
     /// through the other members, so their outcome is unknown; reads just failed.
     pub fn fail_on_stop(&mut self) {
+        for (_, done) in self.snapshots.waiters.drain(..) {
+            done(Err(ClientError::NodeStopped));
+        }
         for pending in self.pending_writes.drain(..) {
             pending.reply.send(Err(ClientError::OutcomeUnknown));
         }

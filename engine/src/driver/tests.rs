@@ -23,6 +23,12 @@ impl LogWriter for InstantLog {
     fn append(&mut self, _: &[tally_wal::Entry]) -> Result<u64, tally_wal::WalError> {
         self.barrier()
     }
+    fn reset(&mut self, _: u64) -> Result<u64, tally_wal::WalError> {
+        self.barrier()
+    }
+    fn compact_prefix(&mut self, _: u64) -> Result<(), tally_wal::WalError> {
+        Ok(())
+    }
     fn barrier(&mut self) -> Result<u64, tally_wal::WalError> {
         self.next_ticket += 1;
         Ok(self.next_ticket)
@@ -69,13 +75,14 @@ impl NodeIo<u64> for Collected {
                     read.reply.send(Ok(0));
                 }
             }
+            ApplyWork::Snapshot { .. } | ApplyWork::Restore { .. } => {}
         }
         Ok(())
     }
 }
 
 struct Trio {
-    drivers: Vec<NodeDriver<u64, InstantLog>>,
+    drivers: Vec<NodeDriver<u64, InstantLog, tally_wal::SimStorage>>,
     inputs: Vec<TurnInput<u64>>,
     tick: u64,
 }
@@ -86,7 +93,13 @@ impl Trio {
             .map(|id| {
                 let cfg = RaftConfig::new(id, 7 + id);
                 let core = RaftNode::new(cfg, Configuration::new([1, 2, 3]));
-                NodeDriver::new(core, InstantLog::default())
+                let store = SnapshotStore::new(tally_wal::SimStorage::new()).expect("store");
+                NodeDriver::new(
+                    core,
+                    InstantLog::default(),
+                    store,
+                    SnapshotPolicy::manual_only(),
+                )
             })
             .collect();
         Trio {

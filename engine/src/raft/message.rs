@@ -6,7 +6,7 @@
 
 use bytes::Bytes;
 
-use super::config::Configuration;
+use super::snapshot::SnapshotMeta;
 use super::types::{Entry, NodeId};
 
 /// A message from one node to another.
@@ -31,7 +31,7 @@ pub enum MessageBody {
     /// Sent by a leader to the target of a leadership transfer: start an election now,
     /// skipping pre-vote.
     TimeoutNow,
-    /// Reserved: snapshot transfer for followers whose next entry was compacted away.
+    /// Snapshot transfer for followers whose next entry was compacted away.
     InstallSnapshot(InstallSnapshot),
     InstallSnapshotResponse(InstallSnapshotResponse),
 }
@@ -92,20 +92,36 @@ pub struct VoteResponse {
     pub granted: bool,
 }
 
+/// One chunk of the leader's newest snapshot, for a follower whose next entry was
+/// compacted away. Chunks of one transfer share `meta`, `total_bytes` and `checksum`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InstallSnapshot {
-    pub last_included_index: u64,
-    pub last_included_term: u64,
-    pub configuration: Configuration,
-    /// Byte offset of `data` in the snapshot, for chunked transfer.
+    /// Last included index and term, and the configuration at that index.
+    pub meta: SnapshotMeta,
+    /// Size of the whole snapshot.
+    pub total_bytes: u64,
+    /// CRC-32 (crc32fast) of the whole snapshot.
+    pub checksum: u32,
+    /// Byte offset of `data` in the snapshot.
     pub offset: u64,
     pub data: Bytes,
+    /// The last chunk: `offset + data.len() == total_bytes`.
     pub done: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A follower's answer to an `InstallSnapshot` chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InstallSnapshotResponse {
-    pub last_included_index: u64,
+    /// `meta.index` of the chunk answered.
+    pub snapshot_index: u64,
+    /// The offset the follower expects next (what it holds durably when accepted).
+    pub next_offset: u64,
+    /// The follower's state covers `snapshot_index` durably (installed, or its log
+    /// already held it): the leader continues with AppendEntries after it.
+    pub installed: bool,
+    /// The chunk was refused (wrong offset, or the whole snapshot failed its
+    /// checksum and `next_offset` is 0): resend from `next_offset`.
+    pub rejected: bool,
 }
 
 impl MessageBody {

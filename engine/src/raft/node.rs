@@ -28,6 +28,15 @@
 //!    min(committed, persisted)); apply them in order and report `on_applied`.
 //! 5. `Ready::reads` name a read index: serve the read once the state machine applied
 //!    at least that index.
+//! 6. Snapshots (see `transfer.rs`): a received snapshot replaces the log in memory at
+//!    once (so later messages build on it), travels in a persist action like any log
+//!    change, and `Ready::restore_snapshot` asks for the state-machine restore only
+//!    once that action is durable, in the same `Ready` as (and before) the first
+//!    entries after it. Nothing at or below the snapshot index is handed out after it.
+//!
+//! A fatal error (an undecodable configuration entry) stops the node: it is reported
+//! once in `Ready::fatal` (and by [`RaftNode::fatal_error`]) and every later input is
+//! ignored (fail-stop).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
@@ -43,7 +52,13 @@ use super::message::{
     VoteResponse,
 };
 use super::progress::{Progress, ReplicationState};
+use super::snapshot::{LocalSnapshot, SnapshotChunk, SnapshotMeta};
 use super::types::{Entry, EntryKind, HardState, LogStart, NodeId, Role};
+
+#[path = "transfer.rs"]
+mod transfer;
+#[path = "validate.rs"]
+mod validate;
 
 /// Static parameters of a node. Times are in ticks: the runtime calls
 /// [`RaftNode::tick`] at a fixed interval of its local clock.
@@ -74,6 +89,14 @@ pub struct RaftConfig {
     pub max_clock_drift: f64,
     /// Seed of the election-timeout RNG.
     pub rng_seed: u64,
+    /// A snapshot is sent in chunks of this many bytes (the last may be shorter). Keep
+    /// it well below the transport's frame limit (64 MiB by default).
+    pub snapshot_chunk_bytes: u64,
+    /// At most this many snapshot chunks are unacknowledged per follower.
+    pub snapshot_inflight_chunks: usize,
+    /// A snapshot transfer that got no answer for this many ticks resends from the
+    /// last acknowledged offset (lost chunks with nothing after them to reveal it).
+    pub snapshot_retry_ticks: u64,
 }
 
 impl RaftConfig {
@@ -92,6 +115,9 @@ impl RaftConfig {
             lease_reads: true,
             max_clock_drift: 0.1,
             rng_seed,
+            snapshot_chunk_bytes: 1 << 20,
+            snapshot_inflight_chunks: 4,
+            snapshot_retry_ticks: 20,
         }
     }
 
@@ -105,17 +131,27 @@ impl RaftConfig {
     }
 }
 
-/// One persistence action: write in ONE write + fsync, in this order:
-/// the hard state, the truncation, then the entries.
+/// One persistence action, reported durable with one `on_persisted(seq)`. Carry it out
+/// in this order: the snapshot chunk (for the last chunk: fsync the file, rename it
+/// into place, fsync the directory — all durable *before* anything of the WAL part is
+/// queued, since `reset_log` forgets entries only the snapshot then covers), then in
+/// ONE WAL write + fsync the hard state, `reset_log`, the truncation, the entries.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PersistAction {
     /// Sequence number, 1, 2, 3, ...; report with `on_persisted(seq)`.
     pub seq: u64,
+    /// A received snapshot chunk to append to the temporary snapshot file (offset 0
+    /// starts a new file); with `last`, the snapshot is installed.
+    pub snapshot: Option<SnapshotChunk>,
     pub hard_state: Option<HardState>,
+    /// The durable log now starts after this point and holds no entry (a snapshot
+    /// replaced it): `tally_wal::Wal::reset(last_index + 1)`.
+    pub reset_log: Option<LogStart>,
     /// Delete every stored entry with index >= this before appending.
     pub truncate_from: Option<u64>,
-    /// Entries to append; contiguous, starting at `truncate_from` if set, otherwise
-    /// right after the previously persisted entries.
+    /// Entries to append; contiguous, starting at `truncate_from` if set, after
+    /// `reset_log`'s point if set, otherwise right after the previously persisted
+    /// entries.
     pub entries: Vec<Entry>,
 }
 
@@ -155,11 +191,18 @@ pub struct Ready {
     /// Reads that will never become safe on this node (it lost leadership).
     pub failed_reads: Vec<(u64, ReadError)>,
     pub role_change: Option<RoleState>,
+    /// A received snapshot is durably installed: restore the state machine from it
+    /// BEFORE applying this Ready's `committed_entries` (all above its index).
+    pub restore_snapshot: Option<SnapshotMeta>,
+    /// The node stopped (fail-stop); reported once, nothing else follows.
+    pub fatal: Option<CoreError>,
 }
 
 impl Ready {
     pub fn is_empty(&self) -> bool {
         self.persist.is_none()
+            && self.restore_snapshot.is_none()
+            && self.fatal.is_none()
             && self.messages.is_empty()
             && self.committed_entries.is_empty()
             && self.reads.is_empty()
@@ -204,6 +247,41 @@ pub enum TransferError {
     NotAVoter(NodeId),
     #[error("already the leader")]
     AlreadyLeader,
+}
+
+/// Errors that stop the node or refuse its durable state: the log it was given or
+/// received cannot be trusted.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CoreError {
+    #[error("configuration entry at index {index} does not decode: {reason}")]
+    UndecodableConfiguration { index: u64, reason: String },
+    #[error(
+        "log entries are not contiguous: expected index {expected_index}, found {found_index}"
+    )]
+    LogNotContiguous {
+        expected_index: u64,
+        found_index: u64,
+    },
+    #[error("entry {index} has term {term}, below the previous term {previous_term}")]
+    TermRegression {
+        index: u64,
+        term: u64,
+        previous_term: u64,
+    },
+}
+
+/// Counters of the core (cumulative since construction).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CoreStats {
+    /// Received snapshots discarded because their checksum did not match.
+    pub snapshot_checksum_failures: u64,
+    /// Received snapshots installed (state-machine restores asked for).
+    pub snapshots_installed: u64,
+    /// Snapshot chunks sent as leader.
+    pub snapshot_chunks_sent: u64,
+    /// Inbound messages dropped because they were malformed or impossible.
+    pub invalid_messages: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -296,47 +374,87 @@ pub struct RaftNode {
     last_reported_role: Option<RoleState>,
     /// Highest index the runtime reported applied.
     applied_by_runtime: u64,
+
+    /// The newest durable local snapshot (what a leader sends).
+    /// Invariant: `meta.index <= applied` when reported.
+    snapshot: Option<LocalSnapshot>,
+    /// A snapshot being received from the leader (follower side).
+    receive: Option<transfer::SnapshotReceive>,
+    /// A received chunk for the next persist action (at most one per action).
+    pending_chunk: Option<SnapshotChunk>,
+    /// The next persist action resets the durable log to this point.
+    pending_reset: Option<LogStart>,
+    /// Persist actions already numbered but not yet taken by `take_ready`, in order.
+    sealed_persists: VecDeque<PersistAction>,
+    /// The latest snapshot installed in memory, by the seq of the persist action that
+    /// installs it durably. Invariant: `Some` implies `log.restore_pending()` or the
+    /// restore is in `restore_ready`.
+    pending_install: Option<(u64, SnapshotMeta)>,
+    /// Durably installed: hand out in the next `Ready::restore_snapshot`.
+    restore_ready: Option<SnapshotMeta>,
+    stats: CoreStats,
+    /// Set once: the node stopped. `fatal_reported` once it went out in a `Ready`.
+    fatal: Option<CoreError>,
+    fatal_reported: bool,
 }
 
 impl RaftNode {
     /// A node of a brand-new cluster: empty log, term 0.
     pub fn new(cfg: RaftConfig, configuration: Configuration) -> RaftNode {
-        RaftNode::restart(
-            cfg,
-            configuration,
-            HardState::default(),
-            LogStart::default(),
-            Vec::new(),
-        )
+        let mut node = RaftNode::build(cfg, configuration, HardState::default(), RaftLog::empty());
+        node.finish_construction();
+        node
     }
 
-    /// A node rebuilt from durable state: hard state, snapshot point and the entries
-    /// after it. The commit index restarts at the snapshot point.
+    /// A node rebuilt from durable state: hard state, the newest durable snapshot (if
+    /// any) and the log entries the WAL holds. The commit and applied indexes restart
+    /// at the snapshot point (the runtime restored the state machine from it; report
+    /// the snapshot with [`RaftNode::snapshot_ready`] so the node can send it). The
+    /// configuration is that of the latest configuration entry in the log, else the
+    /// snapshot's, else `configuration`.
+    ///
+    /// `entries` may begin at or below the snapshot point (the WAL keeps a retained
+    /// window): those are dropped. When they do not continue the snapshot (the WAL ends
+    /// before it, or holds a different entry at its index: a crash between installing
+    /// a received snapshot and resetting the WAL), they are all discarded and the first
+    /// persist action carries `reset_log`. Refuses entries with a gap after the
+    /// snapshot, non-contiguous indexes, decreasing terms or an undecodable
+    /// configuration entry.
     pub fn restart(
         cfg: RaftConfig,
         configuration: Configuration,
         hard_state: HardState,
-        log_start: LogStart,
+        snapshot: Option<SnapshotMeta>,
         entries: Vec<Entry>,
+    ) -> Result<RaftNode, CoreError> {
+        let start = snapshot
+            .as_ref()
+            .map_or(LogStart::default(), SnapshotMeta::log_start);
+        let (entries, needs_reset) = align_to_snapshot(start, entries)?;
+        let base = snapshot.map_or(configuration, |meta| meta.configuration);
+        let history = configuration_history(start.last_index, base, &entries)?;
+        let log = RaftLog::restore(start, entries)?;
+        let mut node = RaftNode::build(cfg, Configuration::default(), hard_state, log);
+        node.configuration = history.last().map(|(_, c)| c.clone()).unwrap_or_default();
+        node.configuration_history = history;
+        if needs_reset {
+            node.pending_reset = Some(start);
+        }
+        node.finish_construction();
+        Ok(node)
+    }
+
+    fn build(
+        cfg: RaftConfig,
+        configuration: Configuration,
+        hard_state: HardState,
+        log: RaftLog,
     ) -> RaftNode {
         assert!(
             cfg.election_timeout_ticks > cfg.heartbeat_interval_ticks,
             "election timeout must exceed heartbeat"
         );
         assert!(cfg.max_inflight_messages > 0);
-        let mut configuration_history = vec![(log_start.last_index, configuration.clone())];
-        for entry in entries
-            .iter()
-            .filter(|entry| entry.kind == EntryKind::Config)
-        {
-            if let Ok(decoded) = Configuration::decode(&entry.data) {
-                configuration_history.push((entry.index, decoded));
-            }
-        }
-        let configuration = configuration_history
-            .last()
-            .map_or(configuration, |(_, c)| c.clone());
-        let log = RaftLog::restore(log_start, entries);
         let unissued_from = log.last_index() + 1;
         let rng = ChaCha8Rng::seed_from_u64(cfg.rng_seed);
         let fresh = hard_state == HardState::default() && log.last_index() == 0;
@@ -344,17 +462,14 @@ impl RaftNode {
         // crashed; it must not vote for an election timeout, or that leader's lease
         // would be unsafe. A brand-new node never acknowledged anything.
         let ticks_since_leader_contact = if fresh { cfg.election_timeout_ticks } else { 0 };
-        let mut node = RaftNode {
-            role: if configuration.is_voter(cfg.id) {
-                Role::Follower
-            } else {
-                Role::Learner
-            },
+        RaftNode {
+            role: Role::Learner,
+            configuration_history: vec![(log.start().last_index, configuration.clone())],
             configuration,
-            configuration_history,
             term: hard_state.term,
             voted_for: hard_state.voted_for,
             leader_id: None,
+            applied_by_runtime: log.applied(),
             log,
             rng,
             now_tick: 0,
@@ -385,14 +500,25 @@ impl RaftNode {
             out_reads: Vec::new(),
             out_failed_reads: Vec::new(),
             last_reported_role: None,
-            applied_by_runtime: 0,
+            snapshot: None,
+            receive: None,
+            pending_chunk: None,
+            pending_reset: None,
+            sealed_persists: VecDeque::new(),
+            pending_install: None,
+            restore_ready: None,
+            stats: CoreStats::default(),
+            fatal: None,
+            fatal_reported: false,
             cfg,
-        };
-        node.applied_by_runtime = node.log.applied();
-        node.reset_election_timer();
-        node.role = Role::Learner;
-        node.refresh_passive_role();
-        node
+        }
+    }
+
+    fn finish_construction(&mut self) {
+        self.reset_election_timer();
+        self.role = Role::Learner;
+        self.refresh_passive_role();
+        self.check_invariants();
     }
 
     // ----- accessors -------------------------------------------------------------
@@ -434,6 +560,27 @@ impl RaftNode {
     pub fn progress(&self, peer: NodeId) -> Option<&Progress> {
         self.progress.get(&peer)
     }
+    /// Counters since construction.
+    pub fn stats(&self) -> CoreStats {
+        self.stats
+    }
+    /// The fatal error that stopped this node, if any.
+    pub fn fatal_error(&self) -> Option<&CoreError> {
+        self.fatal.as_ref()
+    }
+    /// The newest local snapshot reported with `snapshot_ready`.
+    pub fn snapshot_meta(&self) -> Option<&SnapshotMeta> {
+        self.snapshot.as_ref().map(|snapshot| &snapshot.meta)
+    }
+    /// The configuration in effect at log index `index` (what a snapshot taken there
+    /// must carry); `None` below the oldest configuration still known.
+    pub fn configuration_at(&self, index: u64) -> Option<&Configuration> {
+        self.configuration_history
+            .iter()
+            .rev()
+            .find(|(introduced, _)| *introduced <= index)
+            .map(|(_, configuration)| configuration)
+    }
     /// Whether a lease read would be served right now without a message round.
     pub fn lease_valid(&self) -> bool {
         self.role == Role::Leader
@@ -459,6 +606,9 @@ impl RaftNode {
 
     /// Advances the node's clock by one tick.
     pub fn tick(&mut self) {
+        if self.fatal.is_some() {
+            return;
+        }
         self.now_tick += 1;
         self.ticks_since_leader_contact = self.ticks_since_leader_contact.saturating_add(1);
         match self.role {
@@ -508,7 +658,7 @@ impl RaftNode {
 
     /// Appends client commands to the log (leader only). Returns the assigned indexes.
     pub fn propose(&mut self, commands: Vec<Bytes>) -> Result<Range<u64>, ProposeError> {
-        if self.role != Role::Leader {
+        if self.role != Role::Leader || self.fatal.is_some() {
             return Err(ProposeError::NotLeader {
                 leader_hint: self.leader_id,
             });
@@ -534,6 +684,7 @@ impl RaftNode {
         let end = self.log.last_index() + 1;
         self.broadcast_append();
         self.maybe_commit();
+        self.check_invariants();
         Ok(first..end)
     }
 
@@ -546,7 +697,7 @@ impl RaftNode {
         voters: impl IntoIterator<Item = NodeId>,
         learners: impl IntoIterator<Item = NodeId>,
     ) -> Result<u64, ConfigChangeError> {
-        if self.role != Role::Leader {
+        if self.role != Role::Leader || self.fatal.is_some() {
             return Err(ConfigChangeError::NotLeader {
                 leader_hint: self.leader_id,
             });
@@ -567,7 +718,9 @@ impl RaftNode {
             .filter(|id| !joint.voters.contains(id))
             .collect();
         joint.outgoing_voters = self.configuration.voters.clone();
-        Ok(self.append_configuration(joint))
+        let index = self.append_configuration(joint);
+        self.check_invariants();
+        Ok(index)
     }
 
     fn latest_configuration_index(&self) -> u64 {
@@ -594,7 +747,7 @@ impl RaftNode {
 
     /// Makes `configuration` (from the entry at `index`) the one in effect.
     fn adopt_configuration(&mut self, index: u64, configuration: Configuration) {
-        debug_assert!(index > self.latest_configuration_index());
+        invariant!(index > self.latest_configuration_index());
         self.configuration_history
             .push((index, configuration.clone()));
         self.set_configuration(configuration);
@@ -665,7 +818,7 @@ impl RaftNode {
     /// Asks for a linearizable read, identified by `request_id`. The answer comes in a
     /// later `Ready::reads` (or `failed_reads`).
     pub fn read_index(&mut self, request_id: u64) -> Result<(), ReadError> {
-        if self.role != Role::Leader {
+        if self.role != Role::Leader || self.fatal.is_some() {
             return Err(ReadError::NotLeader {
                 leader_hint: self.leader_id,
             });
@@ -675,13 +828,14 @@ impl RaftNode {
             return Ok(());
         }
         self.start_read(request_id);
+        self.check_invariants();
         Ok(())
     }
 
     /// Hands leadership to `target`: it is brought up to date, then told to time out.
     /// Proposals are refused until the transfer completes or an election timeout passes.
     pub fn transfer_leadership(&mut self, target: NodeId) -> Result<(), TransferError> {
-        if self.role != Role::Leader {
+        if self.role != Role::Leader || self.fatal.is_some() {
             return Err(TransferError::NotLeader {
                 leader_hint: self.leader_id,
             });
@@ -704,14 +858,19 @@ impl RaftNode {
         {
             self.send_append(target, true);
         }
+        self.check_invariants();
         Ok(())
     }
 
     /// The runtime made every persist action with sequence number <= `seq` durable.
     pub fn on_persisted(&mut self, seq: u64) {
-        debug_assert!(
-            seq < self.next_persist_seq,
-            "on_persisted({seq}) for an action never issued"
+        if self.fatal.is_some() {
+            return;
+        }
+        let issued = self.next_persist_seq - 1 - self.sealed_persists.len() as u64;
+        invariant!(
+            seq <= issued,
+            "on_persisted({seq}) for an action never handed out (last {issued})"
         );
         if seq <= self.durable_seq {
             return;
@@ -722,11 +881,17 @@ impl RaftNode {
                 break;
             }
             self.inflight_persists.pop_front();
-            debug_assert!(done.last_index <= self.log.last_index());
-            self.log.persisted = self.log.persisted.max(done.last_index);
+            self.log.persist_to(done.last_index);
             if let Some(hard_state) = done.hard_state {
                 self.durable_hard_state = hard_state;
             }
+        }
+        if self
+            .pending_install
+            .as_ref()
+            .is_some_and(|(install_seq, _)| *install_seq <= seq)
+        {
+            self.restore_ready = self.pending_install.take().map(|(_, meta)| meta);
         }
         // Tags are not monotonic in creation order (a vote reply needs only the hard
         // state, an earlier ack needed the log), so scan them all, keeping order.
@@ -756,20 +921,25 @@ impl RaftNode {
 
     /// The state machine applied every entry through `index`.
     pub fn on_applied(&mut self, index: u64) {
-        debug_assert!(
+        invariant!(
             index <= self.log.applied(),
             "applied {index} beyond what was handed out"
         );
         self.applied_by_runtime = self.applied_by_runtime.max(index);
+        self.check_invariants();
     }
 
     /// Handles a message from another node.
+    ///
+    /// Messages that are malformed or impossible from a correct peer (wrong
+    /// addressee, absurd terms, non-contiguous entries, indexes beyond anything this
+    /// node sent...) are dropped and counted in `stats().invalid_messages`.
     pub fn step(&mut self, message: Message) {
-        debug_assert_eq!(
-            message.to, self.cfg.id,
-            "message delivered to the wrong node"
-        );
-        if message.from == self.cfg.id {
+        if self.fatal.is_some() {
+            return;
+        }
+        if !self.is_valid_inbound(&message) {
+            self.stats.invalid_messages += 1;
             return;
         }
         if message.term > self.term {
@@ -794,9 +964,13 @@ impl RaftNode {
             }
         } else if message.term < self.term {
             match &message.body {
-                MessageBody::AppendEntries(_) | MessageBody::InstallSnapshot(_) => {
+                MessageBody::AppendEntries(_) => {
                     // Tell a stale leader about the newer term so it steps down.
                     self.send_append_response(message.from, false, 0, 0, None, 0, 0);
+                }
+                MessageBody::InstallSnapshot(request) => {
+                    let snapshot_index = request.meta.index;
+                    self.send_snapshot_response(message.from, snapshot_index, 0, false, true, 0);
                 }
                 MessageBody::PreVote(_) => self.send(
                     message.from,
@@ -836,66 +1010,52 @@ impl RaftNode {
                     self.start_election(true);
                 }
             }
-            // Snapshot transfer is not implemented yet: the message is reserved.
-            MessageBody::InstallSnapshot(_) | MessageBody::InstallSnapshotResponse(_) => {}
+            MessageBody::InstallSnapshot(request) => self.handle_install_snapshot(from, request),
+            MessageBody::InstallSnapshotResponse(response) => {
+                self.handle_snapshot_response(from, response)
+            }
         }
         self.check_invariants();
     }
 
     /// Whether anything is waiting in the next `take_ready`.
     pub fn has_ready(&self) -> bool {
-        self.hard_state_dirty
-            || self.pending_truncate.is_some()
-            || self.unissued_from <= self.log.last_index()
+        if self.fatal.is_some() {
+            return !self.fatal_reported;
+        }
+        !self.sealed_persists.is_empty()
+            || self.has_unsealed_persist()
+            || self.restore_ready.is_some()
             || !self.out_messages.is_empty()
             || !self.out_reads.is_empty()
             || !self.out_failed_reads.is_empty()
-            || self.log.applied() < self.log.committed().min(self.log.persisted())
+            || (!self.log.restore_pending()
+                && self.log.applied() < self.log.committed().min(self.log.persisted()))
             || self.last_reported_role != Some(self.role_state())
     }
 
     /// Collects everything the runtime must do now.
     pub fn take_ready(&mut self) -> Ready {
+        if self.fatal.is_some() {
+            let fatal = (!self.fatal_reported).then(|| self.fatal.clone()).flatten();
+            self.fatal_reported = true;
+            return Ready {
+                fatal,
+                ..Ready::default()
+            };
+        }
         let mut ready = Ready::default();
-        if self.hard_state_dirty
-            || self.pending_truncate.is_some()
-            || self.unissued_from <= self.log.last_index()
-        {
-            let seq = self.next_persist_seq;
-            self.next_persist_seq += 1;
-            let hard_state = self.hard_state_dirty.then_some(HardState {
-                term: self.term,
-                voted_for: self.voted_for,
-            });
-            if hard_state.is_some() {
-                self.last_hard_state_seq = seq;
-            }
-            let entries = self.log.entries_from(self.unissued_from).to_vec();
-            debug_assert!(self
-                .pending_truncate
-                .iter()
-                .all(|from| *from == self.unissued_from));
-            ready.persist = Some(PersistAction {
-                seq,
-                hard_state,
-                truncate_from: self.pending_truncate.take(),
-                entries,
-            });
-            self.inflight_persists.push_back(InflightPersist {
-                seq,
-                last_index: self.log.last_index(),
-                hard_state,
-            });
-            self.hard_state_dirty = false;
-            self.unissued_from = self.log.last_index() + 1;
+        if self.sealed_persists.is_empty() {
+            self.seal_persist();
         }
-        let apply_through = self.log.committed().min(self.log.persisted());
-        if self.log.applied() < apply_through {
-            ready.committed_entries = self.log.entries_from(self.log.applied() + 1)
-                [..(apply_through - self.log.applied()) as usize]
-                .to_vec();
-            self.log.applied = apply_through;
+        ready.persist = self.sealed_persists.pop_front();
+        if let Some(meta) = self.restore_ready.take() {
+            self.log.snapshot_restored();
+            self.applied_by_runtime = self.applied_by_runtime.max(meta.index);
+            self.stats.snapshots_installed += 1;
+            ready.restore_snapshot = Some(meta);
         }
+        ready.committed_entries = self.log.take_committed();
         ready.messages = std::mem::take(&mut self.out_messages);
         ready.reads = std::mem::take(&mut self.out_reads);
         ready.failed_reads = std::mem::take(&mut self.out_failed_reads);
@@ -906,6 +1066,52 @@ impl RaftNode {
         }
         self.check_invariants();
         ready
+    }
+
+    /// Whether log changes, a hard state or a chunk wait for a persist action.
+    fn has_unsealed_persist(&self) -> bool {
+        self.hard_state_dirty
+            || self.pending_truncate.is_some()
+            || self.pending_reset.is_some()
+            || self.pending_chunk.is_some()
+            || self.unissued_from <= self.log.last_index()
+    }
+
+    /// Numbers everything not yet in a persist action as the next action (sequence
+    /// `next_persist_seq`, which every durability tag taken so far refers to).
+    fn seal_persist(&mut self) {
+        if !self.has_unsealed_persist() {
+            return;
+        }
+        let seq = self.next_persist_seq;
+        self.next_persist_seq += 1;
+        let hard_state = self.hard_state_dirty.then_some(HardState {
+            term: self.term,
+            voted_for: self.voted_for,
+        });
+        if hard_state.is_some() {
+            self.last_hard_state_seq = seq;
+        }
+        invariant!(self
+            .pending_truncate
+            .iter()
+            .all(|from| *from == self.unissued_from));
+        let entries: Vec<Entry> = self.log.entries_from(self.unissued_from).cloned().collect();
+        self.sealed_persists.push_back(PersistAction {
+            seq,
+            snapshot: self.pending_chunk.take(),
+            hard_state,
+            reset_log: self.pending_reset.take(),
+            truncate_from: self.pending_truncate.take(),
+            entries,
+        });
+        self.inflight_persists.push_back(InflightPersist {
+            seq,
+            last_index: self.log.last_index(),
+            hard_state,
+        });
+        self.hard_state_dirty = false;
+        self.unissued_from = self.log.last_index() + 1;
     }
 
     // ----- elections -------------------------------------------------------------
@@ -931,7 +1137,7 @@ impl RaftNode {
     }
 
     fn set_term(&mut self, term: u64) {
-        debug_assert!(term >= self.term, "term must never decrease");
+        invariant!(term >= self.term, "term must never decrease");
         if term > self.term {
             self.term = term;
             self.voted_for = None;
@@ -1027,7 +1233,11 @@ impl RaftNode {
             .vote_result(|id| self.votes.get(&id).copied());
         match (result, self.role) {
             (VoteResult::Won, Role::PreCandidate) => self.become_candidate(false),
-            (VoteResult::Won, Role::Candidate) => self.become_leader(),
+            // Grants can only answer our RequestVote, which left after our vote was
+            // durable; a grant before that is bogus input: wait for durability.
+            (VoteResult::Won, Role::Candidate) if self.durable_hard_state.term == self.term => {
+                self.become_leader()
+            }
             (VoteResult::Lost, Role::PreCandidate | Role::Candidate) => {
                 let term = self.term;
                 self.become_follower(term, None);
@@ -1071,8 +1281,8 @@ impl RaftNode {
     }
 
     fn become_leader(&mut self) {
-        debug_assert_eq!(
-            self.durable_hard_state.term, self.term,
+        invariant!(
+            self.durable_hard_state.term == self.term,
             "leader's term must be durable"
         );
         self.role = Role::Leader;
@@ -1119,22 +1329,28 @@ impl RaftNode {
         let peers: Vec<NodeId> = self.progress.keys().copied().collect();
         for peer in peers {
             self.send_heartbeat(peer);
+            self.retry_snapshot_transfer(peer);
         }
     }
 
     /// An empty AppendEntries. In replicate state it checks the log at `match_index`
     /// (which the follower surely holds), so reordered heartbeats never cause
-    /// rejections; in probe state it probes at `next_index - 1`.
+    /// rejections; in probe state it probes at `next_index - 1`. When that entry was
+    /// compacted (and in snapshot state) it checks the log start: the follower accepts
+    /// it if it holds that entry (then it needs no snapshot) and refuses it otherwise,
+    /// and either way its election timer and the lease are refreshed.
     fn send_heartbeat(&mut self, peer: NodeId) {
         let Some(progress) = self.progress.get(&peer) else {
             return;
         };
         let prev_log_index = match progress.state {
             ReplicationState::Replicate => progress.match_index,
-            ReplicationState::Probe | ReplicationState::Snapshot => progress.next_index - 1,
+            ReplicationState::Probe => progress.next_index - 1,
+            ReplicationState::Snapshot => self.log.start().last_index,
         };
-        let Some(prev_log_term) = self.log.term(prev_log_index) else {
-            return;
+        let (prev_log_index, prev_log_term) = match self.log.term(prev_log_index) {
+            Some(term) => (prev_log_index, term),
+            None => (self.log.start().last_index, self.log.start().last_term),
         };
         self.send_append_entries(peer, prev_log_index, prev_log_term, Vec::new());
     }
@@ -1153,7 +1369,10 @@ impl RaftNode {
                     progress.inflight.len() >= self.cfg.max_inflight_messages
                         || progress.inflight_bytes >= self.cfg.max_inflight_bytes
                 }
-                ReplicationState::Snapshot => true,
+                ReplicationState::Snapshot => {
+                    sent_any |= self.send_snapshot_chunks(peer);
+                    break;
+                }
             };
             let next_index = progress.next_index;
             let state = progress.state;
@@ -1162,11 +1381,10 @@ impl RaftNode {
             }
             let prev_log_index = next_index - 1;
             let Some(prev_log_term) = self.log.term(prev_log_index) else {
-                // Compacted away: the follower needs a snapshot (not implemented).
-                if let Some(progress) = self.progress.get_mut(&peer) {
-                    progress.state = ReplicationState::Snapshot;
-                }
-                return;
+                // Compacted away: the follower needs a snapshot.
+                self.start_snapshot_transfer(peer);
+                sent_any |= self.send_snapshot_chunks(peer);
+                break;
             };
             let entries = self.log.batch_from(
                 next_index,
@@ -1235,10 +1453,6 @@ impl RaftNode {
         progress.probe_outstanding = false;
         let mut match_advanced = false;
         if response.success {
-            debug_assert!(
-                response.match_index <= last_index,
-                "follower acknowledged entries we never had"
-            );
             if response.match_index > progress.match_index {
                 progress.match_index = response.match_index;
                 match_advanced = true;
@@ -1259,7 +1473,15 @@ impl RaftNode {
                         progress.become_probe(next_index);
                     }
                 }
-                ReplicationState::Snapshot => {}
+                ReplicationState::Snapshot => {
+                    // A late success can raise the match point during a transfer; keep
+                    // `match_index < next_index` (nothing is sent from next_index meanwhile).
+                    progress.next_index = progress.next_index.max(progress.match_index + 1);
+                    // The follower holds the log start after all: no snapshot needed.
+                    if progress.match_index >= self.log.start().last_index {
+                        progress.become_replicate();
+                    }
+                }
             }
         } else {
             let stale = match progress.state {
@@ -1271,14 +1493,17 @@ impl RaftNode {
                 let next = match response.conflict {
                     None => response.rejected_prev_index,
                     Some(hint) => match hint.conflict_term {
-                        None => hint.last_log_index + 1,
+                        None => hint.last_log_index.saturating_add(1),
                         Some(term) => match self.log.last_index_of_term(term) {
                             Some(index) => index + 1,
                             None => hint.first_index_of_conflict_term,
                         },
                     },
                 };
-                let next = next.min(response.rejected_prev_index).max(1);
+                let next = next
+                    .min(response.rejected_prev_index)
+                    .min(last_index + 1)
+                    .max(1);
                 progress.become_probe(next);
             }
         }
@@ -1310,7 +1535,7 @@ impl RaftNode {
             return;
         }
         let was_committed_in_term = self.committed_in_term();
-        self.log.committed = quorum_index;
+        self.log.commit_to(quorum_index);
         // Tell followers promptly, so they can apply.
         let peers: Vec<NodeId> = self.progress.keys().copied().collect();
         for peer in peers {
@@ -1325,7 +1550,7 @@ impl RaftNode {
     }
 
     fn start_read(&mut self, request_id: u64) {
-        debug_assert!(self.committed_in_term());
+        invariant!(self.committed_in_term());
         let read_index = self.log.committed();
         if self.configuration.is_quorum(|id| id == self.cfg.id) {
             self.out_reads.push(ReadyRead {
@@ -1396,7 +1621,9 @@ impl RaftNode {
 
     // ----- replication (follower) ------------------------------------------------
 
-    fn handle_append_entries(&mut self, from: NodeId, append: AppendEntries) {
+    /// A message of the current term from its leader (AppendEntries, InstallSnapshot):
+    /// candidates step down, the election timer restarts.
+    fn note_leader_contact(&mut self, from: NodeId) {
         // Same term as ours (adopted in `step`): `from` is this term's leader.
         if self.role != Role::Follower && self.role != Role::Learner {
             let term = self.term;
@@ -1405,49 +1632,25 @@ impl RaftNode {
         self.leader_id = Some(from);
         self.election_elapsed_ticks = 0;
         self.ticks_since_leader_contact = 0;
+    }
 
+    fn handle_append_entries(&mut self, from: NodeId, append: AppendEntries) {
+        self.note_leader_contact(from);
         let AppendEntries {
-            mut prev_log_index,
-            mut prev_log_term,
-            mut entries,
+            prev_log_index,
+            prev_log_term,
+            entries,
             leader_commit,
             heartbeat_id,
             sent_at_tick,
         } = append;
-        let snapshot_index = self.log.start().last_index;
-        if prev_log_index < snapshot_index {
-            // Entries up to the snapshot point are committed and identical everywhere.
-            entries.retain(|entry| entry.index > snapshot_index);
-            prev_log_index = snapshot_index;
-            prev_log_term = self.log.start().last_term;
-        }
-        if prev_log_index > self.log.last_index() {
-            let hint = ConflictHint {
-                conflict_term: None,
-                first_index_of_conflict_term: 0,
-                last_log_index: self.log.last_index(),
-            };
-            self.send_append_response(
-                from,
-                false,
-                0,
-                prev_log_index,
-                Some(hint),
-                heartbeat_id,
-                sent_at_tick,
-            );
+        let Some((prev_log_index, prev_log_term, entries)) =
+            self.clip_to_log_start(prev_log_index, prev_log_term, entries)
+        else {
+            self.stats.invalid_messages += 1;
             return;
-        }
-        let our_term = self.log.term(prev_log_index);
-        if our_term != Some(prev_log_term) {
-            let conflict_term = our_term.unwrap_or(0);
-            let hint = ConflictHint {
-                conflict_term: Some(conflict_term),
-                first_index_of_conflict_term: self
-                    .log
-                    .first_index_of_term_at(conflict_term, prev_log_index),
-                last_log_index: self.log.last_index(),
-            };
+        };
+        if let Some(hint) = self.append_conflict(prev_log_index, prev_log_term) {
             self.send_append_response(
                 from,
                 false,
@@ -1460,42 +1663,26 @@ impl RaftNode {
             return;
         }
         let last_new_index = prev_log_index + entries.len() as u64;
-        let mut first_new = entries.len();
-        for (position, entry) in entries.iter().enumerate() {
-            match self.log.term(entry.index) {
-                Some(term) if term == entry.term => continue,
-                Some(_) => {
-                    self.truncate_log_from(entry.index);
-                    first_new = position;
-                    break;
-                }
-                None => {
-                    first_new = position;
-                    break;
-                }
-            }
-        }
+        let Some(first_new) = self.first_new_entry(&entries) else {
+            // A leader never contradicts a committed entry: this message is bogus.
+            self.stats.invalid_messages += 1;
+            return;
+        };
         if first_new < entries.len() {
+            if entries[first_new].index <= self.log.last_index() {
+                self.truncate_log_from(entries[first_new].index);
+            }
             self.log.append(&entries[first_new..]);
-            for entry in entries[first_new..]
-                .iter()
-                .filter(|entry| entry.kind == EntryKind::Config)
-            {
-                match Configuration::decode(&entry.data) {
-                    Ok(configuration) => self.adopt_configuration(entry.index, configuration),
-                    Err(error) => {
-                        tracing::error!(index = entry.index, %error, "undecodable configuration entry")
-                    }
-                }
+            self.adopt_configuration_entries(&entries[first_new..]);
+            if self.fatal.is_some() {
+                return;
             }
         }
-        if leader_commit > self.log.committed() {
-            let new_commit = leader_commit.min(last_new_index);
-            if new_commit > self.log.committed() {
-                self.log.committed = new_commit;
-                // Committing a configuration that excludes us ends our candidacy rights.
-                self.refresh_passive_role();
-            }
+        let new_commit = leader_commit.min(last_new_index);
+        if new_commit > self.log.committed() {
+            self.log.commit_to(new_commit);
+            // Committing a configuration that excludes us ends our candidacy rights.
+            self.refresh_passive_role();
         }
         self.send_append_response(
             from,
@@ -1506,6 +1693,94 @@ impl RaftNode {
             heartbeat_id,
             sent_at_tick,
         );
+    }
+
+    /// Moves an AppendEntries that starts below the log start up to it: entries up to
+    /// the snapshot point are committed and identical everywhere. `None` when the
+    /// message disagrees with the snapshot's last entry (bogus).
+    fn clip_to_log_start(
+        &self,
+        prev_log_index: u64,
+        prev_log_term: u64,
+        mut entries: Vec<Entry>,
+    ) -> Option<(u64, u64, Vec<Entry>)> {
+        let start = self.log.start();
+        if prev_log_index >= start.last_index {
+            return Some((prev_log_index, prev_log_term, entries));
+        }
+        match entries.iter().find(|entry| entry.index == start.last_index) {
+            Some(entry) if entry.term != start.last_term => return None,
+            Some(_) => entries.retain(|entry| entry.index > start.last_index),
+            None => entries.clear(),
+        }
+        Some((start.last_index, start.last_term, entries))
+    }
+
+    /// The fast-backup hint to refuse an AppendEntries with when this log does not
+    /// hold `(prev_log_index, prev_log_term)`; `None` when it does.
+    fn append_conflict(&self, prev_log_index: u64, prev_log_term: u64) -> Option<ConflictHint> {
+        let last_log_index = self.log.last_index();
+        if prev_log_index > last_log_index {
+            return Some(ConflictHint {
+                conflict_term: None,
+                first_index_of_conflict_term: 0,
+                last_log_index,
+            });
+        }
+        let our_term = self.log.term(prev_log_index);
+        if our_term == Some(prev_log_term) {
+            return None;
+        }
+        let conflict_term = our_term.unwrap_or(0);
+        Some(ConflictHint {
+            conflict_term: Some(conflict_term),
+            first_index_of_conflict_term: self
+                .log
+                .first_index_of_term_at(conflict_term, prev_log_index),
+            last_log_index,
+        })
+    }
+
+    /// Position of the first entry this log does not hold (the length if it holds them
+    /// all); `None` when an entry conflicts with a committed one.
+    fn first_new_entry(&self, entries: &[Entry]) -> Option<usize> {
+        for (position, entry) in entries.iter().enumerate() {
+            match self.log.term(entry.index) {
+                Some(term) if term == entry.term => continue,
+                Some(_) if entry.index <= self.log.committed() => return None,
+                _ => return Some(position),
+            }
+        }
+        Some(entries.len())
+    }
+
+    /// Takes up the configurations among freshly appended entries. One that does not
+    /// decode stops the node: its membership is unknown from here on.
+    fn adopt_configuration_entries(&mut self, entries: &[Entry]) {
+        for entry in entries
+            .iter()
+            .filter(|entry| entry.kind == EntryKind::Config)
+        {
+            match Configuration::decode(&entry.data) {
+                Ok(configuration) => self.adopt_configuration(entry.index, configuration),
+                Err(error) => {
+                    tracing::error!(index = entry.index, %error, "undecodable configuration entry");
+                    self.fail(CoreError::UndecodableConfiguration {
+                        index: entry.index,
+                        reason: error.to_string(),
+                    });
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Stops the node (fail-stop): reported once in `Ready::fatal`, every later input
+    /// ignored.
+    fn fail(&mut self, error: CoreError) {
+        if self.fatal.is_none() {
+            self.fatal = Some(error);
+        }
     }
 
     fn truncate_log_from(&mut self, from: u64) {
@@ -1613,34 +1888,108 @@ impl RaftNode {
         }
     }
 
+    /// Checks the node's invariants after every input (debug builds and the
+    /// `invariants` feature; compiled out otherwise).
     fn check_invariants(&self) {
-        if !cfg!(debug_assertions) {
+        if !cfg!(any(debug_assertions, feature = "invariants")) {
             return;
         }
         self.log.check_invariants();
-        debug_assert!(self.durable_seq < self.next_persist_seq);
-        debug_assert!(
+        invariant!(self.durable_seq < self.next_persist_seq);
+        invariant!(
             self.log.persisted() < self.unissued_from
                 && self.unissued_from <= self.log.last_index() + 1
         );
-        debug_assert!(self.role != Role::Leader || self.leader_id == Some(self.cfg.id));
-        debug_assert!(self.role != Role::Candidate || self.voted_for == Some(self.cfg.id));
-        debug_assert!(self.durable_hard_state.term <= self.term);
-        debug_assert!(self
+        invariant!(self.role != Role::Leader || self.leader_id == Some(self.cfg.id));
+        invariant!(self.role != Role::Candidate || self.voted_for == Some(self.cfg.id));
+        invariant!(self.durable_hard_state.term <= self.term);
+        invariant!(self
             .configuration_history
             .last()
             .is_some_and(|(_, c)| *c == self.configuration));
-        debug_assert!(self
+        invariant!(self
             .configuration_history
             .windows(2)
             .all(|pair| pair[0].0 < pair[1].0));
         for progress in self.progress.values() {
             progress.check_invariants();
-            debug_assert!(progress.next_index <= self.log.last_index() + 1);
+            invariant!(progress.next_index <= self.log.last_index() + 1);
         }
-        debug_assert!(self
+        invariant!(self
             .held_messages
             .iter()
             .all(|(needed, _)| *needed > self.durable_seq));
+        invariant!(
+            self.pending_install.is_none() || self.log.restore_pending(),
+            "an install is pending but the log does not wait for its restore"
+        );
+        invariant!(self.restore_ready.is_none() || self.log.restore_pending());
+        invariant!(self
+            .snapshot
+            .as_ref()
+            .is_none_or(|snapshot| snapshot.meta.index <= self.log.committed()));
     }
+}
+
+/// Drops the entries a snapshot at `start` covers and says whether the rest continue
+/// it. Returns the entries after `start` and whether the durable log must be reset
+/// (the entries handed in do not line up with the snapshot: all discarded).
+fn align_to_snapshot(
+    start: LogStart,
+    entries: Vec<Entry>,
+) -> Result<(Vec<Entry>, bool), CoreError> {
+    if start.last_index == 0 {
+        return Ok((entries, false));
+    }
+    let Some(first_index) = entries.first().map(|entry| entry.index) else {
+        // Nothing tells where the WAL's next index is: reset it to the snapshot (an
+        // already reset WAL is unaffected).
+        return Ok((entries, true));
+    };
+    if first_index > start.last_index + 1 {
+        return Err(CoreError::LogNotContiguous {
+            expected_index: start.last_index + 1,
+            found_index: first_index,
+        });
+    }
+    let at_start = entries.iter().find(|entry| entry.index == start.last_index);
+    let continues = match at_start {
+        Some(entry) => entry.term == start.last_term,
+        None => first_index == start.last_index + 1,
+    };
+    let first_after_ok = entries
+        .iter()
+        .find(|entry| entry.index == start.last_index + 1)
+        .is_none_or(|entry| entry.term >= start.last_term);
+    if !continues || !first_after_ok {
+        return Ok((Vec::new(), true));
+    }
+    let kept = entries
+        .into_iter()
+        .filter(|entry| entry.index > start.last_index)
+        .collect();
+    Ok((kept, false))
+}
+
+/// The configuration history of a restarted log: `base` at the log start, then every
+/// configuration entry. An entry that does not decode is an error.
+fn configuration_history(
+    start_index: u64,
+    base: Configuration,
+    entries: &[Entry],
+) -> Result<Vec<(u64, Configuration)>, CoreError> {
+    let mut history = vec![(start_index, base)];
+    for entry in entries
+        .iter()
+        .filter(|entry| entry.kind == EntryKind::Config)
+    {
+        let configuration = Configuration::decode(&entry.data).map_err(|error| {
+            CoreError::UndecodableConfiguration {
+                index: entry.index,
+                reason: error.to_string(),
+            }
+        })?;
+        history.push((entry.index, configuration));
+    }
+    Ok(history)
 }

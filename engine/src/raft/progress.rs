@@ -3,6 +3,8 @@
 
 use std::collections::VecDeque;
 
+use super::snapshot::LocalSnapshot;
+
 /// How the leader currently replicates to a follower.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReplicationState {
@@ -12,7 +14,8 @@ pub enum ReplicationState {
     /// The follower is known to match through `match_index`: AppendEntries are
     /// pipelined optimistically, bounded by messages and bytes in flight.
     Replicate,
-    /// The follower needs entries that were compacted away (InstallSnapshot, reserved).
+    /// The follower needs entries that were compacted away: it is sent a snapshot
+    /// (`Progress::snapshot`) in chunks, and only heartbeats otherwise.
     Snapshot,
 }
 
@@ -38,6 +41,67 @@ pub struct Progress {
     pub acked_heartbeat_id: u64,
     /// Highest `sent_at_tick` the peer echoed in this term (None: never answered).
     pub acked_sent_tick: Option<u64>,
+    /// In snapshot state: the transfer under way (None while the leader has no
+    /// snapshot recent enough to send). Invariant: `Some` only in snapshot state.
+    pub snapshot: Option<SnapshotTransfer>,
+}
+
+/// A snapshot being sent to one follower, with its own copy of the snapshot (a
+/// reference-counted view), so that a newer local snapshot does not disturb it.
+#[derive(Clone, Debug)]
+pub struct SnapshotTransfer {
+    pub snapshot: LocalSnapshot,
+    /// The follower confirmed (durably) the bytes before this offset.
+    /// Invariant: `acked_offset <= next_offset <= total`.
+    pub acked_offset: u64,
+    /// Next byte to send.
+    pub next_offset: u64,
+    /// The chunk with `done` went out (and `next_offset == total`).
+    pub last_sent: bool,
+    /// The follower refused a chunk and expects this offset: the next heartbeat round
+    /// resends from there.
+    pub resend_from: Option<u64>,
+    /// Tick of the last answer (or the last (re)start): a window with no answer for
+    /// `RaftConfig::snapshot_retry_ticks` is resent from `acked_offset`.
+    pub last_activity_tick: u64,
+}
+
+impl SnapshotTransfer {
+    pub fn new(snapshot: LocalSnapshot, now_tick: u64) -> SnapshotTransfer {
+        SnapshotTransfer {
+            snapshot,
+            acked_offset: 0,
+            next_offset: 0,
+            last_sent: false,
+            resend_from: None,
+            last_activity_tick: now_tick,
+        }
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.snapshot.data.len() as u64
+    }
+
+    /// Goes back to `offset` (clamped to the snapshot) and resends from there.
+    pub fn rewind(&mut self, offset: u64, now_tick: u64) {
+        let offset = offset.min(self.total_bytes());
+        self.acked_offset = offset;
+        self.next_offset = offset;
+        self.last_sent = false;
+        self.last_activity_tick = now_tick;
+    }
+
+    /// Records the follower's confirmed offset (never beyond what was sent).
+    pub fn acknowledge(&mut self, offset: u64, now_tick: u64) {
+        self.acked_offset = self.acked_offset.max(offset.min(self.next_offset));
+        self.last_activity_tick = now_tick;
+    }
+
+    pub fn check_invariants(&self) {
+        invariant!(self.acked_offset <= self.next_offset);
+        invariant!(self.next_offset <= self.total_bytes());
+        invariant!(!self.last_sent || self.next_offset == self.total_bytes());
+    }
 }
 
 impl Progress {
@@ -52,6 +116,7 @@ impl Progress {
             recent_active: false,
             acked_heartbeat_id: 0,
             acked_sent_tick: None,
+            snapshot: None,
         }
     }
 
@@ -68,6 +133,7 @@ impl Progress {
 
     pub fn become_probe(&mut self, next_index: u64) {
         self.state = ReplicationState::Probe;
+        self.snapshot = None;
         self.next_index = next_index.max(self.match_index + 1);
         self.probe_outstanding = false;
         self.inflight.clear();
@@ -76,22 +142,36 @@ impl Progress {
 
     pub fn become_replicate(&mut self) {
         self.state = ReplicationState::Replicate;
+        self.snapshot = None;
         self.next_index = self.match_index + 1;
         self.probe_outstanding = false;
         self.inflight.clear();
         self.inflight_bytes = 0;
     }
 
+    /// Sends the follower a snapshot (`transfer`, None when none is available yet);
+    /// nothing else is in flight meanwhile but heartbeats.
+    pub fn become_snapshot(&mut self, transfer: Option<SnapshotTransfer>) {
+        self.state = ReplicationState::Snapshot;
+        self.snapshot = transfer;
+        self.probe_outstanding = false;
+        self.inflight.clear();
+        self.inflight_bytes = 0;
+    }
+
     pub fn check_invariants(&self) {
-        debug_assert!(
+        invariant!(
             self.match_index < self.next_index,
             "match {} next {}",
             self.match_index,
             self.next_index
         );
-        debug_assert_eq!(
-            self.inflight.iter().map(|(_, size, _)| size).sum::<u64>(),
-            self.inflight_bytes
+        invariant!(
+            self.inflight.iter().map(|(_, size, _)| size).sum::<u64>() == self.inflight_bytes
         );
+        invariant!(self.snapshot.is_none() || self.state == ReplicationState::Snapshot);
+        if let Some(transfer) = &self.snapshot {
+            transfer.check_invariants();
+        }
     }
 }

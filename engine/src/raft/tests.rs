@@ -200,9 +200,10 @@ fn vote_refused_to_candidate_with_older_log() {
             term: 2,
             voted_for: None,
         },
-        LogStart::default(),
+        None,
         entries,
-    );
+    )
+    .expect("valid restart state");
     for _ in 0..20 {
         node.tick(); // let the post-restart vote quarantine pass
     }
@@ -264,13 +265,8 @@ fn leader_never_commits_an_old_term_entry_by_counting_replicas() {
         term: 3,
         voted_for: None,
     };
-    let mut node = RaftNode::restart(
-        config(1),
-        three_nodes(),
-        hard_state,
-        LogStart::default(),
-        entries,
-    );
+    let mut node = RaftNode::restart(config(1), three_nodes(), hard_state, None, entries)
+        .expect("valid restart state");
     let term = make_leader(&mut node);
     assert_eq!(term, 4);
     let ready = node.take_ready();
@@ -321,13 +317,8 @@ fn conflicting_suffix_is_truncated_and_replaced() {
         term: 2,
         voted_for: None,
     };
-    let mut node = RaftNode::restart(
-        config(2),
-        three_nodes(),
-        hard_state,
-        LogStart::default(),
-        entries,
-    );
+    let mut node = RaftNode::restart(config(2), three_nodes(), hard_state, None, entries)
+        .expect("valid restart state");
     node.step(message(1, 2, 3, append((2, 1), vec![entry(3, 3)], 0)));
     assert_eq!(node.log().last_index(), 3);
     assert_eq!(node.log().term(3), Some(3));
@@ -395,13 +386,8 @@ fn rejection_carries_fast_backup_hints() {
         term: 2,
         voted_for: None,
     };
-    let mut node = RaftNode::restart(
-        config(2),
-        three_nodes(),
-        hard_state,
-        LogStart::default(),
-        entries,
-    );
+    let mut node = RaftNode::restart(config(2), three_nodes(), hard_state, None, entries)
+        .expect("valid restart state");
     node.step(message(1, 2, 3, append((5, 3), vec![], 0)));
     node.step(message(1, 2, 3, append((9, 3), vec![], 0)));
     let ready = node.take_ready();
@@ -435,13 +421,8 @@ fn follower_commit_index_never_passes_the_verified_prefix() {
         term: 1,
         voted_for: None,
     };
-    let mut node = RaftNode::restart(
-        config(2),
-        three_nodes(),
-        hard_state,
-        LogStart::default(),
-        entries,
-    );
+    let mut node = RaftNode::restart(config(2), three_nodes(), hard_state, None, entries)
+        .expect("valid restart state");
     // The leader has committed 10, but this heartbeat only verifies the log through 1.
     node.step(message(1, 2, 2, append((1, 1), vec![], 10)));
     assert_eq!(node.commit_index(), 1);
@@ -487,9 +468,10 @@ fn restarted_node_refuses_votes_for_an_election_timeout() {
         config(2),
         three_nodes(),
         hard_state,
-        LogStart::default(),
+        None,
         vec![entry(1, 5)],
-    );
+    )
+    .expect("valid restart state");
     let request = RequestVote {
         last_log_index: 1,
         last_log_term: 5,
@@ -542,13 +524,8 @@ fn stale_leader_is_told_the_newer_term() {
         term: 5,
         voted_for: None,
     };
-    let mut node = RaftNode::restart(
-        config(2),
-        three_nodes(),
-        hard_state,
-        LogStart::default(),
-        vec![],
-    );
+    let mut node = RaftNode::restart(config(2), three_nodes(), hard_state, None, vec![])
+        .expect("valid restart state");
     node.step(message(1, 2, 3, append((0, 0), vec![], 0)));
     let ready = node.take_ready();
     assert_eq!(ready.messages.len(), 1);
@@ -797,13 +774,8 @@ fn removed_node_may_campaign_until_its_removal_is_committed() {
         term: 1,
         voted_for: None,
     };
-    let mut node = RaftNode::restart(
-        config(1),
-        three_nodes(),
-        hard_state,
-        LogStart::default(),
-        entries,
-    );
+    let mut node = RaftNode::restart(config(1), three_nodes(), hard_state, None, entries)
+        .expect("valid restart state");
     assert_eq!(
         node.configuration(),
         &new,

@@ -1,22 +1,28 @@
-//! The apply thread: runs the driver's [`Applier`] on its own thread so the raft thread
-//! never waits for the state machine.
+//! The apply thread runs the driver's [`Applier`] so the raft thread never waits for the
+//! state machine; the snapshot thread serializes frozen views into snapshot files so
+//! neither of them waits for snapshot I/O.
 
+use std::io::Write as _;
 use std::sync::atomic::Ordering;
 
 use crossbeam_channel::{Receiver, Sender};
 
 use super::{NodeError, NodeStatus};
-use crate::driver::{Applier, ApplyWork};
-use crate::state_machine::StateMachine;
+use crate::driver::{snapshot_header, Applier, ApplyWork, WrittenSnapshot};
+use crate::raft::SnapshotMeta;
+use crate::state_machine::{SnapshotSource, StateMachine};
+
+/// A frozen view waiting to be written, with the meta of the point it was taken at.
+pub(crate) type SnapshotJob = (SnapshotMeta, Box<dyn SnapshotSource>);
 
 /// Runs until the raft thread hangs up. Returns the state machine's fatal error.
 pub(crate) fn apply_loop<SM: StateMachine>(
-    state_machine: SM,
+    mut applier: Applier<SM>,
     work: Receiver<ApplyWork<SM::Response>>,
     applied_tx: Sender<u64>,
+    snapshot_jobs: Sender<SnapshotJob>,
     status: &NodeStatus,
 ) -> Result<(), NodeError> {
-    let mut applier = Applier::new(state_machine);
     for item in work.iter() {
         let outcome = applier.handle(item)?;
         status
@@ -28,6 +34,45 @@ pub(crate) fn apply_loop<SM: StateMachine>(
         if let Some(applied) = outcome.applied_through {
             status.applied_index.store(applied, Ordering::Relaxed);
             let _ = applied_tx.send(applied);
+        }
+        if let Some(job) = outcome.snapshot {
+            // The driver asks for one snapshot at a time, so this never waits long.
+            if snapshot_jobs.send(job).is_err() {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes each frozen view into a durable snapshot file and reports it to the raft
+/// thread. Any error is fatal (a failed fsync must not be retried).
+pub(crate) fn snapshot_loop<S: tally_wal::Storage>(
+    store: &tally_wal::SnapshotStore<S>,
+    jobs: Receiver<SnapshotJob>,
+    written: Sender<WrittenSnapshot>,
+) -> Result<(), NodeError> {
+    for (meta, mut source) in jobs.iter() {
+        let started = std::time::Instant::now();
+        let mut writer = store.begin(&snapshot_header(&meta))?;
+        source.write_to(&mut writer)?;
+        writer.flush().map_err(|error| {
+            crate::state_machine::StateMachineError::Fatal(format!(
+                "writing snapshot {}: {error}",
+                meta.index
+            ))
+        })?;
+        let info = writer.finish()?;
+        tracing::info!(
+            index = meta.index,
+            term = meta.term,
+            bytes = info.size_bytes,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            file = %info.name,
+            "snapshot written"
+        );
+        if written.send(WrittenSnapshot { meta, info }).is_err() {
+            break;
         }
     }
     Ok(())

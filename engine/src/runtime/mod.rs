@@ -48,8 +48,10 @@ use parking_lot::Mutex;
 use crate::raft::{Configuration, Message, NodeId, RaftConfig, Role};
 use crate::state_machine::StateMachine;
 
-use apply::apply_loop;
+use apply::{apply_loop, snapshot_loop};
 use raft_loop::raft_loop;
+
+use crate::driver::{Applier, NodeDriver, SnapshotDone, SnapshotPolicy, SnapshotTaken};
 
 pub use crate::driver::{
     fail_request, ClientError, NodeError, Reply, ReplyTo, ReplyWaker, Request, Submission,
@@ -81,6 +83,8 @@ pub struct NodeOptions {
     pub request_queue_capacity: usize,
     /// Bound of the queue of committed batches waiting for the apply thread.
     pub apply_queue_capacity: usize,
+    /// When to take snapshots and how much log to keep after one.
+    pub snapshot: SnapshotPolicy,
 }
 
 impl NodeOptions {
@@ -101,6 +105,7 @@ impl NodeOptions {
             wal: tally_wal::GroupCommitOptions::default(),
             request_queue_capacity: 64 * 1024,
             apply_queue_capacity: 1024,
+            snapshot: SnapshotPolicy::default(),
         }
     }
 }
@@ -119,6 +124,15 @@ pub struct NodeStatus {
     pub proposals: AtomicU64,
     pub reads_lease: AtomicU64,
     pub reads_read_index: AtomicU64,
+    /// Newest durable snapshot: index, term, file size (0 when none).
+    pub snapshot_index: AtomicU64,
+    pub snapshot_term: AtomicU64,
+    pub snapshot_bytes: AtomicU64,
+    pub snapshots_taken: AtomicU64,
+    pub snapshots_installed: AtomicU64,
+    /// First index of the in-memory log and how many entries it holds.
+    pub log_first_index: AtomicU64,
+    pub log_entries_in_memory: AtomicU64,
     /// Set once the node stopped (shutdown or fatal error).
     pub stopped: AtomicBool,
 }
@@ -189,6 +203,21 @@ impl<R: Send + 'static> NodeHandle<R> {
         let _ = self.requests.send(Request::TransferLeadership { target });
     }
 
+    /// Asks for a snapshot now; `done` is called (on the raft thread, so it must not
+    /// block) once a snapshot covering everything applied so far is durable.
+    pub fn request_snapshot(&self, done: SnapshotDone) {
+        self.submit(Request::SnapshotNow { done });
+    }
+
+    /// Takes a snapshot now and waits until it is durable.
+    pub fn snapshot_now(&self) -> Result<SnapshotTaken, ClientError> {
+        let (sender, receiver) = bounded(1);
+        self.request_snapshot(Box::new(move |result| {
+            let _ = sender.send(result);
+        }));
+        receiver.recv().unwrap_or(Err(ClientError::NodeStopped))
+    }
+
     /// Queues proposals and reads in order with one queue operation (and at most one
     /// wake-up of the raft thread): a client port that collects everything it parsed in
     /// one pass over its connections hands it over here instead of once per request.
@@ -255,12 +284,34 @@ impl<R: Send + 'static> Node<R> {
         if !report.dropped.is_empty() {
             tracing::warn!(dropped = ?report.dropped, "WAL recovery truncated a torn tail");
         }
-        let core = raft_loop::restore_core(&options, &wal)?;
+        let snapshots =
+            tally_wal::SnapshotStore::new(tally_wal::FsStorage::new(&options.wal_dir).map_err(
+                |source| tally_wal::SnapshotError::Io {
+                    operation: "open directory",
+                    file: options.wal_dir.display().to_string(),
+                    source,
+                },
+            )?)?;
+        let mut state_machine = state_machine;
+        let restart_snapshot =
+            raft_loop::restore_snapshot(&options, &wal, &snapshots, &mut state_machine)?;
+        let core = raft_loop::restore_core(
+            &options,
+            &wal,
+            restart_snapshot.as_ref().map(|(meta, _)| meta.clone()),
+        )?;
+        let applied_through = restart_snapshot.as_ref().map_or(0, |(meta, _)| meta.index);
+        let mut driver = NodeDriver::new(core, wal.clone(), snapshots.clone(), options.snapshot);
+        if let Some((meta, info)) = &restart_snapshot {
+            driver.restarted_from_snapshot(meta.clone(), info)?;
+        }
 
         let (request_tx, request_rx) = bounded(options.request_queue_capacity);
         let (inbound_tx, inbound_rx) = bounded(64 * 1024);
         let (apply_tx, apply_rx) = bounded(options.apply_queue_capacity);
         let (applied_tx, applied_rx) = unbounded();
+        let (snapshot_job_tx, snapshot_job_rx) = bounded(1);
+        let (written_tx, written_rx) = unbounded();
         let status = Arc::new(NodeStatus::default());
         let shutdown = Arc::new(AtomicBool::new(false));
         let fatal = Arc::new(Mutex::new(None));
@@ -269,10 +320,13 @@ impl<R: Send + 'static> Node<R> {
             let status = Arc::clone(&status);
             let fatal = Arc::clone(&fatal);
             let shutdown = Arc::clone(&shutdown);
+            let applier = Applier::restored(state_machine, applied_through);
             std::thread::Builder::new()
                 .name(format!("tally-apply-{}", options.id))
                 .spawn(move || {
-                    if let Err(error) = apply_loop(state_machine, apply_rx, applied_tx, &status) {
+                    if let Err(error) =
+                        apply_loop(applier, apply_rx, applied_tx, snapshot_job_tx, &status)
+                    {
                         tracing::error!(%error, "apply thread stopped: fail-stop");
                         shutdown.store(true, Ordering::Release);
                         fatal.lock().get_or_insert(error);
@@ -283,31 +337,42 @@ impl<R: Send + 'static> Node<R> {
                     source,
                 })?
         };
+        let snapshot_thread = {
+            let fatal = Arc::clone(&fatal);
+            let shutdown = Arc::clone(&shutdown);
+            let snapshots = snapshots.clone();
+            std::thread::Builder::new()
+                .name(format!("tally-snapshot-{}", options.id))
+                .spawn(move || {
+                    if let Err(error) = snapshot_loop(&snapshots, snapshot_job_rx, written_tx) {
+                        tracing::error!(%error, "snapshot writer stopped: fail-stop");
+                        shutdown.store(true, Ordering::Release);
+                        fatal.lock().get_or_insert(error);
+                    }
+                })
+                .map_err(|source| NodeError::Spawn {
+                    name: "snapshot",
+                    source,
+                })?
+        };
         let raft_thread = {
             let queues = raft_loop::Queues {
                 requests: request_rx,
                 inbound: inbound_rx,
                 durable: durable_rx,
                 applied: applied_rx,
+                snapshots_written: written_rx,
                 apply: apply_tx,
             };
             let status = Arc::clone(&status);
             let fatal = Arc::clone(&fatal);
             let shutdown = Arc::clone(&shutdown);
-            let wal = wal.clone();
             let tick_interval = options.tick_interval;
             std::thread::Builder::new()
                 .name(format!("tally-raft-{}", options.id))
                 .spawn(move || {
-                    let result = raft_loop(
-                        core,
-                        wal,
-                        transport,
-                        queues,
-                        &status,
-                        &shutdown,
-                        tick_interval,
-                    );
+                    let result =
+                        raft_loop(driver, transport, queues, &status, &shutdown, tick_interval);
                     status.stopped.store(true, Ordering::Release);
                     if let Err(error) = result {
                         tracing::error!(%error, "raft thread stopped: fail-stop");
@@ -334,7 +399,7 @@ impl<R: Send + 'static> Node<R> {
         Ok(Node {
             handle,
             shutdown,
-            threads: vec![raft_thread, apply_thread],
+            threads: vec![raft_thread, apply_thread, snapshot_thread],
             fatal,
         })
     }

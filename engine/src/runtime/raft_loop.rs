@@ -12,8 +12,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{select, Receiver, Sender};
 
 use super::{initial_configuration, ClientError, NodeError, NodeOptions, NodeStatus, Transport};
-use crate::driver::{fail_request, ApplyWork, NodeDriver, NodeIo, Request, TurnInput};
-use crate::raft::{Entry, EntryKind, HardState, LogStart, Message, RaftNode};
+use crate::driver::{
+    fail_request, meta_from_header, ApplyWork, NodeDriver, NodeIo, Request, TurnInput,
+    WrittenSnapshot,
+};
+use crate::raft::{Entry, EntryKind, HardState, Message, RaftNode, SnapshotMeta};
+use crate::state_machine::StateMachine;
 
 /// Most requests taken from the queue in one turn, so one turn stays short.
 const MAX_REQUESTS_PER_TURN: usize = 16 * 1024;
@@ -25,13 +29,45 @@ pub(crate) struct Queues<R> {
     pub inbound: Receiver<Message>,
     pub durable: Receiver<u64>,
     pub applied: Receiver<u64>,
+    pub snapshots_written: Receiver<WrittenSnapshot>,
     pub apply: Sender<ApplyWork<R>>,
 }
 
-/// Rebuilds the core from what the WAL holds.
+/// Restores the state machine from the newest valid snapshot in the node directory, if
+/// there is one. A corrupt newest snapshot falls back to the previous one only when the
+/// log still covers the gap; otherwise the node refuses to start with an error naming
+/// the file (never an empty state under its old identity).
+pub(crate) fn restore_snapshot<SM: StateMachine>(
+    options: &NodeOptions,
+    wal: &tally_wal::Wal,
+    store: &tally_wal::SnapshotStore<tally_wal::FsStorage>,
+    state_machine: &mut SM,
+) -> Result<Option<(SnapshotMeta, tally_wal::SnapshotInfo)>, NodeError> {
+    let Some(info) = store.select_for_restart(wal.first_index())? else {
+        return Ok(None);
+    };
+    let mut reader = store.open(&info.name)?;
+    let meta = meta_from_header(reader.header()).map_err(|reason| NodeError::BadLog {
+        dir: options.wal_dir.display().to_string(),
+        reason: format!("{}: {reason}", info.name),
+    })?;
+    state_machine.restore(&mut reader)?;
+    tracing::info!(
+        node = options.id,
+        index = meta.index,
+        term = meta.term,
+        bytes = info.size_bytes,
+        file = %info.name,
+        "restored the state machine from a snapshot"
+    );
+    Ok(Some((meta, info)))
+}
+
+/// Rebuilds the core from the snapshot it restarts from (if any) and what the WAL holds.
 pub(crate) fn restore_core(
     options: &NodeOptions,
     wal: &tally_wal::Wal,
+    snapshot: Option<SnapshotMeta>,
 ) -> Result<RaftNode, NodeError> {
     let bad_log = |reason: String| NodeError::BadLog {
         dir: options.wal_dir.display().to_string(),
@@ -43,11 +79,12 @@ pub(crate) fn restore_core(
         voted_for: (durable.vote != 0).then_some(durable.vote),
     };
     let first_index = wal.first_index();
-    if first_index != 1 {
-        // Compaction happens only together with a snapshot, which this runtime does not
-        // write yet: a log that starts later cannot be rebuilt into a state machine.
+    let covered_through = snapshot.as_ref().map_or(0, |meta| meta.index);
+    if first_index > covered_through + 1 {
+        // The log was compacted below a snapshot that is not here (or not usable).
         return Err(bad_log(format!(
-            "log starts at index {first_index} but no snapshot exists"
+            "log starts at index {first_index} but no snapshot covers the entries before it \
+             (newest usable snapshot ends at {covered_through})"
         )));
     }
     let last_index = wal.last_index();
@@ -74,13 +111,14 @@ pub(crate) fn restore_core(
         last_index,
         "restored Raft state from the WAL"
     );
-    Ok(RaftNode::restart(
+    RaftNode::restart(
         options.raft.clone(),
         initial_configuration(options),
         hard_state,
-        LogStart::default(),
+        snapshot,
         entries,
-    ))
+    )
+    .map_err(|error| bad_log(error.to_string()))
 }
 
 /// The runtime's side of the driver's I/O: the transport and the apply queue.
@@ -104,10 +142,12 @@ impl<R, T: Transport> NodeIo<R> for RuntimeIo<R, T> {
     }
 }
 
+/// The driver as the threaded runtime runs it.
+pub(crate) type RuntimeDriver<R> = NodeDriver<R, tally_wal::Wal, tally_wal::FsStorage>;
+
 /// Runs until shutdown or a fatal error.
 pub(crate) fn raft_loop<R: Send + 'static, T: Transport>(
-    core: RaftNode,
-    wal: tally_wal::Wal,
+    mut driver: RuntimeDriver<R>,
     transport: T,
     queues: Queues<R>,
     status: &NodeStatus,
@@ -119,9 +159,9 @@ pub(crate) fn raft_loop<R: Send + 'static, T: Transport>(
         inbound,
         durable,
         applied,
+        snapshots_written,
         apply,
     } = queues;
-    let mut driver = NodeDriver::new(core, wal);
     let mut io = RuntimeIo { transport, apply };
     let mut input = TurnInput::new();
     let started = Instant::now();
@@ -141,6 +181,7 @@ pub(crate) fn raft_loop<R: Send + 'static, T: Transport>(
             recv(inbound) -> message => if let Ok(message) = message { input.messages.push(message) },
             recv(durable) -> _ => {},
             recv(applied) -> index => if let Ok(index) = index { input.note_applied(index) },
+            recv(snapshots_written) -> written => if let Ok(written) = written { input.snapshots_written.push(written) },
             default(timeout) => {},
         }
         input
@@ -152,6 +193,7 @@ pub(crate) fn raft_loop<R: Send + 'static, T: Transport>(
         input
             .requests
             .extend(requests.try_iter().take(MAX_REQUESTS_PER_TURN));
+        input.snapshots_written.extend(snapshots_written.try_iter());
         for _ in durable.try_iter() {}
         input.now_tick = (started.elapsed().as_nanos() / tick_nanos) as u64;
         if let Err(error) = driver.turn(&mut input, &mut io) {
@@ -168,8 +210,31 @@ pub(crate) fn raft_loop<R: Send + 'static, T: Transport>(
     result
 }
 
-fn publish<R>(driver: &NodeDriver<R, tally_wal::Wal>, status: &NodeStatus) {
+fn publish<R>(driver: &RuntimeDriver<R>, status: &NodeStatus) {
     let core = driver.core();
+    let snapshots = driver.snapshot_stats();
+    status
+        .snapshot_index
+        .store(snapshots.snapshot_index, Ordering::Relaxed);
+    status
+        .snapshot_term
+        .store(snapshots.snapshot_term, Ordering::Relaxed);
+    status
+        .snapshot_bytes
+        .store(snapshots.snapshot_bytes, Ordering::Relaxed);
+    status
+        .snapshots_taken
+        .store(snapshots.snapshots_taken, Ordering::Relaxed);
+    status
+        .snapshots_installed
+        .store(snapshots.snapshots_installed, Ordering::Relaxed);
+    status
+        .log_first_index
+        .store(core.log().first_index(), Ordering::Relaxed);
+    status.log_entries_in_memory.store(
+        core.log().last_index() + 1 - core.log().first_index(),
+        Ordering::Relaxed,
+    );
     status.set_role(core.role());
     status
         .proposals

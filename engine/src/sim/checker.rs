@@ -98,8 +98,30 @@ impl Checker {
         self.violations.push(text);
     }
 
+    /// Replaces a node's mirror below `through` with the committed entries a snapshot
+    /// covers (a snapshot only ever holds committed entries: anything else is a
+    /// violation).
+    fn rebase(&mut self, node: NodeId, watch: &mut NodeWatch, through: u64) {
+        if through as usize > self.committed.len() {
+            self.violation(format!(
+                "node {node} holds a snapshot through {through}, beyond everything committed ({})",
+                self.committed.len()
+            ));
+            return;
+        }
+        watch.mirror.entries = self.committed[..through as usize]
+            .iter()
+            .map(|(mirrored, _)| *mirrored)
+            .collect();
+    }
+
     /// Mirrors a persist action and checks Log Matching for the new entries.
     pub fn on_persist(&mut self, node: NodeId, watch: &mut NodeWatch, action: &PersistAction) {
+        if let Some(start) = action.reset_log {
+            // The log now starts after a snapshot point: what precedes it is the
+            // committed prefix.
+            self.rebase(node, watch, start.last_index);
+        }
         if let Some(from) = action.truncate_from {
             watch
                 .mirror
@@ -112,12 +134,20 @@ impl Checker {
         }
     }
 
-    /// Rebuilds a restarted node's mirror from the entries it recovered.
-    pub fn on_restart(&mut self, node: NodeId, watch: &mut NodeWatch, entries: &[Entry]) {
+    /// Rebuilds a restarted node's mirror from the snapshot it restarted from (its
+    /// index, 0 for none) and the entries it recovered after it.
+    pub fn on_restart(
+        &mut self,
+        node: NodeId,
+        watch: &mut NodeWatch,
+        snapshot_index: u64,
+        entries: &[Entry],
+    ) {
         watch.mirror = LogMirror::default();
         watch.commit_index = 0;
         watch.leader_view = None;
-        for entry in entries {
+        self.rebase(node, watch, snapshot_index);
+        for entry in entries.iter().filter(|entry| entry.index > snapshot_index) {
             let mirrored = watch.mirror.push(entry);
             self.check_log_matching(node, entry.index, mirrored);
         }
@@ -276,6 +306,8 @@ mod tests {
             hard_state: None,
             truncate_from,
             entries,
+            snapshot: None,
+            reset_log: None,
         }
     }
 

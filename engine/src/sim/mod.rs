@@ -40,19 +40,22 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::driver::{
-    Applier, ApplyWork, ClientError, NodeDriver, NodeError, NodeIo, Reply, ReplyTo, Request,
-    Submission, TurnInput,
+    meta_from_header, snapshot_header, Applier, ApplyWork, ClientError, NodeDriver, NodeError,
+    NodeIo, Reply, ReplyTo, Request, SnapshotPolicy, Submission, TurnInput, WrittenSnapshot,
 };
 use crate::kv::{
     decode_request, encode_request, ClientSession, Command, KvLimits, KvResponse, KvStateMachine,
 };
+use crate::raft::SnapshotMeta;
 use crate::raft::{
     Configuration, Entry, EntryKind, Message, MessageBody, NodeId, PersistAction, ProposeError,
     RaftConfig, RaftNode, Role, RoleState,
 };
+use crate::state_machine::{SnapshotSource, StateMachine};
 use checker::{Checker, NodeWatch};
 use history::{History, OperationKind};
 use storage::WalStorage;
+use tally_wal::SnapshotStore;
 
 /// Which faults a run injects while faults are active.
 #[derive(Clone, Debug)]
@@ -129,6 +132,9 @@ pub struct SimConfig {
     pub max_batch_entries: usize,
     /// AppendEntries in flight per follower.
     pub max_inflight_messages: usize,
+    /// Nodes take snapshots and compact (each seed draws its own thresholds, small
+    /// enough that snapshots, compaction and InstallSnapshot happen in every run).
+    pub snapshots: bool,
     /// Keep the full trace (and print it as it happens).
     pub trace: bool,
     /// Events kept for a violation report when not tracing fully.
@@ -161,6 +167,7 @@ impl SimConfig {
             max_fsync_us: 2_000,
             max_batch_entries: 64,
             max_inflight_messages: 8,
+            snapshots: true,
             trace: false,
             trace_ring_len: 200,
         }
@@ -171,6 +178,7 @@ impl SimConfig {
         SimConfig {
             faults: FaultConfig::none(),
             n_clients: 0,
+            snapshots: false,
             ..SimConfig::new(seed, n_nodes)
         }
     }
@@ -185,6 +193,16 @@ enum Event {
     Deliver(Message),
     /// The node's disk finished the fsync of everything written when it was issued.
     FsyncDone {
+        node: usize,
+        incarnation: u64,
+    },
+    /// The background writer serializes the node's frozen view (not yet durable).
+    SnapshotWrite {
+        node: usize,
+        incarnation: u64,
+    },
+    /// The background writer finishes that file: fsync, rename, directory fsync.
+    SnapshotFinish {
         node: usize,
         incarnation: u64,
     },
@@ -232,7 +250,7 @@ impl Ord for Scheduled {
 pub struct SimNode {
     pub id: NodeId,
     /// The node's behaviour, exactly as the threaded runtime runs it. `None` while down.
-    pub driver: Option<NodeDriver<KvResponse, WalStorage>>,
+    pub driver: Option<NodeDriver<KvResponse, WalStorage, tally_wal::SimStorage>>,
     /// The real KV state machine behind the same applier the runtime's apply thread
     /// runs. `None` while down.
     applier: Option<Applier<KvStateMachine>>,
@@ -252,6 +270,13 @@ pub struct SimNode {
     /// While set, the driver is frozen (a blocked raft thread, a paused process): what
     /// arrives queues in `input`; the disk and the clock keep going.
     frozen_until_us: Option<u64>,
+    /// A frozen view the background snapshot writer has not started on yet.
+    pending_snapshot: Option<(SnapshotMeta, Box<dyn SnapshotSource>)>,
+    /// A snapshot file being written (bytes written, not durable, not visible yet).
+    snapshot_writer: Option<(
+        SnapshotMeta,
+        tally_wal::SnapshotWriter<tally_wal::SimStorage>,
+    )>,
     pub watch: NodeWatch,
 }
 
@@ -346,6 +371,9 @@ pub struct KvStats {
     pub applied_twice: u64,
     /// Times a node's driver was frozen by the nemesis.
     pub stalls: u64,
+    /// Snapshot files nodes wrote themselves, and snapshots installed from a leader.
+    pub snapshots_taken: u64,
+    pub snapshots_installed: u64,
 }
 
 /// Message and byte counts, for budgets in tests.
@@ -401,6 +429,8 @@ pub struct Simulation {
     liveness_failures: Vec<String>,
     /// Other safety failures found outside the checker (exactly-once, replies).
     kv_violations: Vec<String>,
+    /// Every node's snapshot policy in this run.
+    snapshot_policy: SnapshotPolicy,
 }
 
 /// The KV key of register `key`.
@@ -442,6 +472,8 @@ impl Simulation {
                 applied_index: 0,
                 input: TurnInput::new(),
                 frozen_until_us: None,
+                pending_snapshot: None,
+                snapshot_writer: None,
                 watch: NodeWatch::default(),
             });
         }
@@ -450,6 +482,16 @@ impl Simulation {
             .map(|k| Client::new(k, rng.gen_range(0..n), false))
             .collect();
         let (reply_tx, reply_rx) = unbounded();
+        let snapshot_policy = if cfg.snapshots {
+            SnapshotPolicy {
+                log_entries: rng.gen_range(20..200),
+                log_bytes: 0,
+                retain_entries: rng.gen_range(0..40),
+                keep_files: 2,
+            }
+        } else {
+            SnapshotPolicy::manual_only()
+        };
         let mut sim = Simulation {
             rng,
             now_us: 0,
@@ -474,6 +516,7 @@ impl Simulation {
             next_write_value: 1,
             liveness_failures: Vec::new(),
             kv_violations: Vec::new(),
+            snapshot_policy,
             cfg,
         };
         for k in 0..n {
@@ -702,6 +745,8 @@ impl Simulation {
         node.applied_index = 0;
         node.input = TurnInput::new();
         node.frozen_until_us = None;
+        node.pending_snapshot = None;
+        node.snapshot_writer = None;
         node.fsync_free_at_us = 0;
         self.trace_event(format!("crash node {id}"));
         // Clients waiting on this node resend (same session) elsewhere.
@@ -969,6 +1014,16 @@ impl Simulation {
                     self.schedule(delay, Event::Nemesis);
                 }
             }
+            Event::SnapshotWrite { node, incarnation } => {
+                if self.nodes[node].incarnation == incarnation {
+                    self.write_snapshot(node);
+                }
+            }
+            Event::SnapshotFinish { node, incarnation } => {
+                if self.nodes[node].incarnation == incarnation {
+                    self.finish_snapshot(node);
+                }
+            }
             Event::Restart(node) => self.restart(node as u64 + 1),
             Event::FaultsEnd => {
                 self.faults_active = false;
@@ -997,25 +1052,18 @@ impl Simulation {
         raft_cfg.max_clock_drift = self.cfg.assumed_max_clock_drift;
         raft_cfg.max_batch_entries = self.cfg.max_batch_entries;
         raft_cfg.max_inflight_messages = self.cfg.max_inflight_messages;
-        let recovered = node.storage_mut().recover();
-        self.checker
-            .on_restart(node.id, &mut node.watch, &recovered.entries);
-        let raft = RaftNode::restart(
-            raft_cfg,
-            self.configuration.clone(),
-            recovered.hard_state,
-            Default::default(),
-            recovered.entries,
-        );
-        // The driver owns the disk for this incarnation; the node takes it back when
-        // it goes down.
-        let Some(storage) = node.storage.take() else {
-            unreachable!("a node that is down keeps its disk aside")
-        };
-        node.driver = Some(NodeDriver::new(raft, storage));
-        node.applier = Some(Applier::new(KvStateMachine::new(KvLimits::default())));
-        node.applied_index = 0;
-        node.input = TurnInput::new();
+        let id = node.id;
+        match self.boot(k, raft_cfg) {
+            Ok(()) => {}
+            Err(error) => {
+                // The simulated disk only ever crashes: a node that cannot restart from
+                // it is a bug.
+                self.kv_violations
+                    .push(format!("node {id} cannot restart from its disk: {error}"));
+                self.capture_violation_trace();
+                return;
+            }
+        }
         // Start the clock at a random phase.
         let phase = self.rng.gen_range(0..self.nodes[k].tick_interval_us);
         let node = &mut self.nodes[k];
@@ -1029,6 +1077,128 @@ impl Simulation {
             },
         );
         self.process(k);
+    }
+
+    /// Rebuilds node `k` from its disk exactly as the runtime does: the newest usable
+    /// snapshot restores the state machine, the WAL after it restores the core.
+    fn boot(&mut self, k: usize, raft_cfg: RaftConfig) -> Result<(), String> {
+        let node = &mut self.nodes[k];
+        let disk = node.storage_mut().disk();
+        let store = SnapshotStore::new(disk).map_err(|error| error.to_string())?;
+        let first_index = node.storage_mut().first_index();
+        let mut state_machine = KvStateMachine::new(KvLimits::default());
+        let restart = match store
+            .select_for_restart(first_index)
+            .map_err(|error| error.to_string())?
+        {
+            Some(info) => {
+                let mut reader = store.open(&info.name).map_err(|error| error.to_string())?;
+                let meta = meta_from_header(reader.header())?;
+                state_machine
+                    .restore(&mut reader)
+                    .map_err(|error| error.to_string())?;
+                Some((meta, info))
+            }
+            None => None,
+        };
+        let snapshot_index = restart.as_ref().map_or(0, |(meta, _)| meta.index);
+        let recovered = node.storage_mut().recover();
+        self.checker
+            .on_restart(node.id, &mut node.watch, snapshot_index, &recovered.entries);
+        let raft = RaftNode::restart(
+            raft_cfg,
+            self.configuration.clone(),
+            recovered.hard_state,
+            restart.as_ref().map(|(meta, _)| meta.clone()),
+            recovered.entries,
+        )
+        .map_err(|error| error.to_string())?;
+        // The driver owns the disk for this incarnation; the node takes it back when
+        // it goes down.
+        let Some(storage) = node.storage.take() else {
+            unreachable!("a node that is down keeps its disk aside")
+        };
+        let mut driver = NodeDriver::new(raft, storage, store, self.snapshot_policy);
+        if let Some((meta, info)) = &restart {
+            if let Err(error) = driver.restarted_from_snapshot(meta.clone(), info) {
+                node.storage = Some(driver.into_log());
+                return Err(error.to_string());
+            }
+        }
+        node.driver = Some(driver);
+        node.applier = Some(Applier::restored(state_machine, snapshot_index));
+        node.applied_index = snapshot_index;
+        node.input = TurnInput::new();
+        Ok(())
+    }
+
+    /// The background writer starts on a frozen view: the bytes reach the disk's cache,
+    /// not its durable state, and the file is not visible yet.
+    fn write_snapshot(&mut self, k: usize) {
+        let node = &mut self.nodes[k];
+        let Some((meta, mut source)) = node.pending_snapshot.take() else {
+            return;
+        };
+        let Some(driver) = node.driver.as_ref() else {
+            return;
+        };
+        let store = driver.snapshot_store().clone();
+        let written = store
+            .begin(&snapshot_header(&meta))
+            .map_err(|error| error.to_string())
+            .and_then(|mut writer| {
+                source
+                    .write_to(&mut writer)
+                    .map_err(|error| error.to_string())?;
+                std::io::Write::flush(&mut writer).map_err(|error| error.to_string())?;
+                Ok(writer)
+            });
+        match written {
+            Ok(writer) => {
+                node.snapshot_writer = Some((meta, writer));
+                let incarnation = node.incarnation;
+                let delay = self.rng.gen_range(100..5_000);
+                self.schedule(
+                    delay,
+                    Event::SnapshotFinish {
+                        node: k,
+                        incarnation,
+                    },
+                );
+            }
+            Err(error) => self.kv_violations.push(format!(
+                "node {}: writing a snapshot failed: {error}",
+                k + 1
+            )),
+        }
+    }
+
+    /// The background writer makes the file durable and visible, and tells the driver.
+    fn finish_snapshot(&mut self, k: usize) {
+        let node = &mut self.nodes[k];
+        let Some((meta, writer)) = node.snapshot_writer.take() else {
+            return;
+        };
+        match writer.finish() {
+            Ok(info) => {
+                self.stats.kv.snapshots_taken += 1;
+                self.trace_event(format!(
+                    "node {} wrote snapshot {} ({} bytes)",
+                    k + 1,
+                    meta.index,
+                    info.size_bytes
+                ));
+                self.nodes[k]
+                    .input
+                    .snapshots_written
+                    .push(WrittenSnapshot { meta, info });
+                self.process(k);
+            }
+            Err(error) => self.kv_violations.push(format!(
+                "node {}: finishing a snapshot failed: {error}",
+                k + 1
+            )),
+        }
     }
 
     /// Runs node `k`'s driver over everything that arrived for it, then carries out what
@@ -1118,12 +1288,33 @@ impl Simulation {
     fn apply_work(&mut self, k: usize, work: ApplyWork<KvResponse>) {
         match work {
             ApplyWork::Entries { entries, replies } => self.apply_entries(k, entries, replies),
-            reads @ ApplyWork::Reads(_) => {
+            other => {
                 let Some(applier) = self.nodes[k].applier.as_mut() else {
                     return;
                 };
-                match applier.handle(reads) {
-                    Ok(outcome) => self.stats.lease_reads += outcome.reads_lease,
+                match applier.handle(other) {
+                    Ok(outcome) => {
+                        self.stats.lease_reads += outcome.reads_lease;
+                        let node = &mut self.nodes[k];
+                        if let Some(index) = outcome.applied_through {
+                            // A snapshot from the leader replaced the state.
+                            self.stats.kv.snapshots_installed += 1;
+                            node.applied_index = index;
+                            node.input.note_applied(index);
+                        }
+                        if let Some(job) = outcome.snapshot {
+                            node.pending_snapshot = Some(job);
+                            let incarnation = node.incarnation;
+                            let delay = self.rng.gen_range(100..20_000);
+                            self.schedule(
+                                delay,
+                                Event::SnapshotWrite {
+                                    node: k,
+                                    incarnation,
+                                },
+                            );
+                        }
+                    }
                     Err(error) => self
                         .kv_violations
                         .push(format!("node {} state machine failed: {error}", k + 1)),

@@ -100,6 +100,19 @@ impl WalStorage {
         self.staged_ops
     }
 
+    /// A handle to the node's simulated disk (snapshot files live beside the WAL).
+    pub fn disk(&self) -> tally_wal::SimStorage {
+        self.disk.clone()
+    }
+
+    /// First index the recovered log holds.
+    pub fn first_index(&self) -> u64 {
+        match self.log.as_ref() {
+            Some(log) => log.first_index(),
+            None => unreachable!("the log is reopened before crash() returns"),
+        }
+    }
+
     /// Whether operations were staged since the last write.
     pub fn has_unwritten(&self) -> bool {
         self.staged_ops > self.written_ops
@@ -184,8 +197,22 @@ impl LogWriter for WalStorage {
         Ok(self.staged())
     }
 
+    fn reset(&mut self, next_index: u64) -> tally_wal::Result<u64> {
+        self.log().reset(next_index)?;
+        Ok(self.staged())
+    }
+
     fn barrier(&mut self) -> tally_wal::Result<u64> {
         Ok(self.staged())
+    }
+
+    fn compact_prefix(&mut self, up_to_index: u64) -> tally_wal::Result<()> {
+        // The WAL writes and syncs everything pending first, so every staged operation
+        // is durable afterwards (a disk may make more durable than was asked).
+        self.log().compact_prefix(up_to_index)?;
+        self.written_ops = self.staged_ops;
+        self.durable_ops = self.staged_ops;
+        Ok(())
     }
 
     fn max_append_bytes(&self) -> usize {

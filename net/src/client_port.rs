@@ -1033,6 +1033,7 @@ impl Connection {
                 write_bulk(&mut out, text.as_bytes());
             }
             b"config" => config_command(&mut out, rest),
+            b"tally" => return self.tally_command(rest, context),
             // redis-cli and redis-benchmark ask for command docs on connect.
             b"command" => write_array_header(&mut out, 0),
             b"client" => write_simple_string(&mut out, "OK"),
@@ -1041,6 +1042,47 @@ impl Connection {
             _ => return self.kv_command(args, context),
         }
         Slot::Ready(out)
+    }
+
+    /// `TALLY <subcommand>`: Tally's own administration commands.
+    /// `TALLY SNAPSHOT` takes a snapshot now and answers its index once it is durable.
+    fn tally_command(&mut self, args: &[&[u8]], context: &mut Context<'_>) -> Slot {
+        let mut out = Vec::new();
+        let Some((sub, rest)) = args.split_first() else {
+            write_error(
+                &mut out,
+                "ERR wrong number of arguments for 'tally' command",
+            );
+            return Slot::Ready(out);
+        };
+        if !sub.eq_ignore_ascii_case(b"snapshot") {
+            write_error(
+                &mut out,
+                &format!(
+                    "ERR unknown TALLY subcommand '{}'",
+                    String::from_utf8_lossy(sub)
+                ),
+            );
+            return Slot::Ready(out);
+        }
+        if !rest.is_empty() {
+            write_error(
+                &mut out,
+                "ERR wrong number of arguments for 'tally snapshot' command",
+            );
+            return Slot::Ready(out);
+        }
+        let tag = self.new_tag(false);
+        let sender = context.reply_tx.clone();
+        let waker = Arc::clone(context.reply_waker);
+        context
+            .shared
+            .handle
+            .request_snapshot(Box::new(move |result| {
+                let reply = ReplyTo::with_waker(tag, sender, waker);
+                reply.send(result.map(|taken| KvResponse::Integer(taken.index as i64)));
+            }));
+        Slot::Pending(tag)
     }
 
     /// Parses and encodes a KV command and queues it for submission.
@@ -1173,7 +1215,7 @@ impl Shared {
             let wal = shared.handle.wal_stats();
             let _ = write!(
                 text,
-                "# Raft\r\nrole:{role}\r\nnode_id:{}\r\nterm:{}\r\nleader_id:{}\r\nleader_client_addr:{}\r\ncommit_index:{}\r\napplied_index:{}\r\nlast_log_index:{}\r\nentries_per_fsync:{:.2}\r\nwal_fsyncs:{}\r\nwal_entries:{}\r\nwal_bytes:{}\r\nproposals:{}\r\nreads_lease:{}\r\nreads_read_index:{}\r\n",
+                "# Raft\r\nrole:{role}\r\nnode_id:{}\r\nterm:{}\r\nleader_id:{}\r\nleader_client_addr:{}\r\ncommit_index:{}\r\napplied_index:{}\r\nlast_log_index:{}\r\nentries_per_fsync:{:.2}\r\nwal_fsyncs:{}\r\nwal_entries:{}\r\nwal_bytes:{}\r\nproposals:{}\r\nreads_lease:{}\r\nreads_read_index:{}\r\nsnapshot_index:{}\r\nsnapshot_term:{}\r\nsnapshot_bytes:{}\r\nsnapshots_taken:{}\r\nsnapshots_installed:{}\r\nlog_first_index:{}\r\nlog_entries_in_memory:{}\r\n",
                 shared.config.node_id,
                 status.term.load(Ordering::Relaxed),
                 leader.unwrap_or(0),
@@ -1188,6 +1230,13 @@ impl Shared {
                 status.proposals.load(Ordering::Relaxed),
                 status.reads_lease.load(Ordering::Relaxed),
                 status.reads_read_index.load(Ordering::Relaxed),
+                status.snapshot_index.load(Ordering::Relaxed),
+                status.snapshot_term.load(Ordering::Relaxed),
+                status.snapshot_bytes.load(Ordering::Relaxed),
+                status.snapshots_taken.load(Ordering::Relaxed),
+                status.snapshots_installed.load(Ordering::Relaxed),
+                status.log_first_index.load(Ordering::Relaxed),
+                status.log_entries_in_memory.load(Ordering::Relaxed),
             );
             if wal.emulated_sync_delay_us > 0 {
                 // Disk emulation is on: figures from this node are not its real disk's.

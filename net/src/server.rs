@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tally_engine::driver::SnapshotPolicy;
 use tally_engine::kv::{KvLimits, KvResponse, KvStateMachine};
 use tally_engine::runtime::{Node, NodeHandle, NodeOptions};
 
@@ -49,6 +50,9 @@ pub struct ServerConfig {
     /// Size limits of commands, log entries and client buffers, end to end (one place;
     /// checked by [`Limits::validate`] at start, shown in `INFO limits`).
     pub limits: Limits,
+    /// When to snapshot and how much log to keep (`--snapshot-log-entries`,
+    /// `--snapshot-log-bytes`, `--log-retain-entries`).
+    pub snapshot: SnapshotPolicy,
 }
 
 /// Largest accepted emulated fsync delay: far above any real device, low enough that a
@@ -70,6 +74,7 @@ impl ServerConfig {
             client_io_threads: default_io_threads(),
             emulated_sync_delay: None,
             limits: Limits::default(),
+            snapshot: SnapshotPolicy::default(),
         }
     }
 }
@@ -268,6 +273,7 @@ fn node_options(config: &ServerConfig) -> NodeOptions {
     options.raft.heartbeat_interval_ticks = (config.heartbeat_ms / TICK_MS).max(1);
     options.wal.backend = config.wal_backend;
     options.wal.emulated_sync_delay = config.emulated_sync_delay;
+    options.snapshot = config.snapshot;
     // The WAL takes every entry the client port lets through (Limits::validate).
     let max_entry_bytes = config.limits.max_entry_bytes;
     options.wal.wal.max_entry_size_bytes = max_entry_bytes;

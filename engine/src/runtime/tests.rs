@@ -483,3 +483,252 @@ fn reply_waker_is_not_called_when_the_caller_went_away() {
     ReplyTo::with_waker(1, sender, Arc::clone(&waker) as _).send(Err(ClientError::NodeStopped));
     assert_eq!(waker.calls.load(Ordering::SeqCst), 0);
 }
+
+// ----- snapshots --------------------------------------------------------------------
+
+/// Snapshots every 100 entries, 10 retained, 64 KiB WAL segments (so compaction really
+/// deletes files in a short test).
+fn snapshot_often(options: &mut NodeOptions) {
+    options.snapshot = crate::driver::SnapshotPolicy {
+        log_entries: 100,
+        log_bytes: 0,
+        retain_entries: 10,
+        keep_files: 2,
+    };
+    options.wal.wal.segment_size_bytes = 64 << 10;
+    options.wal.wal.max_entry_size_bytes = 16 << 10;
+    options.wal.max_pending_bytes = 32 << 10;
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !done() {
+        assert!(Instant::now() < deadline, "gave up waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn segment_files(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("node directory")
+        .filter_map(|entry| entry.ok())
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".wal"))
+        .collect();
+    names.sort();
+    names
+}
+
+fn snapshot_files(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("node directory")
+        .filter_map(|entry| entry.ok())
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".snap"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn snapshots_compact_memory_and_disk_and_every_node_restarts_from_its_snapshot() {
+    let mut cluster = Cluster::start_with(3, snapshot_often);
+    let value = "v".repeat(200);
+    for k in 0..600 {
+        assert_eq!(
+            cluster.write(&format!("s{}", k % 50), &value),
+            KvResponse::Ok
+        );
+    }
+    for id in cluster.voters.clone() {
+        let handle = cluster.nodes[&id].handle();
+        wait_for("every node takes a snapshot and compacts", || {
+            let status = handle.status();
+            status.snapshot_index.load(Ordering::Relaxed) >= 400
+                && status.log_first_index.load(Ordering::Relaxed) > 1
+        });
+        let status = handle.status();
+        assert!(
+            status.log_entries_in_memory.load(Ordering::Relaxed) < 250,
+            "node {id} keeps only the retained window and what came after its snapshot"
+        );
+        let dir = cluster.dir.path().join(format!("node-{id}"));
+        let snapshots = snapshot_files(&dir);
+        assert!(
+            !snapshots.is_empty() && snapshots.len() <= 2,
+            "node {id} keeps the newest two snapshot files: {snapshots:?}"
+        );
+        let first_segment = segment_files(&dir).first().cloned().unwrap_or_default();
+        assert!(
+            !first_segment.ends_with("-00000000000000000001.wal"),
+            "node {id}: the oldest segments were deleted ({first_segment})"
+        );
+    }
+    // Everyone restarts from snapshot + log; the data is all there.
+    for id in cluster.voters.clone() {
+        cluster.stop_node(id);
+    }
+    for id in cluster.voters.clone() {
+        cluster.start_node(id);
+    }
+    for k in 0..50 {
+        assert_eq!(
+            cluster.read(&format!("s{k}")),
+            KvResponse::Bulk(Some(Bytes::from(value.clone())))
+        );
+    }
+    assert_eq!(cluster.write("after-restart", "1"), KvResponse::Ok);
+}
+
+#[test]
+fn a_follower_down_while_the_leader_compacted_catches_up_by_install_snapshot() {
+    let mut cluster = Cluster::start_with(3, snapshot_often);
+    assert_eq!(cluster.write("first", "1"), KvResponse::Ok);
+    let leader = cluster.wait_for_leader();
+    let follower = *cluster
+        .voters
+        .iter()
+        .find(|id| **id != leader)
+        .expect("a follower");
+    cluster.stop_node(follower);
+    for k in 0..500 {
+        assert_eq!(
+            cluster.write(&format!("while-down-{k}"), "x"),
+            KvResponse::Ok
+        );
+    }
+    let leader = cluster.wait_for_leader();
+    let leader_status = cluster.nodes[&leader].handle();
+    wait_for("the leader compacted past what the follower has", || {
+        leader_status
+            .status()
+            .log_first_index
+            .load(Ordering::Relaxed)
+            > 100
+    });
+    cluster.start_node(follower);
+    let target = leader_status.status().commit_index.load(Ordering::Relaxed);
+    let restarted = cluster.nodes[&follower].handle();
+    wait_for("the follower installs the snapshot and catches up", || {
+        restarted.status().applied_index.load(Ordering::Relaxed) >= target
+    });
+    assert!(
+        restarted
+            .status()
+            .snapshots_installed
+            .load(Ordering::Relaxed)
+            >= 1,
+        "the follower caught up through InstallSnapshot"
+    );
+    // Its state is the leader's: let it lead and read through it.
+    leader_status.transfer_leadership(follower);
+    wait_for("leadership moves to the caught-up follower", || {
+        cluster.leader() == Some(follower)
+    });
+    assert_eq!(
+        cluster.read("while-down-0"),
+        KvResponse::Bulk(Some(Bytes::from_static(b"x")))
+    );
+    assert_eq!(
+        cluster.read("first"),
+        KvResponse::Bulk(Some(Bytes::from_static(b"1")))
+    );
+}
+
+#[test]
+fn snapshot_now_answers_once_a_snapshot_covering_everything_applied_is_durable() {
+    let mut cluster = Cluster::start(3);
+    for k in 0..20 {
+        assert_eq!(cluster.write(&format!("n{k}"), "1"), KvResponse::Ok);
+    }
+    let leader = cluster.wait_for_leader();
+    let handle = cluster.nodes[&leader].handle();
+    let applied = handle.status().applied_index.load(Ordering::Relaxed);
+    let taken = handle.snapshot_now().expect("a snapshot");
+    assert!(taken.index >= applied, "{taken:?} covers index {applied}");
+    let dir = cluster.dir.path().join(format!("node-{leader}"));
+    assert!(
+        snapshot_files(&dir).contains(&taken.name),
+        "the file {} is in place",
+        taken.name
+    );
+    assert_eq!(
+        handle.status().snapshot_index.load(Ordering::Relaxed),
+        taken.index
+    );
+}
+
+#[test]
+fn a_node_whose_only_snapshot_is_corrupt_refuses_to_start_and_names_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node_dir = dir.path().join("node-1");
+    let start = |dir: &std::path::Path| {
+        let mut options = NodeOptions::new(1, vec![1], dir);
+        snapshot_often(&mut options);
+        options.snapshot.retain_entries = 0;
+        let transport = ChannelTransport {
+            from: 1,
+            registry: Arc::default(),
+            isolated: Arc::default(),
+        };
+        Node::<KvResponse>::start(options, KvStateMachine::new(KvLimits::default()), transport)
+    };
+    {
+        let node = start(&node_dir).expect("starts");
+        let handle = node.handle();
+        wait_for("the single node leads", || {
+            handle.status().role() == crate::raft::Role::Leader
+        });
+        let (sender, receiver) = unbounded();
+        for k in 0..400u64 {
+            let mut out = Vec::new();
+            let key = format!("c{k}");
+            encode_request(
+                Some(ClientSession {
+                    client_id: 5,
+                    sequence: k + 1,
+                }),
+                &Command::Set {
+                    key: key.as_bytes(),
+                    value: &[b'z'; 300],
+                },
+                &KvLimits::default(),
+                &mut out,
+            )
+            .expect("encodes");
+            handle.propose(Bytes::from(out), ReplyTo::new(k, sender.clone()));
+        }
+        for _ in 0..400 {
+            let reply = receiver.recv_timeout(PATIENCE).expect("answered");
+            assert_eq!(reply.result, Ok(KvResponse::Ok));
+        }
+        wait_for("the log is compacted below a snapshot", || {
+            handle.status().log_first_index.load(Ordering::Relaxed) > 1
+        });
+        node.shutdown().expect("clean stop");
+    }
+    assert!(
+        !segment_files(&node_dir)
+            .first()
+            .is_some_and(|name| name.ends_with("-00000000000000000001.wal")),
+        "the WAL no longer holds the first entries"
+    );
+    // Every snapshot file loses a byte in the middle: none is usable.
+    let snapshots = snapshot_files(&node_dir);
+    assert!(!snapshots.is_empty());
+    for name in &snapshots {
+        let path = node_dir.join(name);
+        let mut bytes = std::fs::read(&path).expect("read snapshot");
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x40;
+        std::fs::write(&path, bytes).expect("write snapshot");
+    }
+    let error = match start(&node_dir) {
+        Ok(_) => panic!("a node without a usable snapshot must not start"),
+        Err(error) => error.to_string(),
+    };
+    assert!(
+        snapshots.iter().any(|name| error.contains(name.as_str())),
+        "the error names the snapshot file: {error}"
+    );
+}

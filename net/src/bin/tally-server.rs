@@ -84,6 +84,18 @@ struct Args {
     /// connection (Redis's client-output-buffer-limit). Default 256 MiB.
     #[arg(long, value_name = "BYTES")]
     client_output_buffer_limit_bytes: Option<usize>,
+    /// Take a snapshot once this many entries were applied since the last one (0: off).
+    /// Default 250000.
+    #[arg(long, value_name = "N")]
+    snapshot_log_entries: Option<u64>,
+    /// Or once this many payload bytes were applied since the last one (0: off).
+    /// Default 268435456 (256 MiB).
+    #[arg(long, value_name = "BYTES")]
+    snapshot_log_bytes: Option<u64>,
+    /// Entries kept below a snapshot (in memory and in the WAL) so a follower that is a
+    /// little behind catches up from the log. Default 10000.
+    #[arg(long, value_name = "N")]
+    log_retain_entries: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -167,6 +179,15 @@ fn run(args: Args) -> Result<(), String> {
     }
     if let Some(bytes) = args.client_output_buffer_limit_bytes {
         config.limits.output_buffer_limit_bytes = bytes;
+    }
+    if let Some(entries) = args.snapshot_log_entries {
+        config.snapshot.log_entries = entries;
+    }
+    if let Some(bytes) = args.snapshot_log_bytes {
+        config.snapshot.log_bytes = bytes;
+    }
+    if let Some(entries) = args.log_retain_entries {
+        config.snapshot.retain_entries = entries;
     }
     let voters: Vec<u64> = config
         .peers

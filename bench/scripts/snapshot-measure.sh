@@ -6,7 +6,7 @@
 #   3. a follower down for 5M writes catching up by InstallSnapshot (time, bytes);
 #   4. SET throughput and p99 with snapshots on (defaults) vs off, alternated rounds.
 #
-# Usage: bench/scripts/snapshot-measure.sh [DIR] [ROUNDS]
+# Usage: bench/scripts/snapshot-measure.sh [DIR] [ROUNDS]   (ONLY_P99=1: part 4 only)
 # Needs redis-benchmark and redis-cli (Debian: redis-tools). Cleans up after itself.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -66,12 +66,13 @@ dir_mb() { du -sm "$1/n$2" | awk '{print $1}'; }
 
 sets() { # leader id, count -> "ops/s p50_ms p99_ms"
   redis-benchmark -p "$(client_port "$1")" -t set -d 100 -c 50 -P 16 -r 1000 -n "$2" --csv 2>/dev/null |
-    awk -F'","' 'NR==2{gsub(/"/,""); print $2, $5, $7}'
+    awk -F, 'NR==2{gsub(/"/,""); print $2, $5, $7}'
 }
 
 echo "# $(date -u +%FT%TZ) $(nproc) cores, $(uname -r), dir $DIR, load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "# tally-server defaults: --snapshot-log-entries 250000 --snapshot-log-bytes 268435456 --log-retain-entries 10000"
 
+if [ -z "${ONLY_P99:-}" ]; then
 # 1. Growth: RSS and disk after 1M, 5M, 10M SETs over 1000 keys.
 C="$ROOT/growth"; mkdir -p "$C"
 for id in 1 2 3; do start_member "$id" "$C"; done
@@ -107,6 +108,7 @@ until [ "$(info "$F" applied_index 2>/dev/null || echo 0)" -ge "$commit" ] 2>/de
 t1=$(date +%s.%N)
 echo "n$F down for 5M writes: caught up in $(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b-a}') s; snapshots_installed $(( $(info "$F" snapshots_installed) - installed_before )); leader snapshot_bytes $(info "$L" snapshot_bytes); leader log_first_index $(info "$L" log_first_index)"
 for id in 1 2 3; do stop_member "$id" "$C"; done
+fi
 
 # 4. SET 50 x 16 with snapshots on vs off, alternated.
 for round in $(seq 1 "$ROUNDS"); do

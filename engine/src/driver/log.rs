@@ -18,8 +18,7 @@ pub trait LogWriter {
     fn reset(&mut self, next_index: u64) -> Result<Self::Ticket, WalError>;
     /// An ordered completion that writes nothing.
     fn barrier(&mut self) -> Result<Self::Ticket, WalError>;
-    /// Deletes whole segments whose entries are all `<= up_to_index`.
-    fn compact_prefix(&mut self, up_to_index: u64) -> Result<(), WalError>;
+
     /// The most encoded bytes one `append` may carry.
     fn max_append_bytes(&self) -> usize;
     /// Whether the ticket resolved (durable, or failed).
@@ -50,10 +49,6 @@ impl LogWriter for tally_wal::Wal {
 
     fn barrier(&mut self) -> Result<Self::Ticket, WalError> {
         tally_wal::Wal::barrier(self)
-    }
-
-    fn compact_prefix(&mut self, up_to_index: u64) -> Result<(), WalError> {
-        tally_wal::Wal::compact_prefix(self, up_to_index).map(|_| ())
     }
 
     fn max_append_bytes(&self) -> usize {

@@ -207,11 +207,24 @@ pub trait NodeIo<R> {
     /// the state machine, in order. The environment reports the applied index back
     /// through [`TurnInput::applied_index`].
     fn apply(&mut self, work: ApplyWork<R>) -> Result<(), NodeError>;
+    /// Disk housekeeping once a snapshot is durable (see [`Housekeeping`]). The runtime
+    /// hands it to its snapshot thread, so the raft thread never waits for it.
+    fn housekeeping(&mut self, job: Housekeeping) -> Result<(), NodeError>;
     /// Called with every persist action before it is carried out (the simulator's
     /// checker mirrors logs from them).
     fn observe_persist(&mut self, _action: &PersistAction) {}
     /// Called on every role change the core reports.
     fn observe_role(&mut self, _change: &RoleState) {}
+}
+
+/// What may be deleted once a snapshot is durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Housekeeping {
+    /// WAL segments whose entries are all `<=` this index (the snapshot index minus the
+    /// retained window; the core already dropped them from memory).
+    pub compact_wal_through: u64,
+    /// How many of the newest snapshot files to keep.
+    pub keep_snapshot_files: usize,
 }
 
 /// Everything that arrived for a node since its last turn. The driver empties it.
@@ -404,7 +417,7 @@ impl<R, L: LogWriter, S: Storage> NodeDriver<R, L, S> {
             self.core.on_applied(index);
         }
         for written in std::mem::take(&mut input.snapshots_written) {
-            self.snapshot_written(written)?;
+            self.snapshot_written(written, io)?;
         }
         for message in input.messages.drain(..) {
             self.core.step(message);
@@ -801,11 +814,7 @@ impl<R, L: LogWriter, S: Storage> NodeDriver<R, L, S> {
         if let Err(error) = self.core.snapshot_ready(meta.clone(), data) {
             tracing::debug!(%error, index = meta.index, "installed snapshot not kept for sending");
         }
-        self.compact(meta.index)?;
-        self.snapshots
-            .store
-            .retain_newest(self.snapshots.policy.keep_files.max(1))?;
-        Ok(())
+        self.compact(meta.index, io)
     }
 
     /// Asks the state machine for a frozen view as of the last entry handed out, when
@@ -833,7 +842,11 @@ impl<R, L: LogWriter, S: Storage> NodeDriver<R, L, S> {
 
     /// The background writer finished a snapshot file: offer it to the core, compact
     /// memory and disk below it (keeping the retained window), keep the newest files.
-    fn snapshot_written(&mut self, written: WrittenSnapshot) -> Result<(), NodeError> {
+    fn snapshot_written(
+        &mut self,
+        written: WrittenSnapshot,
+        io: &mut impl NodeIo<R>,
+    ) -> Result<(), NodeError> {
         let WrittenSnapshot { meta, info } = written;
         self.snapshots.in_progress = false;
         self.snapshots.stats.snapshots_taken += 1;
@@ -844,27 +857,25 @@ impl<R, L: LogWriter, S: Storage> NodeDriver<R, L, S> {
             tracing::debug!(%error, index = meta.index, "snapshot not offered to the core");
             return Ok(());
         }
-        self.compact(meta.index)?;
-        self.snapshots
-            .store
-            .retain_newest(self.snapshots.policy.keep_files.max(1))?;
-        Ok(())
+        self.compact(meta.index, io)
     }
 
-    /// Drops entries below `snapshot_index - retain_entries` from memory and from the
-    /// WAL (whole segments).
-    fn compact(&mut self, snapshot_index: u64) -> Result<(), NodeError> {
+    /// Drops entries below `snapshot_index - retain_entries` from memory, and asks the
+    /// environment to delete the WAL segments and snapshot files that are no longer
+    /// needed (off the raft thread in the runtime).
+    fn compact(&mut self, snapshot_index: u64, io: &mut impl NodeIo<R>) -> Result<(), NodeError> {
+        let keep_snapshot_files = self.snapshots.policy.keep_files.max(1);
         let through = snapshot_index.saturating_sub(self.snapshots.policy.retain_entries);
         let through = through.min(self.core.log().applied());
-        if through <= self.core.log().start().last_index {
-            return Ok(());
+        if through > self.core.log().start().last_index {
+            if let Err(error) = self.core.compact_log(through) {
+                tracing::debug!(%error, through, "in-memory compaction skipped");
+            }
         }
-        if let Err(error) = self.core.compact_log(through) {
-            tracing::debug!(%error, through, "in-memory compaction skipped");
-            return Ok(());
-        }
-        self.log.compact_prefix(through)?;
-        Ok(())
+        io.housekeeping(Housekeeping {
+            compact_wal_through: self.core.log().start().last_index,
+            keep_snapshot_files,
+        })
     }
 
     /// Answers every pending client: writes with `error`, reads with `NotLeader` when

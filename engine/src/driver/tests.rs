@@ -26,9 +26,6 @@ impl LogWriter for InstantLog {
     fn reset(&mut self, _: u64) -> Result<u64, tally_wal::WalError> {
         self.barrier()
     }
-    fn compact_prefix(&mut self, _: u64) -> Result<(), tally_wal::WalError> {
-        Ok(())
-    }
     fn barrier(&mut self) -> Result<u64, tally_wal::WalError> {
         self.next_ticket += 1;
         Ok(self.next_ticket)
@@ -56,6 +53,9 @@ struct Collected {
 impl NodeIo<u64> for Collected {
     fn send(&mut self, messages: Vec<Message>) {
         self.messages.extend(messages);
+    }
+    fn housekeeping(&mut self, _: Housekeeping) -> Result<(), NodeError> {
+        Ok(())
     }
     fn apply(&mut self, work: ApplyWork<u64>) -> Result<(), NodeError> {
         match work {

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use crossbeam_channel::{Receiver, Sender};
 
 use super::{NodeError, NodeStatus};
-use crate::driver::{snapshot_header, Applier, ApplyWork, WrittenSnapshot};
+use crate::driver::{snapshot_header, Applier, ApplyWork, Housekeeping, WrittenSnapshot};
 use crate::raft::SnapshotMeta;
 use crate::state_machine::{SnapshotSource, StateMachine};
 
@@ -45,35 +45,64 @@ pub(crate) fn apply_loop<SM: StateMachine>(
     Ok(())
 }
 
-/// Writes each frozen view into a durable snapshot file and reports it to the raft
-/// thread. Any error is fatal (a failed fsync must not be retried).
+/// The snapshot thread: writes each frozen view into a durable snapshot file and
+/// reports it to the raft thread, and does the housekeeping the driver asks for after a
+/// snapshot (deleting covered WAL segments and old snapshot files), so the raft thread
+/// never waits for either. Any error is fatal (a failed fsync must not be retried).
 pub(crate) fn snapshot_loop<S: tally_wal::Storage>(
     store: &tally_wal::SnapshotStore<S>,
+    wal: &tally_wal::Wal,
     jobs: Receiver<SnapshotJob>,
+    housekeeping: Receiver<Housekeeping>,
     written: Sender<WrittenSnapshot>,
 ) -> Result<(), NodeError> {
-    for (meta, mut source) in jobs.iter() {
-        let started = std::time::Instant::now();
-        let mut writer = store.begin(&snapshot_header(&meta))?;
-        source.write_to(&mut writer)?;
-        writer.flush().map_err(|error| {
-            crate::state_machine::StateMachineError::Fatal(format!(
-                "writing snapshot {}: {error}",
-                meta.index
-            ))
-        })?;
-        let info = writer.finish()?;
-        tracing::info!(
-            index = meta.index,
-            term = meta.term,
-            bytes = info.size_bytes,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            file = %info.name,
-            "snapshot written"
-        );
-        if written.send(WrittenSnapshot { meta, info }).is_err() {
-            break;
+    loop {
+        crossbeam_channel::select! {
+            recv(jobs) -> job => match job {
+                Ok((meta, source)) => {
+                    let done = write_snapshot(store, meta, source)?;
+                    if written.send(done).is_err() {
+                        return Ok(());
+                    }
+                }
+                Err(_) => return Ok(()),
+            },
+            recv(housekeeping) -> job => match job {
+                Ok(job) => {
+                    let segments = wal.compact_prefix(job.compact_wal_through)?;
+                    let removed = store.retain_newest(job.keep_snapshot_files)?;
+                    tracing::debug!(
+                        through = job.compact_wal_through,
+                        segments,
+                        snapshot_files = removed.len(),
+                        "compacted the WAL and old snapshots"
+                    );
+                }
+                Err(_) => return Ok(()),
+            },
         }
     }
-    Ok(())
+}
+
+fn write_snapshot<S: tally_wal::Storage>(
+    store: &tally_wal::SnapshotStore<S>,
+    meta: SnapshotMeta,
+    mut source: Box<dyn SnapshotSource>,
+) -> Result<WrittenSnapshot, NodeError> {
+    let started = std::time::Instant::now();
+    let mut writer = store.begin(&snapshot_header(&meta))?;
+    source.write_to(&mut writer)?;
+    writer
+        .flush()
+        .map_err(crate::state_machine::StateMachineError::Io)?;
+    let info = writer.finish()?;
+    tracing::info!(
+        index = meta.index,
+        term = meta.term,
+        bytes = info.size_bytes,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        file = %info.name,
+        "snapshot written"
+    );
+    Ok(WrittenSnapshot { meta, info })
 }

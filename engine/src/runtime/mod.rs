@@ -312,6 +312,7 @@ impl<R: Send + 'static> Node<R> {
         let (applied_tx, applied_rx) = unbounded();
         let (snapshot_job_tx, snapshot_job_rx) = bounded(1);
         let (written_tx, written_rx) = unbounded();
+        let (housekeeping_tx, housekeeping_rx) = unbounded();
         let status = Arc::new(NodeStatus::default());
         let shutdown = Arc::new(AtomicBool::new(false));
         let fatal = Arc::new(Mutex::new(None));
@@ -341,10 +342,17 @@ impl<R: Send + 'static> Node<R> {
             let fatal = Arc::clone(&fatal);
             let shutdown = Arc::clone(&shutdown);
             let snapshots = snapshots.clone();
+            let wal = wal.clone();
             std::thread::Builder::new()
                 .name(format!("tally-snapshot-{}", options.id))
                 .spawn(move || {
-                    if let Err(error) = snapshot_loop(&snapshots, snapshot_job_rx, written_tx) {
+                    if let Err(error) = snapshot_loop(
+                        &snapshots,
+                        &wal,
+                        snapshot_job_rx,
+                        housekeeping_rx,
+                        written_tx,
+                    ) {
                         tracing::error!(%error, "snapshot writer stopped: fail-stop");
                         shutdown.store(true, Ordering::Release);
                         fatal.lock().get_or_insert(error);
@@ -363,6 +371,7 @@ impl<R: Send + 'static> Node<R> {
                 applied: applied_rx,
                 snapshots_written: written_rx,
                 apply: apply_tx,
+                housekeeping: housekeeping_tx,
             };
             let status = Arc::clone(&status);
             let fatal = Arc::clone(&fatal);

@@ -13,8 +13,8 @@ use crossbeam_channel::{select, Receiver, Sender};
 
 use super::{initial_configuration, ClientError, NodeError, NodeOptions, NodeStatus, Transport};
 use crate::driver::{
-    fail_request, meta_from_header, ApplyWork, NodeDriver, NodeIo, Request, TurnInput,
-    WrittenSnapshot,
+    fail_request, meta_from_header, ApplyWork, Housekeeping, NodeDriver, NodeIo, Request,
+    TurnInput, WrittenSnapshot,
 };
 use crate::raft::{Entry, EntryKind, HardState, Message, RaftNode, SnapshotMeta};
 use crate::state_machine::StateMachine;
@@ -31,6 +31,7 @@ pub(crate) struct Queues<R> {
     pub applied: Receiver<u64>,
     pub snapshots_written: Receiver<WrittenSnapshot>,
     pub apply: Sender<ApplyWork<R>>,
+    pub housekeeping: Sender<Housekeeping>,
 }
 
 /// Restores the state machine from the newest valid snapshot in the node directory, if
@@ -125,11 +126,18 @@ pub(crate) fn restore_core(
 struct RuntimeIo<R, T> {
     transport: T,
     apply: Sender<ApplyWork<R>>,
+    housekeeping: Sender<Housekeeping>,
 }
 
 impl<R, T: Transport> NodeIo<R> for RuntimeIo<R, T> {
     fn send(&mut self, messages: Vec<Message>) {
         self.transport.send(messages);
+    }
+
+    fn housekeeping(&mut self, job: Housekeeping) -> Result<(), NodeError> {
+        // The snapshot thread deletes files; a gone thread means the node is stopping.
+        let _ = self.housekeeping.send(job);
+        Ok(())
     }
 
     fn apply(&mut self, work: ApplyWork<R>) -> Result<(), NodeError> {
@@ -161,8 +169,13 @@ pub(crate) fn raft_loop<R: Send + 'static, T: Transport>(
         applied,
         snapshots_written,
         apply,
+        housekeeping,
     } = queues;
-    let mut io = RuntimeIo { transport, apply };
+    let mut io = RuntimeIo {
+        transport,
+        apply,
+        housekeeping,
+    };
     let mut input = TurnInput::new();
     let started = Instant::now();
     let tick_nanos = tick_interval.as_nanos().max(1);

@@ -40,8 +40,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::driver::{
-    meta_from_header, snapshot_header, Applier, ApplyWork, ClientError, NodeDriver, NodeError,
-    NodeIo, Reply, ReplyTo, Request, SnapshotPolicy, Submission, TurnInput, WrittenSnapshot,
+    meta_from_header, snapshot_header, Applier, ApplyWork, ClientError, Housekeeping, NodeDriver,
+    NodeError, NodeIo, Reply, ReplyTo, Request, SnapshotPolicy, Submission, TurnInput,
+    WrittenSnapshot,
 };
 use crate::kv::{
     decode_request, encode_request, ClientSession, Command, KvLimits, KvResponse, KvStateMachine,
@@ -1265,6 +1266,9 @@ impl Simulation {
         for work in io.work {
             self.apply_work(k, work);
         }
+        for job in io.housekeeping {
+            self.housekeeping(k, job);
+        }
         let storage = self.nodes[k].storage_mut();
         if storage.has_unwritten() {
             storage.write_staged();
@@ -1282,6 +1286,30 @@ impl Simulation {
                     incarnation,
                 },
             );
+        }
+    }
+
+    /// What the runtime's snapshot thread does after a snapshot: delete covered WAL
+    /// segments and old snapshot files (inline here, in event order).
+    fn housekeeping(&mut self, k: usize, job: Housekeeping) {
+        let node = &mut self.nodes[k];
+        let Some(driver) = node.driver.as_mut() else {
+            return;
+        };
+        let store = driver.snapshot_store().clone();
+        let result = driver
+            .log_mut()
+            .compact_prefix(job.compact_wal_through)
+            .map_err(|error| error.to_string())
+            .and_then(|()| {
+                store
+                    .retain_newest(job.keep_snapshot_files)
+                    .map(|_| ())
+                    .map_err(|error| error.to_string())
+            });
+        if let Err(error) = result {
+            self.kv_violations
+                .push(format!("node {}: housekeeping failed: {error}", k + 1));
         }
     }
 
@@ -2042,6 +2070,7 @@ pub fn applied_at(sim: &Simulation, index: u64) -> HashMap<NodeId, Entry> {
 #[derive(Default)]
 struct SimIo {
     messages: Vec<Message>,
+    housekeeping: Vec<Housekeeping>,
     work: Vec<ApplyWork<KvResponse>>,
     persists: Vec<PersistAction>,
     roles: Vec<RoleState>,
@@ -2054,6 +2083,11 @@ impl NodeIo<KvResponse> for SimIo {
 
     fn apply(&mut self, work: ApplyWork<KvResponse>) -> Result<(), NodeError> {
         self.work.push(work);
+        Ok(())
+    }
+
+    fn housekeeping(&mut self, job: Housekeeping) -> Result<(), NodeError> {
+        self.housekeeping.push(job);
         Ok(())
     }
 

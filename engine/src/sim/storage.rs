@@ -113,6 +113,16 @@ impl WalStorage {
         }
     }
 
+    /// Deletes whole WAL segments whose entries are all `<= up_to_index`. The WAL
+    /// writes and syncs everything pending first, so every staged operation is durable
+    /// afterwards (a disk may make more durable than was asked).
+    pub fn compact_prefix(&mut self, up_to_index: u64) -> tally_wal::Result<()> {
+        self.log().compact_prefix(up_to_index)?;
+        self.written_ops = self.staged_ops;
+        self.durable_ops = self.staged_ops;
+        Ok(())
+    }
+
     /// Whether operations were staged since the last write.
     pub fn has_unwritten(&self) -> bool {
         self.staged_ops > self.written_ops
@@ -204,15 +214,6 @@ impl LogWriter for WalStorage {
 
     fn barrier(&mut self) -> tally_wal::Result<u64> {
         Ok(self.staged())
-    }
-
-    fn compact_prefix(&mut self, up_to_index: u64) -> tally_wal::Result<()> {
-        // The WAL writes and syncs everything pending first, so every staged operation
-        // is durable afterwards (a disk may make more durable than was asked).
-        self.log().compact_prefix(up_to_index)?;
-        self.written_ops = self.staged_ops;
-        self.durable_ops = self.staged_ops;
-        Ok(())
     }
 
     fn max_append_bytes(&self) -> usize {

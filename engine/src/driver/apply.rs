@@ -191,3 +191,71 @@ fn answer<R>(commands: &[CommittedEntry<'_>], responses: Vec<R>, replies: Vec<(u
     // A reply whose entry was not a command cannot exist: proposals are commands.
     debug_assert!(replies.peek().is_none(), "a reply without its command");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::{encode_request, Command, KvLimits, KvResponse, KvStateMachine};
+
+    fn set_entry(index: u64) -> Entry {
+        let mut out = Vec::new();
+        let key = format!("k{index}");
+        encode_request(
+            None,
+            &Command::Set {
+                key: key.as_bytes(),
+                value: b"v",
+            },
+            &KvLimits::default(),
+            &mut out,
+        )
+        .expect("encodes");
+        Entry {
+            index,
+            term: 1,
+            kind: EntryKind::Normal,
+            data: Bytes::from(out),
+        }
+    }
+
+    #[test]
+    fn a_state_machine_that_is_ahead_at_start_is_given_only_later_entries() {
+        // A state machine that persisted itself through index 10...
+        let mut ahead = Applier::new(KvStateMachine::new(KvLimits::default()));
+        let first: Vec<Entry> = (1..=10).map(set_entry).collect();
+        ahead
+            .handle(ApplyWork::Entries {
+                entries: first,
+                replies: Vec::new(),
+            })
+            .expect("applies");
+        let state_machine = ahead.state_machine;
+        assert_eq!(state_machine.applied_index(), 10);
+        // ...restarts under a log that hands it everything from index 1 again.
+        let mut applier = Applier::new(state_machine);
+        let all: Vec<Entry> = (1..=15).map(set_entry).collect();
+        let outcome = applier
+            .handle(ApplyWork::Entries {
+                entries: all,
+                replies: Vec::new(),
+            })
+            .expect("entries it already reflects are skipped, not refused");
+        assert_eq!(outcome.applied_through, Some(15));
+        assert_eq!(applier.state_machine().applied_index(), 15);
+        let query = {
+            let mut out = Vec::new();
+            encode_request(
+                None,
+                &Command::Get { key: b"k15" },
+                &KvLimits::default(),
+                &mut out,
+            )
+            .expect("encodes");
+            out
+        };
+        assert_eq!(
+            applier.state_machine().query(&query),
+            KvResponse::Bulk(Some(Bytes::from_static(b"v")))
+        );
+    }
+}

@@ -213,9 +213,10 @@ enum Event {
         incarnation: u64,
     },
     Client(usize),
+    /// A client's attempt got no answer in time (only the latest attempt counts).
     ClientTimeout {
         client: usize,
-        serial: u64,
+        attempt: u64,
     },
     Nemesis,
     Restart(usize),
@@ -342,6 +343,8 @@ struct Client {
     last_sequence: u64,
     op: Option<ClientOp>,
     next_serial: u64,
+    /// Attempts sent so far (by all operations); a timeout names the attempt it is for.
+    attempts: u64,
     /// Where the current attempt went (node, incarnation), if it was accepted there.
     attempt_on: Option<(usize, u64)>,
     /// INCRs acknowledged so far (the counter's expected value).
@@ -999,9 +1002,9 @@ impl Simulation {
                 self.process(node);
             }
             Event::Client(client) => self.client_step(client),
-            Event::ClientTimeout { client, serial } => {
-                let current = self.clients[client].op.as_ref().map(|op| op.serial);
-                if current == Some(serial) {
+            Event::ClientTimeout { client, attempt } => {
+                let state = &self.clients[client];
+                if state.op.is_some() && state.attempt_on.is_some() && state.attempts == attempt {
                     self.trace_event(format!("client {client} times out; resends"));
                     self.clients[client].target = self.rng.gen_range(0..self.nodes.len());
                     self.resend_soon(client);
@@ -1606,10 +1609,13 @@ impl Simulation {
             }
         };
         let incarnation = self.nodes[k].incarnation;
-        self.clients[client].attempt_on = Some((k, incarnation));
+        let state = &mut self.clients[client];
+        state.attempt_on = Some((k, incarnation));
+        state.attempts += 1;
+        let attempt = state.attempts;
         self.nodes[k].input.requests.push(Request::One(submission));
         let timeout = self.cfg.client_timeout_us;
-        self.schedule(timeout, Event::ClientTimeout { client, serial });
+        self.schedule(timeout, Event::ClientTimeout { client, attempt });
         self.process(k);
     }
 
@@ -2110,6 +2116,7 @@ impl Client {
             last_sequence: 0,
             op: None,
             next_serial: 1,
+            attempts: 0,
             attempt_on: None,
             incr_acknowledged: 0,
             last_written: HashMap::new(),

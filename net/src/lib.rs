@@ -17,6 +17,8 @@
 pub mod client_port;
 pub mod codec;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handshake;
 pub mod node_transport;
 pub mod resp;

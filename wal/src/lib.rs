@@ -13,6 +13,8 @@ pub mod backend;
 mod core;
 pub mod error;
 pub mod format;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod inspect;
 pub mod storage;
 mod wal;

@@ -13,13 +13,16 @@
 //! What must hold: [`WalCore::open`](crate::WalCore::open) returns a typed
 //! [`WalError::Corruption`] or a log that verifies (every entry readable, contiguous,
 //! terms non-decreasing, everything durable), that log accepts one more entry, and a
-//! second open finds the same log with nothing left to repair. It never panics.
+//! second open finds the same log with nothing left to repair. The offline scanner
+//! ([`inspect::scan`]) reaches the same verdict (same corruption, or the same torn-tail
+//! actions and log) on the same bytes. Neither panics.
 
 use std::sync::OnceLock;
 
 use bytes::Bytes;
 
 use crate::format::{self, BatchHeader, BatchProbe, HardState, SEGMENT_HEADER_LEN};
+use crate::inspect::{self, NoVisitor, ScanError, ScanReport, SegmentBytes, TailAction, Verdict};
 use crate::{Entry, SimStorage, Storage, WalCore, WalError, WalOptions};
 
 /// Most files one input creates.
@@ -295,10 +298,108 @@ pub fn recover_dir(data: &[u8]) {
         }
     }
     storage.sync_dir().expect("simulated sync_dir");
-    match WalCore::open(storage.clone(), options(tolerant)) {
+    let scanned = scan(&storage);
+    let opened = WalCore::open(storage.clone(), options(tolerant));
+    if !tolerant {
+        check_scanner_agrees(scanned, &opened);
+    }
+    match opened {
         Err(WalError::Corruption { .. }) => {}
         Err(other) => panic!("recovery failed with a non-corruption error: {other}"),
         Ok(core) => check_recovered(core, storage, tolerant),
+    }
+}
+
+/// The offline inspector's verdict on the directory as it is now.
+fn scan(storage: &SimStorage) -> Result<ScanReport, ScanError> {
+    let files: Vec<(String, Vec<u8>)> = storage
+        .list()
+        .expect("simulated list")
+        .into_iter()
+        .filter_map(|name| storage.file_contents(&name).map(|bytes| (name, bytes)))
+        .collect();
+    let views: Vec<SegmentBytes<'_>> = files
+        .iter()
+        .map(|(name, bytes)| SegmentBytes { name, bytes })
+        .collect();
+    inspect::scan(&views, &mut NoVisitor)
+}
+
+/// `inspect::scan` promises recovery's verdict: the same corruption, or the same torn
+/// tail actions and the same log.
+fn check_scanner_agrees(
+    scanned: Result<ScanReport, ScanError>,
+    opened: &Result<WalCore<SimStorage>, WalError>,
+) {
+    let report = match scanned {
+        Err(ScanError::NoSegments) => {
+            assert!(opened.is_ok(), "recovery failed without segments");
+            return;
+        }
+        Ok(report) => report,
+    };
+    match (&report.verdict, opened) {
+        (
+            Verdict::Corruption {
+                file,
+                offset,
+                expected_index,
+                reason,
+            },
+            Err(WalError::Corruption {
+                file: r_file,
+                offset: r_offset,
+                expected_index: r_expected,
+                reason: r_reason,
+            }),
+        ) => assert_eq!(
+            (file, offset, expected_index, reason),
+            (r_file, r_offset, r_expected, r_reason),
+            "scanner and recovery name different corruption"
+        ),
+        (Verdict::Corruption { .. }, Ok(_)) | (_, Err(_)) => panic!(
+            "scanner says {:?}, recovery says {:?}",
+            report.verdict,
+            opened.as_ref().err()
+        ),
+        (verdict, Ok(core)) => {
+            let expected: Vec<(String, u64, u64, String, bool)> = match verdict {
+                Verdict::TornTail { actions, .. } => actions.iter().map(tail_action).collect(),
+                _ => Vec::new(),
+            };
+            let dropped: Vec<(String, u64, u64, String, bool)> = core
+                .recovery_report()
+                .dropped
+                .iter()
+                .map(|d| {
+                    let region = (d.file.clone(), d.offset, d.len_bytes);
+                    (region.0, region.1, region.2, d.reason.clone(), d.file_removed)
+                })
+                .collect();
+            assert_eq!(dropped, expected, "verdict {verdict:?}");
+            assert_eq!(core.first_index(), report.log.first_index);
+            assert_eq!(core.last_index(), report.log.last_index());
+            assert_eq!(core.hard_state(), report.log.hard_state);
+            for index in core.first_index()..=core.last_index() {
+                assert_eq!(core.term_at(index).ok(), report.log.term_at(index));
+            }
+        }
+    }
+}
+
+fn tail_action(action: &TailAction) -> (String, u64, u64, String, bool) {
+    match action {
+        TailAction::Zero {
+            file,
+            offset,
+            len_bytes,
+            reason,
+        } => (file.clone(), *offset, *len_bytes, reason.clone(), false),
+        TailAction::Remove {
+            file,
+            len_bytes,
+            reason,
+        } => (file.clone(), 0, *len_bytes, reason.clone(), true),
     }
 }
 
@@ -321,7 +422,14 @@ fn check_recovered(mut core: WalCore<SimStorage>, storage: SimStorage, tolerant:
     assert_eq!(core.durable_hard_state(), core.hard_state());
     let (first, hard_state) = (core.first_index(), core.hard_state());
     let mut expected = entries;
-    if let Some(next) = core.last_index().checked_add(1).filter(|&n| n < u64::MAX) {
+    // A log whose active segment has id u64::MAX - 1 cannot roll (that id is refused).
+    let can_roll = core
+        .segment_names()
+        .last()
+        .and_then(|name| format::parse_segment_file_name(name))
+        .is_some_and(|(id, _)| id < u64::MAX - 1);
+    let next = core.last_index() + 1;
+    if can_roll && next < u64::MAX {
         let entry = Entry {
             index: next,
             term: core.last_term().unwrap_or(hard_state.term),

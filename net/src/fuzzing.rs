@@ -62,7 +62,7 @@ struct ChunkedReader<'a> {
 impl Read for ChunkedReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let chunk = self.splitter.next_chunk_bytes();
-        if chunk % 7 == 0 && !self.interrupt_next {
+        if chunk.is_multiple_of(7) && !self.interrupt_next {
             self.interrupt_next = true;
             return Err(io::Error::new(io::ErrorKind::Interrupted, "fuzz interrupt"));
         }
@@ -209,7 +209,8 @@ pub fn handshake(data: &[u8]) {
     let (reason, text) = handshake::decode_reject(payload);
     assert!(text.chars().count() <= handshake::MAX_REJECT_TEXT_BYTES);
     assert_eq!(RejectReason::from_code(reason.code()), reason);
-    let (again_reason, again_text) = handshake::decode_reject(&handshake::encode_reject(reason, &text));
+    let (again_reason, again_text) =
+        handshake::decode_reject(&handshake::encode_reject(reason, &text));
     if !payload.is_empty() {
         assert_eq!(again_reason, reason, "reject reason changed");
     }
@@ -225,7 +226,10 @@ fn check_hello_roundtrip(hello: &Hello, payload: &[u8]) {
         "HELLO changed through re-encoding"
     );
     if hello.version <= handshake::HANDSHAKE_VERSION {
-        assert_eq!(encoded, payload, "a HELLO this build speaks re-encodes exactly");
+        assert_eq!(
+            encoded, payload,
+            "a HELLO this build speaks re-encodes exactly"
+        );
     }
 }
 

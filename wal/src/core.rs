@@ -353,7 +353,10 @@ impl<S: Storage> WalCore<S> {
             })
             .collect();
         names.sort();
-        if let Some((id, _, name)) = names.iter().find(|(id, first, _)| out_of_range(*id, *first)) {
+        if let Some((id, _, name)) = names
+            .iter()
+            .find(|(id, first, _)| out_of_range(*id, *first))
+        {
             // Indexes start at 1 and every segment needs a next id: no version of this
             // WAL names a segment so.
             return Err(WalError::Corruption {

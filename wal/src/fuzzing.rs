@@ -89,8 +89,7 @@ fn build_template() -> Vec<TemplateSegment> {
         .into_iter()
         .map(|name| {
             let bytes = storage.file_contents(&name).expect("template: segment");
-            let (id, _) =
-                format::parse_segment_file_name(&name).expect("template: segment name");
+            let (id, _) = format::parse_segment_file_name(&name).expect("template: segment name");
             let batches_end = batches_end(id, &bytes);
             TemplateSegment {
                 name,
@@ -373,7 +372,13 @@ fn check_scanner_agrees(
                 .iter()
                 .map(|d| {
                     let region = (d.file.clone(), d.offset, d.len_bytes);
-                    (region.0, region.1, region.2, d.reason.clone(), d.file_removed)
+                    (
+                        region.0,
+                        region.1,
+                        region.2,
+                        d.reason.clone(),
+                        d.file_removed,
+                    )
                 })
                 .collect();
             assert_eq!(dropped, expected, "verdict {verdict:?}");
@@ -418,7 +423,11 @@ fn populate(storage: &SimStorage, file: &File) -> bool {
 /// Everything a recovered log promises, then one append and a clean second recovery.
 fn check_recovered(mut core: WalCore<SimStorage>, storage: SimStorage, tolerant: bool) {
     let entries = verified_entries(&core);
-    assert_eq!(core.durable_index(), core.last_index(), "recovered log not durable");
+    assert_eq!(
+        core.durable_index(),
+        core.last_index(),
+        "recovered log not durable"
+    );
     assert_eq!(core.durable_hard_state(), core.hard_state());
     let (first, hard_state) = (core.first_index(), core.hard_state());
     let mut expected = entries;
@@ -451,7 +460,11 @@ fn check_recovered(mut core: WalCore<SimStorage>, storage: SimStorage, tolerant:
     );
     assert_eq!(again.first_index(), first, "first index changed");
     assert_eq!(again.hard_state(), hard_state, "hard state changed");
-    assert_eq!(verified_entries(&again), expected, "log changed across reopen");
+    assert_eq!(
+        verified_entries(&again),
+        expected,
+        "log changed across reopen"
+    );
 }
 
 /// Reads every entry and checks indexes and terms; returns them.

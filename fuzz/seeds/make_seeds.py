@@ -33,8 +33,10 @@ append = (common + u64(10, 3, 9, 77, 1234) + struct.pack("<I", 2)
           + u64(12, 4) + b"\x01" + struct.pack("<I", 3) + b"abc")
 response = common + b"\x00" + u64(0, 10) + b"\x01\x01" + u64(3, 7, 12) + u64(5, 6)
 vote = common + u64(5, 2) + b"\x01"
-config = b""  # replaced by a real encoding if the fuzzer finds one; empty is an error path
-snapshot = common + u64(100, 7, 4096) + b"\x01" + struct.pack("<II", 5, 0) + b"chunk"
+# Configuration::encode: voters, outgoing voters, learners, each u32 count + u64 ids.
+config = struct.pack("<I", 3) + u64(1, 2, 3) + struct.pack("<I", 0) + struct.pack("<I", 1) + u64(4)
+snapshot = (common + u64(100, 7, 4096) + b"\x01" + struct.pack("<II", 5, len(config))
+            + config + b"chunk")
 messages = {
     1: append, 2: response, 3: vote, 4: common + b"\x01", 5: vote, 6: common + b"\x00",
     7: common, 8: snapshot, 9: common + u64(100),

@@ -40,6 +40,13 @@ fn replay(target: &str, harness: fn(&[u8])) {
     );
 }
 
+/// The replay is not vacuous: a harness that panics fails it.
+#[test]
+#[should_panic(expected = "inputs panicked")]
+fn replay_fails_when_the_harness_panics() {
+    replay("handshake", |_| panic!("harness broke a promise"));
+}
+
 #[test]
 fn frame_corpus_replays_without_panics() {
     replay("frame", fuzzing::frame_stream);

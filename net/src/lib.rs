@@ -19,6 +19,8 @@ pub mod client_port;
 pub mod codec;
 pub mod commands;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handshake;
 pub mod limits;
 pub mod node_transport;

@@ -188,7 +188,9 @@ struct LogState {
 
 impl LogState {
     fn last_index(&self) -> u64 {
-        self.first_index + self.index.len() as u64 - 1
+        // `first_index >= 1`, so this cannot underflow, and it cannot overflow while the
+        // last entry's index is a u64 (`first_index + len` alone would at u64::MAX).
+        self.first_index - 1 + self.index.len() as u64
     }
 
     fn last_term(&self) -> Option<u64> {
@@ -205,6 +207,10 @@ impl LogState {
                         "entry index {index} does not follow {}",
                         expected - 1
                     ));
+                }
+                if index == u64::MAX {
+                    // Keeps `last_index() + 1` representable everywhere.
+                    return Err(format!("entry index {index} leaves no next index"));
                 }
                 if let Some(previous_term) = self.last_term() {
                     if term < previous_term {
@@ -347,8 +353,21 @@ impl<S: Storage> WalCore<S> {
             })
             .collect();
         names.sort();
+        if let Some((id, _, name)) = names
+            .iter()
+            .find(|(id, first, _)| out_of_range(*id, *first))
+        {
+            // Indexes start at 1 and every segment needs a next id: no version of this
+            // WAL names a segment so.
+            return Err(WalError::Corruption {
+                file: name.clone(),
+                offset: 0,
+                expected_index: 1,
+                reason: out_of_range_reason(*id),
+            });
+        }
         for pair in names.windows(2) {
-            if pair[1].0 != pair[0].0 + 1 {
+            if pair[0].0.checked_add(1) != Some(pair[1].0) {
                 return Err(WalError::Corruption {
                     file: pair[1].2.clone(),
                     offset: 0,
@@ -574,7 +593,7 @@ impl<S: Storage> WalCore<S> {
         }
         debug_assert_eq!(
             self.segments.back().map(|s| s.id),
-            Some(self.segments[0].id + self.segments.len() as u64 - 1)
+            Some(self.segments[0].id + (self.segments.len() as u64 - 1))
         );
         Ok(())
     }
@@ -847,6 +866,12 @@ impl<S: Storage> WalCore<S> {
         let mut expected = self.log.last_index() + 1;
         let mut previous_term = self.log.last_term();
         for (position, entry) in entries.iter().enumerate() {
+            if entry.index == u64::MAX {
+                return Err(WalError::OutOfOrder {
+                    index: entry.index,
+                    reason: "the last index u64::MAX cannot be used".into(),
+                });
+            }
             if entry.index != expected {
                 return Err(if position == 0 {
                     WalError::IndexGap {
@@ -1285,6 +1310,16 @@ impl<S: Storage> WalCore<S> {
 
     /// Seals the active segment (syncing it) and starts a new one.
     fn roll(&mut self) -> Result<()> {
+        let next_id = self.active().id + 1; // below u64::MAX: recovery refuses that id
+        if out_of_range(next_id, self.written_next_index) {
+            // Only a directory holding a segment no WAL writes gets here; nothing changed.
+            return Err(WalError::Corruption {
+                file: self.active().name.clone(),
+                offset: 0,
+                expected_index: self.written_next_index,
+                reason: out_of_range_reason(next_id),
+            });
+        }
         if self.active_unsynced {
             let active = self.active();
             if let Err(err) = active.file.sync_data() {
@@ -1295,7 +1330,6 @@ impl<S: Storage> WalCore<S> {
             // Everything written so far is durable now.
             self.mark_written_durable();
         }
-        let next_id = self.active().id + 1;
         if let Err(err) =
             self.create_segment(next_id, self.written_next_index, self.written_hard_state)
         {
@@ -1425,6 +1459,20 @@ fn zero_fill(file: &dyn StorageFile, size_bytes: u64) -> std::io::Result<()> {
         offset += len as u64;
     }
     Ok(())
+}
+
+/// True for a segment name no WAL writes: first index 0, or the last possible id.
+pub(crate) fn out_of_range(segment_id: u64, first_index: u64) -> bool {
+    first_index == 0 || segment_id == u64::MAX
+}
+
+/// Why [`out_of_range`] refused a segment name (recovery and `inspect` say the same).
+pub(crate) fn out_of_range_reason(segment_id: u64) -> String {
+    if segment_id == u64::MAX {
+        "segment name gives id u64::MAX, which leaves no next segment id".into()
+    } else {
+        "segment name gives first index 0".into()
+    }
 }
 
 /// Looks for any valid batch after the bad spot (in the same segment and all later

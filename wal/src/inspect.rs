@@ -131,7 +131,8 @@ impl LogShape {
 
     /// Last index (`first_index - 1` when empty).
     pub fn last_index(&self) -> u64 {
-        self.first_index + self.n_entries - 1
+        // Cannot overflow: `first_index >= 1` and the last index is a u64 (as recovery).
+        self.first_index - 1 + self.n_entries
     }
 
     /// Term of the last entry, if any.
@@ -181,6 +182,9 @@ impl LogShape {
                         "entry index {index} does not follow {}",
                         expected - 1
                     ));
+                }
+                if index == u64::MAX {
+                    return Err(format!("entry index {index} leaves no next index"));
                 }
                 if let Some(previous_term) = self.last_term() {
                     if term < previous_term {
@@ -362,13 +366,25 @@ pub fn scan(
             })
             .collect(),
         verdict: Verdict::Clean,
-        log: LogShape::new(segments[0].1),
+        log: LogShape::new(segments[0].1.max(1)),
         n_batches: 0,
         n_entry_records: 0,
         scanned_bytes: 0,
     };
+    if let Some((id, _, file)) = segments
+        .iter()
+        .find(|(id, first, _)| crate::core::out_of_range(*id, *first))
+    {
+        report.verdict = Verdict::Corruption {
+            file: file.name.to_string(),
+            offset: 0,
+            expected_index: 1,
+            reason: crate::core::out_of_range_reason(*id),
+        };
+        return Ok(report);
+    }
     for pair in segments.windows(2) {
-        if pair[1].0 != pair[0].0 + 1 {
+        if pair[0].0.checked_add(1) != Some(pair[1].0) {
             report.verdict = Verdict::Corruption {
                 file: pair[1].2.name.to_string(),
                 offset: 0,

@@ -14,6 +14,8 @@ pub mod backend;
 mod core;
 pub mod error;
 pub mod format;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod inspect;
 pub mod snapshot;
 pub mod storage;

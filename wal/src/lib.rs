@@ -1,6 +1,6 @@
 //! tally-wal: a segmented, checksummed, group-commit write-ahead log.
 //!
-//! Layers, bottom up (see `ARCHITECTURE-wal.md` and `FORMAT.md`):
+//! Layers, bottom up (see `ARCHITECTURE.md` and `FORMAT.md`):
 //! - [`storage`]: a directory of files, real ([`FsStorage`]) or simulated with crashes and
 //!   faults ([`SimStorage`]);
 //! - [`format`]: the byte-exact segment and batch encoding;

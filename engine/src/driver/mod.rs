@@ -4,9 +4,9 @@
 //! clock, pair proposals with the clients waiting for them, carry out each [`Ready`]
 //! (messages, persist actions as WAL operations, committed entries and confirmed reads
 //! to the state machine), report persist completions in order and fail pending work on
-//! leadership loss. That logic used to exist twice, in the threaded runtime and in the
-//! simulator, and only the simulator's copy ran under faults. [`NodeDriver`] is the one
-//! copy: the threaded runtime (`crate::runtime`) is a thin loop that waits on its
+//! leadership loss. [`NodeDriver`] is the one copy of that logic, so everything the
+//! simulator finds under faults is about the code that runs in production: the threaded
+//! runtime (`crate::runtime`) is a thin loop that waits on its
 //! queues, collects what arrived into a [`TurnInput`] and calls [`NodeDriver::turn`];
 //! the simulator (`crate::sim`) does the same with simulated time, network and disk.
 //!

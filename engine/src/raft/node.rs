@@ -124,7 +124,7 @@ impl RaftConfig {
     /// Ticks a lease lasts after the send time a quorum acknowledged:
     /// `floor((election_timeout - 1) * (1 - max_clock_drift))`. The `- 1` covers tick
     /// granularity on the follower side, and the strict comparison in
-    /// `lease_valid` the leader's side (see the derivation in ARCHITECTURE-engine.md).
+    /// `lease_valid` the leader's side (see the derivation in ARCHITECTURE.md, "Elections and leases").
     pub fn lease_ticks(&self) -> u64 {
         let drift = self.max_clock_drift.clamp(0.0, 1.0);
         ((self.election_timeout_ticks.saturating_sub(1)) as f64 * (1.0 - drift)).floor() as u64

@@ -1,36 +1,35 @@
-//! The node runtime: the threads that carry out what the sans-IO core asks for.
+//! The node runtime: the threads around the node driver.
 //!
-//! The core ([`crate::raft::RaftNode`]) decides; this module only moves bytes and
-//! time. It owns three kinds of thread (the transport's threads live in `tally-net`):
+//! Everything a node decides lives in [`crate::driver::NodeDriver`] (the simulator runs
+//! the same code); this module only waits, reads the monotonic clock and moves work
+//! between threads (the transport's threads live in `tally-net`):
 //!
 //! ```text
-//!  client threads ──propose/read──► [proposal queue] ─┐
-//!  transport readers ──messages──► [inbound queue] ───┤
-//!  WAL writer ──durable index──► [durable queue] ─────┼─► raft thread ──► Transport::send
-//!  apply thread ──applied index──► [applied queue] ───┘        │  │
-//!                                                   WAL append ◄┘  └► [apply queue] ─► apply thread
+//!  client threads ──requests──► [request queue] ──┐
+//!  transport readers ──messages──► [inbound] ─────┤
+//!  WAL writer ──durable index──► [durable] ───────┼─► raft thread (NodeDriver) ──► Transport::send
+//!  apply thread ──applied index──► [applied] ─────┤        │  │   └─► WAL (LogWriter)
+//!  snapshot thread ──files written──► [written] ──┘        │  └► [housekeeping] ─► snapshot thread
+//!                                                          └► [apply queue] ─► apply thread ─► [jobs] ─► snapshot thread
 //! ```
 //!
-//! - **raft thread** (`raft_loop`): owns the [`RaftNode`]. Each turn it blocks until
-//!   any queue has work or the next tick is due, then drains *every* queue (so all
-//!   proposals queued meanwhile become one `propose` call, one WAL batch and one
-//!   AppendEntries per follower), advances the core's clock to the monotonic clock, and
-//!   carries out the resulting [`Ready`]: persist actions go to the group-commit WAL
-//!   (whose writer turns everything queued into one write + one fdatasync), messages to
-//!   the transport, committed entries and safe reads to the apply thread.
-//! - **WAL writer** (inside [`tally_wal::Wal`]): reports durable indexes; the raft thread
-//!   turns them into `on_persisted(seq)` by checking its tickets in order.
-//! - **apply thread** (`apply_loop`): owns the [`StateMachine`], applies committed
-//!   batches, answers the clients whose proposals they were, serves reads once the
-//!   applied index reaches their read index, and reports the applied index back.
+//! - **raft thread** (`raft_loop`): waits until any queue has work or the next tick is
+//!   due, collects everything that arrived into a `TurnInput`, and calls
+//!   `NodeDriver::turn` with the clock read after the wait.
+//! - **WAL writer** (inside [`tally_wal::Wal`]): group commit; reports durable indexes.
+//! - **apply thread** (`apply_loop`): runs the driver's `Applier` (the state machine,
+//!   client replies, confirmed reads) and hands frozen views to the snapshot thread.
+//! - **snapshot thread** (`snapshot_loop`): writes snapshot files and deletes what a
+//!   durable snapshot made unnecessary (WAL segments, old snapshot files).
 //!
-//! Every queue is a bounded crossbeam channel except the two completion queues (durable
-//! and applied), which carry one small number per batch and must never block the WAL
-//! writer or the apply thread.
+//! Every queue is a bounded crossbeam channel except the completion queues (durable,
+//! applied, written, housekeeping), which carry one small item per batch and must never
+//! block the thread that produces them.
 //!
-//! Failure policy: any WAL error is fatal (fail-stop, the page cache may have dropped
-//! the data); so is a state machine `Err`. The node stops, every waiting client gets
-//! [`ClientError::NodeStopped`], and [`Node::wait`] returns the cause.
+//! Failure policy: any WAL or snapshot error is fatal (fail-stop: the page cache may have
+//! dropped the data); so is a state machine `Err`. The node stops, proposed writes get
+//! [`ClientError::OutcomeUnknown`], queued requests [`ClientError::NodeStopped`], and
+//! [`Node::shutdown`] returns the cause.
 
 mod apply;
 mod raft_loop;

@@ -552,16 +552,22 @@ fn snapshots_compact_memory_and_disk_and_every_node_restarts_from_its_snapshot()
             status.log_entries_in_memory.load(Ordering::Relaxed) < 250,
             "node {id} keeps only the retained window and what came after its snapshot"
         );
+        // The snapshot thread deletes files after the snapshot is reported: poll.
         let dir = cluster.dir.path().join(format!("node-{id}"));
-        let snapshots = snapshot_files(&dir);
-        assert!(
-            !snapshots.is_empty() && snapshots.len() <= 2,
-            "node {id} keeps the newest two snapshot files: {snapshots:?}"
+        wait_for(
+            &format!("node {id} keeps the newest two snapshot files"),
+            || {
+                let snapshots = snapshot_files(&dir);
+                !snapshots.is_empty() && snapshots.len() <= 2
+            },
         );
-        let first_segment = segment_files(&dir).first().cloned().unwrap_or_default();
-        assert!(
-            !first_segment.ends_with("-00000000000000000001.wal"),
-            "node {id}: the oldest segments were deleted ({first_segment})"
+        wait_for(
+            &format!("node {id} deletes its oldest WAL segments"),
+            || {
+                segment_files(&dir)
+                    .first()
+                    .is_some_and(|first| !first.ends_with("-00000000000000000001.wal"))
+            },
         );
     }
     // Everyone restarts from snapshot + log; the data is all there.
@@ -652,10 +658,10 @@ fn snapshot_now_answers_once_a_snapshot_covering_everything_applied_is_durable()
         "the file {} is in place",
         taken.name
     );
-    assert_eq!(
-        handle.status().snapshot_index.load(Ordering::Relaxed),
-        taken.index
-    );
+    // The status counters are published after the raft thread's turn: poll.
+    wait_for("INFO's snapshot_index reaches the snapshot", || {
+        handle.status().snapshot_index.load(Ordering::Relaxed) >= taken.index
+    });
 }
 
 #[test]
@@ -705,14 +711,14 @@ fn a_node_whose_only_snapshot_is_corrupt_refuses_to_start_and_names_the_file() {
         wait_for("the log is compacted below a snapshot", || {
             handle.status().log_first_index.load(Ordering::Relaxed) > 1
         });
+        // The snapshot thread deletes the covered WAL segments after that: poll.
+        wait_for("the WAL no longer holds the first entries", || {
+            segment_files(&node_dir)
+                .first()
+                .is_some_and(|name| !name.ends_with("-00000000000000000001.wal"))
+        });
         node.shutdown().expect("clean stop");
     }
-    assert!(
-        !segment_files(&node_dir)
-            .first()
-            .is_some_and(|name| name.ends_with("-00000000000000000001.wal")),
-        "the WAL no longer holds the first entries"
-    );
     // Every snapshot file loses a byte in the middle: none is usable.
     let snapshots = snapshot_files(&node_dir);
     assert!(!snapshots.is_empty());

@@ -72,13 +72,9 @@ fn members_compact_behind_snapshots_a_returning_member_installs_one_and_all_rest
         .info_u64("commit_index")
         .expect("commit index");
     cluster.wait_applied(follower, target);
-    assert!(
-        cluster
-            .member(follower)
-            .info_u64("snapshots_installed")
-            .unwrap_or(0)
-            >= 1,
-        "the returning member caught up through InstallSnapshot"
+    wait_until(
+        "the returning member caught up through InstallSnapshot",
+        || (cluster.member(follower).info_u64("snapshots_installed")? >= 1).then_some(()),
     );
 
     // Everyone restarts from snapshot + log tail, and every write is there.

@@ -53,6 +53,8 @@ pub struct ServerConfig {
     /// When to snapshot and how much log to keep (`--snapshot-log-entries`,
     /// `--snapshot-log-bytes`, `--log-retain-entries`).
     pub snapshot: SnapshotPolicy,
+    /// Test-only failpoint: the raft thread panics this long after start.
+    pub failpoint_raft_panic_after: Option<Duration>,
 }
 
 /// Largest accepted emulated fsync delay: far above any real device, low enough that a
@@ -75,6 +77,7 @@ impl ServerConfig {
             emulated_sync_delay: None,
             limits: Limits::default(),
             snapshot: SnapshotPolicy::default(),
+            failpoint_raft_panic_after: None,
         }
     }
 }
@@ -274,6 +277,7 @@ fn node_options(config: &ServerConfig) -> NodeOptions {
     options.wal.backend = config.wal_backend;
     options.wal.emulated_sync_delay = config.emulated_sync_delay;
     options.snapshot = config.snapshot;
+    options.failpoint_raft_panic_after = config.failpoint_raft_panic_after;
     // The WAL takes every entry the client port lets through (Limits::validate).
     let max_entry_bytes = config.limits.max_entry_bytes;
     options.wal.wal.max_entry_size_bytes = max_entry_bytes;

@@ -84,6 +84,9 @@ pub struct NodeOptions {
     pub apply_queue_capacity: usize,
     /// When to take snapshots and how much log to keep after one.
     pub snapshot: SnapshotPolicy,
+    /// Test-only failpoint: the raft thread panics this long after start (process-level
+    /// tests of fail-stop; never set in production).
+    pub failpoint_raft_panic_after: Option<Duration>,
 }
 
 impl NodeOptions {
@@ -105,6 +108,7 @@ impl NodeOptions {
             request_queue_capacity: 64 * 1024,
             apply_queue_capacity: 1024,
             snapshot: SnapshotPolicy::default(),
+            failpoint_raft_panic_after: None,
         }
     }
 }
@@ -376,11 +380,21 @@ impl<R: Send + 'static> Node<R> {
             let fatal = Arc::clone(&fatal);
             let shutdown = Arc::clone(&shutdown);
             let tick_interval = options.tick_interval;
+            let panic_at = options
+                .failpoint_raft_panic_after
+                .map(|after| std::time::Instant::now() + after);
             std::thread::Builder::new()
                 .name(format!("tally-raft-{}", options.id))
                 .spawn(move || {
-                    let result =
-                        raft_loop(driver, transport, queues, &status, &shutdown, tick_interval);
+                    let result = raft_loop(
+                        driver,
+                        transport,
+                        queues,
+                        &status,
+                        &shutdown,
+                        tick_interval,
+                        panic_at,
+                    );
                     status.stopped.store(true, Ordering::Release);
                     if let Err(error) = result {
                         tracing::error!(%error, "raft thread stopped: fail-stop");

@@ -161,6 +161,7 @@ pub(crate) fn raft_loop<R: Send + 'static, T: Transport>(
     status: &NodeStatus,
     shutdown: &AtomicBool,
     tick_interval: Duration,
+    failpoint_panic_at: Option<Instant>,
 ) -> Result<(), NodeError> {
     let Queues {
         requests,
@@ -213,6 +214,9 @@ pub(crate) fn raft_loop<R: Send + 'static, T: Transport>(
             break Err(error);
         }
         publish(&driver, status);
+        if failpoint_panic_at.is_some_and(|at| Instant::now() >= at) {
+            panic!("failpoint: the raft thread panics on purpose (failpoint_raft_panic_after)");
+        }
     };
     // Writes already proposed may still commit through the other members: their
     // outcome is unknown, whether this node stopped cleanly or failed.

@@ -6,7 +6,8 @@
 //! `--id` and the `--peer` ids; a restart recovers everything from `--dir`.
 //!
 //! Exit status: 0 after SIGTERM/SIGINT (clients' in-flight rounds answered, node
-//! drained); 1 when the node fail-stops (e.g. an fsync error) or cannot start.
+//! drained); 1 when the node fail-stops (e.g. an fsync error) or cannot start; 70 when
+//! any thread panicked (the process exits at once).
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::path::PathBuf;
@@ -98,6 +99,12 @@ struct Args {
     log_retain_entries: Option<u64>,
 }
 
+/// Exit status after a panic (EX_SOFTWARE): distinct from 1 (a fail-stop error).
+const PANIC_EXIT_CODE: i32 = 70;
+
+/// Test-only failpoint: the raft thread panics this many milliseconds after start.
+const FAILPOINT_RAFT_PANIC_ENV: &str = "TALLY_FAILPOINT_RAFT_PANIC_AFTER_MS";
+
 fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -106,6 +113,17 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
+    // Fail-stop means exit: a panic on any thread (raft, apply, WAL writer, client I/O)
+    // leaves a node whose state cannot be trusted, so the process ends at once with a
+    // non-zero status (a supervisor restarts it; its clients see their connections
+    // close instead of hanging on a process that keeps its ports open).
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("unnamed");
+        tracing::error!(thread = name, panic = %info, "panic: fail-stop, exiting");
+        eprintln!("tally-server: panic in thread {name}: {info}");
+        std::process::exit(PANIC_EXIT_CODE);
+    }));
     let args = Args::parse();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -189,6 +207,10 @@ fn run(args: Args) -> Result<(), String> {
     if let Some(entries) = args.log_retain_entries {
         config.snapshot.retain_entries = entries;
     }
+    config.failpoint_raft_panic_after = std::env::var(FAILPOINT_RAFT_PANIC_ENV)
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map(Duration::from_millis);
     let voters: Vec<u64> = config
         .peers
         .iter()

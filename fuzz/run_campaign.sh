@@ -12,7 +12,7 @@ runs=${1:?usage: run_campaign.sh <runs> [target...]}
 shift
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(frame raft_codec handshake resp kv_request wal_recovery)
+  targets=(frame raft_codec handshake resp kv_request wal_recovery snapshot_file)
 fi
 mkdir -p logs artifacts
 for target in "${targets[@]}"; do

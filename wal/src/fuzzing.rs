@@ -485,3 +485,107 @@ fn verified_entries(core: &WalCore<SimStorage>) -> Vec<Entry> {
     assert_eq!(core.last_term(), entries.last().map(|e| e.term));
     entries
 }
+
+// ----- snapshot files --------------------------------------------------------------------
+
+/// Fuzz harness for the snapshot file reader (`fuzz/fuzz_targets/snapshot_file.rs`,
+/// replayed over `fuzz/corpus/snapshot_file/` by `wal/tests/fuzz_corpus.rs`).
+///
+/// Two shapes per input, because random bytes almost never carry a valid CRC: the
+/// input itself as a snapshot file, and a valid snapshot built by the store from the
+/// input (index, term, configuration and data taken from it) with one byte changed at a
+/// position the input chooses. What must hold for each: the byte-level checker
+/// ([`crate::snapshot::verify_bytes`]), the store's `verify` and the store's reader agree
+/// on whether the file is valid, a valid file's reader yields exactly its data bytes,
+/// any changed byte of a valid file is detected, and nothing panics.
+pub fn snapshot_file(data: &[u8]) {
+    check_snapshot_bytes(data);
+    if data.len() < 20 {
+        return;
+    }
+    let index = u64::from(u16::from_le_bytes([data[0], data[1]])) + 1;
+    let term = u64::from(data[2]) + 1;
+    let config_len = usize::from(data[3] % 32).min(data.len() - 20);
+    let configuration = Bytes::copy_from_slice(&data[20..20 + config_len]);
+    let payload = &data[20 + config_len..];
+    let storage = SimStorage::new();
+    let Ok(store) = crate::SnapshotStore::new(storage.clone()) else {
+        panic!("a fresh simulated directory opens as a snapshot store");
+    };
+    let header = crate::SnapshotHeader {
+        index,
+        term,
+        configuration,
+    };
+    let mut writer = match store.begin(&header) {
+        Ok(writer) => writer,
+        Err(error) => panic!("a header with a small configuration is accepted: {error}"),
+    };
+    if let Err(error) = std::io::Write::write_all(&mut writer, payload) {
+        panic!("writing to a simulated disk cannot fail: {error}");
+    }
+    let info = match writer.finish() {
+        Ok(info) => info,
+        Err(error) => panic!("finishing a snapshot on a simulated disk cannot fail: {error}"),
+    };
+    let Ok(valid) = store.file_bytes(&info.name) else {
+        panic!("a finished snapshot can be read back");
+    };
+    let read_back = check_snapshot_bytes(&valid).unwrap_or_else(|| {
+        panic!("a snapshot the store wrote must verify");
+    });
+    assert_eq!(
+        read_back, payload,
+        "the reader yields exactly the data written"
+    );
+    let position = usize::from(u16::from_le_bytes([data[4], data[5]])) % valid.len();
+    let flip = data[6] | 1;
+    let mut damaged = valid.to_vec();
+    damaged[position] ^= flip;
+    assert!(
+        check_snapshot_bytes(&damaged).is_none(),
+        "a changed byte at offset {position} of a valid snapshot went unnoticed"
+    );
+}
+
+/// Writes `bytes` as a snapshot file (named after the header it claims, if any) and
+/// checks that every reader agrees. Returns the data bytes when the file is valid.
+fn check_snapshot_bytes(bytes: &[u8]) -> Option<Vec<u8>> {
+    let name = crate::snapshot::parse_layout("probe", bytes)
+        .map(|layout| crate::snapshot::snapshot_file_name(layout.header.index, layout.header.term))
+        .unwrap_or_else(|_| crate::snapshot::snapshot_file_name(1, 1));
+    let by_bytes = crate::snapshot::verify_bytes(&name, bytes);
+    let storage = SimStorage::new();
+    let Ok(file) = storage.create(&name) else {
+        panic!("creating a file on a simulated disk cannot fail");
+    };
+    if file.write_all_at(&[bytes], 0).is_err() || file.sync_data().is_err() {
+        panic!("writing a file on a simulated disk cannot fail");
+    }
+    let Ok(store) = crate::SnapshotStore::new(storage) else {
+        panic!("a simulated directory with one file opens as a snapshot store");
+    };
+    let by_store = store.verify(&name);
+    assert_eq!(
+        by_bytes.is_ok(),
+        by_store.is_ok(),
+        "verify_bytes ({:?}) and the store's verify ({:?}) disagree",
+        by_bytes.as_ref().err(),
+        by_store.as_ref().err()
+    );
+    let read = store.open(&name).ok().and_then(|mut reader| {
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut reader, &mut out)
+            .ok()
+            .map(|_| out)
+    });
+    assert_eq!(
+        read.is_some(),
+        by_bytes.is_ok(),
+        "the reader and verify disagree on whether the file is valid"
+    );
+    let layout = by_bytes.ok()?;
+    let data = read?;
+    assert_eq!(data.len() as u64, layout.data_len_bytes);
+    Some(data)
+}

@@ -49,6 +49,11 @@ fn wal_recovery_corpus_replays_without_panics() {
     replay("wal_recovery", fuzzing::recover_dir);
 }
 
+#[test]
+fn snapshot_file_corpus_replays_without_panics() {
+    replay("snapshot_file", fuzzing::snapshot_file);
+}
+
 // ----- regressions for what the fuzzer found (inputs also in the corpus) ----------------
 
 fn small_options() -> WalOptions {

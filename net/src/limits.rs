@@ -18,13 +18,14 @@
 //! nor given more encoded replies until its client reads; a reply that would take it past
 //! [`Limits::output_buffer_limit_bytes`] closes the connection (and is counted).
 
+use tally_engine::kv::REQUEST_HEADER_BYTES;
+
 use crate::resp::RespLimits;
 
 /// Bytes the KV log encoding adds to a command's arguments: the request header (format,
 /// client id, sequence, opcode), a u32 count, and a u32 length prefix per argument.
 pub fn kv_encoding_overhead_bytes(n_arguments: usize) -> u64 {
-    const REQUEST_HEADER_BYTES: u64 = 1 + 8 + 8 + 1;
-    REQUEST_HEADER_BYTES + 4 + 4 * n_arguments as u64
+    REQUEST_HEADER_BYTES as u64 + 4 + 4 * n_arguments as u64
 }
 
 /// The size limits of one member (see the module docs). Shown in `INFO limits`.

@@ -589,3 +589,38 @@ fn check_snapshot_bytes(bytes: &[u8]) -> Option<Vec<u8>> {
     assert_eq!(data.len() as u64, layout.data_len_bytes);
     Some(data)
 }
+
+// ----- corpus replay ---------------------------------------------------------------------
+
+/// Runs `harness` over every file of `fuzz/corpus/<target>/` (the committed corpora, for
+/// the replay tests of every crate); fails naming each input that panics, and if the
+/// directory holds no input at all.
+pub fn replay_corpus(target: &str, harness: fn(&[u8])) {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(target);
+    let mut paths: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()));
+    paths.retain(|p| p.is_file());
+    paths.sort();
+    assert!(!paths.is_empty(), "no corpus inputs in {}", dir.display());
+    let failures: Vec<String> = paths
+        .iter()
+        .filter_map(|path| {
+            let data =
+                std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+            std::panic::catch_unwind(|| harness(&data))
+                .err()
+                .map(|_| path.display().to_string())
+        })
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} {target} inputs panicked: {failures:?}",
+        failures.len(),
+        paths.len()
+    );
+}

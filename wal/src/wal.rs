@@ -526,11 +526,6 @@ impl<S: Storage> Wal<S> {
             .max(self.shared().max_entry_size_bytes as usize + ENTRY_RECORD_HEADER_LEN)
     }
 
-    /// The largest entry payload this log accepts (`WalOptions::max_entry_size_bytes`).
-    pub fn max_entry_size_bytes(&self) -> u64 {
-        self.shared().max_entry_size_bytes
-    }
-
     fn check_batch_size(&self, first_index: u64, encoded_bytes: usize) -> Result<()> {
         let limit = self.max_append_bytes();
         if encoded_bytes > limit {

@@ -3,55 +3,20 @@
 //! (and every crash it found, once fixed) is checked by plain `cargo test` on stable.
 //! A harness panic fails the test and names the input file.
 
-use std::fs;
-use std::panic;
-use std::path::PathBuf;
-
 use bytes::Bytes;
 use tally_wal::format::{self, BatchHeader};
 use tally_wal::fuzzing;
 use tally_wal::inspect::{self, NoVisitor, SegmentBytes, Verdict};
 use tally_wal::{Entry, SimStorage, Storage, WalCore, WalError, WalOptions};
 
-/// Runs `harness` over every file of `fuzz/corpus/<target>/`; fails naming each input
-/// that panics, and if the directory holds no input at all.
-fn replay(target: &str, harness: fn(&[u8])) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz/corpus")
-        .join(target);
-    let mut paths: Vec<PathBuf> = fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
-        .map(|entry| entry.map(|e| e.path()))
-        .collect::<Result<_, _>>()
-        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()));
-    paths.retain(|p| p.is_file());
-    paths.sort();
-    assert!(!paths.is_empty(), "no corpus inputs in {}", dir.display());
-    let failures: Vec<String> = paths
-        .iter()
-        .filter_map(|path| {
-            let data = fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-            panic::catch_unwind(|| harness(&data))
-                .err()
-                .map(|_| path.display().to_string())
-        })
-        .collect();
-    assert!(
-        failures.is_empty(),
-        "{} of {} {target} inputs panicked: {failures:?}",
-        failures.len(),
-        paths.len()
-    );
-}
-
 #[test]
 fn wal_recovery_corpus_replays_without_panics() {
-    replay("wal_recovery", fuzzing::recover_dir);
+    fuzzing::replay_corpus("wal_recovery", fuzzing::recover_dir);
 }
 
 #[test]
 fn snapshot_file_corpus_replays_without_panics() {
-    replay("snapshot_file", fuzzing::snapshot_file);
+    fuzzing::replay_corpus("snapshot_file", fuzzing::snapshot_file);
 }
 
 // ----- regressions for what the fuzzer found (inputs also in the corpus) ----------------

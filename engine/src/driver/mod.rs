@@ -285,8 +285,6 @@ struct PendingWrite<R> {
 pub struct DriverStats {
     /// Commands accepted by the core while leader (cumulative).
     pub proposals_accepted: u64,
-    /// Ticks the clock advanced by more than one in a single turn (stalls caught up).
-    pub ticks_caught_up: u64,
 }
 
 /// One node's behaviour (see the module docs).
@@ -433,9 +431,6 @@ impl<R, L: LogWriter, S: Storage> NodeDriver<R, L, S> {
     }
 
     fn advance_clock(&mut self, now_tick: u64) {
-        if now_tick > self.ticks_done + 1 {
-            self.stats.ticks_caught_up += now_tick - self.ticks_done - 1;
-        }
         while self.ticks_done < now_tick {
             self.core.tick();
             self.ticks_done += 1;
@@ -906,11 +901,6 @@ impl<R, L: LogWriter, S: Storage> NodeDriver<R, L, S> {
         for (_, (_, reply)) in self.pending_reads.drain() {
             reply.send(Err(ClientError::NodeStopped));
         }
-    }
-
-    /// Writes this driver has proposed that are not answered yet.
-    pub fn pending_write_count(&self) -> usize {
-        self.pending_writes.len()
     }
 }
 

@@ -508,26 +508,24 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-fn segment_files(dir: &std::path::Path) -> Vec<String> {
+/// Names of the files in `dir` ending with `suffix`, sorted.
+fn files_ending_with(dir: &std::path::Path, suffix: &str) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .expect("node directory")
         .filter_map(|entry| entry.ok())
         .map(|entry| entry.file_name().to_string_lossy().into_owned())
-        .filter(|name| name.ends_with(".wal"))
+        .filter(|name| name.ends_with(suffix))
         .collect();
     names.sort();
     names
 }
 
+fn segment_files(dir: &std::path::Path) -> Vec<String> {
+    files_ending_with(dir, ".wal")
+}
+
 fn snapshot_files(dir: &std::path::Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .expect("node directory")
-        .filter_map(|entry| entry.ok())
-        .map(|entry| entry.file_name().to_string_lossy().into_owned())
-        .filter(|name| name.ends_with(".snap"))
-        .collect();
-    names.sort();
-    names
+    files_ending_with(dir, ".snap")
 }
 
 #[test]

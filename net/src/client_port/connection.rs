@@ -1,0 +1,397 @@
+//! One client connection as a state machine: read, parse, submit, collect replies in
+//! request order, write.
+
+use super::info::encoded_reply_bytes;
+use super::io_loop::Context;
+use super::*;
+
+/// One reply owed to a connection, in request order.
+pub(super) enum Slot {
+    /// Already encoded (local commands, parse errors).
+    Ready(Vec<u8>),
+    /// Waiting for the node's reply with this tag.
+    Pending(u64),
+}
+
+/// A KV request encoded but not yet handed to the node.
+pub(super) struct Unsubmitted {
+    pub(super) tag: u64,
+    pub(super) request: Bytes,
+    pub(super) read_only: bool,
+}
+
+/// What the I/O thread does with a connection after driving it.
+pub(super) enum Verdict {
+    Keep,
+    Close,
+}
+
+/// One client connection, driven by its I/O thread.
+pub(super) struct Connection {
+    pub(super) id: u64,
+    pub(super) stream: TcpStream,
+    pub(super) remote: SocketAddr,
+    /// Unique per connection for the life of the cluster (never 0): the KV session.
+    pub(super) client_id: u64,
+    /// Sequence number of the last write encoded. Invariant: increases by 1 per write.
+    pub(super) last_sequence: u64,
+    /// Sequence part of the next reply tag (wraps; never more than
+    /// `max_pipeline_commands` tags are live).
+    pub(super) next_request: u64,
+    pub(super) parser: RequestParser,
+    /// Bytes read and not yet parsed (the parser's buffer).
+    pub(super) input: Vec<u8>,
+    /// Replies owed, in request order. Invariant: at most `max_pipeline_commands`
+    /// (plus one protocol error line).
+    pub(super) slots: VecDeque<Slot>,
+    /// Requests not yet submitted, in order: the head is a read waiting for this
+    /// connection's unanswered writes (everything behind it waits too).
+    pub(super) unsubmitted: VecDeque<Unsubmitted>,
+    /// Replies received, by tag, not yet written.
+    pub(super) received: HashMap<u64, Result<KvResponse, ClientError>>,
+    /// Submitted writes whose reply has not arrived (reads wait for 0).
+    pub(super) unanswered_writes: usize,
+    /// Encoded replies; `out[out_written..]` is not yet written to the socket.
+    pub(super) out: Vec<u8>,
+    pub(super) out_written: usize,
+    /// Since when unsent replies made no progress (None: nothing unsent or progress).
+    pub(super) unsent_since: Option<Instant>,
+    /// No more bytes will be read (EOF, shutdown, QUIT, protocol error).
+    pub(super) read_closed: bool,
+    /// No more commands are parsed; close once every slot is answered and written.
+    pub(super) closing: bool,
+    /// Queued in the I/O thread's `scheduled` list.
+    pub(super) scheduled: bool,
+}
+
+/// A client id unique for the life of the cluster with overwhelming probability: 64
+/// random bits from the OS-seeded generator (never 0).
+pub(super) fn new_client_id() -> u64 {
+    loop {
+        let id: u64 = rand::random();
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+impl Connection {
+    pub(super) fn new(
+        id: u64,
+        stream: TcpStream,
+        remote: SocketAddr,
+        config: &ClientPortConfig,
+    ) -> Connection {
+        Connection {
+            id,
+            stream,
+            remote,
+            client_id: new_client_id(),
+            last_sequence: 0,
+            next_request: 0,
+            parser: RequestParser::new(config.limits.resp_limits()),
+            input: Vec::new(),
+            slots: VecDeque::new(),
+            unsubmitted: VecDeque::new(),
+            received: HashMap::new(),
+            unanswered_writes: 0,
+            out: Vec::new(),
+            out_written: 0,
+            unsent_since: None,
+            read_closed: false,
+            closing: false,
+            scheduled: false,
+        }
+    }
+
+    pub(super) fn unsent_bytes(&self) -> usize {
+        self.out.len() - self.out_written
+    }
+
+    /// Shutdown: read nothing more, answer what was parsed, then close.
+    pub(super) fn stop_reading(&mut self) {
+        self.read_closed = true;
+        self.closing = true;
+    }
+
+    /// Makes as much progress as the socket allows: submit, write answered replies,
+    /// parse buffered commands, read. Returns when the socket would block (or the
+    /// connection waits for replies, or must close).
+    pub(super) fn drive(&mut self, context: &mut Context<'_>) -> io::Result<Verdict> {
+        let config = &context.shared.config;
+        loop {
+            self.submit_ready(context);
+            if let Err(reply_bytes) = self.collect_and_flush(context.shared)? {
+                context
+                    .shared
+                    .counters
+                    .output_buffer_limit_disconnections
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    node_id = config.node_id,
+                    remote = %self.remote,
+                    reply_bytes,
+                    unsent_bytes = self.unsent_bytes(),
+                    limit_bytes = config.limits.output_buffer_limit_bytes,
+                    "closing a client connection: its unsent replies would pass the output buffer limit"
+                );
+                return Ok(Verdict::Close);
+            }
+            if self.closing && self.slots.is_empty() && self.unsent_bytes() == 0 {
+                return Ok(Verdict::Close);
+            }
+            if self.parse_commands(context) {
+                continue;
+            }
+            let may_read = !self.read_closed
+                && !self.closing
+                && self.slots.len() < config.limits.max_pipeline_commands
+                && self.unsent_bytes() < config.limits.output_buffer_soft_bytes;
+            if !may_read {
+                return Ok(Verdict::Keep);
+            }
+            match self.stream.read(context.read_scratch) {
+                Ok(0) => self.read_closed = true,
+                Ok(n_read) => self
+                    .input
+                    .extend_from_slice(&context.read_scratch[..n_read]),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    return Ok(Verdict::Keep)
+                }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Parses buffered commands (within the bounds) and turns them into slots.
+    /// Returns whether anything changed.
+    pub(super) fn parse_commands(&mut self, context: &mut Context<'_>) -> bool {
+        if self.closing {
+            return false;
+        }
+        let shared = context.shared;
+        let config = &shared.config;
+        let input = std::mem::take(&mut self.input);
+        let mut parser = std::mem::replace(
+            &mut self.parser,
+            RequestParser::new(config.limits.resp_limits()),
+        );
+        let mut consumed_total = 0;
+        let mut n_commands = 0u64;
+        let mut incomplete = false;
+        let mut protocol_error = None;
+        while !self.closing
+            && self.slots.len() < config.limits.max_pipeline_commands
+            && self.unsent_bytes() < config.limits.output_buffer_soft_bytes
+        {
+            match parser.parse(&input[consumed_total..]) {
+                Ok(ParseStatus::Complete { consumed }) => {
+                    let args: Vec<&[u8]> = parser.args(&input[consumed_total..]).collect();
+                    let slot = self.command(&args, context);
+                    self.slots.push_back(slot);
+                    consumed_total += consumed;
+                    n_commands += 1;
+                }
+                Ok(ParseStatus::Incomplete) => {
+                    incomplete = true;
+                    break;
+                }
+                Err(error) => {
+                    protocol_error = Some(error.error_reply());
+                    break;
+                }
+            }
+        }
+        let leftover_bytes = input.len() - consumed_total;
+        if protocol_error.is_none() && incomplete && !self.closing {
+            if leftover_bytes > config.limits.max_request_buffer_bytes {
+                protocol_error = Some(format!(
+                    "ERR Protocol error: request larger than {} bytes (max-request-buffer-bytes)",
+                    config.limits.max_request_buffer_bytes
+                ));
+            } else if self.read_closed && leftover_bytes > 0 {
+                // A client that half-closed in the middle of a request still hears why
+                // nothing happened.
+                protocol_error =
+                    Some("ERR Protocol error: connection closed in the middle of a request".into());
+            }
+        }
+        self.parser = parser;
+        self.input = input;
+        self.input.drain(..consumed_total);
+        shared
+            .counters
+            .commands
+            .fetch_add(n_commands, Ordering::Relaxed);
+        let mut changed = n_commands > 0;
+        if let Some(error_line) = protocol_error {
+            shared
+                .counters
+                .protocol_errors
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::info!(node_id = config.node_id, remote = %self.remote, error = %error_line, "closing client connection on a protocol error");
+            let mut out = Vec::new();
+            write_error(&mut out, &error_line);
+            self.slots.push_back(Slot::Ready(out));
+            self.read_closed = true;
+            self.closing = true;
+            changed = true;
+        } else if self.read_closed && self.input.is_empty() && !self.closing {
+            // EOF after whole commands: answer them, then close.
+            self.closing = true;
+            changed = true;
+        }
+        changed
+    }
+
+    /// Hands queued requests to the node, in order, holding back a read (and what
+    /// follows it) while a write of this connection is unanswered.
+    pub(super) fn submit_ready(&mut self, context: &mut Context<'_>) {
+        while let Some(next) = self.unsubmitted.front() {
+            if next.read_only && self.unanswered_writes > 0 {
+                return;
+            }
+            let Some(request) = self.unsubmitted.pop_front() else {
+                return;
+            };
+            let reply = ReplyTo::with_waker(
+                request.tag,
+                context.reply_tx.clone(),
+                Arc::clone(context.reply_waker),
+            );
+            if request.read_only {
+                context.outbox.push(Submission::Read {
+                    query: request.request,
+                    reply,
+                });
+            } else {
+                self.unanswered_writes += 1;
+                context.outbox.push(Submission::Propose {
+                    command: request.request,
+                    reply,
+                });
+            }
+        }
+    }
+
+    /// Files a reply from the node.
+    pub(super) fn accept_reply(&mut self, reply: Reply<KvResponse>) {
+        if self.received.contains_key(&reply.tag) {
+            return; // Already given up on (node stopped).
+        }
+        if reply.tag & TAG_WRITE_BIT != 0 {
+            debug_assert!(
+                self.unanswered_writes > 0,
+                "a write reply nobody waited for"
+            );
+            self.unanswered_writes = self.unanswered_writes.saturating_sub(1);
+        }
+        self.received.insert(reply.tag, reply.result);
+    }
+
+    /// The node stopped: whatever it has not answered yet never will be. Returns true
+    /// if a slot changed.
+    pub(super) fn abandon_unanswered(&mut self) -> bool {
+        let mut changed = false;
+        for slot in &self.slots {
+            if let Slot::Pending(tag) = slot {
+                if !self.received.contains_key(tag) {
+                    self.received.insert(*tag, Err(ClientError::NodeStopped));
+                    changed = true;
+                }
+            }
+        }
+        self.unsubmitted.clear();
+        self.unanswered_writes = 0;
+        changed
+    }
+
+    /// Encodes answered replies and writes them until the socket would block or the
+    /// head of the queue is unanswered. `Ok(Err(reply_bytes))`: the next reply would take
+    /// the unsent bytes past the hard output limit (the connection must close).
+    pub(super) fn collect_and_flush(&mut self, shared: &Shared) -> io::Result<Result<(), usize>> {
+        loop {
+            if let Err(reply_bytes) = self.collect_answered(shared) {
+                return Ok(Err(reply_bytes));
+            }
+            self.flush()?;
+            // Stop when the socket is full (a writable event resumes) or nothing more is
+            // answered; otherwise the soft limit held replies back that now fit.
+            if self.unsent_bytes() > 0 || !self.head_is_answered() {
+                return Ok(Ok(()));
+            }
+        }
+    }
+
+    pub(super) fn head_is_answered(&self) -> bool {
+        match self.slots.front() {
+            Some(Slot::Ready(_)) => true,
+            Some(Slot::Pending(tag)) => self.received.contains_key(tag),
+            None => false,
+        }
+    }
+
+    /// Moves the answered head of `slots` into `out`, in request order, while the unsent
+    /// bytes stay below the soft output limit (one reply may pass it when nothing else
+    /// is unsent). `Err(reply_bytes)`: the next reply alone would pass the hard limit.
+    pub(super) fn collect_answered(&mut self, shared: &Shared) -> Result<(), usize> {
+        let limits = &shared.config.limits;
+        while let Some(slot) = self.slots.front() {
+            let unsent = self.unsent_bytes();
+            let reply_bytes = match slot {
+                Slot::Ready(bytes) => bytes.len(),
+                Slot::Pending(tag) => match self.received.get(tag) {
+                    Some(result) => encoded_reply_bytes(result),
+                    None => return Ok(()),
+                },
+            };
+            if unsent.saturating_add(reply_bytes) > limits.output_buffer_limit_bytes {
+                return Err(reply_bytes);
+            }
+            if unsent > 0 && unsent + reply_bytes > limits.output_buffer_soft_bytes {
+                return Ok(()); // written once the client reads what is already here
+            }
+            match slot {
+                Slot::Ready(bytes) => self.out.extend_from_slice(bytes),
+                Slot::Pending(tag) => {
+                    if let Some(result) = self.received.remove(tag) {
+                        shared.write_result(&mut self.out, result);
+                    }
+                }
+            }
+            self.slots.pop_front();
+        }
+        Ok(())
+    }
+
+    /// Writes unsent replies until done or the socket would block.
+    pub(super) fn flush(&mut self) -> io::Result<()> {
+        while self.out_written < self.out.len() {
+            match self.stream.write(&self.out[self.out_written..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n_written) => {
+                    self.out_written += n_written;
+                    self.unsent_since = None;
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    self.unsent_since.get_or_insert_with(Instant::now);
+                    return Ok(());
+                }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(error),
+            }
+        }
+        self.out.clear();
+        self.out_written = 0;
+        self.unsent_since = None;
+        Ok(())
+    }
+
+    /// A reply tag for this connection's next request.
+    pub(super) fn new_tag(&mut self, is_write: bool) -> u64 {
+        let tag = reply_tag(self.id, self.next_request, is_write);
+        self.next_request = self.next_request.wrapping_add(1);
+        tag
+    }
+}

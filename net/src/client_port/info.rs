@@ -1,0 +1,136 @@
+//! Replies from the node as RESP, and the INFO text.
+
+use super::*;
+
+impl Shared {
+    pub(super) fn write_result(&self, out: &mut Vec<u8>, result: Result<KvResponse, ClientError>) {
+        match result {
+            Ok(response) => write_kv_response(out, &response),
+            Err(ClientError::NotLeader { leader }) => {
+                let addr = leader.and_then(|id| self.client_addr_of(id));
+                write_error(
+                    out,
+                    &format!("NOTLEADER {}", addr.as_deref().unwrap_or("?")),
+                );
+            }
+            Err(ClientError::OutcomeUnknown) => write_error(out, OUTCOME_UNKNOWN_ERROR),
+            Err(ClientError::NotCommitted) => write_error(
+                out,
+                "TRYAGAIN the write was not committed (a new leader replaced it); retry",
+            ),
+            Err(ClientError::Overloaded) => write_error(out, "BUSY the node is overloaded; retry"),
+            Err(ClientError::NodeStopped) => write_error(out, "ERR the node stopped"),
+            Err(other) => write_error(out, &format!("ERR {other}")),
+        }
+    }
+
+    /// The client address of a member, if known.
+    pub(super) fn client_addr_of(&self, node: u64) -> Option<String> {
+        if node == self.config.node_id {
+            Some(self.config.advertised_client_addr.clone()).filter(|addr| !addr.is_empty())
+        } else {
+            self.peer_client_addrs.get(node)
+        }
+    }
+
+    /// INFO text: `# Server` and `# Raft` (the brief's contract), CRLF line ends.
+    pub(super) fn info(&self, section: Option<&[u8]>) -> String {
+        use std::fmt::Write as _;
+        let shared = self;
+        let (server, raft, limits) = match section {
+            None | Some(b"all") | Some(b"default") | Some(b"everything") => (true, true, true),
+            Some(b"server") => (true, false, false),
+            Some(b"raft") => (false, true, false),
+            Some(b"limits") => (false, false, true),
+            Some(_) => (false, false, false),
+        };
+        let mut text = String::new();
+        if server {
+            let _ = write!(
+                text,
+                "# Server\r\nredis_version:{REDIS_COMPATIBLE_VERSION}\r\ntally_version:{}\r\nredis_mode:standalone\r\nprocess_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{}\r\nconnected_clients:{}\r\n\r\n",
+                env!("CARGO_PKG_VERSION"),
+                std::process::id(),
+                shared.local_addr.port(),
+                shared.started.elapsed().as_secs(),
+                shared.counters.connections_open.load(Ordering::Relaxed),
+            );
+        }
+        if raft {
+            let status = shared.handle.status();
+            let role = match status.role() {
+                Role::Leader => "leader",
+                Role::Follower => "follower",
+                Role::Candidate => "candidate",
+                Role::PreCandidate => "precandidate",
+                Role::Learner => "learner",
+            };
+            let leader = status.leader();
+            let leader_addr = leader.and_then(|id| self.client_addr_of(id));
+            let wal = shared.handle.wal_stats();
+            let _ = write!(
+                text,
+                "# Raft\r\nrole:{role}\r\nnode_id:{}\r\nterm:{}\r\nleader_id:{}\r\nleader_client_addr:{}\r\ncommit_index:{}\r\napplied_index:{}\r\nlast_log_index:{}\r\nentries_per_fsync:{:.2}\r\nwal_fsyncs:{}\r\nwal_entries:{}\r\nwal_bytes:{}\r\nproposals:{}\r\nreads_lease:{}\r\nreads_read_index:{}\r\nsnapshot_index:{}\r\nsnapshot_term:{}\r\nsnapshot_bytes:{}\r\nsnapshots_taken:{}\r\nsnapshots_installed:{}\r\nlog_first_index:{}\r\nlog_entries_in_memory:{}\r\n",
+                shared.config.node_id,
+                status.term.load(Ordering::Relaxed),
+                leader.unwrap_or(0),
+                leader_addr.as_deref().unwrap_or(""),
+                status.commit_index.load(Ordering::Relaxed),
+                status.applied_index.load(Ordering::Relaxed),
+                status.last_log_index.load(Ordering::Relaxed),
+                wal.entries_per_fsync(),
+                wal.batches,
+                wal.entries,
+                wal.bytes,
+                status.proposals.load(Ordering::Relaxed),
+                status.reads_lease.load(Ordering::Relaxed),
+                status.reads_read_index.load(Ordering::Relaxed),
+                status.snapshot_index.load(Ordering::Relaxed),
+                status.snapshot_term.load(Ordering::Relaxed),
+                status.snapshot_bytes.load(Ordering::Relaxed),
+                status.snapshots_taken.load(Ordering::Relaxed),
+                status.snapshots_installed.load(Ordering::Relaxed),
+                status.log_first_index.load(Ordering::Relaxed),
+                status.log_entries_in_memory.load(Ordering::Relaxed),
+            );
+            if wal.emulated_sync_delay_us > 0 {
+                // Disk emulation is on: figures from this node are not its real disk's.
+                let _ = write!(
+                    text,
+                    "emulated_fsync_delay_us:{}\r\n",
+                    wal.emulated_sync_delay_us
+                );
+            }
+        }
+        if limits {
+            let counters = &shared.counters;
+            let _ = write!(
+                text,
+                "# Limits\r\n{}commands_too_large:{}\r\nclient_output_buffer_limit_disconnections:{}\r\n\r\n",
+                shared.config.limits.info_lines(),
+                counters.commands_too_large.load(Ordering::Relaxed),
+                counters
+                    .output_buffer_limit_disconnections
+                    .load(Ordering::Relaxed),
+            );
+        }
+        text
+    }
+}
+
+/// Bytes `write_result` will produce for `result`, or a bound close above it (computed
+/// before encoding so that an oversized reply is refused without being built).
+pub(super) fn encoded_reply_bytes(result: &Result<KvResponse, ClientError>) -> usize {
+    /// Type byte, length digits and CRLFs of one RESP element, rounded up.
+    const ELEMENT_OVERHEAD_BYTES: usize = 16;
+    match result {
+        Ok(KvResponse::Bulk(Some(value))) => value.len() + ELEMENT_OVERHEAD_BYTES,
+        Ok(KvResponse::Array(values)) => {
+            values.iter().fold(ELEMENT_OVERHEAD_BYTES, |sum, value| {
+                sum.saturating_add(value.as_ref().map_or(0, |v| v.len()) + ELEMENT_OVERHEAD_BYTES)
+            })
+        }
+        // Status, integer, null and error lines are short.
+        _ => 256,
+    }
+}

@@ -1,0 +1,233 @@
+//! One client I/O thread: a `mio` poll over its connections, its waker and its
+//! reply channel.
+
+use super::connection::{Connection, Verdict};
+use super::*;
+
+/// One I/O thread: a `mio` poll over its connections, its waker and its reply channel.
+pub(super) struct IoLoop {
+    pub(super) shared: Arc<Shared>,
+    pub(super) poll: Poll,
+    pub(super) waker: Arc<LoopWaker>,
+    /// The same waker, as the runtime sees it (cloned into every `ReplyTo`).
+    pub(super) reply_waker: Arc<dyn ReplyWaker>,
+    pub(super) new_connections: Receiver<(StdTcpStream, SocketAddr)>,
+    pub(super) reply_tx: Sender<Reply<KvResponse>>,
+    pub(super) reply_rx: Receiver<Reply<KvResponse>>,
+    /// Open connections by id. Invariant: ids are never reused (stale replies to a
+    /// closed connection find nothing), start at 1 and stay below 2^40.
+    pub(super) connections: HashMap<u64, Connection>,
+    pub(super) next_connection_id: u64,
+    /// Connections to drive this turn; each appears once (`Connection::scheduled`).
+    pub(super) scheduled: Vec<u64>,
+    pub(super) encode_buffer: Vec<u8>,
+    pub(super) read_scratch: Vec<u8>,
+    /// Requests parsed in this pass over the scheduled connections, handed to the node
+    /// in one batch at the end of the pass (one queue operation, one wake-up).
+    pub(super) outbox: Vec<Submission<KvResponse>>,
+}
+
+/// What a connection needs from its I/O thread while it is driven.
+pub(super) struct Context<'a> {
+    pub(super) shared: &'a Shared,
+    pub(super) reply_tx: &'a Sender<Reply<KvResponse>>,
+    pub(super) reply_waker: &'a Arc<dyn ReplyWaker>,
+    pub(super) encode_buffer: &'a mut Vec<u8>,
+    pub(super) read_scratch: &'a mut [u8],
+    pub(super) outbox: &'a mut Vec<Submission<KvResponse>>,
+}
+
+impl IoLoop {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        poll: Poll,
+        waker: Arc<LoopWaker>,
+        new_connections: Receiver<(StdTcpStream, SocketAddr)>,
+    ) -> IoLoop {
+        let (reply_tx, reply_rx) = crossbeam_channel::unbounded();
+        let read_chunk_bytes = shared.config.read_chunk_bytes.max(1);
+        IoLoop {
+            reply_waker: Arc::clone(&waker) as Arc<dyn ReplyWaker>,
+            shared,
+            poll,
+            waker,
+            new_connections,
+            reply_tx,
+            reply_rx,
+            connections: HashMap::new(),
+            next_connection_id: 1,
+            scheduled: Vec::new(),
+            encode_buffer: Vec::new(),
+            read_scratch: vec![0; read_chunk_bytes],
+            outbox: Vec::new(),
+        }
+    }
+
+    pub(super) fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut stopping_seen = false;
+        let mut last_tick = Instant::now();
+        loop {
+            if let Err(error) = self.poll.poll(&mut events, Some(IO_TICK)) {
+                if error.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                tracing::error!(%error, "client I/O thread cannot poll; closing its connections");
+                break;
+            }
+            for event in events.iter() {
+                match event.token() {
+                    WAKE_TOKEN => self.waker.acknowledge(),
+                    Token(id) => self.schedule(id as u64),
+                }
+            }
+            self.register_new_connections();
+            self.route_replies();
+            if !stopping_seen && self.shared.stopping.load(Ordering::Acquire) {
+                stopping_seen = true;
+                let ids: Vec<u64> = self.connections.keys().copied().collect();
+                for id in ids {
+                    if let Some(connection) = self.connections.get_mut(&id) {
+                        connection.stop_reading();
+                    }
+                    self.schedule(id);
+                }
+            }
+            if last_tick.elapsed() >= IO_TICK {
+                last_tick = Instant::now();
+                self.tick();
+            }
+            self.drive_scheduled();
+            if stopping_seen && self.connections.is_empty() {
+                break;
+            }
+        }
+        let ids: Vec<u64> = self.connections.keys().copied().collect();
+        for id in ids {
+            self.close(id);
+        }
+    }
+
+    pub(super) fn schedule(&mut self, id: u64) {
+        if let Some(connection) = self.connections.get_mut(&id) {
+            if !connection.scheduled {
+                connection.scheduled = true;
+                self.scheduled.push(id);
+            }
+        }
+    }
+
+    pub(super) fn register_new_connections(&mut self) {
+        while let Ok((stream, remote)) = self.new_connections.try_recv() {
+            if self.shared.stopping.load(Ordering::Acquire) {
+                let _ = stream.shutdown(Shutdown::Both);
+                continue;
+            }
+            let id = self.next_connection_id;
+            self.next_connection_id += 1;
+            debug_assert!(id < 1 << 40, "connection ids must fit the reply tag");
+            let mut stream = TcpStream::from_std(stream);
+            if let Err(error) = self.poll.registry().register(
+                &mut stream,
+                Token(id as usize),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                tracing::warn!(%remote, %error, "cannot register a client connection; closing it");
+                continue;
+            }
+            self.shared
+                .counters
+                .connections_open
+                .fetch_add(1, Ordering::Relaxed);
+            self.connections
+                .insert(id, Connection::new(id, stream, remote, &self.shared.config));
+            self.schedule(id);
+        }
+    }
+
+    /// Hands every reply on the channel to its connection (replies to closed
+    /// connections are dropped).
+    pub(super) fn route_replies(&mut self) {
+        while let Ok(reply) = self.reply_rx.try_recv() {
+            let id = reply.tag >> TAG_CONNECTION_SHIFT;
+            if let Some(connection) = self.connections.get_mut(&id) {
+                connection.accept_reply(reply);
+                self.schedule(id);
+            }
+        }
+    }
+
+    /// Periodic checks: a stopped node answers nothing more; a client that stopped
+    /// reading its replies is dropped.
+    pub(super) fn tick(&mut self) {
+        let node_stopped = self.shared.handle.status().stopped.load(Ordering::Acquire);
+        let now = Instant::now();
+        let mut stalled = Vec::new();
+        let mut to_schedule = Vec::new();
+        for (id, connection) in &mut self.connections {
+            if node_stopped && connection.abandon_unanswered() {
+                to_schedule.push(*id);
+            }
+            if connection
+                .unsent_since
+                .is_some_and(|since| now.duration_since(since) > CLIENT_WRITE_TIMEOUT)
+            {
+                stalled.push(*id);
+            }
+        }
+        for id in to_schedule {
+            self.schedule(id);
+        }
+        for id in stalled {
+            tracing::info!(
+                node_id = self.shared.config.node_id,
+                "closing a client connection that stopped reading its replies"
+            );
+            self.close(id);
+        }
+    }
+
+    pub(super) fn drive_scheduled(&mut self) {
+        let mut ids = std::mem::take(&mut self.scheduled);
+        for id in ids.drain(..) {
+            let Some(connection) = self.connections.get_mut(&id) else {
+                continue;
+            };
+            connection.scheduled = false;
+            let mut context = Context {
+                shared: &self.shared,
+                reply_tx: &self.reply_tx,
+                reply_waker: &self.reply_waker,
+                encode_buffer: &mut self.encode_buffer,
+                read_scratch: &mut self.read_scratch,
+                outbox: &mut self.outbox,
+            };
+            match connection.drive(&mut context) {
+                Ok(Verdict::Keep) => {}
+                Ok(Verdict::Close) => self.close(id),
+                Err(error) => {
+                    tracing::debug!(remote = %connection.remote, %error, "client connection ended with an error");
+                    self.close(id);
+                }
+            }
+        }
+        // Keep the allocation; drive never schedules (only events and replies do).
+        debug_assert!(self.scheduled.is_empty());
+        self.scheduled = ids;
+        if !self.outbox.is_empty() {
+            let batch = std::mem::take(&mut self.outbox);
+            self.shared.handle.submit_batch(batch);
+        }
+    }
+
+    pub(super) fn close(&mut self, id: u64) {
+        if let Some(mut connection) = self.connections.remove(&id) {
+            let _ = self.poll.registry().deregister(&mut connection.stream);
+            let _ = connection.stream.shutdown(Shutdown::Both);
+            self.shared
+                .counters
+                .connections_open
+                .fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}

@@ -14,8 +14,8 @@ pub const MSG_REJECT: u8 = 0xF2;
 /// Frame types from this value up belong to the transport; Raft messages use lower ones.
 pub const FIRST_RESERVED_MSG_TYPE: u8 = 0xF0;
 /// Version of the handshake payloads this build speaks (2: HELLO carries the dialer's
-/// advertised client address).
-pub const HANDSHAKE_VERSION: u32 = 2;
+/// advertised client address; 3: then its incarnation, a `u64`).
+pub const HANDSHAKE_VERSION: u32 = 3;
 /// Oldest handshake version this build still accepts (1: no client address).
 pub const MIN_HANDSHAKE_VERSION: u32 = 1;
 /// Size of a version-1 HELLO payload, and of the fixed part of a version-2 one.
@@ -40,6 +40,10 @@ pub struct Hello {
     /// clients to the leader with `-NOTLEADER <addr>`. Empty when unknown (version 1).
     /// Invariant: at most [`MAX_CLIENT_ADDR_BYTES`] bytes.
     pub client_addr: String,
+    /// The random id the dialer drew when its directory was created (version 3; 0 when
+    /// older or unknown): an acceptor refuses a member id whose recorded incarnation
+    /// differs (an emptied directory reusing an old id).
+    pub incarnation: u64,
 }
 
 impl Hello {
@@ -60,6 +64,9 @@ impl Hello {
             out.extend_from_slice(&(cut as u16).to_le_bytes());
             out.extend_from_slice(&self.client_addr.as_bytes()[..cut]);
         }
+        if self.version >= 3 {
+            out.extend_from_slice(&self.incarnation.to_le_bytes());
+        }
         out
     }
 
@@ -79,6 +86,7 @@ impl Hello {
         version.copy_from_slice(&fixed[0..4]);
         let version = u32::from_le_bytes(version);
         let rest = &payload[HELLO_BYTES..];
+        let mut incarnation = 0;
         let client_addr = if version < 2 {
             if !rest.is_empty() {
                 return None;
@@ -90,10 +98,16 @@ impl Hello {
         } else {
             let length_bytes = rest.get(..2)?;
             let length = usize::from(u16::from_le_bytes([length_bytes[0], length_bytes[1]]));
-            if length > MAX_CLIENT_ADDR_BYTES || rest.len() != 2 + length {
+            let tail = if version >= 3 { 8 } else { 0 };
+            if length > MAX_CLIENT_ADDR_BYTES || rest.len() != 2 + length + tail {
                 return None;
             }
-            std::str::from_utf8(&rest[2..]).ok()?.to_string()
+            if tail > 0 {
+                let mut raw = [0u8; 8];
+                raw.copy_from_slice(&rest[2 + length..]);
+                incarnation = u64::from_le_bytes(raw);
+            }
+            std::str::from_utf8(&rest[2..2 + length]).ok()?.to_string()
         };
         Some(Hello {
             version,
@@ -101,6 +115,7 @@ impl Hello {
             from_node: u64_at(12),
             to_node: u64_at(20),
             client_addr,
+            incarnation,
         })
     }
 }
@@ -119,6 +134,8 @@ pub enum RejectReason {
     UnknownSender,
     /// The first frame was not a well-formed HELLO.
     MalformedHello,
+    /// The dialer's incarnation differs from the one the cluster recorded for its id.
+    IncarnationMismatch,
     /// A code this build does not know (a newer peer).
     Other(u8),
 }
@@ -132,6 +149,7 @@ impl RejectReason {
             RejectReason::WrongNode => 3,
             RejectReason::UnknownSender => 4,
             RejectReason::MalformedHello => 5,
+            RejectReason::IncarnationMismatch => 6,
             RejectReason::Other(code) => code,
         }
     }
@@ -144,6 +162,7 @@ impl RejectReason {
             3 => RejectReason::WrongNode,
             4 => RejectReason::UnknownSender,
             5 => RejectReason::MalformedHello,
+            6 => RejectReason::IncarnationMismatch,
             other => RejectReason::Other(other),
         }
     }
@@ -227,7 +246,20 @@ mod tests {
             from_node: 1,
             to_node: 2,
             client_addr: "127.0.0.1:6379".to_string(),
+            incarnation: 0xabcd,
         }
+    }
+
+    #[test]
+    fn version_two_hello_without_incarnation_is_still_understood() {
+        let old = Hello {
+            version: 2,
+            incarnation: 0,
+            ..hello()
+        };
+        let bytes = old.encode();
+        assert_eq!(Hello::decode(&bytes), Some(old));
+        assert_eq!(hello().encode().len(), bytes.len() + 8);
     }
 
     #[test]
@@ -246,6 +278,7 @@ mod tests {
         let old = Hello {
             version: 1,
             client_addr: String::new(),
+            incarnation: 0,
             ..hello()
         };
         let bytes = old.encode();
@@ -278,6 +311,7 @@ mod tests {
         let mut not_utf8 = hello().encode()[..HELLO_BYTES].to_vec();
         not_utf8.extend_from_slice(&2u16.to_le_bytes());
         not_utf8.extend_from_slice(&[0xff, 0xfe]);
+        not_utf8.extend_from_slice(&[0; 8]);
         assert_eq!(Hello::decode(&not_utf8), None);
     }
 

@@ -22,6 +22,7 @@ pub mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod handshake;
+pub mod identity;
 pub mod limits;
 pub mod node_transport;
 pub mod resp;

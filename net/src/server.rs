@@ -5,6 +5,12 @@
 //! them in one process for its default run. Listeners are bound by the caller so that a
 //! whole cluster's addresses are known before any member starts (members dial each
 //! other lazily, with backoff, so start order does not matter).
+//!
+//! Membership comes from the log, not the command line: a fresh directory's identity
+//! file is created first (`crate::identity`), then a founding member writes the
+//! cluster's configuration (its `--id` and the `--peer` ids) as log entry 1; a restart
+//! takes `--peer` as addresses only and refuses ids the log does not know; `--join`
+//! starts an empty directory as a non-member that waits for `TALLY MEMBER ADD`.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -13,10 +19,12 @@ use std::time::Duration;
 
 use tally_engine::driver::SnapshotPolicy;
 use tally_engine::kv::{KvLimits, KvResponse, KvStateMachine};
-use tally_engine::runtime::{Node, NodeHandle, NodeOptions};
+use tally_engine::raft::{Configuration, MemberInfo};
+use tally_engine::runtime::{LogMembership, MembershipPolicy, Node, NodeHandle, NodeOptions};
 
 use crate::client_port::{default_io_threads, ClientPort, ClientPortConfig, ClientPortCounters};
 use crate::codec::CodecLimits;
+use crate::identity::{CreatedAs, Identity, IdentityError, IDENTITY_FILE};
 use crate::limits::Limits;
 use crate::node_transport::{GlueCounters, NetTransport, RaftInbound};
 use crate::transport::{InboundSink, PeerTransport, TransportConfig};
@@ -55,6 +63,14 @@ pub struct ServerConfig {
     pub snapshot: SnapshotPolicy,
     /// Test-only failpoint: the raft thread panics this long after start.
     pub failpoint_raft_panic_after: Option<Duration>,
+    /// Start an empty `dir` as a non-member that waits to be added (`--join`); it
+    /// catches up as a learner and never campaigns until promoted. Ignored on restart.
+    pub join: bool,
+    /// Peer address recorded for this member (`--advertise-peer`); default: the bound
+    /// peer listener's address.
+    pub advertise_peer: Option<String>,
+    /// `TALLY MEMBER PROMOTE` is refused while the learner lags by more entries.
+    pub max_promote_lag_entries: u64,
 }
 
 /// Largest accepted emulated fsync delay: far above any real device, low enough that a
@@ -78,6 +94,9 @@ impl ServerConfig {
             limits: Limits::default(),
             snapshot: SnapshotPolicy::default(),
             failpoint_raft_panic_after: None,
+            join: false,
+            advertise_peer: None,
+            max_promote_lag_entries: MembershipPolicy::default().max_promote_lag_entries,
         }
     }
 }
@@ -95,6 +114,8 @@ pub enum ServerError {
     },
     #[error("peer transport: {0}")]
     Transport(String),
+    #[error("identity: {0}")]
+    Identity(#[from] IdentityError),
     #[error("node {id}: {source}")]
     Node {
         id: u64,
@@ -120,6 +141,7 @@ impl Server {
         client_listener: TcpListener,
     ) -> Result<Server, ServerError> {
         validate(&config)?;
+        let (identity, created) = open_identity(&config)?;
         let client_addr = client_listener
             .local_addr()
             .map_err(|source| ServerError::Io {
@@ -134,6 +156,7 @@ impl Server {
         let mut transport_config =
             TransportConfig::new(config.cluster_id, config.id, config.peers.clone());
         transport_config.advertised_client_addr = advertised_client_addr.clone();
+        transport_config.incarnation = identity.incarnation;
         let counters = Arc::new(GlueCounters::default());
         let inbound = Arc::new(RaftInbound::new(
             config.id,
@@ -149,9 +172,10 @@ impl Server {
         let peer_addr = peer_transport.local_addr();
         let peer_client_addrs = peer_transport.peer_client_addrs();
 
-        let net_transport = NetTransport::new(peer_transport, counters);
+        let net_transport =
+            NetTransport::new(peer_transport, counters).with_fallback_addrs(config.peers.clone());
         let node = Node::start(
-            node_options(&config),
+            node_options(&config, identity.created_as == CreatedAs::Bootstrap),
             KvStateMachine::new(KvLimits::default()),
             net_transport,
         )
@@ -160,6 +184,18 @@ impl Server {
             source,
         })?;
         inbound.attach(node.handle());
+        let advertised_peer = config
+            .advertise_peer
+            .clone()
+            .unwrap_or_else(|| peer_addr.to_string());
+        offer_member_info(&node.handle(), &config, &identity, advertised_peer, &advertised_client_addr);
+        tracing::info!(
+            node = config.id,
+            incarnation = format_args!("{:#x}", identity.incarnation),
+            new_directory = created,
+            join = config.join,
+            "member identity"
+        );
         let mut client_port_config =
             ClientPortConfig::new(config.id, advertised_client_addr.clone());
         client_port_config.io_threads = config.client_io_threads;
@@ -266,11 +302,99 @@ fn validate(config: &ServerConfig) -> Result<(), ServerError> {
     Ok(())
 }
 
-fn node_options(config: &ServerConfig) -> NodeOptions {
-    let mut voters: Vec<u64> = config.peers.iter().map(|(id, _)| *id).collect();
+/// Reads the directory's identity file, or creates it for a new directory. Returns it
+/// and whether it was created now.
+fn open_identity(config: &ServerConfig) -> Result<(Identity, bool), ServerError> {
+    if let Some(identity) = Identity::load(&config.dir)? {
+        identity.check(&config.dir, config.cluster_id, config.id)?;
+        return Ok((identity, false));
+    }
+    let has_log = directory_has_data(&config.dir)?;
+    if has_log && config.join {
+        return Err(ServerError::Config(format!(
+            "--join needs an empty --dir, but {} holds a log",
+            config.dir.display()
+        )));
+    }
+    if has_log {
+        tracing::warn!(dir = %config.dir.display(), "a log without an identity file: creating one");
+    }
+    let created_as = if config.join {
+        CreatedAs::Join
+    } else {
+        CreatedAs::Bootstrap
+    };
+    let identity = Identity::generate(config.cluster_id, config.id, created_as);
+    identity.store(&config.dir)?;
+    Ok((identity, true))
+}
+
+/// Whether `dir` holds anything but an identity file (a log, snapshots, a lock).
+fn directory_has_data(dir: &std::path::Path) -> Result<bool, ServerError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(source) => {
+            return Err(ServerError::Io {
+                what: "read the node directory",
+                source,
+            })
+        }
+    };
+    for entry in entries {
+        let entry = entry.map_err(|source| ServerError::Io {
+            what: "read the node directory",
+            source,
+        })?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !name.starts_with(IDENTITY_FILE) && name != "LOCK" {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Tells the node what it knows about members (its own addresses and incarnation, the
+/// `--peer` addresses), so the leader records what the configuration lacks.
+fn offer_member_info(
+    handle: &NodeHandle<KvResponse>,
+    config: &ServerConfig,
+    identity: &Identity,
+    advertised_peer: String,
+    advertised_client: &str,
+) {
+    handle.member_observed(
+        config.id,
+        MemberInfo {
+            peer_addr: advertised_peer,
+            client_addr: advertised_client.to_string(),
+            incarnation: identity.incarnation,
+        },
+    );
+    for (id, addr) in &config.peers {
+        handle.member_observed(
+            *id,
+            MemberInfo {
+                peer_addr: addr.to_string(),
+                ..MemberInfo::default()
+            },
+        );
+    }
+}
+
+fn node_options(config: &ServerConfig, founding_member: bool) -> NodeOptions {
+    let peer_ids: Vec<u64> = config.peers.iter().map(|(id, _)| *id).collect();
+    let mut voters = peer_ids.clone();
     voters.push(config.id);
     voters.sort_unstable();
-    let mut options = NodeOptions::new(config.id, voters, &config.dir);
+    let mut options = NodeOptions::new(config.id, voters.clone(), &config.dir);
+    options.log_membership = Some(LogMembership {
+        // Ids only: every founding member writes the same bytes at index 1.
+        bootstrap: founding_member.then(|| Configuration::new(voters)),
+        peer_ids,
+    });
+    options.membership.max_promote_lag_entries = config.max_promote_lag_entries;
     options.tick_interval = Duration::from_millis(TICK_MS);
     options.raft.election_timeout_ticks = config.election_timeout_ms / TICK_MS;
     options.raft.heartbeat_interval_ticks = (config.heartbeat_ms / TICK_MS).max(1);

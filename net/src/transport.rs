@@ -78,6 +78,8 @@ pub struct TransportConfig {
     /// clients here; empty when there is none. Cut to
     /// [`crate::handshake::MAX_CLIENT_ADDR_BYTES`] on the wire.
     pub advertised_client_addr: String,
+    /// This node's incarnation (identity file), sent in every HELLO; 0: none.
+    pub incarnation: u64,
 }
 
 impl TransportConfig {
@@ -96,6 +98,7 @@ impl TransportConfig {
             connect_timeout_ms: 2000,
             handshake_timeout_ms: 5000,
             advertised_client_addr: String::new(),
+            incarnation: 0,
         }
     }
 }
@@ -143,6 +146,8 @@ pub trait InboundSink: Send + Sync + 'static {
     /// Takes one message. Returning false ends this connection's reader (the consumer
     /// is gone); the sink decides itself whether a full consumer blocks or drops.
     fn deliver(&self, message: InboundMessage) -> bool;
+    /// A peer passed the handshake, presenting this incarnation and client address.
+    fn peer_identified(&self, _peer: NodeId, _incarnation: u64, _client_addr: &str) {}
 }
 
 /// The sink of [`PeerTransport::start`]: a bounded queue; a full queue blocks the reader
@@ -242,6 +247,8 @@ pub struct InboundStats {
     pub closed_for_bad_frames: u64,
     /// Messages delivered to the inbound queue.
     pub received_messages: u64,
+    /// Connections refused because the peer's incarnation differs from the recorded one.
+    pub rejected_incarnations: u64,
 }
 
 /// The client addresses peers advertised in their HELLOs, by node id. Cloneable and
@@ -282,6 +289,10 @@ struct Shared {
     inbound_by_peer: Mutex<HashMap<NodeId, u64>>,
     /// Members whose HELLO we accept.
     known_peers: RwLock<HashSet<NodeId>>,
+    /// Incarnations the cluster recorded, by member: a HELLO presenting another one is
+    /// refused (absent: any is accepted).
+    recorded_incarnations: RwLock<HashMap<NodeId, u64>>,
+    rejected_incarnations: AtomicU64,
     /// Reader threads, joined at shutdown (finished ones are pruned on accept).
     reader_threads: Mutex<Vec<JoinHandle<()>>>,
     /// Wakes backoff sleeps at shutdown.
@@ -398,6 +409,8 @@ impl PeerTransport {
             next_socket_id: AtomicU64::new(1),
             inbound_by_peer: Mutex::new(HashMap::new()),
             known_peers: RwLock::new(known_peers),
+            recorded_incarnations: RwLock::new(HashMap::new()),
+            rejected_incarnations: AtomicU64::new(0),
             reader_threads: Mutex::new(Vec::new()),
             wake_lock: Mutex::new(()),
             wake: Condvar::new(),
@@ -510,6 +523,7 @@ impl PeerTransport {
             rejected_handshakes: s.rejected_handshakes.load(Ordering::Relaxed),
             closed_for_bad_frames: s.closed_for_bad_frames.load(Ordering::Relaxed),
             received_messages: s.received_messages.load(Ordering::Relaxed),
+            rejected_incarnations: s.rejected_incarnations.load(Ordering::Relaxed),
         }
     }
 
@@ -522,6 +536,31 @@ impl PeerTransport {
         }
         self.shared.known_peers.write().insert(peer);
         self.spawn_sender(peer, addr)
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.shared.config.node_id
+    }
+
+    /// Whether `peer` is dialed (a member this transport knows).
+    pub fn has_peer(&self, peer: NodeId) -> bool {
+        self.senders.contains_key(&peer)
+    }
+
+    /// The peers this transport dials.
+    pub fn peer_ids(&self) -> Vec<NodeId> {
+        self.senders.keys().copied().collect()
+    }
+
+    /// Sets the incarnations the cluster recorded (0 entries are ignored): a HELLO from
+    /// one of these ids with another incarnation is refused and counted.
+    pub fn set_recorded_incarnations(&self, recorded: impl IntoIterator<Item = (NodeId, u64)>) {
+        let map = recorded
+            .into_iter()
+            .filter(|(_, incarnation)| *incarnation != 0)
+            .collect();
+        *self.shared.recorded_incarnations.write() = map;
     }
 
     /// Removes a member: stops dialing it, refuses its future HELLOs and closes its
@@ -774,6 +813,7 @@ impl PeerSender {
             from_node: config.node_id,
             to_node: self.peer,
             client_addr: config.advertised_client_addr.clone(),
+            incarnation: config.incarnation,
         };
         let mut frame = Vec::new();
         encode_frame(MSG_HELLO, 0, &hello.encode(), usize::MAX, &mut frame)?;
@@ -899,6 +939,7 @@ fn serve_inbound(
             Some(hello) => check_hello(&hello, config.cluster_id, node_id, |peer| {
                 shared.known_peers.read().contains(&peer)
             })
+            .and_then(|()| check_incarnation(shared, &hello))
             .map(|()| hello),
         }
     };
@@ -923,6 +964,7 @@ fn serve_inbound(
         }
     };
     let peer = hello.from_node;
+    inbound.peer_identified(peer, hello.incarnation, &hello.client_addr);
     shared.peer_client_addrs.set(peer, hello.client_addr);
     let mut accept = Vec::new();
     if encode_frame(MSG_ACCEPT, 0, &[], usize::MAX, &mut accept).is_err()
@@ -945,6 +987,29 @@ fn serve_inbound(
         }
     }
     tracing::info!(node_id, peer, %remote, reason = %reason, "peer disconnected (inbound)");
+}
+
+/// Refuses a member id presenting another incarnation than the one recorded for it.
+fn check_incarnation(shared: &Shared, hello: &Hello) -> Result<(), (RejectReason, String)> {
+    let recorded = shared
+        .recorded_incarnations
+        .read()
+        .get(&hello.from_node)
+        .copied();
+    match recorded {
+        Some(recorded) if recorded != hello.incarnation => {
+            shared.rejected_incarnations.fetch_add(1, Ordering::Relaxed);
+            Err((
+                RejectReason::IncarnationMismatch,
+                format!(
+                    "node {} is recorded with incarnation {recorded:#x} but presents {:#x}: \
+                     a node whose directory was emptied must be added as a new member",
+                    hello.from_node, hello.incarnation
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Moves frames into the inbound queue until the connection ends; returns why it ended.

@@ -255,6 +255,7 @@ fn raw_handshake(to_addr: SocketAddr, from: NodeId, to: NodeId) -> TcpStream {
         from_node: from,
         to_node: to,
         client_addr: String::new(),
+        incarnation: 0,
     };
     let mut frame = Vec::new();
     encode_frame(MSG_HELLO, 0, &hello.encode(), 1024, &mut frame).expect("encode");
@@ -382,6 +383,7 @@ fn a_handshake_from_an_unknown_node_gets_a_reject_frame_with_its_reason() {
         from_node: 77,
         to_node: 2,
         client_addr: String::new(),
+        incarnation: 0,
     };
     let mut frame = Vec::new();
     encode_frame(MSG_HELLO, 0, &hello.encode(), 1024, &mut frame).expect("encode");

@@ -169,8 +169,19 @@ impl MembershipState {
     }
 
     /// Records what a member said about itself; proposed when leader and idle.
+    /// Newer non-empty fields replace older ones (the handshake knows the incarnation
+    /// and client address, the operator's `--peer` the peer address).
     pub(super) fn observed(&mut self, id: NodeId, info: MemberInfo) {
-        self.observed.insert(id, info);
+        let known = self.observed.entry(id).or_default();
+        if info.incarnation != 0 {
+            known.incarnation = info.incarnation;
+        }
+        if !info.client_addr.is_empty() {
+            known.client_addr = info.client_addr;
+        }
+        if !info.peer_addr.is_empty() {
+            known.peer_addr = info.peer_addr;
+        }
     }
 
     pub(super) fn transfer(&mut self, core: &mut RaftNode, target: NodeId, done: TransferDone) {

@@ -71,6 +71,21 @@ pub trait Transport: Send + 'static {
     fn peer_connected(&self, _peer: NodeId) -> Option<bool> {
         None
     }
+    /// Cumulative counters of what the transport dropped or refused.
+    fn counters(&self) -> TransportCounters {
+        TransportCounters::default()
+    }
+}
+
+/// What a transport dropped or refused (cumulative; for INFO and metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TransportCounters {
+    /// Outbound messages dropped (a full peer queue, an unknown or unreachable peer).
+    pub dropped_outbound: u64,
+    /// Inbound messages dropped (undecodable, or the raft queue full).
+    pub dropped_inbound: u64,
+    /// Peer connections refused because the incarnation differed from the recorded one.
+    pub rejected_incarnations: u64,
 }
 
 /// Membership taken from the log instead of from `NodeOptions::voters` (tally-server).
@@ -185,6 +200,10 @@ pub struct NodeStatus {
     pub request_queue_depth: AtomicU64,
     pub inbound_queue_depth: AtomicU64,
     pub apply_queue_depth: AtomicU64,
+    /// The transport's counters (refreshed once per tick).
+    pub dropped_outbound_messages: AtomicU64,
+    pub dropped_inbound_messages: AtomicU64,
+    pub rejected_incarnations: AtomicU64,
     /// Members of the configuration in effect (refreshed once per tick).
     members: Mutex<Vec<MemberStatus>>,
 }

@@ -316,12 +316,36 @@ struct MembershipWatch {
 
 impl MembershipWatch {
     fn after_turn<R, T: Transport>(&mut self, driver: &RuntimeDriver<R>, transport: &mut T) {
-        let current = driver.core().configuration();
-        if self.told.as_ref() != Some(current) {
-            transport.configuration_changed(current);
-            self.told = Some(current.clone());
+        let view = transport_view(driver.core());
+        if self.told.as_ref() != Some(&view) {
+            transport.configuration_changed(&view);
+            self.told = Some(view);
         }
     }
+}
+
+/// What the transport must serve: every member of the configuration in effect and of
+/// the committed one. A removed member stays reachable until its removal commits, or a
+/// leader removing itself could never hear that C_new committed (its followers would
+/// stop answering it as soon as they appended C_new).
+fn transport_view(core: &RaftNode) -> Configuration {
+    let current = core.configuration();
+    let Some(committed) = core.configuration_at(core.commit_index()) else {
+        return current.clone();
+    };
+    if committed == current {
+        return current.clone();
+    }
+    let mut view = current.clone();
+    for id in committed.members() {
+        if !view.is_member(id) {
+            view.learners.insert(id);
+            if let Some(info) = committed.info.get(&id) {
+                view.info.insert(id, info.clone());
+            }
+        }
+    }
+    view
 }
 
 /// The members as this node sees them: progress on the leader, connections from the
@@ -355,6 +379,16 @@ fn publish_members<R, T: Transport>(
         })
         .collect();
     status.set_members(members);
+    let counters = transport.counters();
+    status
+        .dropped_outbound_messages
+        .store(counters.dropped_outbound, Ordering::Relaxed);
+    status
+        .dropped_inbound_messages
+        .store(counters.dropped_inbound, Ordering::Relaxed);
+    status
+        .rejected_incarnations
+        .store(counters.rejected_incarnations, Ordering::Relaxed);
     let lease_ms = core.lease_remaining_ticks().map_or(0, |ticks| {
         (u128::from(ticks) * tick_interval.as_millis()).min(u128::from(u64::MAX)) as u64
     });

@@ -3,7 +3,10 @@
 //! Wires the pieces together: the peer transport (TCP frames between members), the node
 //! runtime (raft thread, WAL group commit, apply thread) with the KV state machine, and
 //! the RESP client port. First start with an empty `--dir` forms the cluster from
-//! `--id` and the `--peer` ids; a restart recovers everything from `--dir`.
+//! `--id` and the `--peer` ids (written as the first log entry); a restart recovers
+//! everything from `--dir`, the log being the authority on membership (`--peer` then
+//! only gives addresses). `--join` starts an empty `--dir` as a member-to-be that waits
+//! for `TALLY MEMBER ADD` on the leader.
 //!
 //! Exit status: 0 after SIGTERM/SIGINT (clients' in-flight rounds answered, node
 //! drained); 1 when the node fail-stops (e.g. an fsync error) or cannot start; 70 when
@@ -39,14 +42,30 @@ struct Args {
     #[arg(long)]
     listen_client: String,
     /// Another member: `ID=ADDR`, the address THIS node dials for it (a proxy may sit in
-    /// between). Repeat for every other member.
+    /// between). Repeat for every other member. On the first start of a cluster the ids
+    /// are the voters; afterwards the log says who the members are, and an id it does
+    /// not know is refused.
     #[arg(long = "peer", value_name = "ID=ADDR")]
     peers: Vec<String>,
     /// Client address advertised to peers (for `-NOTLEADER <addr>`); default: the bound
     /// `--listen-client` address.
     #[arg(long)]
     advertise_client: Option<String>,
-    /// Cluster id every member must share.
+    /// Start with an empty --dir as a non-voting member that waits to be added
+    /// (`TALLY MEMBER ADD` on the leader), catches up, and never campaigns until
+    /// promoted. --peer gives the current members' addresses.
+    #[arg(long)]
+    join: bool,
+    /// Peer address recorded for this member in the configuration (what others and
+    /// joining nodes dial); default: the bound --listen-peer address.
+    #[arg(long)]
+    advertise_peer: Option<String>,
+    /// `TALLY MEMBER PROMOTE` is refused while the learner lags the leader by more
+    /// entries than this.
+    #[arg(long, default_value_t = 1000)]
+    max_promote_lag_entries: u64,
+    /// Cluster id every member must share (recorded in the directory's IDENTITY file;
+    /// a start with another one is refused).
     #[arg(long, default_value_t = 0x7a11)]
     cluster_id: u64,
     /// Base election timeout (the core randomizes above it).
@@ -174,6 +193,9 @@ fn run(args: Args) -> Result<(), String> {
 
     let mut config = ServerConfig::new(args.id, &args.dir, peers);
     config.advertise_client = args.advertise_client.clone();
+    config.join = args.join;
+    config.advertise_peer = args.advertise_peer.clone();
+    config.max_promote_lag_entries = args.max_promote_lag_entries;
     config.cluster_id = args.cluster_id;
     config.election_timeout_ms = args.election_timeout_ms;
     config.heartbeat_ms = args.heartbeat_ms;

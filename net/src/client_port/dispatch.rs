@@ -85,14 +85,7 @@ impl Connection {
             return Slot::Ready(out);
         };
         if !sub.eq_ignore_ascii_case(b"snapshot") {
-            write_error(
-                &mut out,
-                &format!(
-                    "ERR unknown TALLY subcommand '{}'",
-                    String::from_utf8_lossy(sub)
-                ),
-            );
-            return Slot::Ready(out);
+            return self.admin_command(sub, rest, context);
         }
         if !rest.is_empty() {
             write_error(

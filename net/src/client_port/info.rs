@@ -44,6 +44,10 @@ impl Shared {
             Some(b"limits") => (false, false, true),
             Some(_) => (false, false, false),
         };
+        let replication = matches!(
+            section,
+            None | Some(b"all") | Some(b"default") | Some(b"everything") | Some(b"replication")
+        );
         let mut text = String::new();
         if server {
             let _ = write!(
@@ -102,6 +106,9 @@ impl Shared {
                 );
             }
         }
+        if replication {
+            text.push_str(&self.replication_info());
+        }
         if limits {
             let counters = &shared.counters;
             let _ = write!(
@@ -114,6 +121,51 @@ impl Shared {
                     .load(Ordering::Relaxed),
             );
         }
+        text
+    }
+}
+
+impl Shared {
+    /// `# Replication`: members as this node sees them (match index and lag are the
+    /// leader's view), the leader lease, fsync latency, queue depths, dropped messages.
+    fn replication_info(&self) -> String {
+        use std::fmt::Write as _;
+        let status = self.handle.status();
+        let members = status.members();
+        let wal = self.handle.wal_stats();
+        let or_dash = |value: Option<u64>| value.map_or("-".to_string(), |v| v.to_string());
+        let mut text = format!("# Replication\r\nmembers:{}\r\n", members.len());
+        for member in &members {
+            let connected = match member.connected {
+                _ if member.id == self.config.node_id => "self",
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "-",
+            };
+            let _ = write!(
+                text,
+                "member_{}:role={},match_index={},lag_entries={},connected={}\r\n",
+                member.id,
+                if member.voter { "voter" } else { "learner" },
+                or_dash(member.match_index),
+                or_dash(member.lag_entries),
+                connected,
+            );
+        }
+        let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+        let _ = write!(
+            text,
+            "lease_remaining_ms:{}\r\nfsync_latency_p50_us:{}\r\nfsync_latency_p99_us:{}\r\nrequest_queue_depth:{}\r\ninbound_queue_depth:{}\r\napply_queue_depth:{}\r\ndropped_outbound_messages:{}\r\ndropped_inbound_messages:{}\r\nrejected_incarnations:{}\r\n\r\n",
+            load(&status.lease_remaining_ms),
+            wal.fsync_quantile_upper_us(0.5),
+            wal.fsync_quantile_upper_us(0.99),
+            load(&status.request_queue_depth),
+            load(&status.inbound_queue_depth),
+            load(&status.apply_queue_depth),
+            load(&status.dropped_outbound_messages),
+            load(&status.dropped_inbound_messages),
+            load(&status.rejected_incarnations),
+        );
         text
     }
 }

@@ -359,6 +359,7 @@ fn accept_loop(shared: &Shared, listener: TcpListener, inboxes: Vec<IoThreadInbo
     }
 }
 
+mod admin;
 mod connection;
 mod dispatch;
 mod info;

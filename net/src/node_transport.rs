@@ -167,6 +167,9 @@ impl Transport for NetTransport {
 pub struct RaftInbound<R> {
     node_id: u64,
     handle: OnceLock<NodeHandle<R>>,
+    /// Peers identified before the handle was attached (handed over by `attach`).
+    /// Locked around attaching, so none is lost between the check and the hand-over.
+    early_identities: std::sync::Mutex<Vec<(NodeId, MemberInfo)>>,
     limits: CodecLimits,
     counters: Arc<GlueCounters>,
 }
@@ -176,6 +179,7 @@ impl<R: Send + 'static> RaftInbound<R> {
         RaftInbound {
             node_id,
             handle: OnceLock::new(),
+            early_identities: std::sync::Mutex::new(Vec::new()),
             limits,
             counters,
         }
@@ -183,6 +187,13 @@ impl<R: Send + 'static> RaftInbound<R> {
 
     /// Starts delivering to `handle` (messages before this are dropped and counted).
     pub fn attach(&self, handle: NodeHandle<R>) {
+        let mut early = self
+            .early_identities
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (id, info) in early.drain(..) {
+            handle.member_observed(id, info);
+        }
         let _ = self.handle.set(handle);
     }
 }
@@ -219,15 +230,20 @@ impl<R: Send + 'static> InboundSink for RaftInbound<R> {
     }
 
     fn peer_identified(&self, peer: NodeId, incarnation: u64, client_addr: &str) {
-        if let Some(handle) = self.handle.get() {
-            handle.member_observed(
-                peer,
-                MemberInfo {
-                    peer_addr: String::new(),
-                    client_addr: client_addr.to_string(),
-                    incarnation,
-                },
-            );
+        let info = MemberInfo {
+            peer_addr: String::new(),
+            client_addr: client_addr.to_string(),
+            incarnation,
+        };
+        let mut early = self
+            .early_identities
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match self.handle.get() {
+            Some(handle) => handle.member_observed(peer, info),
+            // Bounded: one entry per accepted handshake before the node started.
+            None if early.len() < 1024 => early.push((peer, info)),
+            None => {}
         }
     }
 }

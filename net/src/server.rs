@@ -71,6 +71,9 @@ pub struct ServerConfig {
     pub advertise_peer: Option<String>,
     /// `TALLY MEMBER PROMOTE` is refused while the learner lags by more entries.
     pub max_promote_lag_entries: u64,
+    /// Seed an empty `dir` from this snapshot file (`TALLY SNAPSHOT`'s) as a new
+    /// one-member cluster, to be grown with `TALLY MEMBER ADD` (`--restore-from`).
+    pub restore_from: Option<PathBuf>,
 }
 
 /// Largest accepted emulated fsync delay: far above any real device, low enough that a
@@ -97,6 +100,7 @@ impl ServerConfig {
             join: false,
             advertise_peer: None,
             max_promote_lag_entries: MembershipPolicy::default().max_promote_lag_entries,
+            restore_from: None,
         }
     }
 }
@@ -142,6 +146,9 @@ impl Server {
     ) -> Result<Server, ServerError> {
         validate(&config)?;
         let (identity, created) = open_identity(&config)?;
+        if let Some(snapshot) = &config.restore_from {
+            restore_from_snapshot(&config, snapshot)?;
+        }
         let client_addr = client_listener
             .local_addr()
             .map_err(|source| ServerError::Io {
@@ -327,6 +334,87 @@ fn open_identity(config: &ServerConfig) -> Result<(Identity, bool), ServerError>
     let identity = Identity::generate(config.cluster_id, config.id, created_as);
     identity.store(&config.dir)?;
     Ok((identity, true))
+}
+
+/// Largest snapshot file `--restore-from` reads (it is read whole to verify it).
+pub const MAX_RESTORE_SNAPSHOT_BYTES: u64 = 64 << 30;
+
+/// Seeds the (empty) node directory from a snapshot file as a one-member cluster: the
+/// snapshot's state under a configuration of this member alone, and a hard state at the
+/// snapshot's term (so the new leader's entries never have a lower term than the
+/// snapshot's last one). The file is fully verified first; nothing is written if not.
+fn restore_from_snapshot(config: &ServerConfig, source: &std::path::Path) -> Result<(), ServerError> {
+    let refuse = |reason: String| ServerError::Config(format!("--restore-from: {reason}"));
+    if directory_has_data(&config.dir)? {
+        return Err(refuse(format!(
+            "{} already holds data; restore into a new, empty --dir",
+            config.dir.display()
+        )));
+    }
+    if !config.peers.is_empty() {
+        return Err(refuse(
+            "a restored node starts as a one-member cluster: give no --peer (grow it with \
+             TALLY MEMBER ADD)"
+                .into(),
+        ));
+    }
+    let name = source.display().to_string();
+    let size = std::fs::metadata(source)
+        .map_err(|error| refuse(format!("{name}: {error}")))?
+        .len();
+    if size > MAX_RESTORE_SNAPSHOT_BYTES {
+        return Err(refuse(format!(
+            "{name} is {size} bytes, above the limit {MAX_RESTORE_SNAPSHOT_BYTES}"
+        )));
+    }
+    let bytes = std::fs::read(source).map_err(|error| refuse(format!("{name}: {error}")))?;
+    let file_name = source
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| name.clone());
+    let layout = tally_wal::snapshot::verify_bytes(&file_name, &bytes)
+        .map_err(|error| refuse(error.to_string()))?;
+    let header = layout.header;
+    let start = layout.data_offset as usize;
+    let data = bytes
+        .get(start..start + layout.data_len_bytes as usize)
+        .ok_or_else(|| refuse(format!("{name}: data length beyond the file")))?;
+    let snapshot_error = |error: tally_wal::SnapshotError| refuse(error.to_string());
+    let storage = tally_wal::FsStorage::new(&config.dir).map_err(|source| ServerError::Io {
+        what: "open the node directory",
+        source,
+    })?;
+    let store = tally_wal::SnapshotStore::new(storage).map_err(snapshot_error)?;
+    let configuration = Configuration::new([config.id]);
+    let mut writer = store
+        .begin(&tally_wal::SnapshotHeader {
+            index: header.index,
+            term: header.term,
+            configuration: configuration.encode(),
+        })
+        .map_err(snapshot_error)?;
+    std::io::Write::write_all(&mut writer, data).map_err(|source| ServerError::Io {
+        what: "write the restored snapshot",
+        source,
+    })?;
+    let info = writer.finish().map_err(snapshot_error)?;
+    let wal = tally_wal::Wal::open(&config.dir, tally_wal::GroupCommitOptions::default())
+        .map_err(|error| refuse(error.to_string()))?;
+    wal.set_hard_state(tally_wal::HardState {
+        term: header.term,
+        vote: 0,
+    })
+    .and_then(|ticket| ticket.wait())
+    .map_err(|error| refuse(error.to_string()))?;
+    drop(wal);
+    tracing::info!(
+        source = %name,
+        index = header.index,
+        term = header.term,
+        file = %info.name,
+        "restored a snapshot as a one-member cluster"
+    );
+    Ok(())
 }
 
 /// Whether `dir` holds anything but an identity file (a log, snapshots, a lock).

@@ -529,3 +529,65 @@ fn a_wiped_voter_cannot_rejoin_under_its_old_id() {
     let history = load.stop();
     verify_no_lost_write(&cluster, &history);
 }
+
+#[test]
+fn a_snapshot_restores_into_a_new_one_member_cluster_that_grows() {
+    let mut source = cluster_of(3, 3, &[]);
+    leader_of(&source);
+    let load = Load::start(client_ports(&source, 1..=3), 2);
+    load.wait_progress(100);
+    let leader = leader_of(&source);
+    let mut admin_client = source.member(leader).client();
+    let asked_at = Instant::now();
+    let RespValue::Array(Some(answer)) = admin_client.call(&["TALLY", "SNAPSHOT"])
+    else {
+        panic!("TALLY SNAPSHOT answers an array");
+    };
+    let [RespValue::Bulk(Some(path)), RespValue::Bulk(Some(index))] = answer.as_slice() else {
+        panic!("TALLY SNAPSHOT answers path and index: {answer:?}");
+    };
+    let path = std::path::PathBuf::from(String::from_utf8_lossy(path).into_owned());
+    let index: u64 = String::from_utf8_lossy(index).parse().expect("index");
+    let backup = source._root.path().join("backup.snap");
+    std::fs::copy(&path, &backup).expect("copy the snapshot off the node");
+    // Every write acknowledged before the snapshot was asked for is in it.
+    let history = load.stop();
+    for member in &mut source.members {
+        member.sigkill();
+    }
+    let mut target = Cluster::start_with_stopped(2, |_, _, port| port);
+    target.member_mut(1).dials.clear();
+    target.member_mut(1).extra_args = vec!["--restore-from".into(), backup.display().to_string()];
+    target.member_mut(2).extra_args = vec!["--join".into()];
+    target.member_mut(1).spawn();
+    wait_until("the restored member leads alone", || {
+        let info = target.member(1).raft_info()?;
+        (info.get("role").map(String::as_str) == Some("leader")).then_some(())
+    });
+    let applied = target.member(1).info_u64("applied_index").expect("applied");
+    assert!(applied >= index, "restored through the snapshot index {index}");
+    let mut client = target.member(1).client();
+    let before_snapshot: Vec<&Operation> = history
+        .operations
+        .iter()
+        .filter(|op| op.outcome == Outcome::Ok(None) && op.completed < asked_at)
+        .collect();
+    assert!(before_snapshot.len() >= 100);
+    for op in before_snapshot {
+        let value = op.value.as_deref().unwrap_or_default();
+        assert_eq!(
+            client.call(&["GET", &op.key]),
+            bulk(value),
+            "{} was acknowledged before the snapshot and must be restored",
+            op.key
+        );
+    }
+    // Grow the restored cluster.
+    let load = Load::start(client_ports(&target, 1..=1), 1);
+    load.wait_progress(20);
+    add_and_promote(&mut target, &load, 2);
+    wait_voters(&target, &[1, 2]);
+    load.wait_progress(20);
+    let history = load.stop();
+    verify_no_lost_write(&target, &history);
+}

@@ -70,6 +70,8 @@ pub struct SnapshotTaken {
     pub term: u64,
     /// The file name inside the node directory.
     pub name: String,
+    /// The file's path (the node directory joined with `name`).
+    pub path: String,
     pub size_bytes: u64,
 }
 
@@ -170,6 +172,10 @@ impl<S: Storage> SnapshotState<S> {
             index: meta.index,
             term: meta.term,
             name: info.name.clone(),
+            path: std::path::Path::new(&self.store.describe())
+                .join(&info.name)
+                .display()
+                .to_string(),
             size_bytes: info.size_bytes,
         };
         let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiters)

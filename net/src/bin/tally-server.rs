@@ -64,6 +64,11 @@ struct Args {
     /// entries than this.
     #[arg(long, default_value_t = 1000)]
     max_promote_lag_entries: u64,
+    /// Seed a new, empty --dir from this snapshot file (the path `TALLY SNAPSHOT`
+    /// answers, copied off the old cluster) as a one-member cluster; grow it with
+    /// `TALLY MEMBER ADD`. Only on the first start, without --peer.
+    #[arg(long, value_name = "SNAPSHOT")]
+    restore_from: Option<PathBuf>,
     /// Cluster id every member must share (recorded in the directory's IDENTITY file;
     /// a start with another one is refused).
     #[arg(long, default_value_t = 0x7a11)]
@@ -194,6 +199,7 @@ fn run(args: Args) -> Result<(), String> {
     let mut config = ServerConfig::new(args.id, &args.dir, peers);
     config.advertise_client = args.advertise_client.clone();
     config.join = args.join;
+    config.restore_from = args.restore_from.clone();
     config.advertise_peer = args.advertise_peer.clone();
     config.max_promote_lag_entries = args.max_promote_lag_entries;
     config.cluster_id = args.cluster_id;

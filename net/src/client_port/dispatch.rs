@@ -74,7 +74,8 @@ impl Connection {
     }
 
     /// `TALLY <subcommand>`: Tally's own administration commands.
-    /// `TALLY SNAPSHOT` takes a snapshot now and answers its index once it is durable.
+    /// `TALLY SNAPSHOT` takes a snapshot now and answers, once it is durable, an array of
+    /// two bulk strings: the file's path and its index. Other subcommands: `admin.rs`.
     pub(super) fn tally_command(&mut self, args: &[&[u8]], context: &mut Context<'_>) -> Slot {
         let mut out = Vec::new();
         let Some((sub, rest)) = args.split_first() else {
@@ -102,7 +103,12 @@ impl Connection {
             .handle
             .request_snapshot(Box::new(move |result| {
                 let reply = ReplyTo::with_waker(tag, sender, waker);
-                reply.send(result.map(|taken| KvResponse::Integer(taken.index as i64)));
+                reply.send(result.map(|taken| {
+                    KvResponse::Array(vec![
+                        Some(taken.path.into_bytes().into()),
+                        Some(taken.index.to_string().into_bytes().into()),
+                    ])
+                }));
             }));
         Slot::Pending(tag)
     }

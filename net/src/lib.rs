@@ -24,6 +24,7 @@ pub mod fuzzing;
 pub mod handshake;
 pub mod identity;
 pub mod limits;
+pub mod metrics;
 pub mod node_transport;
 pub mod resp;
 pub mod server;

@@ -74,6 +74,8 @@ pub struct ServerConfig {
     /// Seed an empty `dir` from this snapshot file (`TALLY SNAPSHOT`'s) as a new
     /// one-member cluster, to be grown with `TALLY MEMBER ADD` (`--restore-from`).
     pub restore_from: Option<PathBuf>,
+    /// Serve Prometheus metrics at `GET /metrics` here (`--metrics-listen`).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Largest accepted emulated fsync delay: far above any real device, low enough that a
@@ -101,6 +103,7 @@ impl ServerConfig {
             advertise_peer: None,
             max_promote_lag_entries: MembershipPolicy::default().max_promote_lag_entries,
             restore_from: None,
+            metrics_listen: None,
         }
     }
 }
@@ -135,6 +138,7 @@ pub struct Server {
     peer_addr: SocketAddr,
     client_addr: SocketAddr,
     advertised_client_addr: String,
+    metrics: Option<crate::metrics::MetricsServer>,
 }
 
 impl Server {
@@ -195,7 +199,13 @@ impl Server {
             .advertise_peer
             .clone()
             .unwrap_or_else(|| peer_addr.to_string());
-        offer_member_info(&node.handle(), &config, &identity, advertised_peer, &advertised_client_addr);
+        offer_member_info(
+            &node.handle(),
+            &config,
+            &identity,
+            advertised_peer,
+            &advertised_client_addr,
+        );
         tracing::info!(
             node = config.id,
             incarnation = format_args!("{:#x}", identity.incarnation),
@@ -214,6 +224,20 @@ impl Server {
             peer_client_addrs,
         )
         .map_err(|error| ServerError::Transport(format!("client port: {error}")))?;
+        let metrics = match config.metrics_listen {
+            None => None,
+            Some(addr) => {
+                let io_error = |source| ServerError::Io {
+                    what: "metrics listener",
+                    source,
+                };
+                let listener = TcpListener::bind(addr).map_err(io_error)?;
+                Some(
+                    crate::metrics::MetricsServer::start(listener, config.id, node.handle())
+                        .map_err(io_error)?,
+                )
+            }
+        };
         Ok(Server {
             id: config.id,
             node,
@@ -221,6 +245,7 @@ impl Server {
             peer_addr,
             client_addr,
             advertised_client_addr,
+            metrics,
         })
     }
 
@@ -238,6 +263,11 @@ impl Server {
 
     pub fn advertised_client_addr(&self) -> &str {
         &self.advertised_client_addr
+    }
+
+    /// Where `GET /metrics` is served, when `metrics_listen` was set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|metrics| metrics.local_addr())
     }
 
     /// The node's handle (status, WAL statistics, direct proposals).
@@ -259,6 +289,9 @@ impl Server {
     /// every thread. Returns the node's fatal error, if it had one.
     pub fn shutdown(self) -> Result<(), ServerError> {
         let id = self.id;
+        if let Some(metrics) = self.metrics {
+            metrics.shutdown();
+        }
         self.client_port.shutdown();
         // The raft thread drops the transport, which ends its reader threads.
         let result = self.node.shutdown();
@@ -343,7 +376,10 @@ pub const MAX_RESTORE_SNAPSHOT_BYTES: u64 = 64 << 30;
 /// snapshot's state under a configuration of this member alone, and a hard state at the
 /// snapshot's term (so the new leader's entries never have a lower term than the
 /// snapshot's last one). The file is fully verified first; nothing is written if not.
-fn restore_from_snapshot(config: &ServerConfig, source: &std::path::Path) -> Result<(), ServerError> {
+fn restore_from_snapshot(
+    config: &ServerConfig,
+    source: &std::path::Path,
+) -> Result<(), ServerError> {
     let refuse = |reason: String| ServerError::Config(format!("--restore-from: {reason}"));
     if directory_has_data(&config.dir)? {
         return Err(refuse(format!(

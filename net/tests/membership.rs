@@ -68,7 +68,11 @@ impl History {
         let mut last_completed: BTreeMap<usize, Instant> = BTreeMap::new();
         for op in &self.operations {
             if let Some(previous) = last_completed.get(&op.client) {
-                assert!(op.invoked >= *previous, "client {} overlapped itself", op.client);
+                assert!(
+                    op.invoked >= *previous,
+                    "client {} overlapped itself",
+                    op.client
+                );
             }
             assert!(op.completed >= op.invoked);
             last_completed.insert(op.client, op.completed);
@@ -110,7 +114,11 @@ impl Load {
     }
 
     fn acknowledged(&self) -> usize {
-        self.history.lock().expect("history").acknowledged_writes().len()
+        self.history
+            .lock()
+            .expect("history")
+            .acknowledged_writes()
+            .len()
     }
 
     /// Waits until `more` further writes were acknowledged (the cluster makes progress).
@@ -163,7 +171,8 @@ fn write_loop(client: usize, stop: &AtomicBool, ports: &Mutex<Vec<u16>>, history
                 Outcome::Unknown
             }
         };
-        if outcome == Outcome::Failed && matches!(&reply, Some(RespValue::Error(t)) if !t.starts_with(b"NOTLEADER"))
+        if outcome == Outcome::Failed
+            && matches!(&reply, Some(RespValue::Error(t)) if !t.starts_with(b"NOTLEADER"))
         {
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -198,7 +207,12 @@ fn encode(args: &[&str]) -> Vec<u8> {
 
 fn redirect(text: &[u8]) -> Option<u16> {
     let text = String::from_utf8_lossy(text);
-    text.split_whitespace().nth(1)?.rsplit(':').next()?.parse().ok()
+    text.split_whitespace()
+        .nth(1)?
+        .rsplit(':')
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Reads every acknowledged write back from `member` (a linearizable read on the
@@ -237,7 +251,8 @@ fn leader_of(cluster: &Cluster) -> u64 {
             .filter_map(|member| {
                 let info = member.raft_info()?;
                 let term: u64 = info.get("term")?.parse().ok()?;
-                (info.get("role").map(String::as_str) == Some("leader")).then_some((term, member.id))
+                (info.get("role").map(String::as_str) == Some("leader"))
+                    .then_some((term, member.id))
             })
             .max()
             .map(|(_, id)| id)
@@ -325,7 +340,10 @@ fn add_and_promote(cluster: &mut Cluster, load: &Load, id: u64) {
         format!("127.0.0.1:{}", member.client_port),
     );
     assert_eq!(
-        admin(cluster, &["TALLY", "MEMBER", "ADD", &id.to_string(), &peer, &client]),
+        admin(
+            cluster,
+            &["TALLY", "MEMBER", "ADD", &id.to_string(), &peer, &client]
+        ),
         ok()
     );
     load.add_port(member.client_port);
@@ -392,10 +410,11 @@ fn removing_the_current_leader_answers_once_c_new_commits_and_it_steps_down() {
     let leader = leader_of(&cluster);
     let load = Load::start(client_ports(&cluster, 1..=3), 2);
     load.wait_progress(50);
-    let reply = cluster
-        .member(leader)
-        .client()
-        .call(&["TALLY", "MEMBER", "REMOVE", &leader.to_string()]);
+    let reply =
+        cluster
+            .member(leader)
+            .client()
+            .call(&["TALLY", "MEMBER", "REMOVE", &leader.to_string()]);
     assert_eq!(reply, ok(), "the removal answers once C_new committed");
     let survivors: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
     let new_leader = wait_until("a new leader among the survivors", || {
@@ -420,7 +439,12 @@ fn removing_the_current_leader_answers_once_c_new_commits_and_it_steps_down() {
 fn a_dead_member_is_replaced_by_a_new_id_with_an_empty_directory_via_a_snapshot() {
     // Small snapshots: the leader has compacted its log before the newcomer joins, so
     // it catches up by InstallSnapshot.
-    let args = ["--snapshot-log-entries", "200", "--log-retain-entries", "20"];
+    let args = [
+        "--snapshot-log-entries",
+        "200",
+        "--log-retain-entries",
+        "20",
+    ];
     let mut cluster = cluster_of(3, 4, &args);
     leader_of(&cluster);
     let load = Load::start(client_ports(&cluster, 1..=3), 3);
@@ -539,8 +563,7 @@ fn a_snapshot_restores_into_a_new_one_member_cluster_that_grows() {
     let leader = leader_of(&source);
     let mut admin_client = source.member(leader).client();
     let asked_at = Instant::now();
-    let RespValue::Array(Some(answer)) = admin_client.call(&["TALLY", "SNAPSHOT"])
-    else {
+    let RespValue::Array(Some(answer)) = admin_client.call(&["TALLY", "SNAPSHOT"]) else {
         panic!("TALLY SNAPSHOT answers an array");
     };
     let [RespValue::Bulk(Some(path)), RespValue::Bulk(Some(index))] = answer.as_slice() else {
@@ -565,7 +588,10 @@ fn a_snapshot_restores_into_a_new_one_member_cluster_that_grows() {
         (info.get("role").map(String::as_str) == Some("leader")).then_some(())
     });
     let applied = target.member(1).info_u64("applied_index").expect("applied");
-    assert!(applied >= index, "restored through the snapshot index {index}");
+    assert!(
+        applied >= index,
+        "restored through the snapshot index {index}"
+    );
     let mut client = target.member(1).client();
     let before_snapshot: Vec<&Operation> = history
         .operations

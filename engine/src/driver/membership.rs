@@ -197,9 +197,11 @@ impl MembershipState {
                     * self.policy.transfer_timeout_elections.max(1);
                 self.transfer = Some((target, core.now_tick() + timeout, done));
             }
-            Err(TransferError::NotLeader { leader_hint }) => done(Err(MembershipError::NotLeader {
-                leader: leader_hint,
-            })),
+            Err(TransferError::NotLeader { leader_hint }) => {
+                done(Err(MembershipError::NotLeader {
+                    leader: leader_hint,
+                }))
+            }
             Err(TransferError::NotAVoter(id)) => done(Err(MembershipError::NotAVoter(id))),
         }
     }

@@ -36,17 +36,17 @@ use crossbeam_channel::Sender;
 use tally_wal::{SnapshotStore, Storage};
 
 use crate::raft::{
-    CoreError, Entry, MemberInfo, Message, NodeId, PersistAction, ProposeError, RaftNode, ReadError, ReadPath,
-    Ready, Role, RoleState, SnapshotChunk, SnapshotMeta,
+    CoreError, Entry, MemberInfo, Message, NodeId, PersistAction, ProposeError, RaftNode,
+    ReadError, ReadPath, Ready, Role, RoleState, SnapshotChunk, SnapshotMeta,
 };
 
 pub use apply::{Applied, Applier, ApplyWork, ConfirmedRead};
 pub use log::LogWriter;
-pub use membership::{
-    lag_of, MembershipChange, MembershipDone, MembershipError, MembershipOutcome,
-    MembershipPolicy, TransferDone,
-};
 use membership::MembershipState;
+pub use membership::{
+    lag_of, MembershipChange, MembershipDone, MembershipError, MembershipOutcome, MembershipPolicy,
+    TransferDone,
+};
 use snapshot::SnapshotState;
 pub use snapshot::{
     meta_from_header, snapshot_header, SnapshotDone, SnapshotPolicy, SnapshotStats, SnapshotTaken,

@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{select, Receiver, Sender};
 
 use super::{
-    initial_configuration, ClientError, MemberStatus, NodeError, NodeOptions, NodeStatus,
-    Transport,
+    initial_configuration, ClientError, MemberStatus, NodeError, NodeOptions, NodeStatus, Transport,
 };
 use crate::driver::{
     fail_request, lag_of, meta_from_header, ApplyWork, Housekeeping, NodeDriver, NodeIo, Request,
@@ -374,7 +373,11 @@ fn publish_members<R, T: Transport>(
                     core.progress(id).map(|progress| progress.match_index)
                 },
                 lag_entries: (leader).then(|| lag_of(core, id)),
-                connected: if own { None } else { transport.peer_connected(id) },
+                connected: if own {
+                    None
+                } else {
+                    transport.peer_connected(id)
+                },
             }
         })
         .collect();

@@ -41,9 +41,8 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::driver::{
     meta_from_header, snapshot_header, Applier, ApplyWork, ClientError, Housekeeping,
-    MembershipChange, NodeDriver,
-    NodeError, NodeIo, Reply, ReplyTo, Request, SnapshotPolicy, Submission, TurnInput,
-    WrittenSnapshot,
+    MembershipChange, NodeDriver, NodeError, NodeIo, Reply, ReplyTo, Request, SnapshotPolicy,
+    Submission, TurnInput, WrittenSnapshot,
 };
 use crate::kv::{
     decode_request, encode_request, ClientSession, Command, KvLimits, KvResponse, KvStateMachine,
@@ -51,8 +50,7 @@ use crate::kv::{
 use crate::raft::SnapshotMeta;
 use crate::raft::{
     Configuration, Entry, EntryKind, MemberInfo, Message, MessageBody, NodeId, PersistAction,
-    ProposeError,
-    RaftConfig, RaftNode, Role, RoleState,
+    ProposeError, RaftConfig, RaftNode, Role, RoleState,
 };
 use crate::state_machine::{SnapshotSource, StateMachine};
 use checker::{Checker, NodeWatch};
@@ -832,12 +830,15 @@ impl Simulation {
             return false;
         }
         let (sender, receiver) = crossbeam_channel::bounded(1);
-        self.nodes[k].input.requests.push(Request::ChangeMembership {
-            change: change.clone(),
-            done: Box::new(move |result| {
-                let _ = sender.send(result);
-            }),
-        });
+        self.nodes[k]
+            .input
+            .requests
+            .push(Request::ChangeMembership {
+                change: change.clone(),
+                done: Box::new(move |result| {
+                    let _ = sender.send(result);
+                }),
+            });
         self.process(k);
         match receiver.try_recv() {
             Ok(Err(error)) => {

@@ -64,6 +64,9 @@ struct Args {
     /// entries than this.
     #[arg(long, default_value_t = 1000)]
     max_promote_lag_entries: u64,
+    /// Serve Prometheus metrics (text format) at `GET /metrics` on this address.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
     /// Seed a new, empty --dir from this snapshot file (the path `TALLY SNAPSHOT`
     /// answers, copied off the old cluster) as a one-member cluster; grow it with
     /// `TALLY MEMBER ADD`. Only on the first start, without --peer.
@@ -200,6 +203,11 @@ fn run(args: Args) -> Result<(), String> {
     config.advertise_client = args.advertise_client.clone();
     config.join = args.join;
     config.restore_from = args.restore_from.clone();
+    config.metrics_listen = args
+        .metrics_listen
+        .as_deref()
+        .map(|addr| resolve("--metrics-listen", addr))
+        .transpose()?;
     config.advertise_peer = args.advertise_peer.clone();
     config.max_promote_lag_entries = args.max_promote_lag_entries;
     config.cluster_id = args.cluster_id;

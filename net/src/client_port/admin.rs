@@ -15,7 +15,7 @@
 //! - `TALLY MEMBER PROMOTE <id>`, `TALLY MEMBER REMOVE <id>`, `TALLY TRANSFER <id>`.
 
 use tally_engine::raft::MemberInfo;
-use tally_engine::runtime::{MembershipChange, MembershipError, MemberStatus};
+use tally_engine::runtime::{MemberStatus, MembershipChange, MembershipError};
 
 use super::connection::{Connection, Slot};
 use super::io_loop::Context;
@@ -62,11 +62,8 @@ impl Connection {
         let sender = context.reply_tx.clone();
         let waker = Arc::clone(context.reply_waker);
         let reply = move |result: Result<(), MembershipError>| {
-            ReplyTo::with_waker(tag, sender, waker).send(
-                result
-                    .map(|()| KvResponse::Ok)
-                    .map_err(client_error_of),
-            );
+            ReplyTo::with_waker(tag, sender, waker)
+                .send(result.map(|()| KvResponse::Ok).map_err(client_error_of));
         };
         let handle = &context.shared.handle;
         match request {
@@ -211,7 +208,10 @@ mod tests {
         let parsed = parse_member_change(&[b"ADD", b"4", b"10.0.0.4:7001", b"10.0.0.4:6379"]);
         assert!(matches!(
             parsed,
-            Ok(AdminRequest::Change(MembershipChange::AddLearner { id: 4, .. }))
+            Ok(AdminRequest::Change(MembershipChange::AddLearner {
+                id: 4,
+                ..
+            }))
         ));
         assert!(matches!(
             parse_member_change(&[b"promote", b"4"]),

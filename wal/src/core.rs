@@ -397,7 +397,7 @@ impl<S: Storage> WalCore<S> {
                 .storage
                 .open(name)
                 .map_err(|e| io_err("open", name, e))?;
-            let view = file.view().map_err(|e| io_err("map", name, e))?;
+            let view = read_disk_truth(file.as_ref())?;
             files.push(file);
             views.push(view);
         }
@@ -550,13 +550,8 @@ impl<S: Storage> WalCore<S> {
         }
         drop(views);
 
-        // The previous process may have died with written-but-unsynced bytes in the page
-        // cache: sync every kept segment (and the directory) before reporting anything
-        // as durable.
-        for (position, file) in files.iter().enumerate().take(keep_segments) {
-            file.sync_data()
-                .map_err(|e| io_err("fdatasync during recovery", &names[position].2, e))?;
-        }
+        // Every kept segment was synced by `read_disk_truth` (and a zeroed tail right
+        // after zeroing); the directory too before anything is reported durable.
         if keep_segments > 0 {
             self.storage
                 .sync_dir()
@@ -1446,6 +1441,20 @@ impl<S: Storage> WalCore<S> {
         }
         Ok(removed)
     }
+}
+
+/// Maps `file` as the device holds it. The previous process may have died with
+/// written-but-unsynced bytes in the page cache: `fdatasync` writes them (or fails, and
+/// recovery stops). A previous failed fsync may have left pages marked clean that were
+/// never written ("fsyncgate"): evicting the clean pages makes the map read the device,
+/// so recovery never verifies, replays or reports durable bytes that only the cache held.
+fn read_disk_truth(file: &dyn StorageFile) -> Result<FileView> {
+    let name = file.name();
+    file.sync_data()
+        .map_err(|e| io_err("fdatasync during recovery", name, e))?;
+    file.evict_cache()
+        .map_err(|e| io_err("evict cached pages", name, e))?;
+    file.view().map_err(|e| io_err("map", name, e))
 }
 
 /// Overwrites `[0, size_bytes)` of `file` with zeros (1 MiB writes).

@@ -464,6 +464,10 @@ struct SimInode {
     current: Vec<u8>,
     /// What survives a crash.
     durable: Vec<u8>,
+    /// `current` holds bytes a failed sync marked clean without writing them: it differs
+    /// from `durable` outside the unsynced ranges. False: `current` is `durable` with the
+    /// unsynced ranges on top.
+    stale_cache: bool,
 }
 
 /// One unsynced modification, in global write order.
@@ -590,7 +594,9 @@ impl SimStorage {
             let kept = range.len.min(keep_bytes);
             keep_bytes -= kept;
             if let Some(inode) = state.inodes.get_mut(&range.inode) {
-                let SimInode { current, durable } = inode;
+                let SimInode {
+                    current, durable, ..
+                } = inode;
                 copy_range(current, durable, range.offset, kept);
             }
         }
@@ -599,6 +605,7 @@ impl SimStorage {
         state.inodes.retain(|id, _| live.contains(id));
         for inode in state.inodes.values_mut() {
             inode.current = inode.durable.clone();
+            inode.stale_cache = false;
         }
         state.boot += 1;
         state.lock_holder = None;
@@ -781,6 +788,9 @@ impl StorageFile for SimFile {
                 if s.failed_sync_marks_clean {
                     // Clean but never written: `current` keeps the stale bytes.
                     s.unsynced.retain(|r| r.inode != self.inode);
+                    if let Some(inode) = s.inodes.get_mut(&self.inode) {
+                        inode.stale_cache = true;
+                    }
                 }
                 return Err(io::Error::from_raw_os_error(libc::EIO));
             }
@@ -830,6 +840,9 @@ impl StorageFile for SimFile {
                 inodes, unsynced, ..
             } = s;
             let inode = inodes.get_mut(&self.inode).ok_or_else(stale_handle)?;
+            if !inode.stale_cache {
+                return Ok(()); // reads already see the device plus the dirty ranges
+            }
             // What the device holds, with the still-dirty ranges (which stay cached) on top.
             let mut fresh = inode.durable.clone();
             fresh.resize(inode.current.len(), 0);
@@ -837,6 +850,7 @@ impl StorageFile for SimFile {
                 copy_range(&inode.current, &mut fresh, range.offset, range.len);
             }
             inode.current = fresh;
+            inode.stale_cache = false;
             Ok(())
         })
     }

@@ -6,9 +6,15 @@
 
 mod common;
 
+use std::io;
+use std::os::unix::io::RawFd;
+use std::sync::{Arc, Mutex};
+
 use common::{entries, small_options};
-use tally_wal::storage::FileView;
-use tally_wal::{FsStorage, SimStorage, SnapshotHeader, SnapshotStore, Storage, Tear, WalCore};
+use tally_wal::storage::{DirLock, FileView};
+use tally_wal::{
+    FsStorage, SimStorage, SnapshotHeader, SnapshotStore, Storage, StorageFile, Tear, WalCore,
+};
 
 #[test]
 fn entries_of_a_failed_fsync_that_left_clean_stale_pages_are_not_recovered_as_durable() {
@@ -130,4 +136,131 @@ fn fs_evict_cache_leaves_no_page_of_a_synced_file_resident() {
     let mut buf = [0u8; 16];
     file.read_exact_at(&mut buf, 4096).expect("read");
     assert_eq!(buf, [0x5A; 16]);
+}
+
+/// FsStorage that records, whenever a file is mapped, how many of its pages were in the
+/// page cache at that moment.
+#[derive(Clone)]
+struct ResidencyAtMap {
+    inner: FsStorage,
+    seen: Arc<Mutex<Vec<(String, usize)>>>,
+}
+
+struct ResidencyFile {
+    inner: Arc<dyn StorageFile>,
+    seen: Arc<Mutex<Vec<(String, usize)>>>,
+}
+
+impl StorageFile for ResidencyFile {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn len_bytes(&self) -> io::Result<u64> {
+        self.inner.len_bytes()
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.inner.read_exact_at(buf, offset)
+    }
+    fn write_all_at(&self, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
+        self.inner.write_all_at(bufs, offset)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.inner.sync_data()
+    }
+    fn set_len(&self, len_bytes: u64) -> io::Result<()> {
+        self.inner.set_len(len_bytes)
+    }
+    fn allocate(&self, len_bytes: u64) -> io::Result<()> {
+        self.inner.allocate(len_bytes)
+    }
+    fn view(&self) -> io::Result<FileView> {
+        let view = self.inner.view()?;
+        let resident = resident_pages(&view);
+        self.seen
+            .lock()
+            .expect("seen")
+            .push((self.name().to_string(), resident));
+        Ok(view)
+    }
+    fn raw_fd(&self) -> Option<RawFd> {
+        self.inner.raw_fd()
+    }
+    fn evict_cache(&self) -> io::Result<()> {
+        self.inner.evict_cache()
+    }
+}
+
+impl ResidencyAtMap {
+    fn wrap(&self, inner: Arc<dyn StorageFile>) -> Arc<dyn StorageFile> {
+        Arc::new(ResidencyFile {
+            inner,
+            seen: Arc::clone(&self.seen),
+        })
+    }
+}
+
+impl Storage for ResidencyAtMap {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn list(&self) -> io::Result<Vec<String>> {
+        self.inner.list()
+    }
+    fn create(&self, name: &str) -> io::Result<Arc<dyn StorageFile>> {
+        Ok(self.wrap(self.inner.create(name)?))
+    }
+    fn open(&self, name: &str) -> io::Result<Arc<dyn StorageFile>> {
+        Ok(self.wrap(self.inner.open(name)?))
+    }
+    fn remove(&self, name: &str) -> io::Result<()> {
+        self.inner.remove(name)
+    }
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        self.inner.rename(from, to)
+    }
+    fn sync_dir(&self) -> io::Result<()> {
+        self.inner.sync_dir()
+    }
+    fn lock(&self) -> io::Result<DirLock> {
+        self.inner.lock()
+    }
+}
+
+#[test]
+fn fs_recovery_maps_every_segment_with_none_of_its_pages_cached() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
+    let storage = FsStorage::new(dir.path()).expect("storage");
+    let mut wal = WalCore::open(storage.clone(), small_options()).expect("open");
+    for batch in 0..20u64 {
+        wal.append(&entries(batch * 4 + 1..=batch * 4 + 4, 1, 60))
+            .expect("append");
+        wal.write().expect("write");
+        wal.sync().expect("sync");
+    }
+    let names = wal.segment_names();
+    assert!(names.len() >= 2, "several segments: {names:?}");
+    drop(wal);
+    // Just written: their pages are cached.
+    let cached: usize = names
+        .iter()
+        .map(|name| resident_pages(&storage.open(name).expect("open").view().expect("map")))
+        .sum();
+    assert!(cached > 0, "written segments are in the page cache");
+
+    let recording = ResidencyAtMap {
+        inner: storage,
+        seen: Arc::default(),
+    };
+    let wal = WalCore::open(recording.clone(), small_options()).expect("recover");
+    assert_eq!(wal.last_index(), 80);
+    let seen = recording.seen.lock().expect("seen").clone();
+    assert_eq!(
+        seen.len(),
+        names.len(),
+        "recovery maps every segment once: {seen:?}"
+    );
+    assert!(
+        seen.iter().all(|(_, resident)| *resident == 0),
+        "recovery mapped cached pages: {seen:?}"
+    );
 }

@@ -275,6 +275,7 @@ fn change(cluster: &Cluster, args: &[&str], done_already: &str) {
                 if text.starts_with("NOTLEADER")
                     || text.contains("in progress")
                     || text.contains("still lags")
+                    || text.contains("has not answered")
                     || text.contains("outcome unknown") =>
             {
                 None

@@ -61,6 +61,11 @@ pub enum MembershipError {
         lag_entries: u64,
         max_lag_entries: u64,
     },
+    #[error(
+        "learner {0} has not answered the leader within an election timeout (not connected \
+         yet?); promoting it could cost the quorum"
+    )]
+    LearnerNotResponding(NodeId),
     #[error("the change would leave no voter")]
     NoVoters,
     #[error("leadership was lost before the change committed: outcome unknown")]
@@ -385,6 +390,9 @@ fn target_configuration(
                     MembershipError::UnknownMember(*id)
                 });
             }
+            if !answered_recently(core, *id) {
+                return Err(MembershipError::LearnerNotResponding(*id));
+            }
             let lag_entries = lag_of(core, *id);
             if lag_entries > policy.max_promote_lag_entries {
                 return Err(MembershipError::LearnerLagging {
@@ -414,6 +422,15 @@ fn target_configuration(
         return Err(MembershipError::NoVoters);
     }
     Ok(target)
+}
+
+/// Whether `id` echoed a message the leader sent less than an election timeout ago (a
+/// learner that cannot reach the leader would count against the new quorum at once).
+fn answered_recently(core: &RaftNode, id: NodeId) -> bool {
+    let timeout = core.config().election_timeout_ticks;
+    core.progress(id)
+        .and_then(|progress| progress.acked_sent_tick)
+        .is_some_and(|sent| core.now_tick().saturating_sub(sent) < timeout)
 }
 
 /// Entries `id` is behind the leader's last index (the whole log when unknown).

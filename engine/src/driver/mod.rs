@@ -417,9 +417,7 @@ impl<R, L: LogWriter, S: Storage> NodeDriver<R, L, S> {
         info: &tally_wal::SnapshotInfo,
     ) -> Result<(), NodeError> {
         let data = self.snapshots.file_bytes(info)?;
-        self.snapshots.stats.snapshot_bytes = info.size_bytes;
-        self.snapshots.stats.snapshot_index = meta.index;
-        self.snapshots.stats.snapshot_term = meta.term;
+        self.snapshots.note_durable(&meta, info);
         self.snapshots.handed_out = (meta.index, meta.term);
         self.core
             .snapshot_ready(meta, data)
@@ -500,6 +498,10 @@ impl<R, L: LogWriter, S: Storage> NodeDriver<R, L, S> {
                 // Answered by the first snapshot that covers everything handed out so
                 // far (one already in progress may not).
                 let covers = self.snapshots.handed_out.0.max(1);
+                if let Some(taken) = self.snapshots.covering(covers) {
+                    // Nothing applied since the newest durable snapshot: it is the answer.
+                    return done(Ok(taken));
+                }
                 self.snapshots.waiters.push((covers, done));
                 self.snapshots.forced = true;
             }

@@ -378,16 +378,50 @@ fn a_lagging_learner_is_not_promoted() {
         },
     );
     assert!(added.is_ok());
-    // Node 4 does not exist: it never acknowledges anything.
+    // Node 4 does not exist: it never answers.
     let refused = answer_of(&mut trio, leader, MembershipChange::Promote { id: 4 });
+    assert_eq!(refused, Err(MembershipError::LearnerNotResponding(4)));
+    assert!(!trio.drivers[leader].core().configuration().is_voter(4));
+    // A learner that answers but is behind: make voter 3 a learner again, then cut it
+    // off while the others move on.
+    let victim = if leader == 2 { 1 } else { 2 };
+    let demoted = answer_of(
+        &mut trio,
+        leader,
+        MembershipChange::ReplaceVoters {
+            voters: (1..=3).filter(|id| *id != victim as u64 + 1).collect(),
+        },
+    );
+    assert!(demoted.is_ok(), "{demoted:?}");
+    let added_back = answer_of(
+        &mut trio,
+        leader,
+        MembershipChange::AddLearner {
+            id: victim as u64 + 1,
+            info: crate::raft::MemberInfo::default(),
+        },
+    );
+    assert!(added_back.is_ok(), "{added_back:?}");
+    let (sender, _replies) = unbounded();
+    trio.inputs[leader]
+        .requests
+        .push(Request::One(Submission::Propose {
+            command: Bytes::from_static(b"c"),
+            reply: ReplyTo::new(1, sender),
+        }));
+    let (request, answer) = membership_request(MembershipChange::Promote {
+        id: victim as u64 + 1,
+    });
+    trio.inputs[leader].requests.push(request);
+    trio.round(Some(victim));
+    let refused = answer.try_recv().expect("refused at once");
     assert!(
         matches!(
             refused,
-            Err(MembershipError::LearnerLagging { id: 4, lag_entries, max_lag_entries: 0 }) if lag_entries > 0
+            Err(MembershipError::LearnerLagging { lag_entries, max_lag_entries: 0, .. }) if lag_entries > 0
         ),
         "{refused:?}"
     );
-    assert!(!trio.drivers[leader].core().configuration().is_voter(4));
 }
 
 #[test]

@@ -57,7 +57,7 @@ impl NodeIo<u64> for Collected {
     fn housekeeping(&mut self, _: Housekeeping) -> Result<(), NodeError> {
         Ok(())
     }
-    fn apply(&mut self, work: ApplyWork<u64>) -> Result<(), NodeError> {
+    fn apply(&mut self, work: ApplyWork<u64>) -> Result<Option<ApplyWork<u64>>, NodeError> {
         match work {
             ApplyWork::Entries { entries, replies } => {
                 self.applied_through = entries.last().map(|entry| entry.index);
@@ -77,7 +77,7 @@ impl NodeIo<u64> for Collected {
             }
             ApplyWork::Snapshot { .. } | ApplyWork::Restore { .. } => {}
         }
-        Ok(())
+        Ok(None)
     }
 }
 

@@ -133,6 +133,9 @@ pub struct SimConfig {
     pub max_batch_entries: usize,
     /// AppendEntries in flight per follower.
     pub max_inflight_messages: usize,
+    /// Apply work items a node's state machine side takes per turn; the rest is given
+    /// back, so the driver's apply outbox (and the request gating behind it) runs.
+    pub apply_capacity_per_turn: usize,
     /// Nodes take snapshots and compact (each seed draws its own thresholds, small
     /// enough that snapshots, compaction and InstallSnapshot happen in every run).
     pub snapshots: bool,
@@ -168,6 +171,7 @@ impl SimConfig {
             max_fsync_us: 2_000,
             max_batch_entries: 64,
             max_inflight_messages: 8,
+            apply_capacity_per_turn: 4,
             snapshots: true,
             trace: false,
             trace_ring_len: 200,
@@ -1219,7 +1223,10 @@ impl Simulation {
                 return;
             };
             input.now_tick = now_tick;
-            let mut io = SimIo::default();
+            let mut io = SimIo {
+                apply_capacity: self.cfg.apply_capacity_per_turn.max(1),
+                ..SimIo::default()
+            };
             if let Err(error) = driver.turn(input, &mut io) {
                 let id = self.nodes[k].id;
                 self.kv_violations
@@ -1228,8 +1235,10 @@ impl Simulation {
                 self.crash(id);
                 return;
             }
+            // Requests a backed-up driver left in the input wait for a later event.
+            let backed_up = driver.is_backed_up();
             self.after_turn(k, io);
-            if self.nodes[k].input.is_empty() {
+            if self.nodes[k].input.is_empty() || backed_up {
                 break;
             }
         }
@@ -2078,6 +2087,8 @@ struct SimIo {
     messages: Vec<Message>,
     housekeeping: Vec<Housekeeping>,
     work: Vec<ApplyWork<KvResponse>>,
+    /// Work items taken per turn (`SimConfig::apply_capacity_per_turn`).
+    apply_capacity: usize,
     persists: Vec<PersistAction>,
     roles: Vec<RoleState>,
 }
@@ -2087,9 +2098,15 @@ impl NodeIo<KvResponse> for SimIo {
         self.messages.extend(messages);
     }
 
-    fn apply(&mut self, work: ApplyWork<KvResponse>) -> Result<(), NodeError> {
+    fn apply(
+        &mut self,
+        work: ApplyWork<KvResponse>,
+    ) -> Result<Option<ApplyWork<KvResponse>>, NodeError> {
+        if self.work.len() >= self.apply_capacity {
+            return Ok(Some(work));
+        }
         self.work.push(work);
-        Ok(())
+        Ok(None)
     }
 
     fn housekeeping(&mut self, job: Housekeeping) -> Result<(), NodeError> {

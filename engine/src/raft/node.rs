@@ -835,11 +835,12 @@ impl RaftNode {
             let members = self.configuration.members();
             self.progress.retain(|id, _| members.contains(id));
             let next_index = self.log.last_index() + 1;
+            let election_timeout_ticks = self.cfg.election_timeout_ticks;
             for id in members {
                 if id != self.cfg.id {
                     self.progress
                         .entry(id)
-                        .or_insert_with(|| Progress::new(next_index));
+                        .or_insert_with(|| Progress::new(next_index, election_timeout_ticks));
                 }
             }
         }
@@ -1350,7 +1351,7 @@ impl RaftNode {
             .members()
             .into_iter()
             .filter(|id| *id != self.cfg.id)
-            .map(|id| (id, Progress::new(next_index)))
+            .map(|id| (id, Progress::new(next_index, self.cfg.election_timeout_ticks)))
             .collect();
         let noop = Entry {
             index: next_index,
@@ -1509,17 +1510,30 @@ impl RaftNode {
             if response.match_index > progress.match_index {
                 progress.match_index = response.match_index;
                 progress.last_progress_tick = self.now_tick;
+                progress.note_ack_latency(self.now_tick.saturating_sub(response.sent_at_tick));
                 match_advanced = true;
             }
             match progress.state {
                 ReplicationState::Probe => progress.become_replicate(),
                 ReplicationState::Replicate => {
-                    // A success that does not cover the oldest message in flight is no
-                    // loss: a follower acknowledges entries only once they are durable,
-                    // so with a slow disk its heartbeat answers overtake them. Losses
-                    // show as rejections (below) or as a stalled window (on tick).
                     progress.free_inflight_through(progress.match_index);
                     progress.next_index = progress.next_index.max(progress.match_index + 1);
+                    // The follower answered a message sent well after the oldest one in
+                    // flight without having acknowledged that one: it was lost, unless
+                    // its acknowledgement is merely late. A follower acknowledges
+                    // entries only once they are durable, so with a slow disk its
+                    // heartbeat answers overtake them: "well after" is measured in its
+                    // own recent acknowledgement latency (a late ack is no loss).
+                    let patience_ticks =
+                        2 * self.cfg.heartbeat_interval_ticks + 2 * progress.ack_latency_ticks;
+                    let lost = progress.inflight.front().is_some_and(|&(_, _, sent_tick)| {
+                        response.sent_at_tick >= sent_tick + patience_ticks
+                    });
+                    if lost {
+                        let next_index = progress.match_index + 1;
+                        progress.become_probe(next_index);
+                        self.stats.probe_transitions += 1;
+                    }
                 }
                 ReplicationState::Snapshot => {
                     // A late success can raise the match point during a transfer; keep

@@ -40,6 +40,10 @@ pub struct Progress {
     pub last_progress_tick: u64,
     /// Highest index ever sent to the peer in this term (to count resends).
     pub highest_sent_index: u64,
+    /// How long the peer recently took to acknowledge entries (send to answer, in
+    /// ticks): a decaying maximum of the samples, starting at one election timeout. An
+    /// acknowledgement is presumed lost only once it is overdue by twice this.
+    pub ack_latency_ticks: u64,
     /// Answered at least once since the last check-quorum round.
     pub recent_active: bool,
     /// Highest `heartbeat_id` the peer echoed in this term.
@@ -110,7 +114,9 @@ impl SnapshotTransfer {
 }
 
 impl Progress {
-    pub fn new(next_index: u64) -> Progress {
+    /// A peer to replicate to from `next_index`; its acknowledgements are expected
+    /// within `initial_ack_latency_ticks` until some were seen.
+    pub fn new(next_index: u64, initial_ack_latency_ticks: u64) -> Progress {
         Progress {
             match_index: 0,
             next_index,
@@ -120,6 +126,7 @@ impl Progress {
             inflight_bytes: 0,
             last_progress_tick: 0,
             highest_sent_index: 0,
+            ack_latency_ticks: initial_ack_latency_ticks,
             recent_active: false,
             acked_heartbeat_id: 0,
             acked_sent_tick: None,
@@ -136,6 +143,13 @@ impl Progress {
             self.inflight.pop_front();
             self.inflight_bytes -= size_bytes;
         }
+    }
+
+    /// Records how long an acknowledgement took: the estimate jumps up to a slower
+    /// sample and decays by an eighth per faster one.
+    pub fn note_ack_latency(&mut self, sample_ticks: u64) {
+        let decayed = self.ack_latency_ticks - self.ack_latency_ticks.div_ceil(8);
+        self.ack_latency_ticks = decayed.max(sample_ticks);
     }
 
     /// Records an AppendEntries sent in replicate state. A window that was empty starts

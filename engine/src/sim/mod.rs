@@ -136,6 +136,9 @@ pub struct SimConfig {
     /// Apply work items a node's state machine side takes per turn; the rest is given
     /// back, so the driver's apply outbox (and the request gating behind it) runs.
     pub apply_capacity_per_turn: usize,
+    /// WAL operations a node's disk holds before they are durable; the driver defers
+    /// the rest (its WAL backlog, held AppendEntries, request gating).
+    pub wal_max_unsynced_ops: u64,
     /// Nodes take snapshots and compact (each seed draws its own thresholds, small
     /// enough that snapshots, compaction and InstallSnapshot happen in every run).
     pub snapshots: bool,
@@ -172,6 +175,7 @@ impl SimConfig {
             max_batch_entries: 64,
             max_inflight_messages: 8,
             apply_capacity_per_turn: 4,
+            wal_max_unsynced_ops: 6,
             snapshots: true,
             trace: false,
             trace_ring_len: 200,
@@ -472,7 +476,7 @@ impl Simulation {
                 id: k as u64 + 1,
                 driver: None,
                 applier: None,
-                storage: Some(WalStorage::new()),
+                storage: Some(WalStorage::new().with_max_unsynced_ops(cfg.wal_max_unsynced_ops)),
                 incarnation: 0,
                 tick_interval_us,
                 ticks: 0,
@@ -1235,9 +1239,15 @@ impl Simulation {
                 self.crash(id);
                 return;
             }
-            // Requests a backed-up driver left in the input wait for a later event.
+            // Work the state machine side gave back is handed over by the next turn at
+            // once (it has just taken a batch: room again), so applying is not delayed
+            // by a tick; requests a backed-up driver left wait for a later event.
+            let apply_waiting = driver.backlog().1 > 0;
             let backed_up = driver.is_backed_up();
             self.after_turn(k, io);
+            if apply_waiting {
+                continue;
+            }
             if self.nodes[k].input.is_empty() || backed_up {
                 break;
             }

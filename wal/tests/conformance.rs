@@ -378,10 +378,17 @@ fn has_room_says_no_while_the_pending_buffer_is_full_and_yes_once_the_writer_tak
         tickets.push(wal.append(&[entry]).expect("append with room"));
         index += 1;
     }
-    assert!(!wal.has_room(entry_bytes, 1), "the buffer filled up ({} appends)", index - 1);
+    assert!(
+        !wal.has_room(entry_bytes, 1),
+        "the buffer filled up ({} appends)",
+        index - 1
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     while !wal.has_room(entry_bytes, 1) {
-        assert!(Instant::now() < deadline, "the writer never took the full buffer");
+        assert!(
+            Instant::now() < deadline,
+            "the writer never took the full buffer"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     for ticket in tickets {

@@ -28,7 +28,7 @@ use std::collections::VecDeque;
 
 use tally_wal::{HardState, WalError};
 
-use super::{ApplyWork, LogWriter, NodeError, NodeIo, Request, Submission};
+use super::{ApplyWork, ClientError, LogWriter, NodeError, NodeIo, Request, Submission};
 use crate::raft::{Message, MessageBody};
 
 /// Most entry-bearing AppendEntries held while the log is full (a leader has at most
@@ -105,8 +105,7 @@ impl WalBacklog {
         let last = ops.len() - 1;
         for (position, op) in ops.into_iter().enumerate() {
             self.bytes += op.footprint().0;
-            self.ops
-                .push_back((op, (position == last).then_some(seq)));
+            self.ops.push_back((op, (position == last).then_some(seq)));
         }
     }
 
@@ -177,6 +176,27 @@ impl<R> ApplyOutbox<R> {
             Some(back) => {
                 self.work.push_back(back);
                 Ok(true)
+            }
+        }
+    }
+
+    /// The node stops: the clients waiting on work that never reached the state
+    /// machine are answered (writes committed but not applied here may be applied by
+    /// the other members: outcome unknown; reads just fail).
+    pub fn fail_on_stop(&mut self) {
+        for work in self.work.drain(..) {
+            match work {
+                ApplyWork::Entries { replies, .. } => {
+                    for (_, reply) in replies {
+                        reply.send(Err(ClientError::OutcomeUnknown));
+                    }
+                }
+                ApplyWork::Reads(reads) => {
+                    for read in reads {
+                        read.reply.send(Err(ClientError::NodeStopped));
+                    }
+                }
+                ApplyWork::Snapshot { .. } | ApplyWork::Restore { .. } => {}
             }
         }
     }
@@ -270,9 +290,10 @@ pub(crate) fn proposal_footprint<R>(request: &Request<R>) -> (usize, usize) {
     }
     match request {
         Request::One(submission) => one(submission),
-        Request::Batch(batch) => batch.iter().map(one).fold((0, 0), |(b, n), (bytes, entries)| {
-            (b + bytes, n + entries)
-        }),
+        Request::Batch(batch) => batch
+            .iter()
+            .map(one)
+            .fold((0, 0), |(b, n), (bytes, entries)| (b + bytes, n + entries)),
         _ => (0, 0),
     }
 }

@@ -41,8 +41,8 @@ use crate::raft::{
 };
 
 pub use apply::{Applied, Applier, ApplyWork, ConfirmedRead};
-use flow::{ApplyOutbox, HeldAppends, TurnBudget, WalBacklog, WalOp};
 pub use flow::MAX_HELD_APPENDS;
+use flow::{ApplyOutbox, HeldAppends, TurnBudget, WalBacklog, WalOp};
 pub use log::LogWriter;
 use snapshot::SnapshotState;
 pub use snapshot::{
@@ -1009,6 +1009,7 @@ impl<R, L: LogWriter, S: Storage> NodeDriver<R, L, S> {
     /// The node stops (shutdown or fail-stop): writes already proposed may still commit
     /// through the other members, so their outcome is unknown; reads just failed.
     pub fn fail_on_stop(&mut self) {
+        self.apply_outbox.fail_on_stop();
         for (_, done) in self.snapshots.waiters.drain(..) {
             done(Err(ClientError::NodeStopped));
         }

@@ -53,6 +53,8 @@ struct Collected {
     lease_reads: usize,
     other_reads: usize,
     applied_through: Option<u64>,
+    /// The state machine side is full: every work item is given back.
+    refuse_apply: bool,
 }
 
 impl NodeIo<u64> for Collected {
@@ -63,6 +65,9 @@ impl NodeIo<u64> for Collected {
         Ok(())
     }
     fn apply(&mut self, work: ApplyWork<u64>) -> Result<Option<ApplyWork<u64>>, NodeError> {
+        if self.refuse_apply {
+            return Ok(Some(work));
+        }
         match work {
             ApplyWork::Entries { entries, replies } => {
                 self.applied_through = entries.last().map(|entry| entry.index);
@@ -90,6 +95,8 @@ struct Trio {
     drivers: Vec<NodeDriver<u64, InstantLog, tally_wal::SimStorage>>,
     inputs: Vec<TurnInput<u64>>,
     tick: u64,
+    /// Nodes whose state machine side takes nothing.
+    apply_full: [bool; 3],
 }
 
 impl Trio {
@@ -111,6 +118,7 @@ impl Trio {
             drivers,
             inputs: (0..3).map(|_| TurnInput::new()).collect(),
             tick: 0,
+            apply_full: [false; 3],
         }
     }
 
@@ -124,7 +132,10 @@ impl Trio {
                 self.inputs[k].messages.clear();
                 continue;
             }
-            let mut io = Collected::default();
+            let mut io = Collected {
+                refuse_apply: self.apply_full[k],
+                ..Collected::default()
+            };
             self.inputs[k].now_tick = self.tick;
             self.drivers[k]
                 .turn(&mut self.inputs[k], &mut io)
@@ -267,10 +278,12 @@ fn terms_and_roles(trio: &Trio) -> Vec<(u64, Role)> {
 
 fn propose(trio: &mut Trio, k: usize, tag: u64) -> Receiver<Reply<u64>> {
     let (sender, receiver) = unbounded();
-    trio.inputs[k].requests.push(Request::One(Submission::Propose {
-        command: Bytes::from_static(b"c"),
-        reply: ReplyTo::new(tag, sender),
-    }));
+    trio.inputs[k]
+        .requests
+        .push(Request::One(Submission::Propose {
+            command: Bytes::from_static(b"c"),
+            reply: ReplyTo::new(tag, sender),
+        }));
     receiver
 }
 
@@ -289,10 +302,17 @@ fn a_leader_with_a_full_wal_leaves_proposals_queued_and_keeps_its_followers() {
         trio.round(None);
     }
     assert_eq!(terms_and_roles(&trio), before, "heartbeats kept flowing");
-    assert_eq!(trio.inputs[leader].requests.len(), 1, "the proposal stays with the caller");
+    assert_eq!(
+        trio.inputs[leader].requests.len(),
+        1,
+        "the proposal stays with the caller"
+    );
     assert_eq!(trio.drivers[leader].core().log().last_index(), last_index);
     assert!(trio.drivers[leader].stats().turns_requests_deferred > 0);
-    assert!(reply.try_recv().is_err(), "not answered while the WAL is full");
+    assert!(
+        reply.try_recv().is_err(),
+        "not answered while the WAL is full"
+    );
 
     for driver in &mut trio.drivers {
         driver.log_mut().full = false;
@@ -321,10 +341,16 @@ fn a_follower_with_a_full_wal_holds_new_entries_and_acknowledges_them_once_it_ha
     }
     assert_eq!(terms_and_roles(&trio), before, "heartbeats were answered");
     for &k in &followers {
-        assert!(trio.drivers[k].stats().appends_held > 0, "node {k} held the entries");
+        assert!(
+            trio.drivers[k].stats().appends_held > 0,
+            "node {k} held the entries"
+        );
         assert!(trio.drivers[k].is_backed_up() || trio.drivers[k].backlog().2 > 0);
     }
-    assert!(reply.try_recv().is_err(), "no quorum holds the entry durably yet");
+    assert!(
+        reply.try_recv().is_err(),
+        "no quorum holds the entry durably yet"
+    );
 
     for &k in &followers {
         trio.drivers[k].log_mut().full = false;
@@ -334,7 +360,44 @@ fn a_follower_with_a_full_wal_holds_new_entries_and_acknowledges_them_once_it_ha
     }
     assert!(reply.try_recv().expect("committed").result.is_ok());
     for &k in &followers {
-        assert_eq!(trio.drivers[k].backlog(), (0, 0, 0), "node {k} drained everything");
+        assert_eq!(
+            trio.drivers[k].backlog(),
+            (0, 0, 0),
+            "node {k} drained everything"
+        );
     }
     assert_eq!(terms_and_roles(&trio), before);
+}
+
+#[test]
+fn a_leader_whose_apply_side_is_full_keeps_leading_and_answers_waiting_clients_when_it_stops() {
+    let mut trio = Trio::new();
+    let leader = elected(&mut trio);
+    let before = terms_and_roles(&trio);
+    trio.apply_full = [true; 3];
+    let first = propose(&mut trio, leader, 1);
+    let election_ticks = trio.drivers[leader].core().config().election_timeout_ticks;
+    for _ in 0..5 * election_ticks {
+        trio.round(None);
+    }
+    assert!(
+        trio.drivers[leader].backlog().1 > 0,
+        "the committed entry waits in the outbox"
+    );
+    assert!(trio.drivers[leader].stats().apply_deferred > 0);
+    let second = propose(&mut trio, leader, 2);
+    for _ in 0..5 * election_ticks {
+        trio.round(None);
+    }
+    assert_eq!(terms_and_roles(&trio), before, "heartbeats kept flowing");
+    assert_eq!(
+        trio.inputs[leader].requests.len(),
+        1,
+        "no new work taken while backed up"
+    );
+    assert!(first.try_recv().is_err() && second.try_recv().is_err());
+
+    trio.drivers[leader].fail_on_stop();
+    let answer = first.try_recv().expect("answered on stop");
+    assert_eq!(answer.result, Err(ClientError::OutcomeUnknown));
 }

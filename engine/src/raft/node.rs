@@ -1351,7 +1351,12 @@ impl RaftNode {
             .members()
             .into_iter()
             .filter(|id| *id != self.cfg.id)
-            .map(|id| (id, Progress::new(next_index, self.cfg.election_timeout_ticks)))
+            .map(|id| {
+                (
+                    id,
+                    Progress::new(next_index, self.cfg.election_timeout_ticks),
+                )
+            })
             .collect();
         let noop = Entry {
             index: next_index,

@@ -814,7 +814,11 @@ fn appends_sent(ready: &Ready) -> Vec<(NodeId, Option<u64>, u64, u64)> {
 /// Both followers answer heartbeats at once but acknowledge entries only
 /// `ack_delay_ticks` later (a slow disk: acks wait for fsync). Returns the leader after
 /// `ticks` ticks of one proposal per tick, and the highest index acknowledged.
-fn leader_with_slow_followers(ack_delay_ticks: u64, ticks: u64, lose_last: bool) -> (RaftNode, u64) {
+fn leader_with_slow_followers(
+    ack_delay_ticks: u64,
+    ticks: u64,
+    lose_last: bool,
+) -> (RaftNode, u64) {
     let (mut node, term) = leader_with_durable_noop();
     node.step(message(2, 1, term, ack_echo(1, 0, node.now_tick())));
     node.step(message(3, 1, term, ack_echo(1, 0, node.now_tick())));
@@ -836,7 +840,9 @@ fn leader_with_slow_followers(ack_delay_ticks: u64, ticks: u64, lose_last: bool)
             match last {
                 // The last batch to node 2 is lost when asked.
                 Some(_) if lose_last && to == 2 && tick + 1 == ticks / 2 => {}
-                Some(last) => delayed.push((now + ack_delay_ticks, to, last, heartbeat_id, sent_at_tick)),
+                Some(last) => {
+                    delayed.push((now + ack_delay_ticks, to, last, heartbeat_id, sent_at_tick))
+                }
                 None => {
                     let answer = ack_echo(acked[to as usize], heartbeat_id, sent_at_tick);
                     node.step(message(to, 1, term, answer));
@@ -847,7 +853,12 @@ fn leader_with_slow_followers(ack_delay_ticks: u64, ticks: u64, lose_last: bool)
         delayed = later;
         for (_, to, last, heartbeat_id, sent_at_tick) in due {
             acked[to as usize] = acked[to as usize].max(last);
-            node.step(message(to, 1, term, ack_echo(last, heartbeat_id, sent_at_tick)));
+            node.step(message(
+                to,
+                1,
+                term,
+                ack_echo(last, heartbeat_id, sent_at_tick),
+            ));
         }
         assert_eq!(node.role(), Role::Leader, "the leader keeps its quorum");
     }
@@ -859,8 +870,14 @@ fn a_follower_whose_acks_take_ten_heartbeats_keeps_its_pipeline() {
     let ticks = 200;
     let (node, acked) = leader_with_slow_followers(10, ticks, false);
     let stats = node.stats();
-    assert_eq!(stats.probe_transitions, 0, "late acknowledgements are not losses");
-    assert_eq!(stats.batches_resent, 0, "nothing is resent to a merely slow follower");
+    assert_eq!(
+        stats.probe_transitions, 0,
+        "late acknowledgements are not losses"
+    );
+    assert_eq!(
+        stats.batches_resent, 0,
+        "nothing is resent to a merely slow follower"
+    );
     assert_eq!(acked, node.log().last_index(), "everything was replicated");
     assert_eq!(node.commit_index(), node.log().last_index());
 }
@@ -897,7 +914,11 @@ fn a_node_does_not_campaign_while_its_granted_vote_is_not_durable() {
     for _ in 0..5 * timeout {
         node.tick();
     }
-    assert_eq!(node.role(), Role::Follower, "no campaign while the vote is not out");
+    assert_eq!(
+        node.role(),
+        Role::Follower,
+        "no campaign while the vote is not out"
+    );
     node.on_persisted(persist.seq);
     // The wait is added to the timeout: at most 2T more after 5T of waiting.
     for _ in 0..8 * timeout {
@@ -906,5 +927,9 @@ fn a_node_does_not_campaign_while_its_granted_vote_is_not_durable() {
             break;
         }
     }
-    assert_eq!(node.role(), Role::PreCandidate, "it campaigns once its timer runs");
+    assert_eq!(
+        node.role(),
+        Role::PreCandidate,
+        "it campaigns once its timer runs"
+    );
 }

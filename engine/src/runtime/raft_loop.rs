@@ -194,7 +194,11 @@ pub(crate) fn raft_loop<R: Send + 'static, T: Transport>(
             + Duration::from_nanos((tick_nanos * (u128::from(driver.now_tick()) + 1)) as u64);
         let timeout = next_tick_at.saturating_duration_since(Instant::now());
         let take_requests = input.requests.is_empty();
-        let request_queue = if take_requests { &requests } else { &no_requests };
+        let request_queue = if take_requests {
+            &requests
+        } else {
+            &no_requests
+        };
         // Block until anything arrives or the next tick is due; then drain everything.
         // What woke the thread is only collected here: the driver advances the clock
         // before it steps or answers anything. (Room in the WAL frees up when its

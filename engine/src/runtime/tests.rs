@@ -63,7 +63,11 @@ impl Cluster {
         Cluster::start_slow(size, tweak, None)
     }
 
-    fn start_slow(size: u64, tweak: fn(&mut NodeOptions), apply_delay: Option<Duration>) -> Cluster {
+    fn start_slow(
+        size: u64,
+        tweak: fn(&mut NodeOptions),
+        apply_delay: Option<Duration>,
+    ) -> Cluster {
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -784,7 +788,10 @@ impl StateMachine for SlowStateMachine {
         self.inner.snapshot()
     }
 
-    fn restore(&mut self, input: &mut dyn std::io::Read) -> Result<u64, crate::state_machine::StateMachineError> {
+    fn restore(
+        &mut self,
+        input: &mut dyn std::io::Read,
+    ) -> Result<u64, crate::state_machine::StateMachineError> {
         self.inner.restore(input)
     }
 }
@@ -801,7 +808,11 @@ fn terms_and_roles(cluster: &Cluster) -> Vec<(NodeId, u64, crate::raft::Role)> {
         .map(|(id, node)| {
             let handle = node.handle();
             let status = handle.status();
-            (*id, status.term.load(std::sync::atomic::Ordering::Relaxed), status.role())
+            (
+                *id,
+                status.term.load(std::sync::atomic::Ordering::Relaxed),
+                status.role(),
+            )
         })
         .collect();
     seen.sort_by_key(|(id, _, _)| *id);
@@ -820,7 +831,11 @@ fn a_full_apply_queue_behind_a_slow_state_machine_does_not_stop_heartbeats() {
     // The no-op of the term is applied first, so the load starts from a settled term.
     wait_for("the leader applied its no-op", || {
         let handle = cluster.nodes[&leader].handle();
-        handle.status().applied_index.load(std::sync::atomic::Ordering::Relaxed) >= 1
+        handle
+            .status()
+            .applied_index
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
     });
     let before = terms_and_roles(&cluster);
     let (sender, replies): (_, Receiver<Reply<KvResponse>>) = unbounded();
@@ -839,8 +854,15 @@ fn a_full_apply_queue_behind_a_slow_state_machine_does_not_stop_heartbeats() {
     let started = Instant::now();
     let mut answered = 0;
     while answered < writes || started.elapsed() < Duration::from_secs(2) {
-        assert_eq!(terms_and_roles(&cluster), before, "a term or role changed while applying slowly");
-        assert!(started.elapsed() < PATIENCE, "only {answered} of {writes} writes answered");
+        assert_eq!(
+            terms_and_roles(&cluster),
+            before,
+            "a term or role changed while applying slowly"
+        );
+        assert!(
+            started.elapsed() < PATIENCE,
+            "only {answered} of {writes} writes answered"
+        );
         if answered < writes {
             if let Ok(reply) = replies.recv_timeout(Duration::from_millis(10)) {
                 assert_eq!(reply.result, Ok(KvResponse::Ok), "write {}", reply.tag);

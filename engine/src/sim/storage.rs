@@ -309,7 +309,10 @@ mod tests {
     #[test]
     fn room_is_bounded_by_operations_not_yet_durable() {
         let mut storage = WalStorage::new().with_max_unsynced_ops(2);
-        assert!(storage.has_room(1 << 30, 1 << 20), "an idle log takes anything");
+        assert!(
+            storage.has_room(1 << 30, 1 << 20),
+            "an idle log takes anything"
+        );
         storage.append(&entries(1, 1, 1)).expect("append");
         assert!(storage.has_room(0, 1));
         storage.append(&entries(1, 2, 1)).expect("append");

@@ -121,19 +121,19 @@ impl RaftConfig {
         }
     }
 
-    /// Ticks a lease lasts after the send time a quorum acknowledged:
-    /// `floor((election_timeout - 1) * (1 - max_clock_drift))`. The `- 1` covers tick
-    /// granularity on the follower side, and the strict comparison in
-    /// `lease_valid` the leader's side (see the derivation in ARCHITECTURE.md, "Elections and leases").
     /// A follower in replicate state whose in-flight window made no progress (its
     /// match index did not advance) for this long is presumed to have lost a message and
-    /// is probed. Late acknowledgements are not losses: a slow disk delays them, so this
-    /// is many election timeouts rather than a few heartbeats; losses in the middle of a
-    /// stream are found at once anyway (the next AppendEntries is rejected).
+    /// is probed: a backstop (a slow disk delays acknowledgements, so it is many election
+    /// timeouts); losses are normally found by a rejection or by an answer to a later
+    /// message (see `Progress::ack_latency_ticks`).
     pub fn replication_stall_ticks(&self) -> u64 {
         8 * self.election_timeout_ticks.max(1)
     }
 
+    /// Ticks a lease lasts after the send time a quorum acknowledged:
+    /// `floor((election_timeout - 1) * (1 - max_clock_drift))`. The `- 1` covers tick
+    /// granularity on the follower side, and the strict comparison in
+    /// `lease_valid` the leader's side (see the derivation in ARCHITECTURE.md, "Elections and leases").
     pub fn lease_ticks(&self) -> u64 {
         let drift = self.max_clock_drift.clamp(0.0, 1.0);
         ((self.election_timeout_ticks.saturating_sub(1)) as f64 * (1.0 - drift)).floor() as u64
@@ -291,8 +291,9 @@ pub struct CoreStats {
     pub snapshot_chunks_sent: u64,
     /// Inbound messages dropped because they were malformed or impossible.
     pub invalid_messages: u64,
-    /// Followers dropped from replicate to probe state (a rejection, or a pipeline that
-    /// made no progress for [`RaftConfig::replication_stall_ticks`]).
+    /// Followers dropped from replicate to probe state (a rejection, an acknowledgement
+    /// overdue past the follower's own recent latency, or a pipeline that made no
+    /// progress for [`RaftConfig::replication_stall_ticks`]).
     pub probe_transitions: u64,
     /// AppendEntries with entries that start at or below an index already sent to that
     /// follower (resends after a loss, a rejection or a probe).

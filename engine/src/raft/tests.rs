@@ -883,13 +883,13 @@ fn a_follower_whose_acks_take_ten_heartbeats_keeps_its_pipeline() {
 }
 
 #[test]
-fn a_batch_lost_at_the_tail_is_resent_once_the_pipeline_stalls() {
+fn a_batch_lost_at_the_tail_is_resent_once_its_acknowledgement_is_overdue() {
     let (node, _) = leader_with_slow_followers(10, 50, false);
     assert_eq!(node.stats().probe_transitions, 0);
     let stall = node.config().replication_stall_ticks();
     let (node, acked) = leader_with_slow_followers(10, 50 + 2 * stall, true);
     let stats = node.stats();
-    assert_eq!(stats.probe_transitions, 1, "one stall, one probe");
+    assert_eq!(stats.probe_transitions, 1, "one loss, one probe");
     assert!(stats.batches_resent >= 1, "the lost batch was resent");
     assert_eq!(acked, node.log().last_index(), "the follower caught up");
 }

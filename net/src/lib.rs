@@ -18,6 +18,7 @@
 pub mod client_port;
 pub mod codec;
 pub mod commands;
+pub mod fd_budget;
 pub mod frame;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -85,6 +85,18 @@ struct Args {
     /// connection (Redis's client-output-buffer-limit). Default 256 MiB.
     #[arg(long, value_name = "BYTES")]
     client_output_buffer_limit_bytes: Option<usize>,
+    /// Most client connections open at once; one more is answered
+    /// `-ERR max number of clients reached` and closed (INFO `rejected_connections`).
+    /// Default 10000.
+    #[arg(long, value_name = "N")]
+    max_clients: Option<usize>,
+    /// Bound of the node's request queue, in batches of client requests; a batch that
+    /// finds it full is answered `-BUSY` (never proposed). Default 65536.
+    #[arg(long, value_name = "N")]
+    request_queue_capacity: Option<usize>,
+    /// WAL segment size (raised to hold two of the largest entries). Default 64 MiB.
+    #[arg(long, value_name = "BYTES")]
+    wal_segment_bytes: Option<u64>,
     /// Take a snapshot once this many entries were applied since the last one (0: off).
     /// Default 250000.
     #[arg(long, value_name = "N")]
@@ -104,6 +116,9 @@ const PANIC_EXIT_CODE: i32 = 70;
 
 /// Test-only failpoint: the raft thread panics this many milliseconds after start.
 const FAILPOINT_RAFT_PANIC_ENV: &str = "TALLY_FAILPOINT_RAFT_PANIC_AFTER_MS";
+/// Test-only failpoint: the raft thread sleeps this many milliseconds before its first
+/// turn (the request queue fills; clients get `-BUSY`).
+const FAILPOINT_RAFT_STALL_ENV: &str = "TALLY_FAILPOINT_RAFT_STALL_AT_START_MS";
 
 fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -198,6 +213,13 @@ fn run(args: Args) -> Result<(), String> {
     if let Some(bytes) = args.client_output_buffer_limit_bytes {
         config.limits.output_buffer_limit_bytes = bytes;
     }
+    if let Some(n) = args.max_clients {
+        config.limits.max_clients = n;
+    }
+    if let Some(n) = args.request_queue_capacity {
+        config.request_queue_capacity = n;
+    }
+    config.wal_segment_bytes = args.wal_segment_bytes;
     if let Some(entries) = args.snapshot_log_entries {
         config.snapshot.log_entries = entries;
     }
@@ -208,6 +230,10 @@ fn run(args: Args) -> Result<(), String> {
         config.snapshot.retain_entries = entries;
     }
     config.failpoint_raft_panic_after = std::env::var(FAILPOINT_RAFT_PANIC_ENV)
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map(Duration::from_millis);
+    config.failpoint_raft_stall_at_start = std::env::var(FAILPOINT_RAFT_STALL_ENV)
         .ok()
         .and_then(|ms| ms.parse().ok())
         .map(Duration::from_millis);

@@ -104,10 +104,11 @@ impl Connection {
         let tag = self.new_tag(false);
         let sender = context.reply_tx.clone();
         let waker = Arc::clone(context.reply_waker);
+        // Never blocks this I/O thread: a full queue answers `-BUSY` at once.
         context
             .shared
             .handle
-            .request_snapshot(Box::new(move |result| {
+            .try_request_snapshot(Box::new(move |result| {
                 let reply = ReplyTo::with_waker(tag, sender, waker);
                 reply.send(result.map(|taken| KvResponse::Integer(taken.index as i64)));
             }));

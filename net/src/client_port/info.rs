@@ -2,6 +2,11 @@
 
 use super::*;
 
+/// The reply (without `-`) to a request refused because the node's request queue is
+/// full. It was never proposed: retrying cannot apply it twice.
+pub const BUSY_ERROR: &str =
+    "BUSY the node's request queue is full; the command was not proposed, retry";
+
 impl Shared {
     pub(super) fn write_result(&self, out: &mut Vec<u8>, result: Result<KvResponse, ClientError>) {
         match result {
@@ -18,7 +23,7 @@ impl Shared {
                 out,
                 "TRYAGAIN the write was not committed (a new leader replaced it); retry",
             ),
-            Err(ClientError::Overloaded) => write_error(out, "BUSY the node is overloaded; retry"),
+            Err(ClientError::Overloaded) => write_error(out, BUSY_ERROR),
             Err(ClientError::NodeStopped) => write_error(out, "ERR the node stopped"),
             Err(other) => write_error(out, &format!("ERR {other}")),
         }
@@ -104,14 +109,24 @@ impl Shared {
         }
         if limits {
             let counters = &shared.counters;
+            let fd_budget = crate::fd_budget::process();
             let _ = write!(
                 text,
-                "# Limits\r\n{}commands_too_large:{}\r\nclient_output_buffer_limit_disconnections:{}\r\n\r\n",
+                "# Limits\r\n{}commands_too_large:{}\r\nclient_output_buffer_limit_disconnections:{}\r\n\
+                 rejected_connections:{}\r\nrejected_connections_fd_reserve:{}\r\n\
+                 fd_limit:{}\r\nfd_reserve:{}\r\nbusy_replies:{}\r\n\r\n",
                 shared.config.limits.info_lines(),
                 counters.commands_too_large.load(Ordering::Relaxed),
                 counters
                     .output_buffer_limit_disconnections
                     .load(Ordering::Relaxed),
+                counters.rejected_connections.load(Ordering::Relaxed),
+                counters
+                    .rejected_connections_fd_reserve
+                    .load(Ordering::Relaxed),
+                fd_budget.limit().unwrap_or(0),
+                fd_budget.reserve(),
+                counters.busy_replies.load(Ordering::Relaxed),
             );
         }
         text

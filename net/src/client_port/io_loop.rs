@@ -121,6 +121,7 @@ impl IoLoop {
         while let Ok((stream, remote)) = self.new_connections.try_recv() {
             if self.shared.stopping.load(Ordering::Acquire) {
                 let _ = stream.shutdown(Shutdown::Both);
+                self.shared.connection_dropped();
                 continue;
             }
             let id = self.next_connection_id;
@@ -133,12 +134,9 @@ impl IoLoop {
                 Interest::READABLE | Interest::WRITABLE,
             ) {
                 tracing::warn!(%remote, %error, "cannot register a client connection; closing it");
+                self.shared.connection_dropped();
                 continue;
             }
-            self.shared
-                .counters
-                .connections_open
-                .fetch_add(1, Ordering::Relaxed);
             self.connections
                 .insert(id, Connection::new(id, stream, remote, &self.shared.config));
             self.schedule(id);
@@ -214,9 +212,28 @@ impl IoLoop {
         // Keep the allocation; drive never schedules (only events and replies do).
         debug_assert!(self.scheduled.is_empty());
         self.scheduled = ids;
-        if !self.outbox.is_empty() {
-            let batch = std::mem::take(&mut self.outbox);
-            self.shared.handle.submit_batch(batch);
+        self.submit_outbox();
+    }
+
+    /// Hands the pass's requests to the node without ever blocking this thread (every
+    /// other connection it serves would stall behind a full request queue). A batch that
+    /// does not fit is answered `-BUSY` request by request and never proposed: the
+    /// client retries, no write is duplicated, and PING, INFO and replies to earlier
+    /// requests keep flowing. (Deferring the batch instead would hold replies in memory
+    /// and hide the overload from clients that would rather retry elsewhere.)
+    pub(super) fn submit_outbox(&mut self) {
+        if self.outbox.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.outbox);
+        let n_requests = batch.len() as u64;
+        if !self.shared.handle.try_submit_batch(batch) {
+            // Each request's ReplyTo got `Overloaded`; the replies arrive on this
+            // thread's channel like any other (with a wake-up).
+            self.shared
+                .counters
+                .busy_replies
+                .fetch_add(n_requests, Ordering::Relaxed);
         }
     }
 
@@ -224,10 +241,7 @@ impl IoLoop {
         if let Some(mut connection) = self.connections.remove(&id) {
             let _ = self.poll.registry().deregister(&mut connection.stream);
             let _ = connection.stream.shutdown(Shutdown::Both);
-            self.shared
-                .counters
-                .connections_open
-                .fetch_sub(1, Ordering::Relaxed);
+            self.shared.connection_dropped();
         }
     }
 }

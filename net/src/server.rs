@@ -55,6 +55,8 @@ pub struct ServerConfig {
     pub snapshot: SnapshotPolicy,
     /// Test-only failpoint: the raft thread panics this long after start.
     pub failpoint_raft_panic_after: Option<Duration>,
+    /// The password clients must give (`--requirepass-file`); `None`: no AUTH.
+    pub requirepass: Option<crate::client_port::Password>,
     /// Test-only failpoint: the raft thread sleeps this long before its first turn.
     pub failpoint_raft_stall_at_start: Option<Duration>,
     /// Bound of the node's request queue, in batches (`--request-queue-capacity`); a
@@ -90,6 +92,7 @@ impl ServerConfig {
             snapshot: SnapshotPolicy::default(),
             failpoint_raft_panic_after: None,
             failpoint_raft_stall_at_start: None,
+            requirepass: None,
             request_queue_capacity: DEFAULT_REQUEST_QUEUE_CAPACITY,
             wal_segment_bytes: None,
         }
@@ -178,6 +181,7 @@ impl Server {
             ClientPortConfig::new(config.id, advertised_client_addr.clone());
         client_port_config.io_threads = config.client_io_threads;
         client_port_config.limits = config.limits;
+        client_port_config.requirepass = config.requirepass.clone();
         let client_port = ClientPort::start(
             client_listener,
             client_port_config,

@@ -63,7 +63,7 @@ fn a_connection_past_max_clients_is_answered_an_error_and_closed() {
     );
     assert!(refused.is_closed_by_server());
     assert_eq!(
-        info_field(&mut open[0], "limits", "rejected_connections").as_deref(),
+        info_field(&mut open[0], "stats", "rejected_connections").as_deref(),
         Some("1")
     );
     assert_eq!(

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use tally_net::client_port::default_io_threads;
+use tally_net::client_port::{default_io_threads, Password};
 use tally_net::server::{Server, ServerConfig};
 
 #[derive(Parser, Debug)]
@@ -97,6 +97,10 @@ struct Args {
     /// WAL segment size (raised to hold two of the largest entries). Default 64 MiB.
     #[arg(long, value_name = "BYTES")]
     wal_segment_bytes: Option<u64>,
+    /// Require clients to authenticate (`AUTH password`, `AUTH default password`) with
+    /// the content of FILE (one trailing newline stripped; an empty file is refused).
+    #[arg(long, value_name = "FILE")]
+    requirepass_file: Option<PathBuf>,
     /// Take a snapshot once this many entries were applied since the last one (0: off).
     /// Default 250000.
     #[arg(long, value_name = "N")]
@@ -220,6 +224,11 @@ fn run(args: Args) -> Result<(), String> {
         config.request_queue_capacity = n;
     }
     config.wal_segment_bytes = args.wal_segment_bytes;
+    if let Some(path) = &args.requirepass_file {
+        let password =
+            Password::from_file(path).map_err(|error| format!("--requirepass-file: {error}"))?;
+        config.requirepass = Some(password);
+    }
     if let Some(entries) = args.snapshot_log_entries {
         config.snapshot.log_entries = entries;
     }

@@ -62,6 +62,9 @@ pub(super) struct Connection {
     pub(super) closing: bool,
     /// Queued in the I/O thread's `scheduled` list.
     pub(super) scheduled: bool,
+    /// Invariant: true iff no password is configured or this connection gave it
+    /// (`Connection::authenticate`, the only place that sets it).
+    pub(super) authenticated: bool,
 }
 
 /// A client id unique for the life of the cluster with overwhelming probability: 64
@@ -101,6 +104,7 @@ impl Connection {
             read_closed: false,
             closing: false,
             scheduled: false,
+            authenticated: config.requirepass.is_none(),
         }
     }
 

@@ -113,6 +113,9 @@ pub struct ClientPortConfig {
     pub kv_limits: KvLimits,
     /// Bytes read per `read` call.
     pub read_chunk_bytes: usize,
+    /// The password clients must give (`AUTH`) before anything but AUTH, HELLO, PING
+    /// and QUIT; `None`: no authentication.
+    pub requirepass: Option<Password>,
 }
 
 impl ClientPortConfig {
@@ -125,6 +128,7 @@ impl ClientPortConfig {
             limits: Limits::default(),
             kv_limits: KvLimits::default(),
             read_chunk_bytes: 64 << 10,
+            requirepass: None,
         }
     }
 }
@@ -151,6 +155,8 @@ pub struct ClientPortCounters {
     /// Requests answered `-BUSY` because the node's request queue was full (never
     /// proposed, never read).
     pub busy_replies: AtomicU64,
+    /// Failed authentication attempts (INFO `acl_access_denied_auth`).
+    pub auth_failures: AtomicU64,
 }
 
 /// What the accept thread and every I/O thread share.
@@ -519,11 +525,16 @@ impl AcceptFailures {
     }
 }
 
+mod auth;
 mod connection;
 mod dispatch;
 mod info;
 mod io_loop;
 
+pub use auth::{
+    AuthError, Password, PasswordFileError, AUTH_NOT_CONFIGURED_ERROR, NOAUTH_ERROR,
+    WRONGPASS_ERROR,
+};
 pub use info::BUSY_ERROR;
 use io_loop::IoLoop;
 

@@ -27,4 +27,5 @@ pub mod limits;
 pub mod node_transport;
 pub mod resp;
 pub mod server;
+pub mod tls;
 pub mod transport;

@@ -55,6 +55,9 @@ pub struct ServerConfig {
     pub snapshot: SnapshotPolicy,
     /// Test-only failpoint: the raft thread panics this long after start.
     pub failpoint_raft_panic_after: Option<Duration>,
+    /// TLS on the client port (`--client-tls-cert/-key[/-ca]`, see
+    /// [`crate::tls::server_config`]); `None`: plain TCP.
+    pub client_tls: Option<Arc<rustls::ServerConfig>>,
     /// The password clients must give (`--requirepass-file`); `None`: no AUTH.
     pub requirepass: Option<crate::client_port::Password>,
     /// Test-only failpoint: the raft thread sleeps this long before its first turn.
@@ -93,6 +96,7 @@ impl ServerConfig {
             failpoint_raft_panic_after: None,
             failpoint_raft_stall_at_start: None,
             requirepass: None,
+            client_tls: None,
             request_queue_capacity: DEFAULT_REQUEST_QUEUE_CAPACITY,
             wal_segment_bytes: None,
         }
@@ -182,6 +186,7 @@ impl Server {
         client_port_config.io_threads = config.client_io_threads;
         client_port_config.limits = config.limits;
         client_port_config.requirepass = config.requirepass.clone();
+        client_port_config.tls = config.client_tls.clone();
         let client_port = ClientPort::start(
             client_listener,
             client_port_config,

@@ -101,6 +101,15 @@ struct Args {
     /// the content of FILE (one trailing newline stripped; an empty file is refused).
     #[arg(long, value_name = "FILE")]
     requirepass_file: Option<PathBuf>,
+    /// Serve clients over TLS with this certificate chain (PEM; with --client-tls-key).
+    #[arg(long, value_name = "FILE", requires = "client_tls_key")]
+    client_tls_cert: Option<PathBuf>,
+    /// The private key of --client-tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", requires = "client_tls_cert")]
+    client_tls_key: Option<PathBuf>,
+    /// Require client certificates signed by a CA of this PEM bundle.
+    #[arg(long, value_name = "FILE", requires = "client_tls_cert")]
+    client_tls_ca: Option<PathBuf>,
     /// Take a snapshot once this many entries were applied since the last one (0: off).
     /// Default 250000.
     #[arg(long, value_name = "N")]
@@ -224,6 +233,11 @@ fn run(args: Args) -> Result<(), String> {
         config.request_queue_capacity = n;
     }
     config.wal_segment_bytes = args.wal_segment_bytes;
+    if let (Some(cert), Some(key)) = (&args.client_tls_cert, &args.client_tls_key) {
+        let tls = tally_net::tls::server_config(cert, key, args.client_tls_ca.as_deref())
+            .map_err(|error| format!("client TLS: {error}"))?;
+        config.client_tls = Some(tls);
+    }
     if let Some(path) = &args.requirepass_file {
         let password =
             Password::from_file(path).map_err(|error| format!("--requirepass-file: {error}"))?;

@@ -3,6 +3,7 @@
 
 use super::info::encoded_reply_bytes;
 use super::io_loop::Context;
+use super::stream::{ClientStream, Stream};
 use super::*;
 
 /// One reply owed to a connection, in request order.
@@ -29,7 +30,7 @@ pub(super) enum Verdict {
 /// One client connection, driven by its I/O thread.
 pub(super) struct Connection {
     pub(super) id: u64,
-    pub(super) stream: TcpStream,
+    pub(super) stream: Stream,
     pub(super) remote: SocketAddr,
     /// Unique per connection for the life of the cluster (never 0): the KV session.
     pub(super) client_id: u64,
@@ -81,7 +82,7 @@ pub(super) fn new_client_id() -> u64 {
 impl Connection {
     pub(super) fn new(
         id: u64,
-        stream: TcpStream,
+        stream: Stream,
         remote: SocketAddr,
         config: &ClientPortConfig,
     ) -> Connection {
@@ -371,6 +372,8 @@ impl Connection {
 
     /// Writes unsent replies until done or the socket would block.
     pub(super) fn flush(&mut self) -> io::Result<()> {
+        // Bytes the TLS layer still holds (handshake, records the socket refused) first.
+        self.stream.flush_pending()?;
         while self.out_written < self.out.len() {
             match self.stream.write(&self.out[self.out_written..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),

@@ -2,6 +2,7 @@
 //! reply channel.
 
 use super::connection::{Connection, Verdict};
+use super::stream::{ClientStream, Stream, TlsStream};
 use super::*;
 
 /// One I/O thread: a `mio` poll over its connections, its waker and its reply channel.
@@ -137,6 +138,17 @@ impl IoLoop {
                 self.shared.connection_dropped();
                 continue;
             }
+            let stream = match &self.shared.config.tls {
+                None => Stream::Plain(stream),
+                Some(tls) => match TlsStream::new(stream, tls) {
+                    Ok(tls_stream) => Stream::Tls(Box::new(tls_stream)),
+                    Err(error) => {
+                        tracing::warn!(%remote, %error, "cannot start a TLS session; closing the connection");
+                        self.shared.connection_dropped();
+                        continue;
+                    }
+                },
+            };
             self.connections
                 .insert(id, Connection::new(id, stream, remote, &self.shared.config));
             self.schedule(id);
@@ -239,8 +251,8 @@ impl IoLoop {
 
     pub(super) fn close(&mut self, id: u64) {
         if let Some(mut connection) = self.connections.remove(&id) {
-            let _ = self.poll.registry().deregister(&mut connection.stream);
-            let _ = connection.stream.shutdown(Shutdown::Both);
+            let _ = self.poll.registry().deregister(connection.stream.socket());
+            connection.stream.close();
             self.shared.connection_dropped();
         }
     }

@@ -116,6 +116,9 @@ pub struct ClientPortConfig {
     /// The password clients must give (`AUTH`) before anything but AUTH, HELLO, PING
     /// and QUIT; `None`: no authentication.
     pub requirepass: Option<Password>,
+    /// TLS for every client connection (`--client-tls-cert/-key[/-ca]`); `None`: plain
+    /// TCP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl ClientPortConfig {
@@ -129,6 +132,7 @@ impl ClientPortConfig {
             kv_limits: KvLimits::default(),
             read_chunk_bytes: 64 << 10,
             requirepass: None,
+            tls: None,
         }
     }
 }
@@ -530,6 +534,7 @@ mod connection;
 mod dispatch;
 mod info;
 mod io_loop;
+mod stream;
 
 pub use auth::{
     AuthError, Password, PasswordFileError, AUTH_NOT_CONFIGURED_ERROR, NOAUTH_ERROR,

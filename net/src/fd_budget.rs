@@ -41,7 +41,7 @@ pub fn descriptor_limit() -> Option<u64> {
     if status != 0 || limit.rlim_cur == libc::RLIM_INFINITY {
         return None;
     }
-    Some(limit.rlim_cur as u64)
+    Some(limit.rlim_cur)
 }
 
 /// Descriptors this process has open now (Linux: entries of `/proc/self/fd`, minus the

@@ -87,7 +87,7 @@ fn a_connection_past_max_clients_is_answered_an_error_and_closed() {
 #[test]
 fn a_full_request_queue_answers_busy_and_the_io_thread_keeps_serving() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let stall = Duration::from_secs(5);
+    let stall = Duration::from_secs(8);
     let started = Instant::now();
     let server = start_member(dir.path(), |config| {
         config.request_queue_capacity = 1;

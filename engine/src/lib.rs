@@ -3,6 +3,7 @@
 
 pub mod driver;
 pub mod kv;
+pub mod lincheck;
 pub mod raft;
 pub mod runtime;
 pub mod sim;

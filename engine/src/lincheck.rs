@@ -10,7 +10,8 @@
 //! How: per key (a history is linearizable iff each key's sub-history is:
 //! P-compositionality), a depth-first search in the style of Wing & Gong with Lowe's
 //! memoization: a search state is (the set of operations linearized so far, the model's
-//! value), and a state seen before is not explored again. An operation may come next if
+//! value), and a state seen before is not explored again (the set is kept as a 128-bit
+//! fingerprint: see `KeySearch`). An operation may come next if
 //! no operation still waiting returned before it was invoked.
 //!
 //! Unknown outcomes (a timeout, `-UNKNOWN`, a lost connection) may or may not have taken
@@ -138,15 +139,15 @@ impl History {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CheckOptions {
     /// Distinct search states (memo entries) allowed per key before the answer is
-    /// [`Violation::Inconclusive`]. Each costs about `ops on the key / 8` bytes plus the
-    /// value: the default bounds the memo to a few hundred MB for 10k ops on one key.
+    /// [`Violation::Inconclusive`]. Each costs a few dozen bytes (a fingerprint and the
+    /// value) plus a search frame.
     pub max_states: usize,
 }
 
 impl Default for CheckOptions {
     fn default() -> CheckOptions {
         CheckOptions {
-            max_states: 300_000,
+            max_states: 2_000_000,
         }
     }
 }
@@ -191,8 +192,10 @@ pub enum Violation {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NonLinearizable {
     pub key: Vec<u8>,
-    /// History indexes of the longest explained prefix, in linearization order.
-    pub longest_prefix: Vec<usize>,
+    /// Definite operations the longest explained prefix places.
+    pub n_definite_placed: usize,
+    /// History indexes of the last operations of that prefix, in linearization order.
+    pub prefix_tail: Vec<usize>,
     /// The model's value after that prefix.
     pub value_after_prefix: Option<Vec<u8>>,
     /// History indexes of the definite operations that could come next in real time,
@@ -361,22 +364,62 @@ struct Frame {
     /// The value before this level's choice.
     value: Value,
     /// Positions (in `ops`) that may come next, in the order they are tried.
-    candidates: Vec<usize>,
+    candidates: Vec<u32>,
     next: usize,
     /// The position linearized to enter the level below, undone on return.
     chosen: Option<usize>,
 }
 
+/// The furthest point the search reached, kept for the refusal report.
+#[derive(Default)]
+struct Deepest {
+    n_definite: usize,
+    /// The last positions of the prefix that got there (at most [`REPORT_TAIL`]).
+    tail: Vec<usize>,
+    value: Value,
+    candidates: Vec<u32>,
+}
+
+/// Prefix operations shown in a refusal.
+const REPORT_TAIL: usize = 6;
+
+/// A fixed pseudo-random 128-bit tag per position (SplitMix64), for Zobrist hashing.
+fn position_tag(position: usize) -> u128 {
+    let mut x = (position as u64).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut next = || {
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    (u128::from(next()) << 64) | u128::from(next())
+}
+
 /// The search over one key.
+///
+/// The memo stores a 128-bit Zobrist fingerprint of the linearized set (updated in O(1)
+/// per step) with the exact value, not the set itself: memory stays a few dozen bytes
+/// per state however long the history. Two different sets sharing a fingerprint (odds
+/// about `states² / 2^129`) could only make the search skip a state, that is refuse a
+/// linearizable history, never accept a wrong one.
 struct KeySearch {
     key: Vec<u8>,
     /// Sorted by invocation time.
     ops: Vec<KeyOp>,
+    tags: Vec<u128>,
     /// Positions of definite ops, sorted by return time.
     by_return: Vec<usize>,
+    /// Positions of unknown ops, in invocation order.
+    unknown: Vec<usize>,
     n_definite: usize,
-    linearized: Vec<u64>,
+    linearized: Vec<bool>,
+    fingerprint: u128,
     n_definite_linearized: usize,
+    /// No definite op before this position (invocation order) is waiting.
+    open_from: usize,
+    /// No op before this index of `by_return` is waiting.
+    open_return_from: usize,
     observers: Observers,
 }
 
@@ -394,9 +437,8 @@ impl KeySearch {
             })
             .collect();
         ops.sort_by_key(|op| (op.invoke_ns, op.index));
-        let mut by_return: Vec<usize> = (0..ops.len())
-            .filter(|&position| ops[position].return_ns.is_some())
-            .collect();
+        let (mut by_return, unknown): (Vec<usize>, Vec<usize>) =
+            (0..ops.len()).partition(|&position| ops[position].return_ns.is_some());
         by_return.sort_by_key(|&position| ops[position].return_ns);
         let mut observers = Observers::default();
         for op in &ops {
@@ -406,60 +448,101 @@ impl KeySearch {
         KeySearch {
             key: key.to_vec(),
             n_definite: by_return.len(),
-            linearized: vec![0; ops.len().div_ceil(64)],
+            tags: (0..ops.len()).map(position_tag).collect(),
+            linearized: vec![false; ops.len()],
+            fingerprint: 0,
             n_definite_linearized: 0,
+            open_from: 0,
+            open_return_from: 0,
             observers,
             ops,
             by_return,
+            unknown,
         }
     }
 
-    fn is_linearized(&self, position: usize) -> bool {
-        self.linearized[position / 64] & (1 << (position % 64)) != 0
-    }
-
     fn set_linearized(&mut self, history: &History, position: usize, on: bool) {
-        self.linearized[position / 64] ^= 1 << (position % 64);
+        debug_assert_ne!(self.linearized[position], on);
+        self.linearized[position] = on;
+        self.fingerprint ^= self.tags[position];
         let entry = &history.entries[self.ops[position].index];
         self.observers.adjust(&entry.op, &entry.outcome, !on);
-        if self.ops[position].return_ns.is_some() {
-            if on {
-                self.n_definite_linearized += 1;
-            } else {
-                self.n_definite_linearized -= 1;
-            }
+        if self.ops[position].return_ns.is_none() {
+            return;
+        }
+        if on {
+            self.n_definite_linearized += 1;
+        } else {
+            self.n_definite_linearized -= 1;
+            self.open_from = self.open_from.min(position);
+            self.open_return_from = self.open_return_from.min(self.return_rank(position));
+        }
+    }
+
+    /// Where `position` sits in `by_return` (a binary search on return time, then a
+    /// short scan among equal times).
+    fn return_rank(&self, position: usize) -> usize {
+        let time = self.ops[position].return_ns;
+        let first = self
+            .by_return
+            .partition_point(|&p| self.ops[p].return_ns < time);
+        first
+            + self.by_return[first..]
+                .iter()
+                .position(|&p| p == position)
+                .unwrap_or(0)
+    }
+
+    /// Moves the cursors past linearized definite ops.
+    fn advance_cursors(&mut self) {
+        while self.open_from < self.ops.len()
+            && (self.linearized[self.open_from] || self.ops[self.open_from].return_ns.is_none())
+        {
+            self.open_from += 1;
+        }
+        while self
+            .by_return
+            .get(self.open_return_from)
+            .is_some_and(|&p| self.linearized[p])
+        {
+            self.open_return_from += 1;
         }
     }
 
     /// The positions that may be linearized next from `value`: definite ops invoked
     /// before the earliest waiting return (earliest return first), then the unknown
     /// writes worth trying (see the module docs).
-    fn candidates(&self, history: &History, value: &Value) -> Vec<usize> {
+    fn candidates(&mut self, history: &History, value: &Value) -> Vec<u32> {
+        self.advance_cursors();
         let earliest_return = self
             .by_return
-            .iter()
-            .find(|&&position| !self.is_linearized(position))
+            .get(self.open_return_from)
             .and_then(|&position| self.ops[position].return_ns)
             .unwrap_or(u64::MAX);
         let mut definite: Vec<usize> = Vec::new();
-        let mut unknown: Vec<usize> = Vec::new();
-        for (position, op) in self.ops.iter().enumerate() {
+        for position in self.open_from..self.ops.len() {
+            let op = &self.ops[position];
             if op.invoke_ns > earliest_return {
                 break;
             }
-            if self.is_linearized(position) {
-                continue;
-            }
-            let entry = &history.entries[op.index];
-            if op.return_ns.is_some() {
+            if op.return_ns.is_some() && !self.linearized[position] {
                 definite.push(position);
-            } else if self.unknown_worth_trying(history, value, &entry.op, &unknown) {
-                unknown.push(position);
             }
         }
         definite.sort_by_key(|&position| self.ops[position].return_ns);
+        let mut unknown: Vec<usize> = Vec::new();
+        for &position in &self.unknown {
+            if self.ops[position].invoke_ns > earliest_return {
+                break;
+            }
+            let op = &history.entries[self.ops[position].index].op;
+            if !self.linearized[position] && self.unknown_worth_trying(history, value, op, &unknown)
+            {
+                unknown.push(position);
+            }
+        }
         definite.extend(unknown);
-        definite
+        definite.into_iter().map(|p| p as u32).collect()
     }
 
     fn unknown_worth_trying(
@@ -488,29 +571,32 @@ impl KeySearch {
 
     /// Runs the search; `Ok(states explored)` when a linearization exists.
     fn run(&mut self, history: &History, options: &CheckOptions) -> Result<usize, Violation> {
-        let mut seen: HashSet<(Vec<u64>, Value)> = HashSet::new();
+        let mut seen: HashSet<(u128, Value)> = HashSet::new();
+        let root_candidates = self.candidates(history, &None);
         let mut stack = vec![Frame {
-            candidates: self.candidates(history, &None),
+            candidates: root_candidates.clone(),
             value: None,
             next: 0,
             chosen: None,
         }];
         let mut order: Vec<usize> = Vec::new();
-        let mut deepest: (usize, Vec<usize>, Value, Vec<usize>) = (0, Vec::new(), None, Vec::new());
+        let mut deepest = Deepest {
+            candidates: root_candidates,
+            ..Deepest::default()
+        };
         while let Some(frame) = stack.last_mut() {
             if self.n_definite_linearized == self.n_definite {
                 return Ok(seen.len());
             }
             let Some(&position) = frame.candidates.get(frame.next) else {
                 stack.pop();
-                if let Some(parent) = stack.last_mut() {
-                    if let Some(undo) = parent.chosen.take() {
-                        self.set_linearized(history, undo, false);
-                        order.pop();
-                    }
+                if let Some(undo) = stack.last_mut().and_then(|parent| parent.chosen.take()) {
+                    self.set_linearized(history, undo, false);
+                    order.pop();
                 }
                 continue;
             };
+            let position = position as usize;
             frame.next += 1;
             let entry = &history.entries[self.ops[position].index];
             let Some(next_value) = step(&frame.value, &entry.op, &entry.outcome) else {
@@ -519,7 +605,7 @@ impl KeySearch {
             frame.chosen = Some(position);
             self.set_linearized(history, position, true);
             order.push(position);
-            if !seen.insert((self.linearized.clone(), next_value.clone())) {
+            if !seen.insert((self.fingerprint, next_value.clone())) {
                 frame.chosen = None;
                 self.set_linearized(history, position, false);
                 order.pop();
@@ -530,17 +616,17 @@ impl KeySearch {
                     key: String::from_utf8_lossy(&self.key).into_owned(),
                     n_states: seen.len(),
                     n_definite: self.n_definite,
-                    n_unknown: self.ops.len() - self.n_definite,
+                    n_unknown: self.unknown.len(),
                 });
             }
             let candidates = self.candidates(history, &next_value);
-            if self.n_definite_linearized > deepest.0 {
-                deepest = (
-                    self.n_definite_linearized,
-                    order.clone(),
-                    next_value.clone(),
-                    candidates.clone(),
-                );
+            if self.n_definite_linearized > deepest.n_definite {
+                deepest = Deepest {
+                    n_definite: self.n_definite_linearized,
+                    tail: order[order.len().saturating_sub(REPORT_TAIL)..].to_vec(),
+                    value: next_value.clone(),
+                    candidates: candidates.clone(),
+                };
             }
             stack.push(Frame {
                 value: next_value,
@@ -549,43 +635,28 @@ impl KeySearch {
                 chosen: None,
             });
         }
-        if deepest.0 == 0 {
-            deepest.3 = self.candidates(history, &None);
-        }
-        Err(self.refusal(history, deepest.1, deepest.2, deepest.3))
+        Err(self.refusal(history, deepest))
     }
 
-    fn refusal(
-        &self,
-        history: &History,
-        prefix: Vec<usize>,
-        value: Value,
-        candidates: Vec<usize>,
-    ) -> Violation {
-        let to_index = |positions: &[usize]| -> Vec<usize> {
-            positions.iter().map(|&p| self.ops[p].index).collect()
-        };
-        let longest_prefix = to_index(&prefix);
-        let stuck: Vec<usize> = to_index(
-            &candidates
-                .into_iter()
-                .filter(|&p| self.ops[p].return_ns.is_some())
-                .collect::<Vec<_>>(),
-        );
+    fn refusal(&self, history: &History, deepest: Deepest) -> Violation {
+        let tail: Vec<usize> = deepest.tail.iter().map(|&p| self.ops[p].index).collect();
+        let stuck: Vec<usize> = deepest
+            .candidates
+            .iter()
+            .map(|&p| p as usize)
+            .filter(|&p| self.ops[p].return_ns.is_some())
+            .map(|p| self.ops[p].index)
+            .collect();
         let mut report = format!(
             "key {:?} is not linearizable: the longest explained prefix places {} of {} \
              definite ops and leaves the value {}",
             String::from_utf8_lossy(&self.key),
-            prefix
-                .iter()
-                .filter(|&&p| self.ops[p].return_ns.is_some())
-                .count(),
+            deepest.n_definite,
             self.n_definite,
-            show_value(&value),
+            show_value(&deepest.value),
         );
-        let tail_start = longest_prefix.len().saturating_sub(6);
         let _ = write!(report, "\n  last ops of that prefix:");
-        for &index in &longest_prefix[tail_start..] {
+        for &index in &tail {
             let _ = write!(report, "\n    {}", describe(history, index));
         }
         let _ = write!(report, "\n  none of these answers fits next:");
@@ -594,8 +665,9 @@ impl KeySearch {
         }
         Violation::NotLinearizable(Box::new(NonLinearizable {
             key: self.key.clone(),
-            longest_prefix,
-            value_after_prefix: value,
+            n_definite_placed: deepest.n_definite,
+            prefix_tail: tail,
+            value_after_prefix: deepest.value,
             stuck,
             report,
         }))

@@ -1,0 +1,85 @@
+//! The short nemesis run of `cargo test`: five real `tally-server` processes, about 40 s
+//! of faults, then the linearizability check and the lost-write count.
+//!
+//! Besides "no violation, nothing lost" it asserts that the run did work under faults
+//! (acknowledged operations, every fault kind at least once, a leader change), so it
+//! cannot pass by doing nothing. No timing is asserted.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use tally_nemesis::faults::{FaultKind, Schedule};
+use tally_nemesis::{run, RunConfig};
+
+/// The `tally-server` binary of this build, built first if needed: cargo sets
+/// `CARGO_BIN_EXE_*` only for a package's own binaries, and this test lives outside
+/// `tally-net`. `TALLY_SERVER_BIN` overrides.
+fn tally_server_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("TALLY_SERVER_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/short_run-<hash>
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps");
+    let target_dir = profile_dir.parent().expect("target dir");
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = Command::new(cargo);
+    build
+        .current_dir(&workspace)
+        .args(["build", "--quiet", "-p", "tally-net", "--bin", "tally-server"])
+        .arg("--target-dir")
+        .arg(target_dir);
+    if profile_dir.file_name().is_some_and(|name| name == "release") {
+        build.arg("--release");
+    }
+    let status = build.status().expect("run cargo build for tally-server");
+    assert!(status.success(), "cargo build of tally-server failed");
+    let path = profile_dir.join("tally-server");
+    assert!(path.is_file(), "no tally-server at {}", path.display());
+    path
+}
+
+#[test]
+fn five_servers_under_every_fault_kind_stay_linearizable_and_lose_no_acknowledged_write() {
+    let mut config = RunConfig::new(tally_server_bin());
+    config.seconds = 40;
+    config.seed = 7;
+    // Short faults so that every kind comes up more than once in 40 s.
+    config.schedule = Schedule {
+        fault_min_ms: 1000,
+        fault_max_ms: 2000,
+        heal_min_ms: 800,
+        heal_max_ms: 1500,
+    };
+    let report = run(&config).expect("the run completes");
+    println!("{report}");
+    assert!(report.check.is_ok(), "not linearizable:\n{report}");
+    assert_eq!(report.n_lost(), 0, "lost acknowledged writes:\n{report}");
+    assert!(
+        report.nemesis.unexpected_exits.is_empty(),
+        "a member exited on its own:\n{report}"
+    );
+    assert!(report.passed(), "{report}");
+    // The run did work, under faults.
+    assert!(
+        report.counts.n_acknowledged >= 500,
+        "too few acknowledged operations:\n{report}"
+    );
+    for kind in FaultKind::ALL {
+        assert!(
+            report.faults_of(kind) >= 1,
+            "fault {} never injected:\n{report}",
+            kind.name()
+        );
+    }
+    assert!(
+        report.nemesis.leader_changes() >= 1,
+        "no leader change:\n{report}"
+    );
+    let stats = report.check.as_ref().expect("checked above");
+    assert!(stats.n_unknown_writes + stats.n_definite > 500, "{report}");
+}

@@ -56,9 +56,7 @@ impl Op {
     /// The key the operation touches.
     pub fn key(&self) -> &[u8] {
         match self {
-            Op::Get { key } | Op::Set { key, .. } | Op::Incr { key } | Op::Cas { key, .. } => {
-                key
-            }
+            Op::Get { key } | Op::Set { key, .. } | Op::Incr { key } | Op::Cas { key, .. } => key,
         }
     }
 
@@ -297,7 +295,11 @@ fn step(value: &Value, op: &Op, outcome: &Outcome) -> Option<Value> {
             if !unknown && *outcome != Outcome::Swapped(swap) {
                 return None;
             }
-            Some(if swap { Some(new.clone()) } else { value.clone() })
+            Some(if swap {
+                Some(new.clone())
+            } else {
+                value.clone()
+            })
         }
     }
 }
@@ -814,7 +816,6 @@ fn lost_register_writes(key: &[u8], on_key: &[&Entry], final_value: &Value) -> O
     })
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -879,7 +880,11 @@ mod tests {
         let evidence = refused(&h);
         assert_eq!(evidence.key, key("x"));
         assert_eq!(evidence.stuck, vec![2]);
-        assert!(evidence.report.contains("GET \"x\" -> \"a\""), "{}", evidence.report);
+        assert!(
+            evidence.report.contains("GET \"x\" -> \"a\""),
+            "{}",
+            evidence.report
+        );
     }
 
     #[test]
@@ -1123,7 +1128,11 @@ mod tests {
                 let effect = time + rng.gen_range(0..=duration);
                 let unknown = !op.is_read() && rng.gen_bool(0.15);
                 let applied = !unknown || rng.gen_bool(0.5);
-                let effect = if unknown { effect + rng.gen_range(0..200) } else { effect };
+                let effect = if unknown {
+                    effect + rng.gen_range(0..200)
+                } else {
+                    effect
+                };
                 planned.push((client, time, time + duration, op, unknown, applied, effect));
                 time += duration + rng.gen_range(1..10u64);
             }
@@ -1201,10 +1210,7 @@ mod tests {
     }
 
     fn finals(pairs: &[(&str, Option<&str>)]) -> BTreeMap<Vec<u8>, Option<Vec<u8>>> {
-        pairs
-            .iter()
-            .map(|(k, v)| (key(k), v.map(key)))
-            .collect()
+        pairs.iter().map(|(k, v)| (key(k), v.map(key))).collect()
     }
 
     #[test]

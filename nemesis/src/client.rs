@@ -127,7 +127,9 @@ fn classify(op: &Op, reply: RespValue) -> Classified {
 fn classify_error(op: &Op, text: &[u8]) -> Classified {
     let text = String::from_utf8_lossy(text);
     if let Some(addr) = text.strip_prefix("NOTLEADER ") {
-        let port = addr.rsplit_once(':').and_then(|(_, port)| port.parse().ok());
+        let port = addr
+            .rsplit_once(':')
+            .and_then(|(_, port)| port.parse().ok());
         return Classified::NotLeader(port);
     }
     if text.starts_with("TRYAGAIN") {
@@ -368,7 +370,8 @@ pub fn final_reads(
                     let named = String::from_utf8_lossy(&text)
                         .rsplit_once(':')
                         .and_then(|(_, p)| p.parse().ok());
-                    port = named.unwrap_or(ports[(began.elapsed().as_millis() as usize) % ports.len()]);
+                    port = named
+                        .unwrap_or(ports[(began.elapsed().as_millis() as usize) % ports.len()]);
                 }
                 _ => {}
             }

@@ -20,7 +20,9 @@ use crate::NemesisError;
 pub enum Disk {
     Normal,
     /// `--emulated-fsync-delay-us`.
-    Slow { fsync_delay_us: u64 },
+    Slow {
+        fsync_delay_us: u64,
+    },
 }
 
 /// One member process.
@@ -68,7 +70,9 @@ impl Member {
                 .arg(fsync_delay_us.to_string());
         }
         for (peer, port) in &self.dials {
-            command.arg("--peer").arg(format!("{peer}=127.0.0.1:{port}"));
+            command
+                .arg("--peer")
+                .arg(format!("{peer}=127.0.0.1:{port}"));
         }
         let child = command.spawn().map_err(|source| NemesisError::Spawn {
             path: server_bin.to_path_buf(),

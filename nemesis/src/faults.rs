@@ -243,8 +243,7 @@ impl<'a> Nemesis<'a> {
             FaultKind::SlowDisk => {
                 let id = self.pick_node();
                 let fsync_delay_us = self.rng.gen_range(5_000..=30_000u64);
-                self.cluster
-                    .restart(id, Disk::Slow { fsync_delay_us })?;
+                self.cluster.restart(id, Disk::Slow { fsync_delay_us })?;
                 (
                     kind,
                     format!("restart node {id} with --emulated-fsync-delay-us {fsync_delay_us}"),

@@ -106,6 +106,8 @@ pub struct RunReport {
     /// The linearizability verdict over every client's history plus the final reads.
     pub check: Result<CheckStats, Violation>,
     pub lost: Vec<LostWrite>,
+    /// How long the linearizability check took (informational).
+    pub check_ms: u64,
     /// Where the run's files are (when kept).
     pub dir: Option<PathBuf>,
     pub history: History,
@@ -153,8 +155,12 @@ impl fmt::Display for RunReport {
         match &self.check {
             Ok(stats) => writeln!(
                 f,
-                "linearizability: ok (keys={} definite={} unknown_writes={} states={})",
-                stats.n_keys, stats.n_definite, stats.n_unknown_writes, stats.n_states
+                "linearizability: ok (keys={} definite={} unknown_writes={} states={} check_ms={})",
+                stats.n_keys,
+                stats.n_definite,
+                stats.n_unknown_writes,
+                stats.n_states,
+                self.check_ms
             )?,
             Err(violation) => writeln!(f, "linearizability: VIOLATION\n{violation}")?,
         }
@@ -166,7 +172,11 @@ impl fmt::Display for RunReport {
         if let Some(dir) = &self.dir {
             writeln!(f, "files: {}", dir.display())?;
         }
-        write!(f, "verdict: {}", if self.passed() { "PASS" } else { "FAIL" })
+        write!(
+            f,
+            "verdict: {}",
+            if self.passed() { "PASS" } else { "FAIL" }
+        )
     }
 }
 
@@ -223,19 +233,22 @@ fn run_in(config: &RunConfig, root: &Path) -> Result<RunReport, NemesisError> {
     let (mut history, counts) = join_clients(workers)?;
     nemesis_result?;
     cluster.heal()?;
-    let leader = cluster
-        .wait_for_agreed_leader(RECOVERY_DEADLINE)
-        .ok_or(NemesisError::NoLeader {
-            phase: "after healing",
-            seconds: deadline_s,
-        })?;
+    let leader =
+        cluster
+            .wait_for_agreed_leader(RECOVERY_DEADLINE)
+            .ok_or(NemesisError::NoLeader {
+                phase: "after healing",
+                seconds: deadline_s,
+            })?;
     let leader_port = cluster.member(leader).client_port;
     let finals = client::final_reads(&ports, leader_port, start, RECOVERY_DEADLINE, &mut history)
         .ok_or(NemesisError::FinalReads {
-            seconds: deadline_s,
-        })?;
+        seconds: deadline_s,
+    })?;
     drop(cluster);
+    let check_started = Instant::now();
     let check = lincheck::check_with(&history, &config.check);
+    let check_ms = check_started.elapsed().as_millis() as u64;
     let lost = lincheck::lost_acknowledged_writes(&history, &finals);
     Ok(RunReport {
         seed: config.seed,
@@ -245,6 +258,7 @@ fn run_in(config: &RunConfig, root: &Path) -> Result<RunReport, NemesisError> {
         nemesis: nemesis_log,
         check,
         lost,
+        check_ms,
         dir: None,
         history,
     })
@@ -258,7 +272,8 @@ fn spawn_clients(
 ) -> Result<Vec<std::thread::JoinHandle<Worker>>, NemesisError> {
     (1..=config.clients)
         .map(|client| {
-            let rng = ChaCha8Rng::seed_from_u64(config.seed.wrapping_mul(1000).wrapping_add(client));
+            let rng =
+                ChaCha8Rng::seed_from_u64(config.seed.wrapping_mul(1000).wrapping_add(client));
             let worker = Worker::new(client, ports.to_vec(), rng, start, Arc::clone(stop));
             std::thread::Builder::new()
                 .name(format!("nemesis-client-{client}"))
@@ -286,9 +301,17 @@ fn join_clients(
     Ok((history, counts))
 }
 
-/// `history.txt` (one line per operation, in invocation order), `summary.txt` and
-/// `timeline.txt` under `root`.
+/// `summary.txt` and `timeline.txt` under `root`, and for a failed run `history.txt`
+/// (one line per operation, in invocation order; a long run's is large).
 fn write_history(root: &Path, report: &RunReport) -> Result<(), NemesisError> {
+    let write = |name: &str, contents: &str| {
+        std::fs::write(root.join(name), contents).map_err(NemesisError::io("write run files"))
+    };
+    write("summary.txt", &format!("{report}\n"))?;
+    write("timeline.txt", &(report.nemesis.timeline.join("\n") + "\n"))?;
+    if report.passed() {
+        return Ok(());
+    }
     let mut order: Vec<usize> = (0..report.history.len()).collect();
     order.sort_by_key(|&i| report.history.entries()[i].invoke_ns);
     let mut text = String::new();
@@ -296,11 +319,5 @@ fn write_history(root: &Path, report: &RunReport) -> Result<(), NemesisError> {
         text.push_str(&lincheck::describe(&report.history, index));
         text.push('\n');
     }
-    let write = |name: &str, contents: &str| {
-        std::fs::write(root.join(name), contents).map_err(NemesisError::io("write run files"))
-    };
-    write("history.txt", &text)?;
-    write("summary.txt", &format!("{report}\n"))?;
-    write("timeline.txt", &(report.nemesis.timeline.join("\n") + "\n"))?;
-    Ok(())
+    write("history.txt", &text)
 }

@@ -15,6 +15,7 @@
 pub mod client;
 pub mod cluster;
 pub mod faults;
+pub mod history_file;
 pub mod proxy;
 
 use std::fmt;

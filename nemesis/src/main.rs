@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use tally_engine::lincheck::{self, CheckOptions};
+use tally_nemesis::history_file::parse_history;
 use tally_nemesis::{run, RunConfig};
 
 #[derive(Parser, Debug)]
@@ -39,10 +41,16 @@ struct Args {
     /// "inconclusive" (a failure).
     #[arg(long)]
     max_states: Option<usize>,
+    /// Check a saved history.txt instead of running (exit 0 linearizable, 1 not).
+    #[arg(long, value_name = "FILE")]
+    check_history: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(path) = &args.check_history {
+        return check_history_file(path, args.max_states);
+    }
     let server_bin = match args.server_bin.or_else(sibling_server_bin) {
         Some(path) if path.is_file() => path,
         other => {
@@ -78,6 +86,40 @@ fn main() -> ExitCode {
         Err(error) => {
             eprintln!("tally-nemesis: {error}");
             ExitCode::from(2)
+        }
+    }
+}
+
+fn check_history_file(path: &std::path::Path, max_states: Option<usize>) -> ExitCode {
+    let history = match std::fs::read_to_string(path)
+        .map_err(|error| error.to_string())
+        .and_then(|text| parse_history(&text).map_err(|error| error.to_string()))
+    {
+        Ok(history) => history,
+        Err(error) => {
+            eprintln!("tally-nemesis: {}: {error}", path.display());
+            return ExitCode::from(2);
+        }
+    };
+    let mut options = CheckOptions::default();
+    if let Some(max_states) = max_states {
+        options.max_states = max_states;
+    }
+    match lincheck::check_with(&history, &options) {
+        Ok(stats) => {
+            println!(
+                "linearizability: ok (ops={} keys={} definite={} unknown_writes={} states={})",
+                history.len(),
+                stats.n_keys,
+                stats.n_definite,
+                stats.n_unknown_writes,
+                stats.n_states
+            );
+            ExitCode::SUCCESS
+        }
+        Err(violation) => {
+            println!("linearizability: VIOLATION\n{violation}");
+            ExitCode::from(1)
         }
     }
 }

@@ -623,17 +623,7 @@ impl KeySearch {
                 continue;
             }
             if seen.len() > options.max_states {
-                let furthest = match self.refusal(history, deepest) {
-                    Violation::NotLinearizable(evidence) => evidence.report,
-                    other => other.to_string(),
-                };
-                return Err(Violation::Inconclusive {
-                    key: String::from_utf8_lossy(&self.key).into_owned(),
-                    n_states: seen.len(),
-                    n_definite: self.n_definite,
-                    n_unknown: self.unknown.len(),
-                    furthest,
-                });
+                return Err(self.inconclusive(history, deepest, seen.len()));
             }
             let candidates = self.candidates(history, &next_value);
             if self.n_definite_linearized > deepest.n_definite {
@@ -652,6 +642,20 @@ impl KeySearch {
             });
         }
         Err(self.refusal(history, deepest))
+    }
+
+    fn inconclusive(&self, history: &History, deepest: Deepest, n_states: usize) -> Violation {
+        let furthest = match self.refusal(history, deepest) {
+            Violation::NotLinearizable(evidence) => evidence.report,
+            other => other.to_string(),
+        };
+        Violation::Inconclusive {
+            key: String::from_utf8_lossy(&self.key).into_owned(),
+            n_states,
+            n_definite: self.n_definite,
+            n_unknown: self.unknown.len(),
+            furthest,
+        }
     }
 
     fn refusal(&self, history: &History, deepest: Deepest) -> Violation {

@@ -30,6 +30,15 @@ fn tally_server_bin() -> PathBuf {
     let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut build = Command::new(cargo);
+    // The variables cargo sets for a test process (CARGO_PKG_*, CARGO_MANIFEST_*,
+    // CARGO_TARGET_TMPDIR, ...) made the nested build rebuild tally-net every time; the
+    // build sees the environment a shell would.
+    for (name, _) in std::env::vars_os() {
+        let name_text = name.to_string_lossy();
+        if name_text.starts_with("CARGO_") && name_text != "CARGO_HOME" {
+            build.env_remove(&name);
+        }
+    }
     build
         .current_dir(&workspace)
         .args([

@@ -141,6 +141,9 @@ pub struct NodeOptions {
     pub log_membership: Option<LogMembership>,
     /// Promotion lag bound and transfer timeout.
     pub membership: MembershipPolicy,
+    /// Test-only failpoint: the raft thread sleeps this long before its first turn, so
+    /// the request queue fills (tests of client back-pressure; never set in production).
+    pub failpoint_raft_stall_at_start: Option<Duration>,
 }
 
 impl NodeOptions {
@@ -165,6 +168,7 @@ impl NodeOptions {
             failpoint_raft_panic_after: None,
             log_membership: None,
             membership: MembershipPolicy::default(),
+            failpoint_raft_stall_at_start: None,
         }
     }
 }
@@ -354,6 +358,35 @@ impl<R: Send + 'static> NodeHandle<R> {
         }
     }
 
+    /// Like [`NodeHandle::submit_batch`], but never blocks: when the request queue is
+    /// full, every submission of the batch is answered [`ClientError::Overloaded`] at
+    /// once and nothing of it reaches the node (never proposed, never read). Returns
+    /// whether the batch was queued. For event loops that must not stall on the node.
+    pub fn try_submit_batch(&self, batch: Vec<Submission<R>>) -> bool {
+        batch.is_empty() || self.try_submit(Request::Batch(batch))
+    }
+
+    /// Like [`NodeHandle::request_snapshot`], but never blocks: a full request queue
+    /// calls `done` with [`ClientError::Overloaded`] at once. Returns whether it was
+    /// queued.
+    pub fn try_request_snapshot(&self, done: SnapshotDone) -> bool {
+        self.try_submit(Request::SnapshotNow { done })
+    }
+
+    fn try_submit(&self, request: Request<R>) -> bool {
+        match self.requests.try_send(request) {
+            Ok(()) => true,
+            Err(TrySendError::Full(request)) => {
+                fail_request(request, ClientError::Overloaded);
+                false
+            }
+            Err(TrySendError::Disconnected(request)) => {
+                fail_request(request, ClientError::NodeStopped);
+                false
+            }
+        }
+    }
+
     fn submit(&self, request: Request<R>) {
         if let Err(error) = self.requests.send(request) {
             fail_request(error.into_inner(), ClientError::NodeStopped);
@@ -511,9 +544,17 @@ impl<R: Send + 'static> Node<R> {
             let panic_at = options
                 .failpoint_raft_panic_after
                 .map(|after| std::time::Instant::now() + after);
+            let stall_at_start = options.failpoint_raft_stall_at_start;
             std::thread::Builder::new()
                 .name(format!("tally-raft-{}", options.id))
                 .spawn(move || {
+                    if let Some(stall) = stall_at_start {
+                        tracing::warn!(
+                            ?stall,
+                            "failpoint: the raft thread stalls before its first turn"
+                        );
+                        std::thread::sleep(stall);
+                    }
                     let result = raft_loop(
                         driver,
                         transport,

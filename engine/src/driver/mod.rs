@@ -450,6 +450,12 @@ impl<R, L: LogWriter, S: Storage> NodeDriver<R, L, S> {
             })
     }
 
+    /// What member `id` said about itself (peer handshake); recorded into the
+    /// configuration by a later turn where it has nothing yet (leader only).
+    pub fn note_member_observed(&mut self, id: NodeId, info: MemberInfo) {
+        self.membership.observed(id, info);
+    }
+
     /// Sets how membership changes are checked (promotion lag, transfer timeout).
     pub fn set_membership_policy(&mut self, policy: MembershipPolicy) {
         self.membership.policy = policy;

@@ -210,7 +210,13 @@ pub struct NodeStatus {
     pub rejected_incarnations: AtomicU64,
     /// Members of the configuration in effect (refreshed once per tick).
     members: Mutex<Vec<MemberStatus>>,
+    /// Member identities seen in handshakes, for the raft thread (at most
+    /// [`MAX_PENDING_OBSERVATIONS`]).
+    observed: Mutex<Vec<(NodeId, MemberInfo)>>,
 }
+
+/// Bound of member observations waiting for the raft thread (one per handshake).
+const MAX_PENDING_OBSERVATIONS: usize = 1024;
 
 impl NodeStatus {
     pub fn role(&self) -> Role {
@@ -248,6 +254,10 @@ impl NodeStatus {
 
     pub(crate) fn set_members(&self, members: Vec<MemberStatus>) {
         *self.members.lock() = members;
+    }
+
+    pub(crate) fn take_observed(&self) -> Vec<(NodeId, MemberInfo)> {
+        std::mem::take(&mut *self.observed.lock())
     }
 }
 
@@ -330,7 +340,12 @@ impl<R: Send + 'static> NodeHandle<R> {
     /// Tells the node what member `id` said about itself (its incarnation and client
     /// address, from the peer handshake). Never blocks: dropped when the queue is full.
     pub fn member_observed(&self, id: NodeId, info: MemberInfo) {
-        let _ = self.requests.try_send(Request::MemberObserved { id, info });
+        // Not through the request queue: a bounded queue full of clients' requests must
+        // neither lose this nor be filled by it. The raft thread picks it up each tick.
+        let mut observed = self.status.observed.lock();
+        if observed.len() < MAX_PENDING_OBSERVATIONS {
+            observed.push((id, info));
+        }
     }
 
     /// Asks for a snapshot now; `done` is called (on the raft thread, so it must not

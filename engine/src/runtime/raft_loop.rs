@@ -297,6 +297,9 @@ pub(crate) fn raft_loop<R: Send + 'static, T: Transport>(
         membership.after_turn(&driver, &mut io.transport);
         if membership.published_tick != driver.now_tick() {
             membership.published_tick = driver.now_tick();
+            for (id, info) in status.take_observed() {
+                driver.note_member_observed(id, info);
+            }
             publish_members(&driver, &io.transport, status, tick_interval);
             status
                 .request_queue_depth

@@ -27,7 +27,7 @@
 //! | 16 | GETRANGE | key i64 start i64 end |
 //! | 17 | SETRANGE | key u64 offset value |
 //! | 20 | GETEX | key, u8 ttl (0 unchanged, 1 persist, or an expiry) |
-//! | 21 | EXPIRE | key, expiry, u8 condition (0 always, 1 NX, 2 XX, 3 GT, 4 LT) |
+//! | 21 | EXPIRE | key, expiry, u8 condition (0 always, 1 NX, 2 XX, 3 GT, 4 LT, 5 XX LT) |
 //! | 22 | TTL | key, flag millis |
 //! | 25 | KEYS | pattern |
 //! | 26 | SCAN | u64 cursor, flag + pattern, u32 count (>= 1) |
@@ -316,6 +316,7 @@ fn put_command(out: &mut Vec<u8>, command: &Command<'_>) {
                 ExpireCondition::IfSome => 2,
                 ExpireCondition::IfGreater => 3,
                 ExpireCondition::IfLess => 4,
+                ExpireCondition::IfSomeAndLess => 5,
             });
         }
         Command::Ttl { key, millis } => {
@@ -492,6 +493,9 @@ fn put_count(out: &mut Vec<u8>, count: usize) {
     out.extend_from_slice(&(count as u32).to_le_bytes());
 }
 
+/// A key and its value.
+type Pair<'a> = (&'a [u8], &'a [u8]);
+
 /// A bounds-checked cursor over an encoded request.
 struct Cursor<'a> {
     bytes: &'a [u8],
@@ -588,7 +592,7 @@ impl<'a> Cursor<'a> {
         Ok(keys)
     }
 
-    fn pairs(&mut self) -> Result<Vec<(&'a [u8], &'a [u8])>, KvDecodeError> {
+    fn pairs(&mut self) -> Result<Vec<Pair<'a>>, KvDecodeError> {
         let (count, capacity) = self.count(1, 8)?;
         let mut pairs = Vec::with_capacity(capacity);
         for _ in 0..count {
@@ -692,12 +696,13 @@ impl<'a> Cursor<'a> {
             OP_EXPIRE => Command::Expire {
                 key: self.bytes()?,
                 at: self.expiry()?,
-                condition: match self.choice("expire condition", 5)? {
+                condition: match self.choice("expire condition", 6)? {
                     0 => ExpireCondition::Always,
                     1 => ExpireCondition::IfNone,
                     2 => ExpireCondition::IfSome,
                     3 => ExpireCondition::IfGreater,
-                    _ => ExpireCondition::IfLess,
+                    4 => ExpireCondition::IfLess,
+                    _ => ExpireCondition::IfSomeAndLess,
                 },
             },
             OP_TTL => Command::Ttl {

@@ -100,6 +100,8 @@ pub enum ExpireCondition {
     IfGreater,
     /// Only if the new expiry is earlier.
     IfLess,
+    /// `XX LT`: only if the key has an expiry and the new one is earlier.
+    IfSomeAndLess,
 }
 
 /// A key a transaction watches, with what the WATCH read saw.

@@ -535,6 +535,7 @@ impl Keyspace {
             ExpireCondition::IfSome => current != 0,
             ExpireCondition::IfGreater => current != 0 && new > current,
             ExpireCondition::IfLess => current == 0 || new < current,
+            ExpireCondition::IfSomeAndLess => current != 0 && new < current,
         };
         if !allowed {
             return KvResponse::Integer(0);

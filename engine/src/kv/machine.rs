@@ -120,7 +120,7 @@ impl std::fmt::Debug for DataKey {
 
 /// Parses a value the way Redis's `string2ll` does: optional `-`, no `+`, no spaces, no
 /// leading zeros (except `0` itself), no `-0`, within `i64`.
-pub(super) fn parse_redis_integer(bytes: &[u8]) -> Option<i64> {
+pub fn parse_redis_integer(bytes: &[u8]) -> Option<i64> {
     let (negative, digits) = match bytes {
         [b'0'] => return Some(0),
         [b'-', rest @ ..] => (true, rest),

@@ -65,5 +65,5 @@ pub use command::{
     ClientSession, Command, ExpireCondition, Expiry, GetExTtl, KvError, KvLimits, KvResponse,
     Request, SetCondition, SetOptions, SetTtl, WatchedKey,
 };
-pub use machine::{KvReadView, KvStateMachine, EXPIRE_PER_ENTRY};
+pub use machine::{parse_redis_integer, KvReadView, KvStateMachine, EXPIRE_PER_ENTRY};
 pub use snapshot::{read_stream, KvSnapshotContents, KvSnapshotSession};

@@ -56,6 +56,8 @@ mod session;
 pub mod snapshot;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_commands;
 
 pub use codec::{
     decode_request, encode_request, encode_request_at, KvDecodeError, KvEncodeError,

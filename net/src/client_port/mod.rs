@@ -62,7 +62,7 @@ use crate::resp::{
 use crate::transport::PeerClientAddrs;
 
 /// The `redis_version` INFO reports: new enough that clients enable what they need.
-pub const REDIS_COMPATIBLE_VERSION: &str = "7.2.0";
+pub const REDIS_COMPATIBLE_VERSION: &str = "7.0.0";
 /// The error line (without `-`) for a write whose outcome is unknown.
 pub const OUTCOME_UNKNOWN_ERROR: &str =
     "UNKNOWN leadership changed while the write was in flight; outcome unknown";

@@ -198,7 +198,11 @@ pub fn parse_command_args<'a>(args: &[&'a [u8]]) -> Parsed<'a> {
         b"mset" | b"msetnx" => {
             let nx = name.len() == 6;
             if rest.is_empty() || rest.len() % 2 != 0 {
-                return Err(CommandParseError::WrongArity(if nx { "msetnx" } else { "mset" }));
+                return Err(CommandParseError::WrongArity(if nx {
+                    "msetnx"
+                } else {
+                    "mset"
+                }));
             }
             let pairs = rest.chunks_exact(2).map(|p| (p[0], p[1])).collect();
             Ok(if nx {
@@ -431,11 +435,7 @@ fn parse_expire<'a>(
     } else {
         Expiry::AfterMs(ms)
     };
-    Ok(Command::Expire {
-        key,
-        at,
-        condition,
-    })
+    Ok(Command::Expire { key, at, condition })
 }
 
 /// `SCAN cursor [MATCH pattern] [COUNT n]`.
@@ -682,7 +682,11 @@ mod tests {
             &[b"set", b"k", b"v", b"EX"],
             &[b"set", b"k", b"v", b"FOO"],
         ] {
-            assert_eq!(parse_command_args(bad), Err(CommandParseError::Syntax), "{bad:?}");
+            assert_eq!(
+                parse_command_args(bad),
+                Err(CommandParseError::Syntax),
+                "{bad:?}"
+            );
         }
         assert_eq!(
             set(&[b"set", b"k", b"v", b"EX", b"0"])
@@ -729,7 +733,9 @@ mod tests {
             .to_string()
             .contains("not compatible"));
         assert_eq!(
-            parse_command_args(&[b"SCAN", b"x"]).unwrap_err().to_string(),
+            parse_command_args(&[b"SCAN", b"x"])
+                .unwrap_err()
+                .to_string(),
             "ERR invalid cursor"
         );
         assert_eq!(
@@ -749,14 +755,17 @@ mod tests {
         assert!(COMMAND_TABLE.windows(2).all(|w| w[0].name < w[1].name));
         for spec in COMMAND_TABLE {
             let is_local = [
-                "client", "command", "config", "discard", "echo", "exec", "hello", "info",
-                "multi", "ping", "quit", "select", "tally", "time", "unwatch",
+                "client", "command", "config", "discard", "echo", "exec", "hello", "info", "multi",
+                "ping", "quit", "select", "tally", "time", "unwatch",
             ]
             .contains(&spec.name);
             let mut args: Vec<&[u8]> = vec![spec.name.as_bytes()];
             // Enough arguments for any arity; the parser may still refuse them, but it
             // must know the name.
-            args.extend(std::iter::repeat_n(&b"1"[..], spec.arity.unsigned_abs() as usize - 1));
+            args.extend(std::iter::repeat_n(
+                &b"1"[..],
+                spec.arity.unsigned_abs() as usize - 1,
+            ));
             let parsed = parse_command_args(&args);
             assert_eq!(
                 matches!(parsed, Err(CommandParseError::UnknownCommand { .. })),

@@ -375,7 +375,7 @@ pub fn kv_request(data: &[u8]) {
         &limits,
         &mut encoded,
     )
-        .expect("a decoded request re-encodes under the same limits");
+    .expect("a decoded request re-encodes under the same limits");
     assert_eq!(encoded, payload, "request re-encodes to other bytes");
     let again = kv::decode_request(&encoded, &limits).expect("re-encoded request decodes");
     assert_eq!(again, request);

@@ -82,12 +82,30 @@ fn redis_benchmark_set_get_incr_mset_ping_all_succeed() {
     let port = leader_port(&cluster).to_string();
     let output = Command::new(benchmark)
         .args(["-h", "127.0.0.1", "-p", &port])
-        .args(["-t", "set,get,incr,mset,ping", "-n", "1000", "-P", "4", "-q"])
+        .args([
+            "-t",
+            "set,get,incr,mset,ping",
+            "-n",
+            "1000",
+            "-P",
+            "4",
+            "-q",
+        ])
         .output()
         .expect("run redis-benchmark");
     let report = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "redis-benchmark failed: {output:?}");
-    for test in ["PING_INLINE:", "PING_MBULK:", "SET:", "GET:", "INCR:", "MSET (10 keys):"] {
+    assert!(
+        output.status.success(),
+        "redis-benchmark failed: {output:?}"
+    );
+    for test in [
+        "PING_INLINE:",
+        "PING_MBULK:",
+        "SET:",
+        "GET:",
+        "INCR:",
+        "MSET (10 keys):",
+    ] {
         let line = report
             .split(['\r', '\n'])
             .rfind(|line| line.trim_start().starts_with(test))
@@ -98,7 +116,10 @@ fn redis_benchmark_set_get_incr_mset_ping_all_succeed() {
         );
     }
     let mut client = Client::connect(leader_port(&cluster)).expect("connect");
-    assert_eq!(client.call(&["EXISTS", "counter:__rand_int__"]), RespValue::Integer(1));
+    assert_eq!(
+        client.call(&["EXISTS", "counter:__rand_int__"]),
+        RespValue::Integer(1)
+    );
 }
 
 /// Sends `args` and returns the raw reply bytes (read until `expected_len` bytes).
@@ -139,7 +160,11 @@ fn resp3_hello_transactions_and_watch_follow_redis_on_the_wire() {
     );
     raw_call(&mut c, &["HELLO", "3"], hello.as_bytes());
     raw_call(&mut c, &["GET", "missing"], b"_\r\n");
-    raw_call(&mut c, &["HELLO", "4"], b"-NOPROTO unsupported protocol version\r\n");
+    raw_call(
+        &mut c,
+        &["HELLO", "4"],
+        b"-NOPROTO unsupported protocol version\r\n",
+    );
     raw_call(
         &mut c,
         &["HELLO", "3", "AUTH", "default", "secret"],
@@ -153,8 +178,16 @@ fn resp3_hello_transactions_and_watch_follow_redis_on_the_wire() {
         &["SET", "tx"],
         b"-ERR wrong number of arguments for 'set' command\r\n",
     );
-    raw_call(&mut c, &["MULTI"], b"-ERR MULTI calls can not be nested\r\n");
-    raw_call(&mut c, &["WATCH", "tx"], b"-ERR WATCH inside MULTI is not allowed\r\n");
+    raw_call(
+        &mut c,
+        &["MULTI"],
+        b"-ERR MULTI calls can not be nested\r\n",
+    );
+    raw_call(
+        &mut c,
+        &["WATCH", "tx"],
+        b"-ERR WATCH inside MULTI is not allowed\r\n",
+    );
     raw_call(
         &mut c,
         &["EXEC"],
@@ -227,5 +260,9 @@ fn resp3_hello_transactions_and_watch_follow_redis_on_the_wire() {
     raw_call(&mut c2, &["CLIENT", "GETNAME"], b"$2\r\nme\r\n");
     raw_call(&mut c2, &["CLIENT", "SETINFO", "LIB-NAME", "x"], b"+OK\r\n");
     let count = tally_net::commands::COMMAND_TABLE.len();
-    raw_call(&mut c2, &["COMMAND", "COUNT"], format!(":{count}\r\n").as_bytes());
+    raw_call(
+        &mut c2,
+        &["COMMAND", "COUNT"],
+        format!(":{count}\r\n").as_bytes(),
+    );
 }

@@ -303,11 +303,7 @@ fn put_command(out: &mut Vec<u8>, command: &Command<'_>) {
                 GetExTtl::Expire(expiry) => put_expiry(out, *expiry),
             }
         }
-        Command::Expire {
-            key,
-            at,
-            condition,
-        } => {
+        Command::Expire { key, at, condition } => {
             put_bytes(out, key);
             put_expiry(out, *at);
             out.push(match condition {
@@ -467,7 +463,9 @@ fn check_encode_args(
             watched, commands, ..
         } => {
             if nested {
-                return Err(KvEncodeError::Unencodable("a transaction inside a transaction"));
+                return Err(KvEncodeError::Unencodable(
+                    "a transaction inside a transaction",
+                ));
             }
             check_count(watched.len(), 0)?;
             check_count(commands.len(), 0)?;

@@ -133,7 +133,12 @@ impl Keyspace {
     }
 
     /// Answers a read-only command at `now_ms`; `applied_index` is what WATCH reports.
-    pub(super) fn read(&self, command: &Command<'_>, now_ms: u64, applied_index: u64) -> KvResponse {
+    pub(super) fn read(
+        &self,
+        command: &Command<'_>,
+        now_ms: u64,
+        applied_index: u64,
+    ) -> KvResponse {
         match command {
             Command::Get { key } => KvResponse::Bulk(self.live_bytes(key, now_ms)),
             Command::MGet { keys } => {
@@ -196,7 +201,10 @@ impl Keyspace {
             }
             Command::Watch { keys } => KvResponse::Watched {
                 index: applied_index,
-                exists: keys.iter().map(|k| self.live(k, now_ms).is_some()).collect(),
+                exists: keys
+                    .iter()
+                    .map(|k| self.live(k, now_ms).is_some())
+                    .collect(),
             },
             other => KvResponse::Error(KvError::NotReadOnly(other.name())),
         }
@@ -332,11 +340,9 @@ impl Keyspace {
                 KvResponse::Bulk(old)
             }
             Command::GetEx { key, ttl } => self.get_ex(key, *ttl, index, now_ms),
-            Command::Expire {
-                key,
-                at,
-                condition,
-            } => self.expire(key, *at, *condition, index, now_ms),
+            Command::Expire { key, at, condition } => {
+                self.expire(key, *at, *condition, index, now_ms)
+            }
             Command::Persist { key } => match self.live(key, now_ms) {
                 Some(v) if v.expire_at_ms != 0 => {
                     self.set_expiry(key, 0, index);
@@ -372,7 +378,12 @@ impl Keyspace {
         }
     }
 
-    fn any_watched_changed(&self, watch_index: u64, watched: &[WatchedKey<'_>], now_ms: u64) -> bool {
+    fn any_watched_changed(
+        &self,
+        watch_index: u64,
+        watched: &[WatchedKey<'_>],
+        now_ms: u64,
+    ) -> bool {
         watched
             .iter()
             .any(|w| match (w.existed, self.live(w.key, now_ms)) {
@@ -393,7 +404,12 @@ impl Keyspace {
         let Some(next) = current.checked_add(delta) else {
             return KvResponse::Error(KvError::IncrOverflow);
         };
-        self.store(key, Bytes::from(next.to_string().into_bytes()), index, expire);
+        self.store(
+            key,
+            Bytes::from(next.to_string().into_bytes()),
+            index,
+            expire,
+        );
         KvResponse::Integer(next)
     }
 
@@ -486,7 +502,12 @@ impl Keyspace {
         let start = end - value.len();
         bytes[start..end].copy_from_slice(value);
         let new_len = bytes.len();
-        self.store(key, Bytes::from(bytes), index, old.map_or(0, |v| v.expire_at_ms));
+        self.store(
+            key,
+            Bytes::from(bytes),
+            index,
+            old.map_or(0, |v| v.expire_at_ms),
+        );
         KvResponse::Integer(new_len as i64)
     }
 
@@ -587,8 +608,19 @@ fn get_range(value: &[u8], start: i64, end: i64) -> Bytes {
     if len == 0 || (start < 0 && end < 0 && start > end) {
         return Bytes::new();
     }
-    let start = if start < 0 { len.saturating_add(start) } else { start }.max(0);
-    let end = if end < 0 { len.saturating_add(end) } else { end }.max(0).min(len - 1);
+    let start = if start < 0 {
+        len.saturating_add(start)
+    } else {
+        start
+    }
+    .max(0);
+    let end = if end < 0 {
+        len.saturating_add(end)
+    } else {
+        end
+    }
+    .max(0)
+    .min(len - 1);
     if start > end {
         return Bytes::new();
     }

@@ -82,9 +82,27 @@ fn expiry_is_judged_by_log_time_and_expired_keys_are_removed_by_entries() {
     assert_eq!(r.read_at(1_100, get(b"k")), KvResponse::Bulk(None));
     // The reads changed nothing: the key is still stored until an entry removes it.
     assert_eq!(r.sm.len(), 1);
-    assert_eq!(r.apply_at(1_050, Command::Set { key: b"x", value: b"1" }), KvResponse::Ok);
+    assert_eq!(
+        r.apply_at(
+            1_050,
+            Command::Set {
+                key: b"x",
+                value: b"1"
+            }
+        ),
+        KvResponse::Ok
+    );
     assert_eq!(r.sm.get(b"k").map(|v| v.as_ref()), Some(&b"v"[..]));
-    assert_eq!(r.apply_at(1_200, Command::Set { key: b"y", value: b"1" }), KvResponse::Ok);
+    assert_eq!(
+        r.apply_at(
+            1_200,
+            Command::Set {
+                key: b"y",
+                value: b"1"
+            }
+        ),
+        KvResponse::Ok
+    );
     assert_eq!(r.sm.get(b"k"), None);
     assert_eq!(r.sm.len(), 2, "the expired key was removed by the entry");
     assert_eq!(r.sm.expire_at_ms(b"k"), None);
@@ -94,20 +112,46 @@ fn expiry_is_judged_by_log_time_and_expired_keys_are_removed_by_entries() {
 fn log_time_never_goes_back_when_a_later_leader_stamps_an_earlier_time() {
     let mut r = Replica::new();
     r.apply_at(1_000, set_px(b"k", b"v", 500));
-    r.apply_at(2_000, Command::Set { key: b"a", value: b"1" });
+    r.apply_at(
+        2_000,
+        Command::Set {
+            key: b"a",
+            value: b"1",
+        },
+    );
     assert_eq!(r.sm.log_time_ms(), 2_000);
     // A new leader whose clock is behind: the log time stays, the key stays expired.
-    r.apply_at(1_200, Command::Set { key: b"b", value: b"1" });
+    r.apply_at(
+        1_200,
+        Command::Set {
+            key: b"b",
+            value: b"1",
+        },
+    );
     assert_eq!(r.sm.log_time_ms(), 2_000);
     assert_eq!(r.read_at(1_200, get(b"k")), KvResponse::Bulk(None));
     assert_eq!(
-        r.apply_at(1_200, Command::Ttl { key: b"k", millis: true }),
+        r.apply_at(
+            1_200,
+            Command::Ttl {
+                key: b"k",
+                millis: true
+            }
+        ),
         KvResponse::Integer(-2)
     );
     // Format-1 entries carry no stamp and leave the log time alone.
     let mut plain = Vec::new();
-    encode_request(None, &Command::Set { key: b"c", value: b"1" }, &LIMITS, &mut plain)
-        .expect("encodes");
+    encode_request(
+        None,
+        &Command::Set {
+            key: b"c",
+            value: b"1",
+        },
+        &LIMITS,
+        &mut plain,
+    )
+    .expect("encodes");
     r.sm.apply(&[CommittedEntry {
         index: 10,
         payload: &plain,
@@ -121,7 +165,13 @@ fn log_time_never_goes_back_when_a_later_leader_stamps_an_earlier_time() {
 fn script() -> Vec<(u64, Command<'static>)> {
     vec![
         (1_000, set_px(b"a", b"1", 300)),
-        (1_010, Command::Set { key: b"b", value: b"2" }),
+        (
+            1_010,
+            Command::Set {
+                key: b"b",
+                value: b"2",
+            },
+        ),
         (
             1_020,
             Command::Expire {
@@ -130,14 +180,23 @@ fn script() -> Vec<(u64, Command<'static>)> {
                 condition: ExpireCondition::Always,
             },
         ),
-        (1_100, Command::IncrBy { key: b"n", delta: 7 }),
+        (
+            1_100,
+            Command::IncrBy {
+                key: b"n",
+                delta: 7,
+            },
+        ),
         (
             1_200,
             Command::Multi {
                 watch_index: 0,
                 watched: vec![],
                 commands: vec![
-                    Command::Append { key: b"a", value: b"x" },
+                    Command::Append {
+                        key: b"a",
+                        value: b"x",
+                    },
                     Command::GetEx {
                         key: b"n",
                         ttl: GetExTtl::Expire(Expiry::AfterMs(1_000)),
@@ -145,8 +204,19 @@ fn script() -> Vec<(u64, Command<'static>)> {
                 ],
             },
         ),
-        (1_350, Command::Set { key: b"c", value: b"3" }),
-        (1_500, Command::Exists { keys: vec![b"a", b"b", b"c", b"n"] }),
+        (
+            1_350,
+            Command::Set {
+                key: b"c",
+                value: b"3",
+            },
+        ),
+        (
+            1_500,
+            Command::Exists {
+                keys: vec![b"a", b"b", b"c", b"n"],
+            },
+        ),
         (2_300, Command::Keys { pattern: b"*" }),
     ]
 }
@@ -158,7 +228,11 @@ fn replicas_agree_on_expiry_whenever_they_apply_and_snapshots_keep_expiry_times(
     for (now, command) in script() {
         replies.push(first.apply_at(now, command));
     }
-    assert_eq!(replies[6], KvResponse::Integer(2), "a and b expired at 1300/1400");
+    assert_eq!(
+        replies[6],
+        KvResponse::Integer(2),
+        "a and b expired at 1300/1400"
+    );
     assert_eq!(
         replies[7],
         KvResponse::Array(vec![Some(Bytes::from_static(b"c"))]),
@@ -197,7 +271,13 @@ fn replicas_agree_on_expiry_whenever_they_apply_and_snapshots_keep_expiry_times(
 #[test]
 fn a_transaction_is_one_entry_and_a_runtime_error_is_only_that_commands_reply() {
     let mut r = Replica::new();
-    r.apply_at(1, Command::Set { key: b"word", value: b"abc" });
+    r.apply_at(
+        1,
+        Command::Set {
+            key: b"word",
+            value: b"abc",
+        },
+    );
     let reply = r.apply_at(
         2,
         Command::Multi {
@@ -205,7 +285,10 @@ fn a_transaction_is_one_entry_and_a_runtime_error_is_only_that_commands_reply() 
             watched: vec![],
             commands: vec![
                 Command::Incr { key: b"word" },
-                Command::Set { key: b"k", value: b"v" },
+                Command::Set {
+                    key: b"k",
+                    value: b"v",
+                },
                 Command::Get { key: b"k" },
                 Command::Type { key: b"k" },
             ],
@@ -226,38 +309,74 @@ fn a_transaction_is_one_entry_and_a_runtime_error_is_only_that_commands_reply() 
 #[test]
 fn watch_aborts_exec_when_a_watched_key_changed_expired_or_appeared() {
     let mut r = Replica::new();
-    r.apply_at(10, Command::Set { key: b"w", value: b"1" });
+    r.apply_at(
+        10,
+        Command::Set {
+            key: b"w",
+            value: b"1",
+        },
+    );
     r.apply_at(10, set_px(b"e", b"1", 50));
-    let KvResponse::Watched { index, exists } =
-        r.read_at(10, Command::Watch { keys: vec![b"w", b"e", b"m"] })
-    else {
+    let KvResponse::Watched { index, exists } = r.read_at(
+        10,
+        Command::Watch {
+            keys: vec![b"w", b"e", b"m"],
+        },
+    ) else {
         panic!("WATCH read answers Watched")
     };
     assert_eq!((index, exists.as_slice()), (2, &[true, true, false][..]));
     let exec = |watched: Vec<WatchedKey<'static>>| Command::Multi {
         watch_index: index,
         watched,
-        commands: vec![Command::Set { key: b"out", value: b"x" }],
+        commands: vec![Command::Set {
+            key: b"out",
+            value: b"x",
+        }],
     };
-    let w = WatchedKey { key: b"w", existed: true };
-    let e = WatchedKey { key: b"e", existed: true };
-    let m = WatchedKey { key: b"m", existed: false };
+    let w = WatchedKey {
+        key: b"w",
+        existed: true,
+    };
+    let e = WatchedKey {
+        key: b"e",
+        existed: true,
+    };
+    let m = WatchedKey {
+        key: b"m",
+        existed: false,
+    };
     // Nothing changed: EXEC applies.
     assert_eq!(
         r.apply_at(20, exec(vec![w.clone(), e.clone(), m.clone()])),
         KvResponse::Nested(vec![KvResponse::Ok])
     );
     // A write of a watched key after the WATCH read: nil, nothing applied.
-    r.apply_at(21, Command::Set { key: b"w", value: b"2" });
+    r.apply_at(
+        21,
+        Command::Set {
+            key: b"w",
+            value: b"2",
+        },
+    );
     assert_eq!(r.apply_at(22, exec(vec![w])), KvResponse::NullArray);
     // A watched key that expired.
     assert_eq!(r.apply_at(100, exec(vec![e])), KvResponse::NullArray);
     // A missing key that appeared.
-    r.apply_at(101, Command::Set { key: b"m", value: b"1" });
+    r.apply_at(
+        101,
+        Command::Set {
+            key: b"m",
+            value: b"1",
+        },
+    );
     assert_eq!(r.apply_at(102, exec(vec![m])), KvResponse::NullArray);
     // A missing key created and deleted again still counts as changed.
     r.apply_at(103, Command::Del { keys: vec![b"m"] });
-    let gone = WatchedKey { key: b"m", existed: false };
+    let gone = WatchedKey {
+        key: b"m",
+        existed: false,
+    };
     assert_eq!(r.apply_at(104, exec(vec![gone])), KvResponse::NullArray);
     assert_eq!(r.sm.applied_index(), 10);
 }
@@ -267,45 +386,167 @@ fn string_commands_follow_redis_semantics() {
     let mut r = Replica::new();
     let mut at = |command: Command<'static>| r.apply_at(1_000, command);
     use KvResponse::{Bulk, Integer, Nested, Ok};
-    assert_eq!(at(Command::IncrBy { key: b"n", delta: -5 }), Integer(-5));
     assert_eq!(
-        at(Command::IncrBy { key: b"n", delta: i64::MIN }),
+        at(Command::IncrBy {
+            key: b"n",
+            delta: -5
+        }),
+        Integer(-5)
+    );
+    assert_eq!(
+        at(Command::IncrBy {
+            key: b"n",
+            delta: i64::MIN
+        }),
         KvResponse::Error(KvError::IncrOverflow)
     );
-    assert_eq!(at(Command::IncrByFloat { key: b"f", delta: b"10.5" }), bulk("10.5"));
-    assert_eq!(at(Command::IncrByFloat { key: b"f", delta: b"0.1" }), bulk("10.6"));
-    assert_eq!(at(Command::IncrByFloat { key: b"f", delta: b"-10.6" }), bulk("0"));
-    assert_eq!(at(Command::IncrByFloat { key: b"f", delta: b"1e400" }), KvResponse::Error(KvError::NotAFloat));
-    assert_eq!(at(Command::Append { key: b"s", value: b"Hello" }), Integer(5));
-    assert_eq!(at(Command::Append { key: b"s", value: b" World" }), Integer(11));
-    assert_eq!(at(Command::GetRange { key: b"s", start: -5, end: -1 }), bulk("World"));
-    assert_eq!(at(Command::GetRange { key: b"s", start: 0, end: 100 }), bulk("Hello World"));
-    assert_eq!(at(Command::GetRange { key: b"s", start: 5, end: 3 }), bulk(""));
-    assert_eq!(at(Command::GetRange { key: b"nope", start: 0, end: -1 }), bulk(""));
-    assert_eq!(at(Command::SetRange { key: b"s", offset: 6, value: b"Redis" }), Integer(11));
+    assert_eq!(
+        at(Command::IncrByFloat {
+            key: b"f",
+            delta: b"10.5"
+        }),
+        bulk("10.5")
+    );
+    assert_eq!(
+        at(Command::IncrByFloat {
+            key: b"f",
+            delta: b"0.1"
+        }),
+        bulk("10.6")
+    );
+    assert_eq!(
+        at(Command::IncrByFloat {
+            key: b"f",
+            delta: b"-10.6"
+        }),
+        bulk("0")
+    );
+    assert_eq!(
+        at(Command::IncrByFloat {
+            key: b"f",
+            delta: b"1e400"
+        }),
+        KvResponse::Error(KvError::NotAFloat)
+    );
+    assert_eq!(
+        at(Command::Append {
+            key: b"s",
+            value: b"Hello"
+        }),
+        Integer(5)
+    );
+    assert_eq!(
+        at(Command::Append {
+            key: b"s",
+            value: b" World"
+        }),
+        Integer(11)
+    );
+    assert_eq!(
+        at(Command::GetRange {
+            key: b"s",
+            start: -5,
+            end: -1
+        }),
+        bulk("World")
+    );
+    assert_eq!(
+        at(Command::GetRange {
+            key: b"s",
+            start: 0,
+            end: 100
+        }),
+        bulk("Hello World")
+    );
+    assert_eq!(
+        at(Command::GetRange {
+            key: b"s",
+            start: 5,
+            end: 3
+        }),
+        bulk("")
+    );
+    assert_eq!(
+        at(Command::GetRange {
+            key: b"nope",
+            start: 0,
+            end: -1
+        }),
+        bulk("")
+    );
+    assert_eq!(
+        at(Command::SetRange {
+            key: b"s",
+            offset: 6,
+            value: b"Redis"
+        }),
+        Integer(11)
+    );
     assert_eq!(at(Command::Get { key: b"s" }), bulk("Hello Redis"));
-    assert_eq!(at(Command::SetRange { key: b"z", offset: 2, value: b"x" }), Integer(3));
+    assert_eq!(
+        at(Command::SetRange {
+            key: b"z",
+            offset: 2,
+            value: b"x"
+        }),
+        Integer(3)
+    );
     assert_eq!(at(Command::Get { key: b"z" }), bulk("\0\0x"));
     assert_eq!(
-        at(Command::SetRange { key: b"z", offset: 64, value: b"x" }),
+        at(Command::SetRange {
+            key: b"z",
+            offset: 64,
+            value: b"x"
+        }),
         KvResponse::Error(KvError::StringTooLong)
     );
     assert_eq!(
-        at(Command::Append { key: b"s", value: &[b'x'; 60] }),
+        at(Command::Append {
+            key: b"s",
+            value: &[b'x'; 60]
+        }),
         KvResponse::Error(KvError::StringTooLong)
     );
     assert_eq!(at(Command::Strlen { key: b"s" }), Integer(11));
-    assert_eq!(at(Command::GetSet { key: b"s", value: b"new" }), bulk("Hello Redis"));
+    assert_eq!(
+        at(Command::GetSet {
+            key: b"s",
+            value: b"new"
+        }),
+        bulk("Hello Redis")
+    );
     assert_eq!(at(Command::GetDel { key: b"s" }), bulk("new"));
     assert_eq!(at(Command::GetDel { key: b"s" }), Bulk(None));
-    assert_eq!(at(Command::SetNx { key: b"nx", value: b"1" }), Integer(1));
-    assert_eq!(at(Command::SetNx { key: b"nx", value: b"2" }), Integer(0));
     assert_eq!(
-        at(Command::MSetNx { pairs: vec![(b"m1", b"a"), (b"nx", b"b")] }),
+        at(Command::SetNx {
+            key: b"nx",
+            value: b"1"
+        }),
+        Integer(1)
+    );
+    assert_eq!(
+        at(Command::SetNx {
+            key: b"nx",
+            value: b"2"
+        }),
         Integer(0)
     );
-    assert_eq!(at(Command::Exists { keys: vec![b"m1"] }), Integer(0), "MSETNX: none set");
-    let set = |condition, get, ttl| SetOptions { condition, get, ttl };
+    assert_eq!(
+        at(Command::MSetNx {
+            pairs: vec![(b"m1", b"a"), (b"nx", b"b")]
+        }),
+        Integer(0)
+    );
+    assert_eq!(
+        at(Command::Exists { keys: vec![b"m1"] }),
+        Integer(0),
+        "MSETNX: none set"
+    );
+    let set = |condition, get, ttl| SetOptions {
+        condition,
+        get,
+        ttl,
+    };
     assert_eq!(
         at(Command::SetWith {
             key: b"nx",
@@ -318,11 +559,21 @@ fn string_commands_follow_redis_semantics() {
         at(Command::SetWith {
             key: b"nx",
             value: b"4",
-            options: set(SetCondition::IfExists, true, SetTtl::Expire(Expiry::AfterMs(5_000)))
+            options: set(
+                SetCondition::IfExists,
+                true,
+                SetTtl::Expire(Expiry::AfterMs(5_000))
+            )
         }),
         bulk("1")
     );
-    assert_eq!(at(Command::Ttl { key: b"nx", millis: false }), Integer(5));
+    assert_eq!(
+        at(Command::Ttl {
+            key: b"nx",
+            millis: false
+        }),
+        Integer(5)
+    );
     assert_eq!(
         at(Command::SetWith {
             key: b"nx",
@@ -331,41 +582,96 @@ fn string_commands_follow_redis_semantics() {
         }),
         Ok
     );
-    assert_eq!(at(Command::Ttl { key: b"nx", millis: true }), Integer(5_000));
-    assert_eq!(at(Command::Set { key: b"nx", value: b"6" }), Ok);
-    assert_eq!(at(Command::Ttl { key: b"nx", millis: true }), Integer(-1), "SET clears the TTL");
+    assert_eq!(
+        at(Command::Ttl {
+            key: b"nx",
+            millis: true
+        }),
+        Integer(5_000)
+    );
+    assert_eq!(
+        at(Command::Set {
+            key: b"nx",
+            value: b"6"
+        }),
+        Ok
+    );
+    assert_eq!(
+        at(Command::Ttl {
+            key: b"nx",
+            millis: true
+        }),
+        Integer(-1),
+        "SET clears the TTL"
+    );
     let expire = |ms, condition| Command::Expire {
         key: b"nx",
         at: Expiry::AfterMs(ms),
         condition,
     };
     assert_eq!(at(expire(9_000, ExpireCondition::IfSome)), Integer(0));
-    assert_eq!(at(expire(9_000, ExpireCondition::IfGreater)), Integer(0), "no TTL is infinite");
+    assert_eq!(
+        at(expire(9_000, ExpireCondition::IfGreater)),
+        Integer(0),
+        "no TTL is infinite"
+    );
     assert_eq!(at(expire(9_000, ExpireCondition::IfLess)), Integer(1));
     assert_eq!(at(expire(8_000, ExpireCondition::IfGreater)), Integer(0));
     assert_eq!(at(expire(10_000, ExpireCondition::IfGreater)), Integer(1));
     assert_eq!(at(expire(1_000, ExpireCondition::IfNone)), Integer(0));
-    assert_eq!(at(expire(20_000, ExpireCondition::IfSomeAndLess)), Integer(0));
+    assert_eq!(
+        at(expire(20_000, ExpireCondition::IfSomeAndLess)),
+        Integer(0)
+    );
     assert_eq!(at(Command::Persist { key: b"nx" }), Integer(1));
     assert_eq!(at(Command::Persist { key: b"nx" }), Integer(0));
-    assert_eq!(at(expire(-1, ExpireCondition::Always)), Integer(1), "a past time deletes");
+    assert_eq!(
+        at(expire(-1, ExpireCondition::Always)),
+        Integer(1),
+        "a past time deletes"
+    );
     assert_eq!(at(Command::Type { key: b"nx" }), KvResponse::Status("none"));
     assert_eq!(
-        at(Command::Rename { from: b"nope", to: b"x", only_if_missing: false }),
+        at(Command::Rename {
+            from: b"nope",
+            to: b"x",
+            only_if_missing: false
+        }),
         KvResponse::Error(KvError::NoSuchKey)
     );
-    assert_eq!(at(Command::Rename { from: b"z", to: b"n", only_if_missing: true }), Integer(0));
-    assert_eq!(at(Command::Rename { from: b"z", to: b"n", only_if_missing: false }), Ok);
+    assert_eq!(
+        at(Command::Rename {
+            from: b"z",
+            to: b"n",
+            only_if_missing: true
+        }),
+        Integer(0)
+    );
+    assert_eq!(
+        at(Command::Rename {
+            from: b"z",
+            to: b"n",
+            only_if_missing: false
+        }),
+        Ok
+    );
     assert_eq!(at(Command::Get { key: b"n" }), bulk("\0\0x"));
     assert_eq!(at(Command::DbSize), Integer(2));
     assert_eq!(
         at(Command::Keys { pattern: b"?" }),
-        KvResponse::Array(vec![Some(Bytes::from_static(b"f")), Some(Bytes::from_static(b"n"))])
+        KvResponse::Array(vec![
+            Some(Bytes::from_static(b"f")),
+            Some(Bytes::from_static(b"n"))
+        ])
     );
     assert_eq!(at(Command::FlushAll), Ok);
     assert_eq!(at(Command::DbSize), Integer(0));
     assert_eq!(
-        at(Command::Scan { cursor: 0, pattern: None, count: 10 }),
+        at(Command::Scan {
+            cursor: 0,
+            pattern: None,
+            count: 10
+        }),
         Nested(vec![bulk("0"), KvResponse::Array(vec![])])
     );
 }
@@ -375,16 +681,33 @@ fn scan_returns_every_key_present_throughout_exactly_once() {
     let mut r = Replica::new();
     let keys: Vec<String> = (0..40).map(|i| format!("key:{i}")).collect();
     for key in &keys {
-        let payload = encoded(1, &Command::Set { key: key.as_bytes(), value: b"v" });
+        let payload = encoded(
+            1,
+            &Command::Set {
+                key: key.as_bytes(),
+                value: b"v",
+            },
+        );
         let index = r.next_index;
         r.next_index += 1;
-        r.sm.apply(&[CommittedEntry { index, payload: &payload }]).expect("apply");
+        r.sm.apply(&[CommittedEntry {
+            index,
+            payload: &payload,
+        }])
+        .expect("apply");
     }
     let mut seen = Vec::new();
     let mut cursor = 0;
     let mut rounds = 0;
     loop {
-        let KvResponse::Nested(parts) = r.read_at(1, Command::Scan { cursor, pattern: Some(b"key:*"), count: 7 }) else {
+        let KvResponse::Nested(parts) = r.read_at(
+            1,
+            Command::Scan {
+                cursor,
+                pattern: Some(b"key:*"),
+                count: 7,
+            },
+        ) else {
             panic!("SCAN answers [cursor, keys]")
         };
         let [KvResponse::Bulk(Some(next)), KvResponse::Array(batch)] = parts.as_slice() else {
@@ -393,10 +716,19 @@ fn scan_returns_every_key_present_throughout_exactly_once() {
         seen.extend(batch.iter().flatten().cloned());
         // Writes between calls do not disturb the iteration.
         if rounds == 1 {
-            r.apply_at(2, Command::Set { key: b"other", value: b"v" });
+            r.apply_at(
+                2,
+                Command::Set {
+                    key: b"other",
+                    value: b"v",
+                },
+            );
         }
         rounds += 1;
-        cursor = std::str::from_utf8(next).expect("utf8").parse().expect("cursor");
+        cursor = std::str::from_utf8(next)
+            .expect("utf8")
+            .parse()
+            .expect("cursor");
         if cursor == 0 {
             break;
         }
@@ -421,40 +753,99 @@ fn new_commands_round_trip_in_both_formats_and_bad_fields_are_refused() {
                 ttl: SetTtl::Keep,
             },
         },
-        Command::SetNx { key: b"k", value: b"v" },
-        Command::MSetNx { pairs: vec![(b"a", b"1")] },
-        Command::IncrBy { key: b"k", delta: -3 },
-        Command::IncrByFloat { key: b"k", delta: b"1.5" },
-        Command::GetRange { key: b"k", start: -3, end: 7 },
-        Command::SetRange { key: b"k", offset: 9, value: b"x" },
-        Command::GetEx { key: b"k", ttl: GetExTtl::Persist },
-        Command::GetEx { key: b"k", ttl: GetExTtl::Expire(Expiry::AtMs(77)) },
-        Command::Expire { key: b"k", at: Expiry::AfterMs(-1), condition: ExpireCondition::IfSomeAndLess },
-        Command::Ttl { key: b"k", millis: true },
+        Command::SetNx {
+            key: b"k",
+            value: b"v",
+        },
+        Command::MSetNx {
+            pairs: vec![(b"a", b"1")],
+        },
+        Command::IncrBy {
+            key: b"k",
+            delta: -3,
+        },
+        Command::IncrByFloat {
+            key: b"k",
+            delta: b"1.5",
+        },
+        Command::GetRange {
+            key: b"k",
+            start: -3,
+            end: 7,
+        },
+        Command::SetRange {
+            key: b"k",
+            offset: 9,
+            value: b"x",
+        },
+        Command::GetEx {
+            key: b"k",
+            ttl: GetExTtl::Persist,
+        },
+        Command::GetEx {
+            key: b"k",
+            ttl: GetExTtl::Expire(Expiry::AtMs(77)),
+        },
+        Command::Expire {
+            key: b"k",
+            at: Expiry::AfterMs(-1),
+            condition: ExpireCondition::IfSomeAndLess,
+        },
+        Command::Ttl {
+            key: b"k",
+            millis: true,
+        },
         Command::Keys { pattern: b"*" },
-        Command::Scan { cursor: 99, pattern: Some(b"a*"), count: 3 },
-        Command::Scan { cursor: 0, pattern: None, count: 1 },
+        Command::Scan {
+            cursor: 99,
+            pattern: Some(b"a*"),
+            count: 3,
+        },
+        Command::Scan {
+            cursor: 0,
+            pattern: None,
+            count: 1,
+        },
         Command::DbSize,
         Command::FlushAll,
-        Command::Rename { from: b"a", to: b"b", only_if_missing: true },
-        Command::Watch { keys: vec![b"a", b"b"] },
+        Command::Rename {
+            from: b"a",
+            to: b"b",
+            only_if_missing: true,
+        },
+        Command::Watch {
+            keys: vec![b"a", b"b"],
+        },
         Command::Multi {
             watch_index: 12,
-            watched: vec![WatchedKey { key: b"a", existed: true }],
+            watched: vec![WatchedKey {
+                key: b"a",
+                existed: true,
+            }],
             commands: vec![Command::Incr { key: b"a" }, Command::DbSize],
         },
-        Command::Multi { watch_index: 0, watched: vec![], commands: vec![] },
+        Command::Multi {
+            watch_index: 0,
+            watched: vec![],
+            commands: vec![],
+        },
     ];
     for command in &commands {
         for time_ms in [None, Some(1_234)] {
             let mut bytes = Vec::new();
-            let session = Some(ClientSession { client_id: 3, sequence: 4 });
+            let session = Some(ClientSession {
+                client_id: 3,
+                sequence: 4,
+            });
             encode_request_at(session, time_ms, command, &LIMITS, &mut bytes).expect("encodes");
             let decoded = decode_request(&bytes, &LIMITS).expect("decodes");
             assert_eq!(decoded.command, *command);
             assert_eq!(decoded.time_ms, time_ms);
             for cut in 0..bytes.len() {
-                assert!(decode_request(&bytes[..cut], &LIMITS).is_err(), "{command:?} cut at {cut}");
+                assert!(
+                    decode_request(&bytes[..cut], &LIMITS).is_err(),
+                    "{command:?} cut at {cut}"
+                );
             }
         }
     }
@@ -462,50 +853,100 @@ fn new_commands_round_trip_in_both_formats_and_bad_fields_are_refused() {
     let nested = Command::Multi {
         watch_index: 0,
         watched: vec![],
-        commands: vec![Command::Multi { watch_index: 0, watched: vec![], commands: vec![] }],
+        commands: vec![Command::Multi {
+            watch_index: 0,
+            watched: vec![],
+            commands: vec![],
+        }],
     };
     assert!(matches!(
         encode_request(None, &nested, &LIMITS, &mut Vec::new()),
         Err(KvEncodeError::Unencodable(_))
     ));
     let mut bytes = Vec::new();
-    encode_request(None, &Command::Ttl { key: b"k", millis: true }, &LIMITS, &mut bytes).expect("encodes");
+    encode_request(
+        None,
+        &Command::Ttl {
+            key: b"k",
+            millis: true,
+        },
+        &LIMITS,
+        &mut bytes,
+    )
+    .expect("encodes");
     *bytes.last_mut().expect("flag byte") = 2;
     assert!(matches!(
         decode_request(&bytes, &LIMITS),
-        Err(KvDecodeError::InvalidField { field: "ttl unit", value: 2, .. })
+        Err(KvDecodeError::InvalidField {
+            field: "ttl unit",
+            value: 2,
+            ..
+        })
     ));
 }
 
 #[test]
 fn remembered_replies_of_every_kind_survive_a_snapshot() {
     let mut r = Replica::new();
-    let session = |sequence| Some(ClientSession { client_id: 5, sequence });
+    let session = |sequence| {
+        Some(ClientSession {
+            client_id: 5,
+            sequence,
+        })
+    };
     let commands = [
         Command::Multi {
             watch_index: 0,
             watched: vec![],
             commands: vec![
-                Command::Set { key: b"s", value: b"abc" },
+                Command::Set {
+                    key: b"s",
+                    value: b"abc",
+                },
                 Command::Type { key: b"s" },
-                Command::Scan { cursor: 0, pattern: None, count: 5 },
-                Command::IncrByFloat { key: b"s", delta: b"1" },
-                Command::Rename { from: b"nope", to: b"x", only_if_missing: false },
+                Command::Scan {
+                    cursor: 0,
+                    pattern: None,
+                    count: 5,
+                },
+                Command::IncrByFloat {
+                    key: b"s",
+                    delta: b"1",
+                },
+                Command::Rename {
+                    from: b"nope",
+                    to: b"x",
+                    only_if_missing: false,
+                },
                 set_px(b"t", b"v", i64::MAX),
             ],
         },
         Command::Multi {
             watch_index: 0,
-            watched: vec![WatchedKey { key: b"s", existed: false }],
+            watched: vec![WatchedKey {
+                key: b"s",
+                existed: false,
+            }],
             commands: vec![],
         },
     ];
     for (i, command) in commands.iter().enumerate() {
         let mut payload = Vec::new();
-        encode_request_at(session(i as u64 + 1), Some(9), command, &LIMITS, &mut payload).expect("encodes");
+        encode_request_at(
+            session(i as u64 + 1),
+            Some(9),
+            command,
+            &LIMITS,
+            &mut payload,
+        )
+        .expect("encodes");
         let index = r.next_index;
         r.next_index += 1;
-        r.sm.apply(&[CommittedEntry { index, payload: &payload }]).expect("apply");
+        r.sm.apply(&[CommittedEntry {
+            index,
+            payload: &payload,
+        }])
+        .expect("apply");
     }
     let mut bytes = Vec::new();
     r.sm.snapshot().write_to(&mut bytes).expect("snapshot");
@@ -518,7 +959,9 @@ fn remembered_replies_of_every_kind_survive_a_snapshot() {
         let mut damaged = bytes.clone();
         damaged[position] ^= 0x01;
         assert!(
-            KvStateMachine::new(LIMITS).restore(&mut damaged.as_slice()).is_err(),
+            KvStateMachine::new(LIMITS)
+                .restore(&mut damaged.as_slice())
+                .is_err(),
             "damage at byte {position} not detected"
         );
     }

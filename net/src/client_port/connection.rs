@@ -511,7 +511,11 @@ impl Connection {
 
     /// Encodes a queued EXEC with its watch set as one `MULTI` entry. `Err`: the reply
     /// to give instead (the watch failed: nil; the entry is too large: an error).
-    fn encode_exec(&mut self, exec: QueuedExec, context: &mut Context<'_>) -> Result<Bytes, Vec<u8>> {
+    fn encode_exec(
+        &mut self,
+        exec: QueuedExec,
+        context: &mut Context<'_>,
+    ) -> Result<Bytes, Vec<u8>> {
         let set = self
             .watch_sets
             .remove(&exec.watch_generation)

@@ -12,9 +12,7 @@ use super::connection::{Connection, QueuedExec, Slot, Transaction, Unsubmitted, 
 use super::io_loop::Context;
 use super::*;
 use crate::commands::{command_spec, CommandParseError, CommandSpec, COMMAND_TABLE};
-use crate::resp::{
-    write_integer, write_map_header, write_null, write_verbatim, Protocol,
-};
+use crate::resp::{write_integer, write_map_header, write_null, write_verbatim, Protocol};
 use tally_engine::kv::{encode_request_at, Command};
 
 /// The last time stamp handed out (Unix ms), so stamps never go back in this process.
@@ -26,7 +24,9 @@ pub(super) fn clock_ms() -> u64 {
     let wall_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    LAST_CLOCK_MS.fetch_max(wall_ms, Ordering::AcqRel).max(wall_ms)
+    LAST_CLOCK_MS
+        .fetch_max(wall_ms, Ordering::AcqRel)
+        .max(wall_ms)
 }
 
 /// Redis's reply when a password is given but none is configured.
@@ -113,7 +113,10 @@ impl Connection {
                     write_simple_string(&mut out, "OK");
                 }
                 ([], Some(_)) => write_error(&mut out, "ERR MULTI calls can not be nested"),
-                _ => write_error(&mut out, "ERR wrong number of arguments for 'multi' command"),
+                _ => write_error(
+                    &mut out,
+                    "ERR wrong number of arguments for 'multi' command",
+                ),
             },
             b"discard" => match self.transaction.take() {
                 None => write_error(&mut out, "ERR DISCARD without MULTI"),
@@ -572,7 +575,9 @@ fn time_command(out: &mut Vec<u8>, args: &[&[u8]]) {
 fn command_command(out: &mut Vec<u8>, args: &[&[u8]], protocol: Protocol) {
     let Some((sub, names)) = args.split_first() else {
         write_array_header(out, COMMAND_TABLE.len());
-        COMMAND_TABLE.iter().for_each(|spec| write_command_info(out, spec));
+        COMMAND_TABLE
+            .iter()
+            .for_each(|spec| write_command_info(out, spec));
         return;
     };
     let lookup = |names: &[&[u8]]| -> Vec<&'static CommandSpec> {

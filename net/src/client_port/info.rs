@@ -76,7 +76,9 @@ impl Shared {
         }
         if wants(b"persistence") {
             // Every acknowledged write is in the fsynced log: nothing is loading or saving.
-            text.push_str("# Persistence\r\nloading:0\r\naof_enabled:1\r\nrdb_bgsave_in_progress:0\r\n\r\n");
+            text.push_str(
+                "# Persistence\r\nloading:0\r\naof_enabled:1\r\nrdb_bgsave_in_progress:0\r\n\r\n",
+            );
         }
         if wants(b"cluster") {
             text.push_str("# Cluster\r\ncluster_enabled:0\r\n\r\n");

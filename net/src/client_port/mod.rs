@@ -56,8 +56,7 @@ use tally_engine::runtime::{ClientError, NodeHandle, Reply, ReplyTo, ReplyWaker,
 use crate::commands::parse_command_args;
 use crate::limits::Limits;
 use crate::resp::{
-    write_array_header, write_bulk, write_error, write_simple_string,
-    ParseStatus, RequestParser,
+    write_array_header, write_bulk, write_error, write_simple_string, ParseStatus, RequestParser,
 };
 use crate::transport::PeerClientAddrs;
 

@@ -266,3 +266,33 @@ fn resp3_hello_transactions_and_watch_follow_redis_on_the_wire() {
         format!(":{count}\r\n").as_bytes(),
     );
 }
+
+#[test]
+fn multi_queues_and_watch_sets_are_bounded_by_the_command_limits() {
+    let cluster = Cluster::start_with_args(1, &["--max-command-bytes", "1024"]);
+    let port = leader_port(&cluster);
+    let mut c = Client::connect(port).expect("connect");
+    let big = "x".repeat(600);
+    // The second 600-byte key would take the watch set past one command's bytes.
+    raw_call(&mut c, &["WATCH", &big], b"+OK\r\n");
+    raw_call(
+        &mut c,
+        &["WATCH", &format!("{big}y")],
+        b"-ERR too many watched keys (max-arguments, max-command-bytes)\r\n",
+    );
+    raw_call(&mut c, &["UNWATCH"], b"+OK\r\n");
+    // A queue past max-command-bytes aborts the transaction: nothing applies.
+    raw_call(&mut c, &["MULTI"], b"+OK\r\n");
+    raw_call(&mut c, &["SET", "a", &big], b"+QUEUED\r\n");
+    raw_call(
+        &mut c,
+        &["SET", "b", &big],
+        b"-ERR the transaction exceeds 1024 bytes or 65536 arguments (max-command-bytes, max-arguments)\r\n",
+    );
+    raw_call(
+        &mut c,
+        &["EXEC"],
+        b"-EXECABORT Transaction discarded because of previous errors.\r\n",
+    );
+    raw_call(&mut c, &["EXISTS", "a", "b"], b":0\r\n");
+}

@@ -306,6 +306,13 @@ impl Connection {
                 return Slot::Ready(out);
             }
         };
+        if self.watched_beyond_limits(&args[1..], &context.shared.config.limits) {
+            write_error(
+                &mut out,
+                "ERR too many watched keys (max-arguments, max-command-bytes)",
+            );
+            return Slot::Ready(out);
+        }
         if let Err(reply) = encode_checked(None, &command, context) {
             return Slot::Ready(reply);
         }
@@ -325,6 +332,28 @@ impl Connection {
             exec: None,
         });
         Slot::Pending(tag)
+    }
+
+    /// Whether watching `new_keys` too would take the current watch set (answered and
+    /// in-flight WATCH reads) past one command's bounds: what a connection may hold.
+    fn watched_beyond_limits(&self, new_keys: &[&[u8]], limits: &Limits) -> bool {
+        let generation = self.watch_generation;
+        let answered = self
+            .watch_sets
+            .get(&generation)
+            .map_or(&[][..], |set| &set.keys[..]);
+        let in_flight = self
+            .watch_reads
+            .values()
+            .filter(|(g, _)| *g == generation)
+            .flat_map(|(_, keys)| keys.iter());
+        let mut count = new_keys.len();
+        let mut bytes: usize = new_keys.iter().map(|k| k.len()).sum();
+        for key in answered.iter().map(|(k, _)| k).chain(in_flight) {
+            count += 1;
+            bytes += key.len();
+        }
+        count > limits.max_arguments || bytes > limits.max_command_bytes
     }
 
     /// Forgets the current watch set (replies of its reads still in flight are ignored).

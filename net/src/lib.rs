@@ -9,6 +9,7 @@
 //! * [`node_transport`]: the glue between the node runtime and the transport.
 //! * [`client_port`]: the RESP2 server clients talk to.
 //! * [`commands`]: Redis argument vectors parsed into KV commands.
+//! * [`replica`]: one replica of any state machine (peer transport + node), no front end.
 //! * [`server`]: one member as a library (binary: `tally-server`; the benchmark embeds
 //!   three).
 //!
@@ -24,6 +25,7 @@ pub mod fuzzing;
 pub mod handshake;
 pub mod limits;
 pub mod node_transport;
+pub mod replica;
 pub mod resp;
 pub mod server;
 pub mod transport;

@@ -104,6 +104,40 @@ const PANIC_EXIT_CODE: i32 = 70;
 
 /// Test-only failpoint: the raft thread panics this many milliseconds after start.
 const FAILPOINT_RAFT_PANIC_ENV: &str = "TALLY_FAILPOINT_RAFT_PANIC_AFTER_MS";
+/// Test-only failpoint: after this many fsyncs of `--dir` files, every fsync fails (EIO).
+const FAILPOINT_FSYNC_EIO_ENV: &str = "TALLY_FAILPOINT_FSYNC_EIO_AFTER";
+/// Test-only failpoint: after this many bytes written, every write fails (ENOSPC).
+const FAILPOINT_ENOSPC_ENV: &str = "TALLY_FAILPOINT_ENOSPC_AFTER_BYTES";
+/// Test-only: the two counts above start once a file of this name exists in `--dir`.
+const FAILPOINT_ARM_FILE_ENV: &str = "TALLY_FAILPOINT_ARM_FILE";
+
+/// Reads the test-only storage failpoints; installs them if any count is set. They act
+/// on the files' own `pwritev`/`fdatasync`, which the io_uring backend bypasses.
+fn install_storage_failpoints(wal_backend: &str) -> Result<(), String> {
+    let count = |name: &str| -> Result<Option<u64>, String> {
+        match std::env::var(name) {
+            Err(_) => Ok(None),
+            Ok(text) => text
+                .parse()
+                .map(Some)
+                .map_err(|_| format!("{name}={text:?} is not a count")),
+        }
+    };
+    let faults = tally_wal::storage::FsFaults {
+        fsync_eio_after: count(FAILPOINT_FSYNC_EIO_ENV)?,
+        enospc_after_bytes: count(FAILPOINT_ENOSPC_ENV)?,
+        arm_file: std::env::var(FAILPOINT_ARM_FILE_ENV).ok(),
+    };
+    if faults.fsync_eio_after.is_none() && faults.enospc_after_bytes.is_none() {
+        return Ok(());
+    }
+    if wal_backend != "sync" {
+        return Err("storage failpoints need --wal-backend sync".into());
+    }
+    tracing::warn!(?faults, "test-only storage failpoints installed");
+    tally_wal::FsStorage::install_process_faults(faults);
+    Ok(())
+}
 
 fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -172,6 +206,7 @@ fn run(args: Args) -> Result<(), String> {
     let peer_listener = TcpListener::bind(resolve("--listen-peer", &args.listen_peer)?)
         .map_err(|error| format!("cannot listen for peers on {}: {error}", args.listen_peer))?;
 
+    install_storage_failpoints(&args.wal_backend)?;
     let mut config = ServerConfig::new(args.id, &args.dir, peers);
     config.advertise_client = args.advertise_client.clone();
     config.cluster_id = args.cluster_id;

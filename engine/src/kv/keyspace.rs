@@ -197,7 +197,7 @@ impl Keyspace {
                     .iter()
                     .take_while(|(at, _)| *at <= now_ms)
                     .count();
-                KvResponse::Integer((self.data.len() - expired) as i64)
+                KvResponse::Integer(self.data.len().saturating_sub(expired) as i64)
             }
             Command::Watch { keys } => KvResponse::Watched {
                 index: applied_index,

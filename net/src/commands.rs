@@ -528,6 +528,7 @@ const KEY1: (i64, i64, i64) = (1, 1, 1);
 /// Every command Tally answers, in name order.
 pub const COMMAND_TABLE: &[CommandSpec] = &[
     spec("append", 3, WF, KEY1, "string", "2.0.0", "Appends a string to the value of a key. Creates the key if it doesn't exist."),
+    spec("auth", -2, &["noscript", "loading", "stale", "fast"], NO_KEY, "connection", "1.0.0", "Authenticates the connection."),
     spec("cas", 4, WF, KEY1, "string", "0.1.0", "Tally: sets a key to a new value if its value equals the expected one."),
     spec("client", -2, L, NO_KEY, "connection", "2.4.0", "A container for client connection commands."),
     spec("command", -1, L, NO_KEY, "server", "2.8.13", "Returns detailed information about all commands."),
@@ -755,8 +756,8 @@ mod tests {
         assert!(COMMAND_TABLE.windows(2).all(|w| w[0].name < w[1].name));
         for spec in COMMAND_TABLE {
             let is_local = [
-                "client", "command", "config", "discard", "echo", "exec", "hello", "info", "multi",
-                "ping", "quit", "select", "tally", "time", "unwatch",
+                "auth", "client", "command", "config", "discard", "echo", "exec", "hello", "info",
+                "multi", "ping", "quit", "select", "tally", "time", "unwatch",
             ]
             .contains(&spec.name);
             let mut args: Vec<&[u8]> = vec![spec.name.as_bytes()];

@@ -19,6 +19,7 @@
 pub mod client_port;
 pub mod codec;
 pub mod commands;
+pub mod fd_budget;
 pub mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -28,4 +29,5 @@ pub mod node_transport;
 pub mod replica;
 pub mod resp;
 pub mod server;
+pub mod tls;
 pub mod transport;

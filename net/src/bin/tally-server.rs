@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use tally_net::client_port::default_io_threads;
+use tally_net::client_port::{default_io_threads, Password};
 use tally_net::server::{Server, ServerConfig};
 
 #[derive(Parser, Debug)]
@@ -85,6 +85,31 @@ struct Args {
     /// connection (Redis's client-output-buffer-limit). Default 256 MiB.
     #[arg(long, value_name = "BYTES")]
     client_output_buffer_limit_bytes: Option<usize>,
+    /// Most client connections open at once; one more is answered
+    /// `-ERR max number of clients reached` and closed (INFO `rejected_connections`).
+    /// Default 10000.
+    #[arg(long, value_name = "N")]
+    max_clients: Option<usize>,
+    /// Bound of the node's request queue, in batches of client requests; a batch that
+    /// finds it full is answered `-BUSY` (never proposed). Default 65536.
+    #[arg(long, value_name = "N")]
+    request_queue_capacity: Option<usize>,
+    /// WAL segment size (raised to hold two of the largest entries). Default 64 MiB.
+    #[arg(long, value_name = "BYTES")]
+    wal_segment_bytes: Option<u64>,
+    /// Require clients to authenticate (`AUTH password`, `AUTH default password`) with
+    /// the content of FILE (one trailing newline stripped; an empty file is refused).
+    #[arg(long, value_name = "FILE")]
+    requirepass_file: Option<PathBuf>,
+    /// Serve clients over TLS with this certificate chain (PEM; with --client-tls-key).
+    #[arg(long, value_name = "FILE", requires = "client_tls_key")]
+    client_tls_cert: Option<PathBuf>,
+    /// The private key of --client-tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", requires = "client_tls_cert")]
+    client_tls_key: Option<PathBuf>,
+    /// Require client certificates signed by a CA of this PEM bundle.
+    #[arg(long, value_name = "FILE", requires = "client_tls_cert")]
+    client_tls_ca: Option<PathBuf>,
     /// Take a snapshot once this many entries were applied since the last one (0: off).
     /// Default 250000.
     #[arg(long, value_name = "N")]
@@ -104,6 +129,9 @@ const PANIC_EXIT_CODE: i32 = 70;
 
 /// Test-only failpoint: the raft thread panics this many milliseconds after start.
 const FAILPOINT_RAFT_PANIC_ENV: &str = "TALLY_FAILPOINT_RAFT_PANIC_AFTER_MS";
+/// Test-only failpoint: the raft thread sleeps this many milliseconds before its first
+/// turn (the request queue fills; clients get `-BUSY`).
+const FAILPOINT_RAFT_STALL_ENV: &str = "TALLY_FAILPOINT_RAFT_STALL_AT_START_MS";
 /// Test-only failpoint: after this many fsyncs of `--dir` files, every fsync fails (EIO).
 const FAILPOINT_FSYNC_EIO_ENV: &str = "TALLY_FAILPOINT_FSYNC_EIO_AFTER";
 /// Test-only failpoint: after this many bytes written, every write fails (ENOSPC).
@@ -233,6 +261,23 @@ fn run(args: Args) -> Result<(), String> {
     if let Some(bytes) = args.client_output_buffer_limit_bytes {
         config.limits.output_buffer_limit_bytes = bytes;
     }
+    if let Some(n) = args.max_clients {
+        config.limits.max_clients = n;
+    }
+    if let Some(n) = args.request_queue_capacity {
+        config.request_queue_capacity = n;
+    }
+    config.wal_segment_bytes = args.wal_segment_bytes;
+    if let (Some(cert), Some(key)) = (&args.client_tls_cert, &args.client_tls_key) {
+        let tls = tally_net::tls::server_config(cert, key, args.client_tls_ca.as_deref())
+            .map_err(|error| format!("client TLS: {error}"))?;
+        config.client_tls = Some(tls);
+    }
+    if let Some(path) = &args.requirepass_file {
+        let password =
+            Password::from_file(path).map_err(|error| format!("--requirepass-file: {error}"))?;
+        config.requirepass = Some(password);
+    }
     if let Some(entries) = args.snapshot_log_entries {
         config.snapshot.log_entries = entries;
     }
@@ -243,6 +288,10 @@ fn run(args: Args) -> Result<(), String> {
         config.snapshot.retain_entries = entries;
     }
     config.failpoint_raft_panic_after = std::env::var(FAILPOINT_RAFT_PANIC_ENV)
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map(Duration::from_millis);
+    config.failpoint_raft_stall_at_start = std::env::var(FAILPOINT_RAFT_STALL_ENV)
         .ok()
         .and_then(|ms| ms.parse().ok())
         .map(Duration::from_millis);

@@ -5,6 +5,7 @@
 
 use super::info::encoded_reply_bytes;
 use super::io_loop::Context;
+use super::stream::{ClientStream, Stream};
 use super::*;
 use crate::resp::{write_null_array_as, Protocol};
 use tally_engine::kv::{encode_request_at, Command, WatchedKey};
@@ -71,7 +72,7 @@ pub(super) enum Verdict {
 /// One client connection, driven by its I/O thread.
 pub(super) struct Connection {
     pub(super) id: u64,
-    pub(super) stream: TcpStream,
+    pub(super) stream: Stream,
     pub(super) remote: SocketAddr,
     /// Unique per connection for the life of the cluster (never 0): the KV session.
     pub(super) client_id: u64,
@@ -121,6 +122,9 @@ pub(super) struct Connection {
     pub(super) watch_generation: u64,
     /// WATCH reads in flight: tag -> (generation, keys).
     pub(super) watch_reads: HashMap<u64, (u64, Vec<Vec<u8>>)>,
+    /// Invariant: true iff no password is configured or this connection gave it
+    /// (`Connection::authenticate`, the only place that sets it).
+    pub(super) authenticated: bool,
 }
 
 /// A client id unique for the life of the cluster with overwhelming probability: 64
@@ -137,7 +141,7 @@ pub(super) fn new_client_id() -> u64 {
 impl Connection {
     pub(super) fn new(
         id: u64,
-        stream: TcpStream,
+        stream: Stream,
         remote: SocketAddr,
         config: &ClientPortConfig,
     ) -> Connection {
@@ -169,6 +173,7 @@ impl Connection {
             watch_sets: HashMap::new(),
             watch_generation: 0,
             watch_reads: HashMap::new(),
+            authenticated: config.requirepass.is_none(),
         }
     }
 
@@ -453,6 +458,8 @@ impl Connection {
 
     /// Writes unsent replies until done or the socket would block.
     pub(super) fn flush(&mut self) -> io::Result<()> {
+        // Bytes the TLS layer still holds (handshake, records the socket refused) first.
+        self.stream.flush_pending()?;
         while self.out_written < self.out.len() {
             match self.stream.write(&self.out[self.out_written..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),

@@ -8,6 +8,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use super::auth::{allowed_before_auth, NOAUTH_ERROR};
 use super::connection::{Connection, QueuedExec, Slot, Transaction, Unsubmitted, WatchSet};
 use super::io_loop::Context;
 use super::*;
@@ -29,9 +30,10 @@ pub(super) fn clock_ms() -> u64 {
         .max(wall_ms)
 }
 
-/// Redis's reply when a password is given but none is configured.
-pub(super) const NO_PASSWORD_CONFIGURED_ERROR: &str = "ERR AUTH <password> called without any \
-    password configured for the default user. Are you sure your configuration is correct?";
+/// Redis's reply to a HELLO without AUTH on a connection that must authenticate.
+const HELLO_NOAUTH_ERROR: &str = "NOAUTH HELLO must be called with the client already \
+    authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to \
+    authenticate the client and select the RESP protocol version at the same time";
 
 /// Commands that may not be queued inside MULTI (they act on the connection or the
 /// server, not on the keyspace).
@@ -68,12 +70,17 @@ impl Connection {
         }
         let name = name.to_ascii_lowercase();
         let rest = &args[1..];
+        if !self.authenticated && !allowed_before_auth(&name) {
+            write_error(&mut out, NOAUTH_ERROR);
+            return Slot::Ready(out);
+        }
         if self.transaction.is_some() && !NOT_QUEUED_IN_MULTI.contains(&name.as_slice()) {
             self.queue_in_transaction(args, context, &mut out);
             return Slot::Ready(out);
         }
         let protocol = self.protocol;
         match name.as_slice() {
+            b"auth" => self.auth_command(&mut out, rest, context.shared),
             b"ping" => match rest {
                 [] => write_simple_string(&mut out, "PONG"),
                 [message] => write_bulk(&mut out, message),
@@ -167,10 +174,11 @@ impl Connection {
         let tag = self.new_tag(false);
         let sender = context.reply_tx.clone();
         let waker = Arc::clone(context.reply_waker);
+        // Never blocks this I/O thread: a full queue answers `-BUSY` at once.
         context
             .shared
             .handle
-            .request_snapshot(Box::new(move |result| {
+            .try_request_snapshot(Box::new(move |result| {
                 let reply = ReplyTo::with_waker(tag, sender, waker);
                 reply.send(result.map(|taken| KvResponse::Integer(taken.index as i64)));
             }));
@@ -408,6 +416,9 @@ impl Connection {
                 }
             }
         }
+        if !self.authenticated {
+            return write_error(out, HELLO_NOAUTH_ERROR);
+        }
         self.protocol = protocol;
         if let Some(name) = name {
             self.name = Some(name).filter(|n| !n.is_empty());
@@ -429,16 +440,17 @@ impl Connection {
         write_array_header(out, 0);
     }
 
-    /// The AUTH hook of `HELLO ... AUTH user password`. Client authentication
-    /// (`--requirepass-file`, `AUTH`) plugs in here; with no password configured the
-    /// answer is Redis's.
+    /// `HELLO ... AUTH user password`: client authentication's hook
+    /// ([`Connection::authenticate`]); with no password configured the answer is
+    /// Redis's `-ERR AUTH <password> called without any password configured ...`.
     pub(super) fn hello_auth(
         &mut self,
-        _user: &[u8],
-        _password: &[u8],
-        _context: &Context<'_>,
+        user: &[u8],
+        password: &[u8],
+        context: &Context<'_>,
     ) -> Result<(), String> {
-        Err(NO_PASSWORD_CONFIGURED_ERROR.to_string())
+        self.authenticate(Some(user), password, context.shared)
+            .map_err(|error| error.to_string())
     }
 
     /// `CLIENT ID|SETNAME|GETNAME|SETINFO|INFO|LIST`.

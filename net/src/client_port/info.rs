@@ -3,6 +3,11 @@
 use super::*;
 use crate::resp::{write_kv_response_as, Protocol};
 
+/// The reply (without `-`) to a request refused because the node's request queue is
+/// full. It was never proposed: retrying cannot apply it twice.
+pub const BUSY_ERROR: &str =
+    "BUSY the node's request queue is full; the command was not proposed, retry";
+
 impl Shared {
     pub(super) fn write_result(
         &self,
@@ -24,7 +29,7 @@ impl Shared {
                 out,
                 "TRYAGAIN the write was not committed (a new leader replaced it); retry",
             ),
-            Err(ClientError::Overloaded) => write_error(out, "BUSY the node is overloaded; retry"),
+            Err(ClientError::Overloaded) => write_error(out, BUSY_ERROR),
             Err(ClientError::NodeStopped) => write_error(out, "ERR the node stopped"),
             Err(other) => write_error(out, &format!("ERR {other}")),
         }
@@ -41,7 +46,7 @@ impl Shared {
 
     /// INFO text for the lowercase `sections` asked for (none: all): Redis's standard
     /// `# Server`, `# Clients`, `# Persistence`, `# Cluster` fields that clients and
-    /// harnesses read, then Tally's `# Raft` and `# Limits`; CRLF line ends.
+    /// harnesses read, then Tally's `# Raft`, `# Limits` and `# Stats`; CRLF line ends.
     pub(super) fn info(&self, sections: &[Vec<u8>]) -> String {
         use std::fmt::Write as _;
         let shared = self;
@@ -83,7 +88,7 @@ impl Shared {
         if wants(b"cluster") {
             text.push_str("# Cluster\r\ncluster_enabled:0\r\n\r\n");
         }
-        let (raft, limits) = (wants(b"raft"), wants(b"limits"));
+        let (raft, limits, stats) = (wants(b"raft"), wants(b"limits"), wants(b"stats"));
         if raft {
             let status = shared.handle.status();
             let role = match status.role() {
@@ -132,14 +137,34 @@ impl Shared {
         }
         if limits {
             let counters = &shared.counters;
+            let fd_budget = crate::fd_budget::process();
             let _ = write!(
                 text,
-                "# Limits\r\n{}commands_too_large:{}\r\nclient_output_buffer_limit_disconnections:{}\r\n\r\n",
+                "# Limits\r\n{}fd_limit:{}\r\nfd_reserve:{}\r\ncommands_too_large:{}\r\n\
+                 client_output_buffer_limit_disconnections:{}\r\n\r\n",
                 shared.config.limits.info_lines(),
+                fd_budget.limit().unwrap_or(0),
+                fd_budget.reserve(),
                 counters.commands_too_large.load(Ordering::Relaxed),
                 counters
                     .output_buffer_limit_disconnections
                     .load(Ordering::Relaxed),
+            );
+        }
+        if stats {
+            let counters = &shared.counters;
+            let _ = write!(
+                text,
+                "# Stats\r\ntotal_connections_received:{}\r\nrejected_connections:{}\r\n\
+                 rejected_connections_fd_reserve:{}\r\nbusy_replies:{}\r\n\
+                 acl_access_denied_auth:{}\r\n\r\n",
+                counters.connections_accepted.load(Ordering::Relaxed),
+                counters.rejected_connections.load(Ordering::Relaxed),
+                counters
+                    .rejected_connections_fd_reserve
+                    .load(Ordering::Relaxed),
+                counters.busy_replies.load(Ordering::Relaxed),
+                counters.auth_failures.load(Ordering::Relaxed),
             );
         }
         text

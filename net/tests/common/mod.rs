@@ -19,9 +19,25 @@ use tally_net::resp::{parse_reply, write_command, RespLimits, RespValue};
 
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
+/// Ports this test process handed out or holds (a server binds its port after
+/// `free_port` released it; without this, a later `free_port` or proxy of a parallel
+/// test could get the same port first: "Address already in use").
+static TAKEN_PORTS: Mutex<std::collections::BTreeSet<u16>> =
+    Mutex::new(std::collections::BTreeSet::new());
+
+/// Binds an ephemeral loopback port that this process never handed out before.
+fn bind_unused_port() -> TcpListener {
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let port = listener.local_addr().expect("local addr").port();
+        if TAKEN_PORTS.lock().expect("port set").insert(port) {
+            return listener;
+        }
+    }
+}
+
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local addr").port()
+    bind_unused_port().local_addr().expect("local addr").port()
 }
 
 pub fn wait_until<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
@@ -392,7 +408,7 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn start(target_port: u16) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let listener = bind_unused_port();
         let port = listener.local_addr().expect("addr").port();
         let paused = Arc::new(AtomicBool::new(false));
         let open = Arc::new(Mutex::new(Vec::new()));

@@ -14,7 +14,7 @@
 //! # Example
 //!
 //! Open a log, append, wait until the entries are durable, reopen and read them back.
-//! [`Ticket::wait`] returns only after the batch holding the entries was written and
+//! [`Ticket::wait`] returns `Ok` only after the batch holding the entries was written and
 //! fdatasynced; reopening runs recovery ([`Wal::recovery_report`] says what it found).
 //!
 //! ```

@@ -56,6 +56,8 @@
 //! the instance must be dropped and the directory reopened. A failed fdatasync is never
 //! retried: it poisons the instance ([`PoisonCause`]).
 
+#![warn(missing_docs)]
+
 pub mod backend;
 mod core;
 pub mod error;
@@ -65,6 +67,10 @@ pub mod fuzzing;
 pub mod inspect;
 pub mod snapshot;
 pub mod storage;
+// Temporary: wal.rs is being documented on another branch; until then three
+// `WalStatsSnapshot` fields (`entries`, `fsync_total_us`, `fsync_max_us`) lack docs and
+// would fail `clippy -D warnings`. Delete this `allow` once they are documented.
+#[allow(missing_docs)]
 mod wal;
 
 pub use crate::backend::{

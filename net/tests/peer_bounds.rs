@@ -270,3 +270,78 @@ fn peer_sockets_have_keepalive_a_user_timeout_and_a_write_timeout() {
     a.shutdown();
     b.shutdown();
 }
+
+/// Runs `scenario` on a thread in a network namespace of its own (loopback up), so a
+/// test can cut "the network" without touching the machine's. `Err` (with the reason)
+/// when namespaces or `ip` are not available here.
+fn in_own_network_namespace(scenario: impl FnOnce() + Send + 'static) -> Result<(), String> {
+    std::thread::spawn(move || {
+        // SAFETY: unshare(CLONE_NEWNET) only moves this thread (and the threads and
+        // processes it starts from now on) to a new network namespace; no memory is
+        // involved.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            return Err(format!(
+                "unshare(CLONE_NEWNET) failed ({}; needs root)",
+                std::io::Error::last_os_error()
+            ));
+        }
+        set_loopback(true)?;
+        scenario();
+        Ok(())
+    })
+    .join()
+    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+fn set_loopback(up: bool) -> Result<(), String> {
+    let state = if up { "up" } else { "down" };
+    match std::process::Command::new("ip")
+        .args(["link", "set", "lo", state])
+        .status()
+    {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(format!("`ip link set lo {state}` exited with {status}")),
+        Err(error) => Err(format!("cannot run `ip` ({error})")),
+    }
+}
+
+#[test]
+fn a_half_open_peer_is_dropped_at_the_tcp_user_timeout() {
+    let outcome = in_own_network_namespace(|| {
+        let (listener_a, listener_b) = (listener(), listener());
+        let (addr_a, addr_b) = (addr(&listener_a), addr(&listener_b));
+        let config = |node, peer: (u64, SocketAddr)| {
+            let mut config = TransportConfig::new(CLUSTER, node, vec![peer]);
+            config.tcp_user_timeout_ms = 2_000;
+            config.connect_timeout_ms = 500;
+            config
+        };
+        let (a, _) = PeerTransport::start(config(1, (2, addr_b)), listener_a).expect("start a");
+        let (b, _inbound_b) =
+            PeerTransport::start(config(2, (1, addr_a)), listener_b).expect("start b");
+        wait_until("a connects to b", || a.is_connected(2).then_some(()));
+        // From here every packet is lost and neither side hears a FIN or RST: b is
+        // half-open as far as a can tell, and a's sends stay unacknowledged.
+        set_loopback(false).expect("take loopback down");
+        let started = Instant::now();
+        while a.is_connected(2) {
+            let _ = a.try_send(2, OutboundMessage::new(1, Bytes::from_static(b"ping")));
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "a still trusts a connection whose data goes unacknowledged after 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        println!(
+            "the half-open connection was dropped after {:?} (TCP_USER_TIMEOUT 2 s)",
+            started.elapsed()
+        );
+        // Shutdown wakes the listeners with a connection to them: loopback up again.
+        set_loopback(true).expect("bring loopback back");
+        a.shutdown();
+        b.shutdown();
+    });
+    if let Err(reason) = outcome {
+        println!("SKIPPED a_half_open_peer_is_dropped_at_the_tcp_user_timeout: {reason}");
+    }
+}

@@ -2,6 +2,7 @@
 //! the state-machine interface and the KV state machine Tally ships.
 
 pub mod driver;
+pub mod exactly_once;
 pub mod kv;
 pub mod raft;
 pub mod runtime;

@@ -11,6 +11,7 @@
 //! * [`node_transport`]: the glue between the node runtime and the transport.
 //! * [`client_port`]: the RESP2 server clients talk to.
 //! * [`commands`]: Redis argument vectors parsed into KV commands.
+//! * [`replica`]: one replica of any state machine (peer transport + node), no front end.
 //! * [`server`]: one member as a library (binary: `tally-server`; the benchmark embeds
 //!   three).
 //!
@@ -28,6 +29,7 @@ pub mod handshake;
 pub mod limits;
 pub mod node_transport;
 pub mod peer_tls;
+pub mod replica;
 pub mod resp;
 pub mod server;
 pub mod transport;

@@ -1,0 +1,138 @@
+//! `ledger`: starts a 3-replica ledger cluster in this process, runs concurrent
+//! transfers from several clients while the leader is stopped and restarted, and checks
+//! the books at the end: money is neither created nor lost, no balance went below zero,
+//! and every replica agrees.
+
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use rand::Rng;
+use tally_ledger_example::cluster::{LedgerClient, LocalCluster};
+use tally_ledger_example::ledger::LedgerReply;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ledger",
+    version,
+    about = "A replicated ledger on Tally (example database)"
+)]
+struct Args {
+    /// Directory for the replicas' logs and snapshots (default: a temporary directory,
+    /// removed at exit).
+    #[arg(long)]
+    dir: Option<std::path::PathBuf>,
+    /// Accounts opened at the start, each with 1000 units.
+    #[arg(long, default_value_t = 20)]
+    accounts: usize,
+    /// Client threads making transfers.
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+    /// Transfers per client.
+    #[arg(long, default_value_t = 500)]
+    transfers: usize,
+}
+
+const INITIAL_BALANCE: u64 = 1000;
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("ledger: {message}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<(), String> {
+    let temp = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
+    let root = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| temp.path().to_path_buf());
+    let cluster = LocalCluster::start(&root, 3, 2000).map_err(|e| e.to_string())?;
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(30))
+        .ok_or("no leader elected")?;
+    println!(
+        "cluster: 3 replicas under {}, leader {leader}",
+        root.display()
+    );
+
+    let mut setup = LedgerClient::new(&cluster);
+    for account in 0..args.accounts {
+        match setup
+            .execute(&format!("open acct{account} {INITIAL_BALANCE}"))
+            .map_err(|e| e.to_string())?
+        {
+            LedgerReply::Done | LedgerReply::Refused(_) => {} // Refused: reopened dir.
+            other => return Err(format!("open answered {other:?}")),
+        }
+    }
+    let started = Instant::now();
+    let (applied, refused, retries) = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..args.clients)
+            .map(|_| scope.spawn(|| transfers(&cluster, args.accounts, args.transfers)))
+            .collect();
+        // Halfway through, the leader's machine "crashes" and comes back.
+        std::thread::sleep(Duration::from_millis(500));
+        if let Some(leader) = cluster.leader() {
+            println!("stopping the leader (node {leader}) under load");
+            let _ = cluster.stop(leader);
+            std::thread::sleep(Duration::from_millis(800));
+            println!("restarting node {leader} from its directory");
+            if let Err(error) = cluster.restart(leader) {
+                eprintln!("restart failed: {error}");
+            }
+        }
+        workers.into_iter().fold((0, 0, 0), |sum, worker| {
+            let (a, r, t) = worker.join().unwrap_or((0, 0, 0));
+            (sum.0 + a, sum.1 + r, sum.2 + t)
+        })
+    });
+    println!(
+        "transfers: {applied} applied, {refused} refused (insufficient funds), {retries} retried, in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let total = match setup.query("total").map_err(|e| e.to_string())? {
+        LedgerReply::Amount(total) => total,
+        other => return Err(format!("total answered {other:?}")),
+    };
+    let expected = args.accounts as u64 * INITIAL_BALANCE;
+    println!("total: {total} (expected {expected})");
+    cluster.shutdown().map_err(|e| e.to_string())?;
+    if total != expected {
+        return Err(format!("the books do not balance: {total} != {expected}"));
+    }
+    println!("ok: no money created or lost");
+    Ok(())
+}
+
+/// One client's random transfers; returns (applied, refused, retried attempts).
+fn transfers(cluster: &LocalCluster, accounts: usize, count: usize) -> (u64, u64, u64) {
+    let mut client = LedgerClient::new(cluster);
+    let mut rng = rand::thread_rng();
+    let (mut applied, mut refused) = (0, 0);
+    for _ in 0..count {
+        let from = rng.gen_range(0..accounts);
+        let to = rng.gen_range(0..accounts);
+        let amount = rng.gen_range(1..400);
+        match client.execute(&format!("transfer acct{from} acct{to} {amount}")) {
+            Ok(LedgerReply::Done) => applied += 1,
+            Ok(_) => refused += 1,
+            Err(error) => {
+                eprintln!("a transfer gave up: {error}");
+                break;
+            }
+        }
+    }
+    (applied, refused, client.retries)
+}

@@ -66,6 +66,8 @@ impl EmbeddedCluster {
                 .collect();
             let mut config = ServerConfig::new(id, dir.path().join(format!("node-{id}")), peers);
             config.emulated_sync_delay = disk.map(DiskEmulation::fsync_delay);
+            config.requirepass =
+                crate::load::client::password().and_then(tally_net::client_port::Password::new);
             let server = Server::start(config, peer_listener, client_listener)
                 .map_err(|error| format!("cannot start node {id}: {error}"))?;
             servers.push(server);

@@ -22,6 +22,7 @@ pub mod client_port;
 pub mod cluster_id;
 pub mod codec;
 pub mod commands;
+pub mod fd_budget;
 pub mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -32,4 +33,5 @@ pub mod peer_tls;
 pub mod replica;
 pub mod resp;
 pub mod server;
+pub mod tls;
 pub mod transport;

@@ -53,12 +53,17 @@ pub struct Limits {
     /// A reply that would take a connection's unsent bytes past this closes the
     /// connection instead (counted as `client_output_buffer_limit_disconnections`).
     pub output_buffer_limit_bytes: usize,
+    /// Most client connections open at once (`--max-clients`, Redis's `maxclients`); one
+    /// more is answered `-ERR max number of clients reached` and closed (counted as
+    /// `rejected_connections`).
+    pub max_clients: usize,
 }
 
 impl Default for Limits {
     /// 8 MiB log entries (the WAL's default), commands up to 7.5 MiB, 16 MiB request
     /// buffers, 64 Ki arguments, 4096 unanswered commands per connection, 16 MiB of unsent
-    /// replies before backpressure and 256 MiB before disconnection.
+    /// replies before backpressure and 256 MiB before disconnection, 10000 clients (like
+    /// Redis).
     fn default() -> Self {
         Limits {
             max_command_bytes: (8 << 20) - (512 << 10),
@@ -68,6 +73,7 @@ impl Default for Limits {
             max_pipeline_commands: 4096,
             output_buffer_soft_bytes: 16 << 20,
             output_buffer_limit_bytes: 256 << 20,
+            max_clients: 10_000,
         }
     }
 }
@@ -99,8 +105,10 @@ impl Limits {
                 self.max_request_buffer_bytes, self.max_command_bytes
             ));
         }
-        if self.max_pipeline_commands == 0 || self.max_arguments == 0 {
-            return Err("max-pipeline-commands and max-arguments must be at least 1".into());
+        if self.max_pipeline_commands == 0 || self.max_arguments == 0 || self.max_clients == 0 {
+            return Err(
+                "max-pipeline-commands, max-arguments and max-clients must be at least 1".into(),
+            );
         }
         if self.output_buffer_soft_bytes == 0
             || self.output_buffer_limit_bytes < self.output_buffer_soft_bytes
@@ -128,7 +136,7 @@ impl Limits {
         format!(
             "max_command_bytes:{}\r\nmax_entry_bytes:{}\r\nmax_request_buffer_bytes:{}\r\n\
              max_arguments:{}\r\nmax_pipeline_commands:{}\r\nclient_output_buffer_soft_bytes:{}\r\n\
-             client_output_buffer_limit_bytes:{}\r\n",
+             client_output_buffer_limit_bytes:{}\r\nmax_clients:{}\r\n",
             self.max_command_bytes,
             self.max_entry_bytes,
             self.max_request_buffer_bytes,
@@ -136,6 +144,7 @@ impl Limits {
             self.max_pipeline_commands,
             self.output_buffer_soft_bytes,
             self.output_buffer_limit_bytes,
+            self.max_clients,
         )
     }
 }

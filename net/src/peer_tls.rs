@@ -213,7 +213,8 @@ mod tests {
     use super::*;
 
     struct Ca {
-        issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+        cert: rcgen::Certificate,
+        key: rcgen::KeyPair,
         pem: String,
     }
 
@@ -224,7 +225,8 @@ mod tests {
         let cert = params.self_signed(&key).expect("self-signed");
         Ca {
             pem: cert.pem(),
-            issuer: rcgen::Issuer::new(params, key),
+            cert,
+            key,
         }
     }
 
@@ -232,7 +234,7 @@ mod tests {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let params = rcgen::CertificateParams::new(names).expect("params");
         let key = rcgen::KeyPair::generate().expect("key");
-        let cert = params.signed_by(&key, &ca.issuer).expect("sign");
+        let cert = params.signed_by(&key, &ca.cert, &ca.key).expect("sign");
         (cert.pem(), key.serialize_pem())
     }
 

@@ -65,7 +65,23 @@ pub struct ServerConfig {
     pub snapshot: SnapshotPolicy,
     /// Test-only failpoint: the raft thread panics this long after start.
     pub failpoint_raft_panic_after: Option<Duration>,
+    /// TLS on the client port (`--client-tls-cert/-key[/-ca]`, see
+    /// [`crate::tls::server_config`]); `None`: plain TCP.
+    pub client_tls: Option<Arc<rustls::ServerConfig>>,
+    /// The password clients must give (`--requirepass-file`); `None`: no AUTH.
+    pub requirepass: Option<crate::client_port::Password>,
+    /// Test-only failpoint: the raft thread sleeps this long before its first turn.
+    pub failpoint_raft_stall_at_start: Option<Duration>,
+    /// Bound of the node's request queue, in batches (`--request-queue-capacity`); a
+    /// client batch that finds it full is answered `-BUSY`.
+    pub request_queue_capacity: usize,
+    /// WAL segment size (`--wal-segment-bytes`); raised to hold two of the largest
+    /// entries. `None`: the WAL's default (64 MiB).
+    pub wal_segment_bytes: Option<u64>,
 }
+
+/// Default bound of the node's request queue (batches from client I/O threads).
+pub const DEFAULT_REQUEST_QUEUE_CAPACITY: usize = 64 * 1024;
 
 /// Largest accepted emulated fsync delay: far above any real device, low enough that a
 /// unit mistake (µs given as ns) is refused rather than stalling the cluster.
@@ -90,6 +106,11 @@ impl ServerConfig {
             limits: Limits::default(),
             snapshot: SnapshotPolicy::default(),
             failpoint_raft_panic_after: None,
+            failpoint_raft_stall_at_start: None,
+            requirepass: None,
+            client_tls: None,
+            request_queue_capacity: DEFAULT_REQUEST_QUEUE_CAPACITY,
+            wal_segment_bytes: None,
         }
     }
 }
@@ -184,6 +205,8 @@ impl Server {
             ClientPortConfig::new(config.id, advertised_client_addr.clone());
         client_port_config.io_threads = config.client_io_threads;
         client_port_config.limits = config.limits;
+        client_port_config.requirepass = config.requirepass.clone();
+        client_port_config.tls = config.client_tls.clone();
         let client_port = ClientPort::start(
             client_listener,
             client_port_config,
@@ -264,6 +287,11 @@ fn validate(config: &ServerConfig) -> Result<(), ServerError> {
             "the client port needs at least one I/O thread".into(),
         ));
     }
+    if config.request_queue_capacity == 0 {
+        return Err(ServerError::Config(
+            "the request queue capacity must be at least 1".into(),
+        ));
+    }
     if config.peers.iter().any(|(id, _)| *id == 0) {
         return Err(ServerError::Config("peer ids must be nonzero".into()));
     }
@@ -329,6 +357,11 @@ fn node_options(config: &ServerConfig) -> NodeOptions {
     options.wal.emulated_sync_delay = config.emulated_sync_delay;
     options.snapshot = config.snapshot;
     options.failpoint_raft_panic_after = config.failpoint_raft_panic_after;
+    options.failpoint_raft_stall_at_start = config.failpoint_raft_stall_at_start;
+    options.request_queue_capacity = config.request_queue_capacity;
+    if let Some(bytes) = config.wal_segment_bytes {
+        options.wal.wal.segment_size_bytes = bytes;
+    }
     // The WAL takes every entry the client port lets through (Limits::validate).
     let max_entry_bytes = config.limits.max_entry_bytes;
     options.wal.wal.max_entry_size_bytes = max_entry_bytes;

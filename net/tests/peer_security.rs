@@ -249,7 +249,8 @@ fn a_dialer_with_the_secret_refuses_an_acceptor_that_cannot_prove_it() {
 // ----- mutual TLS ------------------------------------------------------------------
 
 struct Ca {
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
     pem: String,
 }
 
@@ -260,7 +261,8 @@ fn ca() -> Ca {
     let cert = params.self_signed(&key).expect("self-signed");
     Ca {
         pem: cert.pem(),
-        issuer: rcgen::Issuer::new(params, key),
+        cert,
+        key,
     }
 }
 
@@ -269,7 +271,7 @@ fn node_cert(ca: &Ca, named: u64) -> (String, String) {
     let params =
         rcgen::CertificateParams::new(vec![format!("node-{named}.tally")]).expect("params");
     let key = rcgen::KeyPair::generate().expect("key");
-    let cert = params.signed_by(&key, &ca.issuer).expect("sign");
+    let cert = params.signed_by(&key, &ca.cert, &ca.key).expect("sign");
     (cert.pem(), key.serialize_pem())
 }
 

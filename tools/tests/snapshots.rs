@@ -104,15 +104,15 @@ fn info_lists_snapshot_files_with_index_term_size_and_validity() {
         0,
         "\
 directory: wal
-format: version 1
+format: version 2
 segments: 3
   name                                            id       entries written  batches   used_bytes   size_bytes  state
-  00000000000000000001-00000000000000000001.wal    1                 1..=6        6          610          640  sealed
-  00000000000000000002-00000000000000000007.wal    2                7..=11        6          577          640  sealed
-  00000000000000000003-00000000000000000012.wal    3               11..=16        3          549          640  open
+  00000000000000000001-00000000000000000001.wal    1                 1..=6        6          658          700  sealed
+  00000000000000000002-00000000000000000007.wal    2                7..=11        6          625          700  sealed
+  00000000000000000003-00000000000000000012.wal    3               11..=16        3          573          700  open
 hard state: term 2, vote 3
 log: entries 1..=16 (16 entries; last term 2)
-records: 15 batches, 18 entry records, 574 payload bytes, 1736 bytes used of 1920 allocated
+records: 15 batches, 18 entry records, 574 payload bytes, 1856 bytes used of 2100 allocated
 verdict: clean
 snapshots: 2
   name                                                         index   term   size_bytes  state
@@ -137,7 +137,7 @@ fn verify_checks_every_snapshot_and_that_the_log_covers_the_newest() {
 00000000000000000001-00000000000000000001.wal  ok  6 batches, 6 entries
 00000000000000000002-00000000000000000007.wal  ok  6 batches, 5 entries
 00000000000000000003-00000000000000000012.wal  ok  3 batches, 7 entries
-checked: 3 segments, 15 batches, 18 entry records, 1736 bytes; format version, batch CRCs, index continuity, term order
+checked: 3 segments, 15 batches, 18 entry records, 1856 bytes; format version, batch CRCs, index continuity, term order
 log: entries 1..=16, terms 1..=2, hard state term 2 vote 3
 verdict: clean
 snapshot-00000000000000000014-00000000000000000002.snap  ok  index 14 term 2, 229 bytes (137 data bytes), checksum ok

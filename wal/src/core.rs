@@ -21,7 +21,8 @@ use crate::backend::{BackendError, IoBackend};
 use crate::error::{PoisonCause, Result, WalError};
 use crate::format::{
     self, BatchHeader, BatchProbe, HardState, Record, BATCH_HEADER_LEN, BATCH_MAGIC,
-    ENTRY_RECORD_HEADER_LEN, HARD_STATE_RECORD_LEN, INDEX_RECORD_LEN, SEGMENT_HEADER_LEN,
+    BATCH_TRAILER_LEN, ENTRY_RECORD_HEADER_LEN, FORMAT_VERSION, HARD_STATE_RECORD_LEN,
+    INDEX_RECORD_LEN, SEGMENT_HEADER_LEN,
 };
 use crate::storage::{FileView, Storage, StorageFile};
 
@@ -79,10 +80,8 @@ impl Default for WalOptions {
 impl WalOptions {
     /// Largest batch body that fits in a fresh segment after its start batch.
     pub fn max_batch_body_bytes(&self) -> u64 {
-        self.segment_size_bytes.saturating_sub(
-            (SEGMENT_HEADER_LEN + BATCH_HEADER_LEN + HARD_STATE_RECORD_LEN + BATCH_HEADER_LEN)
-                as u64,
-        )
+        self.segment_size_bytes
+            .saturating_sub((SEGMENT_HEADER_LEN + FIRST_BATCH_LEN + BATCH_OVERHEAD_LEN) as u64)
     }
 
     fn validate(&self) -> Result<()> {
@@ -106,6 +105,11 @@ impl WalOptions {
         Ok(())
     }
 }
+
+/// Bytes a batch adds around its body (header and trailer).
+const BATCH_OVERHEAD_LEN: usize = BATCH_HEADER_LEN + BATCH_TRAILER_LEN;
+/// The batch every segment starts with: one hard-state record.
+const FIRST_BATCH_LEN: usize = BATCH_OVERHEAD_LEN + HARD_STATE_RECORD_LEN;
 
 /// A region of a segment that recovery dropped (zeroed or removed), with the reason.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -397,7 +401,7 @@ impl<S: Storage> WalCore<S> {
                 .storage
                 .open(name)
                 .map_err(|e| io_err("open", name, e))?;
-            let view = file.view().map_err(|e| io_err("map", name, e))?;
+            let view = read_disk_truth(file.as_ref())?;
             files.push(file);
             views.push(view);
         }
@@ -405,11 +409,14 @@ impl<S: Storage> WalCore<S> {
         // (segment position, offset, reason) of the first bad spot.
         let mut bad_spot: Option<(usize, u64, String)> = None;
         let mut end_offsets = vec![SEGMENT_HEADER_LEN as u64; names.len()];
+        let mut versions = vec![FORMAT_VERSION; names.len()];
         'segments: for (position, (id, first_index, name)) in names.iter().enumerate() {
             self.report.segments_scanned += 1;
             let bytes: &[u8] = &views[position];
             match format::decode_segment_header(bytes) {
-                Ok(header) if header.segment_id == *id && header.first_index == *first_index => {}
+                Ok(header) if header.segment_id == *id && header.first_index == *first_index => {
+                    versions[position] = header.format_version;
+                }
                 Ok(header) => {
                     bad_spot = Some((
                         position,
@@ -459,7 +466,7 @@ impl<S: Storage> WalCore<S> {
                                 reason,
                             })?;
                         self.report.batches_replayed += 1;
-                        offset = body_start + header.body_len as usize;
+                        offset += format::valid_batch_len(bytes, offset, &header);
                         end_offsets[position] = offset as u64;
                     }
                 }
@@ -470,11 +477,18 @@ impl<S: Storage> WalCore<S> {
         if let Some((bad_position, bad_offset, reason)) = bad_spot {
             let later_valid = find_valid_batch_after(&names, &views, bad_position, bad_offset);
             let (bad_name, bad_first) = (&names[bad_position].2, names[bad_position].1);
-            if let Some((valid_position, valid_offset)) = later_valid {
-                let description = format!(
+            let damaged = || {
+                let bytes: &[u8] = &views[bad_position];
+                format::damaged_complete_batch(versions[bad_position], bytes, bad_offset as usize)
+            };
+            let corruption = match later_valid {
+                Some((valid_position, valid_offset)) => Some(format!(
                     "bad batch ({reason}) followed by a valid batch in {} at offset {valid_offset}",
                     names[valid_position].2
-                );
+                )),
+                None => damaged().map(|detail| format!("bad batch ({reason}): {detail}")),
+            };
+            if let Some(description) = corruption {
                 if !self.options.tolerant_recovery {
                     return Err(WalError::Corruption {
                         file: bad_name.clone(),
@@ -550,13 +564,8 @@ impl<S: Storage> WalCore<S> {
         }
         drop(views);
 
-        // The previous process may have died with written-but-unsynced bytes in the page
-        // cache: sync every kept segment (and the directory) before reporting anything
-        // as durable.
-        for (position, file) in files.iter().enumerate().take(keep_segments) {
-            file.sync_data()
-                .map_err(|e| io_err("fdatasync during recovery", &names[position].2, e))?;
-        }
+        // Every kept segment was synced by `read_disk_truth` (and a zeroed tail right
+        // after zeroing); the directory too before anything is reported durable.
         if keep_segments > 0 {
             self.storage
                 .sync_dir()
@@ -575,6 +584,7 @@ impl<S: Storage> WalCore<S> {
                 view: OnceLock::new(),
             });
         }
+        let active_version = versions[..keep_segments].last().copied();
         self.report.entries_recovered = self.log.index.len() as u64;
         let last = self.log.last_index();
         self.written_next_index = last + 1;
@@ -590,6 +600,10 @@ impl<S: Storage> WalCore<S> {
             self.written_index = first - 1;
             self.durable_index = first - 1;
             self.create_segment(names[0].0, first, HardState::default())?;
+        } else if active_version.is_some_and(|version| version < FORMAT_VERSION) {
+            // Batches are written in the version of their segment's header: an older
+            // active segment is sealed, new batches go to a current-version segment.
+            self.roll()?;
         }
         debug_assert_eq!(
             self.segments.back().map(|s| s.id),
@@ -1118,8 +1132,9 @@ impl<S: Storage> WalCore<S> {
 
     /// Frames the staged records as one batch and returns (header, batch offset),
     /// rolling to a new segment first if the batch does not fit.
+    /// Afterwards `staged` ends with the batch trailer: it is everything after the header.
     fn frame_staged(&mut self) -> Result<([u8; BATCH_HEADER_LEN], u64)> {
-        let batch_len = (BATCH_HEADER_LEN + self.staged.len()) as u64;
+        let batch_len = (BATCH_OVERHEAD_LEN + self.staged.len()) as u64;
         let active = self.active();
         if active.end_offset + batch_len > active.capacity_bytes {
             self.roll()?;
@@ -1134,10 +1149,14 @@ impl<S: Storage> WalCore<S> {
             entry_count: self.staged_entries,
         };
         let header = format::encode_batch_header(active.id, fields, &[&self.staged]);
-        Ok((header, active.end_offset))
+        let offset = active.end_offset;
+        self.staged
+            .extend_from_slice(&format::encode_batch_trailer(fields.body_len));
+        Ok((header, offset))
     }
 
     /// After the staged batch reached storage at `batch_offset`: point the index at it.
+    /// (The staged or in-flight bytes include the trailer.)
     fn finish_staged_write(&mut self, batch_offset: u64) {
         let body_base = batch_offset + BATCH_HEADER_LEN as u64;
         let active_id = self.active().id;
@@ -1388,7 +1407,8 @@ impl<S: Storage> WalCore<S> {
         };
         let segment_header = format::encode_segment_header(id, first_index);
         let batch_header = format::encode_batch_header(id, fields, &[&body]);
-        file.write_all_at(&[&segment_header, &batch_header, &body], 0)
+        let trailer = format::encode_batch_trailer(fields.body_len);
+        file.write_all_at(&[&segment_header, &batch_header, &body, &trailer], 0)
             .map_err(|e| io_err("write segment header", &name, e))?;
         file.sync_data().map_err(|e| WalError::Poisoned {
             cause: PoisonCause::SyncFailed,
@@ -1403,7 +1423,7 @@ impl<S: Storage> WalCore<S> {
             id,
             name,
             file,
-            end_offset: (SEGMENT_HEADER_LEN + BATCH_HEADER_LEN + HARD_STATE_RECORD_LEN) as u64,
+            end_offset: (SEGMENT_HEADER_LEN + FIRST_BATCH_LEN) as u64,
             capacity_bytes,
             view: OnceLock::new(),
         });
@@ -1446,6 +1466,20 @@ impl<S: Storage> WalCore<S> {
         }
         Ok(removed)
     }
+}
+
+/// Maps `file` as the device holds it. The previous process may have died with
+/// written-but-unsynced bytes in the page cache: `fdatasync` writes them (or fails, and
+/// recovery stops). A previous failed fsync may have left pages marked clean that were
+/// never written ("fsyncgate"): evicting the clean pages makes the map read the device,
+/// so recovery never verifies, replays or reports durable bytes that only the cache held.
+fn read_disk_truth(file: &dyn StorageFile) -> Result<FileView> {
+    let name = file.name();
+    file.sync_data()
+        .map_err(|e| io_err("fdatasync during recovery", name, e))?;
+    file.evict_cache()
+        .map_err(|e| io_err("evict cached pages", name, e))?;
+    file.view().map_err(|e| io_err("map", name, e))
 }
 
 /// Overwrites `[0, size_bytes)` of `file` with zeros (1 MiB writes).

@@ -1,17 +1,31 @@
-//! On-disk format, version 1 (byte-exact description in `wal/FORMAT.md`).
+//! On-disk format, version 2 (byte-exact description in `wal/FORMAT.md`); version 1
+//! segments are still read.
 //!
 //! A segment file = a 64-byte segment header, then batches back to back, then zeros
-//! (preallocated space). A batch = a 32-byte header and a body of records. The batch
-//! CRC-32 covers the segment id, the header (minus the CRC field) and the body, so bytes
-//! left over from another segment (a reused or preallocated file) never validate.
+//! (preallocated space). A batch = a 32-byte header, a body of records and (version 2)
+//! an 8-byte trailer. The batch CRC-32 covers the segment id, the header (minus the CRC
+//! field) and the body, so bytes left over from another segment (a reused or
+//! preallocated file) never validate. The trailer, the last bytes of every batch, tells
+//! a batch that was written completely and then damaged (corruption, refused) from one
+//! whose write was torn (dropped): see [`damaged_complete_batch`].
 //! All integers are little-endian.
 
 use std::fmt;
 
 /// Magic at the start of every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"TALLYSEG";
-/// Format version written in segment and batch headers.
-pub const FORMAT_VERSION: u16 = 1;
+/// Format version written in new segment and batch headers.
+pub const FORMAT_VERSION: u16 = 2;
+/// Oldest version still read: version 1 batches have no trailer.
+pub const OLDEST_READABLE_VERSION: u16 = 1;
+/// Size of the batch trailer (version 2): body_len u32, then `TEND`.
+pub const BATCH_TRAILER_LEN: usize = 8;
+/// Magic ending every version 2 batch (its very last bytes, never zero).
+pub const BATCH_END_MAGIC: [u8; 4] = *b"TEND";
+/// The unit recovery assumes a device writes all or nothing (a torn write leaves whole
+/// sectors unwritten). Real devices use 512 or 4096; the smaller unit is the safe
+/// assumption.
+pub const ATOMIC_SECTOR_BYTES: usize = 512;
 /// Size of the segment header in bytes.
 pub const SEGMENT_HEADER_LEN: usize = 64;
 /// Magic at the start of every batch ("TBAT").
@@ -80,11 +94,20 @@ fn le_u64(bytes: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(raw)
 }
 
-/// Encodes a segment header.
+/// Encodes a segment header of the current version.
 pub fn encode_segment_header(segment_id: u64, first_index: u64) -> [u8; SEGMENT_HEADER_LEN] {
+    encode_segment_header_version(segment_id, first_index, FORMAT_VERSION)
+}
+
+/// Encodes a segment header of `version` (tests and tools write older versions).
+pub fn encode_segment_header_version(
+    segment_id: u64,
+    first_index: u64,
+    version: u16,
+) -> [u8; SEGMENT_HEADER_LEN] {
     let mut header = [0u8; SEGMENT_HEADER_LEN];
     header[0..8].copy_from_slice(&SEGMENT_MAGIC);
-    header[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header[8..10].copy_from_slice(&version.to_le_bytes());
     header[12..16].copy_from_slice(&(SEGMENT_HEADER_LEN as u32).to_le_bytes());
     header[16..24].copy_from_slice(&segment_id.to_le_bytes());
     header[24..32].copy_from_slice(&first_index.to_le_bytes());
@@ -98,6 +121,8 @@ pub fn encode_segment_header(segment_id: u64, first_index: u64) -> [u8; SEGMENT_
 pub struct SegmentHeader {
     pub segment_id: u64,
     pub first_index: u64,
+    /// [`OLDEST_READABLE_VERSION`]..=[`FORMAT_VERSION`]; its batches have that version.
+    pub format_version: u16,
 }
 
 /// Decodes and checks a segment header; `Err` says why it is invalid.
@@ -120,12 +145,13 @@ pub fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, String> {
         ));
     }
     let version = le_u16(header, 8);
-    if version != FORMAT_VERSION {
+    if !(OLDEST_READABLE_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err(format!("unsupported segment format version {version}"));
     }
     Ok(SegmentHeader {
         segment_id: le_u64(header, 16),
         first_index: le_u64(header, 24),
+        format_version: version,
     })
 }
 
@@ -183,9 +209,37 @@ fn batch_crc(segment_id: u64, header_without_crc: &[u8], body: &[&[u8]]) -> u32 
     hasher.finalize()
 }
 
-/// Encodes a batch header for `body` (given as consecutive parts) in `segment_id`.
+/// Encodes a current-version batch header for `body` (given as consecutive parts) in
+/// `segment_id`. The batch is the header, the body, then [`encode_batch_trailer`].
 pub fn encode_batch_header(
     segment_id: u64,
+    fields: BatchHeader,
+    body: &[&[u8]],
+) -> [u8; BATCH_HEADER_LEN] {
+    encode_batch_header_version(segment_id, FORMAT_VERSION, fields, body)
+}
+
+/// The trailer that ends a version 2 batch whose body is `body_len` bytes.
+pub fn encode_batch_trailer(body_len: u32) -> [u8; BATCH_TRAILER_LEN] {
+    let mut trailer = [0u8; BATCH_TRAILER_LEN];
+    trailer[0..4].copy_from_slice(&body_len.to_le_bytes());
+    trailer[4..8].copy_from_slice(&BATCH_END_MAGIC);
+    trailer
+}
+
+/// Bytes after the body of a batch of `version` (the trailer; none in version 1).
+pub fn batch_trailer_len(version: u16) -> usize {
+    if version == 1 {
+        0
+    } else {
+        BATCH_TRAILER_LEN
+    }
+}
+
+/// Encodes a batch header of `version` (tests write version 1 batches with it).
+pub fn encode_batch_header_version(
+    segment_id: u64,
+    version: u16,
     fields: BatchHeader,
     body: &[&[u8]],
 ) -> [u8; BATCH_HEADER_LEN] {
@@ -195,8 +249,8 @@ pub fn encode_batch_header(
     );
     let mut header = [0u8; BATCH_HEADER_LEN];
     header[0..4].copy_from_slice(&BATCH_MAGIC);
-    header[4..6].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-    // bytes 6..8: flags, zero in version 1.
+    header[4..6].copy_from_slice(&version.to_le_bytes());
+    // bytes 6..8: flags, zero in versions 1 and 2.
     header[8..12].copy_from_slice(&fields.body_len.to_le_bytes());
     header[12..16].copy_from_slice(&fields.record_count.to_le_bytes());
     header[16..24].copy_from_slice(&fields.first_index.to_le_bytes());
@@ -218,7 +272,8 @@ pub enum BatchProbe {
 }
 
 /// Examines `bytes[offset..]` (the rest of a segment) for a batch of `segment_id`.
-/// Every length is checked against the bytes that exist before it is used.
+/// Every length is checked against the bytes that exist before it is used. A valid
+/// batch spans [`valid_batch_len`] bytes.
 pub fn probe_batch(segment_id: u64, bytes: &[u8], offset: usize) -> BatchProbe {
     let rest = &bytes[offset.min(bytes.len())..];
     // The zero scan runs only when no batch starts here (once per segment in practice).
@@ -241,11 +296,13 @@ pub fn probe_batch(segment_id: u64, bytes: &[u8], offset: usize) -> BatchProbe {
         first_index: le_u64(header, 16),
         entry_count: le_u32(header, 24),
     };
+    let version = le_u16(header, 4);
     let body_len = fields.body_len as usize;
-    if body_len > rest.len() - BATCH_HEADER_LEN {
+    let after_header = rest.len() - BATCH_HEADER_LEN;
+    let trailer_len = batch_trailer_len(version);
+    if body_len > after_header || trailer_len > after_header - body_len {
         return BatchProbe::Invalid(format!(
-            "batch body of {body_len} bytes runs past the end of the file ({} bytes left)",
-            rest.len() - BATCH_HEADER_LEN
+            "batch of {body_len} body bytes runs past the end of the file ({after_header} bytes left)"
         ));
     }
     let body = &rest[BATCH_HEADER_LEN..BATCH_HEADER_LEN + body_len];
@@ -256,11 +313,67 @@ pub fn probe_batch(segment_id: u64, bytes: &[u8], offset: usize) -> BatchProbe {
             "batch CRC mismatch (stored {stored_crc:#010x}, computed {crc:#010x})"
         ));
     }
-    let version = le_u16(header, 4);
-    if version != FORMAT_VERSION {
+    if !(OLDEST_READABLE_VERSION..=FORMAT_VERSION).contains(&version) {
         return BatchProbe::Invalid(format!("unsupported batch format version {version}"));
     }
+    let trailer_start = BATCH_HEADER_LEN + body_len;
+    if rest[trailer_start..trailer_start + trailer_len]
+        != encode_batch_trailer(fields.body_len)[..trailer_len]
+    {
+        return BatchProbe::Invalid("batch trailer missing or wrong".into());
+    }
     BatchProbe::Valid(fields)
+}
+
+/// Total bytes (header, body, trailer) of the batch that [`probe_batch`] found valid
+/// at `offset` with `header`.
+pub fn valid_batch_len(bytes: &[u8], offset: usize, header: &BatchHeader) -> usize {
+    let version = le_u16(bytes, offset + 4);
+    BATCH_HEADER_LEN + header.body_len as usize + batch_trailer_len(version)
+}
+
+/// For a bad spot at `offset` of a segment of `segment_version`: `Some(why)` if the
+/// bytes there are a batch that was written completely and damaged afterwards, which no
+/// torn write can produce; `None` if a torn write may explain them.
+///
+/// A torn write of a batch leaves some of its sectors unwritten, and an unwritten sector
+/// still holds zeros (segments are preallocated zero-filled, and recovery zeroes the torn
+/// tails it drops). So if the batch's magic, its trailer (its last bytes, never zero, at
+/// the place the header's length gives, repeating that length) and every sector of
+/// [`ATOMIC_SECTOR_BYTES`] inside it hold data, the write completed, and a failing check
+/// is damage to written, and possibly acknowledged, data. Version 1 has no trailer: it
+/// never tells.
+pub fn damaged_complete_batch(segment_version: u16, bytes: &[u8], offset: usize) -> Option<String> {
+    if segment_version < 2 {
+        return None;
+    }
+    let rest = bytes.get(offset..)?;
+    if rest.len() < BATCH_HEADER_LEN || rest[0..4] != BATCH_MAGIC {
+        return None;
+    }
+    let body_len = le_u32(rest, 8);
+    let batch_len = BATCH_HEADER_LEN
+        .checked_add(body_len as usize)?
+        .checked_add(BATCH_TRAILER_LEN)?;
+    let trailer = rest.get(batch_len - BATCH_TRAILER_LEN..batch_len)?;
+    if trailer != encode_batch_trailer(body_len) {
+        return None;
+    }
+    let end = offset + batch_len;
+    let mut sector = offset.div_ceil(ATOMIC_SECTOR_BYTES) * ATOMIC_SECTOR_BYTES;
+    while sector + ATOMIC_SECTOR_BYTES <= end {
+        if bytes[sector..sector + ATOMIC_SECTOR_BYTES]
+            .iter()
+            .all(|&b| b == 0)
+        {
+            return None; // an unwritten sector: maybe torn (or a payload of zeros)
+        }
+        sector += ATOMIC_SECTOR_BYTES;
+    }
+    Some(format!(
+        "the batch of {batch_len} bytes was written completely (magic, trailer and every \
+         {ATOMIC_SECTOR_BYTES}-byte sector hold data) and damaged afterwards: not a torn write"
+    ))
 }
 
 /// One decoded record. Entry payloads are given as a byte range of the body.
@@ -398,7 +511,8 @@ mod tests {
             decode_segment_header(&header),
             Ok(SegmentHeader {
                 segment_id: 3,
-                first_index: 99
+                first_index: 99,
+                format_version: FORMAT_VERSION,
             })
         );
         for bit in 0..SEGMENT_HEADER_LEN * 8 {
@@ -427,8 +541,10 @@ mod tests {
         let header = encode_batch_header(5, fields, &[&body]);
         let mut file = header.to_vec();
         file.extend_from_slice(&body);
+        file.extend_from_slice(&encode_batch_trailer(fields.body_len));
         file.extend_from_slice(&[0u8; 16]);
         assert_eq!(probe_batch(5, &file, 0), BatchProbe::Valid(fields));
+        assert_eq!(valid_batch_len(&file, 0, &fields), file.len() - 16);
         // Same bytes in another segment never validate.
         assert!(matches!(probe_batch(6, &file, 0), BatchProbe::Invalid(_)));
         let decoded: Vec<Record> = records(&body).collect::<Result<_, _>>().unwrap_or_default();
@@ -474,5 +590,75 @@ mod tests {
         let mut file = header.to_vec();
         file[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(probe_batch(1, &file, 0), BatchProbe::Invalid(_)));
+    }
+
+    /// A batch of `payload_len` bytes of 0x11 at `offset` of a zero-filled segment of
+    /// `version`; returns (file, batch length).
+    fn segment_with_batch(version: u16, offset: usize, payload_len: usize) -> (Vec<u8>, usize) {
+        let mut body = Vec::new();
+        encode_entry(&mut body, 1, 1, 0, &vec![0x11; payload_len]);
+        let fields = BatchHeader {
+            body_len: body.len() as u32,
+            record_count: 1,
+            first_index: 1,
+            entry_count: 1,
+        };
+        let mut file = vec![0u8; offset];
+        file.extend_from_slice(&encode_batch_header_version(2, version, fields, &[&body]));
+        file.extend_from_slice(&body);
+        let trailer = encode_batch_trailer(fields.body_len);
+        file.extend_from_slice(&trailer[..batch_trailer_len(version)]);
+        let batch_len = file.len() - offset;
+        file.resize(file.len() + 4096, 0);
+        assert_eq!(probe_batch(2, &file, offset), BatchProbe::Valid(fields));
+        (file, batch_len)
+    }
+
+    #[test]
+    fn a_complete_batch_damaged_after_it_was_written_is_told_from_a_torn_one() {
+        let offset = 100;
+        let (file, len) = segment_with_batch(2, offset, 3000);
+        // A flipped byte inside a complete batch: damage, not a tear.
+        let mut flipped = file.clone();
+        flipped[offset + 700] ^= 0x40;
+        assert!(matches!(
+            probe_batch(2, &flipped, offset),
+            BatchProbe::Invalid(_)
+        ));
+        assert!(damaged_complete_batch(2, &flipped, offset).is_some());
+        // Every prefix of the write (the rest never written: zeros) may be a tear.
+        for cut in 0..len {
+            let mut torn = file.clone();
+            torn[offset + cut..offset + len].fill(0);
+            assert_eq!(
+                damaged_complete_batch(2, &torn, offset),
+                None,
+                "cut at {cut}"
+            );
+        }
+        // Any one sector left unwritten (out-of-order persistence) may be a tear.
+        let first = offset.div_ceil(ATOMIC_SECTOR_BYTES) * ATOMIC_SECTOR_BYTES;
+        for sector in (first..offset + len - ATOMIC_SECTOR_BYTES).step_by(ATOMIC_SECTOR_BYTES) {
+            let mut torn = flipped.clone();
+            torn[sector..sector + ATOMIC_SECTOR_BYTES].fill(0);
+            assert_eq!(
+                damaged_complete_batch(2, &torn, offset),
+                None,
+                "sector {sector}"
+            );
+        }
+        // Version 1 batches have no trailer: recovery cannot tell.
+        let (v1, _) = segment_with_batch(1, offset, 3000);
+        let mut v1 = v1;
+        v1[offset + 700] ^= 0x40;
+        assert_eq!(damaged_complete_batch(1, &v1, offset), None);
+    }
+
+    #[test]
+    fn a_batch_with_a_valid_crc_but_no_trailer_is_invalid() {
+        let (mut file, len) = segment_with_batch(2, 64, 10);
+        file[64 + len - 1] = 0;
+        assert!(matches!(probe_batch(2, &file, 64), BatchProbe::Invalid(_)));
+        assert_eq!(damaged_complete_batch(2, &file, 64), None);
     }
 }

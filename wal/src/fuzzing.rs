@@ -105,7 +105,7 @@ fn build_template() -> Vec<TemplateSegment> {
 fn batches_end(id: u64, bytes: &[u8]) -> usize {
     let mut offset = SEGMENT_HEADER_LEN;
     while let BatchProbe::Valid(header) = format::probe_batch(id, bytes, offset) {
-        offset += format::BATCH_HEADER_LEN + header.body_len as usize;
+        offset += format::valid_batch_len(bytes, offset, &header);
     }
     offset
 }
@@ -253,6 +253,7 @@ fn append_fuzzed_batch(input: &mut Input<'_>, id: u64, out: &mut Vec<u8>) {
     };
     out.extend_from_slice(&format::encode_batch_header(id, fields, &[&body]));
     out.extend_from_slice(&body);
+    out.extend_from_slice(&format::encode_batch_trailer(fields.body_len));
 }
 
 /// A batch body: well-formed records with fuzzed fields, or raw bytes.

@@ -16,7 +16,9 @@
 //!    an invalid batch is a bad spot; a *valid* batch whose records do not fit the log
 //!    (index gap, term going back, malformed body, wrong counts) is corruption;
 //! 3. a bad spot followed by any valid batch (later in that segment, or anywhere in a
-//!    later segment) is corruption; otherwise it is a torn tail, and recovery would zero
+//!    later segment) is corruption, and so is a bad spot that is a complete batch
+//!    damaged after it was written (`format::damaged_complete_batch`, version 2
+//!    segments); otherwise it is a torn tail, and recovery would zero
 //!    the bad segment from the bad spot to its last non-zero byte (or remove the segment
 //!    if the bad spot is at or before its first batch) and remove every later segment.
 //!
@@ -400,11 +402,14 @@ pub fn scan(
 
     // (segment position, offset, reason) of the first bad spot.
     let mut bad_spot: Option<(usize, u64, String)> = None;
+    let mut versions = vec![format::FORMAT_VERSION; segments.len()];
     'segments: for (position, (id, first_index, file)) in segments.iter().enumerate() {
         report.segments[position].scanned = true;
         let bytes = file.bytes;
         match format::decode_segment_header(bytes) {
-            Ok(header) if header.segment_id == *id && header.first_index == *first_index => {}
+            Ok(header) if header.segment_id == *id && header.first_index == *first_index => {
+                versions[position] = header.format_version;
+            }
             Ok(header) => {
                 bad_spot = Some((
                     position,
@@ -465,8 +470,9 @@ pub fn scan(
                         header,
                         body,
                     });
-                    offset = body_start + header.body_len as usize;
-                    report.scanned_bytes += (BATCH_HEADER_LEN + body.len()) as u64;
+                    let batch_len = format::valid_batch_len(bytes, offset, &header);
+                    offset += batch_len;
+                    report.scanned_bytes += batch_len as u64;
                     report.segments[position].end_offset = offset as u64;
                 }
             }
@@ -489,6 +495,18 @@ pub fn scan(
                 "bad batch ({reason}) followed by a valid batch in {} at offset {valid_offset}",
                 segments[valid_position].2.name
             ),
+        };
+        return Ok(report);
+    }
+    let bad_bytes = segments[bad_position].2.bytes;
+    if let Some(detail) =
+        format::damaged_complete_batch(versions[bad_position], bad_bytes, bad_offset as usize)
+    {
+        report.verdict = Verdict::Corruption {
+            file: bad_name,
+            offset: bad_offset,
+            expected_index,
+            reason: format!("bad batch ({reason}): {detail}"),
         };
         return Ok(report);
     }

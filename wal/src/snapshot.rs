@@ -630,7 +630,9 @@ impl<S: Storage> SnapshotStore<S> {
         Ok(doomed)
     }
 
-    fn view(&self, name: &str) -> SnapshotResult<FileView> {
+    /// `from_device`: evict the file's cached pages first, so what is verified or
+    /// restored is what the disk holds (see `StorageFile::evict_cache`).
+    fn view(&self, name: &str, from_device: bool) -> SnapshotResult<FileView> {
         if parse_snapshot_file_name(name).is_none() {
             return Err(SnapshotError::InvalidName {
                 file: name.to_string(),
@@ -641,19 +643,23 @@ impl<S: Storage> SnapshotStore<S> {
             .storage
             .open(name)
             .map_err(|e| SnapshotError::io("open", name, e))?;
+        if from_device {
+            file.evict_cache()
+                .map_err(|e| SnapshotError::io("evict cached pages", name, e))?;
+        }
         file.view().map_err(|e| SnapshotError::io("map", name, e))
     }
 
     /// Full check of one snapshot file; returns its header.
     pub fn verify(&self, name: &str) -> SnapshotResult<SnapshotHeader> {
-        let view = self.view(name)?;
+        let view = self.view(name, true)?;
         Ok(verify_bytes(name, &view)?.header)
     }
 
     /// Opens a snapshot for restoring: its header and a [`Read`] over its data bytes that
     /// fails instead of delivering the last byte if the checksum does not match.
     pub fn open(&self, name: &str) -> SnapshotResult<SnapshotReader> {
-        let view = self.view(name)?;
+        let view = self.view(name, true)?;
         let layout = parse_layout(name, &view)?;
         check_name_agrees(name, &layout.header)?;
         let mut hasher = crc32fast::Hasher::new();
@@ -672,7 +678,7 @@ impl<S: Storage> SnapshotStore<S> {
 
     /// The whole file (a read-only memory map on real files), for sending in chunks.
     pub fn file_bytes(&self, name: &str) -> SnapshotResult<Bytes> {
-        Ok(match self.view(name)? {
+        Ok(match self.view(name, false)? {
             FileView::Mapped(map) => Bytes::from_owner(map),
             FileView::Owned(bytes) => bytes,
         })

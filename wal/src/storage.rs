@@ -15,7 +15,8 @@ use std::ops::Deref;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -60,6 +61,13 @@ pub trait StorageFile: Send + Sync {
     fn view(&self) -> io::Result<FileView>;
     /// The raw descriptor, if this is a real file (used by the io_uring backend).
     fn raw_fd(&self) -> Option<RawFd>;
+    /// Drops the file's clean cached pages, so the next reads come from the device.
+    ///
+    /// After a failed writeback Linux marks the pages clean without having written them
+    /// ("fsyncgate"): reads keep returning bytes the disk does not hold until the pages
+    /// are evicted. Recovery therefore syncs (to flush what is still dirty), evicts, and
+    /// only then reads. Dirty pages are not dropped.
+    fn evict_cache(&self) -> io::Result<()>;
 }
 
 /// Held while a directory is open; dropping it releases the lock.
@@ -98,6 +106,8 @@ pub const LOCK_FILE_NAME: &str = "LOCK";
 #[derive(Clone, Debug)]
 pub struct FsStorage {
     dir: PathBuf,
+    /// Test-only faults ([`FsStorage::install_process_faults`]); `None` in production.
+    faults: Option<Arc<FaultState>>,
 }
 
 impl FsStorage {
@@ -105,18 +115,113 @@ impl FsStorage {
     pub fn new(dir: impl AsRef<Path>) -> io::Result<Self> {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir)?;
-        Ok(FsStorage { dir })
+        let faults = PROCESS_FAULTS.get().cloned();
+        Ok(FsStorage { dir, faults })
     }
 
     /// The directory path.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+
+    /// Test-only: every `FsStorage` created after this call injects `faults` (one
+    /// process-wide budget shared by all of them). Used by `tally-server`'s failpoint
+    /// environment variables to fail a real process's fsync or writes. Returns `false`
+    /// (and changes nothing) if faults were installed before.
+    pub fn install_process_faults(faults: FsFaults) -> bool {
+        PROCESS_FAULTS
+            .set(Arc::new(FaultState {
+                faults,
+                armed: AtomicBool::new(false),
+                syncs: AtomicU64::new(0),
+                written_bytes: AtomicU64::new(0),
+            }))
+            .is_ok()
+    }
+
+    fn file(&self, name: &str, file: File) -> Arc<dyn StorageFile> {
+        Arc::new(FsFile {
+            name: name.to_string(),
+            file,
+            faults: self
+                .faults
+                .as_ref()
+                .map(|state| (Arc::clone(state), self.dir.clone())),
+        })
+    }
+}
+
+/// Faults injected into real files, for process-level tests of fail-stop.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FsFaults {
+    /// After this many `sync_data` calls (counted once armed), every later one fails
+    /// with `EIO` without syncing.
+    pub fsync_eio_after: Option<u64>,
+    /// Once this many bytes were written (counted once armed), every later write and
+    /// allocation fails with `ENOSPC` without writing.
+    pub enospc_after_bytes: Option<u64>,
+    /// Counting starts once a file of this name exists in the storage directory (at
+    /// once if `None`), so a test can pick the moment and the member.
+    pub arm_file: Option<String>,
+}
+
+/// The shared budget of [`FsFaults`]. Invariant: `armed` never goes back to false.
+#[derive(Debug)]
+struct FaultState {
+    faults: FsFaults,
+    armed: AtomicBool,
+    syncs: AtomicU64,
+    written_bytes: AtomicU64,
+}
+
+static PROCESS_FAULTS: OnceLock<Arc<FaultState>> = OnceLock::new();
+
+impl FaultState {
+    fn armed(&self, dir: &Path) -> bool {
+        if self.armed.load(Ordering::Relaxed) {
+            return true;
+        }
+        let now = self
+            .faults
+            .arm_file
+            .as_ref()
+            .is_none_or(|name| dir.join(name).exists());
+        if now {
+            self.armed.store(true, Ordering::Relaxed);
+            tracing::warn!(faults = ?self.faults, "storage failpoints armed");
+        }
+        now
+    }
+
+    fn before_sync(&self, dir: &Path) -> io::Result<()> {
+        let Some(limit) = self.faults.fsync_eio_after else {
+            return Ok(());
+        };
+        if self.armed(dir) && self.syncs.fetch_add(1, Ordering::Relaxed) >= limit {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        Ok(())
+    }
+
+    fn before_write(&self, dir: &Path, len_bytes: u64) -> io::Result<()> {
+        let Some(limit) = self.faults.enospc_after_bytes else {
+            return Ok(());
+        };
+        if self.armed(dir) {
+            let before = self.written_bytes.fetch_add(len_bytes, Ordering::Relaxed);
+            if before.saturating_add(len_bytes) > limit {
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+        }
+        Ok(())
+    }
 }
 
 struct FsFile {
     name: String,
     file: File,
+    /// Test-only faults and the directory holding the arm file.
+    faults: Option<(Arc<FaultState>, PathBuf)>,
 }
 
 fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
@@ -141,10 +246,16 @@ impl StorageFile for FsFile {
     }
 
     fn write_all_at(&self, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
+        if let Some((faults, dir)) = &self.faults {
+            faults.before_write(dir, bufs.iter().map(|b| b.len() as u64).sum())?;
+        }
         pwritev_all(self.file.as_raw_fd(), bufs, offset)
     }
 
     fn sync_data(&self) -> io::Result<()> {
+        if let Some((faults, dir)) = &self.faults {
+            faults.before_sync(dir)?;
+        }
         self.file.sync_data()
     }
 
@@ -153,6 +264,9 @@ impl StorageFile for FsFile {
     }
 
     fn allocate(&self, len_bytes: u64) -> io::Result<()> {
+        if let Some((faults, dir)) = &self.faults {
+            faults.before_write(dir, 0)?;
+        }
         let len = libc::off_t::try_from(len_bytes)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "allocation too large"))?;
         // SAFETY: plain syscall on a descriptor we own; no memory is passed.
@@ -184,6 +298,17 @@ impl StorageFile for FsFile {
 
     fn raw_fd(&self) -> Option<RawFd> {
         Some(self.file.as_raw_fd())
+    }
+
+    fn evict_cache(&self) -> io::Result<()> {
+        // SAFETY: plain syscall on a descriptor we own; no memory is passed.
+        let ret =
+            unsafe { libc::posix_fadvise(self.file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        // posix_fadvise returns the error number instead of setting errno.
+        match ret {
+            0 => Ok(()),
+            errno => Err(io::Error::from_raw_os_error(errno)),
+        }
     }
 }
 
@@ -256,10 +381,7 @@ impl Storage for FsStorage {
             .write(true)
             .create_new(true)
             .open(self.dir.join(name))?;
-        Ok(Arc::new(FsFile {
-            name: name.to_string(),
-            file,
-        }))
+        Ok(self.file(name, file))
     }
 
     fn open(&self, name: &str) -> io::Result<Arc<dyn StorageFile>> {
@@ -267,10 +389,7 @@ impl Storage for FsStorage {
             .read(true)
             .write(true)
             .open(self.dir.join(name))?;
-        Ok(Arc::new(FsFile {
-            name: name.to_string(),
-            file,
-        }))
+        Ok(self.file(name, file))
     }
 
     fn remove(&self, name: &str) -> io::Result<()> {
@@ -345,6 +464,10 @@ struct SimInode {
     current: Vec<u8>,
     /// What survives a crash.
     durable: Vec<u8>,
+    /// `current` holds bytes a failed sync marked clean without writing them: it differs
+    /// from `durable` outside the unsynced ranges. False: `current` is `durable` with the
+    /// unsynced ranges on top.
+    stale_cache: bool,
 }
 
 /// One unsynced modification, in global write order.
@@ -370,10 +493,14 @@ struct SimState {
     lock_holder: Option<u64>,
     next_lock_generation: u64,
     fail_next_syncs: u32,
+    /// The failing syncs mark the pages clean without writing them (see
+    /// [`SimStorage::fail_next_syncs_losing_pages`]).
+    failed_sync_marks_clean: bool,
     fail_next_writes: u32,
     space_limit_bytes: Option<u64>,
     write_calls: u64,
     sync_calls: u64,
+    evict_calls: u64,
     bytes_written: u64,
 }
 
@@ -467,7 +594,9 @@ impl SimStorage {
             let kept = range.len.min(keep_bytes);
             keep_bytes -= kept;
             if let Some(inode) = state.inodes.get_mut(&range.inode) {
-                let SimInode { current, durable } = inode;
+                let SimInode {
+                    current, durable, ..
+                } = inode;
                 copy_range(current, durable, range.offset, kept);
             }
         }
@@ -476,6 +605,7 @@ impl SimStorage {
         state.inodes.retain(|id, _| live.contains(id));
         for inode in state.inodes.values_mut() {
             inode.current = inode.durable.clone();
+            inode.stale_cache = false;
         }
         state.boot += 1;
         state.lock_holder = None;
@@ -483,7 +613,19 @@ impl SimStorage {
 
     /// The next `n` `sync_data` calls fail with `EIO` (their data stays unsynced).
     pub fn fail_next_syncs(&self, n: u32) {
-        self.state.lock().fail_next_syncs = n;
+        let mut state = self.state.lock();
+        state.fail_next_syncs = n;
+        state.failed_sync_marks_clean = false;
+    }
+
+    /// The next `n` `sync_data` calls fail with `EIO` the way Linux fails a writeback
+    /// ("fsyncgate"): the file's unsynced pages are marked clean without being written.
+    /// Reads keep seeing their bytes until [`StorageFile::evict_cache`], a later sync
+    /// does not write them, and a crash loses them.
+    pub fn fail_next_syncs_losing_pages(&self, n: u32) {
+        let mut state = self.state.lock();
+        state.fail_next_syncs = n;
+        state.failed_sync_marks_clean = true;
     }
 
     /// The next `n` writes fail with `EIO` without writing anything.
@@ -510,6 +652,11 @@ impl SimStorage {
     /// Number of `sync_data` calls so far (successful or not).
     pub fn sync_calls(&self) -> u64 {
         self.state.lock().sync_calls
+    }
+
+    /// Number of [`StorageFile::evict_cache`] calls so far.
+    pub fn evict_calls(&self) -> u64 {
+        self.state.lock().evict_calls
     }
 
     /// Total bytes written.
@@ -638,6 +785,13 @@ impl StorageFile for SimFile {
             s.sync_calls += 1;
             if s.fail_next_syncs > 0 {
                 s.fail_next_syncs -= 1;
+                if s.failed_sync_marks_clean {
+                    // Clean but never written: `current` keeps the stale bytes.
+                    s.unsynced.retain(|r| r.inode != self.inode);
+                    if let Some(inode) = s.inodes.get_mut(&self.inode) {
+                        inode.stale_cache = true;
+                    }
+                }
                 return Err(io::Error::from_raw_os_error(libc::EIO));
             }
             s.sync_inode(self.inode);
@@ -677,6 +831,28 @@ impl StorageFile for SimFile {
 
     fn raw_fd(&self) -> Option<RawFd> {
         None
+    }
+
+    fn evict_cache(&self) -> io::Result<()> {
+        self.with_state(|s| {
+            s.evict_calls += 1;
+            let SimState {
+                inodes, unsynced, ..
+            } = s;
+            let inode = inodes.get_mut(&self.inode).ok_or_else(stale_handle)?;
+            if !inode.stale_cache {
+                return Ok(()); // reads already see the device plus the dirty ranges
+            }
+            // What the device holds, with the still-dirty ranges (which stay cached) on top.
+            let mut fresh = inode.durable.clone();
+            fresh.resize(inode.current.len(), 0);
+            for range in unsynced.iter().filter(|r| r.inode == self.inode) {
+                copy_range(&inode.current, &mut fresh, range.offset, range.len);
+            }
+            inode.current = fresh;
+            inode.stale_cache = false;
+            Ok(())
+        })
     }
 }
 

@@ -808,7 +808,8 @@ fn writer_loop<S: Storage>(shared: Arc<Shared<S>>, mut backend: Box<dyn IoBacken
         shared.space_ready.notify_all();
 
         let started = Instant::now();
-        let batch_bytes = (spare.len() + format::BATCH_HEADER_LEN) as u64;
+        let batch_bytes =
+            (format::BATCH_HEADER_LEN + spare.len() + format::BATCH_TRAILER_LEN) as u64;
         // Stage and frame under the core lock, then write + fdatasync WITHOUT it, so
         // readers (and truncation's term lookup) never wait for the device.
         let begun = core

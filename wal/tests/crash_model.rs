@@ -49,16 +49,33 @@ impl ModelState {
 
 #[derive(Clone, Debug)]
 enum Op {
-    Append { count: u8, bump_term: bool },
-    Truncate { back: u8 },
-    Compact { keep: u8 },
-    SetHardState { bump_term: bool, vote: u8 },
-    Reset { ahead: u8 },
+    Append {
+        count: u8,
+        bump_term: bool,
+    },
+    Truncate {
+        back: u8,
+    },
+    Compact {
+        keep: u8,
+    },
+    SetHardState {
+        bump_term: bool,
+        vote: u8,
+    },
+    Reset {
+        ahead: u8,
+    },
     Write,
     Sync,
     WriteSync,
-    Crash { tear_seed: Option<u64> },
+    Crash {
+        tear_seed: Option<u64>,
+    },
     Reopen,
+    /// Write, then an fsync that fails the Linux way (pages marked clean, never
+    /// written), a restart on the same page cache, then a power loss.
+    FailedSyncLosingPages,
 }
 
 fn op_strategy() -> impl Strategy<Value = Op> {
@@ -73,6 +90,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         3 => Just(Op::WriteSync),
         2 => prop::option::of(any::<u64>()).prop_map(|tear_seed| Op::Crash { tear_seed }),
         1 => Just(Op::Reopen),
+        1 => Just(Op::FailedSyncLosingPages),
     ]
 }
 
@@ -222,6 +240,26 @@ impl Harness {
                 self.disk
                     .crash(tear_seed.map_or(Tear::DiscardUnsynced, Tear::Seeded));
                 self.reopen_and_check(Some((durable_index, durable_hard_state, before)));
+            }
+            Op::FailedSyncLosingPages => {
+                self.wal().write().expect("write");
+                self.written = self.states.len() - 1;
+                self.disk.fail_next_syncs_losing_pages(1);
+                let mut wal = self.wal.take().expect("open");
+                let failed = wal.sync().is_err();
+                self.disk.fail_next_syncs(0);
+                let durable_index = wal.durable_index();
+                let durable_hard_state = wal.durable_hard_state();
+                drop(wal);
+                if !failed {
+                    // Nothing was unsynced, so no fsync ran: an ordinary sync.
+                    self.synced = self.written;
+                }
+                let before = self.current();
+                // The restarted process must not report the stale cached bytes durable...
+                self.reopen_and_check(Some((durable_index, durable_hard_state, before)));
+                // ...which a power loss would then take away.
+                self.apply(&Op::Crash { tear_seed: None });
             }
             Op::Reopen => {
                 let wal = self.wal.take().expect("open");

@@ -37,6 +37,7 @@ fn put_segment(storage: &SimStorage, id: u64, first_index: u64, body: &[u8], fie
     if !body.is_empty() {
         bytes.extend_from_slice(&format::encode_batch_header(id, fields, &[body]));
         bytes.extend_from_slice(body);
+        bytes.extend_from_slice(&format::encode_batch_trailer(fields.body_len));
     }
     let file = storage.create(&name).expect("create");
     file.write_all_at(&[&bytes], 0).expect("write");

@@ -79,6 +79,9 @@ impl StorageFile for CrashingFile {
     fn raw_fd(&self) -> Option<RawFd> {
         None
     }
+    fn evict_cache(&self) -> io::Result<()> {
+        self.inner.evict_cache()
+    }
 }
 
 impl Storage for CrashingStorage {

@@ -1,14 +1,17 @@
 //! Byte-level damage to a real segment file (FsStorage in a temporary directory):
 //! truncation at every offset of the last batches and a single bit flip at every byte.
 //! Recovery must yield exactly a durable prefix (torn tail) or a precise corruption error
-//! (bad batch followed by valid data), never wrong data.
+//! (bad batch followed by valid data, or a last batch that was written completely and
+//! then damaged), never wrong data.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 
 use common::{entries, entry, small_options};
-use tally_wal::format::{self, BatchProbe, BATCH_HEADER_LEN, SEGMENT_HEADER_LEN};
+use tally_wal::format::{
+    self, BatchProbe, BATCH_HEADER_LEN, BATCH_TRAILER_LEN, SEGMENT_HEADER_LEN,
+};
 use tally_wal::{FsStorage, WalCore, WalError, WalOptions};
 
 /// Temporary directory, on tmpfs when available so the thousands of recoveries (each
@@ -50,7 +53,7 @@ fn build_log(dir: &Path) -> (String, Vec<u8>, Vec<(usize, usize, u64)>) {
     let mut offset = SEGMENT_HEADER_LEN;
     let mut last_index = 0;
     while let BatchProbe::Valid(header) = format::probe_batch(1, &bytes, offset) {
-        let end = offset + BATCH_HEADER_LEN + header.body_len as usize;
+        let end = offset + format::valid_batch_len(&bytes, offset, &header);
         last_index += header.entry_count as u64;
         boundaries.push((offset, end, last_index));
         offset = end;
@@ -122,7 +125,7 @@ fn truncating_the_file_at_every_offset_of_its_last_batches_recovers_the_complete
             &format!("cut at {cut}"),
         );
         let torn = boundaries.iter().all(|b| b.1 != cut) && cut != 0;
-        if torn && cut >= SEGMENT_HEADER_LEN + BATCH_HEADER_LEN + 17 {
+        if torn && cut >= SEGMENT_HEADER_LEN + BATCH_HEADER_LEN + 17 + BATCH_TRAILER_LEN {
             let dropped = &wal.recovery_report().dropped;
             assert_eq!(
                 dropped.len(),
@@ -172,6 +175,15 @@ fn flipping_any_single_bit_yields_a_durable_prefix_or_a_precise_corruption_error
     let last_batch_start = boundaries.last().expect("batches").0;
     let mut torn_cases = 0;
     let mut corruption_cases = 0;
+    let used_end_of = |b: &(usize, usize, u64)| b.1;
+    let last_batch_end = used_end_of(boundaries.last().expect("batches"));
+    // Bytes of the last batch whose flip still shows a completely written batch: all but
+    // the magic (0..4), the body length (8..12) and the trailer.
+    let last_batch_frame_intact = |position: usize| {
+        let at = position - last_batch_start;
+        !(at < 4 || (8..12).contains(&at) || position >= last_batch_end - BATCH_TRAILER_LEN)
+    };
+    let mut last_batch_corruption_cases = 0;
     for position in 0..used_end + 16 {
         let mut damaged = bytes.clone();
         damaged[position] ^= 1 << (position % 8);
@@ -184,8 +196,9 @@ fn flipping_any_single_bit_yields_a_durable_prefix_or_a_precise_corruption_error
             assert_eq!(wal.last_index(), N_BATCHES * ENTRIES_PER_BATCH, "{context}");
             assert_eq!(wal.recovery_report().dropped.len(), 1, "{context}");
             torn_cases += 1;
-        } else if position >= last_batch_start {
-            // Damage in the last batch: it is dropped as a torn tail.
+        } else if position >= last_batch_start && !last_batch_frame_intact(position) {
+            // Damage to the framing of the last batch (its magic, its length, its
+            // trailer): recovery cannot tell it from a torn write and drops it.
             drop(result.unwrap_or_else(|e| panic!("{context}: {e}")));
             assert_exact_prefix(
                 dir.path(),
@@ -195,7 +208,8 @@ fn flipping_any_single_bit_yields_a_durable_prefix_or_a_precise_corruption_error
             );
             torn_cases += 1;
         } else {
-            // Damage followed by valid batches: corruption naming file, offset and index.
+            // Damage followed by valid batches, or inside a last batch whose framing
+            // shows it was written completely: corruption naming file, offset and index.
             let (batch_start, expected_index) = if position < SEGMENT_HEADER_LEN {
                 (0, 1)
             } else {
@@ -233,11 +247,14 @@ fn flipping_any_single_bit_yields_a_durable_prefix_or_a_precise_corruption_error
                 "{context}: a failed open must not modify the file"
             );
             corruption_cases += 1;
+            if position >= last_batch_start {
+                last_batch_corruption_cases += 1;
+            }
         }
     }
     assert!(
-        torn_cases > 100 && corruption_cases > 500,
-        "{torn_cases} torn, {corruption_cases} corrupt"
+        torn_cases > 15 && corruption_cases > 500 && last_batch_corruption_cases > 150,
+        "{torn_cases} torn, {corruption_cases} corrupt ({last_batch_corruption_cases} in the last batch)"
     );
 }
 

@@ -68,6 +68,10 @@ pub struct LoadArgs {
     /// Seed of the key and operation choice (each client derives its own stream).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Authenticate every connection with `AUTH PASSWORD` (a server started with
+    /// `--requirepass-file`); the embedded cluster then requires it too.
+    #[arg(long, value_name = "PASSWORD")]
+    pub password: Option<String>,
     /// `--disk-profile` / `--fsync-delay-ms` (embedded cluster only; applies to every
     /// `--dir`).
     #[command(flatten)]

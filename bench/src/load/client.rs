@@ -93,7 +93,46 @@ impl Connector {
     }
 }
 
-/// Opens a TCP connection with Nagle off.
+/// The password every connection of this run gives (`--password`), set once at start.
+static PASSWORD: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+
+/// Makes every later connection send `AUTH password` first (`--password`).
+pub fn set_password(password: &str) {
+    let _ = PASSWORD.set(password.as_bytes().to_vec());
+}
+
+/// The `--password` of this run, if any.
+pub fn password() -> Option<&'static [u8]> {
+    PASSWORD.get().map(Vec::as_slice)
+}
+
+/// Sends `AUTH password` and waits for `+OK` (bounded: one short line).
+fn authenticate(stream: &mut TcpStream, password: &[u8]) -> io::Result<()> {
+    let mut request = format!("*2\r\n$4\r\nAUTH\r\n${}\r\n", password.len()).into_bytes();
+    request.extend_from_slice(password);
+    request.extend_from_slice(b"\r\n");
+    stream.set_read_timeout(Some(CONNECT_TIMEOUT))?;
+    stream.write_all(&request)?;
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while !line.ends_with(b"\r\n") && line.len() < 512 {
+        if stream.read(&mut byte)? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        line.push(byte[0]);
+    }
+    stream.set_read_timeout(None)?;
+    if line != b"+OK\r\n" {
+        let text = String::from_utf8_lossy(&line);
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("AUTH refused: {}", text.trim_end()),
+        ));
+    }
+    Ok(())
+}
+
+/// Opens a TCP connection with Nagle off (authenticated if `--password` was given).
 pub fn connect_to(address: &str) -> io::Result<TcpStream> {
     let mut last_error = io::Error::new(
         io::ErrorKind::InvalidInput,
@@ -101,8 +140,11 @@ pub fn connect_to(address: &str) -> io::Result<TcpStream> {
     );
     for socket_address in address.to_socket_addrs()? {
         match TcpStream::connect_timeout(&socket_address, CONNECT_TIMEOUT) {
-            Ok(stream) => {
+            Ok(mut stream) => {
                 stream.set_nodelay(true)?;
+                if let Some(password) = password() {
+                    authenticate(&mut stream, password)?;
+                }
                 return Ok(stream);
             }
             Err(error) => last_error = error,

@@ -285,6 +285,9 @@ pub fn main(args: &LoadArgs) -> i32 {
         eprintln!("tally-bench: {}", disk_profile::TARGET_CONFLICT);
         return 2;
     }
+    if let Some(password) = &args.password {
+        client::set_password(password);
+    }
     let output = OutputOptions {
         json: args.json,
         progress_bar: std::io::stderr().is_terminal(),

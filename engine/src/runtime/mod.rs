@@ -87,6 +87,9 @@ pub struct NodeOptions {
     /// Test-only failpoint: the raft thread panics this long after start (process-level
     /// tests of fail-stop; never set in production).
     pub failpoint_raft_panic_after: Option<Duration>,
+    /// Test-only failpoint: the raft thread sleeps this long before its first turn, so
+    /// the request queue fills (tests of client back-pressure; never set in production).
+    pub failpoint_raft_stall_at_start: Option<Duration>,
 }
 
 impl NodeOptions {
@@ -109,6 +112,7 @@ impl NodeOptions {
             apply_queue_capacity: 1024,
             snapshot: SnapshotPolicy::default(),
             failpoint_raft_panic_after: None,
+            failpoint_raft_stall_at_start: None,
         }
     }
 }
@@ -228,6 +232,35 @@ impl<R: Send + 'static> NodeHandle<R> {
     pub fn submit_batch(&self, batch: Vec<Submission<R>>) {
         if !batch.is_empty() {
             self.submit(Request::Batch(batch));
+        }
+    }
+
+    /// Like [`NodeHandle::submit_batch`], but never blocks: when the request queue is
+    /// full, every submission of the batch is answered [`ClientError::Overloaded`] at
+    /// once and nothing of it reaches the node (never proposed, never read). Returns
+    /// whether the batch was queued. For event loops that must not stall on the node.
+    pub fn try_submit_batch(&self, batch: Vec<Submission<R>>) -> bool {
+        batch.is_empty() || self.try_submit(Request::Batch(batch))
+    }
+
+    /// Like [`NodeHandle::request_snapshot`], but never blocks: a full request queue
+    /// calls `done` with [`ClientError::Overloaded`] at once. Returns whether it was
+    /// queued.
+    pub fn try_request_snapshot(&self, done: SnapshotDone) -> bool {
+        self.try_submit(Request::SnapshotNow { done })
+    }
+
+    fn try_submit(&self, request: Request<R>) -> bool {
+        match self.requests.try_send(request) {
+            Ok(()) => true,
+            Err(TrySendError::Full(request)) => {
+                fail_request(request, ClientError::Overloaded);
+                false
+            }
+            Err(TrySendError::Disconnected(request)) => {
+                fail_request(request, ClientError::NodeStopped);
+                false
+            }
         }
     }
 
@@ -383,9 +416,17 @@ impl<R: Send + 'static> Node<R> {
             let panic_at = options
                 .failpoint_raft_panic_after
                 .map(|after| std::time::Instant::now() + after);
+            let stall_at_start = options.failpoint_raft_stall_at_start;
             std::thread::Builder::new()
                 .name(format!("tally-raft-{}", options.id))
                 .spawn(move || {
+                    if let Some(stall) = stall_at_start {
+                        tracing::warn!(
+                            ?stall,
+                            "failpoint: the raft thread stalls before its first turn"
+                        );
+                        std::thread::sleep(stall);
+                    }
                     let result = raft_loop(
                         driver,
                         transport,

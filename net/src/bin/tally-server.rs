@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use tally_net::client_port::default_io_threads;
+use tally_net::client_port::{default_io_threads, Password};
 use tally_net::handshake::ClusterSecret;
 use tally_net::peer_tls::PeerTlsFiles;
 use tally_net::server::{Server, ServerConfig};
@@ -107,6 +107,31 @@ struct Args {
     /// connection (Redis's client-output-buffer-limit). Default 256 MiB.
     #[arg(long, value_name = "BYTES")]
     client_output_buffer_limit_bytes: Option<usize>,
+    /// Most client connections open at once; one more is answered
+    /// `-ERR max number of clients reached` and closed (INFO `rejected_connections`).
+    /// Default 10000.
+    #[arg(long, value_name = "N")]
+    max_clients: Option<usize>,
+    /// Bound of the node's request queue, in batches of client requests; a batch that
+    /// finds it full is answered `-BUSY` (never proposed). Default 65536.
+    #[arg(long, value_name = "N")]
+    request_queue_capacity: Option<usize>,
+    /// WAL segment size (raised to hold two of the largest entries). Default 64 MiB.
+    #[arg(long, value_name = "BYTES")]
+    wal_segment_bytes: Option<u64>,
+    /// Require clients to authenticate (`AUTH password`, `AUTH default password`) with
+    /// the content of FILE (one trailing newline stripped; an empty file is refused).
+    #[arg(long, value_name = "FILE")]
+    requirepass_file: Option<PathBuf>,
+    /// Serve clients over TLS with this certificate chain (PEM; with --client-tls-key).
+    #[arg(long, value_name = "FILE", requires = "client_tls_key")]
+    client_tls_cert: Option<PathBuf>,
+    /// The private key of --client-tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", requires = "client_tls_cert")]
+    client_tls_key: Option<PathBuf>,
+    /// Require client certificates signed by a CA of this PEM bundle.
+    #[arg(long, value_name = "FILE", requires = "client_tls_cert")]
+    client_tls_ca: Option<PathBuf>,
     /// Take a snapshot once this many entries were applied since the last one (0: off).
     /// Default 250000.
     #[arg(long, value_name = "N")]
@@ -165,6 +190,43 @@ const PANIC_EXIT_CODE: i32 = 70;
 
 /// Test-only failpoint: the raft thread panics this many milliseconds after start.
 const FAILPOINT_RAFT_PANIC_ENV: &str = "TALLY_FAILPOINT_RAFT_PANIC_AFTER_MS";
+/// Test-only failpoint: the raft thread sleeps this many milliseconds before its first
+/// turn (the request queue fills; clients get `-BUSY`).
+const FAILPOINT_RAFT_STALL_ENV: &str = "TALLY_FAILPOINT_RAFT_STALL_AT_START_MS";
+/// Test-only failpoint: after this many fsyncs of `--dir` files, every fsync fails (EIO).
+const FAILPOINT_FSYNC_EIO_ENV: &str = "TALLY_FAILPOINT_FSYNC_EIO_AFTER";
+/// Test-only failpoint: after this many bytes written, every write fails (ENOSPC).
+const FAILPOINT_ENOSPC_ENV: &str = "TALLY_FAILPOINT_ENOSPC_AFTER_BYTES";
+/// Test-only: the two counts above start once a file of this name exists in `--dir`.
+const FAILPOINT_ARM_FILE_ENV: &str = "TALLY_FAILPOINT_ARM_FILE";
+
+/// Reads the test-only storage failpoints; installs them if any count is set. They act
+/// on the files' own `pwritev`/`fdatasync`, which the io_uring backend bypasses.
+fn install_storage_failpoints(wal_backend: &str) -> Result<(), String> {
+    let count = |name: &str| -> Result<Option<u64>, String> {
+        match std::env::var(name) {
+            Err(_) => Ok(None),
+            Ok(text) => text
+                .parse()
+                .map(Some)
+                .map_err(|_| format!("{name}={text:?} is not a count")),
+        }
+    };
+    let faults = tally_wal::storage::FsFaults {
+        fsync_eio_after: count(FAILPOINT_FSYNC_EIO_ENV)?,
+        enospc_after_bytes: count(FAILPOINT_ENOSPC_ENV)?,
+        arm_file: std::env::var(FAILPOINT_ARM_FILE_ENV).ok(),
+    };
+    if faults.fsync_eio_after.is_none() && faults.enospc_after_bytes.is_none() {
+        return Ok(());
+    }
+    if wal_backend != "sync" {
+        return Err("storage failpoints need --wal-backend sync".into());
+    }
+    tracing::warn!(?faults, "test-only storage failpoints installed");
+    tally_wal::FsStorage::install_process_faults(faults);
+    Ok(())
+}
 
 fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -246,6 +308,7 @@ fn run(args: Args) -> Result<(), String> {
     let peer_listener = TcpListener::bind(resolve("--listen-peer", &args.listen_peer)?)
         .map_err(|error| format!("cannot listen for peers on {}: {error}", args.listen_peer))?;
 
+    install_storage_failpoints(&args.wal_backend)?;
     let mut config = ServerConfig::new(args.id, &args.dir, peers);
     config.advertise_client = args.advertise_client.clone();
     config.cluster_id = args.cluster_id;
@@ -282,6 +345,23 @@ fn run(args: Args) -> Result<(), String> {
     if let Some(bytes) = args.client_output_buffer_limit_bytes {
         config.limits.output_buffer_limit_bytes = bytes;
     }
+    if let Some(n) = args.max_clients {
+        config.limits.max_clients = n;
+    }
+    if let Some(n) = args.request_queue_capacity {
+        config.request_queue_capacity = n;
+    }
+    config.wal_segment_bytes = args.wal_segment_bytes;
+    if let (Some(cert), Some(key)) = (&args.client_tls_cert, &args.client_tls_key) {
+        let tls = tally_net::tls::server_config(cert, key, args.client_tls_ca.as_deref())
+            .map_err(|error| format!("client TLS: {error}"))?;
+        config.client_tls = Some(tls);
+    }
+    if let Some(path) = &args.requirepass_file {
+        let password =
+            Password::from_file(path).map_err(|error| format!("--requirepass-file: {error}"))?;
+        config.requirepass = Some(password);
+    }
     if let Some(entries) = args.snapshot_log_entries {
         config.snapshot.log_entries = entries;
     }
@@ -292,6 +372,10 @@ fn run(args: Args) -> Result<(), String> {
         config.snapshot.retain_entries = entries;
     }
     config.failpoint_raft_panic_after = std::env::var(FAILPOINT_RAFT_PANIC_ENV)
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map(Duration::from_millis);
+    config.failpoint_raft_stall_at_start = std::env::var(FAILPOINT_RAFT_STALL_ENV)
         .ok()
         .and_then(|ms| ms.parse().ok())
         .map(Duration::from_millis);

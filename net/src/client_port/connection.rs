@@ -3,6 +3,7 @@
 
 use super::info::encoded_reply_bytes;
 use super::io_loop::Context;
+use super::stream::{ClientStream, Stream};
 use super::*;
 
 /// One reply owed to a connection, in request order.
@@ -29,7 +30,7 @@ pub(super) enum Verdict {
 /// One client connection, driven by its I/O thread.
 pub(super) struct Connection {
     pub(super) id: u64,
-    pub(super) stream: TcpStream,
+    pub(super) stream: Stream,
     pub(super) remote: SocketAddr,
     /// Unique per connection for the life of the cluster (never 0): the KV session.
     pub(super) client_id: u64,
@@ -62,6 +63,9 @@ pub(super) struct Connection {
     pub(super) closing: bool,
     /// Queued in the I/O thread's `scheduled` list.
     pub(super) scheduled: bool,
+    /// Invariant: true iff no password is configured or this connection gave it
+    /// (`Connection::authenticate`, the only place that sets it).
+    pub(super) authenticated: bool,
 }
 
 /// A client id unique for the life of the cluster with overwhelming probability: 64
@@ -78,7 +82,7 @@ pub(super) fn new_client_id() -> u64 {
 impl Connection {
     pub(super) fn new(
         id: u64,
-        stream: TcpStream,
+        stream: Stream,
         remote: SocketAddr,
         config: &ClientPortConfig,
     ) -> Connection {
@@ -101,6 +105,7 @@ impl Connection {
             read_closed: false,
             closing: false,
             scheduled: false,
+            authenticated: config.requirepass.is_none(),
         }
     }
 
@@ -367,6 +372,8 @@ impl Connection {
 
     /// Writes unsent replies until done or the socket would block.
     pub(super) fn flush(&mut self) -> io::Result<()> {
+        // Bytes the TLS layer still holds (handshake, records the socket refused) first.
+        self.stream.flush_pending()?;
         while self.out_written < self.out.len() {
             match self.stream.write(&self.out[self.out_written..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),

@@ -1,6 +1,7 @@
 //! Command dispatch: local commands answered on the I/O thread, `TALLY` admin
 //! commands, KV commands encoded and queued for the node.
 
+use super::auth::{allowed_before_auth, NOAUTH_ERROR};
 use super::connection::{Connection, Slot, Unsubmitted};
 use super::io_loop::Context;
 use super::*;
@@ -33,7 +34,12 @@ impl Connection {
         }
         let name = name.to_ascii_lowercase();
         let rest = &args[1..];
+        if !self.authenticated && !allowed_before_auth(&name) {
+            write_error(&mut out, NOAUTH_ERROR);
+            return Slot::Ready(out);
+        }
         match name.as_slice() {
+            b"auth" => self.auth_command(&mut out, rest, context.shared),
             b"ping" => match rest {
                 [] => write_simple_string(&mut out, "PONG"),
                 [message] => write_bulk(&mut out, message),
@@ -104,10 +110,11 @@ impl Connection {
         let tag = self.new_tag(false);
         let sender = context.reply_tx.clone();
         let waker = Arc::clone(context.reply_waker);
+        // Never blocks this I/O thread: a full queue answers `-BUSY` at once.
         context
             .shared
             .handle
-            .request_snapshot(Box::new(move |result| {
+            .try_request_snapshot(Box::new(move |result| {
                 let reply = ReplyTo::with_waker(tag, sender, waker);
                 reply.send(result.map(|taken| KvResponse::Integer(taken.index as i64)));
             }));

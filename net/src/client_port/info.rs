@@ -2,6 +2,11 @@
 
 use super::*;
 
+/// The reply (without `-`) to a request refused because the node's request queue is
+/// full. It was never proposed: retrying cannot apply it twice.
+pub const BUSY_ERROR: &str =
+    "BUSY the node's request queue is full; the command was not proposed, retry";
+
 impl Shared {
     pub(super) fn write_result(&self, out: &mut Vec<u8>, result: Result<KvResponse, ClientError>) {
         match result {
@@ -18,7 +23,7 @@ impl Shared {
                 out,
                 "TRYAGAIN the write was not committed (a new leader replaced it); retry",
             ),
-            Err(ClientError::Overloaded) => write_error(out, "BUSY the node is overloaded; retry"),
+            Err(ClientError::Overloaded) => write_error(out, BUSY_ERROR),
             Err(ClientError::NodeStopped) => write_error(out, "ERR the node stopped"),
             Err(other) => write_error(out, &format!("ERR {other}")),
         }
@@ -37,12 +42,15 @@ impl Shared {
     pub(super) fn info(&self, section: Option<&[u8]>) -> String {
         use std::fmt::Write as _;
         let shared = self;
-        let (server, raft, limits) = match section {
-            None | Some(b"all") | Some(b"default") | Some(b"everything") => (true, true, true),
-            Some(b"server") => (true, false, false),
-            Some(b"raft") => (false, true, false),
-            Some(b"limits") => (false, false, true),
-            Some(_) => (false, false, false),
+        let (server, raft, limits, stats) = match section {
+            None | Some(b"all") | Some(b"default") | Some(b"everything") => {
+                (true, true, true, true)
+            }
+            Some(b"server") => (true, false, false, false),
+            Some(b"raft") => (false, true, false, false),
+            Some(b"limits") => (false, false, true, false),
+            Some(b"stats") => (false, false, false, true),
+            Some(_) => (false, false, false, false),
         };
         let mut text = String::new();
         if server {
@@ -109,14 +117,34 @@ impl Shared {
         }
         if limits {
             let counters = &shared.counters;
+            let fd_budget = crate::fd_budget::process();
             let _ = write!(
                 text,
-                "# Limits\r\n{}commands_too_large:{}\r\nclient_output_buffer_limit_disconnections:{}\r\n\r\n",
+                "# Limits\r\n{}fd_limit:{}\r\nfd_reserve:{}\r\ncommands_too_large:{}\r\n\
+                 client_output_buffer_limit_disconnections:{}\r\n\r\n",
                 shared.config.limits.info_lines(),
+                fd_budget.limit().unwrap_or(0),
+                fd_budget.reserve(),
                 counters.commands_too_large.load(Ordering::Relaxed),
                 counters
                     .output_buffer_limit_disconnections
                     .load(Ordering::Relaxed),
+            );
+        }
+        if stats {
+            let counters = &shared.counters;
+            let _ = write!(
+                text,
+                "# Stats\r\ntotal_connections_received:{}\r\nrejected_connections:{}\r\n\
+                 rejected_connections_fd_reserve:{}\r\nbusy_replies:{}\r\n\
+                 acl_access_denied_auth:{}\r\n\r\n",
+                counters.connections_accepted.load(Ordering::Relaxed),
+                counters.rejected_connections.load(Ordering::Relaxed),
+                counters
+                    .rejected_connections_fd_reserve
+                    .load(Ordering::Relaxed),
+                counters.busy_replies.load(Ordering::Relaxed),
+                counters.auth_failures.load(Ordering::Relaxed),
             );
         }
         text

@@ -2,6 +2,7 @@
 //! reply channel.
 
 use super::connection::{Connection, Verdict};
+use super::stream::{ClientStream, Stream, TlsStream};
 use super::*;
 
 /// One I/O thread: a `mio` poll over its connections, its waker and its reply channel.
@@ -121,6 +122,7 @@ impl IoLoop {
         while let Ok((stream, remote)) = self.new_connections.try_recv() {
             if self.shared.stopping.load(Ordering::Acquire) {
                 let _ = stream.shutdown(Shutdown::Both);
+                self.shared.connection_dropped();
                 continue;
             }
             let id = self.next_connection_id;
@@ -133,12 +135,20 @@ impl IoLoop {
                 Interest::READABLE | Interest::WRITABLE,
             ) {
                 tracing::warn!(%remote, %error, "cannot register a client connection; closing it");
+                self.shared.connection_dropped();
                 continue;
             }
-            self.shared
-                .counters
-                .connections_open
-                .fetch_add(1, Ordering::Relaxed);
+            let stream = match &self.shared.config.tls {
+                None => Stream::Plain(stream),
+                Some(tls) => match TlsStream::new(stream, tls) {
+                    Ok(tls_stream) => Stream::Tls(Box::new(tls_stream)),
+                    Err(error) => {
+                        tracing::warn!(%remote, %error, "cannot start a TLS session; closing the connection");
+                        self.shared.connection_dropped();
+                        continue;
+                    }
+                },
+            };
             self.connections
                 .insert(id, Connection::new(id, stream, remote, &self.shared.config));
             self.schedule(id);
@@ -214,20 +224,36 @@ impl IoLoop {
         // Keep the allocation; drive never schedules (only events and replies do).
         debug_assert!(self.scheduled.is_empty());
         self.scheduled = ids;
-        if !self.outbox.is_empty() {
-            let batch = std::mem::take(&mut self.outbox);
-            self.shared.handle.submit_batch(batch);
+        self.submit_outbox();
+    }
+
+    /// Hands the pass's requests to the node without ever blocking this thread (every
+    /// other connection it serves would stall behind a full request queue). A batch that
+    /// does not fit is answered `-BUSY` request by request and never proposed: the
+    /// client retries, no write is duplicated, and PING, INFO and replies to earlier
+    /// requests keep flowing. (Deferring the batch instead would hold replies in memory
+    /// and hide the overload from clients that would rather retry elsewhere.)
+    pub(super) fn submit_outbox(&mut self) {
+        if self.outbox.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.outbox);
+        let n_requests = batch.len() as u64;
+        if !self.shared.handle.try_submit_batch(batch) {
+            // Each request's ReplyTo got `Overloaded`; the replies arrive on this
+            // thread's channel like any other (with a wake-up).
+            self.shared
+                .counters
+                .busy_replies
+                .fetch_add(n_requests, Ordering::Relaxed);
         }
     }
 
     pub(super) fn close(&mut self, id: u64) {
         if let Some(mut connection) = self.connections.remove(&id) {
-            let _ = self.poll.registry().deregister(&mut connection.stream);
-            let _ = connection.stream.shutdown(Shutdown::Both);
-            self.shared
-                .counters
-                .connections_open
-                .fetch_sub(1, Ordering::Relaxed);
+            let _ = self.poll.registry().deregister(connection.stream.socket());
+            connection.stream.close();
+            self.shared.connection_dropped();
         }
     }
 }

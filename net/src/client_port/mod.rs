@@ -113,6 +113,12 @@ pub struct ClientPortConfig {
     pub kv_limits: KvLimits,
     /// Bytes read per `read` call.
     pub read_chunk_bytes: usize,
+    /// The password clients must give (`AUTH`) before anything but AUTH, HELLO, PING
+    /// and QUIT; `None`: no authentication.
+    pub requirepass: Option<Password>,
+    /// TLS for every client connection (`--client-tls-cert/-key[/-ca]`); `None`: plain
+    /// TCP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl ClientPortConfig {
@@ -125,6 +131,8 @@ impl ClientPortConfig {
             limits: Limits::default(),
             kv_limits: KvLimits::default(),
             read_chunk_bytes: 64 << 10,
+            requirepass: None,
+            tls: None,
         }
     }
 }
@@ -142,6 +150,17 @@ pub struct ClientPortCounters {
     pub output_buffer_limit_disconnections: AtomicU64,
     /// Wake-ups that reached an I/O thread's `mio::Waker` (after coalescing).
     pub io_wakeups: AtomicU64,
+    /// Connections refused on accept (`--max-clients` reached, or the descriptor
+    /// reserve): answered `-ERR max number of clients reached` and closed.
+    pub rejected_connections: AtomicU64,
+    /// The part of `rejected_connections` refused for the descriptor reserve (or
+    /// shed while accept failed with EMFILE/ENFILE).
+    pub rejected_connections_fd_reserve: AtomicU64,
+    /// Requests answered `-BUSY` because the node's request queue was full (never
+    /// proposed, never read).
+    pub busy_replies: AtomicU64,
+    /// Failed authentication attempts (INFO `acl_access_denied_auth`).
+    pub auth_failures: AtomicU64,
 }
 
 /// What the accept thread and every I/O thread share.
@@ -325,30 +344,62 @@ impl Drop for ClientPort {
     }
 }
 
+/// The reply to a connection refused on accept (Redis's text for `maxclients`).
+pub const MAX_CLIENTS_ERROR: &str = "ERR max number of clients reached";
+/// Longest pause between accept attempts while accept keeps failing.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// At most one warning per this interval while accept keeps failing.
+const ACCEPT_WARN_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Why a connection was refused on accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    MaxClients,
+    DescriptorReserve,
+}
+
 fn accept_loop(shared: &Shared, listener: TcpListener, inboxes: Vec<IoThreadInbox>) {
     let mut next_inbox = 0usize;
+    let mut failures = AcceptFailures::new();
     loop {
         let accepted = listener.accept();
         if shared.stopping.load(Ordering::Acquire) {
             return;
         }
         let (stream, remote) = match accepted {
-            Ok(pair) => pair,
+            Ok(pair) => {
+                failures.reset();
+                pair
+            }
             Err(error) => {
-                tracing::warn!(%error, "client accept failed");
-                std::thread::sleep(Duration::from_millis(20));
+                if is_descriptor_exhaustion(&error) {
+                    failures.shed_one(shared, &listener);
+                }
+                failures.pause(&error);
                 continue;
             }
         };
+        if let Some(refusal) = admission(shared) {
+            refuse(shared, stream, remote, refusal);
+            continue;
+        }
+        // Counted here, before the hand-off, so the cap holds exactly; every path that
+        // drops an admitted stream decrements it (`IoLoop::close` and the others).
+        shared
+            .counters
+            .connections_open
+            .fetch_add(1, Ordering::Relaxed);
         let _ = stream.set_nodelay(true);
         if let Err(error) = stream.set_nonblocking(true) {
             tracing::warn!(%remote, %error, "cannot make a client socket non-blocking; closing it");
+            shared.connection_dropped();
             continue;
         }
         let inbox = &inboxes[next_inbox % inboxes.len()];
         next_inbox = next_inbox.wrapping_add(1);
         if inbox.new_connections.send((stream, remote)).is_err() {
             tracing::error!(%remote, "a client I/O thread is gone; closing the connection");
+            shared.connection_dropped();
             continue;
         }
         inbox.waker.wake();
@@ -359,11 +410,137 @@ fn accept_loop(shared: &Shared, listener: TcpListener, inboxes: Vec<IoThreadInbo
     }
 }
 
+impl Shared {
+    /// An admitted connection is gone (closed, or dropped before it was registered).
+    pub(super) fn connection_dropped(&self) {
+        self.counters
+            .connections_open
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Whether a just-accepted connection must be refused: the `max_clients` cap, then the
+/// process's descriptor reserve (the WAL must always be able to open a file).
+fn admission(shared: &Shared) -> Option<Refusal> {
+    let open = shared.counters.connections_open.load(Ordering::Relaxed);
+    if open >= shared.config.limits.max_clients as u64 {
+        return Some(Refusal::MaxClients);
+    }
+    if !crate::fd_budget::process().admit() {
+        return Some(Refusal::DescriptorReserve);
+    }
+    None
+}
+
+/// Answers `-ERR max number of clients reached` (best effort, never blocking) and
+/// closes the connection.
+fn refuse(shared: &Shared, stream: StdTcpStream, remote: SocketAddr, refusal: Refusal) {
+    let counters = &shared.counters;
+    let total = counters
+        .rejected_connections
+        .fetch_add(1, Ordering::Relaxed)
+        + 1;
+    let line = match refusal {
+        Refusal::MaxClients => format!("-{MAX_CLIENTS_ERROR}\r\n"),
+        Refusal::DescriptorReserve => {
+            counters
+                .rejected_connections_fd_reserve
+                .fetch_add(1, Ordering::Relaxed);
+            format!("-{MAX_CLIENTS_ERROR} (open file descriptors near RLIMIT_NOFILE)\r\n")
+        }
+    };
+    if total.is_power_of_two() {
+        tracing::warn!(
+            node_id = shared.config.node_id,
+            %remote,
+            ?refusal,
+            rejected_connections = total,
+            max_clients = shared.config.limits.max_clients,
+            "refusing a client connection"
+        );
+    }
+    let _ = stream.set_nonblocking(true);
+    let _ = (&stream).write(line.as_bytes());
+    let _ = stream.shutdown(Shutdown::Both);
+}
+
+/// EMFILE (process) or ENFILE (system): no descriptor for the new connection.
+fn is_descriptor_exhaustion(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EMFILE) | Some(libc::ENFILE)
+    )
+}
+
+/// What the accept thread does while `accept` fails: pause with a growing backoff (no
+/// core spinning on a connection it cannot take), warn at most every
+/// [`ACCEPT_WARN_INTERVAL`], and, out of descriptors, shed one waiting connection with a
+/// spare descriptor (so clients are told instead of waiting in the backlog forever).
+struct AcceptFailures {
+    /// Held open to be given up for one accept when the process is out of descriptors.
+    spare: Option<std::fs::File>,
+    backoff: Duration,
+    failed_since_warning: u64,
+    last_warning: Option<Instant>,
+}
+
+impl AcceptFailures {
+    fn new() -> AcceptFailures {
+        AcceptFailures {
+            spare: std::fs::File::open("/dev/null").ok(),
+            backoff: Duration::ZERO,
+            failed_since_warning: 0,
+            last_warning: None,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.backoff = Duration::ZERO;
+        if self.spare.is_none() {
+            self.spare = std::fs::File::open("/dev/null").ok();
+        }
+    }
+
+    fn shed_one(&mut self, shared: &Shared, listener: &TcpListener) {
+        if self.spare.take().is_none() {
+            return;
+        }
+        if let Ok((stream, remote)) = listener.accept() {
+            refuse(shared, stream, remote, Refusal::DescriptorReserve);
+        }
+        self.spare = std::fs::File::open("/dev/null").ok();
+    }
+
+    fn pause(&mut self, error: &io::Error) {
+        self.failed_since_warning += 1;
+        let now = Instant::now();
+        if self
+            .last_warning
+            .is_none_or(|at| now.duration_since(at) >= ACCEPT_WARN_INTERVAL)
+        {
+            tracing::warn!(%error, failures = self.failed_since_warning, "client accept failed");
+            self.failed_since_warning = 0;
+            self.last_warning = Some(now);
+        }
+        self.backoff = (self.backoff * 2)
+            .max(Duration::from_millis(10))
+            .min(ACCEPT_BACKOFF_MAX);
+        std::thread::sleep(self.backoff);
+    }
+}
+
+mod auth;
 mod connection;
 mod dispatch;
 mod info;
 mod io_loop;
+mod stream;
 
+pub use auth::{
+    AuthError, Password, PasswordFileError, AUTH_NOT_CONFIGURED_ERROR, NOAUTH_ERROR,
+    WRONGPASS_ERROR,
+};
+pub use info::BUSY_ERROR;
 use io_loop::IoLoop;
 
 #[cfg(test)]

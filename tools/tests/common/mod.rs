@@ -19,7 +19,7 @@ pub const KIND_CONFIG: u8 = 2;
 /// Small segments so a few dozen entries span several files.
 pub fn small_options() -> WalOptions {
     WalOptions {
-        segment_size_bytes: 640,
+        segment_size_bytes: 700,
         max_entry_size_bytes: 200,
         preallocate: false,
         ..WalOptions::default()
@@ -218,14 +218,14 @@ pub fn copy_dir(from: &Path, to: &Path) -> PathBuf {
 
 /// Offsets and lengths of the valid batches of a segment file, in order.
 pub fn batches_of(path: &Path) -> Vec<(usize, usize)> {
-    use tally_wal::format::{self, BatchProbe, BATCH_HEADER_LEN, SEGMENT_HEADER_LEN};
+    use tally_wal::format::{self, BatchProbe, SEGMENT_HEADER_LEN};
     let bytes = std::fs::read(path).expect("read segment");
     let name = path.file_name().and_then(|n| n.to_str()).expect("name");
     let (id, _) = format::parse_segment_file_name(name).expect("segment name");
     let mut offset = SEGMENT_HEADER_LEN;
     let mut batches = Vec::new();
     while let BatchProbe::Valid(header) = format::probe_batch(id, &bytes, offset) {
-        let len = BATCH_HEADER_LEN + header.body_len as usize;
+        let len = format::valid_batch_len(&bytes, offset, &header);
         batches.push((offset, len));
         offset += len;
     }

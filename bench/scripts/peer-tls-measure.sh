@@ -4,6 +4,9 @@
 # from tally-bench --target. Usage: bench/scripts/peer-tls-measure.sh [ROUNDS] [SECONDS]
 # (default 2 rounds of 5 s). Needs release builds of tally-server and tally-bench, openssl
 # and redis-cli. Output: one line per run; the figures in docs/BENCHMARKS.md come from it.
+# BOTH_PORTS=1: the TLS runs also encrypt the client port (--client-tls-*), and both
+# modes are driven by `redis-benchmark [--tls] -t set|get -d 100 -c 50 -P 16 -n N -q`
+# (tally-bench speaks no TLS); N = 40000 x SECONDS.
 set -euo pipefail
 rounds=${1:-2}
 seconds=${2:-5}
@@ -30,6 +33,14 @@ for id in 1 2 3; do
     -extfile <(printf "subjectAltName=DNS:node-%s.tally\nextendedKeyUsage=serverAuth,clientAuth" "$id") \
     2>/dev/null
 done
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
+  -keyout "$work/client-port.key" -out "$work/client-port.csr" 2>/dev/null
+openssl x509 -req -in "$work/client-port.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" \
+  -CAcreateserial -days 2 -out "$work/client-port.pem" \
+  -extfile <(printf "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth") \
+  2>/dev/null
+both=${BOTH_PORTS:-0}
+cli_tls=()
 
 start_cluster() { # $1: plain|tls
   pids=()
@@ -42,15 +53,23 @@ start_cluster() { # $1: plain|tls
     if [ "$1" = tls ]; then
       tls=(--peer-tls-cert "$work/node-$id.pem" --peer-tls-key "$work/node-$id.key"
            --peer-tls-ca "$work/ca.pem")
+      if [ "$both" = 1 ]; then
+        tls+=(--client-tls-cert "$work/client-port.pem" --client-tls-key "$work/client-port.key")
+      fi
     fi
     "$server" --id "$id" --dir "$work/data/node-$id" --listen-peer "127.0.0.1:$((17100 + id))" \
       --listen-client "127.0.0.1:$((16380 + id))" "${peers[@]}" "${tls[@]}" \
       2> "$work/node-$id-$1.log" &
     pids+=($!)
   done
+  cli_tls=()
+  if [ "$1" = tls ] && [ "$both" = 1 ]; then cli_tls=(--tls --cacert "$work/ca.pem"); fi
   for _ in $(seq 1 200); do
     for port in 16381 16382 16383; do
-      if redis-cli -p "$port" INFO raft 2>/dev/null | grep -q '^role:leader'; then return 0; fi
+      if redis-cli "${cli_tls[@]}" -p "$port" INFO raft 2>/dev/null | grep -q '^role:leader'; then
+        leader_port=$port
+        return 0
+      fi
     done
     sleep 0.1
   done
@@ -67,6 +86,15 @@ stop_cluster() {
 for round in $(seq 1 "$rounds"); do
   for mode in plain tls; do
     start_cluster "$mode"
+    if [ "$both" = 1 ]; then
+      for op in set get; do
+        result=$(redis-benchmark "${cli_tls[@]}" -p "$leader_port" -t "$op" -d 100 -c 50 -P 16 \
+          -n $((40000 * seconds)) -q 2>/dev/null | tr '\r' '\n' | grep -i "requests per second" | tail -1)
+        echo "round $round ports=$mode $op 50x16 (redis-benchmark): $result"
+      done
+      stop_cluster
+      continue
+    fi
     for op in SET GET; do
       ratio=0; [ "$op" = GET ] && ratio=1
       line=$("$bench" --target 127.0.0.1:16381 --target 127.0.0.1:16382 --target 127.0.0.1:16383 \

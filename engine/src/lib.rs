@@ -4,6 +4,7 @@
 pub mod driver;
 pub mod exactly_once;
 pub mod kv;
+pub mod lincheck;
 pub mod raft;
 pub mod runtime;
 pub mod sim;

@@ -245,6 +245,17 @@ struct Shared<S: Storage> {
     recovery_report: RecoveryReport,
 }
 
+impl<S: Storage> Shared<S> {
+    /// The back-pressure rule: the pending buffer takes an operation that fits in its
+    /// bounds, and any operation while it is empty (so an oversized one cannot wait
+    /// forever).
+    fn queue_has_room(&self, queue: &Queue, bytes: usize, entries: usize) -> bool {
+        let fits = queue.body.len() + bytes <= self.max_pending_bytes
+            && queue.pending_entries + entries <= self.max_pending_entries;
+        fits || queue.body.is_empty()
+    }
+}
+
 struct Inner<S: Storage> {
     shared: Arc<Shared<S>>,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -497,13 +508,23 @@ impl<S: Storage> Wal<S> {
             if queue.shutdown {
                 return Err(WalError::Shutdown);
             }
-            let fits = queue.body.len() + bytes <= shared.max_pending_bytes
-                && queue.pending_entries + entries <= shared.max_pending_entries;
-            if fits || queue.body.is_empty() {
+            if shared.queue_has_room(&queue, bytes, entries) {
                 return Ok(queue);
             }
             shared.space_ready.wait(&mut queue);
         }
+    }
+
+    /// Whether an operation of `bytes` encoded bytes and `entries` entries would be
+    /// queued now without waiting for buffer space (the non-blocking side of the
+    /// back-pressure: a caller that must never block, the raft thread, asks first and
+    /// defers otherwise). Room only grows until this caller queues more, so a single
+    /// appender that queues no more than it asked about never waits. A failed or shut
+    /// down WAL has room: the operation then fails at once instead of waiting.
+    pub fn has_room(&self, bytes: usize, entries: usize) -> bool {
+        let shared = self.shared();
+        let queue = shared.queue.lock();
+        queue.failure.is_some() || queue.shutdown || shared.queue_has_room(&queue, bytes, entries)
     }
 
     fn finish_enqueue(&self, mut queue: parking_lot::MutexGuard<'_, Queue>) -> u64 {

@@ -345,6 +345,58 @@ fn batching_keeps_growing_while_the_emulated_delay_holds_the_writer(backend: Bac
     );
 }
 
+fn has_room_says_no_while_the_pending_buffer_is_full_and_yes_once_the_writer_takes_it(
+    backend: Backend,
+) {
+    if !available(backend) {
+        return;
+    }
+    let dir = temp_dir();
+    let wal = Wal::open(
+        dir.path(),
+        GroupCommitOptions {
+            emulated_sync_delay: Some(Duration::from_millis(200)),
+            ..options(backend, 1024 * 1024)
+        },
+    )
+    .expect("open");
+    let payload = Bytes::from(vec![7u8; 8 * 1024]);
+    let entry_bytes = tally_wal::ENTRY_RECORD_HEADER_LEN + payload.len();
+    assert!(wal.has_room(entry_bytes, 1), "an idle WAL has room");
+    // A non-blocking appender: asks first, never calls append without room. The
+    // writer holds at most one batch in its (emulated) fsync meanwhile, so the 64 KiB
+    // buffer fills within a few dozen appends.
+    let mut tickets = Vec::new();
+    let mut index = 1;
+    while index <= 64 && wal.has_room(entry_bytes, 1) {
+        let entry = tally_wal::Entry {
+            index,
+            term: 1,
+            kind: 0,
+            payload: payload.clone(),
+        };
+        tickets.push(wal.append(&[entry]).expect("append with room"));
+        index += 1;
+    }
+    assert!(
+        !wal.has_room(entry_bytes, 1),
+        "the buffer filled up ({} appends)",
+        index - 1
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !wal.has_room(entry_bytes, 1) {
+        assert!(
+            Instant::now() < deadline,
+            "the writer never took the full buffer"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for ticket in tickets {
+        ticket.wait().expect("durable");
+    }
+    assert_eq!(wal.durable_index(), index - 1);
+}
+
 macro_rules! conformance_suite {
     ($module:ident, $backend:expr) => {
         mod $module {
@@ -367,6 +419,10 @@ macro_rules! conformance_suite {
             #[test]
             fn batching_keeps_growing_while_the_emulated_delay_holds_the_writer() {
                 super::batching_keeps_growing_while_the_emulated_delay_holds_the_writer($backend);
+            }
+            #[test]
+            fn has_room_says_no_while_the_pending_buffer_is_full_and_yes_once_the_writer_takes_it() {
+                super::has_room_says_no_while_the_pending_buffer_is_full_and_yes_once_the_writer_takes_it($backend);
             }
             #[test]
             fn a_locked_directory_cannot_be_opened_twice() {

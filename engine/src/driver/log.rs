@@ -21,6 +21,13 @@ pub trait LogWriter {
 
     /// The most encoded bytes one `append` may carry.
     fn max_append_bytes(&self) -> usize;
+    /// Whether an operation of `bytes` encoded bytes and `entries` entries would be
+    /// queued now without waiting for buffer space. The driver asks before every
+    /// operation and defers it otherwise, so the raft thread never blocks on the WAL's
+    /// back-pressure. Room must only grow until the caller queues more.
+    fn has_room(&self, _bytes: usize, _entries: usize) -> bool {
+        true
+    }
     /// Whether the ticket resolved (durable, or failed).
     fn is_durable(&self, ticket: &Self::Ticket) -> bool;
     /// The outcome of a resolved ticket. A ticket whose entries a later truncation
@@ -53,6 +60,10 @@ impl LogWriter for tally_wal::Wal {
 
     fn max_append_bytes(&self) -> usize {
         tally_wal::Wal::max_append_bytes(self)
+    }
+
+    fn has_room(&self, bytes: usize, entries: usize) -> bool {
+        tally_wal::Wal::has_room(self, bytes, entries)
     }
 
     fn is_durable(&self, ticket: &Self::Ticket) -> bool {

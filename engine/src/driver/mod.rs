@@ -23,6 +23,7 @@
 //! [`NodeIo`] (sending messages, handing work to the state machine).
 
 mod apply;
+mod flow;
 mod log;
 mod snapshot;
 
@@ -40,6 +41,8 @@ use crate::raft::{
 };
 
 pub use apply::{Applied, Applier, ApplyWork, ConfirmedRead};
+pub use flow::MAX_HELD_APPENDS;
+use flow::{ApplyOutbox, HeldAppends, TurnBudget, WalBacklog, WalOp};
 pub use log::LogWriter;
 use snapshot::SnapshotState;
 pub use snapshot::{
@@ -204,9 +207,11 @@ pub trait NodeIo<R> {
     /// Sends messages best-effort (Raft retransmits what is lost).
     fn send(&mut self, messages: Vec<Message>);
     /// Hands committed entries (with the clients waiting for them) or confirmed reads to
-    /// the state machine, in order. The environment reports the applied index back
-    /// through [`TurnInput::applied_index`].
-    fn apply(&mut self, work: ApplyWork<R>) -> Result<(), NodeError>;
+    /// the state machine, in order, without waiting: `Ok(Some(work))` gives the work
+    /// back because the state machine side is full (the driver keeps it and offers it
+    /// again on a later turn, before anything newer). The environment reports the
+    /// applied index back through [`TurnInput::applied_index`].
+    fn apply(&mut self, work: ApplyWork<R>) -> Result<Option<ApplyWork<R>>, NodeError>;
     /// Disk housekeeping once a snapshot is durable (see [`Housekeeping`]). The runtime
     /// hands it to its snapshot thread, so the raft thread never waits for it.
     fn housekeeping(&mut self, job: Housekeeping) -> Result<(), NodeError>;
@@ -285,6 +290,17 @@ struct PendingWrite<R> {
 pub struct DriverStats {
     /// Commands accepted by the core while leader (cumulative).
     pub proposals_accepted: u64,
+    /// Persist actions whose WAL operations had to wait for room in the log.
+    pub persists_deferred: u64,
+    /// Apply work the state machine side could not take at once (cumulative).
+    pub apply_deferred: u64,
+    /// Entry-bearing AppendEntries held because the log had no room (cumulative).
+    pub appends_held: u64,
+    /// Entry-bearing AppendEntries dropped because [`MAX_HELD_APPENDS`] were held.
+    pub appends_dropped: u64,
+    /// Turns that left client requests queued because the log or the apply side was
+    /// full (cumulative).
+    pub turns_requests_deferred: u64,
 }
 
 /// One node's behaviour (see the module docs).
@@ -300,8 +316,13 @@ pub struct NodeDriver<R, L: LogWriter, S: Storage> {
     /// Persist actions handed to the log, oldest first, with the ticket of their last
     /// operation. Invariant: sequence numbers strictly increasing.
     inflight_persists: VecDeque<(u64, L::Ticket)>,
-    /// Reused buffer for converting entries.
-    wal_entries: Vec<tally_wal::Entry>,
+    /// WAL operations waiting for room in the log (see `flow`); actions enter
+    /// `inflight_persists` once their last operation left this.
+    wal_backlog: WalBacklog,
+    /// Work waiting for the state machine side to take it.
+    apply_outbox: ApplyOutbox<R>,
+    /// Entry-bearing AppendEntries waiting for room in the log.
+    held_appends: HeldAppends,
     role: Role,
     /// Ticks given to the core so far. Invariant: never decreases.
     ticks_done: u64,
@@ -332,7 +353,9 @@ impl<R, L: LogWriter, S: Storage> NodeDriver<R, L, S> {
             pending_reads: HashMap::new(),
             next_read_id: 1,
             inflight_persists: VecDeque::new(),
-            wal_entries: Vec::new(),
+            wal_backlog: WalBacklog::default(),
+            apply_outbox: ApplyOutbox::default(),
+            held_appends: HeldAppends::default(),
             role,
             ticks_done: 0,
             stats: DriverStats::default(),
@@ -417,17 +440,114 @@ impl<R, L: LogWriter, S: Storage> NodeDriver<R, L, S> {
         for written in std::mem::take(&mut input.snapshots_written) {
             self.snapshot_written(written, io)?;
         }
-        for message in input.messages.drain(..) {
-            self.core.step(message);
-        }
+        self.apply_outbox.drain(io)?;
+        self.drain_wal_backlog()?;
+        let mut budget = TurnBudget::default();
+        self.step_messages(&mut input.messages, &mut budget);
         let mut commands = Vec::new();
         let mut replies = Vec::new();
-        for request in input.requests.drain(..) {
+        let admitted = self.admitted_requests(&input.requests, &mut budget);
+        if admitted < input.requests.len() {
+            self.stats.turns_requests_deferred += 1;
+        }
+        for request in input.requests.drain(..admitted) {
             self.sort_request(request, &mut commands, &mut replies);
         }
         self.propose_batch(commands, replies);
         self.check_durable()?;
         self.process_ready(io)
+    }
+
+    /// Whether the log or the state machine side has work waiting (then nothing new
+    /// that would add to it is taken).
+    pub fn is_backed_up(&self) -> bool {
+        !self.wal_backlog.is_empty() || !self.apply_outbox.is_empty()
+    }
+
+    /// (WAL bytes waiting, apply work items waiting, AppendEntries held).
+    pub fn backlog(&self) -> (usize, usize, usize) {
+        (
+            self.wal_backlog.bytes(),
+            self.apply_outbox.len(),
+            self.held_appends.len(),
+        )
+    }
+
+    /// Whether `footprint` more (after what the turn admitted) fits in the log now.
+    fn admits(&self, budget: &TurnBudget, (bytes, entries): (usize, usize)) -> bool {
+        if self.is_backed_up() {
+            return false;
+        }
+        let total_bytes = budget.bytes + bytes;
+        (budget.bytes == 0 || total_bytes <= self.log.max_append_bytes())
+            && self.log.has_room(total_bytes, budget.entries + entries)
+    }
+
+    /// Steps held AppendEntries that now fit, then the new messages: votes, heartbeats
+    /// and answers at once; entry-bearing AppendEntries only while the log has room
+    /// (held otherwise, in order, and dropped past the bound: the leader resends).
+    fn step_messages(&mut self, messages: &mut Vec<Message>, budget: &mut TurnBudget) {
+        while let Some(held) = self.held_appends.front() {
+            let footprint = flow::append_footprint(held);
+            if !self.admits(budget, footprint) {
+                break;
+            }
+            budget.add(footprint);
+            if let Some(message) = self.held_appends.pop_front() {
+                self.core.step(message);
+            }
+        }
+        for message in messages.drain(..) {
+            let footprint = flow::append_footprint(&message);
+            if footprint.1 == 0 {
+                self.core.step(message);
+            } else if self.held_appends.is_empty() && self.admits(budget, footprint) {
+                budget.add(footprint);
+                self.core.step(message);
+            } else if self.held_appends.hold(message) {
+                self.stats.appends_held += 1;
+            } else {
+                self.stats.appends_dropped += 1;
+            }
+        }
+    }
+
+    /// How many of `requests` (a prefix, so their order is kept) this turn takes: a
+    /// leader takes none while backed up, and proposals only while the log has room
+    /// for them. The rest stay with the caller (its bounded request queue then fills
+    /// and new clients are turned away there). A non-leader answers them all at once.
+    fn admitted_requests(&self, requests: &[Request<R>], budget: &mut TurnBudget) -> usize {
+        if self.core.role() != Role::Leader {
+            return requests.len();
+        }
+        let mut admitted = 0;
+        for request in requests {
+            let footprint = flow::proposal_footprint(request);
+            if self.is_backed_up() || (footprint.1 > 0 && !self.admits(budget, footprint)) {
+                break;
+            }
+            budget.add(footprint);
+            admitted += 1;
+        }
+        admitted
+    }
+
+    /// Hands the log what it has room for from the backlog, in order.
+    fn drain_wal_backlog(&mut self) -> Result<(), NodeError> {
+        self.wal_backlog
+            .drain(&mut self.log, &mut self.inflight_persists)
+    }
+
+    /// Hands `work` to the state machine side, in order after anything waiting.
+    fn hand_to_apply(
+        &mut self,
+        work: ApplyWork<R>,
+        io: &mut impl NodeIo<R>,
+    ) -> Result<(), NodeError> {
+        if self.apply_outbox.hand_over(work, io)? {
+            self.stats.apply_deferred += 1;
+        }
+        Ok(())
     }
 
     fn advance_clock(&mut self, now_tick: u64) {
@@ -607,10 +727,13 @@ impl<R, L: LogWriter, S: Storage> NodeDriver<R, L, S> {
                 .iter()
                 .map(|entry| entry.data.len() as u64)
                 .sum::<u64>();
-            io.apply(ApplyWork::Entries {
-                entries: committed_entries,
-                replies,
-            })?;
+            self.hand_to_apply(
+                ApplyWork::Entries {
+                    entries: committed_entries,
+                    replies,
+                },
+                io,
+            )?;
             self.maybe_snapshot(io)?;
         } else if self.snapshots.forced {
             self.maybe_snapshot(io)?;
@@ -627,7 +750,7 @@ impl<R, L: LogWriter, S: Storage> NodeDriver<R, L, S> {
             }
         }
         if !confirmed.is_empty() {
-            io.apply(ApplyWork::Reads(confirmed))?;
+            self.hand_to_apply(ApplyWork::Reads(confirmed), io)?;
         }
         for (request_id, ReadError::NotLeader { leader_hint }) in failed_reads {
             if let Some((_, reply)) = self.pending_reads.remove(&request_id) {
@@ -689,66 +812,54 @@ impl<R, L: LogWriter, S: Storage> NodeDriver<R, L, S> {
         if let Some(chunk) = snapshot {
             self.receive_chunk(chunk)?;
         }
-        let mut ticket = None;
+        let mut ops = Vec::new();
         if let Some(hard_state) = hard_state {
-            let stored = tally_wal::HardState {
+            ops.push(WalOp::HardState(tally_wal::HardState {
                 term: hard_state.term,
                 vote: hard_state.voted_for.unwrap_or(0),
-            };
-            ticket = Some(self.log.set_hard_state(stored)?);
+            }));
         }
         if let Some(start) = reset_log {
-            ticket = Some(self.log.reset(start.last_index + 1)?);
+            ops.push(WalOp::Reset {
+                next_index: start.last_index + 1,
+            });
         }
         if let Some(from_index) = truncate_from {
-            ticket = Some(self.log.truncate_suffix(from_index)?);
+            ops.push(WalOp::Truncate { from_index });
         }
-        if !entries.is_empty() {
-            ticket = Some(self.append_entries(&entries)?);
+        self.append_ops(&entries, &mut ops);
+        // An action with nothing to write still gets an ordered completion (a barrier).
+        self.wal_backlog.push_action(seq, ops);
+        self.drain_wal_backlog()?;
+        if !self.wal_backlog.is_empty() {
+            self.stats.persists_deferred += 1;
         }
-        let ticket = match ticket {
-            Some(ticket) => ticket,
-            // An action with nothing to write still needs an ordered completion.
-            None => self.log.barrier()?,
-        };
-        debug_assert!(self
-            .inflight_persists
-            .back()
-            .is_none_or(|(last, _)| *last < seq));
-        self.inflight_persists.push_back((seq, ticket));
         Ok(())
     }
 
-    /// Appends `entries` in as many log appends as the log's per-append bound needs (a
+    /// Splits `entries` into as many log appends as the log's per-append bound needs (a
     /// leader's batch of many large commands can exceed it); group commit still writes
     /// them together, and the last ticket covers them all (tickets resolve in order).
-    fn append_entries(&mut self, entries: &[Entry]) -> Result<L::Ticket, NodeError> {
+    fn append_ops(&self, entries: &[Entry], ops: &mut Vec<WalOp>) {
         let max_bytes = self.log.max_append_bytes();
-        let mut last_ticket = None;
+        let mut chunk = Vec::new();
         let mut chunk_bytes = 0usize;
-        self.wal_entries.clear();
         for entry in entries {
             let entry_bytes = tally_wal::ENTRY_RECORD_HEADER_LEN + entry.data.len();
-            if !self.wal_entries.is_empty() && chunk_bytes + entry_bytes > max_bytes {
-                last_ticket = Some(self.log.append(&self.wal_entries)?);
-                self.wal_entries.clear();
+            if !chunk.is_empty() && chunk_bytes + entry_bytes > max_bytes {
+                ops.push(WalOp::Append(std::mem::take(&mut chunk)));
                 chunk_bytes = 0;
             }
             chunk_bytes += entry_bytes;
-            self.wal_entries.push(tally_wal::Entry {
+            chunk.push(tally_wal::Entry {
                 index: entry.index,
                 term: entry.term,
                 kind: entry.kind.as_u8(),
                 payload: entry.data.clone(),
             });
         }
-        if !self.wal_entries.is_empty() {
-            last_ticket = Some(self.log.append(&self.wal_entries)?);
-            self.wal_entries.clear();
-        }
-        match last_ticket {
-            Some(ticket) => Ok(ticket),
-            None => Ok(self.log.barrier()?),
+        if !chunk.is_empty() {
+            ops.push(WalOp::Append(chunk));
         }
     }
 
@@ -799,10 +910,13 @@ impl<R, L: LogWriter, S: Storage> NodeDriver<R, L, S> {
             }
         };
         let reader = self.snapshots.store.open(&info.name)?;
-        io.apply(ApplyWork::Restore {
-            meta: meta.clone(),
-            reader: Box::new(reader),
-        })?;
+        self.hand_to_apply(
+            ApplyWork::Restore {
+                meta: meta.clone(),
+                reader: Box::new(reader),
+            },
+            io,
+        )?;
         self.snapshots.handed_out = (meta.index, meta.term);
         self.snapshots.bytes_since = 0;
         let data = self.snapshots.file_bytes(&info)?;
@@ -826,13 +940,16 @@ impl<R, L: LogWriter, S: Storage> NodeDriver<R, L, S> {
         self.snapshots.in_progress = true;
         self.snapshots.forced = false;
         self.snapshots.bytes_since = 0;
-        io.apply(ApplyWork::Snapshot {
-            meta: SnapshotMeta {
-                index,
-                term,
-                configuration,
+        self.hand_to_apply(
+            ApplyWork::Snapshot {
+                meta: SnapshotMeta {
+                    index,
+                    term,
+                    configuration,
+                },
             },
-        })
+            io,
+        )
     }
 
     /// The background writer finished a snapshot file: offer it to the core, compact
@@ -892,6 +1009,7 @@ impl<R, L: LogWriter, S: Storage> NodeDriver<R, L, S> {
     /// The node stops (shutdown or fail-stop): writes already proposed may still commit
     /// through the other members, so their outcome is unknown; reads just failed.
     pub fn fail_on_stop(&mut self) {
+        self.apply_outbox.fail_on_stop();
         for (_, done) in self.snapshots.waiters.drain(..) {
             done(Err(ClientError::NodeStopped));
         }

@@ -10,6 +10,8 @@ use crate::raft::{Configuration, RaftConfig};
 #[derive(Default)]
 struct InstantLog {
     next_ticket: u64,
+    /// No room: every operation must wait (a full group-commit buffer).
+    full: bool,
 }
 
 impl LogWriter for InstantLog {
@@ -33,6 +35,9 @@ impl LogWriter for InstantLog {
     fn max_append_bytes(&self) -> usize {
         usize::MAX
     }
+    fn has_room(&self, _: usize, _: usize) -> bool {
+        !self.full
+    }
     fn is_durable(&self, _: &u64) -> bool {
         true
     }
@@ -48,6 +53,8 @@ struct Collected {
     lease_reads: usize,
     other_reads: usize,
     applied_through: Option<u64>,
+    /// The state machine side is full: every work item is given back.
+    refuse_apply: bool,
 }
 
 impl NodeIo<u64> for Collected {
@@ -57,7 +64,10 @@ impl NodeIo<u64> for Collected {
     fn housekeeping(&mut self, _: Housekeeping) -> Result<(), NodeError> {
         Ok(())
     }
-    fn apply(&mut self, work: ApplyWork<u64>) -> Result<(), NodeError> {
+    fn apply(&mut self, work: ApplyWork<u64>) -> Result<Option<ApplyWork<u64>>, NodeError> {
+        if self.refuse_apply {
+            return Ok(Some(work));
+        }
         match work {
             ApplyWork::Entries { entries, replies } => {
                 self.applied_through = entries.last().map(|entry| entry.index);
@@ -77,7 +87,7 @@ impl NodeIo<u64> for Collected {
             }
             ApplyWork::Snapshot { .. } | ApplyWork::Restore { .. } => {}
         }
-        Ok(())
+        Ok(None)
     }
 }
 
@@ -85,6 +95,8 @@ struct Trio {
     drivers: Vec<NodeDriver<u64, InstantLog, tally_wal::SimStorage>>,
     inputs: Vec<TurnInput<u64>>,
     tick: u64,
+    /// Nodes whose state machine side takes nothing.
+    apply_full: [bool; 3],
 }
 
 impl Trio {
@@ -106,6 +118,7 @@ impl Trio {
             drivers,
             inputs: (0..3).map(|_| TurnInput::new()).collect(),
             tick: 0,
+            apply_full: [false; 3],
         }
     }
 
@@ -119,7 +132,10 @@ impl Trio {
                 self.inputs[k].messages.clear();
                 continue;
             }
-            let mut io = Collected::default();
+            let mut io = Collected {
+                refuse_apply: self.apply_full[k],
+                ..Collected::default()
+            };
             self.inputs[k].now_tick = self.tick;
             self.drivers[k]
                 .turn(&mut self.inputs[k], &mut io)
@@ -241,4 +257,147 @@ fn a_turn_takes_every_queued_proposal_as_one_batch() {
     let mut answered: Vec<u64> = receiver.try_iter().map(|reply| reply.tag).collect();
     answered.sort_unstable();
     assert_eq!(answered, (0..10).collect::<Vec<_>>());
+}
+
+fn elected(trio: &mut Trio) -> usize {
+    for _ in 0..200 {
+        trio.round(None);
+        if trio.leader_with_lease().is_some() {
+            break;
+        }
+    }
+    trio.leader_with_lease().expect("a leader")
+}
+
+fn terms_and_roles(trio: &Trio) -> Vec<(u64, Role)> {
+    trio.drivers
+        .iter()
+        .map(|driver| (driver.core().term(), driver.core().role()))
+        .collect()
+}
+
+fn propose(trio: &mut Trio, k: usize, tag: u64) -> Receiver<Reply<u64>> {
+    let (sender, receiver) = unbounded();
+    trio.inputs[k]
+        .requests
+        .push(Request::One(Submission::Propose {
+            command: Bytes::from_static(b"c"),
+            reply: ReplyTo::new(tag, sender),
+        }));
+    receiver
+}
+
+#[test]
+fn a_leader_with_a_full_wal_leaves_proposals_queued_and_keeps_its_followers() {
+    let mut trio = Trio::new();
+    let leader = elected(&mut trio);
+    let before = terms_and_roles(&trio);
+    for driver in &mut trio.drivers {
+        driver.log_mut().full = true;
+    }
+    let reply = propose(&mut trio, leader, 1);
+    let last_index = trio.drivers[leader].core().log().last_index();
+    let election_ticks = trio.drivers[leader].core().config().election_timeout_ticks;
+    for _ in 0..10 * election_ticks {
+        trio.round(None);
+    }
+    assert_eq!(terms_and_roles(&trio), before, "heartbeats kept flowing");
+    assert_eq!(
+        trio.inputs[leader].requests.len(),
+        1,
+        "the proposal stays with the caller"
+    );
+    assert_eq!(trio.drivers[leader].core().log().last_index(), last_index);
+    assert!(trio.drivers[leader].stats().turns_requests_deferred > 0);
+    assert!(
+        reply.try_recv().is_err(),
+        "not answered while the WAL is full"
+    );
+
+    for driver in &mut trio.drivers {
+        driver.log_mut().full = false;
+    }
+    for _ in 0..20 {
+        trio.round(None);
+    }
+    let answer = reply.try_recv().expect("answered once the WAL has room");
+    assert_eq!(answer.result, Ok(last_index + 1));
+    assert_eq!(terms_and_roles(&trio), before);
+}
+
+#[test]
+fn a_follower_with_a_full_wal_holds_new_entries_and_acknowledges_them_once_it_has_room() {
+    let mut trio = Trio::new();
+    let leader = elected(&mut trio);
+    let before = terms_and_roles(&trio);
+    let followers: Vec<usize> = (0..3).filter(|&k| k != leader).collect();
+    for &k in &followers {
+        trio.drivers[k].log_mut().full = true;
+    }
+    let reply = propose(&mut trio, leader, 7);
+    let election_ticks = trio.drivers[leader].core().config().election_timeout_ticks;
+    for _ in 0..10 * election_ticks {
+        trio.round(None);
+    }
+    assert_eq!(terms_and_roles(&trio), before, "heartbeats were answered");
+    for &k in &followers {
+        assert!(
+            trio.drivers[k].stats().appends_held > 0,
+            "node {k} held the entries"
+        );
+        assert!(trio.drivers[k].is_backed_up() || trio.drivers[k].backlog().2 > 0);
+    }
+    assert!(
+        reply.try_recv().is_err(),
+        "no quorum holds the entry durably yet"
+    );
+
+    for &k in &followers {
+        trio.drivers[k].log_mut().full = false;
+    }
+    for _ in 0..20 {
+        trio.round(None);
+    }
+    assert!(reply.try_recv().expect("committed").result.is_ok());
+    for &k in &followers {
+        assert_eq!(
+            trio.drivers[k].backlog(),
+            (0, 0, 0),
+            "node {k} drained everything"
+        );
+    }
+    assert_eq!(terms_and_roles(&trio), before);
+}
+
+#[test]
+fn a_leader_whose_apply_side_is_full_keeps_leading_and_answers_waiting_clients_when_it_stops() {
+    let mut trio = Trio::new();
+    let leader = elected(&mut trio);
+    let before = terms_and_roles(&trio);
+    trio.apply_full = [true; 3];
+    let first = propose(&mut trio, leader, 1);
+    let election_ticks = trio.drivers[leader].core().config().election_timeout_ticks;
+    for _ in 0..5 * election_ticks {
+        trio.round(None);
+    }
+    assert!(
+        trio.drivers[leader].backlog().1 > 0,
+        "the committed entry waits in the outbox"
+    );
+    assert!(trio.drivers[leader].stats().apply_deferred > 0);
+    let second = propose(&mut trio, leader, 2);
+    for _ in 0..5 * election_ticks {
+        trio.round(None);
+    }
+    assert_eq!(terms_and_roles(&trio), before, "heartbeats kept flowing");
+    assert_eq!(
+        trio.inputs[leader].requests.len(),
+        1,
+        "no new work taken while backed up"
+    );
+    assert!(first.try_recv().is_err() && second.try_recv().is_err());
+
+    trio.drivers[leader].fail_on_stop();
+    let answer = first.try_recv().expect("answered on stop");
+    assert_eq!(answer.result, Err(ClientError::OutcomeUnknown));
 }

@@ -121,6 +121,15 @@ impl RaftConfig {
         }
     }
 
+    /// A follower in replicate state whose in-flight window made no progress (its
+    /// match index did not advance) for this long is presumed to have lost a message and
+    /// is probed: a backstop (a slow disk delays acknowledgements, so it is many election
+    /// timeouts); losses are normally found by a rejection or by an answer to a later
+    /// message (see `Progress::ack_latency_ticks`).
+    pub fn replication_stall_ticks(&self) -> u64 {
+        8 * self.election_timeout_ticks.max(1)
+    }
+
     /// Ticks a lease lasts after the send time a quorum acknowledged:
     /// `floor((election_timeout - 1) * (1 - max_clock_drift))`. The `- 1` covers tick
     /// granularity on the follower side, and the strict comparison in
@@ -282,6 +291,13 @@ pub struct CoreStats {
     pub snapshot_chunks_sent: u64,
     /// Inbound messages dropped because they were malformed or impossible.
     pub invalid_messages: u64,
+    /// Followers dropped from replicate to probe state (a rejection, an acknowledgement
+    /// overdue past the follower's own recent latency, or a pipeline that made no
+    /// progress for [`RaftConfig::replication_stall_ticks`]).
+    pub probe_transitions: u64,
+    /// AppendEntries with entries that start at or below an index already sent to that
+    /// follower (resends after a loss, a rejection or a probe).
+    pub batches_resent: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -332,6 +348,11 @@ pub struct RaftNode {
     now_tick: u64,
     election_elapsed_ticks: u64,
     randomized_election_timeout_ticks: u64,
+    /// Ticks of the current election timer spent waiting for this node's own term and
+    /// vote to become durable: they do not count towards the timeout (nothing that
+    /// depends on them has left yet), and they are added to it afterwards, since a
+    /// voter's disk is likely as slow as ours. Reset with the election timer.
+    hard_state_wait_ticks: u64,
     /// Ticks since a leader last contacted us (or since start). While below the election
     /// timeout, vote requests are ignored: this is what makes leader leases safe.
     ticks_since_leader_contact: u64,
@@ -475,6 +496,7 @@ impl RaftNode {
             now_tick: 0,
             election_elapsed_ticks: 0,
             randomized_election_timeout_ticks: 0,
+            hard_state_wait_ticks: 0,
             ticks_since_leader_contact,
             heartbeat_elapsed_ticks: 0,
             check_quorum_elapsed_ticks: 0,
@@ -615,8 +637,17 @@ impl RaftNode {
             Role::Leader => self.tick_leader(),
             Role::Learner => {}
             Role::Follower | Role::PreCandidate | Role::Candidate => {
-                self.election_elapsed_ticks += 1;
-                if self.election_elapsed_ticks >= self.randomized_election_timeout_ticks {
+                // A vote granted or a campaign started is not out while its hard state
+                // is not durable: a slow disk must not make us campaign before the
+                // message that the election timer waits on has even left.
+                if self.hard_state_is_durable() {
+                    self.election_elapsed_ticks += 1;
+                } else {
+                    self.hard_state_wait_ticks += 1;
+                }
+                if self.election_elapsed_ticks
+                    >= self.randomized_election_timeout_ticks + self.hard_state_wait_ticks
+                {
                     self.start_election(false);
                 }
             }
@@ -652,7 +683,23 @@ impl RaftNode {
         }
         if self.heartbeat_elapsed_ticks >= self.cfg.heartbeat_interval_ticks {
             self.heartbeat_elapsed_ticks = 0;
+            self.probe_stalled_followers();
             self.broadcast_heartbeat();
+        }
+    }
+
+    /// Drops to probe every follower whose pipeline made no progress for
+    /// [`RaftConfig::replication_stall_ticks`]: a message lost at the tail of a stream
+    /// (nothing after it to be rejected) is resent from the match point.
+    fn probe_stalled_followers(&mut self) {
+        let stall_ticks = self.cfg.replication_stall_ticks();
+        let now_tick = self.now_tick;
+        for progress in self.progress.values_mut() {
+            if progress.is_stalled(now_tick, stall_ticks) {
+                let next_index = progress.match_index + 1;
+                progress.become_probe(next_index);
+                self.stats.probe_transitions += 1;
+            }
         }
     }
 
@@ -789,11 +836,12 @@ impl RaftNode {
             let members = self.configuration.members();
             self.progress.retain(|id, _| members.contains(id));
             let next_index = self.log.last_index() + 1;
+            let election_timeout_ticks = self.cfg.election_timeout_ticks;
             for id in members {
                 if id != self.cfg.id {
                     self.progress
                         .entry(id)
-                        .or_insert_with(|| Progress::new(next_index));
+                        .or_insert_with(|| Progress::new(next_index, election_timeout_ticks));
                 }
             }
         }
@@ -1130,8 +1178,14 @@ impl RaftNode {
                 || self.ticks_since_leader_contact < self.cfg.election_timeout_ticks)
     }
 
+    fn hard_state_is_durable(&self) -> bool {
+        self.durable_hard_state.term == self.term
+            && self.durable_hard_state.voted_for == self.voted_for
+    }
+
     fn reset_election_timer(&mut self) {
         self.election_elapsed_ticks = 0;
+        self.hard_state_wait_ticks = 0;
         let min = self.cfg.election_timeout_ticks;
         self.randomized_election_timeout_ticks = self.rng.gen_range(min..2 * min);
     }
@@ -1298,7 +1352,12 @@ impl RaftNode {
             .members()
             .into_iter()
             .filter(|id| *id != self.cfg.id)
-            .map(|id| (id, Progress::new(next_index)))
+            .map(|id| {
+                (
+                    id,
+                    Progress::new(next_index, self.cfg.election_timeout_ticks),
+                )
+            })
             .collect();
         let noop = Entry {
             index: next_index,
@@ -1398,13 +1457,14 @@ impl RaftNode {
             let Some(progress) = self.progress.get_mut(&peer) else {
                 return;
             };
+            if next_index <= progress.highest_sent_index {
+                self.stats.batches_resent += 1;
+            }
+            progress.highest_sent_index = progress.highest_sent_index.max(last);
             match state {
                 ReplicationState::Replicate => {
                     progress.next_index = last + 1;
-                    progress
-                        .inflight
-                        .push_back((last, size_bytes, self.now_tick));
-                    progress.inflight_bytes += size_bytes;
+                    progress.push_inflight(last, size_bytes, self.now_tick);
                 }
                 _ => {
                     progress.probe_outstanding = true;
@@ -1455,6 +1515,8 @@ impl RaftNode {
         if response.success {
             if response.match_index > progress.match_index {
                 progress.match_index = response.match_index;
+                progress.last_progress_tick = self.now_tick;
+                progress.note_ack_latency(self.now_tick.saturating_sub(response.sent_at_tick));
                 match_advanced = true;
             }
             match progress.state {
@@ -1463,14 +1525,20 @@ impl RaftNode {
                     progress.free_inflight_through(progress.match_index);
                     progress.next_index = progress.next_index.max(progress.match_index + 1);
                     // The follower answered a message sent well after the oldest one in
-                    // flight without having that one: it was lost. Resend from the match
-                    // point (a merely delayed message then arrives as a harmless duplicate).
+                    // flight without having acknowledged that one: it was lost, unless
+                    // its acknowledgement is merely late. A follower acknowledges
+                    // entries only once they are durable, so with a slow disk its
+                    // heartbeat answers overtake them: "well after" is measured in its
+                    // own recent acknowledgement latency (a late ack is no loss).
+                    let patience_ticks =
+                        2 * self.cfg.heartbeat_interval_ticks + 2 * progress.ack_latency_ticks;
                     let lost = progress.inflight.front().is_some_and(|&(_, _, sent_tick)| {
-                        response.sent_at_tick >= sent_tick + 2 * self.cfg.heartbeat_interval_ticks
+                        response.sent_at_tick >= sent_tick + patience_ticks
                     });
                     if lost {
                         let next_index = progress.match_index + 1;
                         progress.become_probe(next_index);
+                        self.stats.probe_transitions += 1;
                     }
                 }
                 ReplicationState::Snapshot => {
@@ -1504,6 +1572,9 @@ impl RaftNode {
                     .min(response.rejected_prev_index)
                     .min(last_index + 1)
                     .max(1);
+                if progress.state == ReplicationState::Replicate {
+                    self.stats.probe_transitions += 1;
+                }
                 progress.become_probe(next);
             }
         }

@@ -35,6 +35,15 @@ pub struct Progress {
     pub inflight: VecDeque<(u64, u64, u64)>,
     /// Sum of the sizes in `inflight`.
     pub inflight_bytes: u64,
+    /// Tick at which the in-flight window last made progress (the match index
+    /// advanced, or the window became non-empty): see [`Progress::is_stalled`].
+    pub last_progress_tick: u64,
+    /// Highest index ever sent to the peer in this term (to count resends).
+    pub highest_sent_index: u64,
+    /// How long the peer recently took to acknowledge entries (send to answer, in
+    /// ticks): a decaying maximum of the samples, starting at one election timeout. An
+    /// acknowledgement is presumed lost only once it is overdue by twice this.
+    pub ack_latency_ticks: u64,
     /// Answered at least once since the last check-quorum round.
     pub recent_active: bool,
     /// Highest `heartbeat_id` the peer echoed in this term.
@@ -105,7 +114,9 @@ impl SnapshotTransfer {
 }
 
 impl Progress {
-    pub fn new(next_index: u64) -> Progress {
+    /// A peer to replicate to from `next_index`; its acknowledgements are expected
+    /// within `initial_ack_latency_ticks` until some were seen.
+    pub fn new(next_index: u64, initial_ack_latency_ticks: u64) -> Progress {
         Progress {
             match_index: 0,
             next_index,
@@ -113,6 +124,9 @@ impl Progress {
             probe_outstanding: false,
             inflight: VecDeque::new(),
             inflight_bytes: 0,
+            last_progress_tick: 0,
+            highest_sent_index: 0,
+            ack_latency_ticks: initial_ack_latency_ticks,
             recent_active: false,
             acked_heartbeat_id: 0,
             acked_sent_tick: None,
@@ -129,6 +143,32 @@ impl Progress {
             self.inflight.pop_front();
             self.inflight_bytes -= size_bytes;
         }
+    }
+
+    /// Records how long an acknowledgement took: the estimate jumps up to a slower
+    /// sample and decays by an eighth per faster one.
+    pub fn note_ack_latency(&mut self, sample_ticks: u64) {
+        let decayed = self.ack_latency_ticks - self.ack_latency_ticks.div_ceil(8);
+        self.ack_latency_ticks = decayed.max(sample_ticks);
+    }
+
+    /// Records an AppendEntries sent in replicate state. A window that was empty starts
+    /// its progress clock now (an idle follower is never stalled).
+    pub fn push_inflight(&mut self, last_index: u64, size_bytes: u64, now_tick: u64) {
+        if self.inflight.is_empty() {
+            self.last_progress_tick = now_tick;
+        }
+        self.inflight.push_back((last_index, size_bytes, now_tick));
+        self.inflight_bytes += size_bytes;
+    }
+
+    /// In replicate state with messages in flight, and no progress for `stall_ticks`:
+    /// something was lost (late acknowledgements advance the match index, so a slow
+    /// follower is not stalled).
+    pub fn is_stalled(&self, now_tick: u64, stall_ticks: u64) -> bool {
+        self.state == ReplicationState::Replicate
+            && !self.inflight.is_empty()
+            && now_tick.saturating_sub(self.last_progress_tick) >= stall_ticks
     }
 
     pub fn become_probe(&mut self, next_index: u64) {

@@ -792,3 +792,144 @@ fn removed_node_may_campaign_until_its_removal_is_committed() {
         "a removed node kept campaigning after its removal committed"
     );
 }
+
+/// Entry-bearing AppendEntries in a ready, per follower: (to, last index, sent_at_tick,
+/// heartbeat id); empty ones (heartbeats) as (to, None, ...).
+fn appends_sent(ready: &Ready) -> Vec<(NodeId, Option<u64>, u64, u64)> {
+    ready
+        .messages
+        .iter()
+        .filter_map(|m| match &m.body {
+            MessageBody::AppendEntries(append) => Some((
+                m.to,
+                append.entries.last().map(|entry| entry.index),
+                append.sent_at_tick,
+                append.heartbeat_id,
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Both followers answer heartbeats at once but acknowledge entries only
+/// `ack_delay_ticks` later (a slow disk: acks wait for fsync). Returns the leader after
+/// `ticks` ticks of one proposal per tick, and the highest index acknowledged.
+fn leader_with_slow_followers(
+    ack_delay_ticks: u64,
+    ticks: u64,
+    lose_last: bool,
+) -> (RaftNode, u64) {
+    let (mut node, term) = leader_with_durable_noop();
+    node.step(message(2, 1, term, ack_echo(1, 0, node.now_tick())));
+    node.step(message(3, 1, term, ack_echo(1, 0, node.now_tick())));
+    node.take_ready();
+    let mut delayed: Vec<(u64, NodeId, u64, u64, u64)> = Vec::new();
+    let mut acked = [1u64; 4];
+    for tick in 0..ticks {
+        if tick < ticks / 2 {
+            node.propose(vec![Bytes::from(format!("p{tick}"))])
+                .expect("leader");
+        }
+        node.tick();
+        let now = node.now_tick();
+        let ready = node.take_ready();
+        if let Some(persist) = &ready.persist {
+            node.on_persisted(persist.seq);
+        }
+        for (to, last, sent_at_tick, heartbeat_id) in appends_sent(&ready) {
+            match last {
+                // The last batch to node 2 is lost when asked.
+                Some(_) if lose_last && to == 2 && tick + 1 == ticks / 2 => {}
+                Some(last) => {
+                    delayed.push((now + ack_delay_ticks, to, last, heartbeat_id, sent_at_tick))
+                }
+                None => {
+                    let answer = ack_echo(acked[to as usize], heartbeat_id, sent_at_tick);
+                    node.step(message(to, 1, term, answer));
+                }
+            }
+        }
+        let (due, later): (Vec<_>, Vec<_>) = delayed.into_iter().partition(|d| d.0 <= now);
+        delayed = later;
+        for (_, to, last, heartbeat_id, sent_at_tick) in due {
+            acked[to as usize] = acked[to as usize].max(last);
+            node.step(message(
+                to,
+                1,
+                term,
+                ack_echo(last, heartbeat_id, sent_at_tick),
+            ));
+        }
+        assert_eq!(node.role(), Role::Leader, "the leader keeps its quorum");
+    }
+    (node, acked[2])
+}
+
+#[test]
+fn a_follower_whose_acks_take_ten_heartbeats_keeps_its_pipeline() {
+    let ticks = 200;
+    let (node, acked) = leader_with_slow_followers(10, ticks, false);
+    let stats = node.stats();
+    assert_eq!(
+        stats.probe_transitions, 0,
+        "late acknowledgements are not losses"
+    );
+    assert_eq!(
+        stats.batches_resent, 0,
+        "nothing is resent to a merely slow follower"
+    );
+    assert_eq!(acked, node.log().last_index(), "everything was replicated");
+    assert_eq!(node.commit_index(), node.log().last_index());
+}
+
+#[test]
+fn a_batch_lost_at_the_tail_is_resent_once_its_acknowledgement_is_overdue() {
+    let (node, _) = leader_with_slow_followers(10, 50, false);
+    assert_eq!(node.stats().probe_transitions, 0);
+    let stall = node.config().replication_stall_ticks();
+    let (node, acked) = leader_with_slow_followers(10, 50 + 2 * stall, true);
+    let stats = node.stats();
+    assert_eq!(stats.probe_transitions, 1, "one loss, one probe");
+    assert!(stats.batches_resent >= 1, "the lost batch was resent");
+    assert_eq!(acked, node.log().last_index(), "the follower caught up");
+}
+
+#[test]
+fn a_node_does_not_campaign_while_its_granted_vote_is_not_durable() {
+    let mut node = RaftNode::new(config(1), three_nodes());
+    node.step(message(
+        2,
+        1,
+        1,
+        MessageBody::RequestVote(RequestVote {
+            last_log_index: 0,
+            last_log_term: 0,
+            leadership_transfer: false,
+        }),
+    ));
+    let ready = node.take_ready();
+    assert!(responses(&ready).is_empty());
+    let persist = ready.persist.expect("the vote is persisted");
+    let timeout = node.config().election_timeout_ticks;
+    for _ in 0..5 * timeout {
+        node.tick();
+    }
+    assert_eq!(
+        node.role(),
+        Role::Follower,
+        "no campaign while the vote is not out"
+    );
+    node.on_persisted(persist.seq);
+    // The wait is added to the timeout: at most 2T more after 5T of waiting.
+    for _ in 0..8 * timeout {
+        node.tick();
+        if node.role() != Role::Follower {
+            break;
+        }
+    }
+    assert_eq!(
+        node.role(),
+        Role::PreCandidate,
+        "it campaigns once its timer runs"
+    );
+}

@@ -9,7 +9,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{select, Receiver, Sender};
+use crossbeam_channel::{never, select, Receiver, Sender, TrySendError};
 
 use super::{initial_configuration, ClientError, NodeError, NodeOptions, NodeStatus, Transport};
 use crate::driver::{
@@ -140,13 +140,16 @@ impl<R, T: Transport> NodeIo<R> for RuntimeIo<R, T> {
         Ok(())
     }
 
-    fn apply(&mut self, work: ApplyWork<R>) -> Result<(), NodeError> {
-        // Blocking here is the backpressure from a slow state machine.
-        self.apply.send(work).map_err(|_| {
-            NodeError::StateMachine(crate::state_machine::StateMachineError::Fatal(
-                "apply thread stopped".into(),
-            ))
-        })
+    fn apply(&mut self, work: ApplyWork<R>) -> Result<Option<ApplyWork<R>>, NodeError> {
+        // Never blocks: a full apply queue gives the work back to the driver, which
+        // keeps it (and stops taking new work) until the apply thread catches up.
+        match self.apply.try_send(work) {
+            Ok(()) => Ok(None),
+            Err(TrySendError::Full(work)) => Ok(Some(work)),
+            Err(TrySendError::Disconnected(_)) => Err(NodeError::StateMachine(
+                crate::state_machine::StateMachineError::Fatal("apply thread stopped".into()),
+            )),
+        }
     }
 }
 
@@ -178,6 +181,9 @@ pub(crate) fn raft_loop<R: Send + 'static, T: Transport>(
         housekeeping,
     };
     let mut input = TurnInput::new();
+    // Stands in for the request queue while the driver still holds requests it did not
+    // take (a full WAL or apply queue): new ones then stay in the bounded queue.
+    let no_requests: Receiver<Request<R>> = never();
     let started = Instant::now();
     let tick_nanos = tick_interval.as_nanos().max(1);
     let result = loop {
@@ -187,11 +193,19 @@ pub(crate) fn raft_loop<R: Send + 'static, T: Transport>(
         let next_tick_at = started
             + Duration::from_nanos((tick_nanos * (u128::from(driver.now_tick()) + 1)) as u64);
         let timeout = next_tick_at.saturating_duration_since(Instant::now());
+        let take_requests = input.requests.is_empty();
+        let request_queue = if take_requests {
+            &requests
+        } else {
+            &no_requests
+        };
         // Block until anything arrives or the next tick is due; then drain everything.
         // What woke the thread is only collected here: the driver advances the clock
-        // before it steps or answers anything.
+        // before it steps or answers anything. (Room in the WAL frees up when its
+        // writer takes a batch, which wakes nobody: a deferred operation waits for the
+        // next tick or completion at most.)
         select! {
-            recv(requests) -> request => if let Ok(request) = request { input.requests.push(request) },
+            recv(request_queue) -> request => if let Ok(request) = request { input.requests.push(request) },
             recv(inbound) -> message => if let Ok(message) = message { input.messages.push(message) },
             recv(durable) -> _ => {},
             recv(applied) -> index => if let Ok(index) = index { input.note_applied(index) },
@@ -204,9 +218,11 @@ pub(crate) fn raft_loop<R: Send + 'static, T: Transport>(
         for index in applied.try_iter() {
             input.note_applied(index);
         }
-        input
-            .requests
-            .extend(requests.try_iter().take(MAX_REQUESTS_PER_TURN));
+        if take_requests {
+            input
+                .requests
+                .extend(requests.try_iter().take(MAX_REQUESTS_PER_TURN));
+        }
         input.snapshots_written.extend(snapshots_written.try_iter());
         for _ in durable.try_iter() {}
         input.now_tick = (started.elapsed().as_nanos() / tick_nanos) as u64;

@@ -47,6 +47,8 @@ struct Cluster {
     next_sequence: u64,
     /// Applied to every node's options before it starts.
     tweak: fn(&mut NodeOptions),
+    /// When set, every node's state machine sleeps this long per applied batch.
+    apply_delay: Option<Duration>,
 }
 
 /// Generous bound for anything a test waits for; only hit when something is broken.
@@ -58,6 +60,14 @@ impl Cluster {
     }
 
     fn start_with(size: u64, tweak: fn(&mut NodeOptions)) -> Cluster {
+        Cluster::start_slow(size, tweak, None)
+    }
+
+    fn start_slow(
+        size: u64,
+        tweak: fn(&mut NodeOptions),
+        apply_delay: Option<Duration>,
+    ) -> Cluster {
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -72,6 +82,7 @@ impl Cluster {
             isolated: Arc::default(),
             next_sequence: 0,
             tweak,
+            apply_delay,
         };
         for id in voters {
             cluster.start_node(id);
@@ -91,8 +102,19 @@ impl Cluster {
             registry: Arc::clone(&self.registry),
             isolated: Arc::clone(&self.isolated),
         };
-        let node = Node::start(options, KvStateMachine::new(KvLimits::default()), transport)
-            .expect("node starts");
+        let state_machine = KvStateMachine::new(KvLimits::default());
+        let node = match self.apply_delay {
+            None => Node::start(options, state_machine, transport),
+            Some(delay) => Node::start(
+                options,
+                SlowStateMachine {
+                    inner: state_machine,
+                    delay,
+                },
+                transport,
+            ),
+        }
+        .expect("node starts");
         self.registry.write().insert(id, node.handle());
         self.nodes.insert(id, node);
     }
@@ -735,4 +757,120 @@ fn a_node_whose_only_snapshot_is_corrupt_refuses_to_start_and_names_the_file() {
         snapshots.iter().any(|name| error.contains(name.as_str())),
         "the error names the snapshot file: {error}"
     );
+}
+
+/// A state machine that takes `delay` for every batch it applies (a slow database).
+struct SlowStateMachine {
+    inner: KvStateMachine,
+    delay: Duration,
+}
+
+impl StateMachine for SlowStateMachine {
+    type Response = KvResponse;
+
+    fn apply(
+        &mut self,
+        entries: &[crate::state_machine::CommittedEntry<'_>],
+    ) -> Result<Vec<KvResponse>, crate::state_machine::StateMachineError> {
+        std::thread::sleep(self.delay);
+        self.inner.apply(entries)
+    }
+
+    fn query(&self, request: &[u8]) -> KvResponse {
+        self.inner.query(request)
+    }
+
+    fn applied_index(&self) -> u64 {
+        self.inner.applied_index()
+    }
+
+    fn snapshot(&self) -> Box<dyn crate::state_machine::SnapshotSource> {
+        self.inner.snapshot()
+    }
+
+    fn restore(
+        &mut self,
+        input: &mut dyn std::io::Read,
+    ) -> Result<u64, crate::state_machine::StateMachineError> {
+        self.inner.restore(input)
+    }
+}
+
+fn one_slot_apply_queue(options: &mut NodeOptions) {
+    options.apply_queue_capacity = 1;
+}
+
+/// (term, role) of every node.
+fn terms_and_roles(cluster: &Cluster) -> Vec<(NodeId, u64, crate::raft::Role)> {
+    let mut seen: Vec<_> = cluster
+        .nodes
+        .iter()
+        .map(|(id, node)| {
+            let handle = node.handle();
+            let status = handle.status();
+            (
+                *id,
+                status.term.load(std::sync::atomic::Ordering::Relaxed),
+                status.role(),
+            )
+        })
+        .collect();
+    seen.sort_by_key(|(id, _, _)| *id);
+    seen
+}
+
+#[test]
+fn a_full_apply_queue_behind_a_slow_state_machine_does_not_stop_heartbeats() {
+    // Each applied batch takes five election timeouts (100-200 ms), and the apply queue
+    // holds one batch: a raft thread that waited for the apply queue would miss every
+    // heartbeat meanwhile, and its cluster would hold elections (it did, before the
+    // driver's apply outbox).
+    let apply_delay = Duration::from_millis(1000);
+    let mut cluster = Cluster::start_slow(3, one_slot_apply_queue, Some(apply_delay));
+    let leader = cluster.wait_for_leader();
+    // The no-op of the term is applied first, so the load starts from a settled term.
+    wait_for("the leader applied its no-op", || {
+        let handle = cluster.nodes[&leader].handle();
+        handle
+            .status()
+            .applied_index
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    });
+    let before = terms_and_roles(&cluster);
+    let (sender, replies): (_, Receiver<Reply<KvResponse>>) = unbounded();
+    let writes = 20u64;
+    for k in 0..writes {
+        let key = format!("slow-{k}");
+        let command = cluster.encode(&Command::Set {
+            key: key.as_bytes(),
+            value: b"v",
+        });
+        let handle = cluster.nodes[&leader].handle();
+        handle.propose(command, ReplyTo::new(k, sender.clone()));
+        // Spread over several turns, so several batches queue up behind the slow apply.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let started = Instant::now();
+    let mut answered = 0;
+    while answered < writes || started.elapsed() < Duration::from_secs(2) {
+        assert_eq!(
+            terms_and_roles(&cluster),
+            before,
+            "a term or role changed while applying slowly"
+        );
+        assert!(
+            started.elapsed() < PATIENCE,
+            "only {answered} of {writes} writes answered"
+        );
+        if answered < writes {
+            if let Ok(reply) = replies.recv_timeout(Duration::from_millis(10)) {
+                assert_eq!(reply.result, Ok(KvResponse::Ok), "write {}", reply.tag);
+                answered += 1;
+            }
+        } else {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    assert_eq!(terms_and_roles(&cluster), before);
 }

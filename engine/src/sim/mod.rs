@@ -133,6 +133,12 @@ pub struct SimConfig {
     pub max_batch_entries: usize,
     /// AppendEntries in flight per follower.
     pub max_inflight_messages: usize,
+    /// Apply work items a node's state machine side takes per turn; the rest is given
+    /// back, so the driver's apply outbox (and the request gating behind it) runs.
+    pub apply_capacity_per_turn: usize,
+    /// WAL operations a node's disk holds before they are durable; the driver defers
+    /// the rest (its WAL backlog, held AppendEntries, request gating).
+    pub wal_max_unsynced_ops: u64,
     /// Nodes take snapshots and compact (each seed draws its own thresholds, small
     /// enough that snapshots, compaction and InstallSnapshot happen in every run).
     pub snapshots: bool,
@@ -168,6 +174,8 @@ impl SimConfig {
             max_fsync_us: 2_000,
             max_batch_entries: 64,
             max_inflight_messages: 8,
+            apply_capacity_per_turn: 4,
+            wal_max_unsynced_ops: 6,
             snapshots: true,
             trace: false,
             trace_ring_len: 200,
@@ -468,7 +476,7 @@ impl Simulation {
                 id: k as u64 + 1,
                 driver: None,
                 applier: None,
-                storage: Some(WalStorage::new()),
+                storage: Some(WalStorage::new().with_max_unsynced_ops(cfg.wal_max_unsynced_ops)),
                 incarnation: 0,
                 tick_interval_us,
                 ticks: 0,
@@ -1219,7 +1227,10 @@ impl Simulation {
                 return;
             };
             input.now_tick = now_tick;
-            let mut io = SimIo::default();
+            let mut io = SimIo {
+                apply_capacity: self.cfg.apply_capacity_per_turn.max(1),
+                ..SimIo::default()
+            };
             if let Err(error) = driver.turn(input, &mut io) {
                 let id = self.nodes[k].id;
                 self.kv_violations
@@ -1228,8 +1239,16 @@ impl Simulation {
                 self.crash(id);
                 return;
             }
+            // Work the state machine side gave back is handed over by the next turn at
+            // once (it has just taken a batch: room again), so applying is not delayed
+            // by a tick; requests a backed-up driver left wait for a later event.
+            let apply_waiting = driver.backlog().1 > 0;
+            let backed_up = driver.is_backed_up();
             self.after_turn(k, io);
-            if self.nodes[k].input.is_empty() {
+            if apply_waiting {
+                continue;
+            }
+            if self.nodes[k].input.is_empty() || backed_up {
                 break;
             }
         }
@@ -2078,6 +2097,8 @@ struct SimIo {
     messages: Vec<Message>,
     housekeeping: Vec<Housekeeping>,
     work: Vec<ApplyWork<KvResponse>>,
+    /// Work items taken per turn (`SimConfig::apply_capacity_per_turn`).
+    apply_capacity: usize,
     persists: Vec<PersistAction>,
     roles: Vec<RoleState>,
 }
@@ -2087,9 +2108,15 @@ impl NodeIo<KvResponse> for SimIo {
         self.messages.extend(messages);
     }
 
-    fn apply(&mut self, work: ApplyWork<KvResponse>) -> Result<(), NodeError> {
+    fn apply(
+        &mut self,
+        work: ApplyWork<KvResponse>,
+    ) -> Result<Option<ApplyWork<KvResponse>>, NodeError> {
+        if self.work.len() >= self.apply_capacity {
+            return Ok(Some(work));
+        }
         self.work.push(work);
-        Ok(())
+        Ok(None)
     }
 
     fn housekeeping(&mut self, job: Housekeeping) -> Result<(), NodeError> {

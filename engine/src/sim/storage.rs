@@ -36,6 +36,10 @@ pub struct WalStorage {
     staged_ops: u64,
     written_ops: u64,
     durable_ops: u64,
+    /// Room of the log (see `LogWriter::has_room`): at most this many operations not
+    /// yet durable, like the runtime WAL's pending buffer behind a slow fsync; any
+    /// operation fits while none is waiting.
+    max_unsynced_ops: u64,
 }
 
 impl WalStorage {
@@ -50,7 +54,14 @@ impl WalStorage {
             staged_ops: 0,
             written_ops: 0,
             durable_ops: 0,
+            max_unsynced_ops: u64::MAX,
         }
+    }
+
+    /// Bounds the operations not yet durable (the driver then defers the rest).
+    pub fn with_max_unsynced_ops(mut self, max_unsynced_ops: u64) -> WalStorage {
+        self.max_unsynced_ops = max_unsynced_ops.max(1);
+        self
     }
 
     fn options() -> tally_wal::WalOptions {
@@ -220,6 +231,11 @@ impl LogWriter for WalStorage {
         usize::MAX
     }
 
+    fn has_room(&self, _bytes: usize, _entries: usize) -> bool {
+        let unsynced = self.staged_ops - self.durable_ops;
+        unsynced == 0 || unsynced < self.max_unsynced_ops
+    }
+
     fn is_durable(&self, ticket: &u64) -> bool {
         *ticket <= self.durable_ops
     }
@@ -288,5 +304,22 @@ mod tests {
         storage.sync_written();
         assert!(storage.is_durable(&first));
         assert!(!storage.is_durable(&second), "staged after the write");
+    }
+
+    #[test]
+    fn room_is_bounded_by_operations_not_yet_durable() {
+        let mut storage = WalStorage::new().with_max_unsynced_ops(2);
+        assert!(
+            storage.has_room(1 << 30, 1 << 20),
+            "an idle log takes anything"
+        );
+        storage.append(&entries(1, 1, 1)).expect("append");
+        assert!(storage.has_room(0, 1));
+        storage.append(&entries(1, 2, 1)).expect("append");
+        assert!(!storage.has_room(0, 1), "two operations wait for the disk");
+        storage.write_staged();
+        assert!(!storage.has_room(0, 1), "written is not durable");
+        storage.sync_written();
+        assert!(storage.has_room(0, 1));
     }
 }

@@ -139,6 +139,9 @@ pub struct Member {
     pub log: PathBuf,
     /// Extra command-line arguments given at every start.
     pub extra_args: Vec<String>,
+    /// `--cluster-secret-file` given at every start (kept apart from `extra_args`, which
+    /// tests replace).
+    pub secret_file: Option<PathBuf>,
 }
 
 impl Member {
@@ -170,6 +173,9 @@ impl Member {
             .stdout(Stdio::null())
             .stderr(log);
         command.args(&self.extra_args);
+        if let Some(secret) = &self.secret_file {
+            command.arg("--cluster-secret-file").arg(secret);
+        }
         for (peer, port) in &self.dials {
             command
                 .arg("--peer")
@@ -261,6 +267,14 @@ impl Member {
     }
 }
 
+/// Set `TALLY_TEST_CLUSTER_SECRET=1` to run every process-level cluster of the tests
+/// with a cluster secret (`cargo test -p tally-net` passes both ways).
+pub const CLUSTER_SECRET_ENV: &str = "TALLY_TEST_CLUSTER_SECRET";
+
+pub fn cluster_secret_from_env() -> bool {
+    std::env::var_os(CLUSTER_SECRET_ENV).is_some_and(|value| value != "0" && !value.is_empty())
+}
+
 pub struct Cluster {
     pub members: Vec<Member>,
     /// Kept so the directories outlive the processes.
@@ -313,6 +327,7 @@ impl Cluster {
                 child: None,
                 log: root.path().join(format!("node-{id}.log")),
                 extra_args: Vec::new(),
+                secret_file: None,
             })
             .collect();
         for member in &mut members {
@@ -324,10 +339,37 @@ impl Cluster {
                 })
                 .collect();
         }
-        Cluster {
+        let mut cluster = Cluster {
             members,
             _root: root,
+        };
+        if cluster_secret_from_env() {
+            cluster.use_cluster_secret();
         }
+        cluster
+    }
+
+    /// Gives every member the same new `--cluster-secret-file` (from its next start on).
+    pub fn use_cluster_secret(&mut self) -> PathBuf {
+        let path = self._root.path().join("cluster.secret");
+        if !path.exists() {
+            let text = tally_net::handshake::ClusterSecret::generate_file_text();
+            std::fs::write(&path, text).expect("write the cluster secret");
+        }
+        for member in &mut self.members {
+            member.secret_file = Some(path.clone());
+        }
+        path
+    }
+
+    /// Starts `size` members that share a cluster secret.
+    pub fn start_secured(size: u64) -> Cluster {
+        let mut cluster = Cluster::start_with_stopped(size, |_, _, port| port);
+        cluster.use_cluster_secret();
+        for member in &mut cluster.members {
+            member.spawn();
+        }
+        cluster
     }
 
     pub fn start(size: u64) -> Cluster {

@@ -19,9 +19,26 @@ use tally_net::resp::{parse_reply, write_command, RespLimits, RespValue};
 
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
+/// A port nothing listens on now and that no other call in this process returned.
+///
+/// Ports come from a per-process counter below the kernel's ephemeral range (so no
+/// outgoing connection's local port can take one between this call and the bind), each
+/// checked by binding it once. Asking the kernel for port 0 instead could hand two
+/// tests running in parallel threads the same port.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local addr").port()
+    use std::sync::atomic::AtomicU32;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let start = FIRST + (std::process::id() * 997) % SPAN;
+    loop {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(offset < SPAN, "ran out of test ports");
+        let port = (FIRST + (start - FIRST + offset) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub fn wait_until<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
@@ -162,16 +179,23 @@ impl Member {
             .arg(format!("127.0.0.1:{}", self.peer_port))
             .arg("--listen-client")
             .arg(format!("127.0.0.1:{}", self.client_port))
-            .arg("--election-timeout-ms")
-            .arg("500")
-            .arg("--heartbeat-ms")
-            .arg("50")
             .arg("--wal-backend")
             .arg("sync")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
+        // Default timing unless the test chose its own.
+        if !self
+            .extra_args
+            .iter()
+            .any(|arg| arg == "--election-timeout-ms")
+        {
+            command.args(["--election-timeout-ms", "500"]);
+        }
+        if !self.extra_args.iter().any(|arg| arg == "--heartbeat-ms") {
+            command.args(["--heartbeat-ms", "50"]);
+        }
         command.args(&self.extra_args);
         if let Some(secret) = &self.secret_file {
             command.arg("--cluster-secret-file").arg(secret);

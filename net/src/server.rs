@@ -23,10 +23,13 @@ use tally_engine::raft::{Configuration, MemberInfo};
 use tally_engine::runtime::{LogMembership, MembershipPolicy, Node, NodeHandle, NodeOptions};
 
 use crate::client_port::{default_io_threads, ClientPort, ClientPortConfig, ClientPortCounters};
+use crate::cluster_id::resolve_cluster_id;
 use crate::codec::CodecLimits;
+use crate::handshake::ClusterSecret;
 use crate::identity::{CreatedAs, Identity, IdentityError, IDENTITY_FILE};
 use crate::limits::Limits;
 use crate::node_transport::{GlueCounters, NetTransport, RaftInbound};
+use crate::peer_tls::{PeerTls, PeerTlsFiles};
 use crate::transport::{InboundSink, PeerTransport, TransportConfig};
 
 /// The core's tick; election timeout and heartbeat interval are rounded to it.
@@ -44,7 +47,14 @@ pub struct ServerConfig {
     /// Client address advertised to peers for `-NOTLEADER <addr>`; default: the bound
     /// client listener's address.
     pub advertise_client: Option<String>,
-    pub cluster_id: u64,
+    /// Cluster id every member must present (`--cluster-id`). `None`: derived from the
+    /// cluster secret, else the one stored in `dir`, else the legacy `0x7a11`
+    /// (`cluster_id::resolve_cluster_id`).
+    pub cluster_id: Option<u64>,
+    /// The cluster secret (`--cluster-secret-file`): peers must prove they hold it.
+    pub cluster_secret: Option<ClusterSecret>,
+    /// Mutual TLS between members (`--peer-tls-cert`, `--peer-tls-key`, `--peer-tls-ca`).
+    pub peer_tls: Option<PeerTlsFiles>,
     /// Base election timeout (the core randomizes above it).
     pub election_timeout_ms: u64,
     pub heartbeat_ms: u64,
@@ -105,7 +115,9 @@ impl ServerConfig {
             dir: dir.into(),
             peers,
             advertise_client: None,
-            cluster_id: 0x7a11,
+            cluster_id: None,
+            cluster_secret: None,
+            peer_tls: None,
             election_timeout_ms: 500,
             heartbeat_ms: 50,
             // See tally-server's --wal-backend for why not io_uring by default.
@@ -160,6 +172,7 @@ pub struct Server {
     client_addr: SocketAddr,
     advertised_client_addr: String,
     metrics: Option<crate::metrics::MetricsServer>,
+    cluster_id: u64,
 }
 
 impl Server {
@@ -170,7 +183,14 @@ impl Server {
         client_listener: TcpListener,
     ) -> Result<Server, ServerError> {
         validate(&config)?;
-        let (identity, created) = open_identity(&config)?;
+        // Settled against the directory first (stored there on a first start).
+        let cluster_id = resolve_cluster_id(
+            &config.dir,
+            config.cluster_id,
+            config.cluster_secret.as_ref(),
+        )
+        .map_err(|error| ServerError::Config(format!("cluster id: {error}")))?;
+        let (identity, created) = open_identity(&config, cluster_id)?;
         if let Some(snapshot) = &config.restore_from {
             restore_from_snapshot(&config, snapshot)?;
         }
@@ -186,8 +206,7 @@ impl Server {
             .unwrap_or_else(|| client_addr.to_string());
 
         let mut transport_config =
-            TransportConfig::new(config.cluster_id, config.id, config.peers.clone());
-        transport_config.advertised_client_addr = advertised_client_addr.clone();
+            peer_transport_config(&config, cluster_id, advertised_client_addr.clone())?;
         transport_config.incarnation = identity.incarnation;
         let counters = Arc::new(GlueCounters::default());
         let inbound = Arc::new(RaftInbound::new(
@@ -203,6 +222,14 @@ impl Server {
         .map_err(|error| ServerError::Transport(error.to_string()))?;
         let peer_addr = peer_transport.local_addr();
         let peer_client_addrs = peer_transport.peer_client_addrs();
+        if config.cluster_secret.is_none() && config.peer_tls.is_none() {
+            tracing::warn!(
+                node_id = config.id,
+                %peer_addr,
+                "PEER PORT OPEN: no --cluster-secret-file and no peer TLS, so any process that can reach \
+                 {peer_addr} can act as a cluster member (forge log entries, votes, terms); see docs/SECURITY.md"
+            );
+        }
 
         let net_transport =
             NetTransport::new(peer_transport, counters).with_fallback_addrs(config.peers.clone());
@@ -269,7 +296,13 @@ impl Server {
             client_addr,
             advertised_client_addr,
             metrics,
+            cluster_id,
         })
+    }
+
+    /// The cluster id this member presents and requires.
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id
     }
 
     pub fn id(&self) -> u64 {
@@ -372,9 +405,9 @@ fn validate(config: &ServerConfig) -> Result<(), ServerError> {
 
 /// Reads the directory's identity file, or creates it for a new directory. Returns it
 /// and whether it was created now.
-fn open_identity(config: &ServerConfig) -> Result<(Identity, bool), ServerError> {
+fn open_identity(config: &ServerConfig, cluster_id: u64) -> Result<(Identity, bool), ServerError> {
     if let Some(identity) = Identity::load(&config.dir)? {
-        identity.check(&config.dir, config.cluster_id, config.id)?;
+        identity.check(&config.dir, cluster_id, config.id)?;
         return Ok((identity, false));
     }
     let has_log = directory_has_data(&config.dir)?;
@@ -392,7 +425,7 @@ fn open_identity(config: &ServerConfig) -> Result<(Identity, bool), ServerError>
     } else {
         CreatedAs::Bootstrap
     };
-    let identity = Identity::generate(config.cluster_id, config.id, created_as);
+    let identity = Identity::generate(cluster_id, config.id, created_as);
     identity.store(&config.dir)?;
     Ok((identity, true))
 }
@@ -500,7 +533,10 @@ fn directory_has_data(dir: &std::path::Path) -> Result<bool, ServerError> {
         })?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if !name.starts_with(IDENTITY_FILE) && name != "LOCK" {
+        let bookkeeping = name.starts_with(IDENTITY_FILE)
+            || name.starts_with(crate::cluster_id::CLUSTER_ID_FILE)
+            || name == "LOCK";
+        if !bookkeeping {
             return Ok(true);
         }
     }
@@ -533,6 +569,26 @@ fn offer_member_info(
             },
         );
     }
+}
+
+/// The peer transport's configuration: identity, cluster id (settled against the
+/// directory), secret and TLS.
+fn peer_transport_config(
+    config: &ServerConfig,
+    cluster_id: u64,
+    advertised_client_addr: String,
+) -> Result<TransportConfig, ServerError> {
+    let mut transport_config = TransportConfig::new(cluster_id, config.id, config.peers.clone());
+    transport_config.advertised_client_addr = advertised_client_addr;
+    transport_config.cluster_secret = config.cluster_secret.clone();
+    if let Some(files) = &config.peer_tls {
+        let mut members: Vec<u64> = config.peers.iter().map(|(id, _)| *id).collect();
+        members.push(config.id);
+        let tls = PeerTls::load(files, config.id, &members)
+            .map_err(|error| ServerError::Config(format!("peer TLS: {error}")))?;
+        transport_config.tls = Some(tls);
+    }
+    Ok(transport_config)
 }
 
 fn node_options(config: &ServerConfig, founding_member: bool) -> NodeOptions {

@@ -1,6 +1,7 @@
 //! Replies from the node as RESP, and the INFO text.
 
 use super::*;
+use crate::resp::{write_kv_response_as, Protocol};
 
 /// The reply (without `-`) to a request refused because the node's request queue is
 /// full. It was never proposed: retrying cannot apply it twice.
@@ -8,9 +9,14 @@ pub const BUSY_ERROR: &str =
     "BUSY the node's request queue is full; the command was not proposed, retry";
 
 impl Shared {
-    pub(super) fn write_result(&self, out: &mut Vec<u8>, result: Result<KvResponse, ClientError>) {
+    pub(super) fn write_result(
+        &self,
+        out: &mut Vec<u8>,
+        result: Result<KvResponse, ClientError>,
+        protocol: Protocol,
+    ) {
         match result {
-            Ok(response) => write_kv_response(out, &response),
+            Ok(response) => write_kv_response_as(out, &response, protocol),
             Err(ClientError::NotLeader { leader }) => {
                 let addr = leader.and_then(|id| self.client_addr_of(id));
                 write_error(
@@ -38,36 +44,52 @@ impl Shared {
         }
     }
 
-    /// INFO text: `# Server` and `# Raft` (the brief's contract), CRLF line ends.
-    pub(super) fn info(&self, section: Option<&[u8]>) -> String {
+    /// INFO text for the lowercase `sections` asked for (none: all): Redis's standard
+    /// `# Server`, `# Clients`, `# Persistence`, `# Cluster` fields that clients and
+    /// harnesses read, then Tally's `# Raft`, `# Limits` and `# Stats`; CRLF line ends.
+    pub(super) fn info(&self, sections: &[Vec<u8>]) -> String {
         use std::fmt::Write as _;
         let shared = self;
-        let (server, raft, limits, stats) = match section {
-            None | Some(b"all") | Some(b"default") | Some(b"everything") => {
-                (true, true, true, true)
-            }
-            Some(b"server") => (true, false, false, false),
-            Some(b"raft") => (false, true, false, false),
-            Some(b"limits") => (false, false, true, false),
-            Some(b"stats") => (false, false, false, true),
-            Some(_) => (false, false, false, false),
+        let wants = |name: &[u8]| {
+            sections.is_empty()
+                || sections.iter().any(|s| {
+                    s.as_slice() == name
+                        || matches!(s.as_slice(), b"all" | b"default" | b"everything")
+                })
         };
-        let replication = matches!(
-            section,
-            None | Some(b"all") | Some(b"default") | Some(b"everything") | Some(b"replication")
-        );
+        let replication = wants(b"replication");
         let mut text = String::new();
-        if server {
+        if wants(b"server") {
+            let uptime_s = shared.started.elapsed().as_secs();
             let _ = write!(
                 text,
-                "# Server\r\nredis_version:{REDIS_COMPATIBLE_VERSION}\r\ntally_version:{}\r\nredis_mode:standalone\r\nprocess_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{}\r\nconnected_clients:{}\r\n\r\n",
+                "# Server\r\nredis_version:{REDIS_COMPATIBLE_VERSION}\r\nredis_git_sha1:00000000\r\nredis_git_dirty:0\r\nredis_mode:standalone\r\ntally_version:{}\r\nos:{} {}\r\narch_bits:{}\r\nprocess_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{uptime_s}\r\nuptime_in_days:{}\r\n\r\n",
                 env!("CARGO_PKG_VERSION"),
+                std::env::consts::OS,
+                std::env::consts::ARCH,
+                usize::BITS,
                 std::process::id(),
                 shared.local_addr.port(),
-                shared.started.elapsed().as_secs(),
+                uptime_s / 86_400,
+            );
+        }
+        if wants(b"clients") {
+            let _ = write!(
+                text,
+                "# Clients\r\nconnected_clients:{}\r\nblocked_clients:0\r\n\r\n",
                 shared.counters.connections_open.load(Ordering::Relaxed),
             );
         }
+        if wants(b"persistence") {
+            // Every acknowledged write is in the fsynced log: nothing is loading or saving.
+            text.push_str(
+                "# Persistence\r\nloading:0\r\naof_enabled:1\r\nrdb_bgsave_in_progress:0\r\n\r\n",
+            );
+        }
+        if wants(b"cluster") {
+            text.push_str("# Cluster\r\ncluster_enabled:0\r\n\r\n");
+        }
+        let (raft, limits, stats) = (wants(b"raft"), wants(b"limits"), wants(b"stats"));
         if raft {
             let status = shared.handle.status();
             let role = match status.role() {
@@ -104,6 +126,11 @@ impl Shared {
                 status.snapshots_installed.load(Ordering::Relaxed),
                 status.log_first_index.load(Ordering::Relaxed),
                 status.log_entries_in_memory.load(Ordering::Relaxed),
+            );
+            let _ = write!(
+                text,
+                "peer_handshake_refusals:{}\r\n",
+                shared.peer_client_addrs.handshake_refusals()
             );
             if wal.emulated_sync_delay_us > 0 {
                 // Disk emulation is on: figures from this node are not its real disk's.
@@ -201,15 +228,24 @@ impl Shared {
 /// Bytes `write_result` will produce for `result`, or a bound close above it (computed
 /// before encoding so that an oversized reply is refused without being built).
 pub(super) fn encoded_reply_bytes(result: &Result<KvResponse, ClientError>) -> usize {
+    match result {
+        Ok(response) => response_bytes(response),
+        // Error lines are short.
+        Err(_) => 256,
+    }
+}
+
+fn response_bytes(response: &KvResponse) -> usize {
     /// Type byte, length digits and CRLFs of one RESP element, rounded up.
     const ELEMENT_OVERHEAD_BYTES: usize = 16;
-    match result {
-        Ok(KvResponse::Bulk(Some(value))) => value.len() + ELEMENT_OVERHEAD_BYTES,
-        Ok(KvResponse::Array(values)) => {
-            values.iter().fold(ELEMENT_OVERHEAD_BYTES, |sum, value| {
-                sum.saturating_add(value.as_ref().map_or(0, |v| v.len()) + ELEMENT_OVERHEAD_BYTES)
-            })
-        }
+    match response {
+        KvResponse::Bulk(Some(value)) => value.len() + ELEMENT_OVERHEAD_BYTES,
+        KvResponse::Array(values) => values.iter().fold(ELEMENT_OVERHEAD_BYTES, |sum, value| {
+            sum.saturating_add(value.as_ref().map_or(0, |v| v.len()) + ELEMENT_OVERHEAD_BYTES)
+        }),
+        KvResponse::Nested(items) => items.iter().fold(ELEMENT_OVERHEAD_BYTES, |sum, item| {
+            sum.saturating_add(response_bytes(item))
+        }),
         // Status, integer, null and error lines are short.
         _ => 256,
     }

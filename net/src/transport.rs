@@ -287,7 +287,8 @@ pub struct InboundStats {
     pub rejected_handshakes: u64,
     /// Connections cut because the handshake was not done by its deadline.
     pub handshake_timeouts: u64,
-    /// Connections closed at once because `max_inbound_connections` were open.
+    /// Connections closed at once because `max_inbound_connections` were open, or the
+    /// process's open descriptors were within the reserve of its limit (`fd_budget`).
     pub refused_over_cap: u64,
     /// Connections closed because a frame was bad (magic, version, length, checksum,
     /// truncation, reserved type).
@@ -1245,6 +1246,19 @@ fn listen_loop(shared: Arc<Shared>, listener: TcpListener, inbound: Arc<dyn Inbo
                 continue;
             }
         };
+        // Within the descriptor reserve, refuse first: the WAL must always get a
+        // descriptor (segment create, directory fsync), or the node would stop.
+        if !crate::fd_budget::process().admit() {
+            let refused = shared
+                .inbound
+                .refused_over_cap
+                .fetch_add(1, Ordering::Relaxed);
+            if refused == 0 {
+                tracing::warn!(node_id = shared.config.node_id, %remote, "open descriptors are within the reserve of the limit; closing new peer connections at once (counted, logged once)");
+            }
+            drop(stream);
+            continue;
+        }
         let Some(slot) = shared.take_inbound_slot() else {
             // Closed at once: past the cap a connection costs no thread and no buffer.
             let refused = shared

@@ -7,7 +7,7 @@
 //! (invocation, completion, outcome). At the end every acknowledged write must read
 //! back. The history keeps what a linearizability checker needs (per-client operation
 //! order, invoke/complete instants, acknowledged or unknown outcomes): the project's
-//! checker (`tally_engine::lincheck`, branch `nemesis`) plugs in at
+//! checker (`tally_engine::lincheck`) judges the whole history in
 //! [`History::check_linearizable`].
 
 mod common;
@@ -56,26 +56,63 @@ impl History {
     fn acknowledged_writes(&self) -> BTreeMap<String, String> {
         self.operations
             .iter()
-            .filter(|op| op.value.is_some() && op.outcome == Outcome::Ok(None))
+            .filter(|op| {
+                op.value.is_some() && op.outcome == Outcome::Ok(None) && !is_register(&op.key)
+            })
             .map(|op| (op.key.clone(), op.value.clone().unwrap_or_default()))
             .collect()
     }
 
-    /// Where the black-box linearizability checker plugs in. Until it is on this
-    /// branch, the check is that the recorded history is well-formed (each client's
-    /// operations sequential) and nothing acknowledged is lost (`verify_no_lost_write`).
+    /// Checks the whole history (unique-key SETs and the shared registers' SETs and
+    /// GETs) with the project's black-box linearizability checker
+    /// (`tally_engine::lincheck`); refused requests took no effect and are left out.
     fn check_linearizable(&self) {
-        let mut last_completed: BTreeMap<usize, Instant> = BTreeMap::new();
+        use tally_engine::lincheck::{self, Entry, Op};
+        let Some(origin) = self.operations.iter().map(|op| op.invoked).min() else {
+            return;
+        };
+        let ns = |at: Instant| at.duration_since(origin).as_nanos() as u64;
+        let mut history = lincheck::History::new();
         for op in &self.operations {
-            if let Some(previous) = last_completed.get(&op.client) {
-                assert!(
-                    op.invoked >= *previous,
-                    "client {} overlapped itself",
-                    op.client
-                );
-            }
-            assert!(op.completed >= op.invoked);
-            last_completed.insert(op.client, op.completed);
+            let key = op.key.clone().into_bytes();
+            let (op_kind, outcome) = match (&op.value, &op.outcome) {
+                (_, Outcome::Failed) => continue,
+                (Some(value), Outcome::Ok(_)) => (
+                    Op::Set {
+                        key,
+                        value: value.clone().into_bytes(),
+                    },
+                    lincheck::Outcome::Ok,
+                ),
+                (Some(value), Outcome::Unknown) => (
+                    Op::Set {
+                        key,
+                        value: value.clone().into_bytes(),
+                    },
+                    lincheck::Outcome::Unknown,
+                ),
+                (None, Outcome::Ok(read)) => (
+                    Op::Get { key },
+                    lincheck::Outcome::Value(read.clone().map(String::into_bytes)),
+                ),
+                (None, Outcome::Unknown) => (Op::Get { key }, lincheck::Outcome::Unknown),
+            };
+            history.push(Entry {
+                client: op.client as u64,
+                op: op_kind,
+                invoke_ns: ns(op.invoked),
+                complete_ns: ns(op.completed),
+                outcome,
+            });
+        }
+        let registers = self
+            .operations
+            .iter()
+            .filter(|op| is_register(&op.key) && op.outcome != Outcome::Failed)
+            .count();
+        assert!(registers > 0, "the load touched no shared register");
+        if let Err(violation) = lincheck::check(&history) {
+            panic!("the client history is not linearizable: {violation}");
         }
     }
 }
@@ -184,7 +221,69 @@ fn write_loop(client: usize, stop: &AtomicBool, ports: &Mutex<Vec<u16>>, history
             completed: Instant::now(),
             outcome,
         });
+        if let Some(client_conn) = connection.as_mut() {
+            let register = register_op(client, sequence, client_conn);
+            if register.outcome == Outcome::Unknown {
+                connection = None;
+            }
+            history.lock().expect("history").operations.push(register);
+        }
     }
+}
+
+/// Shared registers every client writes and reads, so the checker has real
+/// concurrency to judge (unique keys alone are trivially linearizable).
+const REGISTERS: u64 = 3;
+
+fn is_register(key: &str) -> bool {
+    key.starts_with("reg-")
+}
+
+/// One SET (odd sequences; a value no other write uses) or GET of a shared register.
+fn register_op(client: usize, sequence: u64, connection: &mut Client) -> Operation {
+    let key = format!("reg-{}", sequence % REGISTERS);
+    let value = (sequence % 2 == 1).then(|| format!("c{client}-{sequence}"));
+    let invoked = Instant::now();
+    let reply = match &value {
+        Some(value) => set_with_timeout(connection, &key, value),
+        None => get_with_timeout(connection, &key),
+    };
+    let outcome = match (&value, reply) {
+        (Some(_), Some(RespValue::Simple(text))) if text == b"OK" => Outcome::Ok(None),
+        (None, Some(RespValue::Bulk(read))) => {
+            Outcome::Ok(read.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
+        }
+        // Refused before being proposed: no effect.
+        (_, Some(RespValue::Error(text)))
+            if text.starts_with(b"NOTLEADER")
+                || text.starts_with(b"TRYAGAIN")
+                || text.starts_with(b"BUSY") =>
+        {
+            Outcome::Failed
+        }
+        // A read that failed changed nothing.
+        (None, Some(RespValue::Error(_))) => Outcome::Failed,
+        // Any other answer to a write (`-UNKNOWN`, `-ERR the node stopped`, none) may
+        // or may not have taken effect.
+        _ => Outcome::Unknown,
+    };
+    Operation {
+        client,
+        key,
+        value,
+        invoked,
+        completed: Instant::now(),
+        outcome,
+    }
+}
+
+fn get_with_timeout(client: &mut Client, key: &str) -> Option<RespValue> {
+    client
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .ok()?;
+    client.send_raw(&encode(&["GET", key]));
+    client.read_reply()
 }
 
 /// A SET that gives up (outcome unknown) when a member hangs on to it for long, e.g. a

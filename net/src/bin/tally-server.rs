@@ -32,6 +32,7 @@ use tally_net::server::{Server, ServerConfig};
 #[derive(Parser, Debug)]
 #[command(
     name = "tally-server",
+    version,
     about = "A member of a Raft-replicated Tally cluster (RESP client port)",
     after_help = "Also: `tally-server gen-secret FILE` writes a new cluster secret for --cluster-secret-file."
 )]

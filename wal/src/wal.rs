@@ -8,6 +8,14 @@
 //! waiters and notifies the optional subscriber. The writer never sleeps while something
 //! is pending: the next batch is whatever queued during the previous fsync.
 //!
+//! Blocking waiters ([`Ticket::wait`], [`Wal::wait_durable`]) register in
+//! `DurableState::waiters` and park; whoever changes the durable state (the writer after a
+//! batch, a failure, shutdown) removes exactly the waiters it satisfied in the same
+//! critical section and unparks them after releasing the lock. A condvar `notify_all`
+//! instead woke every waiter of the next batch too, and parking_lot hands its mutex from
+//! one woken thread to the next, so with 64 blocking callers each batch paid a serial
+//! chain of up to 64 wake-ups before the callers could append again.
+//!
 //! Lock order (never taken in the other direction): queue → core, queue → durable.
 //!
 //! Disk emulation: [`GroupCommitOptions::emulated_sync_delay`] makes the writer sleep a
@@ -90,10 +98,13 @@ pub struct WalStats {
 pub struct WalStatsSnapshot {
     /// Batches written = fsyncs issued by the writer.
     pub batches: u64,
+    /// Entries written (made durable) by those batches.
     pub entries: u64,
     /// Bytes written (batch headers and bodies).
     pub bytes: u64,
+    /// Sum of the batch write+fsync latencies, in µs (includes any emulated delay).
     pub fsync_total_us: u64,
+    /// Longest batch write+fsync latency, in µs (includes any emulated delay).
     pub fsync_max_us: u64,
     /// Bucketed write+fsync latencies (see [`FSYNC_HISTOGRAM_BUCKETS`]); like
     /// `fsync_total_us` and `fsync_max_us` they include any emulated sync delay.
@@ -214,6 +225,21 @@ impl TruncationLog {
     }
 }
 
+/// What a parked waiter waits for.
+#[derive(Clone, Copy, Debug)]
+enum WaitFor {
+    /// Operation `seq` made durable (a [`Ticket`]).
+    Seq(u64),
+    /// The durable index reaching this index ([`Wal::wait_durable`]).
+    Index(u64),
+}
+
+/// A parked blocking caller.
+struct Waiter {
+    until: WaitFor,
+    thread: std::thread::Thread,
+}
+
 struct DurableState {
     durable_index: u64,
     durable_hard_state: HardState,
@@ -224,6 +250,92 @@ struct DurableState {
     truncations: TruncationLog,
     failure: Option<WalError>,
     shutdown: bool,
+    /// Parked blocking callers. Invariant: holds exactly the registered waiters that are
+    /// not yet satisfied (see [`DurableState::is_satisfied`]); every method that changes
+    /// the durable state removes the ones it satisfies and returns them to be unparked.
+    waiters: Vec<Waiter>,
+}
+
+impl DurableState {
+    /// True once a waiter for `until` must stop waiting (done, failed or shut down).
+    fn is_satisfied(&self, until: WaitFor) -> bool {
+        self.failure.is_some()
+            || self.shutdown
+            || match until {
+                WaitFor::Seq(seq) => self.durable_seq > seq,
+                WaitFor::Index(index) => self.durable_index >= index,
+            }
+    }
+
+    /// Removes the satisfied waiters; the caller unparks them after unlocking.
+    fn take_satisfied(&mut self) -> Vec<std::thread::Thread> {
+        let waiters = std::mem::take(&mut self.waiters);
+        let (ready, waiting): (Vec<Waiter>, Vec<Waiter>) = waiters
+            .into_iter()
+            .partition(|waiter| self.is_satisfied(waiter.until));
+        self.waiters = waiting;
+        ready.into_iter().map(|waiter| waiter.thread).collect()
+    }
+
+    /// Publishes a durable batch; returns the waiters it satisfied.
+    fn publish(
+        &mut self,
+        durable_index: u64,
+        durable_seq: u64,
+        durable_hard_state: HardState,
+    ) -> Vec<std::thread::Thread> {
+        self.durable_index = durable_index;
+        self.durable_seq = durable_seq;
+        self.durable_hard_state = durable_hard_state;
+        self.take_satisfied()
+    }
+
+    /// Records the failure that stops the WAL; returns every waiter.
+    fn fail(&mut self, err: WalError) -> Vec<std::thread::Thread> {
+        self.failure = Some(err);
+        self.take_satisfied()
+    }
+
+    /// Records the writer's exit; returns every waiter.
+    fn shut_down(&mut self) -> Vec<std::thread::Thread> {
+        self.shutdown = true;
+        self.take_satisfied()
+    }
+}
+
+fn unpark_all(threads: Vec<std::thread::Thread>) {
+    for thread in threads {
+        thread.unpark();
+    }
+}
+
+/// Blocks until `until` is satisfied, then returns what `outcome` makes of the durable
+/// state. `outcome` must return `Some` exactly when `is_satisfied(until)` holds.
+fn park_until<T>(
+    durable: &Mutex<DurableState>,
+    until: WaitFor,
+    outcome: impl Fn(&DurableState) -> Option<T>,
+) -> T {
+    let mut state = durable.lock();
+    let mut registered = false;
+    loop {
+        if let Some(result) = outcome(&state) {
+            return result;
+        }
+        debug_assert!(!state.is_satisfied(until));
+        if !registered {
+            // Stays registered until the state change that satisfies it removes it.
+            state.waiters.push(Waiter {
+                until,
+                thread: std::thread::current(),
+            });
+            registered = true;
+        }
+        drop(state);
+        // Spurious or stale unparks are fine: the loop re-checks under the lock.
+        std::thread::park();
+        state = durable.lock();
+    }
 }
 
 struct Shared<S: Storage> {
@@ -232,7 +344,6 @@ struct Shared<S: Storage> {
     space_ready: Condvar,
     core: Mutex<WalCore<S>>,
     durable: Mutex<DurableState>,
-    durable_changed: Condvar,
     durable_index: AtomicU64,
     stats: WalStats,
     max_pending_bytes: usize,
@@ -309,11 +420,13 @@ impl<S: Storage> Ticket<S> {
     }
 
     /// Blocks until the entries are durable; returns the durable index.
+    ///
+    /// Fails with the WAL's failure (every waiter sees it), [`WalError::Truncated`] if an
+    /// operation queued later removed these entries, or [`WalError::Shutdown`].
     pub fn wait(self) -> Result<u64> {
-        let mut durable = self.shared.durable.lock();
-        loop {
+        park_until(&self.shared.durable, WaitFor::Seq(self.seq), |durable| {
             if let Some(err) = &durable.failure {
-                return Err(err.clone());
+                return Some(Err(err.clone()));
             }
             if durable.durable_seq > self.seq {
                 let truncated = durable
@@ -321,17 +434,14 @@ impl<S: Storage> Ticket<S> {
                     .min_from_after(self.seq)
                     .is_some_and(|from| from <= self.last_index);
                 if truncated {
-                    return Err(WalError::Truncated {
+                    return Some(Err(WalError::Truncated {
                         index: self.last_index,
-                    });
+                    }));
                 }
-                return Ok(durable.durable_index);
+                return Some(Ok(durable.durable_index));
             }
-            if durable.shutdown {
-                return Err(WalError::Shutdown);
-            }
-            self.shared.durable_changed.wait(&mut durable);
-        }
+            durable.shutdown.then_some(Err(WalError::Shutdown))
+        })
     }
 }
 
@@ -379,8 +489,8 @@ impl<S: Storage> Wal<S> {
                 truncations: TruncationLog::default(),
                 failure: None,
                 shutdown: false,
+                waiters: Vec::new(),
             }),
-            durable_changed: Condvar::new(),
             durable_index: AtomicU64::new(durable_index),
             stats: WalStats::with_emulated_sync_delay(options.emulated_sync_delay),
             max_pending_bytes: options.max_pending_bytes.clamp(1, max_batch),
@@ -468,20 +578,15 @@ impl<S: Storage> Wal<S> {
 
     /// Blocks until `index` is durable (or the WAL failed).
     pub fn wait_durable(&self, index: u64) -> Result<u64> {
-        let shared = self.shared();
-        let mut durable = shared.durable.lock();
-        loop {
+        park_until(&self.shared().durable, WaitFor::Index(index), |durable| {
             if let Some(err) = &durable.failure {
-                return Err(err.clone());
+                return Some(Err(err.clone()));
             }
             if durable.durable_index >= index {
-                return Ok(durable.durable_index);
+                return Some(Ok(durable.durable_index));
             }
-            if durable.shutdown {
-                return Err(WalError::Shutdown);
-            }
-            shared.durable_changed.wait(&mut durable);
-        }
+            durable.shutdown.then_some(Err(WalError::Shutdown))
+        })
     }
 
     fn ticket(&self, last_index: u64, seq: u64) -> Ticket<S> {
@@ -791,8 +896,8 @@ impl<S: Storage> Drop for WriterPanicGuard<'_, S> {
         };
         // The writer's own lock guards were dropped before this one (declared later).
         self.shared.queue.lock().failure = Some(err.clone());
-        self.shared.durable.lock().failure = Some(err);
-        self.shared.durable_changed.notify_all();
+        let woken = self.shared.durable.lock().fail(err);
+        unpark_all(woken);
         self.shared.space_ready.notify_all();
     }
 }
@@ -812,10 +917,8 @@ fn writer_loop<S: Storage>(shared: Arc<Shared<S>>, mut backend: Box<dyn IoBacken
         queue.writer_idle = false;
         if queue.body.is_empty() && queue.next_seq == acknowledged_seq && queue.shutdown {
             drop(queue);
-            let mut durable = shared.durable.lock();
-            durable.shutdown = true;
-            drop(durable);
-            shared.durable_changed.notify_all();
+            let woken = shared.durable.lock().shut_down();
+            unpark_all(woken);
             return;
         }
         let mut core = shared.core.lock();
@@ -872,21 +975,20 @@ fn writer_loop<S: Storage>(shared: Arc<Shared<S>>, mut backend: Box<dyn IoBacken
                     let _ = subscriber.send(durable_index);
                 }
                 shared.durable_index.store(durable_index, Ordering::Release);
-                {
-                    let mut durable = shared.durable.lock();
-                    durable.durable_index = durable_index;
-                    durable.durable_seq = batch_seq;
-                    durable.durable_hard_state = durable_hard_state;
-                }
-                shared.durable_changed.notify_all();
+                let woken =
+                    shared
+                        .durable
+                        .lock()
+                        .publish(durable_index, batch_seq, durable_hard_state);
+                unpark_all(woken);
             }
             Err(err) => {
                 let stored = core.poisoned().unwrap_or_else(|| err.clone());
                 drop(core);
                 tracing::error!("WAL writer stopped: {err}");
                 shared.queue.lock().failure = Some(stored);
-                shared.durable.lock().failure = Some(err);
-                shared.durable_changed.notify_all();
+                let woken = shared.durable.lock().fail(err);
+                unpark_all(woken);
                 shared.space_ready.notify_all();
                 return;
             }

@@ -5,8 +5,8 @@
 //! when it is full) and get a [`Ticket`]. One writer thread swaps the buffer out (double
 //! buffering), stages it in the core as ONE batch, and issues one write and one
 //! `fdatasync` through the [`IoBackend`]; then it publishes the durable index, wakes the
-//! waiters and notifies the optional subscriber. The writer never sleeps while something
-//! is pending: the next batch is whatever queued during the previous fsync.
+//! waiters and notifies the optional subscriber. The next batch is whatever queued during
+//! the previous fsync, with one bounded exception (group merging, below).
 //!
 //! Blocking waiters ([`Ticket::wait`], [`Wal::wait_durable`]) register in
 //! `DurableState::waiters` and park; whoever changes the durable state (the writer after a
@@ -15,6 +15,14 @@
 //! instead woke every waiter of the next batch too, and parking_lot hands its mutex from
 //! one woken thread to the next, so with 64 blocking callers each batch paid a serial
 //! chain of up to 64 wake-ups before the callers could append again.
+//!
+//! Group merging: with N blocking callers, the callers split into two alternating groups
+//! (the batch in flight and the one queueing behind it), so each fsync carries only about
+//! N/2 entries. When a batch wakes K parked callers, the writer therefore waits (at most
+//! half that batch's write+fsync time, capped at `MAX_REJOIN_WAIT`) until K more
+//! operations are queued or the buffer is half full before it takes the next batch: the
+//! woken callers join the group behind them instead of forming the one after it. A batch
+//! that woke nobody (the raft thread uses tickets without blocking) never waits.
 //!
 //! Lock order (never taken in the other direction): queue → core, queue → durable.
 //!
@@ -193,6 +201,9 @@ struct Queue {
     /// Sequence number of the next queued operation.
     next_seq: u64,
     writer_idle: bool,
+    /// While `writer_idle`, appenders wake the writer only once `next_seq` reaches this
+    /// (0 while it waits for any work; the rejoin target during group merging).
+    writer_wake_seq: u64,
     shutdown: bool,
     failure: Option<WalError>,
 }
@@ -474,6 +485,7 @@ impl<S: Storage> Wal<S> {
             hard_state: core.hard_state(),
             next_seq: 0,
             writer_idle: false,
+            writer_wake_seq: 0,
             shutdown: false,
             failure: None,
         };
@@ -635,7 +647,7 @@ impl<S: Storage> Wal<S> {
     fn finish_enqueue(&self, mut queue: parking_lot::MutexGuard<'_, Queue>) -> u64 {
         let seq = queue.next_seq;
         queue.next_seq += 1;
-        let wake = queue.writer_idle;
+        let wake = queue.writer_idle && queue.next_seq >= queue.writer_wake_seq;
         drop(queue);
         if wake {
             self.shared().work_ready.notify_one();
@@ -879,6 +891,38 @@ impl<S: Storage> Wal<S> {
     }
 }
 
+/// Upper bound on the group-merging wait (see the module docs).
+const MAX_REJOIN_WAIT: Duration = Duration::from_millis(1);
+
+/// What the writer waits for before its next batch: `seq` queued, at most `max_wait`.
+struct Rejoin {
+    seq: u64,
+    max_wait: Duration,
+}
+
+/// Group merging (see the module docs): waits until `rejoin.seq` is queued, the buffer is
+/// half full, the WAL stops, or `rejoin.max_wait` passes.
+fn wait_for_rejoin<S: Storage>(
+    shared: &Shared<S>,
+    queue: &mut parking_lot::MutexGuard<'_, Queue>,
+    rejoin: Rejoin,
+) {
+    let deadline = Instant::now() + rejoin.max_wait;
+    while queue.next_seq < rejoin.seq
+        && !queue.shutdown
+        && queue.body.len() < shared.max_pending_bytes / 2
+        && queue.pending_entries < shared.max_pending_entries / 2
+    {
+        queue.writer_idle = true;
+        queue.writer_wake_seq = rejoin.seq;
+        if shared.work_ready.wait_until(queue, deadline).timed_out() {
+            break;
+        }
+    }
+    queue.writer_idle = false;
+    queue.writer_wake_seq = 0;
+}
+
 /// If the writer thread unwinds (a bug), fail every waiter instead of leaving them
 /// blocked forever.
 struct WriterPanicGuard<'a, S: Storage> {
@@ -905,8 +949,12 @@ impl<S: Storage> Drop for WriterPanicGuard<'_, S> {
 fn writer_loop<S: Storage>(shared: Arc<Shared<S>>, mut backend: Box<dyn IoBackend>) {
     let _panic_guard = WriterPanicGuard { shared: &shared };
     let mut spare: Vec<u8> = Vec::new();
+    let mut rejoin: Option<Rejoin> = None;
     loop {
         let mut queue = shared.queue.lock();
+        if let Some(rejoin) = rejoin.take() {
+            wait_for_rejoin(&shared, &mut queue, rejoin);
+        }
         // `next_seq` counts every operation; an empty flush still needs an answer.
         let mut acknowledged_seq = shared.durable.lock().durable_seq;
         while queue.body.is_empty() && queue.next_seq == acknowledged_seq && !queue.shutdown {
@@ -975,11 +1023,23 @@ fn writer_loop<S: Storage>(shared: Arc<Shared<S>>, mut backend: Box<dyn IoBacken
                     let _ = subscriber.send(durable_index);
                 }
                 shared.durable_index.store(durable_index, Ordering::Release);
-                let woken =
-                    shared
-                        .durable
-                        .lock()
-                        .publish(durable_index, batch_seq, durable_hard_state);
+                // Lock order queue -> durable: `queued_seq` is read before anyone woken
+                // here can queue again, so the rejoin target counts only their operations.
+                let (woken, queued_seq) = {
+                    let queue = shared.queue.lock();
+                    let woken =
+                        shared
+                            .durable
+                            .lock()
+                            .publish(durable_index, batch_seq, durable_hard_state);
+                    (woken, queue.next_seq)
+                };
+                if !woken.is_empty() {
+                    rejoin = Some(Rejoin {
+                        seq: queued_seq + woken.len() as u64,
+                        max_wait: (started.elapsed() / 2).min(MAX_REJOIN_WAIT),
+                    });
+                }
                 unpark_all(woken);
             }
             Err(err) => {

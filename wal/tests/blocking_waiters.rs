@@ -10,9 +10,7 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tally_wal::{
-    Backend, GroupCommitOptions, PoisonCause, SimStorage, Wal, WalError, WalOptions,
-};
+use tally_wal::{Backend, GroupCommitOptions, PoisonCause, SimStorage, Wal, WalError, WalOptions};
 
 /// Generous bound for "nobody hangs" on a slow, shared machine.
 const HANG_DEADLINE: Duration = Duration::from_secs(120);
@@ -93,7 +91,10 @@ fn sixty_four_blocking_callers_see_a_failed_fsync_and_none_hangs() {
             "every caller fails with the fail-stop error, got {error:?} after {durable_appends} appends"
         );
     }
-    assert!(wal.stats().entries_per_fsync() > 1.0, "callers were grouped");
+    assert!(
+        wal.stats().entries_per_fsync() > 1.0,
+        "callers were grouped"
+    );
     assert!(matches!(wal.flush(), Err(WalError::Poisoned { .. })));
 }
 
@@ -138,7 +139,10 @@ fn blocking_callers_return_only_once_their_own_entries_are_durable() {
     assert!(violations.is_empty(), "{violations:?}");
     let durable = wal.flush().unwrap();
     assert_eq!(durable, (callers * rounds * 3) as u64);
-    assert!(wal.stats().entries_per_fsync() > 1.0, "callers were grouped");
+    assert!(
+        wal.stats().entries_per_fsync() > 1.0,
+        "callers were grouped"
+    );
 }
 
 #[test]

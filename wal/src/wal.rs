@@ -114,8 +114,9 @@ pub struct WalStatsSnapshot {
     pub fsync_total_us: u64,
     /// Longest batch write+fsync latency, in µs (includes any emulated delay).
     pub fsync_max_us: u64,
-    /// Bucketed write+fsync latencies (see [`FSYNC_HISTOGRAM_BUCKETS`]); like
-    /// `fsync_total_us` and `fsync_max_us` they include any emulated sync delay.
+    /// Bucketed write+fsync latencies, 32 buckets: bucket `i` counts latencies in
+    /// `[2^(i-1), 2^i)` µs. Like `fsync_total_us` and `fsync_max_us` they include any
+    /// emulated sync delay.
     pub fsync_histogram: Vec<u64>,
     /// Emulated delay added after every batch fdatasync, in µs (0 = real disk only);
     /// reports use it to say their figures come from an emulated disk.

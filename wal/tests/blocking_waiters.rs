@@ -184,3 +184,34 @@ fn a_caller_waiting_for_an_index_nobody_writes_is_woken_by_a_later_failure() {
         "{outcome:?}"
     );
 }
+
+#[test]
+fn a_woken_caller_that_never_appends_again_does_not_hold_back_the_next_batch() {
+    let disk = SimStorage::new();
+    let wal = slow_sim_wal(&disk);
+    for round in 0..20u8 {
+        // Two callers parked on one batch are woken; the writer then expects two new
+        // operations, but only one non-blocking append (the raft thread's way) follows.
+        // Its ticket must still resolve.
+        let ticket = wal
+            .append_assign(1, 0, &[Bytes::from(vec![round])])
+            .unwrap();
+        let index = ticket.last_index();
+        let other = wal.clone();
+        let second_waiter = std::thread::spawn(move || other.wait_durable(index));
+        ticket.wait().unwrap();
+        second_waiter.join().unwrap().unwrap();
+        let ticket = wal
+            .append_assign(1, 0, &[Bytes::from(vec![round, 1])])
+            .unwrap();
+        let deadline = std::time::Instant::now() + HANG_DEADLINE;
+        while !ticket.is_ready() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: the batch after a woken caller never started"
+            );
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        assert_eq!(ticket.wait().unwrap(), u64::from(round) * 2 + 2);
+    }
+}

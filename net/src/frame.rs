@@ -37,6 +37,14 @@ pub const FRAME_VERSION: u8 = 1;
 pub const FRAME_HEADER_BYTES: usize = 16;
 /// Default bound on a frame's payload.
 pub const DEFAULT_MAX_FRAME_PAYLOAD_BYTES: usize = 64 << 20;
+/// Bound on a frame's payload until the peer passed the handshake: every handshake
+/// message fits in it with room to spare (the largest, a HELLO, is under 400 bytes), so
+/// an unauthenticated dialer cannot make the acceptor reserve more than this.
+pub const MAX_HANDSHAKE_FRAME_PAYLOAD_BYTES: usize = 4 << 10;
+/// Most bytes of a large frame zero-filled ahead of the socket at once: a header that
+/// announces a large payload and then trickles (or sends nothing) costs at most this much
+/// resident memory beyond what actually arrived.
+const MAX_IN_PLACE_READ_BYTES: usize = 1 << 20;
 /// Most slices handed to one `writev` call (Linux's `IOV_MAX`).
 const MAX_IOVECS_PER_WRITE: usize = 1024;
 /// How much [`FrameReader`] asks the socket for at once.
@@ -286,6 +294,22 @@ impl<R: Read> FrameReader<R> {
         &self.reader
     }
 
+    /// The underlying reader, mutably (e.g. to answer a handshake on the same stream).
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.reader
+    }
+
+    /// The underlying reader; bytes buffered but not yet returned are dropped.
+    pub fn into_inner(self) -> R {
+        self.reader
+    }
+
+    /// Changes the payload bound for the frames read from now on (the transport reads
+    /// handshake frames under [`MAX_HANDSHAKE_FRAME_PAYLOAD_BYTES`], then raises it).
+    pub fn set_max_payload_bytes(&mut self, max_payload_bytes: usize) {
+        self.max_payload_bytes = max_payload_bytes;
+    }
+
     /// Bytes buffered but not yet returned.
     pub fn buffered_bytes(&self) -> usize {
         self.buffer.len()
@@ -316,7 +340,9 @@ impl<R: Read> FrameReader<R> {
     /// buffer, and zero-filling a fresh 64 KiB region of `buffer` for every read of a few
     /// hundred bytes cost more than the copy (perf: memset and page clearing in the peer
     /// reader threads). Only the part of a large frame that is certainly needed is read
-    /// in place, so every byte zeroed is a byte about to be received.
+    /// in place, at most [`MAX_IN_PLACE_READ_BYTES`] ahead of what arrived, so a byte
+    /// zeroed is a byte about to be received, and an announced length alone costs
+    /// address space (`reserve`), not resident memory.
     fn fill_to(&mut self, wanted: usize, frame_started: usize) -> Result<(), FrameError> {
         if self.buffer.len() >= wanted {
             return Ok(());
@@ -327,7 +353,8 @@ impl<R: Read> FrameReader<R> {
             let old_len = self.buffer.len();
             let missing = wanted - old_len;
             let result = if missing >= READ_CHUNK_BYTES {
-                self.buffer.resize(wanted, 0);
+                self.buffer
+                    .resize(old_len + missing.min(MAX_IN_PLACE_READ_BYTES), 0);
                 let result = self.reader.read(&mut self.buffer[old_len..]);
                 let read = *result.as_ref().unwrap_or(&0);
                 self.buffer.truncate(old_len + read);

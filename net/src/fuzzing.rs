@@ -206,6 +206,7 @@ pub fn handshake(data: &[u8]) {
             );
         }
     }
+    check_challenge_and_proofs(payload);
     let (reason, text) = handshake::decode_reject(payload);
     assert!(text.chars().count() <= handshake::MAX_REJECT_TEXT_BYTES);
     assert_eq!(RejectReason::from_code(reason.code()), reason);
@@ -215,6 +216,31 @@ pub fn handshake(data: &[u8]) {
         assert_eq!(again_reason, reason, "reject reason changed");
     }
     assert!(text.starts_with(&again_text), "reject text changed");
+}
+
+/// The challenge-response over arbitrary bytes: a CHALLENGE decodes only at its exact
+/// size; a proof computed over the bytes verifies in its own direction only, and the
+/// bytes taken as a proof verify only if they are the proof.
+fn check_challenge_and_proofs(payload: &[u8]) {
+    if let Some(nonce) = handshake::decode_challenge(payload) {
+        assert_eq!(payload.len(), handshake::NONCE_BYTES);
+        assert_eq!(&nonce[..], payload);
+    }
+    let secret = handshake::ClusterSecret::from_bytes(&[0x5a; handshake::MIN_SECRET_BYTES])
+        .expect("a long enough secret");
+    let nonce = [0x11; handshake::NONCE_BYTES];
+    let dialer = secret.dialer_proof(payload, &nonce);
+    assert!(secret.verify_dialer_proof(payload, &nonce, &dialer));
+    assert!(!secret.verify_acceptor_proof(payload, &nonce, &dialer));
+    let acceptor = secret.acceptor_proof(payload, &nonce);
+    assert!(secret.verify_acceptor_proof(payload, &nonce, &acceptor));
+    // Arbitrary bytes pass as a proof exactly when they are the proof.
+    let forged = payload.get(..handshake::PROOF_BYTES).unwrap_or(payload);
+    let real = secret.dialer_proof(b"", &nonce);
+    assert_eq!(
+        secret.verify_dialer_proof(b"", &nonce, forged),
+        forged == real.as_slice()
+    );
 }
 
 fn check_hello_roundtrip(hello: &Hello, payload: &[u8]) {

@@ -4,6 +4,8 @@
 //! * [`frame`]: the checksummed frame format peers exchange.
 //! * [`codec`]: Raft messages as frame payloads, entry data carried without copies.
 //! * [`handshake`]: the HELLO/ACCEPT/REJECT exchange that opens every peer connection.
+//! * [`peer_tls`]: mutual TLS between members (rustls), node ids bound to certificates.
+//! * [`cluster_id`]: the cluster id stored in a member's directory.
 //! * [`transport`]: long-lived peer connections with handshake, pipelined vectored
 //!   sending, bounded queues and reconnects.
 //! * [`node_transport`]: the glue between the node runtime and the transport.
@@ -17,6 +19,7 @@
 //! `(message type, payload)` pairs between it and this crate.
 
 pub mod client_port;
+pub mod cluster_id;
 pub mod codec;
 pub mod commands;
 pub mod fd_budget;
@@ -26,6 +29,7 @@ pub mod fuzzing;
 pub mod handshake;
 pub mod limits;
 pub mod node_transport;
+pub mod peer_tls;
 pub mod replica;
 pub mod resp;
 pub mod server;

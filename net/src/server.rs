@@ -16,9 +16,12 @@ use tally_engine::kv::{KvLimits, KvResponse, KvStateMachine};
 use tally_engine::runtime::{Node, NodeHandle, NodeOptions};
 
 use crate::client_port::{default_io_threads, ClientPort, ClientPortConfig, ClientPortCounters};
+use crate::cluster_id::resolve_cluster_id;
 use crate::codec::CodecLimits;
+use crate::handshake::ClusterSecret;
 use crate::limits::Limits;
 use crate::node_transport::{GlueCounters, NetTransport, RaftInbound};
+use crate::peer_tls::{PeerTls, PeerTlsFiles};
 use crate::transport::{InboundSink, PeerTransport, TransportConfig};
 
 /// The core's tick; election timeout and heartbeat interval are rounded to it.
@@ -36,7 +39,14 @@ pub struct ServerConfig {
     /// Client address advertised to peers for `-NOTLEADER <addr>`; default: the bound
     /// client listener's address.
     pub advertise_client: Option<String>,
-    pub cluster_id: u64,
+    /// Cluster id every member must present (`--cluster-id`). `None`: derived from the
+    /// cluster secret, else the one stored in `dir`, else the legacy `0x7a11`
+    /// (`cluster_id::resolve_cluster_id`).
+    pub cluster_id: Option<u64>,
+    /// The cluster secret (`--cluster-secret-file`): peers must prove they hold it.
+    pub cluster_secret: Option<ClusterSecret>,
+    /// Mutual TLS between members (`--peer-tls-cert`, `--peer-tls-key`, `--peer-tls-ca`).
+    pub peer_tls: Option<PeerTlsFiles>,
     /// Base election timeout (the core randomizes above it).
     pub election_timeout_ms: u64,
     pub heartbeat_ms: u64,
@@ -84,7 +94,9 @@ impl ServerConfig {
             dir: dir.into(),
             peers,
             advertise_client: None,
-            cluster_id: 0x7a11,
+            cluster_id: None,
+            cluster_secret: None,
+            peer_tls: None,
             election_timeout_ms: 500,
             heartbeat_ms: 50,
             // See tally-server's --wal-backend for why not io_uring by default.
@@ -131,6 +143,7 @@ pub struct Server {
     peer_addr: SocketAddr,
     client_addr: SocketAddr,
     advertised_client_addr: String,
+    cluster_id: u64,
 }
 
 impl Server {
@@ -152,9 +165,8 @@ impl Server {
             .clone()
             .unwrap_or_else(|| client_addr.to_string());
 
-        let mut transport_config =
-            TransportConfig::new(config.cluster_id, config.id, config.peers.clone());
-        transport_config.advertised_client_addr = advertised_client_addr.clone();
+        let transport_config = peer_transport_config(&config, advertised_client_addr.clone())?;
+        let cluster_id = transport_config.cluster_id;
         let counters = Arc::new(GlueCounters::default());
         let inbound = Arc::new(RaftInbound::new(
             config.id,
@@ -169,6 +181,14 @@ impl Server {
         .map_err(|error| ServerError::Transport(error.to_string()))?;
         let peer_addr = peer_transport.local_addr();
         let peer_client_addrs = peer_transport.peer_client_addrs();
+        if config.cluster_secret.is_none() && config.peer_tls.is_none() {
+            tracing::warn!(
+                node_id = config.id,
+                %peer_addr,
+                "PEER PORT OPEN: no --cluster-secret-file and no peer TLS, so any process that can reach \
+                 {peer_addr} can act as a cluster member (forge log entries, votes, terms); see docs/SECURITY.md"
+            );
+        }
 
         let net_transport = NetTransport::new(peer_transport, counters);
         let node = Node::start(
@@ -201,7 +221,13 @@ impl Server {
             peer_addr,
             client_addr,
             advertised_client_addr,
+            cluster_id,
         })
+    }
+
+    /// The cluster id this member presents and requires.
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id
     }
 
     pub fn id(&self) -> u64 {
@@ -292,6 +318,31 @@ fn validate(config: &ServerConfig) -> Result<(), ServerError> {
         )));
     }
     Ok(())
+}
+
+/// The peer transport's configuration: identity, cluster id (settled against the
+/// directory), secret and TLS.
+fn peer_transport_config(
+    config: &ServerConfig,
+    advertised_client_addr: String,
+) -> Result<TransportConfig, ServerError> {
+    let cluster_id = resolve_cluster_id(
+        &config.dir,
+        config.cluster_id,
+        config.cluster_secret.as_ref(),
+    )
+    .map_err(|error| ServerError::Config(format!("cluster id: {error}")))?;
+    let mut transport_config = TransportConfig::new(cluster_id, config.id, config.peers.clone());
+    transport_config.advertised_client_addr = advertised_client_addr;
+    transport_config.cluster_secret = config.cluster_secret.clone();
+    if let Some(files) = &config.peer_tls {
+        let mut members: Vec<u64> = config.peers.iter().map(|(id, _)| *id).collect();
+        members.push(config.id);
+        let tls = PeerTls::load(files, config.id, &members)
+            .map_err(|error| ServerError::Config(format!("peer TLS: {error}")))?;
+        transport_config.tls = Some(tls);
+    }
+    Ok(transport_config)
 }
 
 fn node_options(config: &ServerConfig) -> NodeOptions {

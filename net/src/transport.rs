@@ -21,30 +21,42 @@
 //! * **Bad input closes one connection.** A bad magic, version, checksum or length, a
 //!   failed handshake or a reserved message type closes that connection with a logged
 //!   reason; the process and the other connections carry on.
+//! * **Bounded before authentication.** Until a dialer passed the handshake its frames
+//!   are capped at [`MAX_HANDSHAKE_FRAME_PAYLOAD_BYTES`], the whole handshake (TLS
+//!   included) has one deadline (`handshake_timeout_ms`, not per read: a trickle is cut
+//!   there), and at most `max_inbound_connections` inbound connections exist at once
+//!   (pending handshakes included; past it a new one is closed at once).
+//! * **Dead peers are noticed.** Every peer socket has TCP keepalive, `TCP_USER_TIMEOUT`
+//!   and a write timeout, so a half-open peer costs its sender seconds, not the kernel's
+//!   fifteen-minute retransmission timeout.
+//! * **One stream seam.** A connection is a [`PeerStream`]: plain TCP (vectored writes)
+//!   or rustls over it (`peer_tls.rs`); handshake, reader and sender do not care which.
 //! * **No async runtime.** Plain threads and blocking sockets; shutdown sets a flag, shuts
 //!   down every registered socket (unblocking reads and writes), wakes the listener and
 //!   joins every thread.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{self, Write as _};
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, SendTimeoutError, Sender, TrySendError};
 use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::frame::{
-    encode_frame, encode_frame_header, write_all_vectored, FrameError, FrameReader,
-    DEFAULT_MAX_FRAME_PAYLOAD_BYTES, FRAME_HEADER_BYTES,
+    encode_frame, encode_frame_header, write_all_vectored, Frame, FrameError, FrameReader,
+    DEFAULT_MAX_FRAME_PAYLOAD_BYTES, FRAME_HEADER_BYTES, MAX_HANDSHAKE_FRAME_PAYLOAD_BYTES,
 };
 use crate::handshake::{
-    check_hello, decode_reject, encode_reject, Hello, RejectReason, FIRST_RESERVED_MSG_TYPE,
-    HANDSHAKE_VERSION, MSG_ACCEPT, MSG_HELLO, MSG_REJECT,
+    check_hello, decode_challenge, decode_reject, encode_reject, new_nonce, ClusterSecret, Hello,
+    RejectReason, FIRST_RESERVED_MSG_TYPE, HANDSHAKE_VERSION, MSG_ACCEPT, MSG_CHALLENGE, MSG_HELLO,
+    MSG_PROOF, MSG_REJECT, NONCE_HANDSHAKE_VERSION,
 };
+use crate::peer_tls::{names_exactly, PeerTls};
 
 /// A Raft node id.
 pub type NodeId = u64;
@@ -72,8 +84,28 @@ pub struct TransportConfig {
     pub reconnect_max_backoff_ms: u64,
     /// Bound on establishing a TCP connection.
     pub connect_timeout_ms: u64,
-    /// Bound on each side's wait for the other's handshake frame.
+    /// Deadline of the whole handshake on each side (TLS, HELLO, challenge, proof,
+    /// answer), from the moment the connection exists; not per read.
     pub handshake_timeout_ms: u64,
+    /// Most inbound connections open at once, pending handshakes included; a connection
+    /// past it is closed at once (counted in [`InboundStats::refused_over_cap`]).
+    pub max_inbound_connections: usize,
+    /// Bound on one blocked write to a peer socket (`SO_SNDTIMEO`); past it the
+    /// connection is dropped and redialed.
+    pub write_timeout_ms: u64,
+    /// `TCP_USER_TIMEOUT`: how long sent data may stay unacknowledged before the kernel
+    /// drops the connection (a half-open peer).
+    pub tcp_user_timeout_ms: u64,
+    /// TCP keepalive: idle time before the first probe; probes then follow every
+    /// `keepalive_interval_ms`, [`KEEPALIVE_PROBES`] of them.
+    pub keepalive_idle_ms: u64,
+    /// TCP keepalive probe interval.
+    pub keepalive_interval_ms: u64,
+    /// The cluster secret: with it, the handshake is a mutual HMAC challenge-response
+    /// (`handshake.rs`) and a dialer without it is refused before any Raft frame.
+    pub cluster_secret: Option<ClusterSecret>,
+    /// Mutual TLS between members (`peer_tls.rs`); `None`: plain TCP.
+    pub tls: Option<PeerTls>,
     /// This node's client (RESP) address, sent in every HELLO so peers can redirect
     /// clients here; empty when there is none. Cut to
     /// [`crate::handshake::MAX_CLIENT_ADDR_BYTES`] on the wire.
@@ -95,10 +127,20 @@ impl TransportConfig {
             reconnect_max_backoff_ms: 1000,
             connect_timeout_ms: 2000,
             handshake_timeout_ms: 5000,
+            max_inbound_connections: 64,
+            write_timeout_ms: 10_000,
+            tcp_user_timeout_ms: 10_000,
+            keepalive_idle_ms: 5_000,
+            keepalive_interval_ms: 1_000,
+            cluster_secret: None,
+            tls: None,
             advertised_client_addr: String::new(),
         }
     }
 }
+
+/// Keepalive probes unanswered before the kernel drops a peer connection.
+pub const KEEPALIVE_PROBES: u32 = 5;
 
 /// A message to send: a Raft message type and its payload as one or more byte slices
 /// (sent back to back as one frame payload, without copying).
@@ -235,8 +277,13 @@ pub struct PeerStats {
 pub struct InboundStats {
     /// Connections that completed the handshake.
     pub accepted_connections: u64,
-    /// Connections refused at the handshake.
+    /// Connections refused at the handshake: a failed check, proof or certificate, or
+    /// a TLS or read failure before it passed.
     pub rejected_handshakes: u64,
+    /// Connections cut because the handshake was not done by its deadline.
+    pub handshake_timeouts: u64,
+    /// Connections closed at once because `max_inbound_connections` were open.
+    pub refused_over_cap: u64,
     /// Connections closed because a frame was bad (magic, version, length, checksum,
     /// truncation, reserved type).
     pub closed_for_bad_frames: u64,
@@ -244,14 +291,64 @@ pub struct InboundStats {
     pub received_messages: u64,
 }
 
-/// The client addresses peers advertised in their HELLOs, by node id. Cloneable and
-/// cheap to read from any thread (the client port reads it for `-NOTLEADER <addr>`).
+/// The inbound counters, shared by the transport threads and [`PeerClientAddrs`].
+#[derive(Debug, Default)]
+struct InboundCounters {
+    accepted_connections: AtomicU64,
+    rejected_handshakes: AtomicU64,
+    handshake_timeouts: AtomicU64,
+    refused_over_cap: AtomicU64,
+    /// Frames refused before the handshake passed (also in `closed_for_bad_frames`).
+    bad_frames_before_handshake: AtomicU64,
+    closed_for_bad_frames: AtomicU64,
+    received_messages: AtomicU64,
+}
+
+impl InboundCounters {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> InboundStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        InboundStats {
+            accepted_connections: get(&self.accepted_connections),
+            rejected_handshakes: get(&self.rejected_handshakes),
+            handshake_timeouts: get(&self.handshake_timeouts),
+            refused_over_cap: get(&self.refused_over_cap),
+            closed_for_bad_frames: get(&self.closed_for_bad_frames),
+            received_messages: get(&self.received_messages),
+        }
+    }
+
+    /// Every inbound connection that never passed the handshake (INFO
+    /// `peer_handshake_refusals`).
+    fn handshake_refusals(&self) -> u64 {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        get(&self.rejected_handshakes)
+            + get(&self.handshake_timeouts)
+            + get(&self.refused_over_cap)
+            + get(&self.bad_frames_before_handshake)
+    }
+}
+
+/// The transport's live view for the client port: the client addresses peers
+/// advertised in their HELLOs, by node id (for `-NOTLEADER <addr>`), and the count of
+/// refused inbound peer connections (INFO). Cloneable and cheap to read from any thread.
 #[derive(Debug, Clone, Default)]
 pub struct PeerClientAddrs {
     by_node: Arc<RwLock<HashMap<NodeId, String>>>,
+    inbound: Arc<InboundCounters>,
 }
 
 impl PeerClientAddrs {
+    /// Inbound peer connections that never passed the handshake: refused (check,
+    /// proof, certificate, TLS), timed out, over the connection cap, or a bad frame
+    /// before HELLO passed.
+    pub fn handshake_refusals(&self) -> u64 {
+        self.inbound.handshake_refusals()
+    }
+
     /// The client address `node` advertised most recently, if any.
     pub fn get(&self, node: NodeId) -> Option<String> {
         self.by_node.read().get(&node).cloned()
@@ -284,14 +381,15 @@ struct Shared {
     known_peers: RwLock<HashSet<NodeId>>,
     /// Reader threads, joined at shutdown (finished ones are pruned on accept).
     reader_threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Inbound connections open now, pending handshakes included. Invariant: at most
+    /// `config.max_inbound_connections`; the listener increments it before spawning a
+    /// reader, and the reader's [`InboundSlot`] decrements it when the connection ends.
+    inbound_open: AtomicUsize,
     /// Wakes backoff sleeps at shutdown.
     wake_lock: Mutex<()>,
     wake: Condvar,
-    accepted_connections: AtomicU64,
-    rejected_handshakes: AtomicU64,
-    closed_for_bad_frames: AtomicU64,
-    received_messages: AtomicU64,
-    /// Client addresses learned from accepted HELLOs.
+    inbound: Arc<InboundCounters>,
+    /// Client addresses learned from accepted HELLOs (shares `inbound`).
     peer_client_addrs: PeerClientAddrs,
 }
 
@@ -390,6 +488,7 @@ impl PeerTransport {
         validate(&config)?;
         let local_addr = listener.local_addr().map_err(TransportError::Listen)?;
         let known_peers = config.peers.iter().map(|(id, _)| *id).collect();
+        let inbound = Arc::new(InboundCounters::default());
         let shared = Arc::new(Shared {
             config: config.clone(),
             local_addr,
@@ -399,13 +498,14 @@ impl PeerTransport {
             inbound_by_peer: Mutex::new(HashMap::new()),
             known_peers: RwLock::new(known_peers),
             reader_threads: Mutex::new(Vec::new()),
+            inbound_open: AtomicUsize::new(0),
             wake_lock: Mutex::new(()),
             wake: Condvar::new(),
-            accepted_connections: AtomicU64::new(0),
-            rejected_handshakes: AtomicU64::new(0),
-            closed_for_bad_frames: AtomicU64::new(0),
-            received_messages: AtomicU64::new(0),
-            peer_client_addrs: PeerClientAddrs::default(),
+            inbound: Arc::clone(&inbound),
+            peer_client_addrs: PeerClientAddrs {
+                by_node: Arc::default(),
+                inbound,
+            },
         });
         let mut transport = PeerTransport {
             shared: Arc::clone(&shared),
@@ -504,13 +604,7 @@ impl PeerTransport {
 
     /// Counters of the inbound side.
     pub fn inbound_stats(&self) -> InboundStats {
-        let s = &self.shared;
-        InboundStats {
-            accepted_connections: s.accepted_connections.load(Ordering::Relaxed),
-            rejected_handshakes: s.rejected_handshakes.load(Ordering::Relaxed),
-            closed_for_bad_frames: s.closed_for_bad_frames.load(Ordering::Relaxed),
-            received_messages: s.received_messages.load(Ordering::Relaxed),
-        }
+        self.shared.inbound.snapshot()
     }
 
     /// Adds a member (membership change): starts dialing it and accepts its HELLO.
@@ -605,8 +699,183 @@ fn validate(config: &TransportConfig) -> Result<(), TransportError> {
     if config.max_frame_payload_bytes > u32::MAX as usize {
         return invalid("max_frame_payload_bytes must fit in u32".into());
     }
+    if config.max_inbound_connections == 0 {
+        return invalid("max_inbound_connections must be positive".into());
+    }
     Ok(())
 }
+
+// ----- the stream seam -------------------------------------------------------------
+
+/// A peer socket with an optional read deadline: while one is set, every read waits at
+/// most until it (the socket's read timeout is set to what is left before each read), so
+/// a whole handshake, TLS included, has one deadline however the bytes trickle in.
+#[derive(Debug)]
+struct DeadlineSocket {
+    tcp: TcpStream,
+    read_deadline: Option<Instant>,
+}
+
+impl Read for DeadlineSocket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(deadline) = self.read_deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "handshake deadline passed",
+                ));
+            }
+            self.tcp.set_read_timeout(Some(left))?;
+        }
+        self.tcp.read(buf)
+    }
+}
+
+impl Write for DeadlineSocket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tcp.write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.tcp.write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
+/// One peer connection's byte stream: plain TCP, or TLS (rustls) over it. Blocking I/O
+/// either way; each connection is used by one thread only.
+enum PeerStream {
+    Plain(DeadlineSocket),
+    TlsServer(Box<rustls::StreamOwned<rustls::ServerConnection, DeadlineSocket>>),
+    TlsClient(Box<rustls::StreamOwned<rustls::ClientConnection, DeadlineSocket>>),
+}
+
+/// How many bytes of a batch a TLS sender hands to rustls at once (TLS copies into
+/// records anyway; this bounds the staging buffer).
+const TLS_WRITE_CHUNK_BYTES: usize = 256 << 10;
+
+impl PeerStream {
+    fn socket_mut(&mut self) -> &mut DeadlineSocket {
+        match self {
+            PeerStream::Plain(socket) => socket,
+            PeerStream::TlsServer(tls) => &mut tls.sock,
+            PeerStream::TlsClient(tls) => &mut tls.sock,
+        }
+    }
+
+    /// Sets (or, with `None`, clears) the read deadline.
+    fn set_read_deadline(&mut self, deadline: Option<Instant>) -> io::Result<()> {
+        let socket = self.socket_mut();
+        socket.read_deadline = deadline;
+        if deadline.is_none() {
+            socket.tcp.set_read_timeout(None)?;
+        }
+        Ok(())
+    }
+
+    /// The certificate the other side presented (TLS, once its handshake is done).
+    fn peer_certificate(&self) -> Option<rustls::pki_types::CertificateDer<'static>> {
+        let certs = match self {
+            PeerStream::Plain(_) => None,
+            PeerStream::TlsServer(tls) => tls.conn.peer_certificates(),
+            PeerStream::TlsClient(tls) => tls.conn.peer_certificates(),
+        }?;
+        certs.first().map(|cert| cert.clone().into_owned())
+    }
+
+    fn is_tls(&self) -> bool {
+        !matches!(self, PeerStream::Plain(_))
+    }
+
+    /// Writes all of `slices`, in order: one vectored write per up to 1024 slices on
+    /// plain TCP; through `staging` in bounded chunks on TLS (rustls' stream would turn
+    /// each small slice into its own record).
+    fn write_slices(&mut self, slices: &[&[u8]], staging: &mut Vec<u8>) -> io::Result<()> {
+        match self {
+            PeerStream::Plain(socket) => write_all_vectored(&mut socket.tcp, slices),
+            tls => {
+                staging.clear();
+                for slice in slices {
+                    if staging.len() + slice.len() > TLS_WRITE_CHUNK_BYTES && !staging.is_empty() {
+                        tls.write_all(staging)?;
+                        staging.clear();
+                    }
+                    if slice.len() >= TLS_WRITE_CHUNK_BYTES {
+                        tls.write_all(slice)?;
+                    } else {
+                        staging.extend_from_slice(slice);
+                    }
+                }
+                if !staging.is_empty() {
+                    tls.write_all(staging)?;
+                }
+                tls.flush()
+            }
+        }
+    }
+}
+
+impl Read for PeerStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            PeerStream::Plain(socket) => socket.read(buf),
+            PeerStream::TlsServer(tls) => tls.read(buf),
+            PeerStream::TlsClient(tls) => tls.read(buf),
+        }
+    }
+}
+
+impl Write for PeerStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            PeerStream::Plain(socket) => socket.write(buf),
+            PeerStream::TlsServer(tls) => tls.write(buf),
+            PeerStream::TlsClient(tls) => tls.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            PeerStream::Plain(socket) => socket.flush(),
+            PeerStream::TlsServer(tls) => tls.flush(),
+            PeerStream::TlsClient(tls) => tls.flush(),
+        }
+    }
+}
+
+/// Sends one small transport frame (handshake) and flushes it.
+fn send_frame(stream: &mut PeerStream, msg_type: u8, payload: &[u8]) -> io::Result<()> {
+    let mut frame = Vec::with_capacity(FRAME_HEADER_BYTES + payload.len());
+    encode_frame(msg_type, 0, payload, usize::MAX, &mut frame)
+        .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error.to_string()))?;
+    stream.write_all(&frame)?;
+    stream.flush()
+}
+
+/// Socket options of every peer connection, both directions: no Nagle delay, keepalive,
+/// `TCP_USER_TIMEOUT` and a write timeout (see [`TransportConfig`]).
+fn configure_peer_socket(stream: &TcpStream, config: &TransportConfig) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    stream.set_write_timeout(Some(Duration::from_millis(config.write_timeout_ms.max(1))))?;
+    let socket = socket2::SockRef::from(stream);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_millis(config.keepalive_idle_ms.max(1000)))
+        .with_interval(Duration::from_millis(
+            config.keepalive_interval_ms.max(1000),
+        ))
+        .with_retries(KEEPALIVE_PROBES);
+    socket.set_tcp_keepalive(&keepalive)?;
+    socket.set_tcp_user_timeout(Some(Duration::from_millis(
+        config.tcp_user_timeout_ms.max(1),
+    )))?;
+    Ok(())
+}
+
+// ----- the dialer ------------------------------------------------------------------
 
 /// Why dialing a peer failed.
 #[derive(Debug, thiserror::Error)]
@@ -615,8 +884,12 @@ enum DialError {
     Io(#[from] io::Error),
     #[error("{0}")]
     Frame(#[from] FrameError),
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
     #[error("peer refused the handshake ({reason:?}): {text}")]
     Rejected { reason: RejectReason, text: String },
+    #[error("peer did not authenticate: {0}")]
+    Unauthenticated(&'static str),
     #[error("unexpected handshake answer of type {0:#04x}")]
     UnexpectedAnswer(u8),
     #[error("transport is stopping")]
@@ -634,7 +907,7 @@ struct PeerSender {
 
 /// An established outbound connection.
 struct Connection {
-    stream: TcpStream,
+    stream: PeerStream,
     socket_id: u64,
 }
 
@@ -648,6 +921,7 @@ impl PeerSender {
         let mut connection: Option<Connection> = None;
         let mut batch: Vec<OutboundMessage> = Vec::new();
         let mut headers: Vec<[u8; FRAME_HEADER_BYTES]> = Vec::new();
+        let mut staging: Vec<u8> = Vec::new();
         while !self.shared.is_stopping() {
             if connection.is_none() {
                 match self.dial() {
@@ -662,13 +936,14 @@ impl PeerSender {
                             node_id = config.node_id,
                             peer = self.peer,
                             addr = %self.addr,
+                            tls = established.stream.is_tls(),
                             "peer connected (outbound)"
                         );
                         connection = Some(established);
                     }
                     Err(DialError::Stopping) => break,
                     Err(error) => {
-                        if let DialError::Rejected { .. } = error {
+                        if let DialError::Rejected { .. } | DialError::Unauthenticated(_) = error {
                             self.counters
                                 .handshakes_rejected
                                 .fetch_add(1, Ordering::Relaxed);
@@ -711,6 +986,7 @@ impl PeerSender {
                 &mut open.stream,
                 &batch,
                 &mut headers,
+                &mut staging,
                 config.max_frame_payload_bytes,
             ) {
                 Ok(()) => {
@@ -747,17 +1023,34 @@ impl PeerSender {
         )
     }
 
-    /// Connects, sends HELLO, and waits for ACCEPT.
+    /// Connects, runs the handshake (TLS first if configured) within one deadline.
     fn dial(&self) -> Result<Connection, DialError> {
         let config = &self.shared.config;
-        let stream = TcpStream::connect_timeout(
+        let tcp = TcpStream::connect_timeout(
             &self.addr,
             Duration::from_millis(config.connect_timeout_ms.max(1)),
         )?;
-        let socket_id = self.shared.register(&stream).ok_or(DialError::Stopping)?;
-        let result = self.handshake(&stream);
+        let socket_id = self.shared.register(&tcp).ok_or(DialError::Stopping)?;
+        let result = configure_peer_socket(&tcp, config)
+            .map_err(DialError::from)
+            .and_then(|()| {
+                let socket = DeadlineSocket {
+                    tcp,
+                    read_deadline: Some(
+                        Instant::now() + Duration::from_millis(config.handshake_timeout_ms.max(1)),
+                    ),
+                };
+                let stream = match &config.tls {
+                    None => PeerStream::Plain(socket),
+                    Some(tls) => PeerStream::TlsClient(Box::new(rustls::StreamOwned::new(
+                        tls.connect(self.peer)?,
+                        socket,
+                    ))),
+                };
+                self.handshake(stream)
+            });
         match result {
-            Ok(()) => Ok(Connection { stream, socket_id }),
+            Ok(stream) => Ok(Connection { stream, socket_id }),
             Err(error) => {
                 self.shared.unregister(socket_id);
                 Err(error)
@@ -765,41 +1058,83 @@ impl PeerSender {
         }
     }
 
-    fn handshake(&self, stream: &TcpStream) -> Result<(), DialError> {
+    /// HELLO, then ACCEPT (no secret) or CHALLENGE → PROOF → ACCEPT with the acceptor's
+    /// proof (secret). Returns the stream with its read deadline cleared.
+    fn handshake(&self, mut stream: PeerStream) -> Result<PeerStream, DialError> {
         let config = &self.shared.config;
-        stream.set_nodelay(true)?;
         let hello = Hello {
             version: HANDSHAKE_VERSION,
             cluster_id: config.cluster_id,
             from_node: config.node_id,
             to_node: self.peer,
+            nonce: new_nonce(),
             client_addr: config.advertised_client_addr.clone(),
         };
-        let mut frame = Vec::new();
-        encode_frame(MSG_HELLO, 0, &hello.encode(), usize::MAX, &mut frame)?;
-        (&*stream).write_all(&frame)?;
-        stream.set_read_timeout(Some(Duration::from_millis(
-            config.handshake_timeout_ms.max(1),
-        )))?;
-        // The answer is tiny; a small limit keeps a confused peer from making us allocate.
-        let mut reader = FrameReader::new(stream, 4096);
+        let hello_payload = hello.encode();
+        send_frame(&mut stream, MSG_HELLO, &hello_payload)?;
+        let mut reader = FrameReader::new(stream, MAX_HANDSHAKE_FRAME_PAYLOAD_BYTES);
         let answer = reader.read_frame()?;
-        match answer.msg_type {
-            MSG_ACCEPT => Ok(()),
-            MSG_REJECT => {
-                let (reason, text) = decode_reject(&answer.payload);
-                Err(DialError::Rejected { reason, text })
+        match (answer.msg_type, &config.cluster_secret) {
+            (MSG_ACCEPT, None) => {}
+            (MSG_ACCEPT, Some(_)) => {
+                return Err(DialError::Unauthenticated(
+                    "it accepted without a challenge (it has no cluster secret)",
+                ))
             }
-            other => Err(DialError::UnexpectedAnswer(other)),
+            (MSG_CHALLENGE, None) => {
+                return Err(DialError::Unauthenticated(
+                    "it requires a cluster secret and this node has none",
+                ))
+            }
+            (MSG_CHALLENGE, Some(secret)) => {
+                let nonce = decode_challenge(&answer.payload)
+                    .ok_or(DialError::UnexpectedAnswer(MSG_CHALLENGE))?;
+                let proof = secret.dialer_proof(&hello_payload, &nonce);
+                send_frame(reader.get_mut(), MSG_PROOF, &proof)?;
+                let verdict = reader.read_frame()?;
+                match verdict.msg_type {
+                    MSG_ACCEPT => {
+                        if !secret.verify_acceptor_proof(&hello_payload, &nonce, &verdict.payload) {
+                            return Err(DialError::Unauthenticated(
+                                "its proof of the cluster secret is wrong",
+                            ));
+                        }
+                    }
+                    MSG_REJECT => return Err(rejected(&verdict)),
+                    other => return Err(DialError::UnexpectedAnswer(other)),
+                }
+            }
+            (MSG_REJECT, _) => return Err(rejected(&answer)),
+            (other, _) => return Err(DialError::UnexpectedAnswer(other)),
         }
+        let mut stream = reader.into_inner();
+        if stream.is_tls() {
+            let members = self.shared.members();
+            let names_peer = stream
+                .peer_certificate()
+                .is_some_and(|cert| names_exactly(&cert, self.peer, &members));
+            if !names_peer {
+                return Err(DialError::Unauthenticated(
+                    "its certificate does not name exactly the node dialed",
+                ));
+            }
+        }
+        stream.set_read_deadline(None)?;
+        Ok(stream)
     }
 }
 
-/// Frames every message of `batch` and writes them all with vectored writes.
+fn rejected(frame: &Frame) -> DialError {
+    let (reason, text) = decode_reject(&frame.payload);
+    DialError::Rejected { reason, text }
+}
+
+/// Frames every message of `batch` and writes them all (vectored on plain TCP).
 fn write_batch(
-    stream: &mut TcpStream,
+    stream: &mut PeerStream,
     batch: &[OutboundMessage],
     headers: &mut Vec<[u8; FRAME_HEADER_BYTES]>,
+    staging: &mut Vec<u8>,
     max_payload_bytes: usize,
 ) -> io::Result<()> {
     headers.clear();
@@ -817,7 +1152,40 @@ fn write_batch(
         slices.push(header);
         slices.extend(message.payload_parts.iter().map(|p| p.as_ref()));
     }
-    write_all_vectored(stream, &slices)
+    stream.write_slices(&slices, staging)
+}
+
+// ----- the acceptor ----------------------------------------------------------------
+
+impl Shared {
+    /// Every member id this node knows, itself included (for certificate name checks).
+    fn members(&self) -> Vec<NodeId> {
+        let mut members: Vec<NodeId> = self.known_peers.read().iter().copied().collect();
+        members.push(self.config.node_id);
+        members
+    }
+}
+
+/// Holds one place of `Shared::inbound_open`; gives it back when dropped.
+struct InboundSlot(Arc<Shared>);
+
+impl Drop for InboundSlot {
+    fn drop(&mut self) {
+        self.0.inbound_open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Shared {
+    /// Takes a place for a new inbound connection, or `None` at the cap.
+    fn take_inbound_slot(self: &Arc<Self>) -> Option<InboundSlot> {
+        let cap = self.config.max_inbound_connections;
+        self.inbound_open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < cap).then_some(open + 1)
+            })
+            .ok()
+            .map(|_| InboundSlot(Arc::clone(self)))
+    }
 }
 
 fn listen_loop(shared: Arc<Shared>, listener: TcpListener, inbound: Arc<dyn InboundSink>) {
@@ -834,6 +1202,18 @@ fn listen_loop(shared: Arc<Shared>, listener: TcpListener, inbound: Arc<dyn Inbo
                 continue;
             }
         };
+        let Some(slot) = shared.take_inbound_slot() else {
+            // Closed at once: past the cap a connection costs no thread and no buffer.
+            let refused = shared
+                .inbound
+                .refused_over_cap
+                .fetch_add(1, Ordering::Relaxed);
+            if refused == 0 {
+                tracing::warn!(node_id = shared.config.node_id, %remote, cap = shared.config.max_inbound_connections, "too many inbound peer connections; closing new ones at once (counted, logged once)");
+            }
+            drop(stream);
+            continue;
+        };
         let Some(socket_id) = shared.register(&stream) else {
             break;
         };
@@ -842,6 +1222,7 @@ fn listen_loop(shared: Arc<Shared>, listener: TcpListener, inbound: Arc<dyn Inbo
         let spawned = std::thread::Builder::new()
             .name(format!("peer-recv-{}", shared.config.node_id))
             .spawn(move || {
+                let _slot = slot;
                 serve_inbound(&reader_shared, stream, remote, socket_id, &reader_inbound);
                 reader_shared.unregister(socket_id);
             });
@@ -858,81 +1239,71 @@ fn listen_loop(shared: Arc<Shared>, listener: TcpListener, inbound: Arc<dyn Inbo
     }
 }
 
-/// Runs the acceptor side of one connection: handshake, then frames into the queue.
+/// How an inbound handshake failed.
+enum Refusal {
+    /// The dialer went away before sending anything (also the shutdown wake-up).
+    Quiet,
+    /// The deadline passed.
+    TimedOut(String),
+    /// A bad frame before the handshake passed.
+    BadFrame(String),
+    /// A read or TLS failure.
+    Failed(String),
+    /// The check, the proof or the certificate failed: answered with this REJECT.
+    Rejected {
+        reason: RejectReason,
+        log: String,
+        text: String,
+    },
+}
+
+/// Runs the acceptor side of one connection: handshake, then frames into the sink.
 fn serve_inbound(
     shared: &Shared,
-    stream: TcpStream,
+    tcp: TcpStream,
     remote: SocketAddr,
     socket_id: u64,
     inbound: &Arc<dyn InboundSink>,
 ) {
     let config = &shared.config;
     let node_id = config.node_id;
-    let _ = stream.set_nodelay(true);
-    if let Err(error) = stream.set_read_timeout(Some(Duration::from_millis(
-        config.handshake_timeout_ms.max(1),
-    ))) {
-        tracing::warn!(node_id, %remote, %error, "cannot set handshake timeout; closing");
+    if let Err(error) = configure_peer_socket(&tcp, config) {
+        tracing::warn!(node_id, %remote, %error, "cannot configure peer socket; closing");
         return;
     }
-    let mut reader = FrameReader::new(&stream, config.max_frame_payload_bytes);
-    let first = match reader.read_frame() {
-        Ok(frame) => frame,
-        Err(FrameError::Eof) => return, // e.g. the shutdown wake-up connection
-        Err(error) => {
-            shared.closed_for_bad_frames.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(node_id, %remote, %error, "closing inbound connection before handshake");
-            return;
-        }
+    let socket = DeadlineSocket {
+        tcp,
+        read_deadline: Some(
+            Instant::now() + Duration::from_millis(config.handshake_timeout_ms.max(1)),
+        ),
     };
-    let verdict = if first.msg_type != MSG_HELLO {
-        Err((
-            RejectReason::MalformedHello,
-            format!("expected HELLO, got message type {:#04x}", first.msg_type),
-        ))
-    } else {
-        match Hello::decode(&first.payload) {
-            None => Err((
-                RejectReason::MalformedHello,
-                "HELLO payload has the wrong size".to_string(),
-            )),
-            Some(hello) => check_hello(&hello, config.cluster_id, node_id, |peer| {
-                shared.known_peers.read().contains(&peer)
-            })
-            .map(|()| hello),
-        }
-    };
-    let hello = match verdict {
-        Ok(hello) => hello,
-        Err((reason, text)) => {
-            shared.rejected_handshakes.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(node_id, %remote, ?reason, %text, "refused peer connection");
-            let mut answer = Vec::new();
-            if encode_frame(
-                MSG_REJECT,
-                0,
-                &encode_reject(reason, &text),
-                usize::MAX,
-                &mut answer,
-            )
-            .is_ok()
-            {
-                let _ = (&stream).write_all(&answer);
+    let stream = match &config.tls {
+        None => PeerStream::Plain(socket),
+        Some(tls) => match tls.accept() {
+            Ok(conn) => PeerStream::TlsServer(Box::new(rustls::StreamOwned::new(conn, socket))),
+            Err(error) => {
+                tracing::warn!(node_id, %remote, %error, "cannot start TLS; closing");
+                return;
             }
+        },
+    };
+    let mut reader = FrameReader::new(stream, MAX_HANDSHAKE_FRAME_PAYLOAD_BYTES);
+    let hello = match accept_handshake(shared, &mut reader) {
+        Ok(hello) => hello,
+        Err(refusal) => {
+            count_refusal(shared, remote, &mut reader, refusal);
             return;
         }
     };
+    reader.set_max_payload_bytes(config.max_frame_payload_bytes);
+    if reader.get_mut().set_read_deadline(None).is_err() {
+        return;
+    }
     let peer = hello.from_node;
     shared.peer_client_addrs.set(peer, hello.client_addr);
-    let mut accept = Vec::new();
-    if encode_frame(MSG_ACCEPT, 0, &[], usize::MAX, &mut accept).is_err()
-        || (&stream).write_all(&accept).is_err()
-        || stream.set_read_timeout(None).is_err()
-    {
-        return;
-    }
-    shared.accepted_connections.fetch_add(1, Ordering::Relaxed);
-    // A newer connection from the same peer replaces the old one (the peer reconnected).
+    InboundCounters::bump(&shared.inbound.accepted_connections);
+    // A newer connection from the same peer replaces the old one (the peer reconnected;
+    // with a secret or TLS, only a connection that authenticated gets here).
     if let Some(older) = shared.inbound_by_peer.lock().insert(peer, socket_id) {
         shared.unregister(older);
     }
@@ -947,10 +1318,160 @@ fn serve_inbound(
     tracing::info!(node_id, peer, %remote, reason = %reason, "peer disconnected (inbound)");
 }
 
+/// Counts and logs a refused handshake; answers a REJECT where there is one to give.
+fn count_refusal(
+    shared: &Shared,
+    remote: SocketAddr,
+    reader: &mut FrameReader<PeerStream>,
+    refusal: Refusal,
+) {
+    let node_id = shared.config.node_id;
+    let counters = &shared.inbound;
+    match refusal {
+        Refusal::Quiet => {}
+        Refusal::TimedOut(why) => {
+            InboundCounters::bump(&counters.handshake_timeouts);
+            tracing::warn!(node_id, %remote, %why, "closing inbound connection: handshake deadline passed");
+        }
+        Refusal::BadFrame(why) => {
+            InboundCounters::bump(&counters.closed_for_bad_frames);
+            InboundCounters::bump(&counters.bad_frames_before_handshake);
+            tracing::warn!(node_id, %remote, %why, "closing inbound connection before handshake");
+        }
+        Refusal::Failed(why) => {
+            InboundCounters::bump(&counters.rejected_handshakes);
+            tracing::warn!(node_id, %remote, %why, "refused peer connection");
+        }
+        Refusal::Rejected { reason, log, text } => {
+            InboundCounters::bump(&counters.rejected_handshakes);
+            tracing::warn!(node_id, %remote, ?reason, %log, "refused peer connection");
+            let _ = send_frame(reader.get_mut(), MSG_REJECT, &encode_reject(reason, &text));
+        }
+    }
+}
+
+fn read_handshake_frame(reader: &mut FrameReader<PeerStream>) -> Result<Frame, Refusal> {
+    reader.read_frame().map_err(|error| match error {
+        FrameError::Eof => Refusal::Quiet,
+        FrameError::Io(io)
+            if matches!(
+                io.kind(),
+                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+            ) =>
+        {
+            Refusal::TimedOut(io.to_string())
+        }
+        FrameError::Io(io) => Refusal::Failed(format!("before the handshake passed: {io}")),
+        other => Refusal::BadFrame(other.to_string()),
+    })
+}
+
+/// The acceptor's handshake: HELLO and its check, the certificate name (TLS), and with a
+/// secret the challenge and proof. On a node with a secret every refusal is the same
+/// `Refused` without text, sent only after the proof (so nothing, not even which check
+/// failed, reaches a dialer without the secret).
+fn accept_handshake(
+    shared: &Shared,
+    reader: &mut FrameReader<PeerStream>,
+) -> Result<Hello, Refusal> {
+    let config = &shared.config;
+    let first = read_handshake_frame(reader)?;
+    let secret = config.cluster_secret.as_ref();
+    let refuse = |reason: RejectReason, log: String| match secret {
+        Some(_) => Refusal::Rejected {
+            reason: RejectReason::Refused,
+            log,
+            text: String::new(),
+        },
+        None => Refusal::Rejected {
+            reason,
+            text: log.clone(),
+            log,
+        },
+    };
+    if first.msg_type != MSG_HELLO {
+        return Err(refuse(
+            RejectReason::MalformedHello,
+            format!("expected HELLO, got message type {:#04x}", first.msg_type),
+        ));
+    }
+    let Some(hello) = Hello::decode(&first.payload) else {
+        return Err(refuse(
+            RejectReason::MalformedHello,
+            "HELLO payload has the wrong size".to_string(),
+        ));
+    };
+    let verdict = check_hello(&hello, config.cluster_id, config.node_id, |peer| {
+        shared.known_peers.read().contains(&peer)
+    })
+    .and_then(|()| check_certificate(shared, reader.get_ref(), hello.from_node));
+    let Some(secret) = secret else {
+        return match verdict {
+            Ok(()) => {
+                send_frame(reader.get_mut(), MSG_ACCEPT, &[])
+                    .map_err(|error| Refusal::Failed(error.to_string()))?;
+                Ok(hello)
+            }
+            Err((reason, text)) => Err(refuse(reason, text)),
+        };
+    };
+    if hello.version < NONCE_HANDSHAKE_VERSION {
+        return Err(refuse(
+            RejectReason::VersionMismatch,
+            format!(
+                "handshake version {} cannot answer a challenge",
+                hello.version
+            ),
+        ));
+    }
+    // Challenge whatever the verdict, so the dialer cannot tell which part failed.
+    let nonce = new_nonce();
+    send_frame(reader.get_mut(), MSG_CHALLENGE, &nonce)
+        .map_err(|error| Refusal::Failed(error.to_string()))?;
+    let answer = read_handshake_frame(reader)?;
+    let proof_ok = answer.msg_type == MSG_PROOF
+        && secret.verify_dialer_proof(&first.payload, &nonce, &answer.payload);
+    match (verdict, proof_ok) {
+        (Ok(()), true) => {
+            let proof = secret.acceptor_proof(&first.payload, &nonce);
+            send_frame(reader.get_mut(), MSG_ACCEPT, &proof)
+                .map_err(|error| Refusal::Failed(error.to_string()))?;
+            Ok(hello)
+        }
+        (Err((reason, text)), _) => Err(refuse(reason, text)),
+        (Ok(()), false) => Err(refuse(
+            RejectReason::Refused,
+            format!(
+                "node {} did not prove the cluster secret (wrong or missing secret)",
+                hello.from_node
+            ),
+        )),
+    }
+}
+
+/// With TLS, the dialer's certificate must name exactly the node its HELLO claims.
+fn check_certificate(
+    shared: &Shared,
+    stream: &PeerStream,
+    claimed: NodeId,
+) -> Result<(), (RejectReason, String)> {
+    if !stream.is_tls() {
+        return Ok(());
+    }
+    let members = shared.members();
+    match stream.peer_certificate() {
+        Some(cert) if names_exactly(&cert, claimed, &members) => Ok(()),
+        _ => Err((
+            RejectReason::UnknownSender,
+            format!("the TLS certificate does not name exactly node {claimed}"),
+        )),
+    }
+}
+
 /// Moves frames into the inbound queue until the connection ends; returns why it ended.
 fn receive_frames(
     shared: &Shared,
-    reader: &mut FrameReader<&TcpStream>,
+    reader: &mut FrameReader<PeerStream>,
     peer: NodeId,
     inbound: &Arc<dyn InboundSink>,
 ) -> String {
@@ -960,13 +1481,13 @@ fn receive_frames(
             Err(FrameError::Eof) => return "connection closed by peer".to_string(),
             Err(FrameError::Io(error)) => return format!("read failed: {error}"),
             Err(error) => {
-                shared.closed_for_bad_frames.fetch_add(1, Ordering::Relaxed);
+                InboundCounters::bump(&shared.inbound.closed_for_bad_frames);
                 tracing::warn!(node_id = shared.config.node_id, peer, %error, "closing connection on bad frame");
                 return format!("bad frame: {error}");
             }
         };
         if frame.msg_type >= FIRST_RESERVED_MSG_TYPE {
-            shared.closed_for_bad_frames.fetch_add(1, Ordering::Relaxed);
+            InboundCounters::bump(&shared.inbound.closed_for_bad_frames);
             tracing::warn!(
                 node_id = shared.config.node_id,
                 peer,
@@ -987,6 +1508,6 @@ fn receive_frames(
                 "inbound consumer gone".to_string()
             };
         }
-        shared.received_messages.fetch_add(1, Ordering::Relaxed);
+        InboundCounters::bump(&shared.inbound.received_messages);
     }
 }

@@ -23,7 +23,15 @@ use tally_net::resp::{write_command, RespValue};
 
 #[test]
 fn three_members_elect_one_leader_followers_redirect_and_sigterm_exits_cleanly() {
-    let mut cluster = Cluster::start(3);
+    elect_redirect_write_and_sigterm(Cluster::start(3));
+}
+
+#[test]
+fn three_members_with_a_cluster_secret_elect_redirect_write_and_sigterm_exit_cleanly() {
+    elect_redirect_write_and_sigterm(Cluster::start_secured(3));
+}
+
+fn elect_redirect_write_and_sigterm(mut cluster: Cluster) {
     let leader = cluster.wait_for_leader();
     let leader_addr = format!("127.0.0.1:{}", cluster.member(leader).client_port);
     for member in &cluster.members {
@@ -36,6 +44,7 @@ fn three_members_elect_one_leader_followers_redirect_and_sigterm_exits_cleanly()
             "applied_index",
             "last_log_index",
             "entries_per_fsync",
+            "peer_handshake_refusals",
         ] {
             assert!(info.contains_key(key), "INFO lacks {key}: {info:?}");
         }

@@ -16,6 +16,11 @@ use common::*;
 use tally_net::resp::{write_command, RespValue};
 
 /// The leader's id once every member agrees, after checking every member still runs.
+/// These tests assert that the leader survives the load they create; a busy CI
+/// machine starving a follower for half a second must not turn into an election that
+/// the test would misread (the election timeout is not what they test).
+const PATIENT_ELECTIONS: &[&str] = &["--election-timeout-ms", "3000", "--heartbeat-ms", "100"];
+
 fn assert_all_running(cluster: &mut Cluster) {
     for member in &mut cluster.members {
         assert!(member.is_running(), "member {} exited", member.id);
@@ -31,7 +36,7 @@ fn limits_counter(member: &Member, key: &str) -> u64 {
 
 #[test]
 fn a_command_above_the_limit_gets_an_error_naming_it_and_the_leader_keeps_serving() {
-    let mut cluster = Cluster::start(3);
+    let mut cluster = Cluster::start_with_args(3, PATIENT_ELECTIONS);
     let leader = cluster.wait_for_leader();
     let mut client = cluster.member(leader).client();
     let value = vec![b'v'; 9 << 20];
@@ -69,7 +74,7 @@ fn a_command_above_the_limit_gets_an_error_naming_it_and_the_leader_keeps_servin
 fn a_bulk_loader_pipelining_16384_sets_of_4_kib_in_one_burst_gets_every_reply_and_the_leader_survives(
 ) {
     const N_SETS: usize = 16_384;
-    let mut cluster = Cluster::start(3);
+    let mut cluster = Cluster::start_with_args(3, PATIENT_ELECTIONS);
     let leader = cluster.wait_for_leader();
     let mut client = cluster.member(leader).client();
     let value = vec![b'x'; 4096];
@@ -101,8 +106,14 @@ fn a_bulk_loader_pipelining_16384_sets_of_4_kib_in_one_burst_gets_every_reply_an
 
 #[test]
 fn an_mget_whose_reply_would_pass_the_output_limit_closes_only_that_connection() {
-    let mut cluster =
-        Cluster::start_with_args(3, &["--client-output-buffer-limit-bytes", "67108864"]);
+    let mut cluster = Cluster::start_with_args(
+        3,
+        &[
+            PATIENT_ELECTIONS,
+            &["--client-output-buffer-limit-bytes", "67108864"],
+        ]
+        .concat(),
+    );
     let leader = cluster.wait_for_leader();
     let mut client = cluster.member(leader).client();
     let value = vec![b'b'; 4 << 20];
@@ -145,7 +156,7 @@ fn pipelined_mgets_whose_replies_are_not_read_hold_only_the_soft_limit_of_encode
     const N_MGETS: usize = 24;
     const COPIES: usize = 16;
     const VALUE_BYTES: usize = 1 << 20;
-    let mut cluster = Cluster::start(3);
+    let mut cluster = Cluster::start_with_args(3, PATIENT_ELECTIONS);
     let leader = cluster.wait_for_leader();
     let mut client = cluster.member(leader).client();
     let value = vec![b'm'; VALUE_BYTES];

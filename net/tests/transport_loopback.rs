@@ -254,6 +254,7 @@ fn raw_handshake(to_addr: SocketAddr, from: NodeId, to: NodeId) -> TcpStream {
         cluster_id: CLUSTER,
         from_node: from,
         to_node: to,
+        nonce: [0; 32],
         client_addr: String::new(),
     };
     let mut frame = Vec::new();
@@ -381,6 +382,7 @@ fn a_handshake_from_an_unknown_node_gets_a_reject_frame_with_its_reason() {
         cluster_id: CLUSTER,
         from_node: 77,
         to_node: 2,
+        nonce: [0; 32],
         client_addr: String::new(),
     };
     let mut frame = Vec::new();

@@ -114,9 +114,15 @@ const FIRST_BATCH_LEN: usize = BATCH_OVERHEAD_LEN + HARD_STATE_RECORD_LEN;
 /// A region of a segment that recovery dropped (zeroed or removed), with the reason.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DroppedRegion {
+    /// Segment file name inside the WAL directory.
     pub file: String,
+    /// Byte offset in `file` where the dropped region starts (0 for a removed file).
     pub offset: u64,
+    /// Bytes dropped: from `offset` to the last non-zero byte of the file (the zeros of
+    /// preallocated space are not counted).
     pub len_bytes: u64,
+    /// Why the bytes at `offset` are not a valid batch, or why the file was removed
+    /// (`"after the torn tail"`, `"segment has no valid batch"`).
     pub reason: String,
     /// True if the whole file was removed.
     pub file_removed: bool,
@@ -125,8 +131,12 @@ pub struct DroppedRegion {
 /// What `open` found and did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
+    /// Segment files whose header recovery read (up to and including the first bad one).
     pub segments_scanned: usize,
+    /// Valid batches replayed into the index, over all segments.
     pub batches_replayed: u64,
+    /// Entries in the log once recovery finished (after replayed truncations, resets and
+    /// dropped tails).
     pub entries_recovered: u64,
     /// Torn-tail bytes (or, in tolerant mode, everything after the first bad batch) that
     /// were dropped, in file order. Empty after a clean shutdown.
@@ -164,9 +174,13 @@ enum Residence {
 /// `offset` of `file` and fdatasync, without holding the core, then report the outcome
 /// to [`WalCore::finish_commit`].
 pub struct PendingCommit {
+    /// The active segment, which the batch goes into.
     pub file: Arc<dyn StorageFile>,
+    /// The encoded batch header (its CRC covers `body` without the trailer).
     pub header: [u8; BATCH_HEADER_LEN],
+    /// The records followed by the batch trailer: write it right after `header`.
     pub body: Bytes,
+    /// Byte offset in `file` where `header` goes (the end of the last written batch).
     pub offset: u64,
 }
 
@@ -306,6 +320,16 @@ fn io_err(operation: &'static str, file: &str, err: std::io::Error) -> WalError 
 
 impl<S: Storage> WalCore<S> {
     /// Opens (recovering) or creates the WAL in `storage`.
+    ///
+    /// Recovery replays every valid batch, zeroes a torn tail and removes the segments
+    /// after it; [`recovery_report`](Self::recovery_report) says what it dropped.
+    ///
+    /// # Errors
+    ///
+    /// [`WalError::InvalidOptions`] for inconsistent `options`, [`WalError::Locked`] if
+    /// another handle holds the directory, [`WalError::Corruption`] if damage is followed
+    /// by valid data (unless [`WalOptions::tolerant_recovery`]), and
+    /// [`WalError::Io`] / [`WalError::NoSpace`] from storage.
     pub fn open(storage: S, options: WalOptions) -> Result<Self> {
         options.validate()?;
         let lock = storage.lock().map_err(|err| {
@@ -767,12 +791,18 @@ impl<S: Storage> WalCore<S> {
         Ok(self.log.index[(index - self.log.first_index) as usize])
     }
 
-    /// Term of the entry at `index`.
+    /// Term of the entry at `index`; [`WalError::IndexOutOfRange`] outside
+    /// `first_index()..=last_index()`.
     pub fn term_at(&self, index: u64) -> Result<u64> {
         Ok(self.location(index)?.term)
     }
 
-    /// Reads the entry at `index`.
+    /// Reads the entry at `index`, staged, in flight or written.
+    ///
+    /// # Errors
+    ///
+    /// [`WalError::IndexOutOfRange`] outside `first_index()..=last_index()`,
+    /// [`WalError::Poisoned`] once poisoned, [`WalError::Io`] if the segment cannot be read.
     pub fn read(&self, index: u64) -> Result<Entry> {
         self.check_poison()?;
         let location = self.location(index)?;
@@ -850,7 +880,8 @@ impl<S: Storage> WalCore<S> {
         })
     }
 
-    /// Reads entries `range.start..range.end` (must lie inside the log).
+    /// Reads entries `range.start..range.end`; errors as [`read`](Self::read), checked for
+    /// both ends before anything is read. An empty range gives an empty `Vec`.
     pub fn read_range(&self, range: Range<u64>) -> Result<Vec<Entry>> {
         if range.start >= range.end {
             return Ok(Vec::new());
@@ -967,6 +998,13 @@ impl<S: Storage> WalCore<S> {
     /// Appends entries; `entries[0].index` must be `last_index() + 1`, indexes contiguous,
     /// terms non-decreasing, payloads within `max_entry_size_bytes`. Nothing changes on
     /// error. The entries are readable at once and durable after `write` + `sync`.
+    ///
+    /// # Errors
+    ///
+    /// [`WalError::IndexGap`], [`WalError::OutOfOrder`] and [`WalError::EntryTooLarge`]
+    /// for entries that break those rules; [`WalError::Poisoned`] once poisoned;
+    /// [`WalError::InvalidOptions`] while a [`begin_commit`](Self::begin_commit) is
+    /// unfinished; a fatal storage error if the staged batch is full and its write fails.
     pub fn append(&mut self, entries: &[Entry]) -> Result<()> {
         self.check_poison()?;
         self.check_no_commit_in_flight()?;
@@ -989,7 +1027,7 @@ impl<S: Storage> WalCore<S> {
 
     /// Records a new hard state; it becomes durable with the next sync, in the same
     /// write as entries staged with it. The term may not decrease, and the vote may not
-    /// change within a term once cast.
+    /// change within a term once cast ([`WalError::HardStateRegression`] otherwise).
     pub fn set_hard_state(&mut self, hard_state: HardState) -> Result<()> {
         self.check_poison()?;
         self.check_no_commit_in_flight()?;
@@ -1006,7 +1044,8 @@ impl<S: Storage> WalCore<S> {
     }
 
     /// Removes entries `>= from_index` (a durable logical record: after it is synced,
-    /// recovery never brings them back). `first_index() <= from_index <= last_index() + 1`.
+    /// recovery never brings them back). `first_index() <= from_index <= last_index() + 1`,
+    /// else [`WalError::IndexOutOfRange`]; `from_index == last_index() + 1` does nothing.
     pub fn truncate_suffix(&mut self, from_index: u64) -> Result<()> {
         self.check_poison()?;
         self.check_no_commit_in_flight()?;
@@ -1032,6 +1071,7 @@ impl<S: Storage> WalCore<S> {
 
     /// Drops every entry; the log restarts empty at `next_index` (a follower installing a
     /// snapshot). Old segments are removed by later `compact_prefix` calls.
+    /// `next_index` must be at least 1 ([`WalError::IndexOutOfRange`] otherwise).
     pub fn reset(&mut self, next_index: u64) -> Result<()> {
         self.check_poison()?;
         self.check_no_commit_in_flight()?;

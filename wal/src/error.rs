@@ -30,8 +30,12 @@ pub enum WalError {
     /// An I/O error from the storage layer, with the operation and file it concerned.
     #[error("I/O error during {operation} on {file}: {source}")]
     Io {
+        /// The step that failed, e.g. `"open"`, `"fdatasync"`, `"remove torn segment"`.
         operation: &'static str,
+        /// The file name inside the WAL directory, or the directory itself for
+        /// directory operations.
         file: String,
+        /// The OS error (shared, so the error stays `Clone` for every waiting ticket).
         #[source]
         source: Arc<io::Error>,
     },
@@ -39,56 +43,97 @@ pub enum WalError {
     /// poisoned for this process and must be reopened once space is available.
     #[error("no space left on device during {operation} on {file}; free space and reopen the WAL (every previously durable entry is intact)")]
     NoSpace {
+        /// The step that hit `ENOSPC`, as in [`WalError::Io`].
         operation: &'static str,
+        /// The file (or directory) it concerned, as in [`WalError::Io`].
         file: String,
     },
     /// An `fdatasync` (or a write) failed earlier: the WAL refuses all further work.
     #[error("WAL is poisoned after an earlier {cause:?} ({detail}); fail-stop: no further writes or fsyncs are attempted, reopen the WAL to recover what is durable")]
-    Poisoned { cause: PoisonCause, detail: String },
+    Poisoned {
+        /// What kind of failure poisoned the log.
+        cause: PoisonCause,
+        /// The original failure (operation, file and OS error), for the operator.
+        detail: String,
+    },
     /// Another process (or handle) holds the directory lock.
     #[error("WAL directory {dir} is locked by another process or handle")]
-    Locked { dir: String },
+    Locked {
+        /// The directory, as [`Storage::describe`](crate::Storage::describe) names it.
+        dir: String,
+    },
     /// A bad batch was followed by valid data: this is corruption, not a torn write.
     #[error(
         "corruption in {file} at offset {offset} (expected entry index {expected_index}): {reason}"
     )]
     Corruption {
+        /// The segment file name in which the damage starts.
         file: String,
+        /// Byte offset in `file` of the bad batch (0 when the segment itself is bad).
         offset: u64,
+        /// The entry index recovery would have read next at `offset` (the last
+        /// recovered index + 1).
         expected_index: u64,
+        /// What is wrong there and why it cannot be a torn write.
         reason: String,
     },
     /// The first appended entry does not follow the last one.
     #[error("index gap: expected entry index {expected}, got {got}")]
-    IndexGap { expected: u64, got: u64 },
+    IndexGap {
+        /// The only index the append may start at: the last queued index + 1.
+        expected: u64,
+        /// The index of the first entry of the refused append.
+        got: u64,
+    },
     /// Entries in one append are not contiguous, or a term goes backwards.
     #[error("out-of-order entry at index {index}: {reason}")]
-    OutOfOrder { index: u64, reason: String },
-    /// An entry payload exceeds the configured maximum.
+    OutOfOrder {
+        /// Index of the entry that breaks the order.
+        index: u64,
+        /// Which rule it breaks (index not contiguous, term below the previous one).
+        reason: String,
+    },
+    /// An entry payload exceeds [`WalOptions::max_entry_size_bytes`](crate::WalOptions),
+    /// or one append's encoded entries exceed the largest batch a segment holds.
     #[error(
         "entry {index} payload of {size_bytes} bytes exceeds the maximum of {max_bytes} bytes"
     )]
     EntryTooLarge {
+        /// Index of the oversized entry (the append's first index when the whole append
+        /// is too large).
         index: u64,
+        /// The size that was refused, in bytes.
         size_bytes: u64,
+        /// The limit it exceeds, in bytes.
         max_bytes: u64,
     },
     /// The index is outside `first_index..=last_index`.
     #[error("index {index} is out of range (log holds {first_index}..={last_index})")]
     IndexOutOfRange {
+        /// The index asked for.
         index: u64,
+        /// First index the log held when asked.
         first_index: u64,
+        /// Last index the log held when asked (`first_index - 1` when empty).
         last_index: u64,
     },
     /// A hard-state update would go backwards (lower term, or a second vote in a term).
     #[error("hard state regression: {reason}")]
-    HardStateRegression { reason: String },
-    /// The options are inconsistent (e.g. segment too small for the maximum entry).
+    HardStateRegression {
+        /// The current and the refused hard state, in words.
+        reason: String,
+    },
+    /// The options are inconsistent (e.g. segment too small for the maximum entry), or
+    /// the API was misused (e.g. [`WalCore::finish_commit`](crate::WalCore::finish_commit)
+    /// without a commit in flight). The string says which.
     #[error("invalid options: {0}")]
     InvalidOptions(String),
     /// The entries of a ticket were truncated before they became durable.
     #[error("entries up to {index} were truncated before they became durable")]
-    Truncated { index: u64 },
+    Truncated {
+        /// The last index the ticket covered.
+        index: u64,
+    },
     /// The WAL was shut down while the operation was pending.
     #[error("WAL is shut down")]
     Shutdown,
@@ -110,7 +155,10 @@ impl WalError {
         }
     }
 
-    /// True for errors after which this WAL instance refuses all work.
+    /// True for [`Poisoned`](WalError::Poisoned), [`NoSpace`](WalError::NoSpace) and
+    /// [`Io`](WalError::Io): errors no change to the request can fix. Treat this WAL
+    /// instance as failed; dropping it and reopening the directory recovers every
+    /// durable entry.
     pub fn is_fatal(&self) -> bool {
         matches!(
             self,

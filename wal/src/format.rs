@@ -119,7 +119,10 @@ pub fn encode_segment_header_version(
 /// A decoded segment header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SegmentHeader {
+    /// Position of the segment in the log; ids of consecutive segments differ by one.
     pub segment_id: u64,
+    /// The index the next entry had when the segment was created (recovery checks it
+    /// against the file name and against the end of the log before this segment).
     pub first_index: u64,
     /// [`OLDEST_READABLE_VERSION`]..=[`FORMAT_VERSION`]; its batches have that version.
     pub format_version: u16,
@@ -155,7 +158,8 @@ pub fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, String> {
     })
 }
 
-/// Appends an entry record.
+/// Appends an entry record. `payload` must be at most `u32::MAX` bytes (debug builds
+/// assert it; the WAL's entry size limit keeps it far below).
 pub fn encode_entry(out: &mut Vec<u8>, index: u64, term: u64, kind: u8, payload: &[u8]) {
     debug_assert!(payload.len() <= u32::MAX as usize);
     out.reserve(ENTRY_RECORD_HEADER_LEN + payload.len());
@@ -327,6 +331,11 @@ pub fn probe_batch(segment_id: u64, bytes: &[u8], offset: usize) -> BatchProbe {
 
 /// Total bytes (header, body, trailer) of the batch that [`probe_batch`] found valid
 /// at `offset` with `header`.
+///
+/// # Panics
+///
+/// If `bytes` ends before `offset + 6` (it cannot after `probe_batch` returned
+/// [`BatchProbe::Valid`] for the same bytes and offset).
 pub fn valid_batch_len(bytes: &[u8], offset: usize, header: &BatchHeader) -> usize {
     let version = le_u16(bytes, offset + 4);
     BATCH_HEADER_LEN + header.body_len as usize + batch_trailer_len(version)
@@ -379,19 +388,29 @@ pub fn damaged_complete_batch(segment_version: u16, bytes: &[u8], offset: usize)
 /// One decoded record. Entry payloads are given as a byte range of the body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Record {
+    /// A log entry ([`RECORD_ENTRY`]).
     Entry {
+        /// Log index of the entry.
         index: u64,
+        /// Raft term of the entry.
         term: u64,
+        /// Application-defined kind, stored as given.
         kind: u8,
         /// Offset of the payload from the start of the body.
         payload_offset: usize,
+        /// Payload length in bytes; the payload lies inside the body.
         payload_len: usize,
     },
+    /// A new hard state ([`RECORD_HARD_STATE`]); the last one replayed wins.
     HardState(HardState),
+    /// Remove every entry with index `>= from_index` ([`RECORD_TRUNCATE_SUFFIX`]).
     TruncateSuffix {
+        /// First index removed.
         from_index: u64,
     },
+    /// Drop every entry; the log restarts empty ([`RECORD_RESET`]).
     Reset {
+        /// Index the next appended entry gets.
         next_index: u64,
     },
 }
@@ -400,7 +419,9 @@ pub enum Record {
 /// collision; never ignored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MalformedBody {
+    /// Offset from the start of the body of the record that does not parse.
     pub body_offset: usize,
+    /// What is wrong with it (truncated record, unknown type, ...).
     pub reason: String,
 }
 

@@ -48,15 +48,23 @@ pub struct SegmentBytes<'a> {
 pub enum TailAction {
     /// Overwrite `len_bytes` bytes at `offset` of `file` with zeros.
     Zero {
+        /// Segment file name (the segment of the bad spot).
         file: String,
+        /// Byte offset of the bad spot in `file`.
         offset: u64,
+        /// Bytes from `offset` to the last non-zero byte of `file`.
         len_bytes: u64,
+        /// Why the bytes at `offset` are not a valid batch.
         reason: String,
     },
     /// Remove `file` (it holds `len_bytes` bytes up to its last non-zero byte).
     Remove {
+        /// Segment file name.
         file: String,
+        /// Bytes of `file` up to its last non-zero byte.
         len_bytes: u64,
+        /// `"segment has no valid batch"` (the bad spot is at or before its first batch)
+        /// or `"after the torn tail"` (a later segment).
         reason: String,
     },
 }
@@ -84,9 +92,13 @@ pub enum Verdict {
     /// recovery refuses to open the log (the fields are those of
     /// [`WalError::Corruption`](crate::WalError::Corruption)).
     Corruption {
+        /// Segment file name in which the damage starts.
         file: String,
+        /// Byte offset in `file` of the bad or misfitting batch (0 for a bad segment).
         offset: u64,
+        /// The entry index recovery expected next at `offset`.
         expected_index: u64,
+        /// What is wrong and why it cannot be a torn write.
         reason: String,
     },
 }
@@ -103,6 +115,7 @@ impl Verdict {
 pub struct TermRun {
     /// Index of the first entry of the run.
     pub first_index: u64,
+    /// Term of every entry of the run.
     pub term: u64,
 }
 
@@ -231,6 +244,7 @@ impl LogShape {
 /// What the scanner found in one segment file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SegmentSummary {
+    /// File name inside the WAL directory.
     pub name: String,
     /// Segment id from the file name.
     pub segment_id: u64,
@@ -258,6 +272,7 @@ pub struct SegmentSummary {
 pub struct ScanReport {
     /// Segment files in recovery order.
     pub segments: Vec<SegmentSummary>,
+    /// What recovery would make of the log.
     pub verdict: Verdict,
     /// The log up to the end of the scan: for a clean log or a torn tail, exactly what
     /// recovery opens; for corruption, the log up to the corrupt spot.
@@ -292,9 +307,11 @@ impl std::error::Error for ScanError {}
 pub struct VisitedBatch<'a> {
     /// Position of the segment in [`ScanReport::segments`].
     pub segment_position: usize,
+    /// File name of that segment.
     pub segment_name: &'a str,
     /// Offset of the batch header in the segment file.
     pub offset: u64,
+    /// The decoded batch header (its CRC matched).
     pub header: BatchHeader,
     /// The batch body; payloads are `body[payload_offset..][..payload_len]`.
     pub body: &'a [u8],

@@ -82,8 +82,11 @@ pub enum SnapshotError {
     /// The storage layer failed.
     #[error("I/O error during {operation} on {file}: {source}")]
     Io {
+        /// The step that failed, e.g. `"open"`, `"write"`, `"rename"`, `"list"`.
         operation: &'static str,
+        /// The file name in the directory (or the directory for `list`).
         file: String,
+        /// The OS error.
         #[source]
         source: io::Error,
     },
@@ -91,61 +94,98 @@ pub enum SnapshotError {
     #[error(
         "snapshot store is poisoned after a failed fsync ({detail}); fail-stop: restart the node"
     )]
-    Poisoned { detail: String },
+    Poisoned {
+        /// Which fsync failed, on which file, with the OS error (or, on later calls,
+        /// that an earlier fsync failed).
+        detail: String,
+    },
     /// The file's bytes are not a valid snapshot.
     #[error("snapshot {file} is corrupt at offset {offset}: {reason}")]
     Corrupt {
+        /// The file name; for a received snapshot its temp file name (or
+        /// `"received snapshot"` when the announced size is already too small).
         file: String,
+        /// Byte offset of the field found wrong (the file length when the file is too
+        /// short).
         offset: u64,
+        /// What is wrong there.
         reason: String,
     },
     /// The file was written by a format version this build does not read.
     #[error("snapshot {file} has format version {found}; this build reads {supported}")]
     UnsupportedVersion {
+        /// The file name.
         file: String,
+        /// The version in the file's header.
         found: u16,
+        /// The version this build reads ([`SNAPSHOT_FORMAT_VERSION`]).
         supported: u16,
     },
     /// The name is not a snapshot file name.
     #[error("{file} is not a snapshot file name (snapshot-<20 digits>-<20 digits>.snap)")]
-    InvalidName { file: String },
+    InvalidName {
+        /// The name that was given.
+        file: String,
+    },
     /// A length exceeds its bound; nothing of that size was allocated.
     #[error("{what} of {found} bytes exceeds the limit of {limit} bytes")]
     TooLarge {
+        /// What was too large (`"snapshot configuration"`, `"announced snapshot file"`).
         what: &'static str,
+        /// Its size in bytes.
         found: u64,
+        /// The bound in bytes ([`MAX_CONFIGURATION_BYTES`] or
+        /// [`SnapshotOptions::max_file_bytes`]).
         limit: u64,
     },
     /// A received chunk does not start where the previous one ended.
     #[error("snapshot chunk for {file} at offset {got}, expected offset {expected}")]
     UnexpectedOffset {
+        /// The receiver's temp file name.
         file: String,
+        /// Bytes received so far: the only offset accepted.
         expected: u64,
+        /// The offset the chunk claimed.
         got: u64,
     },
     /// A received chunk goes past the announced total.
     #[error("snapshot chunk for {file} at offset {offset} of {len} bytes exceeds the announced {total_bytes} bytes")]
     ChunkBeyondTotal {
+        /// The receiver's temp file name.
         file: String,
+        /// Offset of the chunk in the file.
         offset: u64,
+        /// Length of the chunk in bytes.
         len: u64,
+        /// The file size announced to [`SnapshotStore::begin_receive`].
         total_bytes: u64,
     },
     /// `install` was called before every announced byte arrived.
     #[error("snapshot {file} incomplete: received {received_bytes} of {total_bytes} bytes")]
     Incomplete {
+        /// The receiver's temp file name.
         file: String,
+        /// Bytes received.
         received_bytes: u64,
+        /// Bytes announced.
         total_bytes: u64,
     },
     /// A write into the snapshot failed earlier; the file cannot be finished.
     #[error("snapshot {file} cannot be finished: an earlier write failed")]
-    WriteFailed { file: String },
+    WriteFailed {
+        /// The writer's temp file name.
+        file: String,
+    },
     /// The newest snapshot is unusable and no older one can replace it.
     #[error("newest snapshot {file} is unusable ({cause}) and no older valid snapshot is covered by the log (WAL first index {wal_first_index})")]
     NoUsableSnapshot {
+        /// The newest snapshot file.
         file: String,
+        /// The first index of the log, as given to
+        /// [`SnapshotStore::select_for_restart`]: an older snapshot at index `i` is
+        /// usable only if `wal_first_index <= i + 1`.
         wal_first_index: u64,
+        /// Why the newest snapshot does not verify.
         #[source]
         cause: Box<SnapshotError>,
     },
@@ -500,6 +540,43 @@ impl<S: Storage> Shared<S> {
 
 /// The snapshot files of one node directory. Cloning is cheap and yields another handle
 /// to the same store (for a background snapshot thread); the poison flag is shared.
+///
+/// # Example
+///
+/// Write a snapshot, find it again as a restarting node would, and restore its data:
+///
+/// ```
+/// use std::io::{Read, Write};
+///
+/// use bytes::Bytes;
+/// use tally_wal::{FsStorage, SnapshotHeader, SnapshotStore};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let dir = tempfile::tempdir()?;
+/// let store = SnapshotStore::new(FsStorage::new(dir.path())?)?;
+///
+/// // The state machine as of log index 42 (term 3); the configuration is opaque here.
+/// let header = SnapshotHeader {
+///     index: 42,
+///     term: 3,
+///     configuration: Bytes::from_static(b"voters=1,2,3"),
+/// };
+/// let mut writer = store.begin(&header)?;
+/// writer.write_all(b"x=1;y=2")?;
+/// let info = writer.finish()?; // fsynced, renamed, directory fsynced: now listed
+/// assert_eq!((info.index, info.term), (42, 3));
+///
+/// // A log that starts at index 43 continues right after the snapshot.
+/// let chosen = store.select_for_restart(43)?.expect("one snapshot exists");
+/// assert_eq!(chosen.name, info.name);
+/// let mut reader = store.open(&chosen.name)?;
+/// assert_eq!(reader.header(), &header);
+/// let mut data = Vec::new();
+/// reader.read_to_end(&mut data)?; // fails instead of ending if the CRC is wrong
+/// assert_eq!(data, b"x=1;y=2");
+/// # Ok(())
+/// # }
+/// ```
 pub struct SnapshotStore<S: Storage> {
     shared: Arc<Shared<S>>,
 }
@@ -581,7 +658,14 @@ impl<S: Storage> SnapshotStore<S> {
         Ok(infos)
     }
 
-    /// Starts writing the snapshot described by `header` into a temp file.
+    /// Starts writing the snapshot described by `header` into a temp file; write the
+    /// state machine's bytes through [`Write`], then call [`SnapshotWriter::finish`].
+    ///
+    /// # Errors
+    ///
+    /// [`SnapshotError::TooLarge`] if the configuration exceeds
+    /// [`MAX_CONFIGURATION_BYTES`], [`SnapshotError::Poisoned`] after a failed fsync,
+    /// [`SnapshotError::Io`] if the temp file cannot be created.
     pub fn begin(&self, header: &SnapshotHeader) -> SnapshotResult<SnapshotWriter<S>> {
         self.shared.check_poison()?;
         let encoded = encode_header(header)?;
@@ -650,7 +734,14 @@ impl<S: Storage> SnapshotStore<S> {
         file.view().map_err(|e| SnapshotError::io("map", name, e))
     }
 
-    /// Full check of one snapshot file; returns its header.
+    /// Full check of one snapshot file, as the device holds it (cached pages are evicted
+    /// first); returns its header.
+    ///
+    /// # Errors
+    ///
+    /// [`SnapshotError::InvalidName`] for a name that is not a final snapshot name,
+    /// [`SnapshotError::Corrupt`] or [`SnapshotError::UnsupportedVersion`] for bad bytes,
+    /// [`SnapshotError::Io`] if the file cannot be opened or mapped.
     pub fn verify(&self, name: &str) -> SnapshotResult<SnapshotHeader> {
         let view = self.view(name, true)?;
         Ok(verify_bytes(name, &view)?.header)
@@ -658,6 +749,8 @@ impl<S: Storage> SnapshotStore<S> {
 
     /// Opens a snapshot for restoring: its header and a [`Read`] over its data bytes that
     /// fails instead of delivering the last byte if the checksum does not match.
+    /// Errors as [`verify`](Self::verify), except that the data checksum is checked by the
+    /// reader, at the end of the data.
     pub fn open(&self, name: &str) -> SnapshotResult<SnapshotReader> {
         let view = self.view(name, true)?;
         let layout = parse_layout(name, &view)?;
@@ -800,6 +893,12 @@ impl<S: Storage> SnapshotWriter<S> {
 
     /// Writes the footer, fsyncs the file, renames it to its final name and fsyncs the
     /// directory. Only after this returns is the snapshot listed.
+    ///
+    /// # Errors
+    ///
+    /// [`SnapshotError::WriteFailed`] if an earlier [`Write`] call failed,
+    /// [`SnapshotError::Poisoned`] if an fsync fails (now or before),
+    /// [`SnapshotError::Io`] if the last write or the rename fails.
     pub fn finish(mut self) -> SnapshotResult<SnapshotInfo> {
         if self.failed {
             return Err(SnapshotError::WriteFailed {
@@ -876,7 +975,8 @@ impl<S: Storage> Drop for SnapshotWriter<S> {
 // ---------------------------------------------------------------------------------------
 
 /// The data bytes of one snapshot file, checked against the footer CRC before the last
-/// byte is handed out.
+/// byte is handed out: on a mismatch, the [`Read`] call that would return the last bytes
+/// fails with [`io::ErrorKind::InvalidData`] (wrapping a [`SnapshotError::Corrupt`]).
 pub struct SnapshotReader {
     name: String,
     header: SnapshotHeader,
@@ -988,6 +1088,13 @@ impl<S: Storage> SnapshotReceiver<S> {
     }
 
     /// Appends the chunk that starts at `offset` (must equal [`Self::received_bytes`]).
+    ///
+    /// # Errors
+    ///
+    /// [`SnapshotError::UnexpectedOffset`] for any other offset,
+    /// [`SnapshotError::ChunkBeyondTotal`] if the chunk runs past the announced size
+    /// (nothing is written in either case), [`SnapshotError::Poisoned`] after a failed
+    /// fsync, [`SnapshotError::Io`] if the write fails.
     pub fn append(&mut self, offset: u64, data: &[u8]) -> SnapshotResult<()> {
         self.shared.check_poison()?;
         if offset != self.received_bytes {
@@ -1016,6 +1123,12 @@ impl<S: Storage> SnapshotReceiver<S> {
     /// Verifies the received file (header, footer, CRC), fsyncs it, renames it to its
     /// final name and fsyncs the directory. On a verification failure the temp file is
     /// deleted (nothing was fsynced for it).
+    ///
+    /// # Errors
+    ///
+    /// [`SnapshotError::Incomplete`] before every announced byte arrived,
+    /// [`SnapshotError::Corrupt`] or [`SnapshotError::UnsupportedVersion`] if the bytes do
+    /// not verify, [`SnapshotError::Poisoned`] if an fsync fails (now or before).
     pub fn install(mut self) -> SnapshotResult<SnapshotInfo> {
         self.shared.check_poison()?;
         if self.received_bytes != self.total_bytes {

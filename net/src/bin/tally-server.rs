@@ -5,12 +5,16 @@
 //! the RESP client port. First start with an empty `--dir` forms the cluster from
 //! `--id` and the `--peer` ids; a restart recovers everything from `--dir`.
 //!
+//! `tally-server gen-secret FILE` writes a new cluster secret (for
+//! `--cluster-secret-file`) and exits.
+//!
 //! Exit status: 0 after SIGTERM/SIGINT (clients' in-flight rounds answered, node
 //! drained); 1 when the node fail-stops (e.g. an fsync error) or cannot start; 70 when
 //! any thread panicked (the process exits at once).
 
+use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,12 +22,15 @@ use std::time::Duration;
 
 use clap::Parser;
 use tally_net::client_port::{default_io_threads, Password};
+use tally_net::handshake::ClusterSecret;
+use tally_net::peer_tls::PeerTlsFiles;
 use tally_net::server::{Server, ServerConfig};
 
 #[derive(Parser, Debug)]
 #[command(
     name = "tally-server",
-    about = "A member of a Raft-replicated Tally cluster (RESP client port)"
+    about = "A member of a Raft-replicated Tally cluster (RESP client port)",
+    after_help = "Also: `tally-server gen-secret FILE` writes a new cluster secret for --cluster-secret-file."
 )]
 struct Args {
     /// This member's id (nonzero, unique in the cluster).
@@ -46,9 +53,24 @@ struct Args {
     /// `--listen-client` address.
     #[arg(long)]
     advertise_client: Option<String>,
-    /// Cluster id every member must share.
-    #[arg(long, default_value_t = 0x7a11)]
-    cluster_id: u64,
+    /// Cluster id every member must share (decimal or 0x hex). Default: derived from the
+    /// cluster secret, else the one stored in --dir, else 0x7a11.
+    #[arg(long, value_parser = parse_cluster_id)]
+    cluster_id: Option<u64>,
+    /// File holding the cluster secret (at least 32 bytes; `tally-server gen-secret FILE`
+    /// writes one). Peers must prove they hold it before any Raft message is read.
+    #[arg(long, value_name = "FILE")]
+    cluster_secret_file: Option<PathBuf>,
+    /// This node's certificate (PEM) for mutual TLS between members; it must carry the
+    /// DNS SAN node-<id>.tally. Requires --peer-tls-key and --peer-tls-ca.
+    #[arg(long, value_name = "FILE", requires_all = ["peer_tls_key", "peer_tls_ca"])]
+    peer_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --peer-tls-cert.
+    #[arg(long, value_name = "FILE", requires_all = ["peer_tls_cert", "peer_tls_ca"])]
+    peer_tls_key: Option<PathBuf>,
+    /// The CA certificate(s) (PEM) every member's certificate must chain to.
+    #[arg(long, value_name = "FILE", requires_all = ["peer_tls_cert", "peer_tls_key"])]
+    peer_tls_ca: Option<PathBuf>,
     /// Base election timeout (the core randomizes above it).
     #[arg(long, default_value_t = 500)]
     election_timeout_ms: u64,
@@ -124,6 +146,45 @@ struct Args {
     log_retain_entries: Option<u64>,
 }
 
+/// `tally-server gen-secret FILE`.
+#[derive(Parser, Debug)]
+#[command(
+    name = "tally-server gen-secret",
+    about = "Writes a new cluster secret (32 random bytes as hex, mode 0600) to FILE; refuses to overwrite"
+)]
+struct GenSecretArgs {
+    /// Where to write the secret (must not exist).
+    file: PathBuf,
+}
+
+fn parse_cluster_id(text: &str) -> Result<u64, String> {
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|_| format!("{text:?} is not a cluster id (decimal or 0x hex)"))
+}
+
+/// Writes a new secret file: created exclusively with mode 0600, fsynced.
+fn gen_secret(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let shown = path.display();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|error| format!("cannot create {shown}: {error}"))?;
+    file.write_all(ClusterSecret::generate_file_text().as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|error| format!("cannot write {shown}: {error}"))?;
+    eprintln!(
+        "tally-server: wrote a new cluster secret to {shown}; give every member a copy \
+         (mode 0600) with --cluster-secret-file"
+    );
+    Ok(())
+}
+
 /// Exit status after a panic (EX_SOFTWARE): distinct from 1 (a fail-stop error).
 const PANIC_EXIT_CODE: i32 = 70;
 
@@ -186,6 +247,19 @@ fn main() -> ExitCode {
         eprintln!("tally-server: panic in thread {name}: {info}");
         std::process::exit(PANIC_EXIT_CODE);
     }));
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|first| first == "gen-secret")
+    {
+        let args = GenSecretArgs::parse_from(std::env::args_os().skip(1));
+        return match gen_secret(&args.file) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("tally-server: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let args = Args::parse();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -238,6 +312,16 @@ fn run(args: Args) -> Result<(), String> {
     let mut config = ServerConfig::new(args.id, &args.dir, peers);
     config.advertise_client = args.advertise_client.clone();
     config.cluster_id = args.cluster_id;
+    if let Some(path) = &args.cluster_secret_file {
+        config.cluster_secret = Some(ClusterSecret::from_file(path).map_err(|e| e.to_string())?);
+    }
+    if let (Some(cert), Some(key), Some(ca)) = (
+        args.peer_tls_cert.clone(),
+        args.peer_tls_key.clone(),
+        args.peer_tls_ca.clone(),
+    ) {
+        config.peer_tls = Some(PeerTlsFiles { cert, key, ca });
+    }
     config.election_timeout_ms = args.election_timeout_ms;
     config.heartbeat_ms = args.heartbeat_ms;
     config.client_io_threads = client_io_threads;
@@ -306,7 +390,13 @@ fn run(args: Args) -> Result<(), String> {
 
     tracing::info!(
         node_id = args.id,
-        cluster_id = args.cluster_id,
+        cluster_id = format_args!("{:#x}", server.cluster_id()),
+        peer_auth = match (args.cluster_secret_file.is_some(), args.peer_tls_cert.is_some()) {
+            (true, true) => "cluster secret + mutual TLS",
+            (true, false) => "cluster secret",
+            (false, true) => "mutual TLS",
+            (false, false) => "NONE (peer port open)",
+        },
         voters = ?voters,
         peer_addr = %server.peer_addr(),
         client_addr = %server.advertised_client_addr(),

@@ -101,6 +101,11 @@ impl Shared {
                 status.log_first_index.load(Ordering::Relaxed),
                 status.log_entries_in_memory.load(Ordering::Relaxed),
             );
+            let _ = write!(
+                text,
+                "peer_handshake_refusals:{}\r\n",
+                shared.peer_client_addrs.handshake_refusals()
+            );
             if wal.emulated_sync_delay_us > 0 {
                 // Disk emulation is on: figures from this node are not its real disk's.
                 let _ = write!(

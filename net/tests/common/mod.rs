@@ -19,9 +19,26 @@ use tally_net::resp::{parse_reply, write_command, RespLimits, RespValue};
 
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
+/// A port nothing listens on now and that no other call in this process returned.
+///
+/// Ports come from a per-process counter below the kernel's ephemeral range (so no
+/// outgoing connection's local port can take one between this call and the bind), each
+/// checked by binding it once. Asking the kernel for port 0 instead could hand two
+/// tests running in parallel threads the same port.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local addr").port()
+    use std::sync::atomic::AtomicU32;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let start = FIRST + (std::process::id() * 997) % SPAN;
+    loop {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(offset < SPAN, "ran out of test ports");
+        let port = (FIRST + (start - FIRST + offset) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub fn wait_until<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
@@ -139,6 +156,9 @@ pub struct Member {
     pub log: PathBuf,
     /// Extra command-line arguments given at every start.
     pub extra_args: Vec<String>,
+    /// `--cluster-secret-file` given at every start (kept apart from `extra_args`, which
+    /// tests replace).
+    pub secret_file: Option<PathBuf>,
 }
 
 impl Member {
@@ -159,17 +179,27 @@ impl Member {
             .arg(format!("127.0.0.1:{}", self.peer_port))
             .arg("--listen-client")
             .arg(format!("127.0.0.1:{}", self.client_port))
-            .arg("--election-timeout-ms")
-            .arg("500")
-            .arg("--heartbeat-ms")
-            .arg("50")
             .arg("--wal-backend")
             .arg("sync")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
+        // Default timing unless the test chose its own.
+        if !self
+            .extra_args
+            .iter()
+            .any(|arg| arg == "--election-timeout-ms")
+        {
+            command.args(["--election-timeout-ms", "500"]);
+        }
+        if !self.extra_args.iter().any(|arg| arg == "--heartbeat-ms") {
+            command.args(["--heartbeat-ms", "50"]);
+        }
         command.args(&self.extra_args);
+        if let Some(secret) = &self.secret_file {
+            command.arg("--cluster-secret-file").arg(secret);
+        }
         for (peer, port) in &self.dials {
             command
                 .arg("--peer")
@@ -261,6 +291,14 @@ impl Member {
     }
 }
 
+/// Set `TALLY_TEST_CLUSTER_SECRET=1` to run every process-level cluster of the tests
+/// with a cluster secret (`cargo test -p tally-net` passes both ways).
+pub const CLUSTER_SECRET_ENV: &str = "TALLY_TEST_CLUSTER_SECRET";
+
+pub fn cluster_secret_from_env() -> bool {
+    std::env::var_os(CLUSTER_SECRET_ENV).is_some_and(|value| value != "0" && !value.is_empty())
+}
+
 pub struct Cluster {
     pub members: Vec<Member>,
     /// Kept so the directories outlive the processes.
@@ -313,6 +351,7 @@ impl Cluster {
                 child: None,
                 log: root.path().join(format!("node-{id}.log")),
                 extra_args: Vec::new(),
+                secret_file: None,
             })
             .collect();
         for member in &mut members {
@@ -324,10 +363,37 @@ impl Cluster {
                 })
                 .collect();
         }
-        Cluster {
+        let mut cluster = Cluster {
             members,
             _root: root,
+        };
+        if cluster_secret_from_env() {
+            cluster.use_cluster_secret();
         }
+        cluster
+    }
+
+    /// Gives every member the same new `--cluster-secret-file` (from its next start on).
+    pub fn use_cluster_secret(&mut self) -> PathBuf {
+        let path = self._root.path().join("cluster.secret");
+        if !path.exists() {
+            let text = tally_net::handshake::ClusterSecret::generate_file_text();
+            std::fs::write(&path, text).expect("write the cluster secret");
+        }
+        for member in &mut self.members {
+            member.secret_file = Some(path.clone());
+        }
+        path
+    }
+
+    /// Starts `size` members that share a cluster secret.
+    pub fn start_secured(size: u64) -> Cluster {
+        let mut cluster = Cluster::start_with_stopped(size, |_, _, port| port);
+        cluster.use_cluster_secret();
+        for member in &mut cluster.members {
+            member.spawn();
+        }
+        cluster
     }
 
     pub fn start(size: u64) -> Cluster {

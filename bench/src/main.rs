@@ -18,6 +18,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(
     name = "tally-bench",
+    version,
     about = "Benchmarks for Tally: drive RESP servers (--target) or the WAL (wal)",
     args_conflicts_with_subcommands = true
 )]

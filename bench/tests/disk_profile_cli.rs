@@ -217,3 +217,16 @@ fn wal_subcommand_without_a_profile_reports_no_emulation() {
     assert!(report["disk_profile"].is_null(), "{report}");
     assert_eq!(report["emulated_fsync_delay_us"], 0, "{report}");
 }
+
+#[test]
+fn tally_bench_version_names_the_crate_version() {
+    let output = Command::new(env!("CARGO_BIN_EXE_tally-bench"))
+        .arg("--version")
+        .output()
+        .expect("run tally-bench --version");
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        format!("tally-bench {}", env!("CARGO_PKG_VERSION"))
+    );
+}

@@ -14,6 +14,7 @@ use tally_nemesis::{run, RunConfig};
 
 #[derive(Parser, Debug)]
 #[command(
+    version,
     name = "tally-nemesis",
     about = "Fault injection against real tally-server processes, checked for linearizability"
 )]

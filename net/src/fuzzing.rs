@@ -394,8 +394,14 @@ pub fn kv_request(data: &[u8]) {
         return;
     };
     let mut encoded = Vec::with_capacity(payload.len());
-    kv::encode_request(request.session, &request.command, &limits, &mut encoded)
-        .expect("a decoded request re-encodes under the same limits");
+    kv::encode_request_at(
+        request.session,
+        request.time_ms,
+        &request.command,
+        &limits,
+        &mut encoded,
+    )
+    .expect("a decoded request re-encodes under the same limits");
     assert_eq!(encoded, payload, "request re-encodes to other bytes");
     let again = kv::decode_request(&encoded, &limits).expect("re-encoded request decodes");
     assert_eq!(again, request);

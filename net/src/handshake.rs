@@ -34,11 +34,15 @@ pub const MSG_CHALLENGE: u8 = 0xF3;
 pub const MSG_PROOF: u8 = 0xF4;
 /// Frame types from this value up belong to the transport; Raft messages use lower ones.
 pub const FIRST_RESERVED_MSG_TYPE: u8 = 0xF0;
-/// Version of the handshake payloads this build speaks (3: HELLO carries the dialer's
-/// nonce, and the challenge-response exists).
-pub const HANDSHAKE_VERSION: u32 = 3;
+/// Version of the handshake payloads this build speaks (2: HELLO carries the dialer's
+/// advertised client address; 3: the dialer's nonce before it, and the
+/// challenge-response exists; 4: the dialer's incarnation, a `u64`, after the address).
+pub const HANDSHAKE_VERSION: u32 = 4;
+/// First version whose HELLO carries the dialer's incarnation.
+pub const INCARNATION_HANDSHAKE_VERSION: u32 = 4;
 /// Oldest handshake version this build still accepts from a dialer when it has no
-/// secret (1: no client address, 2: no nonce). With a secret only version 3 passes.
+/// secret (1: no client address, 2: no nonce). With a secret only versions with a
+/// nonce (3 and up) pass.
 pub const MIN_HANDSHAKE_VERSION: u32 = 1;
 /// First version whose HELLO carries a nonce (and can answer a challenge).
 pub const NONCE_HANDSHAKE_VERSION: u32 = 3;
@@ -79,6 +83,10 @@ pub struct Hello {
     /// clients to the leader with `-NOTLEADER <addr>`. Empty when unknown (version 1).
     /// Invariant: at most [`MAX_CLIENT_ADDR_BYTES`] bytes.
     pub client_addr: String,
+    /// The random id the dialer drew when its directory was created (version 3; 0 when
+    /// older or unknown): an acceptor refuses a member id whose recorded incarnation
+    /// differs (an emptied directory reusing an old id).
+    pub incarnation: u64,
 }
 
 impl Hello {
@@ -102,6 +110,9 @@ impl Hello {
             out.extend_from_slice(&(cut as u16).to_le_bytes());
             out.extend_from_slice(&self.client_addr.as_bytes()[..cut]);
         }
+        if self.version >= INCARNATION_HANDSHAKE_VERSION {
+            out.extend_from_slice(&self.incarnation.to_le_bytes());
+        }
         out
     }
 
@@ -122,6 +133,7 @@ impl Hello {
         let version = u32::from_le_bytes(version);
         let mut rest = &payload[HELLO_BYTES..];
         let mut nonce = [0u8; NONCE_BYTES];
+        let mut incarnation = 0;
         let client_addr = if version < 2 {
             if !rest.is_empty() {
                 return None;
@@ -137,10 +149,20 @@ impl Hello {
             }
             let length_bytes = rest.get(..2)?;
             let length = usize::from(u16::from_le_bytes([length_bytes[0], length_bytes[1]]));
-            if length > MAX_CLIENT_ADDR_BYTES || rest.len() != 2 + length {
+            let tail = if version >= INCARNATION_HANDSHAKE_VERSION {
+                8
+            } else {
+                0
+            };
+            if length > MAX_CLIENT_ADDR_BYTES || rest.len() != 2 + length + tail {
                 return None;
             }
-            std::str::from_utf8(&rest[2..]).ok()?.to_string()
+            if tail > 0 {
+                let mut raw = [0u8; 8];
+                raw.copy_from_slice(&rest[2 + length..]);
+                incarnation = u64::from_le_bytes(raw);
+            }
+            std::str::from_utf8(&rest[2..2 + length]).ok()?.to_string()
         };
         Some(Hello {
             version,
@@ -149,6 +171,7 @@ impl Hello {
             to_node: u64_at(20),
             nonce,
             client_addr,
+            incarnation,
         })
     }
 }
@@ -170,6 +193,8 @@ pub enum RejectReason {
     /// Refused without saying why: what every refusal is on a node with a cluster
     /// secret, so a dialer without it learns nothing.
     Refused,
+    /// The dialer's incarnation differs from the one the cluster recorded for its id.
+    IncarnationMismatch,
     /// A code this build does not know (a newer peer).
     Other(u8),
 }
@@ -184,6 +209,7 @@ impl RejectReason {
             RejectReason::UnknownSender => 4,
             RejectReason::MalformedHello => 5,
             RejectReason::Refused => 6,
+            RejectReason::IncarnationMismatch => 7,
             RejectReason::Other(code) => code,
         }
     }
@@ -197,6 +223,7 @@ impl RejectReason {
             4 => RejectReason::UnknownSender,
             5 => RejectReason::MalformedHello,
             6 => RejectReason::Refused,
+            7 => RejectReason::IncarnationMismatch,
             other => RejectReason::Other(other),
         }
     }
@@ -470,7 +497,20 @@ mod tests {
             to_node: 2,
             nonce: [9; NONCE_BYTES],
             client_addr: "127.0.0.1:6379".to_string(),
+            incarnation: 0xabcd,
         }
+    }
+
+    #[test]
+    fn version_three_hello_without_incarnation_is_still_understood() {
+        let old = Hello {
+            version: 3,
+            incarnation: 0,
+            ..hello()
+        };
+        let bytes = old.encode();
+        assert_eq!(Hello::decode(&bytes), Some(old));
+        assert_eq!(hello().encode().len(), bytes.len() + 8);
     }
 
     #[test]
@@ -490,6 +530,7 @@ mod tests {
             version: 1,
             nonce: [0; NONCE_BYTES],
             client_addr: String::new(),
+            incarnation: 0,
             ..hello()
         };
         let bytes = old.encode();
@@ -523,6 +564,7 @@ mod tests {
         let mut not_utf8 = hello().encode()[..fixed].to_vec();
         not_utf8.extend_from_slice(&2u16.to_le_bytes());
         not_utf8.extend_from_slice(&[0xff, 0xfe]);
+        not_utf8.extend_from_slice(&[0; 8]);
         assert_eq!(Hello::decode(&not_utf8), None);
     }
 
@@ -586,6 +628,7 @@ mod tests {
         let old = Hello {
             version: 2,
             nonce: [0; NONCE_BYTES],
+            incarnation: 0,
             ..hello()
         };
         let bytes = old.encode();
@@ -594,7 +637,7 @@ mod tests {
         let current = hello().encode();
         assert_eq!(
             current.len(),
-            HELLO_BYTES + NONCE_BYTES + 2 + hello().client_addr.len()
+            HELLO_BYTES + NONCE_BYTES + 2 + hello().client_addr.len() + 8
         );
         assert_eq!(&current[HELLO_BYTES..HELLO_BYTES + NONCE_BYTES], &[9; 32]);
     }

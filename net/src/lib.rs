@@ -27,7 +27,9 @@ pub mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod handshake;
+pub mod identity;
 pub mod limits;
+pub mod metrics;
 pub mod node_transport;
 pub mod peer_tls;
 pub mod replica;

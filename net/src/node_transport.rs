@@ -16,11 +16,18 @@
 //!   the frame was intact, only its content is wrong, and a newer peer version might
 //!   send a type we do not know); so is one that finds the raft queue full or arrives
 //!   before the node started (Raft retransmits).
+//! * Membership: when the configuration in effect changes, [`NetTransport`] dials new
+//!   members (at the peer address the configuration records, else the operator's
+//!   `--peer` one), stops dialing removed ones, and hands the recorded incarnations to
+//!   the handshake check; [`RaftInbound`] tells the node what each peer presented in
+//!   its HELLO, so the leader records it.
 
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use tally_engine::raft::Message;
-use tally_engine::runtime::{NodeHandle, Transport};
+use tally_engine::raft::{Configuration, MemberInfo, Message, NodeId};
+use tally_engine::runtime::{NodeHandle, Transport, TransportCounters};
 
 use crate::codec::{decode_inbound, encode_message, CodecLimits};
 use crate::transport::{InboundMessage, InboundSink, PeerSendError, PeerTransport};
@@ -45,12 +52,35 @@ pub struct GlueCounters {
 pub struct NetTransport {
     peers: PeerTransport,
     counters: Arc<GlueCounters>,
+    /// Addresses the operator gave (`--peer`), used for members whose configuration
+    /// entry records none.
+    fallback_addrs: HashMap<NodeId, SocketAddr>,
 }
 
 impl NetTransport {
     /// Wraps a started peer transport.
     pub fn new(peers: PeerTransport, counters: Arc<GlueCounters>) -> NetTransport {
-        NetTransport { peers, counters }
+        NetTransport {
+            peers,
+            counters,
+            fallback_addrs: HashMap::new(),
+        }
+    }
+
+    /// Addresses to dial members at when their configuration entry records none.
+    pub fn with_fallback_addrs(
+        mut self,
+        addrs: impl IntoIterator<Item = (NodeId, SocketAddr)>,
+    ) -> NetTransport {
+        self.fallback_addrs = addrs.into_iter().collect();
+        self
+    }
+
+    fn address_of(&self, id: NodeId, info: &MemberInfo) -> Option<SocketAddr> {
+        let recorded = (!info.peer_addr.is_empty())
+            .then(|| info.peer_addr.to_socket_addrs().ok()?.next())
+            .flatten();
+        recorded.or_else(|| self.fallback_addrs.get(&id).copied())
     }
 }
 
@@ -76,6 +106,59 @@ impl Transport for NetTransport {
             }
         }
     }
+
+    fn configuration_changed(&mut self, configuration: &Configuration) {
+        let own = self.peers.node_id();
+        let members = configuration.members();
+        for id in members.iter().copied().filter(|id| *id != own) {
+            if self.peers.has_peer(id) {
+                continue;
+            }
+            let info = configuration.info_of(id);
+            match self.address_of(id, &info) {
+                Some(addr) => match self.peers.add_peer(id, addr) {
+                    Ok(()) => tracing::info!(peer = id, %addr, "dialing new member"),
+                    Err(error) => tracing::warn!(peer = id, %error, "cannot add member"),
+                },
+                None => tracing::warn!(
+                    peer = id,
+                    recorded = %info.peer_addr,
+                    "no usable peer address for a member; give it with --peer"
+                ),
+            }
+        }
+        // A node that knows no configuration yet (joining) keeps its --peer list.
+        if !members.is_empty() {
+            for id in self.peers.peer_ids() {
+                if !members.contains(&id) {
+                    tracing::info!(peer = id, "member removed: no longer dialed");
+                    self.peers.remove_peer(id);
+                }
+            }
+        }
+        self.peers.set_recorded_incarnations(
+            configuration
+                .info
+                .iter()
+                .map(|(id, info)| (*id, info.incarnation)),
+        );
+    }
+
+    fn counters(&self) -> TransportCounters {
+        let glue = &self.counters;
+        TransportCounters {
+            dropped_outbound: glue.dropped_outbound.load(Ordering::Relaxed),
+            dropped_inbound: glue.dropped_inbound.load(Ordering::Relaxed)
+                + glue.undecodable_messages.load(Ordering::Relaxed),
+            rejected_incarnations: self.peers.inbound_stats().rejected_incarnations,
+        }
+    }
+
+    fn peer_connected(&self, peer: NodeId) -> Option<bool> {
+        self.peers
+            .has_peer(peer)
+            .then(|| self.peers.is_connected(peer))
+    }
 }
 
 /// Decodes inbound frames on the transport's reader threads and delivers them to the
@@ -84,6 +167,9 @@ impl Transport for NetTransport {
 pub struct RaftInbound<R> {
     node_id: u64,
     handle: OnceLock<NodeHandle<R>>,
+    /// Peers identified before the handle was attached (handed over by `attach`).
+    /// Locked around attaching, so none is lost between the check and the hand-over.
+    early_identities: std::sync::Mutex<Vec<(NodeId, MemberInfo)>>,
     limits: CodecLimits,
     counters: Arc<GlueCounters>,
 }
@@ -93,6 +179,7 @@ impl<R: Send + 'static> RaftInbound<R> {
         RaftInbound {
             node_id,
             handle: OnceLock::new(),
+            early_identities: std::sync::Mutex::new(Vec::new()),
             limits,
             counters,
         }
@@ -100,6 +187,13 @@ impl<R: Send + 'static> RaftInbound<R> {
 
     /// Starts delivering to `handle` (messages before this are dropped and counted).
     pub fn attach(&self, handle: NodeHandle<R>) {
+        let mut early = self
+            .early_identities
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (id, info) in early.drain(..) {
+            handle.member_observed(id, info);
+        }
         let _ = self.handle.set(handle);
     }
 }
@@ -133,6 +227,24 @@ impl<R: Send + 'static> InboundSink for RaftInbound<R> {
             }
         }
         true
+    }
+
+    fn peer_identified(&self, peer: NodeId, incarnation: u64, client_addr: &str) {
+        let info = MemberInfo {
+            peer_addr: String::new(),
+            client_addr: client_addr.to_string(),
+            incarnation,
+        };
+        let mut early = self
+            .early_identities
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match self.handle.get() {
+            Some(handle) => handle.member_observed(peer, info),
+            // Bounded: one entry per accepted handshake before the node started.
+            None if early.len() < 1024 => early.push((peer, info)),
+            None => {}
+        }
     }
 }
 

@@ -1,7 +1,9 @@
-//! RESP2, the Redis wire protocol, for Tally's client port.
+//! RESP2 and RESP3, the Redis wire protocol, for Tally's client port.
 //!
-//! Why: speaking RESP2 lets `redis-cli`, `redis-benchmark` and every Redis client library
-//! talk to a Tally cluster unchanged.
+//! Why: speaking RESP lets `redis-cli`, `redis-benchmark` and every Redis client library
+//! talk to a Tally cluster unchanged. Requests are the same in both versions; a
+//! connection switches its replies to RESP3 with `HELLO 3` ([`Protocol`]), which changes
+//! nulls (`_`), maps (`%`) and text for people (verbatim `=`), as Redis does.
 //!
 //! * [`RequestParser`] reads pipelined requests incrementally from a connection's byte
 //!   buffer: arrays of bulk strings (what every client library sends) and inline commands
@@ -398,23 +400,97 @@ pub fn write_command(out: &mut Vec<u8>, args: &[&[u8]]) {
     }
 }
 
-/// Writes a KV state machine reply.
+/// The protocol a connection speaks: RESP2 until `HELLO 3`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    #[default]
+    Resp2,
+    Resp3,
+}
+
+impl Protocol {
+    /// The number `HELLO` reports.
+    pub fn version(self) -> i64 {
+        match self {
+            Protocol::Resp2 => 2,
+            Protocol::Resp3 => 3,
+        }
+    }
+}
+
+/// The null reply: `$-1` (RESP2) or `_` (RESP3).
+pub fn write_null(out: &mut Vec<u8>, protocol: Protocol) {
+    match protocol {
+        Protocol::Resp2 => write_null_bulk(out),
+        Protocol::Resp3 => out.extend_from_slice(b"_\r\n"),
+    }
+}
+
+/// The null array: `*-1` (RESP2) or `_` (RESP3).
+pub fn write_null_array_as(out: &mut Vec<u8>, protocol: Protocol) {
+    match protocol {
+        Protocol::Resp2 => write_null_array(out),
+        Protocol::Resp3 => out.extend_from_slice(b"_\r\n"),
+    }
+}
+
+/// A map of `n_pairs` pairs: `%n` (RESP3) or a flat array of `2n` elements (RESP2); the
+/// caller writes the keys and values next.
+pub fn write_map_header(out: &mut Vec<u8>, n_pairs: usize, protocol: Protocol) {
+    match protocol {
+        Protocol::Resp2 => write_array_header(out, n_pairs * 2),
+        Protocol::Resp3 => {
+            let _ = write!(out, "%{n_pairs}\r\n");
+        }
+    }
+}
+
+/// Text for a person (INFO, CLIENT INFO): a bulk string (RESP2) or a verbatim string
+/// `=len\r\ntxt:...` (RESP3, what Redis sends).
+pub fn write_verbatim(out: &mut Vec<u8>, text: &[u8], protocol: Protocol) {
+    match protocol {
+        Protocol::Resp2 => write_bulk(out, text),
+        Protocol::Resp3 => {
+            let _ = write!(out, "={}\r\ntxt:", text.len() + 4);
+            out.extend_from_slice(text);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
+/// Writes a KV state machine reply in RESP2.
 pub fn write_kv_response(out: &mut Vec<u8>, response: &KvResponse) {
+    write_kv_response_as(out, response, Protocol::Resp2);
+}
+
+/// Writes a KV state machine reply in `protocol` (RESP3 differs only in its nulls).
+pub fn write_kv_response_as(out: &mut Vec<u8>, response: &KvResponse, protocol: Protocol) {
     match response {
         KvResponse::Ok => write_simple_string(out, "OK"),
         KvResponse::Integer(n) => write_integer(out, *n),
         KvResponse::Bulk(Some(bytes)) => write_bulk(out, bytes),
-        KvResponse::Bulk(None) => write_null_bulk(out),
+        KvResponse::Bulk(None) => write_null(out, protocol),
         KvResponse::Array(items) => {
             write_array_header(out, items.len());
             for item in items {
                 match item {
                     Some(bytes) => write_bulk(out, bytes),
-                    None => write_null_bulk(out),
+                    None => write_null(out, protocol),
                 }
             }
         }
         KvResponse::Error(error) => write_error(out, &error.to_string()),
+        KvResponse::Status(status) => write_simple_string(out, status),
+        KvResponse::NullArray => write_null_array_as(out, protocol),
+        KvResponse::Nested(items) => {
+            write_array_header(out, items.len());
+            for item in items {
+                write_kv_response_as(out, item, protocol);
+            }
+        }
+        // The client port turns the WATCH read into its own reply; `+OK` is what the
+        // client of a WATCH hears.
+        KvResponse::Watched { .. } => write_simple_string(out, "OK"),
     }
 }
 

@@ -5,6 +5,12 @@
 //! them in one process for its default run. Listeners are bound by the caller so that a
 //! whole cluster's addresses are known before any member starts (members dial each
 //! other lazily, with backoff, so start order does not matter).
+//!
+//! Membership comes from the log, not the command line: a fresh directory's identity
+//! file is created first (`crate::identity`), then a founding member writes the
+//! cluster's configuration (its `--id` and the `--peer` ids) as log entry 1; a restart
+//! takes `--peer` as addresses only and refuses ids the log does not know; `--join`
+//! starts an empty directory as a non-member that waits for `TALLY MEMBER ADD`.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -13,12 +19,14 @@ use std::time::Duration;
 
 use tally_engine::driver::SnapshotPolicy;
 use tally_engine::kv::{KvLimits, KvResponse, KvStateMachine};
-use tally_engine::runtime::{Node, NodeHandle, NodeOptions};
+use tally_engine::raft::{Configuration, MemberInfo};
+use tally_engine::runtime::{LogMembership, MembershipPolicy, Node, NodeHandle, NodeOptions};
 
 use crate::client_port::{default_io_threads, ClientPort, ClientPortConfig, ClientPortCounters};
 use crate::cluster_id::resolve_cluster_id;
 use crate::codec::CodecLimits;
 use crate::handshake::ClusterSecret;
+use crate::identity::{CreatedAs, Identity, IdentityError, IDENTITY_FILE};
 use crate::limits::Limits;
 use crate::node_transport::{GlueCounters, NetTransport, RaftInbound};
 use crate::peer_tls::{PeerTls, PeerTlsFiles};
@@ -65,6 +73,19 @@ pub struct ServerConfig {
     pub snapshot: SnapshotPolicy,
     /// Test-only failpoint: the raft thread panics this long after start.
     pub failpoint_raft_panic_after: Option<Duration>,
+    /// Start an empty `dir` as a non-member that waits to be added (`--join`); it
+    /// catches up as a learner and never campaigns until promoted. Ignored on restart.
+    pub join: bool,
+    /// Peer address recorded for this member (`--advertise-peer`); default: the bound
+    /// peer listener's address.
+    pub advertise_peer: Option<String>,
+    /// `TALLY MEMBER PROMOTE` is refused while the learner lags by more entries.
+    pub max_promote_lag_entries: u64,
+    /// Seed an empty `dir` from this snapshot file (`TALLY SNAPSHOT`'s) as a new
+    /// one-member cluster, to be grown with `TALLY MEMBER ADD` (`--restore-from`).
+    pub restore_from: Option<PathBuf>,
+    /// Serve Prometheus metrics at `GET /metrics` here (`--metrics-listen`).
+    pub metrics_listen: Option<SocketAddr>,
     /// TLS on the client port (`--client-tls-cert/-key[/-ca]`, see
     /// [`crate::tls::server_config`]); `None`: plain TCP.
     pub client_tls: Option<Arc<rustls::ServerConfig>>,
@@ -106,6 +127,11 @@ impl ServerConfig {
             limits: Limits::default(),
             snapshot: SnapshotPolicy::default(),
             failpoint_raft_panic_after: None,
+            join: false,
+            advertise_peer: None,
+            max_promote_lag_entries: MembershipPolicy::default().max_promote_lag_entries,
+            restore_from: None,
+            metrics_listen: None,
             failpoint_raft_stall_at_start: None,
             requirepass: None,
             client_tls: None,
@@ -128,6 +154,8 @@ pub enum ServerError {
     },
     #[error("peer transport: {0}")]
     Transport(String),
+    #[error("identity: {0}")]
+    Identity(#[from] IdentityError),
     #[error("node {id}: {source}")]
     Node {
         id: u64,
@@ -143,6 +171,7 @@ pub struct Server {
     peer_addr: SocketAddr,
     client_addr: SocketAddr,
     advertised_client_addr: String,
+    metrics: Option<crate::metrics::MetricsServer>,
     cluster_id: u64,
 }
 
@@ -154,6 +183,17 @@ impl Server {
         client_listener: TcpListener,
     ) -> Result<Server, ServerError> {
         validate(&config)?;
+        // Settled against the directory first (stored there on a first start).
+        let cluster_id = resolve_cluster_id(
+            &config.dir,
+            config.cluster_id,
+            config.cluster_secret.as_ref(),
+        )
+        .map_err(|error| ServerError::Config(format!("cluster id: {error}")))?;
+        let (identity, created) = open_identity(&config, cluster_id)?;
+        if let Some(snapshot) = &config.restore_from {
+            restore_from_snapshot(&config, snapshot)?;
+        }
         let client_addr = client_listener
             .local_addr()
             .map_err(|source| ServerError::Io {
@@ -165,8 +205,9 @@ impl Server {
             .clone()
             .unwrap_or_else(|| client_addr.to_string());
 
-        let transport_config = peer_transport_config(&config, advertised_client_addr.clone())?;
-        let cluster_id = transport_config.cluster_id;
+        let mut transport_config =
+            peer_transport_config(&config, cluster_id, advertised_client_addr.clone())?;
+        transport_config.incarnation = identity.incarnation;
         let counters = Arc::new(GlueCounters::default());
         let inbound = Arc::new(RaftInbound::new(
             config.id,
@@ -190,9 +231,10 @@ impl Server {
             );
         }
 
-        let net_transport = NetTransport::new(peer_transport, counters);
+        let net_transport =
+            NetTransport::new(peer_transport, counters).with_fallback_addrs(config.peers.clone());
         let node = Node::start(
-            node_options(&config),
+            node_options(&config, identity.created_as == CreatedAs::Bootstrap),
             KvStateMachine::new(KvLimits::default()),
             net_transport,
         )
@@ -201,6 +243,24 @@ impl Server {
             source,
         })?;
         inbound.attach(node.handle());
+        let advertised_peer = config
+            .advertise_peer
+            .clone()
+            .unwrap_or_else(|| peer_addr.to_string());
+        offer_member_info(
+            &node.handle(),
+            &config,
+            &identity,
+            advertised_peer,
+            &advertised_client_addr,
+        );
+        tracing::info!(
+            node = config.id,
+            incarnation = format_args!("{:#x}", identity.incarnation),
+            new_directory = created,
+            join = config.join,
+            "member identity"
+        );
         let mut client_port_config =
             ClientPortConfig::new(config.id, advertised_client_addr.clone());
         client_port_config.io_threads = config.client_io_threads;
@@ -214,6 +274,20 @@ impl Server {
             peer_client_addrs,
         )
         .map_err(|error| ServerError::Transport(format!("client port: {error}")))?;
+        let metrics = match config.metrics_listen {
+            None => None,
+            Some(addr) => {
+                let io_error = |source| ServerError::Io {
+                    what: "metrics listener",
+                    source,
+                };
+                let listener = TcpListener::bind(addr).map_err(io_error)?;
+                Some(
+                    crate::metrics::MetricsServer::start(listener, config.id, node.handle())
+                        .map_err(io_error)?,
+                )
+            }
+        };
         Ok(Server {
             id: config.id,
             node,
@@ -221,6 +295,7 @@ impl Server {
             peer_addr,
             client_addr,
             advertised_client_addr,
+            metrics,
             cluster_id,
         })
     }
@@ -246,6 +321,11 @@ impl Server {
         &self.advertised_client_addr
     }
 
+    /// Where `GET /metrics` is served, when `metrics_listen` was set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|metrics| metrics.local_addr())
+    }
+
     /// The node's handle (status, WAL statistics, direct proposals).
     pub fn handle(&self) -> NodeHandle<KvResponse> {
         self.node.handle()
@@ -265,6 +345,9 @@ impl Server {
     /// every thread. Returns the node's fatal error, if it had one.
     pub fn shutdown(self) -> Result<(), ServerError> {
         let id = self.id;
+        if let Some(metrics) = self.metrics {
+            metrics.shutdown();
+        }
         self.client_port.shutdown();
         // The raft thread drops the transport, which ends its reader threads.
         let result = self.node.shutdown();
@@ -320,18 +403,181 @@ fn validate(config: &ServerConfig) -> Result<(), ServerError> {
     Ok(())
 }
 
+/// Reads the directory's identity file, or creates it for a new directory. Returns it
+/// and whether it was created now.
+fn open_identity(config: &ServerConfig, cluster_id: u64) -> Result<(Identity, bool), ServerError> {
+    if let Some(identity) = Identity::load(&config.dir)? {
+        identity.check(&config.dir, cluster_id, config.id)?;
+        return Ok((identity, false));
+    }
+    let has_log = directory_has_data(&config.dir)?;
+    if has_log && config.join {
+        return Err(ServerError::Config(format!(
+            "--join needs an empty --dir, but {} holds a log",
+            config.dir.display()
+        )));
+    }
+    if has_log {
+        tracing::warn!(dir = %config.dir.display(), "a log without an identity file: creating one");
+    }
+    let created_as = if config.join {
+        CreatedAs::Join
+    } else {
+        CreatedAs::Bootstrap
+    };
+    let identity = Identity::generate(cluster_id, config.id, created_as);
+    identity.store(&config.dir)?;
+    Ok((identity, true))
+}
+
+/// Largest snapshot file `--restore-from` reads (it is read whole to verify it).
+pub const MAX_RESTORE_SNAPSHOT_BYTES: u64 = 64 << 30;
+
+/// Seeds the (empty) node directory from a snapshot file as a one-member cluster: the
+/// snapshot's state under a configuration of this member alone, and a hard state at the
+/// snapshot's term (so the new leader's entries never have a lower term than the
+/// snapshot's last one). The file is fully verified first; nothing is written if not.
+fn restore_from_snapshot(
+    config: &ServerConfig,
+    source: &std::path::Path,
+) -> Result<(), ServerError> {
+    let refuse = |reason: String| ServerError::Config(format!("--restore-from: {reason}"));
+    if directory_has_data(&config.dir)? {
+        return Err(refuse(format!(
+            "{} already holds data; restore into a new, empty --dir",
+            config.dir.display()
+        )));
+    }
+    if !config.peers.is_empty() {
+        return Err(refuse(
+            "a restored node starts as a one-member cluster: give no --peer (grow it with \
+             TALLY MEMBER ADD)"
+                .into(),
+        ));
+    }
+    let name = source.display().to_string();
+    let size = std::fs::metadata(source)
+        .map_err(|error| refuse(format!("{name}: {error}")))?
+        .len();
+    if size > MAX_RESTORE_SNAPSHOT_BYTES {
+        return Err(refuse(format!(
+            "{name} is {size} bytes, above the limit {MAX_RESTORE_SNAPSHOT_BYTES}"
+        )));
+    }
+    let bytes = std::fs::read(source).map_err(|error| refuse(format!("{name}: {error}")))?;
+    let file_name = source
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| name.clone());
+    let layout = tally_wal::snapshot::verify_bytes(&file_name, &bytes)
+        .map_err(|error| refuse(error.to_string()))?;
+    let header = layout.header;
+    let start = layout.data_offset as usize;
+    let data = bytes
+        .get(start..start + layout.data_len_bytes as usize)
+        .ok_or_else(|| refuse(format!("{name}: data length beyond the file")))?;
+    let snapshot_error = |error: tally_wal::SnapshotError| refuse(error.to_string());
+    let storage = tally_wal::FsStorage::new(&config.dir).map_err(|source| ServerError::Io {
+        what: "open the node directory",
+        source,
+    })?;
+    let store = tally_wal::SnapshotStore::new(storage).map_err(snapshot_error)?;
+    let configuration = Configuration::new([config.id]);
+    let mut writer = store
+        .begin(&tally_wal::SnapshotHeader {
+            index: header.index,
+            term: header.term,
+            configuration: configuration.encode(),
+        })
+        .map_err(snapshot_error)?;
+    std::io::Write::write_all(&mut writer, data).map_err(|source| ServerError::Io {
+        what: "write the restored snapshot",
+        source,
+    })?;
+    let info = writer.finish().map_err(snapshot_error)?;
+    let wal = tally_wal::Wal::open(&config.dir, tally_wal::GroupCommitOptions::default())
+        .map_err(|error| refuse(error.to_string()))?;
+    wal.set_hard_state(tally_wal::HardState {
+        term: header.term,
+        vote: 0,
+    })
+    .and_then(|ticket| ticket.wait())
+    .map_err(|error| refuse(error.to_string()))?;
+    drop(wal);
+    tracing::info!(
+        source = %name,
+        index = header.index,
+        term = header.term,
+        file = %info.name,
+        "restored a snapshot as a one-member cluster"
+    );
+    Ok(())
+}
+
+/// Whether `dir` holds anything but an identity file (a log, snapshots, a lock).
+fn directory_has_data(dir: &std::path::Path) -> Result<bool, ServerError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(source) => {
+            return Err(ServerError::Io {
+                what: "read the node directory",
+                source,
+            })
+        }
+    };
+    for entry in entries {
+        let entry = entry.map_err(|source| ServerError::Io {
+            what: "read the node directory",
+            source,
+        })?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let bookkeeping = name.starts_with(IDENTITY_FILE)
+            || name.starts_with(crate::cluster_id::CLUSTER_ID_FILE)
+            || name == "LOCK";
+        if !bookkeeping {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Tells the node what it knows about members (its own addresses and incarnation, the
+/// `--peer` addresses), so the leader records what the configuration lacks.
+fn offer_member_info(
+    handle: &NodeHandle<KvResponse>,
+    config: &ServerConfig,
+    identity: &Identity,
+    advertised_peer: String,
+    advertised_client: &str,
+) {
+    handle.member_observed(
+        config.id,
+        MemberInfo {
+            peer_addr: advertised_peer,
+            client_addr: advertised_client.to_string(),
+            incarnation: identity.incarnation,
+        },
+    );
+    for (id, addr) in &config.peers {
+        handle.member_observed(
+            *id,
+            MemberInfo {
+                peer_addr: addr.to_string(),
+                ..MemberInfo::default()
+            },
+        );
+    }
+}
+
 /// The peer transport's configuration: identity, cluster id (settled against the
 /// directory), secret and TLS.
 fn peer_transport_config(
     config: &ServerConfig,
+    cluster_id: u64,
     advertised_client_addr: String,
 ) -> Result<TransportConfig, ServerError> {
-    let cluster_id = resolve_cluster_id(
-        &config.dir,
-        config.cluster_id,
-        config.cluster_secret.as_ref(),
-    )
-    .map_err(|error| ServerError::Config(format!("cluster id: {error}")))?;
     let mut transport_config = TransportConfig::new(cluster_id, config.id, config.peers.clone());
     transport_config.advertised_client_addr = advertised_client_addr;
     transport_config.cluster_secret = config.cluster_secret.clone();
@@ -345,11 +591,18 @@ fn peer_transport_config(
     Ok(transport_config)
 }
 
-fn node_options(config: &ServerConfig) -> NodeOptions {
-    let mut voters: Vec<u64> = config.peers.iter().map(|(id, _)| *id).collect();
+fn node_options(config: &ServerConfig, founding_member: bool) -> NodeOptions {
+    let peer_ids: Vec<u64> = config.peers.iter().map(|(id, _)| *id).collect();
+    let mut voters = peer_ids.clone();
     voters.push(config.id);
     voters.sort_unstable();
-    let mut options = NodeOptions::new(config.id, voters, &config.dir);
+    let mut options = NodeOptions::new(config.id, voters.clone(), &config.dir);
+    options.log_membership = Some(LogMembership {
+        // Ids only: every founding member writes the same bytes at index 1.
+        bootstrap: founding_member.then(|| Configuration::new(voters)),
+        peer_ids,
+    });
+    options.membership.max_promote_lag_entries = config.max_promote_lag_entries;
     options.tick_interval = Duration::from_millis(TICK_MS);
     options.raft.election_timeout_ticks = config.election_timeout_ms / TICK_MS;
     options.raft.heartbeat_interval_ticks = (config.heartbeat_ms / TICK_MS).max(1);

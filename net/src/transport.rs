@@ -110,6 +110,8 @@ pub struct TransportConfig {
     /// clients here; empty when there is none. Cut to
     /// [`crate::handshake::MAX_CLIENT_ADDR_BYTES`] on the wire.
     pub advertised_client_addr: String,
+    /// This node's incarnation (identity file), sent in every HELLO; 0: none.
+    pub incarnation: u64,
 }
 
 impl TransportConfig {
@@ -135,6 +137,7 @@ impl TransportConfig {
             cluster_secret: None,
             tls: None,
             advertised_client_addr: String::new(),
+            incarnation: 0,
         }
     }
 }
@@ -185,6 +188,8 @@ pub trait InboundSink: Send + Sync + 'static {
     /// Takes one message. Returning false ends this connection's reader (the consumer
     /// is gone); the sink decides itself whether a full consumer blocks or drops.
     fn deliver(&self, message: InboundMessage) -> bool;
+    /// A peer passed the handshake, presenting this incarnation and client address.
+    fn peer_identified(&self, _peer: NodeId, _incarnation: u64, _client_addr: &str) {}
 }
 
 /// The sink of [`PeerTransport::start`]: a bounded queue; a full queue blocks the reader
@@ -282,13 +287,16 @@ pub struct InboundStats {
     pub rejected_handshakes: u64,
     /// Connections cut because the handshake was not done by its deadline.
     pub handshake_timeouts: u64,
-    /// Connections closed at once because `max_inbound_connections` were open.
+    /// Connections closed at once because `max_inbound_connections` were open, or the
+    /// process's open descriptors were within the reserve of its limit (`fd_budget`).
     pub refused_over_cap: u64,
     /// Connections closed because a frame was bad (magic, version, length, checksum,
     /// truncation, reserved type).
     pub closed_for_bad_frames: u64,
     /// Messages delivered to the inbound queue.
     pub received_messages: u64,
+    /// Connections refused because the peer's incarnation differs from the recorded one.
+    pub rejected_incarnations: u64,
 }
 
 /// The inbound counters, shared by the transport threads and [`PeerClientAddrs`].
@@ -318,6 +326,8 @@ impl InboundCounters {
             refused_over_cap: get(&self.refused_over_cap),
             closed_for_bad_frames: get(&self.closed_for_bad_frames),
             received_messages: get(&self.received_messages),
+            // Kept in `Shared` (the membership side records incarnations).
+            rejected_incarnations: 0,
         }
     }
 
@@ -379,6 +389,10 @@ struct Shared {
     inbound_by_peer: Mutex<HashMap<NodeId, u64>>,
     /// Members whose HELLO we accept.
     known_peers: RwLock<HashSet<NodeId>>,
+    /// Incarnations the cluster recorded, by member: a HELLO presenting another one is
+    /// refused (absent: any is accepted).
+    recorded_incarnations: RwLock<HashMap<NodeId, u64>>,
+    rejected_incarnations: AtomicU64,
     /// Reader threads, joined at shutdown (finished ones are pruned on accept).
     reader_threads: Mutex<Vec<JoinHandle<()>>>,
     /// Inbound connections open now, pending handshakes included. Invariant: at most
@@ -497,6 +511,8 @@ impl PeerTransport {
             next_socket_id: AtomicU64::new(1),
             inbound_by_peer: Mutex::new(HashMap::new()),
             known_peers: RwLock::new(known_peers),
+            recorded_incarnations: RwLock::new(HashMap::new()),
+            rejected_incarnations: AtomicU64::new(0),
             reader_threads: Mutex::new(Vec::new()),
             inbound_open: AtomicUsize::new(0),
             wake_lock: Mutex::new(()),
@@ -604,7 +620,9 @@ impl PeerTransport {
 
     /// Counters of the inbound side.
     pub fn inbound_stats(&self) -> InboundStats {
-        self.shared.inbound.snapshot()
+        let mut stats = self.shared.inbound.snapshot();
+        stats.rejected_incarnations = self.shared.rejected_incarnations.load(Ordering::Relaxed);
+        stats
     }
 
     /// Adds a member (membership change): starts dialing it and accepts its HELLO.
@@ -616,6 +634,31 @@ impl PeerTransport {
         }
         self.shared.known_peers.write().insert(peer);
         self.spawn_sender(peer, addr)
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.shared.config.node_id
+    }
+
+    /// Whether `peer` is dialed (a member this transport knows).
+    pub fn has_peer(&self, peer: NodeId) -> bool {
+        self.senders.contains_key(&peer)
+    }
+
+    /// The peers this transport dials.
+    pub fn peer_ids(&self) -> Vec<NodeId> {
+        self.senders.keys().copied().collect()
+    }
+
+    /// Sets the incarnations the cluster recorded (0 entries are ignored): a HELLO from
+    /// one of these ids with another incarnation is refused and counted.
+    pub fn set_recorded_incarnations(&self, recorded: impl IntoIterator<Item = (NodeId, u64)>) {
+        let map = recorded
+            .into_iter()
+            .filter(|(_, incarnation)| *incarnation != 0)
+            .collect();
+        *self.shared.recorded_incarnations.write() = map;
     }
 
     /// Removes a member: stops dialing it, refuses its future HELLOs and closes its
@@ -1069,6 +1112,7 @@ impl PeerSender {
             to_node: self.peer,
             nonce: new_nonce(),
             client_addr: config.advertised_client_addr.clone(),
+            incarnation: config.incarnation,
         };
         let hello_payload = hello.encode();
         send_frame(&mut stream, MSG_HELLO, &hello_payload)?;
@@ -1202,6 +1246,19 @@ fn listen_loop(shared: Arc<Shared>, listener: TcpListener, inbound: Arc<dyn Inbo
                 continue;
             }
         };
+        // Within the descriptor reserve, refuse first: the WAL must always get a
+        // descriptor (segment create, directory fsync), or the node would stop.
+        if !crate::fd_budget::process().admit() {
+            let refused = shared
+                .inbound
+                .refused_over_cap
+                .fetch_add(1, Ordering::Relaxed);
+            if refused == 0 {
+                tracing::warn!(node_id = shared.config.node_id, %remote, "open descriptors are within the reserve of the limit; closing new peer connections at once (counted, logged once)");
+            }
+            drop(stream);
+            continue;
+        }
         let Some(slot) = shared.take_inbound_slot() else {
             // Closed at once: past the cap a connection costs no thread and no buffer.
             let refused = shared
@@ -1300,6 +1357,7 @@ fn serve_inbound(
         return;
     }
     let peer = hello.from_node;
+    inbound.peer_identified(peer, hello.incarnation, &hello.client_addr);
     shared.peer_client_addrs.set(peer, hello.client_addr);
     InboundCounters::bump(&shared.inbound.accepted_connections);
     // A newer connection from the same peer replaces the old one (the peer reconnected;
@@ -1404,6 +1462,7 @@ fn accept_handshake(
     let verdict = check_hello(&hello, config.cluster_id, config.node_id, |peer| {
         shared.known_peers.read().contains(&peer)
     })
+    .and_then(|()| check_incarnation(shared, &hello))
     .and_then(|()| check_certificate(shared, reader.get_ref(), hello.from_node));
     let Some(secret) = secret else {
         return match verdict {
@@ -1446,6 +1505,29 @@ fn accept_handshake(
                 hello.from_node
             ),
         )),
+    }
+}
+
+/// Refuses a member id presenting another incarnation than the one recorded for it.
+fn check_incarnation(shared: &Shared, hello: &Hello) -> Result<(), (RejectReason, String)> {
+    let recorded = shared
+        .recorded_incarnations
+        .read()
+        .get(&hello.from_node)
+        .copied();
+    match recorded {
+        Some(recorded) if recorded != hello.incarnation => {
+            shared.rejected_incarnations.fetch_add(1, Ordering::Relaxed);
+            Err((
+                RejectReason::IncarnationMismatch,
+                format!(
+                    "node {} is recorded with incarnation {recorded:#x} but presents {:#x}: \
+                     a node whose directory was emptied must be added as a new member",
+                    hello.from_node, hello.incarnation
+                ),
+            ))
+        }
+        _ => Ok(()),
     }
 }
 

@@ -322,7 +322,7 @@ fn bad_resp_and_bad_peer_frames_close_only_that_connection() {
     let mut client = member.client();
     assert_eq!(client.call(&["GET", "before"]), bulk("bad element type"));
     assert_eq!(
-        client.call(&["HELLO", "3"]),
+        client.call(&["HELLO", "4"]),
         RespValue::Error(b"NOPROTO unsupported protocol version".to_vec())
     );
     assert_eq!(member.raft_info().expect("INFO")["role"], "leader");

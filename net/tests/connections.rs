@@ -256,6 +256,19 @@ fn with_descriptors_near_the_limit_connections_are_refused_and_the_wal_keeps_rol
         open.len()
     );
 
+    // The peer port refuses too, at once (not after its handshake deadline): a peer
+    // connection must not take the descriptor the WAL needs either.
+    let mut peer = std::net::TcpStream::connect(("127.0.0.1", peer_port)).expect("peer connect");
+    peer.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("read timeout");
+    let mut byte = [0u8; 1];
+    match std::io::Read::read(&mut peer, &mut byte) {
+        Ok(0) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the peer port kept a connection within the descriptor reserve: {other:?}"),
+    }
+    drop(peer);
+
     // Writes keep committing while the WAL creates segments (9 MB through 1 MiB
     // segments) and snapshot files.
     let value = vec![b'v'; 150_000];

@@ -89,6 +89,7 @@ fn forge_hello(target: SocketAddr, version: u32, from: NodeId) -> (TcpStream, Ve
         to_node: 2,
         nonce: [7; NONCE_BYTES],
         client_addr: String::new(),
+        incarnation: 0,
     };
     let payload = hello.encode();
     let mut wire = Vec::new();
@@ -453,6 +454,7 @@ fn forge_hello_to(peer_port: u16, target: u64) -> (TcpStream, Vec<u8>) {
         to_node: target,
         nonce: [7; NONCE_BYTES],
         client_addr: String::new(),
+        incarnation: 0,
     };
     let mut wire = Vec::new();
     encode_frame(MSG_HELLO, 0, &hello.encode(), 4096, &mut wire).expect("encode");

@@ -1,6 +1,6 @@
 //! Snapshots on real `tally-server` processes: the log is compacted behind snapshots, a
 //! member that was down while the others compacted catches up by InstallSnapshot, every
-//! member restarts from its snapshot, and `TALLY SNAPSHOT` answers with a durable index.
+//! member restarts from its snapshot, and `TALLY SNAPSHOT` answers with a durable file's path and index.
 //! No timing assertions: waits are polls with generous deadlines.
 
 mod common;
@@ -38,9 +38,18 @@ fn members_compact_behind_snapshots_a_returning_member_installs_one_and_all_rest
     let leader = cluster.wait_for_leader();
     let mut client = cluster.member(leader).client();
     write_keys(&mut client, "a", 1500);
-    let RespValue::Integer(index) = client.call(&["TALLY", "SNAPSHOT"]) else {
-        panic!("TALLY SNAPSHOT answers an integer index");
+    let RespValue::Array(Some(answer)) = client.call(&["TALLY", "SNAPSHOT"]) else {
+        panic!("TALLY SNAPSHOT answers an array: path, index");
     };
+    let [RespValue::Bulk(Some(path)), RespValue::Bulk(Some(index))] = answer.as_slice() else {
+        panic!("TALLY SNAPSHOT answers two bulk strings: {answer:?}");
+    };
+    let path = std::path::PathBuf::from(String::from_utf8_lossy(path).into_owned());
+    let index: u64 = String::from_utf8_lossy(index).parse().expect("an index");
+    assert!(
+        path.starts_with(&cluster.member(leader).dir) && path.exists(),
+        "the path names the durable file in the node directory: {path:?}"
+    );
     assert!(
         index >= 1500,
         "the snapshot covers every acknowledged write: {index}"

@@ -256,6 +256,7 @@ fn raw_handshake(to_addr: SocketAddr, from: NodeId, to: NodeId) -> TcpStream {
         to_node: to,
         nonce: [0; 32],
         client_addr: String::new(),
+        incarnation: 0,
     };
     let mut frame = Vec::new();
     encode_frame(MSG_HELLO, 0, &hello.encode(), 1024, &mut frame).expect("encode");
@@ -384,6 +385,7 @@ fn a_handshake_from_an_unknown_node_gets_a_reject_frame_with_its_reason() {
         to_node: 2,
         nonce: [0; 32],
         client_addr: String::new(),
+        incarnation: 0,
     };
     let mut frame = Vec::new();
     encode_frame(MSG_HELLO, 0, &hello.encode(), 1024, &mut frame).expect("encode");

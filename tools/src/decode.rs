@@ -85,6 +85,8 @@ fn command_text(command: &Command<'_>) -> String {
             .collect::<Vec<_>>()
             .join(" "),
         Command::Cas { key, expected, new } => join_quoted(&[key, expected, new]),
+        // Commands added with format 2 (options, expiry, transactions): their fields.
+        other => format!("{other:?}"),
     };
     format!("{name} {args}")
 }
@@ -115,6 +117,9 @@ fn command_json(command: &Command<'_>) -> Value {
             object.insert("key".into(), json_bytes(key));
             object.insert("expected".into(), json_bytes(expected));
             object.insert("new".into(), json_bytes(new));
+        }
+        other => {
+            object.insert("fields".into(), Value::String(format!("{other:?}")));
         }
     }
     Value::Object(object)

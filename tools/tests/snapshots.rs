@@ -116,8 +116,8 @@ records: 15 batches, 18 entry records, 574 payload bytes, 1856 bytes used of 210
 verdict: clean
 snapshots: 2
   name                                                         index   term   size_bytes  state
-  snapshot-00000000000000000014-00000000000000000002.snap         14      2          229  valid
-  snapshot-00000000000000000009-00000000000000000001.snap          9      1          229  valid
+  snapshot-00000000000000000014-00000000000000000002.snap         14      2          309  valid
+  snapshot-00000000000000000009-00000000000000000001.snap          9      1          309  valid
 snapshot temp file: receive-0.snap.tmp (7 bytes; an unfinished snapshot, deleted when the node starts)
 ",
     );
@@ -140,8 +140,8 @@ fn verify_checks_every_snapshot_and_that_the_log_covers_the_newest() {
 checked: 3 segments, 15 batches, 18 entry records, 1856 bytes; format version, batch CRCs, index continuity, term order
 log: entries 1..=16, terms 1..=2, hard state term 2 vote 3
 verdict: clean
-snapshot-00000000000000000014-00000000000000000002.snap  ok  index 14 term 2, 229 bytes (137 data bytes), checksum ok
-snapshot-00000000000000000009-00000000000000000001.snap  ok  index 9 term 1, 229 bytes (137 data bytes), checksum ok
+snapshot-00000000000000000014-00000000000000000002.snap  ok  index 14 term 2, 309 bytes (217 data bytes), checksum ok
+snapshot-00000000000000000009-00000000000000000001.snap  ok  index 9 term 1, 309 bytes (217 data bytes), checksum ok
 snapshots: 2 checked; log first index 1 <= snapshot index 14 + 1: covered
 snapshot verdict: clean
 ",
@@ -155,12 +155,12 @@ fn snapshot_text_prints_header_configuration_sessions_and_escaped_pairs() {
         &["snapshot", &format!("wal/{NEWEST}")],
         0,
         r#"file: snapshot-00000000000000000014-00000000000000000002.snap
-size: 229 bytes
+size: 309 bytes
 format: version 1
 index: 14
 term: 2
 configuration: voters {1,2,3}
-layout: header 76 bytes, data 137 bytes, footer 16 bytes
+layout: header 76 bytes, data 217 bytes, footer 16 bytes
 checksum: ok
 state machine: KV snapshot
 applied index: 14
@@ -209,7 +209,7 @@ fn a_flipped_byte_in_the_newest_snapshot_fails_verify_info_and_snapshot_with_exi
     assert_eq!(run.code, 1, "{}", run.stdout);
     assert!(
         run.stdout.contains(&format!(
-            "{NEWEST}  INVALID  snapshot {NEWEST} is corrupt at offset 221: checksum mismatch"
+            "{NEWEST}  INVALID  snapshot {NEWEST} is corrupt at offset 301: checksum mismatch"
         )),
         "{}",
         run.stdout

@@ -25,6 +25,7 @@
 mod apply;
 mod flow;
 mod log;
+mod membership;
 mod snapshot;
 
 use std::collections::{HashMap, VecDeque};
@@ -36,14 +37,19 @@ use crossbeam_channel::Sender;
 use tally_wal::{SnapshotStore, Storage};
 
 use crate::raft::{
-    CoreError, Entry, Message, NodeId, PersistAction, ProposeError, RaftNode, ReadError, ReadPath,
-    Ready, Role, RoleState, SnapshotChunk, SnapshotMeta,
+    CoreError, Entry, MemberInfo, Message, NodeId, PersistAction, ProposeError, RaftNode,
+    ReadError, ReadPath, Ready, Role, RoleState, SnapshotChunk, SnapshotMeta,
 };
 
 pub use apply::{Applied, Applier, ApplyWork, ConfirmedRead};
 pub use flow::MAX_HELD_APPENDS;
 use flow::{ApplyOutbox, HeldAppends, TurnBudget, WalBacklog, WalOp};
 pub use log::LogWriter;
+use membership::MembershipState;
+pub use membership::{
+    lag_of, MembershipChange, MembershipDone, MembershipError, MembershipOutcome, MembershipPolicy,
+    TransferDone,
+};
 use snapshot::SnapshotState;
 pub use snapshot::{
     meta_from_header, snapshot_header, SnapshotDone, SnapshotPolicy, SnapshotStats, SnapshotTaken,
@@ -70,6 +76,9 @@ pub enum ClientError {
     /// The request queue is full.
     #[error("the node is overloaded")]
     Overloaded,
+    /// An administrative request was refused; the text says why.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// A response to one client request, tagged with the caller's token so one reply
@@ -149,6 +158,17 @@ pub enum Request<R> {
     /// Take a snapshot now; `done` is called once one covering everything applied so
     /// far is durable.
     SnapshotNow { done: SnapshotDone },
+    /// Change the membership; `done` is called once the final configuration (C_new for
+    /// a joint change) committed, or with why not.
+    ChangeMembership {
+        change: MembershipChange,
+        done: MembershipDone,
+    },
+    /// Hand leadership to `target`; `done` is called once it leads (or it failed).
+    Transfer { target: NodeId, done: TransferDone },
+    /// What a member said about itself (peer handshake): recorded into the
+    /// configuration where it has nothing yet.
+    MemberObserved { id: NodeId, info: MemberInfo },
 }
 
 /// One client request: alone or inside a batch.
@@ -176,8 +196,18 @@ pub fn fail_request<R>(request: Request<R>, error: ClientError) {
                 fail_submission(submission, error.clone());
             }
         }
-        Request::TransferLeadership { .. } => {}
+        Request::TransferLeadership { .. } | Request::MemberObserved { .. } => {}
         Request::SnapshotNow { done } => done(Err(error)),
+        Request::ChangeMembership { done, .. } => done(Err(membership_error(&error))),
+        Request::Transfer { done, .. } => done(Err(membership_error(&error))),
+    }
+}
+
+/// The membership answer for a request failed with a client error.
+fn membership_error(error: &ClientError) -> MembershipError {
+    match error {
+        ClientError::NotLeader { leader } => MembershipError::NotLeader { leader: *leader },
+        _ => MembershipError::NodeStopped,
     }
 }
 
@@ -200,6 +230,9 @@ pub enum NodeError {
     Core(#[from] CoreError),
     #[error("snapshot: {0}")]
     Snapshot(#[from] tally_wal::SnapshotError),
+    /// The operator's view of the membership contradicts the log's.
+    #[error("membership: {0}")]
+    MembershipMismatch(String),
 }
 
 /// What the driver asks of its environment besides the WAL.
@@ -327,6 +360,7 @@ pub struct NodeDriver<R, L: LogWriter, S: Storage> {
     /// Ticks given to the core so far. Invariant: never decreases.
     ticks_done: u64,
     stats: DriverStats,
+    membership: MembershipState,
 }
 
 impl<R, L: LogWriter, S: Storage> NodeDriver<R, L, S> {
@@ -359,6 +393,7 @@ impl<R, L: LogWriter, S: Storage> NodeDriver<R, L, S> {
             role,
             ticks_done: 0,
             stats: DriverStats::default(),
+            membership: MembershipState::new(MembershipPolicy::default()),
         }
     }
 
@@ -405,9 +440,7 @@ impl<R, L: LogWriter, S: Storage> NodeDriver<R, L, S> {
         info: &tally_wal::SnapshotInfo,
     ) -> Result<(), NodeError> {
         let data = self.snapshots.file_bytes(info)?;
-        self.snapshots.stats.snapshot_bytes = info.size_bytes;
-        self.snapshots.stats.snapshot_index = meta.index;
-        self.snapshots.stats.snapshot_term = meta.term;
+        self.snapshots.note_durable(&meta, info);
         self.snapshots.handed_out = (meta.index, meta.term);
         self.core
             .snapshot_ready(meta, data)
@@ -415,6 +448,17 @@ impl<R, L: LogWriter, S: Storage> NodeDriver<R, L, S> {
                 dir: self.snapshots.store.describe(),
                 reason: format!("the restart snapshot was refused by the core: {error}"),
             })
+    }
+
+    /// What member `id` said about itself (peer handshake); recorded into the
+    /// configuration by a later turn where it has nothing yet (leader only).
+    pub fn note_member_observed(&mut self, id: NodeId, info: MemberInfo) {
+        self.membership.observed(id, info);
+    }
+
+    /// Sets how membership changes are checked (promotion lag, transfer timeout).
+    pub fn set_membership_policy(&mut self, policy: MembershipPolicy) {
+        self.membership.policy = policy;
     }
 
     /// Ticks the core has seen.
@@ -453,6 +497,7 @@ impl<R, L: LogWriter, S: Storage> NodeDriver<R, L, S> {
         for request in input.requests.drain(..admitted) {
             self.sort_request(request, &mut commands, &mut replies);
         }
+        self.membership.drive(&mut self.core);
         self.propose_batch(commands, replies);
         self.check_durable()?;
         self.process_ready(io)
@@ -579,9 +624,20 @@ impl<R, L: LogWriter, S: Storage> NodeDriver<R, L, S> {
                 // Answered by the first snapshot that covers everything handed out so
                 // far (one already in progress may not).
                 let covers = self.snapshots.handed_out.0.max(1);
+                if let Some(taken) = self.snapshots.covering(covers) {
+                    // Nothing applied since the newest durable snapshot: it is the answer.
+                    return done(Ok(taken));
+                }
                 self.snapshots.waiters.push((covers, done));
                 self.snapshots.forced = true;
             }
+            Request::ChangeMembership { change, done } => {
+                self.membership.request(&mut self.core, change, done)
+            }
+            Request::Transfer { target, done } => {
+                self.membership.transfer(&mut self.core, target, done)
+            }
+            Request::MemberObserved { id, info } => self.membership.observed(id, info),
         }
     }
 
@@ -679,6 +735,7 @@ impl<R, L: LogWriter, S: Storage> NodeDriver<R, L, S> {
             // A persist that was already durable (e.g. nothing new) resolves at once.
             self.check_durable()?;
         }
+        self.membership.resolve(&self.core);
         Ok(())
     }
 
@@ -716,6 +773,10 @@ impl<R, L: LogWriter, S: Storage> NodeDriver<R, L, S> {
             self.role = change.role;
             if was_leader && change.role != Role::Leader {
                 self.fail_all_pending(ClientError::OutcomeUnknown);
+                // A change whose C_new committed (a removed leader steps down then) is
+                // answered as done; anything else has an unknown outcome.
+                self.membership.resolve(&self.core);
+                self.membership.leadership_lost();
             }
         }
         if let Some(meta) = restore_snapshot {
@@ -1009,6 +1070,7 @@ impl<R, L: LogWriter, S: Storage> NodeDriver<R, L, S> {
     /// The node stops (shutdown or fail-stop): writes already proposed may still commit
     /// through the other members, so their outcome is unknown; reads just failed.
     pub fn fail_on_stop(&mut self) {
+        self.membership.fail_all(MembershipError::NodeStopped);
         self.apply_outbox.fail_on_stop();
         for (_, done) in self.snapshots.waiters.drain(..) {
             done(Err(ClientError::NodeStopped));

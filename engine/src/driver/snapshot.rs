@@ -70,6 +70,8 @@ pub struct SnapshotTaken {
     pub term: u64,
     /// The file name inside the node directory.
     pub name: String,
+    /// The file's path (the node directory joined with `name`).
+    pub path: String,
     pub size_bytes: u64,
 }
 
@@ -130,6 +132,9 @@ pub(crate) struct SnapshotState<S: Storage> {
     /// A `snapshot_now` is waiting for the next request to the state machine.
     pub(crate) forced: bool,
     pub(crate) stats: SnapshotStats,
+    /// The newest durable snapshot, answering a `snapshot_now` it already covers (no
+    /// new one is taken when nothing was applied since).
+    pub(crate) newest: Option<SnapshotTaken>,
 }
 
 impl<S: Storage> SnapshotState<S> {
@@ -145,7 +150,13 @@ impl<S: Storage> SnapshotState<S> {
             waiters: Vec::new(),
             forced: false,
             stats: SnapshotStats::default(),
+            newest: None,
         }
+    }
+
+    /// The durable snapshot that already covers index `covers`, if any.
+    pub(crate) fn covering(&self, covers: u64) -> Option<SnapshotTaken> {
+        self.newest.clone().filter(|taken| taken.index >= covers)
     }
 
     /// Whether the policy (or a waiting `snapshot_now`) asks for a snapshot now.
@@ -170,8 +181,19 @@ impl<S: Storage> SnapshotState<S> {
             index: meta.index,
             term: meta.term,
             name: info.name.clone(),
+            path: std::path::Path::new(&self.store.describe())
+                .join(&info.name)
+                .display()
+                .to_string(),
             size_bytes: info.size_bytes,
         };
+        if self
+            .newest
+            .as_ref()
+            .is_none_or(|newest| newest.index <= meta.index)
+        {
+            self.newest = Some(taken.clone());
+        }
         let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiters)
             .into_iter()
             .partition(|(min_index, _)| *min_index <= meta.index);

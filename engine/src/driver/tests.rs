@@ -147,7 +147,8 @@ impl Trio {
         }
         for message in outbox {
             let to = message.to as usize - 1;
-            if Some(to) != cut {
+            // Messages to members outside the trio (added learners) are lost.
+            if Some(to) != cut && to < self.inputs.len() {
                 self.inputs[to].messages.push(message);
             }
         }
@@ -257,6 +258,248 @@ fn a_turn_takes_every_queued_proposal_as_one_batch() {
     let mut answered: Vec<u64> = receiver.try_iter().map(|reply| reply.tag).collect();
     answered.sort_unstable();
     assert_eq!(answered, (0..10).collect::<Vec<_>>());
+}
+
+// ----- membership requests ---------------------------------------------------------
+
+type MembershipAnswer = Receiver<Result<MembershipOutcome, MembershipError>>;
+
+fn membership_request(change: MembershipChange) -> (Request<u64>, MembershipAnswer) {
+    let (sender, receiver) = unbounded();
+    let request = Request::ChangeMembership {
+        change,
+        done: Box::new(move |result| {
+            let _ = sender.send(result);
+        }),
+    };
+    (request, receiver)
+}
+
+fn elected_trio() -> (Trio, usize) {
+    let mut trio = Trio::new();
+    for _ in 0..200 {
+        trio.round(None);
+        if let Some(leader) = trio.leader_with_lease() {
+            return (trio, leader);
+        }
+    }
+    panic!("no leader");
+}
+
+/// Submits `change` to node `k` and runs rounds until it is answered.
+fn answer_of(
+    trio: &mut Trio,
+    k: usize,
+    change: MembershipChange,
+) -> Result<MembershipOutcome, MembershipError> {
+    let (request, answer) = membership_request(change);
+    trio.inputs[k].requests.push(request);
+    for _ in 0..200 {
+        trio.round(None);
+        if let Ok(result) = answer.try_recv() {
+            return result;
+        }
+    }
+    panic!("never answered");
+}
+
+#[test]
+fn a_removal_is_answered_only_once_its_final_configuration_committed() {
+    let (mut trio, leader) = elected_trio();
+    let victim = (leader + 1) % 3;
+    let (request, answer) = membership_request(MembershipChange::Remove {
+        id: victim as u64 + 1,
+    });
+    trio.inputs[leader].requests.push(request);
+    trio.round(None);
+    assert!(
+        answer.try_recv().is_err(),
+        "not answered while only the joint entry is appended"
+    );
+    assert!(trio.drivers[leader].core().configuration().is_joint());
+    let outcome = (0..200)
+        .find_map(|_| {
+            trio.round(None);
+            answer.try_recv().ok()
+        })
+        .expect("answered")
+        .expect("the removal succeeds");
+    let core = trio.drivers[leader].core();
+    assert!(!outcome.configuration.is_joint());
+    assert!(!outcome.configuration.is_member(victim as u64 + 1));
+    assert!(
+        core.commit_index() >= outcome.index,
+        "answered after C_new committed"
+    );
+}
+
+#[test]
+fn a_change_is_refused_on_a_follower_and_while_another_is_in_progress() {
+    let (mut trio, leader) = elected_trio();
+    let follower = (leader + 1) % 3;
+    assert_eq!(
+        answer_of(&mut trio, follower, MembershipChange::Remove { id: 1 }),
+        Err(MembershipError::NotLeader {
+            leader: Some(leader as u64 + 1)
+        })
+    );
+    let add = |id| MembershipChange::AddLearner {
+        id,
+        info: crate::raft::MemberInfo::default(),
+    };
+    let (first, first_answer) = membership_request(add(4));
+    let (second, second_answer) = membership_request(add(5));
+    trio.inputs[leader].requests.push(first);
+    trio.inputs[leader].requests.push(second);
+    trio.round(None);
+    assert_eq!(
+        second_answer.try_recv().expect("refused at once"),
+        Err(MembershipError::ChangeInProgress)
+    );
+    let outcome = (0..200)
+        .find_map(|_| {
+            trio.round(None);
+            first_answer.try_recv().ok()
+        })
+        .expect("answered")
+        .expect("the learner is added");
+    assert!(outcome.configuration.learners.contains(&4));
+    assert_eq!(
+        answer_of(&mut trio, leader, add(4)),
+        Err(MembershipError::AlreadyMember(4))
+    );
+    assert_eq!(
+        answer_of(&mut trio, leader, MembershipChange::Promote { id: 9 }),
+        Err(MembershipError::UnknownMember(9))
+    );
+    assert_eq!(
+        answer_of(&mut trio, leader, MembershipChange::Promote { id: 2 }),
+        Err(MembershipError::NotALearner(2))
+    );
+}
+
+#[test]
+fn a_lagging_learner_is_not_promoted() {
+    let (mut trio, leader) = elected_trio();
+    trio.drivers[leader].set_membership_policy(MembershipPolicy {
+        max_promote_lag_entries: 0,
+        ..MembershipPolicy::default()
+    });
+    let added = answer_of(
+        &mut trio,
+        leader,
+        MembershipChange::AddLearner {
+            id: 4,
+            info: crate::raft::MemberInfo::default(),
+        },
+    );
+    assert!(added.is_ok());
+    // Node 4 does not exist: it never answers.
+    let refused = answer_of(&mut trio, leader, MembershipChange::Promote { id: 4 });
+    assert_eq!(refused, Err(MembershipError::LearnerNotResponding(4)));
+    assert!(!trio.drivers[leader].core().configuration().is_voter(4));
+    // A learner that answers but is behind: make voter 3 a learner again, then cut it
+    // off while the others move on.
+    let victim = if leader == 2 { 1 } else { 2 };
+    let demoted = answer_of(
+        &mut trio,
+        leader,
+        MembershipChange::ReplaceVoters {
+            voters: (1..=3).filter(|id| *id != victim as u64 + 1).collect(),
+        },
+    );
+    assert!(demoted.is_ok(), "{demoted:?}");
+    let added_back = answer_of(
+        &mut trio,
+        leader,
+        MembershipChange::AddLearner {
+            id: victim as u64 + 1,
+            info: crate::raft::MemberInfo::default(),
+        },
+    );
+    assert!(added_back.is_ok(), "{added_back:?}");
+    let (sender, _replies) = unbounded();
+    trio.inputs[leader]
+        .requests
+        .push(Request::One(Submission::Propose {
+            command: Bytes::from_static(b"c"),
+            reply: ReplyTo::new(1, sender),
+        }));
+    let (request, answer) = membership_request(MembershipChange::Promote {
+        id: victim as u64 + 1,
+    });
+    trio.inputs[leader].requests.push(request);
+    trio.round(Some(victim));
+    let refused = answer.try_recv().expect("refused at once");
+    assert!(
+        matches!(
+            refused,
+            Err(MembershipError::LearnerLagging { lag_entries, max_lag_entries: 0, .. }) if lag_entries > 0
+        ),
+        "{refused:?}"
+    );
+}
+
+#[test]
+fn a_removed_leader_is_answered_done_and_steps_down() {
+    let (mut trio, leader) = elected_trio();
+    let outcome = answer_of(
+        &mut trio,
+        leader,
+        MembershipChange::Remove {
+            id: leader as u64 + 1,
+        },
+    )
+    .expect("the leader's own removal succeeds");
+    assert!(!outcome.configuration.is_member(leader as u64 + 1));
+    assert_ne!(trio.drivers[leader].core().role(), Role::Leader);
+}
+
+#[test]
+fn a_transfer_is_answered_once_the_target_leads() {
+    let (mut trio, leader) = elected_trio();
+    let target = (leader + 1) % 3;
+    let (sender, answer) = unbounded();
+    trio.inputs[leader].requests.push(Request::Transfer {
+        target: target as u64 + 1,
+        done: Box::new(move |result| {
+            let _ = sender.send(result);
+        }),
+    });
+    let result = (0..200)
+        .find_map(|_| {
+            trio.round(None);
+            answer.try_recv().ok()
+        })
+        .expect("answered");
+    assert_eq!(result, Ok(target as u64 + 1));
+    assert_eq!(trio.drivers[target].core().role(), Role::Leader);
+}
+
+#[test]
+fn observed_member_information_fills_gaps_but_never_replaces_a_recorded_incarnation() {
+    let (mut trio, leader) = elected_trio();
+    let observe = |incarnation| Request::MemberObserved {
+        id: 2,
+        info: crate::raft::MemberInfo {
+            peer_addr: String::new(),
+            client_addr: "10.0.0.2:6379".into(),
+            incarnation,
+        },
+    };
+    trio.inputs[leader].requests.push(observe(5));
+    let recorded = |trio: &Trio| trio.drivers[leader].core().configuration().info_of(2);
+    for _ in 0..50 {
+        trio.round(None);
+    }
+    assert_eq!(recorded(&trio).incarnation, 5);
+    assert_eq!(recorded(&trio).client_addr, "10.0.0.2:6379");
+    // An emptied directory reusing id 2 presents another incarnation: not recorded.
+    trio.inputs[leader].requests.push(observe(6));
+    for _ in 0..50 {
+        trio.round(None);
+    }
+    assert_eq!(recorded(&trio).incarnation, 5);
 }
 
 fn elected(trio: &mut Trio) -> usize {

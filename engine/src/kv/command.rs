@@ -8,9 +8,11 @@ use super::codec::KvDecodeError;
 /// (`max_sessions` decides evictions, which decide replies).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KvLimits {
-    /// Largest key or value, in bytes.
+    /// Largest key or value, in bytes (also the largest value APPEND or SETRANGE may
+    /// build: a snapshot must be able to hold every value).
     pub max_argument_bytes: usize,
-    /// Most keys (or key-value pairs for MSET) in one command.
+    /// Most keys (or key-value pairs for MSET, or commands in a transaction) in one
+    /// command.
     pub max_arguments: usize,
     /// Most client sessions remembered; the least recently written one is evicted beyond.
     pub max_sessions: usize,
@@ -35,6 +37,81 @@ pub struct ClientSession {
     pub sequence: u64,
 }
 
+/// When a key expires, as a command states it. Relative times are turned into log time
+/// when the entry applies (every replica adds the same entry time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// `EX`/`PX`/`EXPIRE`/`PEXPIRE`: milliseconds after the entry's log time.
+    AfterMs(i64),
+    /// `EXAT`/`PXAT`/`EXPIREAT`/`PEXPIREAT`: a Unix time in milliseconds.
+    AtMs(i64),
+}
+
+/// What SET does to an existing time to live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetTtl {
+    /// Plain SET: the key loses any time to live.
+    Clear,
+    /// `KEEPTTL`.
+    Keep,
+    /// `EX`, `PX`, `EXAT`, `PXAT`.
+    Expire(Expiry),
+}
+
+/// `SET ... NX|XX`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetCondition {
+    Always,
+    /// Only if the key does not exist.
+    IfMissing,
+    /// Only if the key exists.
+    IfExists,
+}
+
+/// The options of `SET key value [NX|XX] [GET] [EX|PX|EXAT|PXAT|KEEPTTL]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SetOptions {
+    pub condition: SetCondition,
+    /// `GET`: reply with the old value (or nil) instead of OK.
+    pub get: bool,
+    pub ttl: SetTtl,
+}
+
+/// `GETEX` options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GetExTtl {
+    /// No option: the time to live is unchanged.
+    Unchanged,
+    /// `PERSIST`.
+    Persist,
+    /// `EX`, `PX`, `EXAT`, `PXAT`.
+    Expire(Expiry),
+}
+
+/// `EXPIRE ... NX|XX|GT|LT` (a key without a time to live counts as infinite for GT/LT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpireCondition {
+    Always,
+    /// Only if the key has no time to live.
+    IfNone,
+    /// Only if the key has one.
+    IfSome,
+    /// Only if the new expiry is later.
+    IfGreater,
+    /// Only if the new expiry is earlier.
+    IfLess,
+    /// `XX LT`: only if the key has an expiry and the new one is earlier.
+    IfSomeAndLess,
+}
+
+/// A key a transaction watches, with what the WATCH read saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchedKey<'a> {
+    pub key: &'a [u8],
+    /// Whether the key existed at the WATCH read.
+    pub existed: bool,
+}
+
 /// One KV command, borrowing its keys and values from the encoded request or the
 /// client's argument buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,7 +120,7 @@ pub enum Command<'a> {
     Set { key: &'a [u8], value: &'a [u8] },
     /// `GET key` -> bulk or null.
     Get { key: &'a [u8] },
-    /// `DEL key [key ...]` -> number of keys removed.
+    /// `DEL key [key ...]` (and `UNLINK`) -> number of keys removed.
     Del { keys: Vec<&'a [u8]> },
     /// `EXISTS key [key ...]` -> number of the given keys that exist (repeats count again).
     Exists { keys: Vec<&'a [u8]> },
@@ -59,22 +136,106 @@ pub enum Command<'a> {
         expected: &'a [u8],
         new: &'a [u8],
     },
+    /// `SET key value` with options, `SETEX`, `PSETEX`.
+    SetWith {
+        key: &'a [u8],
+        value: &'a [u8],
+        options: SetOptions,
+    },
+    /// `SETNX key value` -> 1 if set, 0 if the key existed.
+    SetNx { key: &'a [u8], value: &'a [u8] },
+    /// `MSETNX` -> 1 if every key was missing (all set), else 0 (none set).
+    MSetNx { pairs: Vec<(&'a [u8], &'a [u8])> },
+    /// `INCRBY`/`DECR`/`DECRBY` -> the new value.
+    IncrBy { key: &'a [u8], delta: i64 },
+    /// `INCRBYFLOAT key delta` -> the new value as a bulk string. `delta` is the
+    /// client's text, parsed (the same way on every replica) when the entry applies.
+    IncrByFloat { key: &'a [u8], delta: &'a [u8] },
+    /// `APPEND key value` -> the new length.
+    Append { key: &'a [u8], value: &'a [u8] },
+    /// `STRLEN key` -> length (0 if missing).
+    Strlen { key: &'a [u8] },
+    /// `GETRANGE key start end` (inclusive, negative from the end).
+    GetRange { key: &'a [u8], start: i64, end: i64 },
+    /// `SETRANGE key offset value` -> the new length.
+    SetRange {
+        key: &'a [u8],
+        offset: u64,
+        value: &'a [u8],
+    },
+    /// `GETSET key value` -> the old value.
+    GetSet { key: &'a [u8], value: &'a [u8] },
+    /// `GETDEL key` -> the value, then the key is gone.
+    GetDel { key: &'a [u8] },
+    /// `GETEX key [options]` -> the value.
+    GetEx { key: &'a [u8], ttl: GetExTtl },
+    /// `EXPIRE`, `PEXPIRE`, `EXPIREAT`, `PEXPIREAT` -> 1 if set (or the key deleted
+    /// because the time is past), 0 if not.
+    Expire {
+        key: &'a [u8],
+        at: Expiry,
+        condition: ExpireCondition,
+    },
+    /// `TTL` (seconds) / `PTTL` (milliseconds) -> -2 missing, -1 no expiry, else left.
+    Ttl { key: &'a [u8], millis: bool },
+    /// `PERSIST key` -> 1 if a time to live was removed.
+    Persist { key: &'a [u8] },
+    /// `TYPE key` -> `string` or `none`.
+    Type { key: &'a [u8] },
+    /// `KEYS pattern` -> every matching key, sorted.
+    Keys { pattern: &'a [u8] },
+    /// `SCAN cursor [MATCH pattern] [COUNT n]` -> `[next cursor, keys]`.
+    Scan {
+        cursor: u64,
+        pattern: Option<&'a [u8]>,
+        count: u32,
+    },
+    /// `DBSIZE` -> number of live keys.
+    DbSize,
+    /// `FLUSHDB` / `FLUSHALL` -> `OK`.
+    FlushAll,
+    /// `RENAME from to` (`OK`) / `RENAMENX` (1 or 0).
+    Rename {
+        from: &'a [u8],
+        to: &'a [u8],
+        only_if_missing: bool,
+    },
+    /// `WATCH key [key ...]`, the read half: -> [`KvResponse::Watched`].
+    Watch { keys: Vec<&'a [u8]> },
+    /// `MULTI ... EXEC` as one entry: applied all together, unless a watched key changed
+    /// since the WATCH read at log index `watch_index` (then nothing, reply null array).
+    /// Never nested; holds no `Watch`.
+    Multi {
+        watch_index: u64,
+        watched: Vec<WatchedKey<'a>>,
+        commands: Vec<Command<'a>>,
+    },
 }
 
 impl Command<'_> {
-    /// True for commands that never change state (GET, MGET, EXISTS): they may be served
-    /// by [`KvReadView::query`](super::KvReadView::query) instead of going through the log.
+    /// True for commands that never change state: they may be served by
+    /// [`KvReadView::query`](super::KvReadView::query) instead of going through the log.
     pub fn is_read_only(&self) -> bool {
         matches!(
             self,
-            Command::Get { .. } | Command::MGet { .. } | Command::Exists { .. }
+            Command::Get { .. }
+                | Command::MGet { .. }
+                | Command::Exists { .. }
+                | Command::Strlen { .. }
+                | Command::GetRange { .. }
+                | Command::Ttl { .. }
+                | Command::Type { .. }
+                | Command::Keys { .. }
+                | Command::Scan { .. }
+                | Command::DbSize
+                | Command::Watch { .. }
         )
     }
 
     /// The lowercase Redis command name.
     pub fn name(&self) -> &'static str {
         match self {
-            Command::Set { .. } => "set",
+            Command::Set { .. } | Command::SetWith { .. } => "set",
             Command::Get { .. } => "get",
             Command::Del { .. } => "del",
             Command::Exists { .. } => "exists",
@@ -82,15 +243,40 @@ impl Command<'_> {
             Command::MGet { .. } => "mget",
             Command::MSet { .. } => "mset",
             Command::Cas { .. } => "cas",
+            Command::SetNx { .. } => "setnx",
+            Command::MSetNx { .. } => "msetnx",
+            Command::IncrBy { .. } => "incrby",
+            Command::IncrByFloat { .. } => "incrbyfloat",
+            Command::Append { .. } => "append",
+            Command::Strlen { .. } => "strlen",
+            Command::GetRange { .. } => "getrange",
+            Command::SetRange { .. } => "setrange",
+            Command::GetSet { .. } => "getset",
+            Command::GetDel { .. } => "getdel",
+            Command::GetEx { .. } => "getex",
+            Command::Expire { .. } => "expire",
+            Command::Ttl { .. } => "ttl",
+            Command::Persist { .. } => "persist",
+            Command::Type { .. } => "type",
+            Command::Keys { .. } => "keys",
+            Command::Scan { .. } => "scan",
+            Command::DbSize => "dbsize",
+            Command::FlushAll => "flushall",
+            Command::Rename { .. } => "rename",
+            Command::Watch { .. } => "watch",
+            Command::Multi { .. } => "exec",
         }
     }
 }
 
-/// A decoded log payload: optional session plus command.
+/// A decoded log payload: optional session, the leader's time stamp, command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request<'a> {
     /// `None` when the request carries no session (client id 0).
     pub session: Option<ClientSession>,
+    /// The leader's clock (Unix milliseconds) when it encoded the request; `None` for a
+    /// format-1 payload (no stamp: the log time stays where it is).
+    pub time_ms: Option<u64>,
     /// The command.
     pub command: Command<'a>,
 }
@@ -121,6 +307,21 @@ pub enum KvError {
     /// A write command was sent to the read path.
     #[error("ERR '{0}' changes state and cannot be served as a read")]
     NotReadOnly(&'static str),
+    /// INCRBYFLOAT on a value (or with a delta) that is not a finite float.
+    #[error("ERR value is not a valid float")]
+    NotAFloat,
+    /// INCRBYFLOAT whose result is not finite.
+    #[error("ERR increment would produce NaN or Infinity")]
+    FloatOverflow,
+    /// APPEND or SETRANGE would build a value above `max_argument_bytes`.
+    #[error("ERR string exceeds maximum allowed size (proto-max-bulk-len)")]
+    StringTooLong,
+    /// RENAME of a missing key.
+    #[error("ERR no such key")]
+    NoSuchKey,
+    /// An expiry time that overflows when made absolute (`command` names it).
+    #[error("ERR invalid expire time in '{0}' command")]
+    InvalidExpireTime(&'static str),
 }
 
 /// The reply to one KV command.
@@ -132,8 +333,17 @@ pub enum KvResponse {
     Integer(i64),
     /// A bulk string, or the null bulk for a missing key.
     Bulk(Option<Bytes>),
-    /// An array of bulk-or-null (MGET).
+    /// An array of bulk-or-null (MGET, KEYS).
     Array(Vec<Option<Bytes>>),
     /// An error reply.
     Error(KvError),
+    /// A status line (`+string`, `+none` for TYPE).
+    Status(&'static str),
+    /// The null array (RESP3 null): EXEC when a watched key changed.
+    NullArray,
+    /// An array of replies: EXEC's replies in order; SCAN's `[cursor, keys]`.
+    Nested(Vec<KvResponse>),
+    /// The WATCH read: the applied index of the state read and, per key, whether it
+    /// existed. The client port keeps this and answers `+OK`; it is never a client reply.
+    Watched { index: u64, exists: Vec<bool> },
 }

@@ -1,5 +1,15 @@
-//! The KV state machine: data, sessions and applied index, the apply path, and the
-//! frozen read views client threads serve reads from.
+//! The KV state machine: data, expiry times, sessions and applied index, the apply
+//! path, and the frozen read views reads are served from.
+//!
+//! # Time
+//! Expiry is judged by *log time*, never by a replica's clock: every timed entry carries
+//! the leader's clock, and `log_time_ms` is the maximum stamp applied so far (so it
+//! never goes back, whatever the clocks of successive leaders do). A read carries the
+//! serving node's clock and is judged at `max(log_time_ms, its stamp)`, never behind
+//! the log. A key past its expiry is invisible at once; it is removed by entries only:
+//! a write that touches it, or the few (at most [`EXPIRE_PER_ENTRY`]) earliest expired
+//! keys every timed entry removes as it applies, in expiry order (the same keys on every
+//! replica).
 
 use std::io::Read;
 
@@ -7,12 +17,28 @@ use bytes::Bytes;
 
 use super::codec::decode_request;
 use super::command::{Command, KvError, KvLimits, KvResponse};
+use super::keyspace::Keyspace;
 use super::session::{SessionCheck, SessionRecord, SessionTable};
 use super::snapshot::{read_snapshot, KvSnapshot};
 use crate::state_machine::{CommittedEntry, SnapshotSource, StateMachine, StateMachineError};
 
 /// The data map: see the module docs for why it is hashed.
-pub(super) type DataMap = imbl::HashMap<DataKey, Bytes>;
+pub(super) type DataMap = imbl::HashMap<DataKey, Value>;
+/// Keys with an expiry, in expiry order: `(expire_at_ms, key)`.
+pub(super) type ExpiryIndex = imbl::OrdSet<(u64, DataKey)>;
+
+/// Most expired keys one timed entry removes as it applies.
+pub const EXPIRE_PER_ENTRY: usize = 16;
+
+/// A stored value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Value {
+    pub(super) bytes: Bytes,
+    /// Log index of the entry that last wrote the key (WATCH compares it).
+    pub(super) version: u64,
+    /// Unix milliseconds (log time) from which the key is gone; 0 = never.
+    pub(super) expire_at_ms: u64,
+}
 
 /// Longest key stored inside the map's node instead of in its own allocation.
 pub(super) const INLINE_KEY_BYTES: usize = 22;
@@ -74,6 +100,18 @@ impl PartialEq for DataKey {
 
 impl Eq for DataKey {}
 
+impl PartialOrd for DataKey {
+    fn partial_cmp(&self, other: &DataKey) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for DataKey {
+    fn cmp(&self, other: &DataKey) -> std::cmp::Ordering {
+        self.as_slice().cmp(other.as_slice())
+    }
+}
+
 impl std::fmt::Debug for DataKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{:?}", Bytes::copy_from_slice(self.as_slice()))
@@ -82,7 +120,7 @@ impl std::fmt::Debug for DataKey {
 
 /// Parses a value the way Redis's `string2ll` does: optional `-`, no `+`, no spaces, no
 /// leading zeros (except `0` itself), no `-0`, within `i64`.
-pub(super) fn parse_redis_integer(bytes: &[u8]) -> Option<i64> {
+pub fn parse_redis_integer(bytes: &[u8]) -> Option<i64> {
     let (negative, digits) = match bytes {
         [b'0'] => return Some(0),
         [b'-', rest @ ..] => (true, rest),
@@ -112,21 +150,25 @@ pub(super) fn parse_redis_integer(bytes: &[u8]) -> Option<i64> {
     }
 }
 
-/// The replicated KV store: data, client sessions and the applied index.
+/// The replicated KV store: data, expiry, client sessions, log time, applied index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KvStateMachine {
-    pub(super) data: DataMap,
+    pub(super) keyspace: Keyspace,
     pub(super) sessions: SessionTable,
     /// Index of the last applied entry; 0 before any.
     pub(super) applied_index: u64,
+    /// Log time: the largest time stamp of any applied entry (Unix ms; 0 before any).
+    /// Invariant: never decreases.
+    pub(super) log_time_ms: u64,
     limits: KvLimits,
 }
 
 /// A frozen, cheaply cloned view of the KV data for serving reads on other threads.
 #[derive(Debug, Clone)]
 pub struct KvReadView {
-    data: DataMap,
+    keyspace: Keyspace,
     applied_index: u64,
+    log_time_ms: u64,
 }
 
 impl KvReadView {
@@ -135,22 +177,11 @@ impl KvReadView {
         self.applied_index
     }
 
-    /// Answers a read-only command; write commands get [`KvError::NotReadOnly`].
-    pub fn query(&self, command: &Command<'_>) -> KvResponse {
-        read_command(&self.data, command)
-    }
-}
-
-fn read_command(data: &DataMap, command: &Command<'_>) -> KvResponse {
-    match command {
-        Command::Get { key } => KvResponse::Bulk(data.get(*key).cloned()),
-        Command::MGet { keys } => {
-            KvResponse::Array(keys.iter().map(|k| data.get(*k).cloned()).collect())
-        }
-        Command::Exists { keys } => {
-            KvResponse::Integer(keys.iter().filter(|k| data.contains_key(**k)).count() as i64)
-        }
-        other => KvResponse::Error(KvError::NotReadOnly(other.name())),
+    /// Answers a read-only command judged at `max(log time, now_ms)`; write commands
+    /// get [`KvError::NotReadOnly`].
+    pub fn query(&self, command: &Command<'_>, now_ms: u64) -> KvResponse {
+        self.keyspace
+            .read(command, self.log_time_ms.max(now_ms), self.applied_index)
     }
 }
 
@@ -164,9 +195,10 @@ impl KvStateMachine {
     /// An empty store.
     pub fn new(limits: KvLimits) -> Self {
         KvStateMachine {
-            data: DataMap::new(),
+            keyspace: Keyspace::default(),
             sessions: SessionTable::new(),
             applied_index: 0,
+            log_time_ms: 0,
             limits,
         }
     }
@@ -176,14 +208,14 @@ impl KvStateMachine {
         &self.limits
     }
 
-    /// Number of keys stored.
+    /// Number of keys stored (expired ones not yet removed included).
     pub fn len(&self) -> usize {
-        self.data.len()
+        self.keyspace.data.len()
     }
 
     /// True when no key is stored.
     pub fn is_empty(&self) -> bool {
-        self.data.is_empty()
+        self.keyspace.data.is_empty()
     }
 
     /// Number of client sessions remembered.
@@ -191,27 +223,46 @@ impl KvStateMachine {
         self.sessions.by_client.len()
     }
 
-    /// The value of `key`, if any.
-    pub fn get(&self, key: &[u8]) -> Option<&Bytes> {
-        self.data.get(key)
+    /// The log time (Unix ms): the largest stamp applied.
+    pub fn log_time_ms(&self) -> u64 {
+        self.log_time_ms
     }
 
-    /// All key-value pairs, in no particular order (for tests and tools).
+    /// The value of `key`, if stored and not expired at log time.
+    pub fn get(&self, key: &[u8]) -> Option<&Bytes> {
+        self.keyspace.live(key, self.log_time_ms).map(|v| &v.bytes)
+    }
+
+    /// The expiry (Unix ms) of a stored `key`, if it has one.
+    pub fn expire_at_ms(&self, key: &[u8]) -> Option<u64> {
+        self.keyspace
+            .data
+            .get(key)
+            .map(|v| v.expire_at_ms)
+            .filter(|&at| at != 0)
+    }
+
+    /// All stored key-value pairs, in no particular order (for tests and tools).
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &Bytes)> {
-        self.data.iter().map(|(key, value)| (key.as_slice(), value))
+        self.keyspace
+            .data
+            .iter()
+            .map(|(key, value)| (key.as_slice(), &value.bytes))
     }
 
     /// An O(1) frozen view for reads on other threads.
     pub fn read_view(&self) -> KvReadView {
         KvReadView {
-            data: self.data.clone(),
+            keyspace: self.keyspace.clone(),
             applied_index: self.applied_index,
+            log_time_ms: self.log_time_ms,
         }
     }
 
-    /// Answers a read-only command from the current state.
+    /// Answers a read-only command from the current state, judged at log time.
     pub fn query_command(&self, command: &Command<'_>) -> KvResponse {
-        read_command(&self.data, command)
+        self.keyspace
+            .read(command, self.log_time_ms, self.applied_index)
     }
 
     /// Applies one entry; see [`StateMachine::apply`].
@@ -220,8 +271,26 @@ impl KvStateMachine {
             Ok(request) => request,
             Err(error) => return KvResponse::Error(KvError::Malformed(error)),
         };
-        let Some(session) = request.session else {
-            return self.execute(&request.command);
+        if let Some(time_ms) = request.time_ms {
+            self.log_time_ms = self.log_time_ms.max(time_ms);
+        }
+        let reply = self.apply_request(index, request.session, &request.command);
+        if request.time_ms.is_some() {
+            self.keyspace
+                .remove_expired(self.log_time_ms, index, EXPIRE_PER_ENTRY);
+        }
+        reply
+    }
+
+    fn apply_request(
+        &mut self,
+        index: u64,
+        session: Option<super::ClientSession>,
+        command: &Command<'_>,
+    ) -> KvResponse {
+        let now_ms = self.log_time_ms;
+        let Some(session) = session else {
+            return self.keyspace.execute(command, index, now_ms, &self.limits);
         };
         match self.sessions.check(session) {
             SessionCheck::Duplicate(reply) => reply,
@@ -231,7 +300,7 @@ impl KvStateMachine {
                 last_sequence,
             }),
             SessionCheck::New => {
-                let reply = self.execute(&request.command);
+                let reply = self.keyspace.execute(command, index, now_ms, &self.limits);
                 let record = SessionRecord {
                     last_sequence: session.sequence,
                     last_index: index,
@@ -240,58 +309,6 @@ impl KvStateMachine {
                 self.sessions
                     .record(session.client_id, record, self.limits.max_sessions);
                 reply
-            }
-        }
-    }
-
-    fn execute(&mut self, command: &Command<'_>) -> KvResponse {
-        match command {
-            Command::Get { .. } | Command::MGet { .. } | Command::Exists { .. } => {
-                read_command(&self.data, command)
-            }
-            Command::Set { key, value } => {
-                self.data
-                    .insert(DataKey::new(key), Bytes::copy_from_slice(value));
-                KvResponse::Ok
-            }
-            Command::MSet { pairs } => {
-                for (key, value) in pairs {
-                    self.data
-                        .insert(DataKey::new(key), Bytes::copy_from_slice(value));
-                }
-                KvResponse::Ok
-            }
-            Command::Del { keys } => {
-                let removed = keys
-                    .iter()
-                    .filter(|k| self.data.remove(**k).is_some())
-                    .count();
-                KvResponse::Integer(removed as i64)
-            }
-            Command::Incr { key } => {
-                let current = match self.data.get(*key) {
-                    None => 0,
-                    Some(value) => match parse_redis_integer(value) {
-                        Some(n) => n,
-                        None => return KvResponse::Error(KvError::NotAnInteger),
-                    },
-                };
-                let Some(next) = current.checked_add(1) else {
-                    return KvResponse::Error(KvError::IncrOverflow);
-                };
-                self.data.insert(
-                    DataKey::new(key),
-                    Bytes::from(next.to_string().into_bytes()),
-                );
-                KvResponse::Integer(next)
-            }
-            Command::Cas { key, expected, new } => {
-                let swap = self.data.get(*key).is_some_and(|v| v.as_ref() == *expected);
-                if swap {
-                    self.data
-                        .insert(DataKey::new(key), Bytes::copy_from_slice(new));
-                }
-                KvResponse::Integer(i64::from(swap))
             }
         }
     }
@@ -319,10 +336,16 @@ impl StateMachine for KvStateMachine {
         Ok(responses)
     }
 
-    /// `request` is an encoded request (session ignored) holding GET, MGET or EXISTS.
+    /// `request` is an encoded request (session ignored) holding a read-only command;
+    /// its time stamp (the serving node's clock) is the "now" of the read, never
+    /// behind the log time.
     fn query(&self, request: &[u8]) -> KvResponse {
         match decode_request(request, &self.limits) {
-            Ok(request) => self.query_command(&request.command),
+            Ok(request) => {
+                let now_ms = self.log_time_ms.max(request.time_ms.unwrap_or(0));
+                self.keyspace
+                    .read(&request.command, now_ms, self.applied_index)
+            }
             Err(error) => KvResponse::Error(KvError::Malformed(error)),
         }
     }
@@ -333,9 +356,10 @@ impl StateMachine for KvStateMachine {
 
     fn snapshot(&self) -> Box<dyn SnapshotSource> {
         Box::new(KvSnapshot {
-            data: self.data.clone(),
+            keyspace: self.keyspace.clone(),
             sessions: self.sessions.clone(),
             applied_index: self.applied_index,
+            log_time_ms: self.log_time_ms,
         })
     }
 

@@ -32,23 +32,40 @@
 //! byte for byte. A missing key never matches (reply 0, the key stays missing): an empty
 //! `expected` does not stand for "absent", because the empty string is a real value.
 //!
+//! # Time, expiry, transactions
+//! Every replica must agree on what has expired, so expiry is judged by *log time*
+//! (the largest leader time stamp applied; see `machine`), never by a replica's clock,
+//! and expired keys are removed only by applying entries. A transaction (`MULTI`..`EXEC`)
+//! is ONE entry ([`Command::Multi`]): all its commands apply together or, when a watched
+//! key's version (the index of the entry that last wrote it) passed the WATCH read's
+//! index, none does.
+//!
 //! # Layout
 //! One concern per file: `command` (the command model, limits, replies), `codec` (the
 //! log payload encoding), `session` (exactly-once table), `machine` (the state
-//! machine and its read views), [`snapshot`] (the snapshot stream, writer and readers).
+//! machine, log time, read views), `keyspace` (values, expiry index, every command's
+//! semantics), `glob` (KEYS/SCAN patterns), [`snapshot`] (the snapshot stream, writer
+//! and readers).
 
 mod codec;
 mod command;
+mod glob;
+mod keyspace;
 mod machine;
 mod session;
 pub mod snapshot;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_commands;
 
 pub use codec::{
-    decode_request, encode_request, KvDecodeError, KvEncodeError, REQUEST_FORMAT_VERSION,
-    REQUEST_HEADER_BYTES,
+    decode_request, encode_request, encode_request_at, KvDecodeError, KvEncodeError,
+    REQUEST_FORMAT_VERSION, REQUEST_FORMAT_VERSION_TIMED, REQUEST_HEADER_BYTES,
 };
-pub use command::{ClientSession, Command, KvError, KvLimits, KvResponse, Request};
-pub use machine::{KvReadView, KvStateMachine};
+pub use command::{
+    ClientSession, Command, ExpireCondition, Expiry, GetExTtl, KvError, KvLimits, KvResponse,
+    Request, SetCondition, SetOptions, SetTtl, WatchedKey,
+};
+pub use machine::{parse_redis_integer, KvReadView, KvStateMachine, EXPIRE_PER_ENTRY};
 pub use snapshot::{read_stream, KvSnapshotContents, KvSnapshotSession};

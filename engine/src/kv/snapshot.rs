@@ -1,6 +1,8 @@
-//! The KV snapshot stream (format 1): the writer a background thread runs over a frozen
-//! view, restore, and [`read_stream`] for inspection tools. Keys are written sorted so
-//! the bytes are a pure function of the state.
+//! The KV snapshot stream (format 2; format 1 is still read): the writer a background
+//! thread runs over a frozen view, restore, and [`read_stream`] for inspection tools.
+//! Keys are written sorted so the bytes are a pure function of the state. Format 2 adds
+//! the log time, the removal mark and, per key, its version and expiry time: a restored
+//! replica judges expiry and WATCH exactly as the one that wrote the snapshot.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -8,30 +10,40 @@ use std::io::{Read, Write};
 use bytes::Bytes;
 
 use super::command::{KvError, KvLimits, KvResponse};
-use super::machine::{DataKey, DataMap, KvStateMachine};
+use super::keyspace::Keyspace;
+use super::machine::{DataKey, KvStateMachine, Value};
 use super::session::{SessionRecord, SessionTable};
 use crate::state_machine::{SnapshotSource, StateMachineError};
 
 const SNAPSHOT_MAGIC: [u8; 4] = *b"TKVS";
-const SNAPSHOT_FORMAT_VERSION: u8 = 1;
+const SNAPSHOT_FORMAT_V1: u8 = 1;
+const SNAPSHOT_FORMAT_VERSION: u8 = 2;
+/// Deepest nesting of a remembered reply (EXEC of a SCAN is 2).
+const MAX_REPLY_DEPTH: usize = 4;
 
 /// A frozen KV state for a background snapshot writer.
 ///
-/// Snapshot format 1 (little-endian), followed by nothing:
+/// Snapshot format 2 (little-endian), followed by nothing:
 /// ```text
 /// "TKVS" u8 version u64 applied_index
+/// u64 log_time_ms u64 last_removal_index                     (format 2 only)
 /// u64 n_sessions, then per session in client-id order:
 ///     u64 client_id u64 last_sequence u64 last_index  response
 /// u64 n_entries, then per entry in key order: u32 len key u32 len value
+///     u64 version u64 expire_at_ms (0 = none)                 (format 2 only)
 /// u32 CRC-32 of every preceding byte
 /// response: u8 tag; 0 OK | 1 i64 | 2 null bulk | 3 u32 len bytes |
 ///           4 u32 n then n x (u8 0 null | u8 1 u32 len bytes) | 5 u8 error code (1 not an
-///           integer, 2 overflow)
+///           integer, 2 overflow, 3 not a float, 4 float overflow, 5 string too long,
+///           6 no such key, 7 invalid expire time + u8 command: 1 set, 2 getex, 3 expire) |
+///           6 u8 status (1 string, 2 none) | 7 null array | 8 u32 n then n responses |
+///           9 u64 index u32 n then n x u8 exists
 /// ```
 pub(super) struct KvSnapshot {
-    pub(super) data: DataMap,
+    pub(super) keyspace: Keyspace,
     pub(super) sessions: SessionTable,
     pub(super) applied_index: u64,
+    pub(super) log_time_ms: u64,
 }
 
 /// Counts and checksums everything written through it.
@@ -92,6 +104,51 @@ fn write_response(out: &mut dyn Write, response: &KvResponse) -> Result<(), Stat
         }
         KvResponse::Error(KvError::NotAnInteger) => out.write_all(&[5, 1])?,
         KvResponse::Error(KvError::IncrOverflow) => out.write_all(&[5, 2])?,
+        KvResponse::Error(KvError::NotAFloat) => out.write_all(&[5, 3])?,
+        KvResponse::Error(KvError::FloatOverflow) => out.write_all(&[5, 4])?,
+        KvResponse::Error(KvError::StringTooLong) => out.write_all(&[5, 5])?,
+        KvResponse::Error(KvError::NoSuchKey) => out.write_all(&[5, 6])?,
+        KvResponse::Error(KvError::InvalidExpireTime(command)) => {
+            let code = match *command {
+                "set" => 1,
+                "getex" => 2,
+                "expire" => 3,
+                other => {
+                    return Err(StateMachineError::Fatal(format!(
+                        "session table holds an expire-time error of '{other}'"
+                    )))
+                }
+            };
+            out.write_all(&[5, 7, code])?;
+        }
+        KvResponse::Status(status) => {
+            let code = match *status {
+                "string" => 1,
+                "none" => 2,
+                other => {
+                    return Err(StateMachineError::Fatal(format!(
+                        "session table holds an unknown status '{other}'"
+                    )))
+                }
+            };
+            out.write_all(&[6, code])?;
+        }
+        KvResponse::NullArray => out.write_all(&[7])?,
+        KvResponse::Nested(items) => {
+            out.write_all(&[8])?;
+            out.write_all(&(items.len() as u32).to_le_bytes())?;
+            for item in items {
+                write_response(out, item)?;
+            }
+        }
+        KvResponse::Watched { index, exists } => {
+            out.write_all(&[9])?;
+            out.write_all(&index.to_le_bytes())?;
+            out.write_all(&(exists.len() as u32).to_le_bytes())?;
+            for &exists in exists {
+                out.write_all(&[u8::from(exists)])?;
+            }
+        }
         KvResponse::Error(other) => {
             // Only replies of executed commands are remembered; stale/malformed/read-path
             // errors are produced before execution and never reach the session table.
@@ -117,6 +174,8 @@ impl SnapshotSource for KvSnapshot {
         writer.write_all(&SNAPSHOT_MAGIC)?;
         writer.write_all(&[SNAPSHOT_FORMAT_VERSION])?;
         writer.write_all(&self.applied_index.to_le_bytes())?;
+        writer.write_all(&self.log_time_ms.to_le_bytes())?;
+        writer.write_all(&self.keyspace.last_removal_index.to_le_bytes())?;
         writer.write_all(&(self.sessions.by_client.len() as u64).to_le_bytes())?;
         for (client_id, record) in &self.sessions.by_client {
             writer.write_all(&client_id.to_le_bytes())?;
@@ -124,17 +183,19 @@ impl SnapshotSource for KvSnapshot {
             writer.write_all(&record.last_index.to_le_bytes())?;
             write_response(&mut writer, &record.reply)?;
         }
-        writer.write_all(&(self.data.len() as u64).to_le_bytes())?;
+        let data = &self.keyspace.data;
+        writer.write_all(&(data.len() as u64).to_le_bytes())?;
         // Key order makes the bytes a pure function of the state (the map is hashed).
-        let mut pairs: Vec<(&[u8], &Bytes)> = self
-            .data
+        let mut pairs: Vec<(&[u8], &Value)> = data
             .iter()
             .map(|(key, value)| (key.as_slice(), value))
             .collect();
         pairs.sort_unstable_by(|a, b| a.0.cmp(b.0));
         for (key, value) in pairs {
             write_len_bytes(&mut writer, key)?;
-            write_len_bytes(&mut writer, value)?;
+            write_len_bytes(&mut writer, &value.bytes)?;
+            writer.write_all(&value.version.to_le_bytes())?;
+            writer.write_all(&value.expire_at_ms.to_le_bytes())?;
         }
         let crc = writer.hasher.clone().finalize();
         writer.inner.write_all(&crc.to_le_bytes())?;
@@ -211,7 +272,22 @@ fn truncated_is_corrupt(error: std::io::Error) -> StateMachineError {
 fn read_response(
     reader: &mut ChecksumReader<'_>,
     limits: &KvLimits,
+    depth: usize,
 ) -> Result<KvResponse, StateMachineError> {
+    if depth > MAX_REPLY_DEPTH {
+        return Err(corrupt("remembered reply nested too deep"));
+    }
+    let read_count = |reader: &mut ChecksumReader<'_>| -> Result<u32, StateMachineError> {
+        let count = reader.u32()?;
+        if count as usize > limits.max_arguments {
+            return Err(StateMachineError::SnapshotLimitExceeded {
+                what: "reply array length",
+                found: u64::from(count),
+                limit: limits.max_arguments as u64,
+            });
+        }
+        Ok(count)
+    };
     Ok(match reader.u8()? {
         0 => KvResponse::Ok,
         1 => KvResponse::Integer(i64::from_le_bytes(reader.read_array()?)),
@@ -236,11 +312,48 @@ fn read_response(
             }
             KvResponse::Array(items)
         }
-        5 => match reader.u8()? {
-            1 => KvResponse::Error(KvError::NotAnInteger),
-            2 => KvResponse::Error(KvError::IncrOverflow),
+        5 => KvResponse::Error(match reader.u8()? {
+            1 => KvError::NotAnInteger,
+            2 => KvError::IncrOverflow,
+            3 => KvError::NotAFloat,
+            4 => KvError::FloatOverflow,
+            5 => KvError::StringTooLong,
+            6 => KvError::NoSuchKey,
+            7 => KvError::InvalidExpireTime(match reader.u8()? {
+                1 => "set",
+                2 => "getex",
+                3 => "expire",
+                code => return Err(corrupt(format!("bad expire command code {code}"))),
+            }),
             code => return Err(corrupt(format!("bad error code {code}"))),
-        },
+        }),
+        6 => KvResponse::Status(match reader.u8()? {
+            1 => "string",
+            2 => "none",
+            code => return Err(corrupt(format!("bad status code {code}"))),
+        }),
+        7 => KvResponse::NullArray,
+        8 => {
+            let count = read_count(reader)?;
+            let mut items = Vec::new();
+            for _ in 0..count {
+                items.push(read_response(reader, limits, depth + 1)?);
+            }
+            KvResponse::Nested(items)
+        }
+        9 => {
+            let index = reader.u64()?;
+            let count = read_count(reader)?;
+            let mut exists = Vec::new();
+            for _ in 0..count {
+                exists.push(match reader.u8()? {
+                    0 => false,
+                    1 => true,
+                    flag => return Err(corrupt(format!("bad exists flag {flag}"))),
+                });
+            }
+            KvResponse::Watched { index, exists }
+        }
         tag => return Err(corrupt(format!("bad reply tag {tag}"))),
     })
 }
@@ -263,6 +376,10 @@ pub struct KvSnapshotSession {
 pub struct KvSnapshotContents {
     /// Index of the last entry the snapshot reflects.
     pub applied_index: u64,
+    /// The log time (Unix ms) expiry is judged by (0 in format 1).
+    pub log_time_ms: u64,
+    /// Keys with an expiry and its Unix ms time, in key order (none in format 1).
+    pub expiries: Vec<(Bytes, u64)>,
     /// The session table in client-id order, as stored (before any eviction a smaller
     /// `max_sessions` would make on restore).
     pub sessions: Vec<KvSnapshotSession>,
@@ -279,6 +396,8 @@ pub fn read_stream(
 ) -> Result<KvSnapshotContents, StateMachineError> {
     let mut contents = KvSnapshotContents {
         applied_index: 0,
+        log_time_ms: 0,
+        expiries: Vec::new(),
         sessions: Vec::new(),
         entries: Vec::new(),
     };
@@ -288,26 +407,32 @@ pub fn read_stream(
 
 /// Receives the parts of a stream as [`parse_stream`] checks them.
 trait StreamSink {
-    fn applied_index(&mut self, applied_index: u64);
+    fn header(&mut self, applied_index: u64, log_time_ms: u64, last_removal_index: u64);
     fn session(&mut self, session: KvSnapshotSession);
-    fn entry(&mut self, key: Bytes, value: Bytes);
+    fn entry(&mut self, key: Bytes, value: Value);
 }
 
 impl StreamSink for KvSnapshotContents {
-    fn applied_index(&mut self, applied_index: u64) {
+    fn header(&mut self, applied_index: u64, log_time_ms: u64, _last_removal_index: u64) {
         self.applied_index = applied_index;
+        self.log_time_ms = log_time_ms;
     }
     fn session(&mut self, session: KvSnapshotSession) {
         self.sessions.push(session);
     }
-    fn entry(&mut self, key: Bytes, value: Bytes) {
-        self.entries.push((key, value));
+    fn entry(&mut self, key: Bytes, value: Value) {
+        if value.expire_at_ms != 0 {
+            self.expiries.push((key.clone(), value.expire_at_ms));
+        }
+        self.entries.push((key, value.bytes));
     }
 }
 
 impl StreamSink for KvStateMachine {
-    fn applied_index(&mut self, applied_index: u64) {
+    fn header(&mut self, applied_index: u64, log_time_ms: u64, last_removal_index: u64) {
         self.applied_index = applied_index;
+        self.log_time_ms = log_time_ms;
+        self.keyspace.last_removal_index = last_removal_index;
     }
     fn session(&mut self, session: KvSnapshotSession) {
         // `parse_stream` checked that clients and last indexes are unique.
@@ -323,8 +448,14 @@ impl StreamSink for KvStateMachine {
             },
         );
     }
-    fn entry(&mut self, key: Bytes, value: Bytes) {
-        self.data.insert(DataKey::new(&key), value);
+    fn entry(&mut self, key: Bytes, value: Value) {
+        let expire_at_ms = value.expire_at_ms;
+        self.keyspace.data.insert(DataKey::new(&key), value);
+        if expire_at_ms != 0 {
+            self.keyspace
+                .expiries
+                .insert((expire_at_ms, DataKey::new(&key)));
+        }
     }
 }
 
@@ -353,16 +484,25 @@ fn parse_stream(
         return Err(corrupt("bad magic"));
     }
     let version = reader.u8()?;
-    if version != SNAPSHOT_FORMAT_VERSION {
+    if version != SNAPSHOT_FORMAT_VERSION && version != SNAPSHOT_FORMAT_V1 {
         return Err(StateMachineError::UnsupportedSnapshotVersion {
             found: version,
             supported: SNAPSHOT_FORMAT_VERSION,
         });
     }
+    let timed = version == SNAPSHOT_FORMAT_VERSION;
     let applied_index = reader.u64()?;
-    sink.applied_index(applied_index);
+    let (log_time_ms, last_removal_index) = if timed {
+        (reader.u64()?, reader.u64()?)
+    } else {
+        (0, 0)
+    };
+    if last_removal_index > applied_index {
+        return Err(corrupt("removal mark past the applied index"));
+    }
+    sink.header(applied_index, log_time_ms, last_removal_index);
     parse_sessions(&mut reader, limits, applied_index, sink)?;
-    parse_entries(&mut reader, limits, sink)?;
+    parse_entries(&mut reader, limits, applied_index, timed, sink)?;
     check_trailer(reader)
 }
 
@@ -379,7 +519,7 @@ fn parse_sessions(
         let client_id = reader.u64()?;
         let last_sequence = reader.u64()?;
         let last_index = reader.u64()?;
-        let reply = read_response(reader, limits)?;
+        let reply = read_response(reader, limits, 0)?;
         if client_id == 0 || last_sequence == 0 {
             return Err(corrupt("session with zero client id or sequence"));
         }
@@ -406,6 +546,8 @@ fn parse_sessions(
 fn parse_entries(
     reader: &mut ChecksumReader<'_>,
     limits: &KvLimits,
+    applied_index: u64,
+    timed: bool,
     sink: &mut dyn StreamSink,
 ) -> Result<(), StateMachineError> {
     let n_entries = reader.u64()?;
@@ -417,7 +559,22 @@ fn parse_entries(
             return Err(corrupt("keys not in increasing order"));
         }
         previous_key = Some(key.clone());
-        sink.entry(key, value);
+        let (version, expire_at_ms) = if timed {
+            (reader.u64()?, reader.u64()?)
+        } else {
+            (0, 0)
+        };
+        if version > applied_index {
+            return Err(corrupt("key version past the applied index"));
+        }
+        sink.entry(
+            key,
+            Value {
+                bytes: value,
+                version,
+                expire_at_ms,
+            },
+        );
     }
     Ok(())
 }

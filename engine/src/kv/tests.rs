@@ -549,7 +549,7 @@ fn read_view_does_not_see_later_writes() {
     );
     assert_eq!(view.applied_index(), 1);
     assert_eq!(
-        view.query(&Command::Get { key: b"a" }),
+        view.query(&Command::Get { key: b"a" }, 0),
         KvResponse::Bulk(bulk(b"1"))
     );
     assert_eq!(
@@ -557,7 +557,7 @@ fn read_view_does_not_see_later_writes() {
         KvResponse::Bulk(bulk(b"2"))
     );
     assert_eq!(
-        view.query(&Command::Incr { key: b"a" }),
+        view.query(&Command::Incr { key: b"a" }, 0),
         KvResponse::Error(KvError::NotReadOnly("incr"))
     );
 }
@@ -953,7 +953,7 @@ proptest! {
         let cmd = command(&op);
         let bytes = encode(header, &cmd);
         let decoded = decode_request(&bytes, &KvLimits::default()).expect("decode");
-        prop_assert_eq!(decoded, Request { session: header, command: cmd });
+        prop_assert_eq!(decoded, Request { session: header, time_ms: None, command: cmd });
     }
 }
 

@@ -4,8 +4,14 @@
 //! joint consensus (Raft §6: decisions need a majority of the old AND of the new voter
 //! set) and learners (members that replicate but never vote) need no change to the
 //! election, commit or lease code.
+//!
+//! A configuration also names where each member is (peer and client address) and which
+//! incarnation of it was admitted: the log is the authority on membership, so a
+//! restarted or joining node learns from it whom to dial, and a member id that comes
+//! back with a different incarnation (an emptied directory) is told apart from the
+//! member the log knows. Encoding v2 carries that; v1 (ids only) still decodes.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -14,6 +20,25 @@ use super::types::NodeId;
 /// Largest membership an encoded configuration may declare; bounds allocation when
 /// decoding a configuration entry read from disk or the wire.
 pub const MAX_MEMBERS: usize = 1024;
+
+/// Longest peer or client address an encoded configuration may carry.
+pub const MAX_MEMBER_ADDR_BYTES: usize = 255;
+
+/// First word of a v2 encoding. Above [`MAX_MEMBERS`], so a v1 decoder refuses it
+/// (too many members) instead of misreading it, and v1 data (which starts with the
+/// voter count) is never taken for v2.
+const CONFIG_V2_MARKER: u32 = 0x5443_4632;
+
+/// Where a member is and which incarnation of it the cluster admitted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// Address peers dial (empty: unknown, taken from the operator's `--peer`).
+    pub peer_addr: String,
+    /// Address clients are redirected to (empty: unknown).
+    pub client_addr: String,
+    /// Random id the member drew when its directory was created; 0: not recorded yet.
+    pub incarnation: u64,
+}
 
 /// A cluster membership.
 ///
@@ -27,6 +52,9 @@ pub struct Configuration {
     pub outgoing_voters: BTreeSet<NodeId>,
     /// Members that receive the log but do not vote or count toward any quorum.
     pub learners: BTreeSet<NodeId>,
+    /// Addresses and incarnations, by member. Invariant: keys are members (a member
+    /// may have no entry: nothing known about it yet).
+    pub info: BTreeMap<NodeId, MemberInfo>,
 }
 
 /// Why an encoded configuration could not be decoded.
@@ -36,6 +64,12 @@ pub enum ConfigDecodeError {
     Truncated,
     #[error("configuration declares {declared} members, more than the limit {limit}")]
     TooManyMembers { declared: usize, limit: usize },
+    #[error("member address of {len} bytes exceeds the limit {limit}")]
+    AddressTooLong { len: usize, limit: usize },
+    #[error("member address is not UTF-8")]
+    AddressNotUtf8,
+    #[error("member information for {0}, which is not a member")]
+    InfoForNonMember(NodeId),
 }
 
 impl Configuration {
@@ -45,7 +79,24 @@ impl Configuration {
             voters: voters.into_iter().collect(),
             outgoing_voters: BTreeSet::new(),
             learners: BTreeSet::new(),
+            info: BTreeMap::new(),
         }
+    }
+
+    /// Whether `id` is a voter (either half) or a learner.
+    pub fn is_member(&self, id: NodeId) -> bool {
+        self.is_voter(id) || self.learners.contains(&id)
+    }
+
+    /// What the configuration records about `id` (default when nothing).
+    pub fn info_of(&self, id: NodeId) -> MemberInfo {
+        self.info.get(&id).cloned().unwrap_or_default()
+    }
+
+    /// Drops information about ids that are no longer members (keeps the invariant).
+    pub fn prune_info(&mut self) {
+        let members = self.members();
+        self.info.retain(|id, _| members.contains(id));
     }
 
     /// True while in joint consensus (C_old,new).
@@ -98,9 +149,34 @@ impl Configuration {
         }
     }
 
-    /// Encodes as the data of an [`super::EntryKind::Config`] entry:
-    /// three length-prefixed lists of little-endian u64 ids.
+    /// Encodes as the data of an [`super::EntryKind::Config`] entry (v2): the marker,
+    /// three length-prefixed lists of little-endian u64 ids (voters, outgoing voters,
+    /// learners), then a count and per member `id, incarnation, u16 peer address
+    /// length, bytes, u16 client address length, bytes`.
     pub fn encode(&self) -> Bytes {
+        let mut out = BytesMut::new();
+        out.put_u32_le(CONFIG_V2_MARKER);
+        for set in [&self.voters, &self.outgoing_voters, &self.learners] {
+            out.put_u32_le(set.len() as u32);
+            for id in set {
+                out.put_u64_le(*id);
+            }
+        }
+        out.put_u32_le(self.info.len() as u32);
+        for (id, info) in &self.info {
+            out.put_u64_le(*id);
+            out.put_u64_le(info.incarnation);
+            for addr in [&info.peer_addr, &info.client_addr] {
+                let bytes = &addr.as_bytes()[..addr.len().min(MAX_MEMBER_ADDR_BYTES)];
+                out.put_u16_le(bytes.len() as u16);
+                out.put_slice(bytes);
+            }
+        }
+        out.freeze()
+    }
+
+    /// The v1 encoding (ids only), as nodes before member information wrote it.
+    pub fn encode_v1(&self) -> Bytes {
         let mut out = BytesMut::new();
         for set in [&self.voters, &self.outgoing_voters, &self.learners] {
             out.put_u32_le(set.len() as u32);
@@ -111,20 +187,16 @@ impl Configuration {
         out.freeze()
     }
 
-    /// Decodes [`Configuration::encode`] output, bounding every length first.
+    /// Decodes [`Configuration::encode`] (v2) or [`Configuration::encode_v1`] output,
+    /// bounding every length first.
     pub fn decode(mut data: &[u8]) -> Result<Configuration, ConfigDecodeError> {
+        let v2 = data.len() >= 4 && data[..4] == CONFIG_V2_MARKER.to_le_bytes();
+        if v2 {
+            data.advance(4);
+        }
         let mut sets: [BTreeSet<NodeId>; 3] = Default::default();
         for set in sets.iter_mut() {
-            if data.remaining() < 4 {
-                return Err(ConfigDecodeError::Truncated);
-            }
-            let declared = data.get_u32_le() as usize;
-            if declared > MAX_MEMBERS {
-                return Err(ConfigDecodeError::TooManyMembers {
-                    declared,
-                    limit: MAX_MEMBERS,
-                });
-            }
+            let declared = read_count(&mut data)?;
             if data.remaining() < declared * 8 {
                 return Err(ConfigDecodeError::Truncated);
             }
@@ -133,12 +205,71 @@ impl Configuration {
             }
         }
         let [voters, outgoing_voters, learners] = sets;
-        Ok(Configuration {
+        let mut configuration = Configuration {
             voters,
             outgoing_voters,
             learners,
-        })
+            info: BTreeMap::new(),
+        };
+        if v2 {
+            let declared = read_count(&mut data)?;
+            for _ in 0..declared {
+                if data.remaining() < 16 {
+                    return Err(ConfigDecodeError::Truncated);
+                }
+                let id = data.get_u64_le();
+                let incarnation = data.get_u64_le();
+                let peer_addr = read_addr(&mut data)?;
+                let client_addr = read_addr(&mut data)?;
+                if !configuration.is_member(id) {
+                    return Err(ConfigDecodeError::InfoForNonMember(id));
+                }
+                configuration.info.insert(
+                    id,
+                    MemberInfo {
+                        peer_addr,
+                        client_addr,
+                        incarnation,
+                    },
+                );
+            }
+        }
+        Ok(configuration)
     }
+}
+
+fn read_count(data: &mut &[u8]) -> Result<usize, ConfigDecodeError> {
+    if data.remaining() < 4 {
+        return Err(ConfigDecodeError::Truncated);
+    }
+    let declared = data.get_u32_le() as usize;
+    if declared > MAX_MEMBERS {
+        return Err(ConfigDecodeError::TooManyMembers {
+            declared,
+            limit: MAX_MEMBERS,
+        });
+    }
+    Ok(declared)
+}
+
+fn read_addr(data: &mut &[u8]) -> Result<String, ConfigDecodeError> {
+    if data.remaining() < 2 {
+        return Err(ConfigDecodeError::Truncated);
+    }
+    let len = data.get_u16_le() as usize;
+    if len > MAX_MEMBER_ADDR_BYTES {
+        return Err(ConfigDecodeError::AddressTooLong {
+            len,
+            limit: MAX_MEMBER_ADDR_BYTES,
+        });
+    }
+    if data.remaining() < len {
+        return Err(ConfigDecodeError::Truncated);
+    }
+    let text = std::str::from_utf8(&data[..len]).map_err(|_| ConfigDecodeError::AddressNotUtf8)?;
+    let text = text.to_string();
+    data.advance(len);
+    Ok(text)
 }
 
 /// Outcome of counting votes.
@@ -220,6 +351,69 @@ mod tests {
         assert!(matches!(
             Configuration::decode(&huge),
             Err(ConfigDecodeError::TooManyMembers { .. })
+        ));
+    }
+
+    fn with_info() -> Configuration {
+        let mut config = Configuration::new([1, 2]);
+        config.learners.insert(3);
+        config.info.insert(
+            1,
+            MemberInfo {
+                peer_addr: "10.0.0.1:7001".into(),
+                client_addr: "10.0.0.1:6379".into(),
+                incarnation: 0xfeed,
+            },
+        );
+        config.info.insert(
+            3,
+            MemberInfo {
+                peer_addr: "10.0.0.3:7001".into(),
+                client_addr: String::new(),
+                incarnation: 7,
+            },
+        );
+        config
+    }
+
+    #[test]
+    fn v2_configuration_round_trips_addresses_and_incarnations() {
+        let config = with_info();
+        let encoded = config.encode();
+        assert_eq!(Configuration::decode(&encoded), Ok(config));
+        for cut in 0..encoded.len() {
+            assert!(
+                Configuration::decode(&encoded[..cut]).is_err(),
+                "a truncation at {cut} decoded"
+            );
+        }
+    }
+
+    #[test]
+    fn v1_encoding_still_decodes_without_member_information() {
+        let config = with_info();
+        let decoded = Configuration::decode(&config.encode_v1()).expect("v1 decodes");
+        assert_eq!(decoded.voters, config.voters);
+        assert_eq!(decoded.learners, config.learners);
+        assert!(decoded.info.is_empty());
+    }
+
+    #[test]
+    fn v2_refuses_info_for_a_non_member_and_oversized_addresses() {
+        let mut config = with_info();
+        config.info.insert(9, MemberInfo::default());
+        assert_eq!(
+            Configuration::decode(&config.encode()),
+            Err(ConfigDecodeError::InfoForNonMember(9))
+        );
+        let mut encoded = BytesMut::from(&with_info().encode()[..]);
+        // The first member's peer address length sits after marker, three sets
+        // (4 + 16, 4, 4 + 8), the info count (4) and id + incarnation (16).
+        let at = 4 + 20 + 4 + 12 + 4 + 16;
+        encoded[at..at + 2].copy_from_slice(&(MAX_MEMBER_ADDR_BYTES as u16 + 1).to_le_bytes());
+        assert!(matches!(
+            Configuration::decode(&encoded),
+            Err(ConfigDecodeError::AddressTooLong { .. })
         ));
     }
 }

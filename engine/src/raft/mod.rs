@@ -28,7 +28,7 @@ pub mod progress;
 pub mod snapshot;
 pub mod types;
 
-pub use config::{Configuration, VoteResult};
+pub use config::{Configuration, MemberInfo, VoteResult};
 pub use log::RaftLog;
 pub use message::{
     AppendEntries, AppendEntriesResponse, ConflictHint, InstallSnapshot, InstallSnapshotResponse,

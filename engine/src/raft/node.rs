@@ -738,11 +738,27 @@ impl RaftNode {
     /// Starts a membership change to `voters` and `learners` through joint consensus:
     /// the leader appends C_old,new (decisions need both majorities), and once that is
     /// committed, appends C_new on its own. One change at a time. Returns the index of
-    /// the joint entry.
+    /// the joint entry. Member information of the current configuration is kept.
     pub fn propose_configuration_change(
         &mut self,
         voters: impl IntoIterator<Item = NodeId>,
         learners: impl IntoIterator<Item = NodeId>,
+    ) -> Result<u64, ConfigChangeError> {
+        let mut target = Configuration::new(voters);
+        target.learners = learners.into_iter().collect();
+        target.info = self.configuration.info.clone();
+        self.propose_configuration(target)
+    }
+
+    /// Starts a change to `target` (its voters, learners and member information; its
+    /// `outgoing_voters` are ignored). When the voters change this goes through joint
+    /// consensus as [`RaftNode::propose_configuration_change`]; when they stay the same
+    /// (a learner added or removed, member information recorded) no quorum changes, so
+    /// `target` is appended directly as a simple configuration. Returns the index of
+    /// the first entry of the change.
+    pub fn propose_configuration(
+        &mut self,
+        mut target: Configuration,
     ) -> Result<u64, ConfigChangeError> {
         if self.role != Role::Leader || self.fatal.is_some() {
             return Err(ConfigChangeError::NotLeader {
@@ -752,25 +768,53 @@ impl RaftNode {
         if self.transfer.is_some() {
             return Err(ConfigChangeError::TransferInProgress);
         }
-        if self.configuration.is_joint() || self.latest_configuration_index() > self.log.committed()
-        {
+        if self.membership_change_in_progress() {
             return Err(ConfigChangeError::ChangeInProgress);
         }
-        let mut joint = Configuration::new(voters);
-        if joint.voters.is_empty() {
+        if target.voters.is_empty() {
             return Err(ConfigChangeError::NoVoters);
         }
-        joint.learners = learners
-            .into_iter()
-            .filter(|id| !joint.voters.contains(id))
-            .collect();
-        joint.outgoing_voters = self.configuration.voters.clone();
-        let index = self.append_configuration(joint);
+        let voters = target.voters.clone();
+        target.learners.retain(|id| !voters.contains(id));
+        target.outgoing_voters.clear();
+        if target.voters != self.configuration.voters {
+            target.outgoing_voters = self.configuration.voters.clone();
+        }
+        target.prune_info();
+        let index = self.append_configuration(target);
         self.check_invariants();
         Ok(index)
     }
 
-    fn latest_configuration_index(&self) -> u64 {
+    /// Whether a configuration change is under way: joint, or the latest configuration
+    /// entry not committed yet.
+    pub fn membership_change_in_progress(&self) -> bool {
+        self.configuration.is_joint() || self.latest_configuration_index() > self.log.committed()
+    }
+
+    /// Ticks the leader lease has left (`None` when no lease holds: not leader, lease
+    /// reads off, revoked, or no entry of this term committed yet).
+    pub fn lease_remaining_ticks(&self) -> Option<u64> {
+        if !self.lease_valid() {
+            return None;
+        }
+        let lease_ticks = self.cfg.lease_ticks();
+        let now = self.now_tick;
+        let expires_at = self.configuration.quorum_index(|id| {
+            if id == self.cfg.id {
+                return now + lease_ticks;
+            }
+            self.progress
+                .get(&id)
+                .and_then(|progress| progress.acked_sent_tick)
+                .map_or(0, |sent| sent + lease_ticks)
+        });
+        Some(expires_at.saturating_sub(now))
+    }
+
+    /// Index of the entry that introduced the configuration in effect (the log start
+    /// for the base configuration).
+    pub fn latest_configuration_index(&self) -> u64 {
         self.configuration_history
             .last()
             .map_or(0, |(index, _)| *index)

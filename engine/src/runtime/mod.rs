@@ -44,7 +44,7 @@ use bytes::Bytes;
 use crossbeam_channel::{bounded, unbounded, Sender, TrySendError};
 use parking_lot::Mutex;
 
-use crate::raft::{Configuration, Message, NodeId, RaftConfig, Role};
+use crate::raft::{Configuration, MemberInfo, Message, NodeId, RaftConfig, Role};
 use crate::state_machine::StateMachine;
 
 use apply::{apply_loop, snapshot_loop};
@@ -53,7 +53,9 @@ use raft_loop::raft_loop;
 use crate::driver::{Applier, NodeDriver, SnapshotDone, SnapshotPolicy, SnapshotTaken};
 
 pub use crate::driver::{
-    fail_request, ClientError, NodeError, Reply, ReplyTo, ReplyWaker, Request, Submission,
+    fail_request, ClientError, MembershipChange, MembershipDone, MembershipError,
+    MembershipOutcome, MembershipPolicy, NodeError, Reply, ReplyTo, ReplyWaker, Request,
+    Submission, TransferDone,
 };
 
 /// Carries Raft messages to other nodes. Implemented by `tally-net` over TCP and by
@@ -62,6 +64,54 @@ pub trait Transport: Send + 'static {
     /// Sends messages best-effort. Must not block for long: drop what does not fit in a
     /// peer's queue (Raft retransmits). Messages to one peer must keep their order.
     fn send(&mut self, messages: Vec<Message>);
+    /// The configuration in effect changed (an entry appended, truncated or restored):
+    /// start or stop talking to members. Called on the raft thread, once at start.
+    fn configuration_changed(&mut self, _configuration: &Configuration) {}
+    /// Whether the connection to `peer` is up, when the transport knows.
+    fn peer_connected(&self, _peer: NodeId) -> Option<bool> {
+        None
+    }
+    /// Cumulative counters of what the transport dropped or refused.
+    fn counters(&self) -> TransportCounters {
+        TransportCounters::default()
+    }
+}
+
+/// What a transport dropped or refused (cumulative; for INFO and metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TransportCounters {
+    /// Outbound messages dropped (a full peer queue, an unknown or unreachable peer).
+    pub dropped_outbound: u64,
+    /// Inbound messages dropped (undecodable, or the raft queue full).
+    pub dropped_inbound: u64,
+    /// Peer connections refused because the incarnation differed from the recorded one.
+    pub rejected_incarnations: u64,
+}
+
+/// Membership taken from the log instead of from `NodeOptions::voters` (tally-server).
+#[derive(Clone, Debug, Default)]
+pub struct LogMembership {
+    /// A brand-new cluster: written as the first log entry when the log is empty.
+    /// `None`: a restart, or a node joining with an empty log (it is a non-member,
+    /// never campaigns, until the leader's log makes it one).
+    pub bootstrap: Option<Configuration>,
+    /// Ids the operator named as peers; any that is not a member of the log's
+    /// configuration refuses the start ([`NodeError::MembershipMismatch`]).
+    pub peer_ids: Vec<NodeId>,
+}
+
+/// One member as this node sees it (for `TALLY MEMBERS` and INFO).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberStatus {
+    pub id: NodeId,
+    pub voter: bool,
+    pub info: MemberInfo,
+    /// Known on the leader only (this node itself: its last log index).
+    pub match_index: Option<u64>,
+    /// Entries behind the leader's last index (leader only).
+    pub lag_entries: Option<u64>,
+    /// Whether the transport's connection to it is up (None: this node, or unknown).
+    pub connected: Option<bool>,
 }
 
 /// Options of a node.
@@ -87,6 +137,10 @@ pub struct NodeOptions {
     /// Test-only failpoint: the raft thread panics this long after start (process-level
     /// tests of fail-stop; never set in production).
     pub failpoint_raft_panic_after: Option<Duration>,
+    /// `Some`: the log is the authority on membership and `voters` is ignored.
+    pub log_membership: Option<LogMembership>,
+    /// Promotion lag bound and transfer timeout.
+    pub membership: MembershipPolicy,
     /// Test-only failpoint: the raft thread sleeps this long before its first turn, so
     /// the request queue fills (tests of client back-pressure; never set in production).
     pub failpoint_raft_stall_at_start: Option<Duration>,
@@ -112,6 +166,8 @@ impl NodeOptions {
             apply_queue_capacity: 1024,
             snapshot: SnapshotPolicy::default(),
             failpoint_raft_panic_after: None,
+            log_membership: None,
+            membership: MembershipPolicy::default(),
             failpoint_raft_stall_at_start: None,
         }
     }
@@ -142,7 +198,25 @@ pub struct NodeStatus {
     pub log_entries_in_memory: AtomicU64,
     /// Set once the node stopped (shutdown or fatal error).
     pub stopped: AtomicBool,
+    /// Leader lease left, in milliseconds (0: no lease).
+    pub lease_remaining_ms: AtomicU64,
+    /// Requests, inbound messages and apply batches queued (sampled once per tick).
+    pub request_queue_depth: AtomicU64,
+    pub inbound_queue_depth: AtomicU64,
+    pub apply_queue_depth: AtomicU64,
+    /// The transport's counters (refreshed once per tick).
+    pub dropped_outbound_messages: AtomicU64,
+    pub dropped_inbound_messages: AtomicU64,
+    pub rejected_incarnations: AtomicU64,
+    /// Members of the configuration in effect (refreshed once per tick).
+    members: Mutex<Vec<MemberStatus>>,
+    /// Member identities seen in handshakes, for the raft thread (at most
+    /// [`MAX_PENDING_OBSERVATIONS`]).
+    observed: Mutex<Vec<(NodeId, MemberInfo)>>,
 }
+
+/// Bound of member observations waiting for the raft thread (one per handshake).
+const MAX_PENDING_OBSERVATIONS: usize = 1024;
 
 impl NodeStatus {
     pub fn role(&self) -> Role {
@@ -171,6 +245,19 @@ impl NodeStatus {
             0 => None,
             id => Some(id),
         }
+    }
+
+    /// The members of the configuration in effect, as of the last tick.
+    pub fn members(&self) -> Vec<MemberStatus> {
+        self.members.lock().clone()
+    }
+
+    pub(crate) fn set_members(&self, members: Vec<MemberStatus>) {
+        *self.members.lock() = members;
+    }
+
+    pub(crate) fn take_observed(&self) -> Vec<(NodeId, MemberInfo)> {
+        std::mem::take(&mut *self.observed.lock())
     }
 }
 
@@ -208,6 +295,57 @@ impl<R: Send + 'static> NodeHandle<R> {
     /// Asks the leader to hand leadership to `target` (ignored on followers).
     pub fn transfer_leadership(&self, target: NodeId) {
         let _ = self.requests.send(Request::TransferLeadership { target });
+    }
+
+    /// Starts a membership change; `done` is called (on the raft thread: it must not
+    /// block) once the final configuration committed, or with why not.
+    pub fn request_membership_change(&self, change: MembershipChange, done: MembershipDone) {
+        self.submit(Request::ChangeMembership { change, done });
+    }
+
+    /// Changes the membership and waits until the change committed (C_new for a joint
+    /// change) or failed.
+    pub fn change_membership(
+        &self,
+        change: MembershipChange,
+    ) -> Result<MembershipOutcome, MembershipError> {
+        let (sender, receiver) = bounded(1);
+        self.request_membership_change(
+            change,
+            Box::new(move |result| {
+                let _ = sender.send(result);
+            }),
+        );
+        receiver.recv().unwrap_or(Err(MembershipError::NodeStopped))
+    }
+
+    /// Asks the leader to hand leadership to `target`; `done` gets the new leader once
+    /// `target` leads (seen from this node), or why not.
+    pub fn request_transfer(&self, target: NodeId, done: TransferDone) {
+        self.submit(Request::Transfer { target, done });
+    }
+
+    /// Hands leadership to `target` and waits until it leads (or the transfer failed).
+    pub fn transfer_leadership_and_wait(&self, target: NodeId) -> Result<NodeId, MembershipError> {
+        let (sender, receiver) = bounded(1);
+        self.request_transfer(
+            target,
+            Box::new(move |result| {
+                let _ = sender.send(result);
+            }),
+        );
+        receiver.recv().unwrap_or(Err(MembershipError::NodeStopped))
+    }
+
+    /// Tells the node what member `id` said about itself (its incarnation and client
+    /// address, from the peer handshake). Never blocks: dropped when the queue is full.
+    pub fn member_observed(&self, id: NodeId, info: MemberInfo) {
+        // Not through the request queue: a bounded queue full of clients' requests must
+        // neither lose this nor be filled by it. The raft thread picks it up each tick.
+        let mut observed = self.status.observed.lock();
+        if observed.len() < MAX_PENDING_OBSERVATIONS {
+            observed.push((id, info));
+        }
     }
 
     /// Asks for a snapshot now; `done` is called (on the raft thread, so it must not
@@ -331,13 +469,18 @@ impl<R: Send + 'static> Node<R> {
         let mut state_machine = state_machine;
         let restart_snapshot =
             raft_loop::restore_snapshot(&options, &wal, &snapshots, &mut state_machine)?;
+        if restart_snapshot.is_none() {
+            raft_loop::write_bootstrap_entry(&options, &wal)?;
+        }
         let core = raft_loop::restore_core(
             &options,
             &wal,
             restart_snapshot.as_ref().map(|(meta, _)| meta.clone()),
         )?;
+        raft_loop::check_peer_ids(&options, &core)?;
         let applied_through = restart_snapshot.as_ref().map_or(0, |(meta, _)| meta.index);
         let mut driver = NodeDriver::new(core, wal.clone(), snapshots.clone(), options.snapshot);
+        driver.set_membership_policy(options.membership);
         if let Some((meta, info)) = &restart_snapshot {
             driver.restarted_from_snapshot(meta.clone(), info)?;
         }
@@ -503,8 +646,12 @@ impl<R> Drop for Node<R> {
     }
 }
 
-/// The configuration a fresh node starts with.
+/// The configuration a node starts with before its log says otherwise: `voters`, or
+/// none when the log is the authority on membership.
 pub(crate) fn initial_configuration(options: &NodeOptions) -> Configuration {
+    if options.log_membership.is_some() {
+        return Configuration::default();
+    }
     Configuration::new(options.voters.iter().copied())
 }
 

@@ -11,12 +11,14 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{never, select, Receiver, Sender, TrySendError};
 
-use super::{initial_configuration, ClientError, NodeError, NodeOptions, NodeStatus, Transport};
+use super::{
+    initial_configuration, ClientError, MemberStatus, NodeError, NodeOptions, NodeStatus, Transport,
+};
 use crate::driver::{
-    fail_request, meta_from_header, ApplyWork, Housekeeping, NodeDriver, NodeIo, Request,
+    fail_request, lag_of, meta_from_header, ApplyWork, Housekeeping, NodeDriver, NodeIo, Request,
     TurnInput, WrittenSnapshot,
 };
-use crate::raft::{Entry, EntryKind, HardState, Message, RaftNode, SnapshotMeta};
+use crate::raft::{Configuration, Entry, EntryKind, HardState, Message, RaftNode, SnapshotMeta};
 use crate::state_machine::StateMachine;
 
 /// Most requests taken from the queue in one turn, so one turn stays short.
@@ -62,6 +64,67 @@ pub(crate) fn restore_snapshot<SM: StateMachine>(
         "restored the state machine from a snapshot"
     );
     Ok(Some((meta, info)))
+}
+
+/// A brand-new cluster member writes its configuration as the first log entry (index 1,
+/// term 0, the same bytes on every founding member), durable before anything else: from
+/// then on the log, not the command line, says who the voters are.
+pub(crate) fn write_bootstrap_entry(
+    options: &NodeOptions,
+    wal: &tally_wal::Wal,
+) -> Result<(), NodeError> {
+    let Some(configuration) = options
+        .log_membership
+        .as_ref()
+        .and_then(|membership| membership.bootstrap.as_ref())
+    else {
+        return Ok(());
+    };
+    if wal.last_index() != 0 {
+        return Ok(());
+    }
+    let entry = tally_wal::Entry {
+        index: 1,
+        term: 0,
+        kind: EntryKind::Config.as_u8(),
+        payload: configuration.encode(),
+    };
+    wal.append(&[entry])?.wait()?;
+    tracing::info!(
+        node = options.id,
+        voters = ?configuration.voters,
+        "bootstrapped: the cluster's configuration is log entry 1"
+    );
+    Ok(())
+}
+
+/// Refuses a start whose `--peer` ids are not members of the configuration the log
+/// holds (the log is the authority; `--peer` only gives addresses).
+pub(crate) fn check_peer_ids(options: &NodeOptions, core: &RaftNode) -> Result<(), NodeError> {
+    let Some(membership) = &options.log_membership else {
+        return Ok(());
+    };
+    let configuration = core.configuration();
+    if configuration.members().is_empty() {
+        return Ok(()); // joining: the log has no configuration yet
+    }
+    let strangers: Vec<u64> = membership
+        .peer_ids
+        .iter()
+        .copied()
+        .filter(|id| !configuration.is_member(*id))
+        .collect();
+    if strangers.is_empty() {
+        return Ok(());
+    }
+    Err(NodeError::MembershipMismatch(format!(
+        "--peer names {strangers:?}, not members of the cluster: the log's configuration \
+         (entry {}) has voters {:?} and learners {:?}; change membership with TALLY MEMBER \
+         commands, --peer only gives addresses",
+        core.latest_configuration_index(),
+        configuration.voters,
+        configuration.learners,
+    )))
 }
 
 /// Rebuilds the core from the snapshot it restarts from (if any) and what the WAL holds.
@@ -181,6 +244,7 @@ pub(crate) fn raft_loop<R: Send + 'static, T: Transport>(
         housekeeping,
     };
     let mut input = TurnInput::new();
+    let mut membership = MembershipWatch::default();
     // Stands in for the request queue while the driver still holds requests it did not
     // take (a full WAL or apply queue): new ones then stay in the bounded queue.
     let no_requests: Receiver<Request<R>> = never();
@@ -230,6 +294,23 @@ pub(crate) fn raft_loop<R: Send + 'static, T: Transport>(
             break Err(error);
         }
         publish(&driver, status);
+        membership.after_turn(&driver, &mut io.transport);
+        if membership.published_tick != driver.now_tick() {
+            membership.published_tick = driver.now_tick();
+            for (id, info) in status.take_observed() {
+                driver.note_member_observed(id, info);
+            }
+            publish_members(&driver, &io.transport, status, tick_interval);
+            status
+                .request_queue_depth
+                .store(requests.len() as u64, Ordering::Relaxed);
+            status
+                .inbound_queue_depth
+                .store(inbound.len() as u64, Ordering::Relaxed);
+            status
+                .apply_queue_depth
+                .store(io.apply.len() as u64, Ordering::Relaxed);
+        }
         if failpoint_panic_at.is_some_and(|at| Instant::now() >= at) {
             panic!("failpoint: the raft thread panics on purpose (failpoint_raft_panic_after)");
         }
@@ -241,6 +322,99 @@ pub(crate) fn raft_loop<R: Send + 'static, T: Transport>(
         fail_request(request, ClientError::NodeStopped);
     }
     result
+}
+
+/// Tells the transport when the configuration in effect changes.
+#[derive(Default)]
+struct MembershipWatch {
+    /// The configuration the transport was last told about (None: not yet).
+    told: Option<Configuration>,
+    published_tick: u64,
+}
+
+impl MembershipWatch {
+    fn after_turn<R, T: Transport>(&mut self, driver: &RuntimeDriver<R>, transport: &mut T) {
+        let view = transport_view(driver.core());
+        if self.told.as_ref() != Some(&view) {
+            transport.configuration_changed(&view);
+            self.told = Some(view);
+        }
+    }
+}
+
+/// What the transport must serve: every member of the configuration in effect and of
+/// the committed one. A removed member stays reachable until its removal commits, or a
+/// leader removing itself could never hear that C_new committed (its followers would
+/// stop answering it as soon as they appended C_new).
+fn transport_view(core: &RaftNode) -> Configuration {
+    let current = core.configuration();
+    let Some(committed) = core.configuration_at(core.commit_index()) else {
+        return current.clone();
+    };
+    if committed == current {
+        return current.clone();
+    }
+    let mut view = current.clone();
+    for id in committed.members() {
+        if !view.is_member(id) {
+            view.learners.insert(id);
+            if let Some(info) = committed.info.get(&id) {
+                view.info.insert(id, info.clone());
+            }
+        }
+    }
+    view
+}
+
+/// The members as this node sees them: progress on the leader, connections from the
+/// transport.
+fn publish_members<R, T: Transport>(
+    driver: &RuntimeDriver<R>,
+    transport: &T,
+    status: &NodeStatus,
+    tick_interval: Duration,
+) {
+    let core = driver.core();
+    let configuration = core.configuration();
+    let leader = core.is_leader();
+    let members = configuration
+        .members()
+        .into_iter()
+        .map(|id| {
+            let own = id == core.id();
+            MemberStatus {
+                id,
+                voter: configuration.is_voter(id),
+                info: configuration.info_of(id),
+                match_index: if own {
+                    Some(core.log().last_index())
+                } else {
+                    core.progress(id).map(|progress| progress.match_index)
+                },
+                lag_entries: (leader).then(|| lag_of(core, id)),
+                connected: if own {
+                    None
+                } else {
+                    transport.peer_connected(id)
+                },
+            }
+        })
+        .collect();
+    status.set_members(members);
+    let counters = transport.counters();
+    status
+        .dropped_outbound_messages
+        .store(counters.dropped_outbound, Ordering::Relaxed);
+    status
+        .dropped_inbound_messages
+        .store(counters.dropped_inbound, Ordering::Relaxed);
+    status
+        .rejected_incarnations
+        .store(counters.rejected_incarnations, Ordering::Relaxed);
+    let lease_ms = core.lease_remaining_ticks().map_or(0, |ticks| {
+        (u128::from(ticks) * tick_interval.as_millis()).min(u128::from(u64::MAX)) as u64
+    });
+    status.lease_remaining_ms.store(lease_ms, Ordering::Relaxed);
 }
 
 fn publish<R>(driver: &RuntimeDriver<R>, status: &NodeStatus) {

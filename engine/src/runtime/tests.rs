@@ -678,10 +678,26 @@ fn snapshot_now_answers_once_a_snapshot_covering_everything_applied_is_durable()
         "the file {} is in place",
         taken.name
     );
+    assert_eq!(
+        std::path::PathBuf::from(&taken.path),
+        dir.join(&taken.name),
+        "the answer names the file's path"
+    );
     // The status counters are published after the raft thread's turn: poll.
     wait_for("INFO's snapshot_index reaches the snapshot", || {
         handle.status().snapshot_index.load(Ordering::Relaxed) >= taken.index
     });
+    // A second request with nothing applied since is answered by the newest durable
+    // snapshot (no new one is due, so waiting for one would never end).
+    let (sender, receiver) = unbounded();
+    handle.request_snapshot(Box::new(move |result| {
+        let _ = sender.send(result);
+    }));
+    let again = receiver
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("a second snapshot request is answered")
+        .expect("a snapshot");
+    assert!(again.index >= taken.index);
 }
 
 #[test]

@@ -40,17 +40,17 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::driver::{
-    meta_from_header, snapshot_header, Applier, ApplyWork, ClientError, Housekeeping, NodeDriver,
-    NodeError, NodeIo, Reply, ReplyTo, Request, SnapshotPolicy, Submission, TurnInput,
-    WrittenSnapshot,
+    meta_from_header, snapshot_header, Applier, ApplyWork, ClientError, Housekeeping,
+    MembershipChange, NodeDriver, NodeError, NodeIo, Reply, ReplyTo, Request, SnapshotPolicy,
+    Submission, TurnInput, WrittenSnapshot,
 };
 use crate::kv::{
     decode_request, encode_request, ClientSession, Command, KvLimits, KvResponse, KvStateMachine,
 };
 use crate::raft::SnapshotMeta;
 use crate::raft::{
-    Configuration, Entry, EntryKind, Message, MessageBody, NodeId, PersistAction, ProposeError,
-    RaftConfig, RaftNode, Role, RoleState,
+    Configuration, Entry, EntryKind, MemberInfo, Message, MessageBody, NodeId, PersistAction,
+    ProposeError, RaftConfig, RaftNode, Role, RoleState,
 };
 use crate::state_machine::{SnapshotSource, StateMachine};
 use checker::{Checker, NodeWatch};
@@ -817,27 +817,86 @@ impl Simulation {
         Ok(range.start)
     }
 
-    /// Asks node `id` (a leader) to change the voters to `voters`. Returns whether the
-    /// change was accepted.
+    /// Asks node `id` (a leader) to change the voters to `voters`, through its driver
+    /// like any membership request. Returns whether it was not refused at once.
     pub fn change_membership(&mut self, id: NodeId, voters: &[NodeId]) -> bool {
-        let k = id as usize - 1;
-        let Some(driver) = self.nodes[k].driver.as_mut() else {
-            return false;
-        };
-        let accepted = driver
-            .core_mut()
-            .propose_configuration_change(voters.iter().copied(), [])
-            .is_ok();
-        if accepted {
-            self.trace_event(format!(
-                "node {id} starts membership change to voters {voters:?}"
-            ));
-        }
-        self.process(k);
-        accepted
+        self.request_membership(
+            id,
+            MembershipChange::ReplaceVoters {
+                voters: voters.to_vec(),
+            },
+        )
     }
 
-    /// Asks node `id` to transfer leadership (through the driver, as a client request).
+    /// Submits `change` to node `id` as a driver request (the path the admin commands
+    /// and `NodeHandle` take). Returns false when the node is down or refused it in the
+    /// turn that took it (not leader, another change under way, a lagging learner...);
+    /// true when it started (its answer comes once it commits or fails).
+    pub fn request_membership(&mut self, id: NodeId, change: MembershipChange) -> bool {
+        let k = id as usize - 1;
+        if !self.nodes[k].is_up() {
+            return false;
+        }
+        let (sender, receiver) = crossbeam_channel::bounded(1);
+        self.nodes[k]
+            .input
+            .requests
+            .push(Request::ChangeMembership {
+                change: change.clone(),
+                done: Box::new(move |result| {
+                    let _ = sender.send(result);
+                }),
+            });
+        self.process(k);
+        match receiver.try_recv() {
+            Ok(Err(error)) => {
+                self.trace_event(format!("node {id} refuses {change:?}: {error}"));
+                false
+            }
+            _ => {
+                self.trace_event(format!("node {id} starts membership change {change:?}"));
+                true
+            }
+        }
+    }
+
+    /// A random membership operation against `leader`'s configuration: a new voter
+    /// set, or one learner added, promoted or removed.
+    fn random_membership_change(&mut self, leader: NodeId) -> MembershipChange {
+        let n = self.nodes.len();
+        let configuration = self.nodes[leader as usize - 1]
+            .core()
+            .map(|raft| raft.configuration().clone())
+            .unwrap_or_default();
+        let all: Vec<NodeId> = (1..=n as u64).collect();
+        let pick = |rng: &mut ChaCha8Rng, from: Vec<NodeId>| from.choose(rng).copied();
+        let outsiders: Vec<NodeId> = all
+            .iter()
+            .copied()
+            .filter(|id| !configuration.is_member(*id))
+            .collect();
+        let learners: Vec<NodeId> = configuration.learners.iter().copied().collect();
+        let members: Vec<NodeId> = configuration.members().into_iter().collect();
+        let choice = match self.rng.gen_range(0..10) {
+            0..=3 => None,
+            4 | 5 => pick(&mut self.rng, outsiders).map(|id| MembershipChange::AddLearner {
+                id,
+                info: MemberInfo::default(),
+            }),
+            6 | 7 => pick(&mut self.rng, learners).map(|id| MembershipChange::Promote { id }),
+            _ => pick(&mut self.rng, members).map(|id| MembershipChange::Remove { id }),
+        };
+        choice.unwrap_or_else(|| {
+            let size = self.rng.gen_range(n.saturating_sub(2).max(1)..=n);
+            let mut ids = all;
+            ids.shuffle(&mut self.rng);
+            ids.truncate(size);
+            MembershipChange::ReplaceVoters { voters: ids }
+        })
+    }
+
+    /// Asks node `id` to transfer leadership (through the driver, as a client request
+    /// whose answer comes once the target leads).
     pub fn transfer_leadership(&mut self, id: NodeId, target: NodeId) -> bool {
         let k = id as usize - 1;
         if !self.nodes[k].is_up() {
@@ -846,10 +905,10 @@ impl Simulation {
         let is_leader = self.nodes[k]
             .core()
             .is_some_and(|raft| raft.role() == Role::Leader);
-        self.nodes[k]
-            .input
-            .requests
-            .push(Request::TransferLeadership { target });
+        self.nodes[k].input.requests.push(Request::Transfer {
+            target,
+            done: Box::new(|_| {}),
+        });
         self.process(k);
         is_leader
     }
@@ -1859,11 +1918,8 @@ impl Simulation {
             }
             47..=54 if faults.membership_changes => {
                 if let Some(leader) = self.leader() {
-                    let size = self.rng.gen_range(n.saturating_sub(2).max(1)..=n);
-                    let mut ids: Vec<NodeId> = (1..=n as u64).collect();
-                    ids.shuffle(&mut self.rng);
-                    ids.truncate(size);
-                    self.change_membership(leader, &ids);
+                    let change = self.random_membership_change(leader);
+                    self.request_membership(leader, change);
                 }
             }
             95..=99 => {

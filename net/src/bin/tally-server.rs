@@ -3,7 +3,10 @@
 //! Wires the pieces together: the peer transport (TCP frames between members), the node
 //! runtime (raft thread, WAL group commit, apply thread) with the KV state machine, and
 //! the RESP client port. First start with an empty `--dir` forms the cluster from
-//! `--id` and the `--peer` ids; a restart recovers everything from `--dir`.
+//! `--id` and the `--peer` ids (written as the first log entry); a restart recovers
+//! everything from `--dir`, the log being the authority on membership (`--peer` then
+//! only gives addresses). `--join` starts an empty `--dir` as a member-to-be that waits
+//! for `TALLY MEMBER ADD` on the leader.
 //!
 //! `tally-server gen-secret FILE` writes a new cluster secret (for
 //! `--cluster-secret-file`) and exits.
@@ -29,6 +32,7 @@ use tally_net::server::{Server, ServerConfig};
 #[derive(Parser, Debug)]
 #[command(
     name = "tally-server",
+    version,
     about = "A member of a Raft-replicated Tally cluster (RESP client port)",
     after_help = "Also: `tally-server gen-secret FILE` writes a new cluster secret for --cluster-secret-file."
 )]
@@ -46,13 +50,36 @@ struct Args {
     #[arg(long)]
     listen_client: String,
     /// Another member: `ID=ADDR`, the address THIS node dials for it (a proxy may sit in
-    /// between). Repeat for every other member.
+    /// between). Repeat for every other member. On the first start of a cluster the ids
+    /// are the voters; afterwards the log says who the members are, and an id it does
+    /// not know is refused.
     #[arg(long = "peer", value_name = "ID=ADDR")]
     peers: Vec<String>,
     /// Client address advertised to peers (for `-NOTLEADER <addr>`); default: the bound
     /// `--listen-client` address.
     #[arg(long)]
     advertise_client: Option<String>,
+    /// Start with an empty --dir as a non-voting member that waits to be added
+    /// (`TALLY MEMBER ADD` on the leader), catches up, and never campaigns until
+    /// promoted. --peer gives the current members' addresses.
+    #[arg(long)]
+    join: bool,
+    /// Peer address recorded for this member in the configuration (what others and
+    /// joining nodes dial); default: the bound --listen-peer address.
+    #[arg(long)]
+    advertise_peer: Option<String>,
+    /// `TALLY MEMBER PROMOTE` is refused while the learner lags the leader by more
+    /// entries than this.
+    #[arg(long, default_value_t = 1000)]
+    max_promote_lag_entries: u64,
+    /// Serve Prometheus metrics (text format) at `GET /metrics` on this address.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
+    /// Seed a new, empty --dir from this snapshot file (the path `TALLY SNAPSHOT`
+    /// answers, copied off the old cluster) as a one-member cluster; grow it with
+    /// `TALLY MEMBER ADD`. Only on the first start, without --peer.
+    #[arg(long, value_name = "SNAPSHOT")]
+    restore_from: Option<PathBuf>,
     /// Cluster id every member must share (decimal or 0x hex). Default: derived from the
     /// cluster secret, else the one stored in --dir, else 0x7a11.
     #[arg(long, value_parser = parse_cluster_id)]
@@ -311,6 +338,15 @@ fn run(args: Args) -> Result<(), String> {
     install_storage_failpoints(&args.wal_backend)?;
     let mut config = ServerConfig::new(args.id, &args.dir, peers);
     config.advertise_client = args.advertise_client.clone();
+    config.join = args.join;
+    config.restore_from = args.restore_from.clone();
+    config.metrics_listen = args
+        .metrics_listen
+        .as_deref()
+        .map(|addr| resolve("--metrics-listen", addr))
+        .transpose()?;
+    config.advertise_peer = args.advertise_peer.clone();
+    config.max_promote_lag_entries = args.max_promote_lag_entries;
     config.cluster_id = args.cluster_id;
     if let Some(path) = &args.cluster_secret_file {
         config.cluster_secret = Some(ClusterSecret::from_file(path).map_err(|e| e.to_string())?);

@@ -1,10 +1,14 @@
 //! One client connection as a state machine: read, parse, submit, collect replies in
-//! request order, write.
+//! request order, write. It also holds what Redis keeps per connection: the protocol
+//! version (`HELLO`), the client name and library (`CLIENT SETNAME/SETINFO`), the
+//! `MULTI` queue and the `WATCH` sets.
 
 use super::info::encoded_reply_bytes;
 use super::io_loop::Context;
 use super::stream::{ClientStream, Stream};
 use super::*;
+use crate::resp::{write_null_array_as, Protocol};
+use tally_engine::kv::{encode_request_at, Command, WatchedKey};
 
 /// One reply owed to a connection, in request order.
 pub(super) enum Slot {
@@ -17,8 +21,46 @@ pub(super) enum Slot {
 /// A KV request encoded but not yet handed to the node.
 pub(super) struct Unsubmitted {
     pub(super) tag: u64,
+    /// The encoded request (empty for an EXEC: encoded at submission).
     pub(super) request: Bytes,
     pub(super) read_only: bool,
+    /// An EXEC: encoded once every WATCH read before it answered (they decide its
+    /// watch set), so it waits at the head of the queue until then.
+    pub(super) exec: Option<QueuedExec>,
+}
+
+/// A `MULTI` in progress: the commands queued until `EXEC`.
+#[derive(Default)]
+pub(super) struct Transaction {
+    /// Each queued command's arguments (checked by the parser when queued).
+    pub(super) queued: Vec<Vec<Vec<u8>>>,
+    /// Argument bytes and arguments queued. Invariant: within `max_command_bytes` and
+    /// `max_arguments`, so the EXEC entry stays under `max_entry_bytes`.
+    pub(super) queued_bytes: usize,
+    pub(super) queued_args: usize,
+    /// A command failed to queue: EXEC answers `-EXECABORT` and applies nothing.
+    pub(super) aborted: bool,
+}
+
+/// An EXEC waiting for submission.
+pub(super) struct QueuedExec {
+    pub(super) session: ClientSession,
+    pub(super) commands: Vec<Vec<Vec<u8>>>,
+    /// Which watch set (`Connection::watch_sets`) the transaction checks.
+    pub(super) watch_generation: u64,
+}
+
+/// The keys one generation of WATCH commands watches (one generation lasts until
+/// EXEC, DISCARD or UNWATCH).
+#[derive(Default)]
+pub(super) struct WatchSet {
+    /// Keys and whether the WATCH read saw them.
+    pub(super) keys: Vec<(Vec<u8>, bool)>,
+    /// The lowest applied index of this set's WATCH reads (`None` before any answered):
+    /// a change after it aborts the transaction (conservative for later WATCHes).
+    pub(super) index: Option<u64>,
+    /// A WATCH read failed: the EXEC answers nil without proposing.
+    pub(super) failed: bool,
 }
 
 /// What the I/O thread does with a connection after driving it.
@@ -63,6 +105,23 @@ pub(super) struct Connection {
     pub(super) closing: bool,
     /// Queued in the I/O thread's `scheduled` list.
     pub(super) scheduled: bool,
+    /// Reply protocol (`HELLO 2|3`).
+    pub(super) protocol: Protocol,
+    /// `CLIENT SETNAME` / `HELLO SETNAME` (`None`: no name).
+    pub(super) name: Option<Vec<u8>>,
+    /// `CLIENT SETINFO LIB-NAME` / `LIB-VER`.
+    pub(super) lib_name: Vec<u8>,
+    pub(super) lib_ver: Vec<u8>,
+    pub(super) connected_at: Instant,
+    /// `Some` between MULTI and EXEC/DISCARD.
+    pub(super) transaction: Option<Transaction>,
+    /// Watch sets by generation: the current one and those EXECs still wait on.
+    pub(super) watch_sets: HashMap<u64, WatchSet>,
+    /// The generation new WATCH commands join. Invariant: increases by one at every
+    /// EXEC, DISCARD and UNWATCH.
+    pub(super) watch_generation: u64,
+    /// WATCH reads in flight: tag -> (generation, keys).
+    pub(super) watch_reads: HashMap<u64, (u64, Vec<Vec<u8>>)>,
     /// Invariant: true iff no password is configured or this connection gave it
     /// (`Connection::authenticate`, the only place that sets it).
     pub(super) authenticated: bool,
@@ -105,6 +164,15 @@ impl Connection {
             read_closed: false,
             closing: false,
             scheduled: false,
+            protocol: Protocol::Resp2,
+            name: None,
+            lib_name: Vec::new(),
+            lib_ver: Vec::new(),
+            connected_at: Instant::now(),
+            transaction: None,
+            watch_sets: HashMap::new(),
+            watch_generation: 0,
+            watch_reads: HashMap::new(),
             authenticated: config.requirepass.is_none(),
         }
     }
@@ -257,9 +325,21 @@ impl Connection {
             if next.read_only && self.unanswered_writes > 0 {
                 return;
             }
-            let Some(request) = self.unsubmitted.pop_front() else {
+            if next.exec.is_some() && !self.watch_reads.is_empty() {
+                return;
+            }
+            let Some(mut request) = self.unsubmitted.pop_front() else {
                 return;
             };
+            if let Some(exec) = request.exec.take() {
+                match self.encode_exec(exec, context) {
+                    Ok(encoded) => request.request = encoded,
+                    Err(reply) => {
+                        self.answer_locally(request.tag, reply);
+                        continue;
+                    }
+                }
+            }
             let reply = ReplyTo::with_waker(
                 request.tag,
                 context.reply_tx.clone(),
@@ -285,6 +365,11 @@ impl Connection {
         if self.received.contains_key(&reply.tag) {
             return; // Already given up on (node stopped).
         }
+        if let Some((generation, keys)) = self.watch_reads.remove(&reply.tag) {
+            let result = self.record_watch(generation, keys, reply.result);
+            self.received.insert(reply.tag, result);
+            return;
+        }
         if reply.tag & TAG_WRITE_BIT != 0 {
             debug_assert!(
                 self.unanswered_writes > 0,
@@ -309,6 +394,7 @@ impl Connection {
         }
         self.unsubmitted.clear();
         self.unanswered_writes = 0;
+        self.watch_reads.clear();
         changed
     }
 
@@ -361,7 +447,7 @@ impl Connection {
                 Slot::Ready(bytes) => self.out.extend_from_slice(bytes),
                 Slot::Pending(tag) => {
                     if let Some(result) = self.received.remove(tag) {
-                        shared.write_result(&mut self.out, result);
+                        shared.write_result(&mut self.out, result, self.protocol);
                     }
                 }
             }
@@ -400,5 +486,114 @@ impl Connection {
         let tag = reply_tag(self.id, self.next_request, is_write);
         self.next_request = self.next_request.wrapping_add(1);
         tag
+    }
+}
+
+impl Connection {
+    /// Files the answer to a WATCH read in its watch set; the client hears `+OK` (or
+    /// the error, and the set's EXEC will answer nil).
+    fn record_watch(
+        &mut self,
+        generation: u64,
+        keys: Vec<Vec<u8>>,
+        result: Result<KvResponse, ClientError>,
+    ) -> Result<KvResponse, ClientError> {
+        let set = self.watch_sets.get_mut(&generation);
+        match result {
+            Ok(KvResponse::Watched { index, exists }) if exists.len() == keys.len() => {
+                if let Some(set) = set {
+                    set.index = Some(set.index.map_or(index, |i| i.min(index)));
+                    set.keys.extend(keys.into_iter().zip(exists));
+                }
+                Ok(KvResponse::Ok)
+            }
+            other => {
+                if let Some(set) = set {
+                    set.failed = true;
+                }
+                other
+            }
+        }
+    }
+
+    /// Encodes a queued EXEC with its watch set as one `MULTI` entry. `Err`: the reply
+    /// to give instead (the watch failed: nil; the entry is too large: an error).
+    fn encode_exec(
+        &mut self,
+        exec: QueuedExec,
+        context: &mut Context<'_>,
+    ) -> Result<Bytes, Vec<u8>> {
+        let set = self
+            .watch_sets
+            .remove(&exec.watch_generation)
+            .unwrap_or_default();
+        let mut reply = Vec::new();
+        if set.failed {
+            write_null_array_as(&mut reply, self.protocol);
+            return Err(reply);
+        }
+        let arg_refs: Vec<Vec<&[u8]>> = exec
+            .commands
+            .iter()
+            .map(|args| args.iter().map(Vec::as_slice).collect())
+            .collect();
+        let mut commands = Vec::with_capacity(arg_refs.len());
+        for args in &arg_refs {
+            match parse_command_args(args) {
+                Ok(command) => commands.push(command),
+                Err(error) => {
+                    // Checked when queued; kept so a parser change cannot half-apply.
+                    write_error(&mut reply, &format!("EXECABORT {error}"));
+                    return Err(reply);
+                }
+            }
+        }
+        let command = Command::Multi {
+            watch_index: set.index.unwrap_or(0),
+            watched: set
+                .keys
+                .iter()
+                .map(|(key, existed)| WatchedKey {
+                    key,
+                    existed: *existed,
+                })
+                .collect(),
+            commands,
+        };
+        let shared = context.shared;
+        context.encode_buffer.clear();
+        let encoded = encode_request_at(
+            Some(exec.session),
+            Some(super::dispatch::clock_ms()),
+            &command,
+            &shared.config.kv_limits,
+            context.encode_buffer,
+        );
+        let max_entry_bytes = shared.config.limits.max_entry_bytes;
+        match encoded {
+            Err(error) => write_error(&mut reply, &format!("EXECABORT {error}")),
+            Ok(()) if context.encode_buffer.len() as u64 > max_entry_bytes => write_error(
+                &mut reply,
+                &format!(
+                    "EXECABORT the transaction encodes to {} bytes, above the log entry \
+                     limit of {max_entry_bytes} bytes (max-entry-bytes)",
+                    context.encode_buffer.len()
+                ),
+            ),
+            Ok(()) => return Ok(Bytes::copy_from_slice(context.encode_buffer)),
+        }
+        Err(reply)
+    }
+
+    /// Replaces the pending slot of `tag` with a reply made here.
+    fn answer_locally(&mut self, tag: u64, reply: Vec<u8>) {
+        if let Some(slot) = self
+            .slots
+            .iter_mut()
+            .rev()
+            .find(|slot| matches!(slot, Slot::Pending(t) if *t == tag))
+        {
+            *slot = Slot::Ready(reply);
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! Replies from the node as RESP, and the INFO text.
 
 use super::*;
+use crate::resp::{write_kv_response_as, Protocol};
 
 /// The reply (without `-`) to a request refused because the node's request queue is
 /// full. It was never proposed: retrying cannot apply it twice.
@@ -8,9 +9,14 @@ pub const BUSY_ERROR: &str =
     "BUSY the node's request queue is full; the command was not proposed, retry";
 
 impl Shared {
-    pub(super) fn write_result(&self, out: &mut Vec<u8>, result: Result<KvResponse, ClientError>) {
+    pub(super) fn write_result(
+        &self,
+        out: &mut Vec<u8>,
+        result: Result<KvResponse, ClientError>,
+        protocol: Protocol,
+    ) {
         match result {
-            Ok(response) => write_kv_response(out, &response),
+            Ok(response) => write_kv_response_as(out, &response, protocol),
             Err(ClientError::NotLeader { leader }) => {
                 let addr = leader.and_then(|id| self.client_addr_of(id));
                 write_error(
@@ -38,32 +44,52 @@ impl Shared {
         }
     }
 
-    /// INFO text: `# Server` and `# Raft` (the brief's contract), CRLF line ends.
-    pub(super) fn info(&self, section: Option<&[u8]>) -> String {
+    /// INFO text for the lowercase `sections` asked for (none: all): Redis's standard
+    /// `# Server`, `# Clients`, `# Persistence`, `# Cluster` fields that clients and
+    /// harnesses read, then Tally's `# Raft`, `# Limits` and `# Stats`; CRLF line ends.
+    pub(super) fn info(&self, sections: &[Vec<u8>]) -> String {
         use std::fmt::Write as _;
         let shared = self;
-        let (server, raft, limits, stats) = match section {
-            None | Some(b"all") | Some(b"default") | Some(b"everything") => {
-                (true, true, true, true)
-            }
-            Some(b"server") => (true, false, false, false),
-            Some(b"raft") => (false, true, false, false),
-            Some(b"limits") => (false, false, true, false),
-            Some(b"stats") => (false, false, false, true),
-            Some(_) => (false, false, false, false),
+        let wants = |name: &[u8]| {
+            sections.is_empty()
+                || sections.iter().any(|s| {
+                    s.as_slice() == name
+                        || matches!(s.as_slice(), b"all" | b"default" | b"everything")
+                })
         };
+        let replication = wants(b"replication");
         let mut text = String::new();
-        if server {
+        if wants(b"server") {
+            let uptime_s = shared.started.elapsed().as_secs();
             let _ = write!(
                 text,
-                "# Server\r\nredis_version:{REDIS_COMPATIBLE_VERSION}\r\ntally_version:{}\r\nredis_mode:standalone\r\nprocess_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{}\r\nconnected_clients:{}\r\n\r\n",
+                "# Server\r\nredis_version:{REDIS_COMPATIBLE_VERSION}\r\nredis_git_sha1:00000000\r\nredis_git_dirty:0\r\nredis_mode:standalone\r\ntally_version:{}\r\nos:{} {}\r\narch_bits:{}\r\nprocess_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{uptime_s}\r\nuptime_in_days:{}\r\n\r\n",
                 env!("CARGO_PKG_VERSION"),
+                std::env::consts::OS,
+                std::env::consts::ARCH,
+                usize::BITS,
                 std::process::id(),
                 shared.local_addr.port(),
-                shared.started.elapsed().as_secs(),
+                uptime_s / 86_400,
+            );
+        }
+        if wants(b"clients") {
+            let _ = write!(
+                text,
+                "# Clients\r\nconnected_clients:{}\r\nblocked_clients:0\r\n\r\n",
                 shared.counters.connections_open.load(Ordering::Relaxed),
             );
         }
+        if wants(b"persistence") {
+            // Every acknowledged write is in the fsynced log: nothing is loading or saving.
+            text.push_str(
+                "# Persistence\r\nloading:0\r\naof_enabled:1\r\nrdb_bgsave_in_progress:0\r\n\r\n",
+            );
+        }
+        if wants(b"cluster") {
+            text.push_str("# Cluster\r\ncluster_enabled:0\r\n\r\n");
+        }
+        let (raft, limits, stats) = (wants(b"raft"), wants(b"limits"), wants(b"stats"));
         if raft {
             let status = shared.handle.status();
             let role = match status.role() {
@@ -115,6 +141,9 @@ impl Shared {
                 );
             }
         }
+        if replication {
+            text.push_str(&self.replication_info());
+        }
         if limits {
             let counters = &shared.counters;
             let fd_budget = crate::fd_budget::process();
@@ -151,18 +180,72 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// `# Replication`: members as this node sees them (match index and lag are the
+    /// leader's view), the leader lease, fsync latency, queue depths, dropped messages.
+    fn replication_info(&self) -> String {
+        use std::fmt::Write as _;
+        let status = self.handle.status();
+        let members = status.members();
+        let wal = self.handle.wal_stats();
+        let or_dash = |value: Option<u64>| value.map_or("-".to_string(), |v| v.to_string());
+        let mut text = format!("# Replication\r\nmembers:{}\r\n", members.len());
+        for member in &members {
+            let connected = match member.connected {
+                _ if member.id == self.config.node_id => "self",
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "-",
+            };
+            let _ = write!(
+                text,
+                "member_{}:role={},match_index={},lag_entries={},connected={}\r\n",
+                member.id,
+                if member.voter { "voter" } else { "learner" },
+                or_dash(member.match_index),
+                or_dash(member.lag_entries),
+                connected,
+            );
+        }
+        let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+        let _ = write!(
+            text,
+            "lease_remaining_ms:{}\r\nfsync_latency_p50_us:{}\r\nfsync_latency_p99_us:{}\r\nrequest_queue_depth:{}\r\ninbound_queue_depth:{}\r\napply_queue_depth:{}\r\ndropped_outbound_messages:{}\r\ndropped_inbound_messages:{}\r\nrejected_incarnations:{}\r\n\r\n",
+            load(&status.lease_remaining_ms),
+            wal.fsync_quantile_upper_us(0.5),
+            wal.fsync_quantile_upper_us(0.99),
+            load(&status.request_queue_depth),
+            load(&status.inbound_queue_depth),
+            load(&status.apply_queue_depth),
+            load(&status.dropped_outbound_messages),
+            load(&status.dropped_inbound_messages),
+            load(&status.rejected_incarnations),
+        );
+        text
+    }
+}
+
 /// Bytes `write_result` will produce for `result`, or a bound close above it (computed
 /// before encoding so that an oversized reply is refused without being built).
 pub(super) fn encoded_reply_bytes(result: &Result<KvResponse, ClientError>) -> usize {
+    match result {
+        Ok(response) => response_bytes(response),
+        // Error lines are short.
+        Err(_) => 256,
+    }
+}
+
+fn response_bytes(response: &KvResponse) -> usize {
     /// Type byte, length digits and CRLFs of one RESP element, rounded up.
     const ELEMENT_OVERHEAD_BYTES: usize = 16;
-    match result {
-        Ok(KvResponse::Bulk(Some(value))) => value.len() + ELEMENT_OVERHEAD_BYTES,
-        Ok(KvResponse::Array(values)) => {
-            values.iter().fold(ELEMENT_OVERHEAD_BYTES, |sum, value| {
-                sum.saturating_add(value.as_ref().map_or(0, |v| v.len()) + ELEMENT_OVERHEAD_BYTES)
-            })
-        }
+    match response {
+        KvResponse::Bulk(Some(value)) => value.len() + ELEMENT_OVERHEAD_BYTES,
+        KvResponse::Array(values) => values.iter().fold(ELEMENT_OVERHEAD_BYTES, |sum, value| {
+            sum.saturating_add(value.as_ref().map_or(0, |v| v.len()) + ELEMENT_OVERHEAD_BYTES)
+        }),
+        KvResponse::Nested(items) => items.iter().fold(ELEMENT_OVERHEAD_BYTES, |sum, item| {
+            sum.saturating_add(response_bytes(item))
+        }),
         // Status, integer, null and error lines are short.
         _ => 256,
     }

@@ -49,20 +49,19 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
-use tally_engine::kv::{encode_request, ClientSession, KvLimits, KvResponse};
+use tally_engine::kv::{ClientSession, KvLimits, KvResponse};
 use tally_engine::raft::Role;
 use tally_engine::runtime::{ClientError, NodeHandle, Reply, ReplyTo, ReplyWaker, Submission};
 
 use crate::commands::parse_command_args;
 use crate::limits::Limits;
 use crate::resp::{
-    write_array_header, write_bulk, write_error, write_kv_response, write_simple_string,
-    ParseStatus, RequestParser,
+    write_array_header, write_bulk, write_error, write_simple_string, ParseStatus, RequestParser,
 };
 use crate::transport::PeerClientAddrs;
 
 /// The `redis_version` INFO reports: new enough that clients enable what they need.
-pub const REDIS_COMPATIBLE_VERSION: &str = "7.0.0-tally-compatible";
+pub const REDIS_COMPATIBLE_VERSION: &str = "7.0.0";
 /// The error line (without `-`) for a write whose outcome is unknown.
 pub const OUTCOME_UNKNOWN_ERROR: &str =
     "UNKNOWN leadership changed while the write was in flight; outcome unknown";
@@ -410,6 +409,7 @@ fn accept_loop(shared: &Shared, listener: TcpListener, inboxes: Vec<IoThreadInbo
     }
 }
 
+mod admin;
 impl Shared {
     /// An admitted connection is gone (closed, or dropped before it was registered).
     pub(super) fn connection_dropped(&self) {

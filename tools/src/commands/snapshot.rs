@@ -111,6 +111,7 @@ fn reply_text(reply: &KvResponse) -> String {
             format!("[{}]", items.join(", "))
         }
         KvResponse::Error(err) => format!("(error) {err}"),
+        other => format!("{other:?}"),
     }
 }
 
@@ -185,6 +186,7 @@ fn reply_json(reply: &KvResponse) -> Value {
             "items": items.iter().map(|i| i.as_ref().map(|b| json_bytes(b))).collect::<Vec<_>>(),
         }),
         KvResponse::Error(err) => json!({ "type": "error", "message": err.to_string() }),
+        other => json!({ "type": "other", "value": format!("{other:?}") }),
     }
 }
 

@@ -220,22 +220,24 @@ const MAX_PENDING_OBSERVATIONS: usize = 1024;
 
 impl NodeStatus {
     pub fn role(&self) -> Role {
+        // 0 (the initial value, before the raft thread first publishes) is Learner:
+        // a node that has not started yet must not look like a voting follower.
         match self.role.load(Ordering::Relaxed) {
             1 => Role::PreCandidate,
             2 => Role::Candidate,
             3 => Role::Leader,
-            4 => Role::Learner,
-            _ => Role::Follower,
+            4 => Role::Follower,
+            _ => Role::Learner,
         }
     }
 
     pub(crate) fn set_role(&self, role: Role) {
         let code = match role {
-            Role::Follower => 0,
+            Role::Learner => 0,
             Role::PreCandidate => 1,
             Role::Candidate => 2,
             Role::Leader => 3,
-            Role::Learner => 4,
+            Role::Follower => 4,
         };
         self.role.store(code, Ordering::Relaxed);
     }

@@ -67,10 +67,6 @@ pub mod fuzzing;
 pub mod inspect;
 pub mod snapshot;
 pub mod storage;
-// Temporary: wal.rs is being documented on another branch; until then three
-// `WalStatsSnapshot` fields (`entries`, `fsync_total_us`, `fsync_max_us`) lack docs and
-// would fail `clippy -D warnings`. Delete this `allow` once they are documented.
-#[allow(missing_docs)]
 mod wal;
 
 pub use crate::backend::{

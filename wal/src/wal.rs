@@ -5,8 +5,24 @@
 //! when it is full) and get a [`Ticket`]. One writer thread swaps the buffer out (double
 //! buffering), stages it in the core as ONE batch, and issues one write and one
 //! `fdatasync` through the [`IoBackend`]; then it publishes the durable index, wakes the
-//! waiters and notifies the optional subscriber. The writer never sleeps while something
-//! is pending: the next batch is whatever queued during the previous fsync.
+//! waiters and notifies the optional subscriber. The next batch is whatever queued during
+//! the previous fsync, with one bounded exception (group merging, below).
+//!
+//! Blocking waiters ([`Ticket::wait`], [`Wal::wait_durable`]) register in
+//! `DurableState::waiters` and park; whoever changes the durable state (the writer after a
+//! batch, a failure, shutdown) removes exactly the waiters it satisfied in the same
+//! critical section and unparks them after releasing the lock. A condvar `notify_all`
+//! instead woke every waiter of the next batch too, and parking_lot hands its mutex from
+//! one woken thread to the next, so with 64 blocking callers each batch paid a serial
+//! chain of up to 64 wake-ups before the callers could append again.
+//!
+//! Group merging: with N blocking callers, the callers split into two alternating groups
+//! (the batch in flight and the one queueing behind it), so each fsync carries only about
+//! N/2 entries. When a batch wakes K parked callers, the writer therefore waits (at most
+//! half that batch's write+fsync time, capped at `MAX_REJOIN_WAIT`) until K more
+//! operations are queued or the buffer is half full before it takes the next batch: the
+//! woken callers join the group behind them instead of forming the one after it. A batch
+//! that woke nobody (the raft thread uses tickets without blocking) never waits.
 //!
 //! Lock order (never taken in the other direction): queue → core, queue → durable.
 //!
@@ -90,13 +106,17 @@ pub struct WalStats {
 pub struct WalStatsSnapshot {
     /// Batches written = fsyncs issued by the writer.
     pub batches: u64,
+    /// Entries written (made durable) by those batches.
     pub entries: u64,
     /// Bytes written (batch headers and bodies).
     pub bytes: u64,
+    /// Sum of the batch write+fsync latencies, in µs (includes any emulated delay).
     pub fsync_total_us: u64,
+    /// Longest batch write+fsync latency, in µs (includes any emulated delay).
     pub fsync_max_us: u64,
-    /// Bucketed write+fsync latencies (see [`FSYNC_HISTOGRAM_BUCKETS`]); like
-    /// `fsync_total_us` and `fsync_max_us` they include any emulated sync delay.
+    /// Bucketed write+fsync latencies, 32 buckets: bucket `i` counts latencies in
+    /// `[2^(i-1), 2^i)` µs. Like `fsync_total_us` and `fsync_max_us` they include any
+    /// emulated sync delay.
     pub fsync_histogram: Vec<u64>,
     /// Emulated delay added after every batch fdatasync, in µs (0 = real disk only);
     /// reports use it to say their figures come from an emulated disk.
@@ -182,6 +202,9 @@ struct Queue {
     /// Sequence number of the next queued operation.
     next_seq: u64,
     writer_idle: bool,
+    /// While `writer_idle`, appenders wake the writer only once `next_seq` reaches this
+    /// (0 while it waits for any work; the rejoin target during group merging).
+    writer_wake_seq: u64,
     shutdown: bool,
     failure: Option<WalError>,
 }
@@ -214,6 +237,21 @@ impl TruncationLog {
     }
 }
 
+/// What a parked waiter waits for.
+#[derive(Clone, Copy, Debug)]
+enum WaitFor {
+    /// Operation `seq` made durable (a [`Ticket`]).
+    Seq(u64),
+    /// The durable index reaching this index ([`Wal::wait_durable`]).
+    Index(u64),
+}
+
+/// A parked blocking caller.
+struct Waiter {
+    until: WaitFor,
+    thread: std::thread::Thread,
+}
+
 struct DurableState {
     durable_index: u64,
     durable_hard_state: HardState,
@@ -224,6 +262,92 @@ struct DurableState {
     truncations: TruncationLog,
     failure: Option<WalError>,
     shutdown: bool,
+    /// Parked blocking callers. Invariant: holds exactly the registered waiters that are
+    /// not yet satisfied (see [`DurableState::is_satisfied`]); every method that changes
+    /// the durable state removes the ones it satisfies and returns them to be unparked.
+    waiters: Vec<Waiter>,
+}
+
+impl DurableState {
+    /// True once a waiter for `until` must stop waiting (done, failed or shut down).
+    fn is_satisfied(&self, until: WaitFor) -> bool {
+        self.failure.is_some()
+            || self.shutdown
+            || match until {
+                WaitFor::Seq(seq) => self.durable_seq > seq,
+                WaitFor::Index(index) => self.durable_index >= index,
+            }
+    }
+
+    /// Removes the satisfied waiters; the caller unparks them after unlocking.
+    fn take_satisfied(&mut self) -> Vec<std::thread::Thread> {
+        let waiters = std::mem::take(&mut self.waiters);
+        let (ready, waiting): (Vec<Waiter>, Vec<Waiter>) = waiters
+            .into_iter()
+            .partition(|waiter| self.is_satisfied(waiter.until));
+        self.waiters = waiting;
+        ready.into_iter().map(|waiter| waiter.thread).collect()
+    }
+
+    /// Publishes a durable batch; returns the waiters it satisfied.
+    fn publish(
+        &mut self,
+        durable_index: u64,
+        durable_seq: u64,
+        durable_hard_state: HardState,
+    ) -> Vec<std::thread::Thread> {
+        self.durable_index = durable_index;
+        self.durable_seq = durable_seq;
+        self.durable_hard_state = durable_hard_state;
+        self.take_satisfied()
+    }
+
+    /// Records the failure that stops the WAL; returns every waiter.
+    fn fail(&mut self, err: WalError) -> Vec<std::thread::Thread> {
+        self.failure = Some(err);
+        self.take_satisfied()
+    }
+
+    /// Records the writer's exit; returns every waiter.
+    fn shut_down(&mut self) -> Vec<std::thread::Thread> {
+        self.shutdown = true;
+        self.take_satisfied()
+    }
+}
+
+fn unpark_all(threads: Vec<std::thread::Thread>) {
+    for thread in threads {
+        thread.unpark();
+    }
+}
+
+/// Blocks until `until` is satisfied, then returns what `outcome` makes of the durable
+/// state. `outcome` must return `Some` exactly when `is_satisfied(until)` holds.
+fn park_until<T>(
+    durable: &Mutex<DurableState>,
+    until: WaitFor,
+    outcome: impl Fn(&DurableState) -> Option<T>,
+) -> T {
+    let mut state = durable.lock();
+    let mut registered = false;
+    loop {
+        if let Some(result) = outcome(&state) {
+            return result;
+        }
+        debug_assert!(!state.is_satisfied(until));
+        if !registered {
+            // Stays registered until the state change that satisfies it removes it.
+            state.waiters.push(Waiter {
+                until,
+                thread: std::thread::current(),
+            });
+            registered = true;
+        }
+        drop(state);
+        // Spurious or stale unparks are fine: the loop re-checks under the lock.
+        std::thread::park();
+        state = durable.lock();
+    }
 }
 
 struct Shared<S: Storage> {
@@ -232,7 +356,6 @@ struct Shared<S: Storage> {
     space_ready: Condvar,
     core: Mutex<WalCore<S>>,
     durable: Mutex<DurableState>,
-    durable_changed: Condvar,
     durable_index: AtomicU64,
     stats: WalStats,
     max_pending_bytes: usize,
@@ -309,11 +432,13 @@ impl<S: Storage> Ticket<S> {
     }
 
     /// Blocks until the entries are durable; returns the durable index.
+    ///
+    /// Fails with the WAL's failure (every waiter sees it), [`WalError::Truncated`] if an
+    /// operation queued later removed these entries, or [`WalError::Shutdown`].
     pub fn wait(self) -> Result<u64> {
-        let mut durable = self.shared.durable.lock();
-        loop {
+        park_until(&self.shared.durable, WaitFor::Seq(self.seq), |durable| {
             if let Some(err) = &durable.failure {
-                return Err(err.clone());
+                return Some(Err(err.clone()));
             }
             if durable.durable_seq > self.seq {
                 let truncated = durable
@@ -321,17 +446,14 @@ impl<S: Storage> Ticket<S> {
                     .min_from_after(self.seq)
                     .is_some_and(|from| from <= self.last_index);
                 if truncated {
-                    return Err(WalError::Truncated {
+                    return Some(Err(WalError::Truncated {
                         index: self.last_index,
-                    });
+                    }));
                 }
-                return Ok(durable.durable_index);
+                return Some(Ok(durable.durable_index));
             }
-            if durable.shutdown {
-                return Err(WalError::Shutdown);
-            }
-            self.shared.durable_changed.wait(&mut durable);
-        }
+            durable.shutdown.then_some(Err(WalError::Shutdown))
+        })
     }
 }
 
@@ -364,6 +486,7 @@ impl<S: Storage> Wal<S> {
             hard_state: core.hard_state(),
             next_seq: 0,
             writer_idle: false,
+            writer_wake_seq: 0,
             shutdown: false,
             failure: None,
         };
@@ -379,8 +502,8 @@ impl<S: Storage> Wal<S> {
                 truncations: TruncationLog::default(),
                 failure: None,
                 shutdown: false,
+                waiters: Vec::new(),
             }),
-            durable_changed: Condvar::new(),
             durable_index: AtomicU64::new(durable_index),
             stats: WalStats::with_emulated_sync_delay(options.emulated_sync_delay),
             max_pending_bytes: options.max_pending_bytes.clamp(1, max_batch),
@@ -468,20 +591,15 @@ impl<S: Storage> Wal<S> {
 
     /// Blocks until `index` is durable (or the WAL failed).
     pub fn wait_durable(&self, index: u64) -> Result<u64> {
-        let shared = self.shared();
-        let mut durable = shared.durable.lock();
-        loop {
+        park_until(&self.shared().durable, WaitFor::Index(index), |durable| {
             if let Some(err) = &durable.failure {
-                return Err(err.clone());
+                return Some(Err(err.clone()));
             }
             if durable.durable_index >= index {
-                return Ok(durable.durable_index);
+                return Some(Ok(durable.durable_index));
             }
-            if durable.shutdown {
-                return Err(WalError::Shutdown);
-            }
-            shared.durable_changed.wait(&mut durable);
-        }
+            durable.shutdown.then_some(Err(WalError::Shutdown))
+        })
     }
 
     fn ticket(&self, last_index: u64, seq: u64) -> Ticket<S> {
@@ -530,7 +648,7 @@ impl<S: Storage> Wal<S> {
     fn finish_enqueue(&self, mut queue: parking_lot::MutexGuard<'_, Queue>) -> u64 {
         let seq = queue.next_seq;
         queue.next_seq += 1;
-        let wake = queue.writer_idle;
+        let wake = queue.writer_idle && queue.next_seq >= queue.writer_wake_seq;
         drop(queue);
         if wake {
             self.shared().work_ready.notify_one();
@@ -774,6 +892,38 @@ impl<S: Storage> Wal<S> {
     }
 }
 
+/// Upper bound on the group-merging wait (see the module docs).
+const MAX_REJOIN_WAIT: Duration = Duration::from_millis(1);
+
+/// What the writer waits for before its next batch: `seq` queued, at most `max_wait`.
+struct Rejoin {
+    seq: u64,
+    max_wait: Duration,
+}
+
+/// Group merging (see the module docs): waits until `rejoin.seq` is queued, the buffer is
+/// half full, the WAL stops, or `rejoin.max_wait` passes.
+fn wait_for_rejoin<S: Storage>(
+    shared: &Shared<S>,
+    queue: &mut parking_lot::MutexGuard<'_, Queue>,
+    rejoin: Rejoin,
+) {
+    let deadline = Instant::now() + rejoin.max_wait;
+    while queue.next_seq < rejoin.seq
+        && !queue.shutdown
+        && queue.body.len() < shared.max_pending_bytes / 2
+        && queue.pending_entries < shared.max_pending_entries / 2
+    {
+        queue.writer_idle = true;
+        queue.writer_wake_seq = rejoin.seq;
+        if shared.work_ready.wait_until(queue, deadline).timed_out() {
+            break;
+        }
+    }
+    queue.writer_idle = false;
+    queue.writer_wake_seq = 0;
+}
+
 /// If the writer thread unwinds (a bug), fail every waiter instead of leaving them
 /// blocked forever.
 struct WriterPanicGuard<'a, S: Storage> {
@@ -791,8 +941,8 @@ impl<S: Storage> Drop for WriterPanicGuard<'_, S> {
         };
         // The writer's own lock guards were dropped before this one (declared later).
         self.shared.queue.lock().failure = Some(err.clone());
-        self.shared.durable.lock().failure = Some(err);
-        self.shared.durable_changed.notify_all();
+        let woken = self.shared.durable.lock().fail(err);
+        unpark_all(woken);
         self.shared.space_ready.notify_all();
     }
 }
@@ -800,8 +950,12 @@ impl<S: Storage> Drop for WriterPanicGuard<'_, S> {
 fn writer_loop<S: Storage>(shared: Arc<Shared<S>>, mut backend: Box<dyn IoBackend>) {
     let _panic_guard = WriterPanicGuard { shared: &shared };
     let mut spare: Vec<u8> = Vec::new();
+    let mut rejoin: Option<Rejoin> = None;
     loop {
         let mut queue = shared.queue.lock();
+        if let Some(rejoin) = rejoin.take() {
+            wait_for_rejoin(&shared, &mut queue, rejoin);
+        }
         // `next_seq` counts every operation; an empty flush still needs an answer.
         let mut acknowledged_seq = shared.durable.lock().durable_seq;
         while queue.body.is_empty() && queue.next_seq == acknowledged_seq && !queue.shutdown {
@@ -812,10 +966,8 @@ fn writer_loop<S: Storage>(shared: Arc<Shared<S>>, mut backend: Box<dyn IoBacken
         queue.writer_idle = false;
         if queue.body.is_empty() && queue.next_seq == acknowledged_seq && queue.shutdown {
             drop(queue);
-            let mut durable = shared.durable.lock();
-            durable.shutdown = true;
-            drop(durable);
-            shared.durable_changed.notify_all();
+            let woken = shared.durable.lock().shut_down();
+            unpark_all(woken);
             return;
         }
         let mut core = shared.core.lock();
@@ -872,21 +1024,32 @@ fn writer_loop<S: Storage>(shared: Arc<Shared<S>>, mut backend: Box<dyn IoBacken
                     let _ = subscriber.send(durable_index);
                 }
                 shared.durable_index.store(durable_index, Ordering::Release);
-                {
-                    let mut durable = shared.durable.lock();
-                    durable.durable_index = durable_index;
-                    durable.durable_seq = batch_seq;
-                    durable.durable_hard_state = durable_hard_state;
+                // Lock order queue -> durable: `queued_seq` is read before anyone woken
+                // here can queue again, so the rejoin target counts only their operations.
+                let (woken, queued_seq) = {
+                    let queue = shared.queue.lock();
+                    let woken =
+                        shared
+                            .durable
+                            .lock()
+                            .publish(durable_index, batch_seq, durable_hard_state);
+                    (woken, queue.next_seq)
+                };
+                if !woken.is_empty() {
+                    rejoin = Some(Rejoin {
+                        seq: queued_seq + woken.len() as u64,
+                        max_wait: (started.elapsed() / 2).min(MAX_REJOIN_WAIT),
+                    });
                 }
-                shared.durable_changed.notify_all();
+                unpark_all(woken);
             }
             Err(err) => {
                 let stored = core.poisoned().unwrap_or_else(|| err.clone());
                 drop(core);
                 tracing::error!("WAL writer stopped: {err}");
                 shared.queue.lock().failure = Some(stored);
-                shared.durable.lock().failure = Some(err);
-                shared.durable_changed.notify_all();
+                let woken = shared.durable.lock().fail(err);
+                unpark_all(woken);
                 shared.space_ready.notify_all();
                 return;
             }

@@ -95,6 +95,41 @@ impl ReplicaConfig {
     }
 }
 
+/// Starts the peer transport (its reader threads deliver into the node), then the node
+/// over it, and attaches the two: what every member does, whatever its front end.
+/// `fallback_addrs` are dialed for members the configuration has no address for yet.
+pub(crate) fn start_member<M>(
+    transport_config: TransportConfig,
+    peer_listener: TcpListener,
+    options: NodeOptions,
+    state_machine: M,
+    fallback_addrs: Vec<(u64, SocketAddr)>,
+) -> Result<(Node<M::Response>, SocketAddr, PeerClientAddrs), ServerError>
+where
+    M: StateMachine + 'static,
+{
+    let id = transport_config.node_id;
+    let counters = Arc::new(GlueCounters::default());
+    let inbound = Arc::new(RaftInbound::new(
+        id,
+        CodecLimits::default(),
+        Arc::clone(&counters),
+    ));
+    let peer_transport = PeerTransport::start_with_sink(
+        transport_config,
+        peer_listener,
+        Arc::clone(&inbound) as Arc<dyn InboundSink>,
+    )
+    .map_err(|error| ServerError::Transport(error.to_string()))?;
+    let peer_addr = peer_transport.local_addr();
+    let peer_client_addrs = peer_transport.peer_client_addrs();
+    let transport = NetTransport::new(peer_transport, counters).with_fallback_addrs(fallback_addrs);
+    let node = Node::start(options, state_machine, transport)
+        .map_err(|source| ServerError::Node { id, source })?;
+    inbound.attach(node.handle());
+    Ok((node, peer_addr, peer_client_addrs))
+}
+
 /// A running replica. Dropping it without [`Replica::shutdown`] stops it too.
 pub struct Replica<R> {
     id: u64,
@@ -119,30 +154,13 @@ impl<R: Send + 'static> Replica<R> {
         let mut transport_config =
             TransportConfig::new(config.cluster_id, config.id, config.peers.clone());
         transport_config.advertised_client_addr = config.advertised_client_addr.clone();
-        let counters = Arc::new(GlueCounters::default());
-        let inbound = Arc::new(RaftInbound::new(
-            config.id,
-            CodecLimits::default(),
-            Arc::clone(&counters),
-        ));
-        let peer_transport = PeerTransport::start_with_sink(
+        let (node, peer_addr, peer_client_addrs) = start_member(
             transport_config,
             peer_listener,
-            Arc::clone(&inbound) as Arc<dyn InboundSink>,
-        )
-        .map_err(|error| ServerError::Transport(error.to_string()))?;
-        let peer_addr = peer_transport.local_addr();
-        let peer_client_addrs = peer_transport.peer_client_addrs();
-        let node = Node::start(
             config.node_options(),
             state_machine,
-            NetTransport::new(peer_transport, counters),
-        )
-        .map_err(|source| ServerError::Node {
-            id: config.id,
-            source,
-        })?;
-        inbound.attach(node.handle());
+            config.peers.clone(),
+        )?;
         Ok(Replica {
             id: config.id,
             node,

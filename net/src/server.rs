@@ -24,13 +24,11 @@ use tally_engine::runtime::{LogMembership, MembershipPolicy, Node, NodeHandle, N
 
 use crate::client_port::{default_io_threads, ClientPort, ClientPortConfig, ClientPortCounters};
 use crate::cluster_id::resolve_cluster_id;
-use crate::codec::CodecLimits;
 use crate::handshake::ClusterSecret;
 use crate::identity::{CreatedAs, Identity, IdentityError, IDENTITY_FILE};
 use crate::limits::Limits;
-use crate::node_transport::{GlueCounters, NetTransport, RaftInbound};
 use crate::peer_tls::{PeerTls, PeerTlsFiles};
-use crate::transport::{InboundSink, PeerTransport, TransportConfig};
+use crate::transport::TransportConfig;
 
 /// The core's tick; election timeout and heartbeat interval are rounded to it.
 pub const TICK_MS: u64 = 10;
@@ -208,20 +206,13 @@ impl Server {
         let mut transport_config =
             peer_transport_config(&config, cluster_id, advertised_client_addr.clone())?;
         transport_config.incarnation = identity.incarnation;
-        let counters = Arc::new(GlueCounters::default());
-        let inbound = Arc::new(RaftInbound::new(
-            config.id,
-            CodecLimits::default(),
-            Arc::clone(&counters),
-        ));
-        let peer_transport = PeerTransport::start_with_sink(
+        let (node, peer_addr, peer_client_addrs) = crate::replica::start_member(
             transport_config,
             peer_listener,
-            Arc::clone(&inbound) as Arc<dyn InboundSink>,
-        )
-        .map_err(|error| ServerError::Transport(error.to_string()))?;
-        let peer_addr = peer_transport.local_addr();
-        let peer_client_addrs = peer_transport.peer_client_addrs();
+            node_options(&config, identity.created_as == CreatedAs::Bootstrap),
+            KvStateMachine::new(KvLimits::default()),
+            config.peers.clone(),
+        )?;
         if config.cluster_secret.is_none() && config.peer_tls.is_none() {
             tracing::warn!(
                 node_id = config.id,
@@ -230,19 +221,6 @@ impl Server {
                  {peer_addr} can act as a cluster member (forge log entries, votes, terms); see docs/SECURITY.md"
             );
         }
-
-        let net_transport =
-            NetTransport::new(peer_transport, counters).with_fallback_addrs(config.peers.clone());
-        let node = Node::start(
-            node_options(&config, identity.created_as == CreatedAs::Bootstrap),
-            KvStateMachine::new(KvLimits::default()),
-            net_transport,
-        )
-        .map_err(|source| ServerError::Node {
-            id: config.id,
-            source,
-        })?;
-        inbound.attach(node.handle());
         let advertised_peer = config
             .advertise_peer
             .clone()

@@ -60,14 +60,30 @@ pub struct Configuration {
 /// Why an encoded configuration could not be decoded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigDecodeError {
+    /// The encoding ended before a declared field.
     #[error("configuration entry truncated")]
     Truncated,
+    /// The encoding declares more members than [`MAX_MEMBERS`] (refused before allocating).
     #[error("configuration declares {declared} members, more than the limit {limit}")]
-    TooManyMembers { declared: usize, limit: usize },
+    TooManyMembers {
+        /// Member count the encoding declares.
+        declared: usize,
+        /// The limit, [`MAX_MEMBERS`].
+        limit: usize,
+    },
+    /// A member address is longer than [`MAX_MEMBER_ADDR_BYTES`].
     #[error("member address of {len} bytes exceeds the limit {limit}")]
-    AddressTooLong { len: usize, limit: usize },
+    AddressTooLong {
+        /// Declared address length, in bytes.
+        len: usize,
+        /// The limit, [`MAX_MEMBER_ADDR_BYTES`].
+        limit: usize,
+    },
+    /// A member address is not valid UTF-8.
     #[error("member address is not UTF-8")]
     AddressNotUtf8,
+    /// The encoding carries member information for this id, which is in no voter or learner
+    /// set.
     #[error("member information for {0}, which is not a member")]
     InfoForNonMember(NodeId),
 }
@@ -275,8 +291,11 @@ fn read_addr(data: &mut &[u8]) -> Result<String, ConfigDecodeError> {
 /// Outcome of counting votes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VoteResult {
+    /// A majority of every voter set (both, in joint consensus) granted the vote.
     Won,
+    /// A majority of some voter set refused: the election cannot be won any more.
     Lost,
+    /// Neither yet: more answers are needed.
     Pending,
 }
 

@@ -94,32 +94,42 @@ impl RaftLog {
         }
     }
 
+    /// Index of the first entry held in memory: one past the snapshot point (even when the
+    /// log holds no entry).
     pub fn first_index(&self) -> u64 {
         self.start.last_index + 1
     }
 
+    /// Index of the last entry; the snapshot point when the log holds no entry.
     pub fn last_index(&self) -> u64 {
         self.start.last_index + self.entries.len() as u64
     }
 
+    /// Term of the last entry; the snapshot point's term when the log holds no entry.
     pub fn last_term(&self) -> u64 {
         self.entries
             .back()
             .map_or(self.start.last_term, |entry| entry.term)
     }
 
+    /// Highest index known committed (never decreases while the node runs).
     pub fn committed(&self) -> u64 {
         self.committed
     }
 
+    /// Highest index durable on this node's disk (lowered when a conflicting suffix is
+    /// truncated).
     pub fn persisted(&self) -> u64 {
         self.persisted
     }
 
+    /// Highest index handed to the runtime for applying; at most
+    /// `min(committed(), persisted())`.
     pub fn applied(&self) -> u64 {
         self.applied
     }
 
+    /// The snapshot point the log starts after.
     pub fn start(&self) -> LogStart {
         self.start
     }
@@ -129,6 +139,7 @@ impl RaftLog {
         self.entries.len()
     }
 
+    /// Whether no entry is held in memory (everything is in the snapshot, or the log is new).
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -147,6 +158,8 @@ impl RaftLog {
         self.entry(index).map(|entry| entry.term)
     }
 
+    /// The entry at `index`; `None` when it was compacted into the snapshot or lies beyond
+    /// [`RaftLog::last_index`].
     pub fn entry(&self, index: u64) -> Option<&Entry> {
         if index <= self.start.last_index {
             return None;

@@ -12,36 +12,54 @@ use super::types::{Entry, NodeId};
 /// A message from one node to another.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
+    /// Sender.
     pub from: NodeId,
+    /// Recipient.
     pub to: NodeId,
     /// The sender's current term. For `PreVote` it is the term the sender *would*
     /// campaign in (its term + 1); for a granted `PreVoteResponse` it echoes that term.
     pub term: u64,
+    /// What the message says.
     pub body: MessageBody,
 }
 
+/// The Raft RPCs and their answers (Raft §5, pre-vote §9.6, leadership transfer §3.10,
+/// snapshots §7).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MessageBody {
+    /// Leader to follower: entries to append, or a heartbeat when empty.
     AppendEntries(AppendEntries),
+    /// Follower to leader: whether the append matched, and how far.
     AppendEntriesResponse(AppendEntriesResponse),
+    /// Candidate to voter: vote for me in `Message::term`.
     RequestVote(RequestVote),
+    /// Voter to candidate: granted or not.
     RequestVoteResponse(VoteResponse),
+    /// Pre-candidate to voter: would you vote for me in `Message::term`? Changes no term.
     PreVote(RequestVote),
+    /// Voter to pre-candidate: would grant or not.
     PreVoteResponse(VoteResponse),
     /// Sent by a leader to the target of a leadership transfer: start an election now,
     /// skipping pre-vote.
     TimeoutNow,
     /// Snapshot transfer for followers whose next entry was compacted away.
     InstallSnapshot(InstallSnapshot),
+    /// Follower to leader: the chunk's outcome and the offset expected next.
     InstallSnapshotResponse(InstallSnapshotResponse),
 }
 
 /// Replicates entries (possibly none: a heartbeat) after `prev_log_index`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AppendEntries {
+    /// Index of the entry just before `entries` (0 when they start the log).
     pub prev_log_index: u64,
+    /// Term of the entry at `prev_log_index`; the follower rejects the request unless its
+    /// own log has that term there (the log-matching check).
     pub prev_log_term: u64,
+    /// Entries to append after `prev_log_index`, in index order; empty for a heartbeat.
     pub entries: Vec<Entry>,
+    /// The leader's commit index; the follower commits up to the lower of it and the last
+    /// index this request made it match.
     pub leader_commit: u64,
     /// The leader's heartbeat counter when it sent this message, echoed in the reply.
     /// A reply echoing an id at least a ReadIndex request's id proves the sender was
@@ -52,8 +70,10 @@ pub struct AppendEntries {
     pub sent_at_tick: u64,
 }
 
+/// A follower's answer to [`AppendEntries`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AppendEntriesResponse {
+    /// The follower's log held `prev_log_index` with `prev_log_term` and took the entries.
     pub success: bool,
     /// On success: the follower's log matches the leader's through this index and is
     /// durable through it.
@@ -63,7 +83,9 @@ pub struct AppendEntriesResponse {
     pub rejected_prev_index: u64,
     /// On failure: where the logs may diverge (fast backup).
     pub conflict: Option<ConflictHint>,
+    /// `heartbeat_id` of the request answered (for ReadIndex confirmation).
     pub heartbeat_id: u64,
+    /// `sent_at_tick` of the request answered (for the leader's lease).
     pub sent_at_tick: u64,
 }
 
@@ -78,17 +100,23 @@ pub struct ConflictHint {
     pub last_log_index: u64,
 }
 
+/// A (pre-)vote request; voters grant it only to a log at least as up to date as their
+/// own (Raft §5.4.1).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestVote {
+    /// Index of the candidate's last log entry.
     pub last_log_index: u64,
+    /// Term of the candidate's last log entry.
     pub last_log_term: u64,
     /// Set when the election was triggered by `TimeoutNow`: voters then disregard the
     /// fact that they recently heard from the (transferring) leader.
     pub leadership_transfer: bool,
 }
 
+/// A voter's answer to [`RequestVote`] or a pre-vote.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VoteResponse {
+    /// Whether the vote (or pre-vote) was granted.
     pub granted: bool,
 }
 
@@ -104,6 +132,7 @@ pub struct InstallSnapshot {
     pub checksum: u32,
     /// Byte offset of `data` in the snapshot.
     pub offset: u64,
+    /// The bytes of this chunk: `data.len()` bytes starting at `offset`.
     pub data: Bytes,
     /// The last chunk: `offset + data.len() == total_bytes`.
     pub done: bool,

@@ -64,6 +64,7 @@ mod validate;
 /// [`RaftNode::tick`] at a fixed interval of its local clock.
 #[derive(Clone, Debug)]
 pub struct RaftConfig {
+    /// This node's id. Must be non-zero and unique in the cluster.
     pub id: NodeId,
     /// Minimum election timeout; each timeout is drawn from `[min, 2 * min)`.
     /// Followers also refuse votes for this long after hearing from a leader.
@@ -76,6 +77,7 @@ pub struct RaftConfig {
     pub max_inflight_bytes: u64,
     /// An AppendEntries carries entries up to this many bytes (at least one entry).
     pub max_batch_bytes: u64,
+    /// An AppendEntries carries at most this many entries.
     pub max_batch_entries: usize,
     /// Run a pre-vote round before incrementing the term (thesis §9.6).
     pub pre_vote: bool,
@@ -152,6 +154,8 @@ pub struct PersistAction {
     /// A received snapshot chunk to append to the temporary snapshot file (offset 0
     /// starts a new file); with `last`, the snapshot is installed.
     pub snapshot: Option<SnapshotChunk>,
+    /// Term and vote to make durable before anything that depends on them is sent;
+    /// `None` when they did not change.
     pub hard_state: Option<HardState>,
     /// The durable log now starts after this point and holds no entry (a snapshot
     /// replaced it): `tally_wal::Wal::reset(last_index + 1)`.
@@ -167,12 +171,15 @@ pub struct PersistAction {
 /// A read that became safe to serve.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReadyRead {
+    /// The id the caller gave [`RaftNode::read_index`].
     pub request_id: u64,
     /// Serve once the state machine applied at least this index.
     pub read_index: u64,
+    /// How the read was made safe.
     pub via: ReadPath,
 }
 
+/// How a read was confirmed linearizable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadPath {
     /// Leader lease: no message round was needed.
@@ -184,8 +191,11 @@ pub enum ReadPath {
 /// The node's role, term and known leader, reported when any of them changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RoleState {
+    /// The node's role now.
     pub role: Role,
+    /// The node's current term.
     pub term: u64,
+    /// The leader this node knows of in `term`; `None` while unknown (elections).
     pub leader: Option<NodeId>,
 }
 
@@ -193,12 +203,19 @@ pub struct RoleState {
 /// ordering rules.
 #[derive(Clone, Debug, Default)]
 pub struct Ready {
+    /// What to make durable, then report with [`RaftNode::on_persisted`]; `None`: nothing.
     pub persist: Option<PersistAction>,
+    /// Messages to send now; the core already held back those that must wait for
+    /// durability (see the module docs).
     pub messages: Vec<Message>,
+    /// Entries committed and durable locally, to apply in index order (then report with
+    /// [`RaftNode::on_applied`]).
     pub committed_entries: Vec<Entry>,
+    /// Reads that became safe: serve each once the state machine applied its `read_index`.
     pub reads: Vec<ReadyRead>,
     /// Reads that will never become safe on this node (it lost leadership).
     pub failed_reads: Vec<(u64, ReadError)>,
+    /// Set when the role, term or known leader changed since the last `Ready`.
     pub role_change: Option<RoleState>,
     /// A received snapshot is durably installed: restore the state machine from it
     /// BEFORE applying this Ready's `committed_entries` (all above its index).
@@ -208,6 +225,8 @@ pub struct Ready {
 }
 
 impl Ready {
+    /// Whether there is nothing to do: no persistence, message, entry, read, role change,
+    /// snapshot restore or fatal error.
     pub fn is_empty(&self) -> bool {
         self.persist.is_none()
             && self.restore_snapshot.is_none()
@@ -220,40 +239,69 @@ impl Ready {
     }
 }
 
+/// Why [`RaftNode::propose`] refused a proposal. Nothing was appended; the caller may
+/// retry on the leader.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ProposeError {
+    /// This node is not the leader.
     #[error("not the leader (leader hint: {leader_hint:?})")]
-    NotLeader { leader_hint: Option<NodeId> },
+    NotLeader {
+        /// The leader this node knows of, if any: where to retry.
+        leader_hint: Option<NodeId>,
+    },
+    /// The leader is handing leadership over and takes no proposal meanwhile.
     #[error("leadership transfer in progress")]
     TransferInProgress,
+    /// No command was given.
     #[error("empty proposal")]
     Empty,
 }
 
+/// Why a membership change was refused; the configuration is unchanged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigChangeError {
+    /// This node is not the leader.
     #[error("not the leader (leader hint: {leader_hint:?})")]
-    NotLeader { leader_hint: Option<NodeId> },
+    NotLeader {
+        /// The leader this node knows of, if any: where to retry.
+        leader_hint: Option<NodeId>,
+    },
+    /// The leader is handing leadership over and takes no change meanwhile.
     #[error("leadership transfer in progress")]
     TransferInProgress,
+    /// An earlier change is not committed yet (or joint consensus is not left yet): one
+    /// change at a time.
     #[error("a membership change is still in progress")]
     ChangeInProgress,
+    /// The requested configuration has no voter.
     #[error("a configuration needs at least one voter")]
     NoVoters,
 }
 
+/// Why a linearizable read cannot be served by this node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ReadError {
+    /// This node is not the leader (or stopped being it before the read was confirmed).
     #[error("not the leader (leader hint: {leader_hint:?})")]
-    NotLeader { leader_hint: Option<NodeId> },
+    NotLeader {
+        /// The leader this node knows of, if any: where to retry.
+        leader_hint: Option<NodeId>,
+    },
 }
 
+/// Why [`RaftNode::transfer_leadership`] was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TransferError {
+    /// This node is not the leader.
     #[error("not the leader (leader hint: {leader_hint:?})")]
-    NotLeader { leader_hint: Option<NodeId> },
+    NotLeader {
+        /// The leader this node knows of, if any.
+        leader_hint: Option<NodeId>,
+    },
+    /// The target is not a voter of the current configuration.
     #[error("node {0} is not a voter of the configuration")]
     NotAVoter(NodeId),
+    /// The target is this node, which already leads.
     #[error("already the leader")]
     AlreadyLeader,
 }
@@ -263,19 +311,32 @@ pub enum TransferError {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum CoreError {
+    /// A configuration entry in the log does not decode (fatal: the log is corrupt).
     #[error("configuration entry at index {index} does not decode: {reason}")]
-    UndecodableConfiguration { index: u64, reason: String },
+    UndecodableConfiguration {
+        /// Index of the entry.
+        index: u64,
+        /// What the decoder refused.
+        reason: String,
+    },
+    /// Restored entries do not follow each other index by index.
     #[error(
         "log entries are not contiguous: expected index {expected_index}, found {found_index}"
     )]
     LogNotContiguous {
+        /// Index the next entry should have had.
         expected_index: u64,
+        /// Index it had.
         found_index: u64,
     },
+    /// A restored entry's term is below its predecessor's.
     #[error("entry {index} has term {term}, below the previous term {previous_term}")]
     TermRegression {
+        /// Index of the entry.
         index: u64,
+        /// Its term.
         term: u64,
+        /// Term of the entry before it.
         previous_term: u64,
     },
 }
@@ -545,36 +606,48 @@ impl RaftNode {
 
     // ----- accessors -------------------------------------------------------------
 
+    /// This node's id ([`RaftConfig::id`]).
     pub fn id(&self) -> NodeId {
         self.cfg.id
     }
+    /// The current term (durable once the Ready that changed it was persisted).
     pub fn term(&self) -> u64 {
         self.term
     }
+    /// The current role.
     pub fn role(&self) -> Role {
         self.role
     }
+    /// The candidate this node voted for in the current term, if any.
     pub fn voted_for(&self) -> Option<NodeId> {
         self.voted_for
     }
+    /// The leader this node knows of in the current term, if any.
     pub fn leader_id(&self) -> Option<NodeId> {
         self.leader_id
     }
+    /// The in-memory log and its watermarks.
     pub fn log(&self) -> &RaftLog {
         &self.log
     }
+    /// Highest index known committed.
     pub fn commit_index(&self) -> u64 {
         self.log.committed()
     }
+    /// The membership configuration in effect (the latest configuration entry in the log,
+    /// committed or not, as Raft §6 prescribes).
     pub fn configuration(&self) -> &Configuration {
         &self.configuration
     }
+    /// The static parameters this node was built with.
     pub fn config(&self) -> &RaftConfig {
         &self.cfg
     }
+    /// Ticks since the node was created (advanced by [`RaftNode::tick`]).
     pub fn now_tick(&self) -> u64 {
         self.now_tick
     }
+    /// Whether this node is the leader of the current term.
     pub fn is_leader(&self) -> bool {
         self.role == Role::Leader
     }

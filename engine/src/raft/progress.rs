@@ -27,6 +27,7 @@ pub struct Progress {
     pub match_index: u64,
     /// Next index to send. Invariant: `match_index + 1 <= next_index <= last_index + 1`.
     pub next_index: u64,
+    /// Probe, replicate or snapshot: decides how much may be in flight to this peer.
     pub state: ReplicationState,
     /// In probe state: an AppendEntries was sent and not yet answered.
     pub probe_outstanding: bool,
@@ -59,6 +60,7 @@ pub struct Progress {
 /// reference-counted view), so that a newer local snapshot does not disturb it.
 #[derive(Clone, Debug)]
 pub struct SnapshotTransfer {
+    /// The snapshot being sent (data and metadata), pinned for the whole transfer.
     pub snapshot: LocalSnapshot,
     /// The follower confirmed (durably) the bytes before this offset.
     /// Invariant: `acked_offset <= next_offset <= total`.
@@ -76,6 +78,7 @@ pub struct SnapshotTransfer {
 }
 
 impl SnapshotTransfer {
+    /// A transfer of `snapshot` from offset 0, its last activity at `now_tick`.
     pub fn new(snapshot: LocalSnapshot, now_tick: u64) -> SnapshotTransfer {
         SnapshotTransfer {
             snapshot,
@@ -87,6 +90,7 @@ impl SnapshotTransfer {
         }
     }
 
+    /// Size of the snapshot data being sent, in bytes.
     pub fn total_bytes(&self) -> u64 {
         self.snapshot.data.len() as u64
     }
@@ -106,6 +110,9 @@ impl SnapshotTransfer {
         self.last_activity_tick = now_tick;
     }
 
+    /// Asserts the invariants written on the fields (offsets ordered and within the
+    /// snapshot). Panics on a broken invariant in builds with debug assertions or the
+    /// `invariants` feature (a bug in the core, never bad input); a no-op otherwise.
     pub fn check_invariants(&self) {
         invariant!(self.acked_offset <= self.next_offset);
         invariant!(self.next_offset <= self.total_bytes());
@@ -171,6 +178,8 @@ impl Progress {
             && now_tick.saturating_sub(self.last_progress_tick) >= stall_ticks
     }
 
+    /// Falls back to probing from `next_index` (never below `match_index + 1`): drops
+    /// everything in flight and any snapshot transfer.
     pub fn become_probe(&mut self, next_index: u64) {
         self.state = ReplicationState::Probe;
         self.snapshot = None;
@@ -180,6 +189,7 @@ impl Progress {
         self.inflight_bytes = 0;
     }
 
+    /// Starts pipelining from `match_index + 1`: used once the peer's position is known.
     pub fn become_replicate(&mut self) {
         self.state = ReplicationState::Replicate;
         self.snapshot = None;
@@ -199,6 +209,9 @@ impl Progress {
         self.inflight_bytes = 0;
     }
 
+    /// Asserts the invariants written on the fields (`match_index < next_index`, in-flight
+    /// byte accounting, a transfer only in snapshot state). Panics on a broken invariant in
+    /// builds with debug assertions or the `invariants` feature; a no-op otherwise.
     pub fn check_invariants(&self) {
         invariant!(
             self.match_index < self.next_index,

@@ -38,9 +38,12 @@ impl SnapshotMeta {
 /// offsets; offset 0 starts a new temporary file.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SnapshotChunk {
+    /// What the whole snapshot covers (index, term, configuration); equal in every chunk
+    /// of one transfer.
     pub meta: SnapshotMeta,
     /// Byte offset of `data` in the snapshot file.
     pub offset: u64,
+    /// The bytes of this chunk, to be written at `offset` of the temporary file.
     pub data: Bytes,
     /// Size of the whole snapshot file.
     pub total_bytes: u64,
@@ -69,7 +72,10 @@ impl fmt::Debug for SnapshotChunk {
 /// (usually a memory map); the core only slices chunks out of it.
 #[derive(Clone)]
 pub struct LocalSnapshot {
+    /// What the snapshot covers (index, term, configuration).
     pub meta: SnapshotMeta,
+    /// The whole snapshot file, as the state machine wrote it; chunks are slices of it
+    /// (no copy).
     pub data: Bytes,
     /// CRC-32 of `data`, computed once when the snapshot was reported.
     pub checksum: u32,
@@ -89,18 +95,40 @@ impl fmt::Debug for LocalSnapshot {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SnapshotError {
+    /// The snapshot claims an index the state machine has not applied yet.
     #[error("snapshot at index {index} is above the applied index {applied}")]
-    AboveApplied { index: u64, applied: u64 },
+    AboveApplied {
+        /// Index the snapshot claims to cover.
+        index: u64,
+        /// This node's applied index.
+        applied: u64,
+    },
+    /// The snapshot's term differs from the term of the log's entry at that index (or the
+    /// log no longer holds it and cannot confirm it).
     #[error("snapshot at index {index} has term {term}, the log has {log_term:?} there")]
     TermMismatch {
+        /// Index the snapshot claims to cover.
         index: u64,
+        /// Term the snapshot claims for `index`.
         term: u64,
+        /// Term the log holds at `index`; `None` when it holds no entry there.
         log_term: Option<u64>,
     },
+    /// The snapshot's configuration differs from the configuration in effect at its index.
     #[error("snapshot at index {index} does not carry the configuration in effect there")]
-    ConfigurationMismatch { index: u64 },
+    ConfigurationMismatch {
+        /// Index the snapshot claims to cover.
+        index: u64,
+    },
+    /// A snapshot at or above this index is already kept; the older one is not taken.
     #[error("snapshot at index {index} is not newer than the one kept ({kept_index})")]
-    NotNewer { index: u64, kept_index: u64 },
+    NotNewer {
+        /// Index the refused snapshot covers.
+        index: u64,
+        /// Index of the snapshot already kept.
+        kept_index: u64,
+    },
+    /// The node stopped after a fatal error and accepts no snapshot.
     #[error("the node stopped after a fatal error")]
     Stopped,
 }
@@ -109,13 +137,22 @@ pub enum SnapshotError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum CompactError {
+    /// Compaction would drop entries the state machine has not applied.
     #[error("compaction through {through_index} is above the applied index {applied}")]
-    AboveApplied { through_index: u64, applied: u64 },
+    AboveApplied {
+        /// Index compaction was asked to reach.
+        through_index: u64,
+        /// This node's applied index.
+        applied: u64,
+    },
+    /// Compaction would drop entries no durable snapshot covers yet.
     #[error(
         "compaction through {through_index} is above the newest snapshot ({snapshot_index:?})"
     )]
     AboveSnapshot {
+        /// Index compaction was asked to reach.
         through_index: u64,
+        /// Index of the newest durable snapshot; `None` when there is none.
         snapshot_index: Option<u64>,
     },
 }

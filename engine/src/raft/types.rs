@@ -50,7 +50,12 @@ pub struct Entry {
     pub index: u64,
     /// Term of the leader that created the entry. Invariant: non-decreasing with index.
     pub term: u64,
+    /// Whether the entry is a client command, a leader's no-op or a membership change;
+    /// decides what the state machine is handed when the entry commits.
     pub kind: EntryKind,
+    /// The payload: the client command for [`EntryKind::Normal`], empty for
+    /// [`EntryKind::Noop`], an encoded [`crate::raft::Configuration`] for
+    /// [`EntryKind::Config`]. Shared (reference-counted), so cloning an entry copies no bytes.
     pub data: Bytes,
 }
 
@@ -78,17 +83,23 @@ pub struct HardState {
 /// in a snapshot (or nowhere, for a fresh log: index 0, term 0).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LogStart {
+    /// Last log index the snapshot covers; the first entry of the log is `last_index + 1`.
     pub last_index: u64,
+    /// Term of the entry at `last_index` (needed for the AppendEntries consistency check
+    /// of the first retained entry).
     pub last_term: u64,
 }
 
 /// Role of a node in its current term.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Role {
+    /// Accepts entries from a leader and votes; the initial role of every voter.
     Follower,
     /// Running a pre-vote round: term not yet incremented (thesis §9.6).
     PreCandidate,
+    /// Incremented its term and asks the voters for their votes (Raft §5.2).
     Candidate,
+    /// Accepts proposals and replicates the log; at most one per term.
     Leader,
     /// A non-voting member receiving the log (not yet reachable: needs config changes).
     Learner,

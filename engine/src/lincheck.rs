@@ -44,15 +44,29 @@ use std::fmt::Write as _;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Op {
     /// `GET key`.
-    Get { key: Vec<u8> },
+    Get {
+        /// The key read.
+        key: Vec<u8>,
+    },
     /// `SET key value`.
-    Set { key: Vec<u8>, value: Vec<u8> },
+    Set {
+        /// The key written.
+        key: Vec<u8>,
+        /// The value written.
+        value: Vec<u8>,
+    },
     /// `INCR key` (an absent key counts as 0).
-    Incr { key: Vec<u8> },
+    Incr {
+        /// The key incremented.
+        key: Vec<u8>,
+    },
     /// `CAS key expected new`: swaps when the key holds `expected`.
     Cas {
+        /// The key.
         key: Vec<u8>,
+        /// The value the key must hold for the swap.
         expected: Vec<u8>,
+        /// The value stored when it does.
         new: Vec<u8>,
     },
 }
@@ -95,12 +109,14 @@ pub enum Outcome {
 pub struct Entry {
     /// Which client issued it (for reports only).
     pub client: u64,
+    /// What the client sent.
     pub op: Op,
     /// Just before the command was sent.
     pub invoke_ns: u64,
     /// Just after the reply arrived (for `Unknown`: when the client gave up; the
     /// operation may still take effect later).
     pub complete_ns: u64,
+    /// What the client learned.
     pub outcome: Outcome,
 }
 
@@ -112,10 +128,12 @@ pub struct History {
 }
 
 impl History {
+    /// An empty history.
     pub fn new() -> History {
         History::default()
     }
 
+    /// Appends one observed operation (in any order: the check sorts by time).
     pub fn push(&mut self, entry: Entry) {
         self.entries.push(entry);
     }
@@ -125,14 +143,17 @@ impl History {
         self.entries.extend(other.entries);
     }
 
+    /// The recorded operations, in the order they were pushed.
     pub fn entries(&self) -> &[Entry] {
         &self.entries
     }
 
+    /// Number of recorded operations.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    /// Whether nothing was recorded.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -158,6 +179,7 @@ impl Default for CheckOptions {
 /// What a passing check looked at.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CheckStats {
+    /// Distinct keys checked.
     pub n_keys: usize,
     /// Operations with a known outcome (reads and writes).
     pub n_definite: usize,
@@ -173,7 +195,12 @@ pub struct CheckStats {
 pub enum Violation {
     /// An entry that cannot describe a real observation.
     #[error("history entry {index} is malformed: {reason}")]
-    InvalidHistory { index: usize, reason: String },
+    InvalidHistory {
+        /// Position of the entry in [`History::entries`].
+        index: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// No order explains every answer on this key.
     #[error("{}", .0.report)]
     NotLinearizable(Box<NonLinearizable>),
@@ -184,9 +211,13 @@ pub enum Violation {
          furthest point: {furthest}"
     )]
     Inconclusive {
+        /// The key whose search ran out of states (lossy UTF-8).
         key: String,
+        /// Search states explored on that key.
         n_states: usize,
+        /// Operations on the key with a known outcome.
         n_definite: usize,
+        /// Writes on the key with an unknown outcome.
         n_unknown: usize,
         /// Where the search got furthest (as in a refusal's report).
         furthest: String,
@@ -197,6 +228,7 @@ pub enum Violation {
 /// operations none of which could come after it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NonLinearizable {
+    /// The key whose operations no order explains.
     pub key: Vec<u8>,
     /// Definite operations the longest explained prefix places.
     pub n_definite_placed: usize,
@@ -734,10 +766,12 @@ pub fn describe(history: &History, index: usize) -> String {
 /// An acknowledged write the final state does not reflect.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LostWrite {
+    /// The key.
     pub key: Vec<u8>,
     /// How many acknowledged writes on the key are missing (INCRs missing from the
     /// count, or SET/CAS writes the final value predates).
     pub count: u64,
+    /// Which writes are missing, for the report.
     pub detail: String,
 }
 

@@ -13,6 +13,7 @@ use crate::raft::{Entry, NodeId, PersistAction, Role};
 /// One log position as the checker sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MirroredEntry {
+    /// Term of the entry.
     pub term: u64,
     /// Hash of the whole log prefix through this entry.
     pub prefix_hash: u64,
@@ -21,6 +22,7 @@ pub struct MirroredEntry {
 /// A node's log as reconstructed from its persist actions. Index 1 is `entries[0]`.
 #[derive(Clone, Debug, Default)]
 pub struct LogMirror {
+    /// Mirrored entries; `entries[i]` is log index `i + 1`.
     pub entries: Vec<MirroredEntry>,
 }
 
@@ -41,10 +43,12 @@ pub fn entry_hash(entry: &Entry) -> u64 {
 }
 
 impl LogMirror {
+    /// Index of the last mirrored entry (0 for an empty log).
     pub fn last_index(&self) -> u64 {
         self.entries.len() as u64
     }
 
+    /// The mirrored entry at `index`; `None` for index 0 or beyond the end.
     pub fn get(&self, index: u64) -> Option<MirroredEntry> {
         if index == 0 {
             return None;
@@ -80,12 +84,15 @@ pub struct Checker {
     committed: Vec<(MirroredEntry, u64)>,
     /// State Machine Safety: what was applied at each index (by index - 1).
     applied: Vec<u64>,
+    /// Every Raft safety property found broken, as a human-readable line; empty in a correct
+    /// run (the simulator reports them with the history's violations).
     pub violations: Vec<String>,
 }
 
 /// What the checker remembers about one node between steps.
 #[derive(Clone, Debug, Default)]
 pub struct NodeWatch {
+    /// The node's durable log, rebuilt from its persist actions.
     pub mirror: LogMirror,
     /// Commit index last seen (reset by a crash).
     pub commit_index: u64,
@@ -280,6 +287,7 @@ impl Checker {
         self.committed.len() as u64
     }
 
+    /// The leader the checker saw for `term`; `None` when no node led it.
     pub fn leader_of_term(&self, term: u64) -> Option<NodeId> {
         self.leader_of_term.get(&term).copied()
     }

@@ -21,19 +21,31 @@ use std::collections::HashMap;
 /// write itself, 1 = a read that observed it).
 pub type Position = (u64, u8);
 
+/// What a client operation does to its register.
 #[derive(Clone, Debug)]
 pub enum OperationKind {
-    Write { value: u64 },
+    /// Store `value` (unique across the run, never 0).
+    Write {
+        /// The value written.
+        value: u64,
+    },
+    /// Read the register.
     Read,
 }
 
 /// One client operation.
 #[derive(Clone, Debug)]
 pub struct Operation {
+    /// Index of the simulated client that issued it.
     pub client: usize,
+    /// The register (key) it touches.
     pub key: u64,
+    /// Write or read.
     pub kind: OperationKind,
+    /// Simulated time of the invocation, in microseconds.
     pub invoked_at_us: u64,
+    /// Simulated time the client learned the outcome, in microseconds; `None` while
+    /// unknown (timed out, crashed).
     pub completed_at_us: Option<u64>,
     /// For a completed read: the value observed (0 = never written).
     pub read_value: Option<u64>,
@@ -44,6 +56,7 @@ pub struct Operation {
 /// All operations of a run, and the incremental checker.
 #[derive(Debug, Default)]
 pub struct History {
+    /// Every operation invoked, indexed by the id [`History::invoke`] returned.
     pub operations: Vec<Operation>,
     /// Per key: (completion time, position) of every completed operation.
     completed_by_key: HashMap<u64, Vec<(u64, Position)>>,
@@ -51,10 +64,14 @@ pub struct History {
     pub committed_write_index: HashMap<u64, u64>,
     /// The session of the request that first committed each value.
     write_sessions: HashMap<u64, Option<crate::kv::ClientSession>>,
+    /// Every linearizability violation found, as a human-readable line; empty when the
+    /// history is linearizable so far.
     pub violations: Vec<String>,
 }
 
 impl History {
+    /// Records an operation invoked at `now_us` (simulated microseconds); returns its id
+    /// for [`History::complete_write`] or [`History::complete_read`].
     pub fn invoke(&mut self, client: usize, key: u64, kind: OperationKind, now_us: u64) -> usize {
         self.operations.push(Operation {
             client,
@@ -95,12 +112,16 @@ impl History {
         }
     }
 
+    /// Records that write `op` committed at log `index`, learned at `now_us`, and checks it
+    /// against every operation completed before it was invoked.
     pub fn complete_write(&mut self, op: usize, index: u64, now_us: u64) {
         self.operations[op].completed_at_us = Some(now_us);
         self.operations[op].write_index = Some(index);
         self.check_completion(op, (index, 0));
     }
 
+    /// Records that read `op` returned `value` (0: the initial value) at `now_us`, and
+    /// checks it; a value no write committed is a violation.
     pub fn complete_read(&mut self, op: usize, value: u64, now_us: u64) {
         self.operations[op].completed_at_us = Some(now_us);
         self.operations[op].read_value = Some(value);

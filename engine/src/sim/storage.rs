@@ -15,7 +15,9 @@ use crate::raft::{Entry, HardState};
 /// What a restarted node is rebuilt from.
 #[derive(Clone, Debug, Default)]
 pub struct RecoveredState {
+    /// Term and vote as last made durable.
     pub hard_state: HardState,
+    /// The durable log entries, in index order.
     pub entries: Vec<Entry>,
 }
 

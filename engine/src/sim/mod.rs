@@ -61,8 +61,11 @@ use tally_wal::SnapshotStore;
 /// Which faults a run injects while faults are active.
 #[derive(Clone, Debug)]
 pub struct FaultConfig {
+    /// Messages are dropped, duplicated and delayed at random rates.
     pub message_faults: bool,
+    /// Symmetric and one-way partitions are cut and healed.
     pub partitions: bool,
+    /// Nodes crash (losing unsynced writes, maybe tearing the last one) and restart.
     pub crashes: bool,
     /// Leaders are asked to change the voter set (joint consensus).
     pub membership_changes: bool,
@@ -73,6 +76,7 @@ pub struct FaultConfig {
 }
 
 impl FaultConfig {
+    /// Every fault kind, a nemesis action every 150 ms on average.
     pub fn all() -> FaultConfig {
         FaultConfig {
             message_faults: true,
@@ -83,6 +87,7 @@ impl FaultConfig {
             nemesis_interval_us: 150_000,
         }
     }
+    /// No fault at all: a quiet run (scenario tests inject their own).
     pub fn none() -> FaultConfig {
         FaultConfig {
             message_faults: false,
@@ -98,35 +103,49 @@ impl FaultConfig {
 /// Parameters of one simulated run.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
+    /// Seed of the run's single RNG: the same seed replays the same run.
     pub seed: u64,
+    /// Number of simulated servers, ids `1..=n_nodes`.
     pub n_nodes: usize,
     /// Nodes 1..=initial_voters form the initial configuration; the others start as
     /// non-members until a membership change adds them.
     pub initial_voters: usize,
     /// Nominal tick interval; each node's real interval is this divided by its clock rate.
     pub tick_us: u64,
+    /// [`RaftConfig::election_timeout_ticks`] of every node.
     pub election_timeout_ticks: u64,
+    /// [`RaftConfig::heartbeat_interval_ticks`] of every node.
     pub heartbeat_interval_ticks: u64,
+    /// [`RaftConfig::pre_vote`] of every node.
     pub pre_vote: bool,
+    /// [`RaftConfig::check_quorum`] of every node.
     pub check_quorum: bool,
+    /// [`RaftConfig::lease_reads`] of every node.
     pub lease_reads: bool,
     /// The drift bound the nodes assume (RaftConfig::max_clock_drift).
     pub assumed_max_clock_drift: f64,
     /// The real spread of clock rates: each node's rate is drawn from [1 - this, 1].
     pub actual_max_clock_drift: f64,
+    /// Which faults the nemesis injects.
     pub faults: FaultConfig,
     /// Faults are injected during this first part of the run (random mode only).
     pub fault_duration_us: u64,
     /// After faults stop, a leader and completed client operations must appear within this.
     pub liveness_bound_us: u64,
+    /// Simulated KV clients issuing operations (0: none).
     pub n_clients: usize,
+    /// Distinct keys (registers) the clients use.
     pub n_keys: u64,
+    /// A client gives up on an operation after this long (its outcome becomes unknown) and
+    /// resends it with the same session.
     pub client_timeout_us: u64,
     /// Message delay range in normal conditions.
     pub min_delay_us: u64,
+    /// Upper end of the message delay range, in microseconds.
     pub max_delay_us: u64,
     /// Fsync latency range.
     pub min_fsync_us: u64,
+    /// Upper end of the fsync latency range, in microseconds.
     pub max_fsync_us: u64,
     /// Entries per AppendEntries (1 makes old-term entries travel without the new
     /// leader's no-op, which Figure 8 scenarios need).
@@ -149,6 +168,8 @@ pub struct SimConfig {
 }
 
 impl SimConfig {
+    /// A fault-free run of `n_nodes` voters with a 10 ms tick and defaults that exercise
+    /// every feature; set `faults`, `n_clients` and the rest before [`Simulation::new`].
     pub fn new(seed: u64, n_nodes: usize) -> SimConfig {
         SimConfig {
             seed,
@@ -258,6 +279,7 @@ impl Ord for Scheduled {
 /// A simulated server: its node driver (the production behaviour), its disk, its
 /// state machine and its clock.
 pub struct SimNode {
+    /// The node's id (`index + 1` in [`Simulation::nodes`]).
     pub id: NodeId,
     /// The node's behaviour, exactly as the threaded runtime runs it. `None` while down.
     pub driver: Option<NodeDriver<KvResponse, WalStorage, tally_wal::SimStorage>>,
@@ -266,6 +288,7 @@ pub struct SimNode {
     applier: Option<Applier<KvStateMachine>>,
     /// The node's disk while it is down (while up, the driver owns it as its log).
     storage: Option<WalStorage>,
+    /// Bumped at every crash, so events scheduled for an earlier life are dropped.
     pub incarnation: u64,
     /// Real microseconds between this node's ticks (its clock rate).
     pub tick_interval_us: u64,
@@ -287,6 +310,7 @@ pub struct SimNode {
         SnapshotMeta,
         tally_wal::SnapshotWriter<tally_wal::SimStorage>,
     )>,
+    /// What the checker knows of this node's durable log and commit index.
     pub watch: NodeWatch,
 }
 
@@ -385,44 +409,63 @@ pub struct KvStats {
     pub stalls: u64,
     /// Snapshot files nodes wrote themselves, and snapshots installed from a leader.
     pub snapshots_taken: u64,
+    /// Snapshots nodes installed from a leader.
     pub snapshots_installed: u64,
 }
 
 /// Message and byte counts, for budgets in tests.
 #[derive(Clone, Debug, Default)]
 pub struct SimStats {
+    /// Messages sent, by [`MessageBody::kind_name`].
     pub messages_by_kind: BTreeMap<&'static str, u64>,
+    /// Messages sent, all kinds.
     pub messages_sent: u64,
+    /// Estimated encoded bytes sent ([`MessageBody::size_bytes`]).
     pub bytes_sent: u64,
+    /// Entry payload bytes sent ([`MessageBody::payload_bytes`]).
     pub payload_bytes_sent: u64,
+    /// Simulation events processed.
     pub events: u64,
+    /// Client writes acknowledged.
     pub writes_completed: u64,
+    /// Client reads answered.
     pub reads_completed: u64,
+    /// Reads served under a leader lease (no message round).
     pub lease_reads: u64,
+    /// Node crashes injected.
     pub crashes: u64,
     /// AppendEntries rejections sent (each costs a round trip of log repair).
     pub rejected_appends: u64,
+    /// KV client totals.
     pub kv: KvStats,
 }
 
 /// The outcome of a run.
 #[derive(Debug)]
 pub struct SimReport {
+    /// The seed that reproduces the run.
     pub seed: u64,
+    /// Every safety, linearizability, exactly-once and liveness violation found; empty
+    /// for a passing run.
     pub violations: Vec<String>,
     /// Readable trace of the events before the first violation (empty if none).
     pub trace: String,
+    /// Message and operation counts.
     pub stats: SimStats,
+    /// Simulated time the run covered, in microseconds.
     pub simulated_us: u64,
 }
 
 /// The simulator. See the module docs.
 pub struct Simulation {
+    /// The run's parameters.
     pub cfg: SimConfig,
     rng: ChaCha8Rng,
+    /// Current simulated time, in microseconds since the start.
     pub now_us: u64,
     queue: BinaryHeap<Reverse<Scheduled>>,
     next_order: u64,
+    /// The simulated servers; node `id` is `nodes[id - 1]`.
     pub nodes: Vec<SimNode>,
     configuration: Configuration,
     net: NetworkState,
@@ -430,8 +473,11 @@ pub struct Simulation {
     /// Every client's replies arrive here, tagged `client << 32 | serial`.
     reply_tx: Sender<Reply<KvResponse>>,
     reply_rx: Receiver<Reply<KvResponse>>,
+    /// The Raft safety checker, fed after every step.
     pub checker: Checker,
+    /// The client history and its incremental linearizability check.
     pub history: History,
+    /// Counts so far.
     pub stats: SimStats,
     trace_ring: VecDeque<TraceRecord>,
     violation_trace: Option<String>,
@@ -464,6 +510,9 @@ fn parse_register_value(value: &[u8]) -> Option<u64> {
 }
 
 impl Simulation {
+    /// Builds the cluster (every node up, the initial configuration of
+    /// [`SimConfig::initial_voters`]) and schedules the first events. Nothing runs until
+    /// [`Simulation::run`] or [`Simulation::run_for`]. Panics if `cfg.n_nodes` is 0.
     pub fn new(cfg: SimConfig) -> Simulation {
         assert!(cfg.n_nodes >= 1);
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
@@ -568,6 +617,7 @@ impl Simulation {
         self.report()
     }
 
+    /// Ends the run and collects every violation found, with a trace when there is one.
     pub fn report(self) -> SimReport {
         let mut violations = self.checker.violations.clone();
         violations.extend(self.history.violations.iter().cloned());
@@ -607,6 +657,8 @@ impl Simulation {
         );
     }
 
+    /// Runs events for `duration_us` simulated microseconds (scenario tests interleave it
+    /// with faults of their own).
     pub fn run_for(&mut self, duration_us: u64) {
         let end = self.now_us + duration_us;
         self.run_until_time(end);
@@ -639,10 +691,13 @@ impl Simulation {
         }
     }
 
+    /// The core of node `id`, `None` while it is down. Panics when `id` is not in
+    /// `1..=n_nodes`.
     pub fn node(&self, id: NodeId) -> Option<&RaftNode> {
         self.nodes[id as usize - 1].core()
     }
 
+    /// Whether node `id` is running. Panics when `id` is not in `1..=n_nodes`.
     pub fn is_up(&self, id: NodeId) -> bool {
         self.nodes[id as usize - 1].is_up()
     }
@@ -667,6 +722,7 @@ impl Simulation {
             .collect()
     }
 
+    /// Highest term of any running node (0 when none runs).
     pub fn max_term(&self) -> u64 {
         self.nodes
             .iter()
@@ -717,6 +773,7 @@ impl Simulation {
         self.trace_event(format!("partition {group:?} from the rest"));
     }
 
+    /// Removes every partition (message loss rates stay as set).
     pub fn heal(&mut self) {
         for row in self.net.blocked.iter_mut() {
             row.iter_mut().for_each(|cell| *cell = false);

@@ -46,18 +46,27 @@ use crate::transport::{InboundMessage, OutboundMessage};
 
 /// Frame message type of each Raft message.
 pub mod msg_type {
+    /// [`tally_engine::raft::MessageBody::AppendEntries`] (and heartbeats).
     pub const APPEND_ENTRIES: u8 = 0x01;
+    /// [`tally_engine::raft::MessageBody::AppendEntriesResponse`].
     pub const APPEND_ENTRIES_RESPONSE: u8 = 0x02;
+    /// [`tally_engine::raft::MessageBody::RequestVote`].
     pub const REQUEST_VOTE: u8 = 0x03;
+    /// [`tally_engine::raft::MessageBody::RequestVoteResponse`].
     pub const REQUEST_VOTE_RESPONSE: u8 = 0x04;
+    /// [`tally_engine::raft::MessageBody::PreVote`].
     pub const PRE_VOTE: u8 = 0x05;
+    /// [`tally_engine::raft::MessageBody::PreVoteResponse`].
     pub const PRE_VOTE_RESPONSE: u8 = 0x06;
+    /// [`tally_engine::raft::MessageBody::TimeoutNow`].
     pub const TIMEOUT_NOW: u8 = 0x07;
     /// Retired: the version-1 layout of InstallSnapshot (never sent by any release).
     pub const INSTALL_SNAPSHOT_V1: u8 = 0x08;
     /// Retired: the version-1 layout of InstallSnapshotResponse.
     pub const INSTALL_SNAPSHOT_RESPONSE_V1: u8 = 0x09;
+    /// [`tally_engine::raft::MessageBody::InstallSnapshot`] (current layout).
     pub const INSTALL_SNAPSHOT: u8 = 0x0A;
+    /// [`tally_engine::raft::MessageBody::InstallSnapshotResponse`] (current layout).
     pub const INSTALL_SNAPSHOT_RESPONSE: u8 = 0x0B;
 }
 
@@ -87,7 +96,12 @@ pub enum CodecError {
     UnknownType(u8),
     /// The payload ended before a field.
     #[error("payload truncated at offset {offset}: needed {needed} more bytes")]
-    Truncated { offset: usize, needed: usize },
+    Truncated {
+        /// Offset in the payload of the field that did not fit.
+        offset: usize,
+        /// Bytes the field needed beyond the payload's end.
+        needed: usize,
+    },
     /// Bytes follow the message.
     #[error("{0} trailing bytes after the message")]
     TrailingBytes(usize),
@@ -99,16 +113,31 @@ pub enum CodecError {
     InvalidEntryKind(u8),
     /// More entries than allowed (or than the payload could hold).
     #[error("message announces {count} entries; allowed at most {max}")]
-    TooManyEntries { count: u64, max: usize },
+    TooManyEntries {
+        /// Entry count the message announces.
+        count: u64,
+        /// The limit in force.
+        max: usize,
+    },
     /// The entry lengths do not add up to the bytes after the descriptors.
     #[error("entry lengths add up to {declared} bytes but {present} follow")]
-    EntryDataMismatch { declared: u64, present: usize },
+    EntryDataMismatch {
+        /// Sum of the declared entry lengths, in bytes.
+        declared: u64,
+        /// Bytes actually after the descriptors.
+        present: usize,
+    },
     /// The embedded configuration is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),
     /// The message claims a sender other than the one the handshake established.
     #[error("message claims sender {claimed} on a connection from {connected}")]
-    SenderMismatch { claimed: NodeId, connected: NodeId },
+    SenderMismatch {
+        /// Sender id the message names.
+        claimed: NodeId,
+        /// Peer id the connection's handshake established.
+        connected: NodeId,
+    },
 }
 
 /// Encodes `message` for [`crate::transport::PeerTransport::try_send`]. Entry and

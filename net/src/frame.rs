@@ -57,20 +57,38 @@ const READ_CHUNK_BYTES: usize = 64 << 10;
 pub enum FrameError {
     /// The stream does not start a frame here.
     #[error("bad frame magic {found:#010x} (expected {FRAME_MAGIC:#010x})")]
-    BadMagic { found: u32 },
+    BadMagic {
+        /// The first four bytes read.
+        found: u32,
+    },
     /// A frame format this build does not speak.
     #[error("unsupported frame version {found} (this build speaks {FRAME_VERSION})")]
-    BadVersion { found: u8 },
+    BadVersion {
+        /// The version byte read.
+        found: u8,
+    },
     /// The announced payload exceeds the limit; nothing was allocated for it.
     #[error("frame payload of {payload_len} bytes exceeds the limit of {max} bytes")]
-    TooLarge { payload_len: u64, max: usize },
+    TooLarge {
+        /// Payload length the header announces, in bytes.
+        payload_len: u64,
+        /// The limit in force, in bytes.
+        max: usize,
+    },
     /// The payload or header fields were damaged in transit.
     #[error("frame checksum mismatch: header says {expected:#010x}, computed {computed:#010x}")]
-    BadChecksum { expected: u32, computed: u32 },
+    BadChecksum {
+        /// Checksum the header carries.
+        expected: u32,
+        /// Checksum of the bytes received.
+        computed: u32,
+    },
     /// The stream ended inside a frame.
     #[error("stream ended inside a frame: needed {needed_bytes} bytes, got {got_bytes}")]
     Truncated {
+        /// Bytes the frame needed.
         needed_bytes: usize,
+        /// Bytes the stream held before it ended.
         got_bytes: usize,
     },
     /// The stream ended cleanly between frames.

@@ -33,10 +33,13 @@ pub enum CreatedAs {
 /// The contents of the identity file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Identity {
+    /// The cluster this directory belongs to (`--cluster-id`).
     pub cluster_id: u64,
+    /// The member id this directory belongs to (`--id`).
     pub node_id: u64,
     /// Nonzero.
     pub incarnation: u64,
+    /// Whether the directory was created by bootstrapping a cluster or by joining one.
     pub created_as: CreatedAs,
 }
 
@@ -44,29 +47,48 @@ pub struct Identity {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum IdentityError {
+    /// The identity file could not be read, written or synced.
     #[error("{file}: {source}")]
     Io {
+        /// Path of the file.
         file: String,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// The file exists but does not parse (wrong header, missing or bad field, too large).
     #[error("{file} is not a valid identity file: {reason}")]
-    Malformed { file: String, reason: String },
+    Malformed {
+        /// Path of the file.
+        file: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The directory belongs to another member id: refused so a node never takes over
+    /// another member's vote and log.
     #[error(
         "{file} belongs to node {found}, not --id {expected}: this directory is another \
          member's"
     )]
     WrongNode {
+        /// Path of the file.
         file: String,
+        /// Node id the file records.
         found: u64,
+        /// Node id this process was started with.
         expected: u64,
     },
+    /// The directory belongs to another cluster: refused so a node never joins a cluster
+    /// with a log that is not its own.
     #[error(
         "{file} belongs to cluster {found:#x}, not --cluster-id {expected:#x}: this directory \
          is another cluster's"
     )]
     WrongCluster {
+        /// Path of the file.
         file: String,
+        /// Cluster id the file records.
         found: u64,
+        /// Cluster id this process was started with.
         expected: u64,
     },
 }

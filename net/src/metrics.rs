@@ -267,6 +267,7 @@ impl MetricsServer {
         })
     }
 
+    /// The address the endpoint listens on (useful after binding port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }

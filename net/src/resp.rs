@@ -58,22 +58,38 @@ pub enum RespError {
     InvalidMultibulkLength,
     /// The array announces more elements than allowed.
     #[error("Protocol error: multibulk length {count} exceeds the limit of {max}")]
-    TooManyElements { count: u64, max: usize },
+    TooManyElements {
+        /// Element count the array announces.
+        count: u64,
+        /// The limit in force.
+        max: usize,
+    },
     /// An array element is not a bulk string.
     #[error("Protocol error: expected '$', got '{}'", char::from(*got))]
-    ExpectedBulk { got: u8 },
+    ExpectedBulk {
+        /// The type byte found instead of `$`.
+        got: u8,
+    },
     /// `$` not followed by a valid non-negative integer and CRLF.
     #[error("Protocol error: invalid bulk length")]
     InvalidBulkLength,
     /// The bulk string announces more bytes than allowed.
     #[error("Protocol error: bulk length {len} exceeds the limit of {max}")]
-    BulkTooLarge { len: u64, max: usize },
+    BulkTooLarge {
+        /// Length the bulk string announces, in bytes.
+        len: u64,
+        /// The limit in force, in bytes.
+        max: usize,
+    },
     /// A bulk string's bytes are not followed by CRLF.
     #[error("Protocol error: expected CRLF after bulk string")]
     MissingCrlf,
     /// An inline command line without a newline within the limit.
     #[error("Protocol error: too big inline request")]
-    InlineTooLong { max: usize },
+    InlineTooLong {
+        /// The inline line limit, in bytes.
+        max: usize,
+    },
     /// (Replies) a type byte that is not `+ - : $ *`.
     #[error("Protocol error: unexpected reply type byte {0:#04x}")]
     UnexpectedReplyType(u8),
@@ -99,7 +115,10 @@ pub enum ParseStatus {
     /// A whole command was parsed; its arguments are available from
     /// [`RequestParser::args`] until the next `parse`. `consumed` bytes (including any
     /// empty commands skipped before it) may now be removed from the buffer front.
-    Complete { consumed: usize },
+    Complete {
+        /// Bytes of the buffer the command (and skipped empty commands) took.
+        consumed: usize,
+    },
     /// More bytes are needed. Call again with the same buffer plus whatever arrives.
     Incomplete,
 }
@@ -403,8 +422,10 @@ pub fn write_command(out: &mut Vec<u8>, args: &[&[u8]]) {
 /// The protocol a connection speaks: RESP2 until `HELLO 3`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Protocol {
+    /// RESP2, the protocol every connection starts with.
     #[default]
     Resp2,
+    /// RESP3, after a successful `HELLO 3`.
     Resp3,
 }
 

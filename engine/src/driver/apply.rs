@@ -18,7 +18,9 @@ pub enum ApplyWork<R> {
     /// Committed entries (contiguous, increasing) and the clients waiting for some of
     /// them, by index (increasing).
     Entries {
+        /// The committed entries, in index order.
         entries: Vec<Entry>,
+        /// `(log index, reply)` of each client waiting for an entry of this batch, by index.
         replies: Vec<(u64, ReplyTo<R>)>,
     },
     /// Reads confirmed by the core in one turn (one hand-off for all of them): answer
@@ -26,10 +28,15 @@ pub enum ApplyWork<R> {
     Reads(Vec<ConfirmedRead<R>>),
     /// Capture a frozen view for a snapshot; everything through `meta.index` (exactly)
     /// has been handed over before this item.
-    Snapshot { meta: SnapshotMeta },
+    Snapshot {
+        /// What the snapshot will cover; `meta.index` is the last index handed over.
+        meta: SnapshotMeta,
+    },
     /// Replace the whole state with a snapshot installed from the leader.
     Restore {
+        /// What the snapshot covers.
         meta: SnapshotMeta,
+        /// The snapshot file's state-machine bytes (after its header), read to the end.
         reader: Box<dyn Read + Send>,
     },
 }
@@ -37,9 +44,14 @@ pub enum ApplyWork<R> {
 /// A read confirmed by the core (lease or ReadIndex round); it waits until everything
 /// through `read_index` is applied.
 pub struct ConfirmedRead<R> {
+    /// Serve the read once everything through this index is applied.
     pub read_index: u64,
+    /// The encoded read, as given to [`crate::state_machine::StateMachine::query`].
     pub query: Bytes,
+    /// Where the answer goes.
     pub reply: ReplyTo<R>,
+    /// Confirmed by the leader lease (no message round), else by a ReadIndex round; for
+    /// statistics.
     pub lease: bool,
 }
 
@@ -48,7 +60,9 @@ pub struct ConfirmedRead<R> {
 pub struct Applied {
     /// The new applied index, when entries were applied (or a snapshot restored).
     pub applied_through: Option<u64>,
+    /// Reads this call served that a lease confirmed.
     pub reads_lease: u64,
+    /// Reads this call served that a ReadIndex round confirmed.
     pub reads_read_index: u64,
     /// A frozen view to serialize into a snapshot file (off this thread).
     pub snapshot: Option<(SnapshotMeta, Box<dyn SnapshotSource>)>,
@@ -65,6 +79,7 @@ pub struct Applier<SM: StateMachine> {
 }
 
 impl<SM: StateMachine> Applier<SM> {
+    /// An applier over a fresh state machine (nothing applied).
     pub fn new(state_machine: SM) -> Applier<SM> {
         Applier::restored(state_machine, 0)
     }
@@ -79,10 +94,12 @@ impl<SM: StateMachine> Applier<SM> {
         }
     }
 
+    /// The state machine (for inspection: answers and snapshots go through `handle`).
     pub fn state_machine(&self) -> &SM {
         &self.state_machine
     }
 
+    /// Index of the last entry handed over (no-ops and configuration entries included).
     pub fn applied_through(&self) -> u64 {
         self.applied_through
     }

@@ -10,9 +10,14 @@ use tally_wal::{HardState, WalError};
 /// What the driver needs from a node's log. Every operation is queued in order and
 /// returns a ticket; a ticket is durable once everything queued up to it is.
 pub trait LogWriter {
+    /// Names one queued operation; resolved once it is durable or failed.
     type Ticket;
+    /// Queues the term and vote to store (replacing the stored ones).
     fn set_hard_state(&mut self, hard_state: HardState) -> Result<Self::Ticket, WalError>;
+    /// Queues the removal of every stored entry with index `>= from_index`.
     fn truncate_suffix(&mut self, from_index: u64) -> Result<Self::Ticket, WalError>;
+    /// Queues `entries` (contiguous, right after the last stored or the truncation point)
+    /// for appending; at most [`LogWriter::max_append_bytes`] encoded bytes.
     fn append(&mut self, entries: &[tally_wal::Entry]) -> Result<Self::Ticket, WalError>;
     /// The log now starts at `next_index`, every entry gone (a snapshot replaced it).
     fn reset(&mut self, next_index: u64) -> Result<Self::Ticket, WalError>;

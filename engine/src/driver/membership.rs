@@ -24,54 +24,88 @@ use crate::raft::{
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MembershipChange {
     /// Adds `id` as a learner (it receives the log, never votes) at these addresses.
-    AddLearner { id: NodeId, info: MemberInfo },
+    AddLearner {
+        /// The new member's id (unused in the configuration).
+        id: NodeId,
+        /// Where it is (peer and client address) and its incarnation.
+        info: MemberInfo,
+    },
     /// Makes learner `id` a voter (joint consensus); refused while it lags by more than
     /// [`MembershipPolicy::max_promote_lag_entries`].
-    Promote { id: NodeId },
+    Promote {
+        /// The learner to promote.
+        id: NodeId,
+    },
     /// Removes voter or learner `id`; a removed leader steps down once C_new commits.
-    Remove { id: NodeId },
+    Remove {
+        /// The member to remove.
+        id: NodeId,
+    },
     /// Sets the voter set in one change (learners named become voters, voters not named
     /// leave). For embedders and the simulator; no lag check.
-    ReplaceVoters { voters: Vec<NodeId> },
+    ReplaceVoters {
+        /// The complete new voter set.
+        voters: Vec<NodeId>,
+    },
 }
 
 /// Why a membership operation or transfer did not (or may not have) happened.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum MembershipError {
+    /// This node is not the leader.
     #[error("not the leader (leader: {leader:?})")]
-    NotLeader { leader: Option<NodeId> },
+    NotLeader {
+        /// The leader it believes in, if any: where to retry.
+        leader: Option<NodeId>,
+    },
+    /// An earlier change has not finished (C_new not committed yet): one at a time.
     #[error("another membership change is in progress")]
     ChangeInProgress,
+    /// A leadership transfer is under way; retry once it ended.
     #[error("a leadership transfer is in progress")]
     TransferInProgress,
+    /// The id is not a member of the configuration.
     #[error("unknown member id {0}")]
     UnknownMember(NodeId),
+    /// The id is already a voter or learner.
     #[error("node {0} is already a member")]
     AlreadyMember(NodeId),
+    /// The id is a member but not a learner (only learners are promoted).
     #[error("node {0} is not a learner")]
     NotALearner(NodeId),
+    /// The id is not a voter (only voters can take leadership).
     #[error("node {0} is not a voter")]
     NotAVoter(NodeId),
+    /// The learner's log is too far behind the leader's to promote it safely.
     #[error(
         "learner {id} still lags by {lag_entries} entries (promotion needs at most \
          {max_lag_entries})"
     )]
     LearnerLagging {
+        /// The learner.
         id: NodeId,
+        /// Entries it lacks compared with the leader's last index.
         lag_entries: u64,
+        /// The most it may lack ([`MembershipPolicy::max_promote_lag_entries`]).
         max_lag_entries: u64,
     },
+    /// The learner has not answered the leader within an election timeout.
     #[error(
         "learner {0} has not answered the leader within an election timeout (not connected \
          yet?); promoting it could cost the quorum"
     )]
     LearnerNotResponding(NodeId),
+    /// The change would leave the configuration without a voter.
     #[error("the change would leave no voter")]
     NoVoters,
+    /// Leadership changed before the change committed: it may or may not take effect;
+    /// read the configuration to find out.
     #[error("leadership was lost before the change committed: outcome unknown")]
     LeadershipLost,
+    /// The target did not take leadership within the transfer deadline.
     #[error("node {0} did not take leadership in time")]
     TransferTimedOut(NodeId),
+    /// The node stopped (fail-stop or shutdown) before the operation finished.
     #[error("the node stopped")]
     NodeStopped,
 }
@@ -79,7 +113,9 @@ pub enum MembershipError {
 /// A committed membership change: the configuration in effect and its entry's index.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MembershipOutcome {
+    /// Log index of the configuration entry that committed the change.
     pub index: u64,
+    /// The configuration now in effect.
     pub configuration: Configuration,
 }
 

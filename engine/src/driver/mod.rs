@@ -62,7 +62,10 @@ pub use snapshot::{
 pub enum ClientError {
     /// This node is not the leader; `leader` is the one it believes in, if any.
     #[error("not the leader (leader: {leader:?})")]
-    NotLeader { leader: Option<NodeId> },
+    NotLeader {
+        /// The leader this node believes in, if any: where to retry.
+        leader: Option<NodeId>,
+    },
     /// Leadership changed while the write was in flight: it may or may not commit.
     /// Retrying with the same client id and sequence number is safe (sessions).
     #[error("leadership changed while the request was in flight: outcome unknown")]
@@ -85,7 +88,9 @@ pub enum ClientError {
 /// channel can serve a whole pipelined connection.
 #[derive(Debug)]
 pub struct Reply<R> {
+    /// The caller's token from [`ReplyTo::tag`], naming the request answered.
     pub tag: u64,
+    /// The state machine's answer, or why there is none.
     pub result: Result<R, ClientError>,
 }
 
@@ -94,12 +99,15 @@ pub struct Reply<R> {
 /// channel. Called on the raft or apply thread: it must be cheap and must not block
 /// (coalescing repeated wake-ups is the implementor's job).
 pub trait ReplyWaker: Send + Sync {
+    /// Called once a reply is on the channel. Must not block.
     fn wake(&self);
 }
 
 /// Where a reply goes: the caller's channel, its token and, optionally, whom to wake.
 pub struct ReplyTo<R> {
+    /// The caller's token, echoed in [`Reply::tag`].
     pub tag: u64,
+    /// The channel the reply is sent on (a send to a dropped receiver is ignored).
     pub sender: Sender<Reply<R>>,
     /// Invariant: when set, called after (never before) the reply is on `sender`, so a
     /// woken caller always finds it there.
@@ -154,29 +162,58 @@ pub enum Request<R> {
     /// Several proposals and reads in order, handed over with one queue operation.
     Batch(Vec<Submission<R>>),
     /// Hand leadership to another voter.
-    TransferLeadership { target: NodeId },
+    TransferLeadership {
+        /// The voter to hand leadership to.
+        target: NodeId,
+    },
     /// Take a snapshot now; `done` is called once one covering everything applied so
     /// far is durable.
-    SnapshotNow { done: SnapshotDone },
+    SnapshotNow {
+        /// Called with the snapshot taken, or why none was.
+        done: SnapshotDone,
+    },
     /// Change the membership; `done` is called once the final configuration (C_new for
     /// a joint change) committed, or with why not.
     ChangeMembership {
+        /// What to change.
         change: MembershipChange,
+        /// Called with the committed configuration, or why the change failed.
         done: MembershipDone,
     },
     /// Hand leadership to `target`; `done` is called once it leads (or it failed).
-    Transfer { target: NodeId, done: TransferDone },
+    Transfer {
+        /// The voter to hand leadership to.
+        target: NodeId,
+        /// Called once `target` leads, or with why not.
+        done: TransferDone,
+    },
     /// What a member said about itself (peer handshake): recorded into the
     /// configuration where it has nothing yet.
-    MemberObserved { id: NodeId, info: MemberInfo },
+    MemberObserved {
+        /// The member that introduced itself.
+        id: NodeId,
+        /// The addresses and incarnation it announced.
+        info: MemberInfo,
+    },
 }
 
 /// One client request: alone or inside a batch.
 pub enum Submission<R> {
     /// A command to replicate and apply.
-    Propose { command: Bytes, reply: ReplyTo<R> },
+    Propose {
+        /// The encoded command, as [`crate::state_machine::StateMachine::apply`]
+        /// takes it.
+        command: Bytes,
+        /// Where the answer goes.
+        reply: ReplyTo<R>,
+    },
     /// A read-only query to answer linearizably.
-    Read { query: Bytes, reply: ReplyTo<R> },
+    Read {
+        /// The encoded read, as [`crate::state_machine::StateMachine::query`] takes it.
+        query: Bytes,
+        /// Where the answer goes.
+        reply: ReplyTo<R>,
+    },
 }
 
 fn fail_submission<R>(submission: Submission<R>, error: ClientError) {
@@ -215,19 +252,33 @@ fn membership_error(error: &ClientError) -> MembershipError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum NodeError {
+    /// Reading, writing or syncing the WAL failed (fatal: fsync errors are never retried).
     #[error("WAL: {0}")]
     Wal(#[from] tally_wal::WalError),
+    /// The state machine refused a committed entry or a snapshot (fatal).
     #[error("state machine: {0}")]
     StateMachine(#[from] crate::state_machine::StateMachineError),
+    /// The WAL recovered, but its contents cannot be a Raft log (for example entries
+    /// that are not contiguous).
     #[error("the log read back from {dir} is unusable: {reason}")]
-    BadLog { dir: String, reason: String },
+    BadLog {
+        /// The node directory.
+        dir: String,
+        /// What is wrong with the log.
+        reason: String,
+    },
+    /// A thread of the node could not be started.
     #[error("could not start thread {name}: {source}")]
     Spawn {
+        /// Name of the thread.
         name: &'static str,
+        /// The operating system's error.
         source: std::io::Error,
     },
+    /// The Raft core stopped (an undecodable configuration entry, an unusable log).
     #[error("Raft core: {0}")]
     Core(#[from] CoreError),
+    /// Reading or writing a snapshot file failed.
     #[error("snapshot: {0}")]
     Snapshot(#[from] tally_wal::SnapshotError),
     /// The operator's view of the membership contradicts the log's.
@@ -297,6 +348,8 @@ impl<R> TurnInput<R> {
         self.applied_index = Some(self.applied_index.map_or(index, |seen| seen.max(index)));
     }
 
+    /// Whether the input carries nothing but the clock (no applied index, message,
+    /// request or snapshot).
     pub fn is_empty(&self) -> bool {
         self.applied_index.is_none()
             && self.messages.is_empty()
@@ -397,6 +450,7 @@ impl<R, L: LogWriter, S: Storage> NodeDriver<R, L, S> {
         }
     }
 
+    /// The Raft core (read-only view).
     pub fn core(&self) -> &RaftNode {
         &self.core
     }
@@ -412,22 +466,27 @@ impl<R, L: LogWriter, S: Storage> NodeDriver<R, L, S> {
         self.log
     }
 
+    /// The node's log (WAL).
     pub fn log(&self) -> &L {
         &self.log
     }
 
+    /// The node's log, mutable (tests and the simulator's fault injection).
     pub fn log_mut(&mut self) -> &mut L {
         &mut self.log
     }
 
+    /// Counters of the driver's deferrals and held messages (INFO, the simulator).
     pub fn stats(&self) -> &DriverStats {
         &self.stats
     }
 
+    /// Counters of this node's snapshots (INFO raft).
     pub fn snapshot_stats(&self) -> &SnapshotStats {
         &self.snapshots.stats
     }
 
+    /// The snapshot files of this node.
     pub fn snapshot_store(&self) -> &SnapshotStore<S> {
         &self.snapshots.store
     }

@@ -59,19 +59,24 @@ impl SnapshotPolicy {
 /// A snapshot file the background writer finished (durable and renamed into place).
 #[derive(Clone, Debug)]
 pub struct WrittenSnapshot {
+    /// What the file covers (index, term, configuration).
     pub meta: SnapshotMeta,
+    /// Where the file is and how large it is.
     pub info: SnapshotInfo,
 }
 
 /// What `snapshot_now` answers once a snapshot covering the request is durable.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnapshotTaken {
+    /// Index the snapshot covers (at least the applied index when it was requested).
     pub index: u64,
+    /// Term of the entry at `index`.
     pub term: u64,
     /// The file name inside the node directory.
     pub name: String,
     /// The file's path (the node directory joined with `name`).
     pub path: String,
+    /// The file's size, in bytes.
     pub size_bytes: u64,
 }
 
@@ -104,6 +109,7 @@ pub fn meta_from_header(header: &SnapshotHeader) -> Result<SnapshotMeta, String>
 pub struct SnapshotStats {
     /// Index and term of the newest durable snapshot (0 when none).
     pub snapshot_index: u64,
+    /// Term of the entry at `snapshot_index` (0 when none).
     pub snapshot_term: u64,
     /// Its file size.
     pub snapshot_bytes: u64,

@@ -103,8 +103,11 @@ pub struct LogMembership {
 /// One member as this node sees it (for `TALLY MEMBERS` and INFO).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemberStatus {
+    /// The member's id.
     pub id: NodeId,
+    /// Whether it votes (false: a learner).
     pub voter: bool,
+    /// Its addresses and incarnation, as the configuration records them.
     pub info: MemberInfo,
     /// Known on the leader only (this node itself: its last log index).
     pub match_index: Option<u64>,
@@ -117,6 +120,7 @@ pub struct MemberStatus {
 /// Options of a node.
 #[derive(Clone, Debug)]
 pub struct NodeOptions {
+    /// This node's id (non-zero, unique in the cluster).
     pub id: NodeId,
     /// Voters of the initial configuration (this node included).
     pub voters: Vec<NodeId>,
@@ -177,24 +181,35 @@ impl NodeOptions {
 #[derive(Debug, Default)]
 pub struct NodeStatus {
     role: AtomicU8,
+    /// The node's current term.
     pub term: AtomicU64,
     /// 0 when no leader is known.
     pub leader_id: AtomicU64,
+    /// Highest index known committed.
     pub commit_index: AtomicU64,
+    /// Highest index the state machine applied.
     pub applied_index: AtomicU64,
+    /// Index of the last entry in the node's log.
     pub last_log_index: AtomicU64,
     /// Commands accepted by the core while leader (cumulative).
     pub proposals: AtomicU64,
+    /// Reads served under the leader lease (cumulative).
     pub reads_lease: AtomicU64,
+    /// Reads served after a ReadIndex round (cumulative).
     pub reads_read_index: AtomicU64,
     /// Newest durable snapshot: index, term, file size (0 when none).
     pub snapshot_index: AtomicU64,
+    /// Term of the newest durable snapshot (0 when none).
     pub snapshot_term: AtomicU64,
+    /// File size of the newest durable snapshot, in bytes (0 when none).
     pub snapshot_bytes: AtomicU64,
+    /// Snapshots this node wrote itself (cumulative).
     pub snapshots_taken: AtomicU64,
+    /// Snapshots received from a leader and installed (cumulative).
     pub snapshots_installed: AtomicU64,
     /// First index of the in-memory log and how many entries it holds.
     pub log_first_index: AtomicU64,
+    /// Entries held in the in-memory log.
     pub log_entries_in_memory: AtomicU64,
     /// Set once the node stopped (shutdown or fatal error).
     pub stopped: AtomicBool,
@@ -202,11 +217,16 @@ pub struct NodeStatus {
     pub lease_remaining_ms: AtomicU64,
     /// Requests, inbound messages and apply batches queued (sampled once per tick).
     pub request_queue_depth: AtomicU64,
+    /// Peer messages queued for the raft thread.
     pub inbound_queue_depth: AtomicU64,
+    /// Apply batches queued for the apply thread.
     pub apply_queue_depth: AtomicU64,
     /// The transport's counters (refreshed once per tick).
     pub dropped_outbound_messages: AtomicU64,
+    /// Inbound peer messages the transport dropped (undecodable, or the raft queue full).
     pub dropped_inbound_messages: AtomicU64,
+    /// Peer connections refused for presenting an incarnation the configuration does not
+    /// record for that id.
     pub rejected_incarnations: AtomicU64,
     /// Members of the configuration in effect (refreshed once per tick).
     members: Mutex<Vec<MemberStatus>>,
@@ -219,6 +239,8 @@ pub struct NodeStatus {
 const MAX_PENDING_OBSERVATIONS: usize = 1024;
 
 impl NodeStatus {
+    /// The node's role as last published by the raft thread (`Learner` before it first
+    /// published).
     pub fn role(&self) -> Role {
         // 0 (the initial value, before the raft thread first publishes) is Learner:
         // a node that has not started yet must not look like a voting follower.
@@ -242,6 +264,7 @@ impl NodeStatus {
         self.role.store(code, Ordering::Relaxed);
     }
 
+    /// The leader this node knows of; `None` when unknown.
     pub fn leader(&self) -> Option<NodeId> {
         match self.leader_id.load(Ordering::Relaxed) {
             0 => None,
@@ -419,6 +442,7 @@ impl<R: Send + 'static> NodeHandle<R> {
         )
     }
 
+    /// Live counters of the node, readable from any thread.
     pub fn status(&self) -> &NodeStatus {
         &self.status
     }
@@ -612,6 +636,7 @@ impl<R: Send + 'static> Node<R> {
         })
     }
 
+    /// A cloneable handle to submit requests to the node from any thread.
     pub fn handle(&self) -> NodeHandle<R> {
         self.handle.clone()
     }

@@ -129,13 +129,28 @@ fn opcode(command: &Command<'_>) -> u8 {
 pub enum KvEncodeError {
     /// A key or value is longer than [`KvLimits::max_argument_bytes`].
     #[error("argument of {len} bytes exceeds the limit of {max} bytes")]
-    ArgumentTooLarge { len: usize, max: usize },
+    ArgumentTooLarge {
+        /// The argument's length, in bytes.
+        len: usize,
+        /// The limit, in bytes.
+        max: usize,
+    },
     /// Too many keys or pairs for [`KvLimits::max_arguments`], or none at all.
     #[error("command has {count} arguments; allowed 1..={max}")]
-    BadArgumentCount { count: usize, max: usize },
+    BadArgumentCount {
+        /// Arguments (keys or pairs) given.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
     /// A session must have a nonzero client id and a nonzero sequence.
     #[error("session needs nonzero client id and sequence (got {client_id}, {sequence})")]
-    InvalidSession { client_id: u64, sequence: u64 },
+    InvalidSession {
+        /// The client id given.
+        client_id: u64,
+        /// The sequence given.
+        sequence: u64,
+    },
     /// A transaction holding a transaction or a WATCH, or a SCAN with COUNT 0.
     #[error("{0} cannot be encoded")]
     Unencodable(&'static str),
@@ -148,7 +163,12 @@ pub enum KvEncodeError {
 pub enum KvDecodeError {
     /// The input ended before a field it announced.
     #[error("truncated: needed {needed} more bytes at offset {offset}")]
-    Truncated { offset: usize, needed: usize },
+    Truncated {
+        /// Offset at which the field starts.
+        offset: usize,
+        /// Bytes the field needed beyond the input's end.
+        needed: usize,
+    },
     /// The format byte is not one this build reads.
     #[error("unsupported request format {0}")]
     UnsupportedFormat(u8),
@@ -157,14 +177,29 @@ pub enum KvDecodeError {
     UnknownOpcode(u8),
     /// A key or value length exceeds the limit.
     #[error("argument of {len} bytes exceeds the limit of {max} bytes")]
-    ArgumentTooLarge { len: u64, max: usize },
+    ArgumentTooLarge {
+        /// The declared length, in bytes.
+        len: u64,
+        /// The limit, in bytes.
+        max: usize,
+    },
     /// A key or pair count is zero or exceeds the limit.
     #[error("argument count {count} outside 1..={max}")]
-    BadArgumentCount { count: u64, max: usize },
+    BadArgumentCount {
+        /// The declared count.
+        count: u64,
+        /// The limit.
+        max: usize,
+    },
     /// The session header is inconsistent (sequence 0 with a client, or a sequence
     /// without a client).
     #[error("invalid session header (client {client_id}, sequence {sequence})")]
-    InvalidSession { client_id: u64, sequence: u64 },
+    InvalidSession {
+        /// The client id in the header.
+        client_id: u64,
+        /// The sequence in the header.
+        sequence: u64,
+    },
     /// Bytes follow the last argument.
     #[error("{0} trailing bytes after the command")]
     TrailingBytes(usize),
@@ -172,8 +207,11 @@ pub enum KvDecodeError {
     /// not stand (a transaction or WATCH inside a transaction).
     #[error("invalid {field} {value} at offset {offset}")]
     InvalidField {
+        /// Which field (for example `"condition"`).
         field: &'static str,
+        /// The value found.
         value: u64,
+        /// Offset of the field in the input.
         offset: usize,
     },
 }

@@ -61,6 +61,7 @@ pub enum SetTtl {
 /// `SET ... NX|XX`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SetCondition {
+    /// No condition (neither `NX` nor `XX`).
     Always,
     /// Only if the key does not exist.
     IfMissing,
@@ -71,9 +72,11 @@ pub enum SetCondition {
 /// The options of `SET key value [NX|XX] [GET] [EX|PX|EXAT|PXAT|KEEPTTL]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SetOptions {
+    /// `NX`, `XX` or neither.
     pub condition: SetCondition,
     /// `GET`: reply with the old value (or nil) instead of OK.
     pub get: bool,
+    /// `EX`, `PX`, `EXAT`, `PXAT`, `KEEPTTL`, or none (the time to live is cleared).
     pub ttl: SetTtl,
 }
 
@@ -91,6 +94,7 @@ pub enum GetExTtl {
 /// `EXPIRE ... NX|XX|GT|LT` (a key without a time to live counts as infinite for GT/LT).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExpireCondition {
+    /// No condition: the expiry is always set.
     Always,
     /// Only if the key has no time to live.
     IfNone,
@@ -107,6 +111,7 @@ pub enum ExpireCondition {
 /// A key a transaction watches, with what the WATCH read saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WatchedKey<'a> {
+    /// The watched key.
     pub key: &'a [u8],
     /// Whether the key existed at the WATCH read.
     pub existed: bool,
@@ -117,77 +122,176 @@ pub struct WatchedKey<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command<'a> {
     /// `SET key value` -> `OK`.
-    Set { key: &'a [u8], value: &'a [u8] },
+    Set {
+        /// The key.
+        key: &'a [u8],
+        /// The value stored.
+        value: &'a [u8],
+    },
     /// `GET key` -> bulk or null.
-    Get { key: &'a [u8] },
+    Get {
+        /// The key.
+        key: &'a [u8],
+    },
     /// `DEL key [key ...]` (and `UNLINK`) -> number of keys removed.
-    Del { keys: Vec<&'a [u8]> },
+    Del {
+        /// The keys, in the client's order (at least one).
+        keys: Vec<&'a [u8]>,
+    },
     /// `EXISTS key [key ...]` -> number of the given keys that exist (repeats count again).
-    Exists { keys: Vec<&'a [u8]> },
+    Exists {
+        /// The keys, in the client's order (at least one).
+        keys: Vec<&'a [u8]>,
+    },
     /// `INCR key` -> the new value; a missing key counts as 0.
-    Incr { key: &'a [u8] },
+    Incr {
+        /// The key.
+        key: &'a [u8],
+    },
     /// `MGET key [key ...]` -> array of bulk-or-null.
-    MGet { keys: Vec<&'a [u8]> },
+    MGet {
+        /// The keys, in the client's order (at least one).
+        keys: Vec<&'a [u8]>,
+    },
     /// `MSET key value [key value ...]` -> `OK`.
-    MSet { pairs: Vec<(&'a [u8], &'a [u8])> },
+    MSet {
+        /// `(key, value)` pairs, applied in order (a later pair wins).
+        pairs: Vec<(&'a [u8], &'a [u8])>,
+    },
     /// `CAS key expected new` -> 1 if swapped, 0 if not (see the module docs).
     Cas {
+        /// The key.
         key: &'a [u8],
+        /// The value the key must hold for the swap.
         expected: &'a [u8],
+        /// The value stored when it does.
         new: &'a [u8],
     },
     /// `SET key value` with options, `SETEX`, `PSETEX`.
     SetWith {
+        /// The key.
         key: &'a [u8],
+        /// The value stored.
         value: &'a [u8],
+        /// Condition, `GET` and time to live.
         options: SetOptions,
     },
     /// `SETNX key value` -> 1 if set, 0 if the key existed.
-    SetNx { key: &'a [u8], value: &'a [u8] },
+    SetNx {
+        /// The key.
+        key: &'a [u8],
+        /// The value stored when the key is missing.
+        value: &'a [u8],
+    },
     /// `MSETNX` -> 1 if every key was missing (all set), else 0 (none set).
-    MSetNx { pairs: Vec<(&'a [u8], &'a [u8])> },
+    MSetNx {
+        /// `(key, value)` pairs.
+        pairs: Vec<(&'a [u8], &'a [u8])>,
+    },
     /// `INCRBY`/`DECR`/`DECRBY` -> the new value.
-    IncrBy { key: &'a [u8], delta: i64 },
+    IncrBy {
+        /// The key.
+        key: &'a [u8],
+        /// Amount added (negative for `DECR`/`DECRBY`).
+        delta: i64,
+    },
     /// `INCRBYFLOAT key delta` -> the new value as a bulk string. `delta` is the
     /// client's text, parsed (the same way on every replica) when the entry applies.
-    IncrByFloat { key: &'a [u8], delta: &'a [u8] },
+    IncrByFloat {
+        /// The key.
+        key: &'a [u8],
+        /// The increment as the client wrote it.
+        delta: &'a [u8],
+    },
     /// `APPEND key value` -> the new length.
-    Append { key: &'a [u8], value: &'a [u8] },
+    Append {
+        /// The key.
+        key: &'a [u8],
+        /// Bytes appended to the value (a missing key counts as empty).
+        value: &'a [u8],
+    },
     /// `STRLEN key` -> length (0 if missing).
-    Strlen { key: &'a [u8] },
+    Strlen {
+        /// The key.
+        key: &'a [u8],
+    },
     /// `GETRANGE key start end` (inclusive, negative from the end).
-    GetRange { key: &'a [u8], start: i64, end: i64 },
+    GetRange {
+        /// The key.
+        key: &'a [u8],
+        /// First byte offset (negative: from the end).
+        start: i64,
+        /// Last byte offset, inclusive (negative: from the end).
+        end: i64,
+    },
     /// `SETRANGE key offset value` -> the new length.
     SetRange {
+        /// The key.
         key: &'a [u8],
+        /// Byte offset at which `value` is written (the value is zero-padded up to it).
         offset: u64,
+        /// Bytes written.
         value: &'a [u8],
     },
     /// `GETSET key value` -> the old value.
-    GetSet { key: &'a [u8], value: &'a [u8] },
+    GetSet {
+        /// The key.
+        key: &'a [u8],
+        /// The new value.
+        value: &'a [u8],
+    },
     /// `GETDEL key` -> the value, then the key is gone.
-    GetDel { key: &'a [u8] },
+    GetDel {
+        /// The key.
+        key: &'a [u8],
+    },
     /// `GETEX key [options]` -> the value.
-    GetEx { key: &'a [u8], ttl: GetExTtl },
+    GetEx {
+        /// The key.
+        key: &'a [u8],
+        /// What to do with the time to live.
+        ttl: GetExTtl,
+    },
     /// `EXPIRE`, `PEXPIRE`, `EXPIREAT`, `PEXPIREAT` -> 1 if set (or the key deleted
     /// because the time is past), 0 if not.
     Expire {
+        /// The key.
         key: &'a [u8],
+        /// When the key expires.
         at: Expiry,
+        /// When to set it (`NX`, `XX`, `GT`, `LT`).
         condition: ExpireCondition,
     },
     /// `TTL` (seconds) / `PTTL` (milliseconds) -> -2 missing, -1 no expiry, else left.
-    Ttl { key: &'a [u8], millis: bool },
+    Ttl {
+        /// The key.
+        key: &'a [u8],
+        /// `PTTL`: answer in milliseconds, else seconds.
+        millis: bool,
+    },
     /// `PERSIST key` -> 1 if a time to live was removed.
-    Persist { key: &'a [u8] },
+    Persist {
+        /// The key.
+        key: &'a [u8],
+    },
     /// `TYPE key` -> `string` or `none`.
-    Type { key: &'a [u8] },
+    Type {
+        /// The key.
+        key: &'a [u8],
+    },
     /// `KEYS pattern` -> every matching key, sorted.
-    Keys { pattern: &'a [u8] },
+    Keys {
+        /// Glob pattern (`*`, `?`, `[...]`, `\` escapes).
+        pattern: &'a [u8],
+    },
     /// `SCAN cursor [MATCH pattern] [COUNT n]` -> `[next cursor, keys]`.
     Scan {
+        /// Where to continue (0 starts a new scan; the reply names the next cursor, 0 when
+        /// done).
         cursor: u64,
+        /// `MATCH` glob pattern, if any.
         pattern: Option<&'a [u8]>,
+        /// `COUNT`: keys to examine in this call (at least 1).
         count: u32,
     },
     /// `DBSIZE` -> number of live keys.
@@ -196,18 +300,27 @@ pub enum Command<'a> {
     FlushAll,
     /// `RENAME from to` (`OK`) / `RENAMENX` (1 or 0).
     Rename {
+        /// The key renamed.
         from: &'a [u8],
+        /// Its new name (an existing key there is replaced, unless `only_if_missing`).
         to: &'a [u8],
+        /// `RENAMENX`: rename only if `to` does not exist.
         only_if_missing: bool,
     },
     /// `WATCH key [key ...]`, the read half: -> [`KvResponse::Watched`].
-    Watch { keys: Vec<&'a [u8]> },
+    Watch {
+        /// The keys watched.
+        keys: Vec<&'a [u8]>,
+    },
     /// `MULTI ... EXEC` as one entry: applied all together, unless a watched key changed
     /// since the WATCH read at log index `watch_index` (then nothing, reply null array).
     /// Never nested; holds no `Watch`.
     Multi {
+        /// Applied index of the state the WATCH read saw.
         watch_index: u64,
+        /// Each watched key and whether it existed then.
         watched: Vec<WatchedKey<'a>>,
+        /// The queued commands, applied in order.
         commands: Vec<Command<'a>>,
     },
 }
@@ -297,8 +410,11 @@ pub enum KvError {
          applied sequence {last_sequence}"
     )]
     StaleSequence {
+        /// The client id.
         client_id: u64,
+        /// The sequence of the refused request.
         sequence: u64,
+        /// The client's last applied sequence.
         last_sequence: u64,
     },
     /// The log entry or query is not a valid encoded request.
@@ -345,5 +461,10 @@ pub enum KvResponse {
     Nested(Vec<KvResponse>),
     /// The WATCH read: the applied index of the state read and, per key, whether it
     /// existed. The client port keeps this and answers `+OK`; it is never a client reply.
-    Watched { index: u64, exists: Vec<bool> },
+    Watched {
+        /// Applied index of the state the read saw.
+        index: u64,
+        /// Per watched key, in order: whether it existed.
+        exists: Vec<bool>,
+    },
 }

@@ -19,7 +19,12 @@ pub enum CommandParseError {
     /// The first argument names no KV command (the server may still know it: PING, INFO).
     /// `args` is Redis's quoted list of the first arguments.
     #[error("ERR unknown command '{name}', with args beginning with: {args}")]
-    UnknownCommand { name: String, args: String },
+    UnknownCommand {
+        /// The command name as the client sent it.
+        name: String,
+        /// Redis's quoted list of the first arguments, for the error text.
+        args: String,
+    },
     /// Empty argument vector.
     #[error("ERR empty command")]
     Empty,
@@ -483,15 +488,23 @@ fn parse_scan<'a>(rest: &[&'a [u8]]) -> Parsed<'a> {
 /// One row of the command table (`COMMAND INFO`, `COMMAND DOCS`, `COMMAND COUNT`).
 #[derive(Debug, Clone, Copy)]
 pub struct CommandSpec {
+    /// Lower-case command name.
     pub name: &'static str,
     /// Redis's arity: positive = exact argument count (name included), negative = at least.
     pub arity: i64,
+    /// Redis command flags (`write`, `readonly`, `fast`, ...).
     pub flags: &'static [&'static str],
+    /// Position of the first key argument (0: the command takes no key).
     pub first_key: i64,
+    /// Position of the last key argument (negative: counted from the end).
     pub last_key: i64,
+    /// Step between key positions (2 for `MSET`'s key-value pairs).
     pub step: i64,
+    /// `COMMAND DOCS` group (`string`, `generic`, `connection`, ...).
     pub group: &'static str,
+    /// Redis version that introduced the command (`COMMAND DOCS` `since`).
     pub since: &'static str,
+    /// One-line description (`COMMAND DOCS` `summary`).
     pub summary: &'static str,
 }
 

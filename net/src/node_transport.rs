@@ -175,6 +175,8 @@ pub struct RaftInbound<R> {
 }
 
 impl<R: Send + 'static> RaftInbound<R> {
+    /// Glue for node `node_id` decoding with `limits`; drops (and counts in `counters`)
+    /// whatever arrives before [`RaftInbound::attach`].
     pub fn new(node_id: u64, limits: CodecLimits, counters: Arc<GlueCounters>) -> Self {
         RaftInbound {
             node_id,

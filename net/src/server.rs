@@ -55,7 +55,9 @@ pub struct ServerConfig {
     pub peer_tls: Option<PeerTlsFiles>,
     /// Base election timeout (the core randomizes above it).
     pub election_timeout_ms: u64,
+    /// Heartbeat interval, in milliseconds (rounded to [`TICK_MS`]).
     pub heartbeat_ms: u64,
+    /// How the WAL writes and syncs (`--wal-backend`).
     pub wal_backend: tally_wal::Backend,
     /// Event-loop threads of the client port (`--threads`; at least 1).
     pub client_io_threads: usize,
@@ -107,6 +109,9 @@ pub const DEFAULT_REQUEST_QUEUE_CAPACITY: usize = 64 * 1024;
 pub const MAX_EMULATED_SYNC_DELAY: Duration = Duration::from_secs(1);
 
 impl ServerConfig {
+    /// A founding member `id` storing in `dir`, with `peers` as the other founders,
+    /// election timeout 500 ms, heartbeat 50 ms and defaults for everything else; change
+    /// fields before [`Server::start`].
     pub fn new(id: u64, dir: impl Into<PathBuf>, peers: Vec<(u64, SocketAddr)>) -> ServerConfig {
         ServerConfig {
             id,
@@ -143,20 +148,30 @@ impl ServerConfig {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServerError {
+    /// The configuration is inconsistent (a bad limit, an id the log does not know, ...).
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// An I/O step at start failed.
     #[error("{what}: {source}")]
     Io {
+        /// What was being done.
         what: &'static str,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// The peer transport could not start.
     #[error("peer transport: {0}")]
     Transport(String),
+    /// The identity file of the directory is unusable or belongs to another member or
+    /// cluster.
     #[error("identity: {0}")]
     Identity(#[from] IdentityError),
+    /// The node could not start (an unusable WAL or snapshot, a thread that did not start).
     #[error("node {id}: {source}")]
     Node {
+        /// The member's id.
         id: u64,
+        /// Why the node did not start.
         source: tally_engine::runtime::NodeError,
     },
 }
@@ -283,18 +298,22 @@ impl Server {
         self.cluster_id
     }
 
+    /// This member's id.
     pub fn id(&self) -> u64 {
         self.id
     }
 
+    /// The address the peer listener is bound to.
     pub fn peer_addr(&self) -> SocketAddr {
         self.peer_addr
     }
 
+    /// The address the client listener is bound to.
     pub fn client_addr(&self) -> SocketAddr {
         self.client_addr
     }
 
+    /// The client address peers redirect clients to (`-NOTLEADER <addr>`).
     pub fn advertised_client_addr(&self) -> &str {
         &self.advertised_client_addr
     }

@@ -234,7 +234,12 @@ pub enum PeerSendError {
     ReservedType(u8),
     /// The payload exceeds the frame limit.
     #[error("payload of {len} bytes exceeds the frame limit of {max}")]
-    TooLarge { len: usize, max: usize },
+    TooLarge {
+        /// Payload length, in bytes.
+        len: usize,
+        /// The frame limit, in bytes.
+        max: usize,
+    },
 }
 
 /// Why a transport could not start.

@@ -43,15 +43,26 @@ impl fmt::Debug for Password {
 /// Why a password file cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum PasswordFileError {
+    /// The file could not be read.
     #[error("cannot read the password file {file}: {source}")]
     Io {
+        /// Path of the file.
         file: String,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// The file is larger than [`MAX_PASSWORD_FILE_BYTES`] (only one byte more is read).
     #[error("the password file {file} is larger than {MAX_PASSWORD_FILE_BYTES} bytes")]
-    TooLarge { file: String },
+    TooLarge {
+        /// Path of the file.
+        file: String,
+    },
+    /// The file holds no password (empty, or only a line ending).
     #[error("the password file {file} holds an empty password")]
-    Empty { file: String },
+    Empty {
+        /// Path of the file.
+        file: String,
+    },
 }
 
 impl Password {

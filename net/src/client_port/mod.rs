@@ -139,9 +139,13 @@ impl ClientPortConfig {
 /// Counters of the client port.
 #[derive(Debug, Default)]
 pub struct ClientPortCounters {
+    /// Connections accepted since start.
     pub connections_accepted: AtomicU64,
+    /// Connections open now.
     pub connections_open: AtomicU64,
+    /// Commands parsed from clients since start (any outcome).
     pub commands: AtomicU64,
+    /// Connections closed for a RESP protocol error, since start.
     pub protocol_errors: AtomicU64,
     /// Commands refused for exceeding `max_command_bytes` / `max_entry_bytes`.
     pub commands_too_large: AtomicU64,

@@ -29,15 +29,28 @@ const MAX_FILE_BYTES: u64 = 64;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClusterIdError {
+    /// The cluster-id file could not be read or written.
     #[error("{path}: {source}")]
     Io {
+        /// Path of the file.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// The file does not hold `0x` followed by hex digits.
     #[error("{path}: not a cluster id (expected 0x followed by hex digits)")]
-    Malformed { path: PathBuf },
+    Malformed {
+        /// Path of the file.
+        path: PathBuf,
+    },
+    /// The directory belongs to another cluster than this start asks for.
     #[error("the directory belongs to cluster {stored:#x} but this start asks for {wanted:#x} (pass --cluster-id {stored:#x} to keep it, or use a fresh --dir)")]
-    Mismatch { stored: u64, wanted: u64 },
+    Mismatch {
+        /// Cluster id stored in the directory.
+        stored: u64,
+        /// Cluster id this start asks for (given or derived from the secret).
+        wanted: u64,
+    },
 }
 
 /// The cluster id this start uses: `configured` (`--cluster-id`), else the secret's

@@ -299,17 +299,30 @@ pub fn check_hello(
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SecretError {
+    /// The secret file could not be read.
     #[error("cluster secret file {path}: {source}")]
     Io {
+        /// Path of the file.
         path: String,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// The file is larger than [`MAX_SECRET_FILE_BYTES`].
     #[error(
         "cluster secret file {path} holds {len} bytes; at most {MAX_SECRET_FILE_BYTES} allowed"
     )]
-    TooLarge { path: String, len: u64 },
+    TooLarge {
+        /// Path of the file.
+        path: String,
+        /// Its size, in bytes.
+        len: u64,
+    },
+    /// The secret is shorter than [`MIN_SECRET_BYTES`].
     #[error("cluster secret holds {len} bytes; at least {MIN_SECRET_BYTES} are needed (tally-server gen-secret FILE writes one)")]
-    TooShort { len: usize },
+    TooShort {
+        /// Its length, in bytes.
+        len: usize,
+    },
 }
 
 /// The shared key every member of a cluster holds. Invariant: at least

@@ -36,21 +36,47 @@ pub fn node_dns_name(node_id: u64) -> String {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PeerTlsError {
+    /// A PEM file could not be read.
     #[error("{path}: {source}")]
     Io {
+        /// Path of the file.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// A PEM file is larger than [`MAX_PEM_FILE_BYTES`].
     #[error("{path}: {len} bytes; at most {MAX_PEM_FILE_BYTES} allowed")]
-    TooLarge { path: PathBuf, len: u64 },
+    TooLarge {
+        /// Path of the file.
+        path: PathBuf,
+        /// Its size, in bytes.
+        len: u64,
+    },
+    /// A PEM file does not hold the expected kind of item, or does not parse.
     #[error("{path}: not PEM of the expected kind: {reason}")]
-    Pem { path: PathBuf, reason: String },
+    Pem {
+        /// Path of the file.
+        path: PathBuf,
+        /// The parser's complaint.
+        reason: String,
+    },
+    /// The certificate file holds no certificate.
     #[error("{path}: no certificate in it")]
-    NoCertificate { path: PathBuf },
+    NoCertificate {
+        /// Path of the file.
+        path: PathBuf,
+    },
+    /// The certificate does not carry exactly this node's DNS name ([`node_dns_name`]).
     #[error("the certificate does not name this node: it must carry exactly the DNS SAN {expected} of the members' names")]
-    WrongNodeName { expected: String },
+    WrongNodeName {
+        /// The DNS SAN it must carry.
+        expected: String,
+    },
+    /// rustls refused the configuration (for example a key that does not match the
+    /// certificate).
     #[error("TLS configuration refused: {0}")]
     Rustls(#[from] rustls::Error),
+    /// The client-certificate verifier could not be built from the CA file.
     #[error("client verifier: {0}")]
     Verifier(String),
 }

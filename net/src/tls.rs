@@ -26,19 +26,41 @@ pub const MAX_PEM_FILE_BYTES: u64 = 1 << 20;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TlsError {
+    /// A PEM file could not be read.
     #[error("cannot read {file}: {source}")]
     Io {
+        /// Path of the file.
         file: String,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// A PEM file is larger than [`MAX_PEM_FILE_BYTES`].
     #[error("{file} is larger than {MAX_PEM_FILE_BYTES} bytes")]
-    TooLarge { file: String },
+    TooLarge {
+        /// Path of the file.
+        file: String,
+    },
+    /// A PEM file holds no item of the kind needed.
     #[error("{file}: no {what} found in PEM")]
-    Missing { file: String, what: &'static str },
+    Missing {
+        /// Path of the file.
+        file: String,
+        /// What was looked for (`"certificate"`, `"private key"`).
+        what: &'static str,
+    },
+    /// A PEM file does not parse.
     #[error("{file}: bad PEM: {reason}")]
-    Pem { file: String, reason: String },
+    Pem {
+        /// Path of the file.
+        file: String,
+        /// The parser's complaint.
+        reason: String,
+    },
+    /// rustls refused the configuration (for example a key that does not match the
+    /// certificate).
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
+    /// The client-certificate verifier could not be built from the CA file.
     #[error("client certificate verifier: {0}")]
     Verifier(String),
 }

@@ -18,6 +18,8 @@
 //! The Raft core (in `tally-engine`) never sees sockets; the node runtime moves opaque
 //! `(message type, payload)` pairs between it and this crate.
 
+#![warn(missing_docs)]
+
 pub mod client_port;
 pub mod cluster_id;
 pub mod codec;

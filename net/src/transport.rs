@@ -29,7 +29,7 @@
 //! * **Dead peers are noticed.** Every peer socket has TCP keepalive, `TCP_USER_TIMEOUT`
 //!   and a write timeout, so a half-open peer costs its sender seconds, not the kernel's
 //!   fifteen-minute retransmission timeout.
-//! * **One stream seam.** A connection is a [`PeerStream`]: plain TCP (vectored writes)
+//! * **One stream seam.** A connection is a `PeerStream`: plain TCP (vectored writes)
 //!   or rustls over it (`peer_tls.rs`); handshake, reader and sender do not care which.
 //! * **No async runtime.** Plain threads and blocking sockets; shutdown sets a flag, shuts
 //!   down every registered socket (unblocking reads and writes), wakes the listener and

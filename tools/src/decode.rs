@@ -31,7 +31,7 @@ pub fn parse_kind(text: &str) -> Result<u8, String> {
 }
 
 /// `bytes` as a quoted string: printable ASCII as is, everything else `\xNN`, cut at
-/// [`TEXT_VALUE_MAX_BYTES`] with the full length noted.
+/// `TEXT_VALUE_MAX_BYTES` with the full length noted.
 pub fn quote_bytes(bytes: &[u8]) -> String {
     let shown = &bytes[..bytes.len().min(TEXT_VALUE_MAX_BYTES)];
     let mut out = String::with_capacity(shown.len() + 2);

@@ -51,7 +51,7 @@ pub enum PasswordFileError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The file is larger than [`MAX_PASSWORD_FILE_BYTES`] (only one byte more is read).
+    /// The file is larger than `MAX_PASSWORD_FILE_BYTES` (4096; only one byte more is read).
     #[error("the password file {file} is larger than {MAX_PASSWORD_FILE_BYTES} bytes")]
     TooLarge {
         /// Path of the file.

@@ -13,7 +13,7 @@
 //! * **Replies wake the loop, coalesced.** The raft and apply threads answer through
 //!   [`ReplyTo`] on the I/O thread's single reply channel; the tag says which
 //!   connection (and whether the request was a write). `ReplyTo` calls the thread's
-//!   [`LoopWaker`] after each send; an atomic "wake pending" flag turns a burst of
+//!   `LoopWaker` after each send; an atomic "wake pending" flag turns a burst of
 //!   replies (a whole applied batch) into one `mio::Waker::wake` (one eventfd write),
 //!   cleared by the I/O thread before it drains the channel.
 //! * **Reads after writes within one connection wait for the writes.** The runtime

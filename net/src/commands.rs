@@ -138,6 +138,17 @@ fn expiry_option(
 
 /// Parses a Redis-style argument vector (`[b"SET", b"k", b"v"]`, name case-insensitive)
 /// into a [`Command`] borrowing from `args`.
+///
+/// ```
+/// use tally_engine::kv::Command;
+/// use tally_net::commands::{parse_command_args, CommandParseError};
+///
+/// let args: [&[u8]; 3] = [b"set", b"k", b"v"];
+/// assert_eq!(parse_command_args(&args), Ok(Command::Set { key: b"k", value: b"v" }));
+///
+/// let args: [&[u8]; 1] = [b"frobnicate"];
+/// assert!(matches!(parse_command_args(&args), Err(CommandParseError::UnknownCommand { .. })));
+/// ```
 pub fn parse_command_args<'a>(args: &[&'a [u8]]) -> Parsed<'a> {
     let (name, rest) = args.split_first().ok_or(CommandParseError::Empty)?;
     let mut lower = [0u8; 16];

@@ -286,6 +286,22 @@ pub fn write_all_vectored(writer: &mut impl Write, slices: &[&[u8]]) -> io::Resu
 }
 
 /// Reads frames from a byte stream through a reusable buffer.
+///
+/// ```
+/// use tally_net::frame::{encode_frame, FrameError, FrameReader, DEFAULT_MAX_FRAME_PAYLOAD_BYTES};
+///
+/// let mut wire = Vec::new();
+/// encode_frame(0x01, 0, b"hello", DEFAULT_MAX_FRAME_PAYLOAD_BYTES, &mut wire).unwrap();
+/// let mut reader = FrameReader::new(&wire[..], DEFAULT_MAX_FRAME_PAYLOAD_BYTES);
+/// let frame = reader.read_frame().unwrap();
+/// assert_eq!((frame.msg_type, &frame.payload[..]), (0x01, &b"hello"[..]));
+/// assert!(matches!(reader.read_frame(), Err(FrameError::Eof)));
+///
+/// // A damaged byte is caught by the checksum, never handed on.
+/// wire[20] ^= 0xff;
+/// let mut reader = FrameReader::new(&wire[..], DEFAULT_MAX_FRAME_PAYLOAD_BYTES);
+/// assert!(matches!(reader.read_frame(), Err(FrameError::BadChecksum { .. })));
+/// ```
 #[derive(Debug)]
 pub struct FrameReader<R> {
     reader: R,

@@ -149,6 +149,22 @@ enum InlineOutcome {
 /// the caller may only *append* to the buffer. After [`ParseStatus::Complete`] the caller
 /// reads [`RequestParser::args`] and then removes the consumed bytes (or passes the
 /// unconsumed tail next time); the parser starts the next command at offset 0.
+///
+/// ```
+/// use tally_net::resp::{ParseStatus, RequestParser, RespLimits};
+///
+/// let mut parser = RequestParser::new(RespLimits::default());
+/// let mut buffer = b"*3\r\n$3\r\nSET\r\n$1\r\nk".to_vec();
+/// assert_eq!(parser.parse(&buffer).unwrap(), ParseStatus::Incomplete);
+/// buffer.extend_from_slice(b"\r\n$1\r\nv\r\n"); // the rest arrives
+/// let ParseStatus::Complete { consumed } = parser.parse(&buffer).unwrap() else {
+///     panic!("a whole command is buffered");
+/// };
+/// let args: Vec<&[u8]> = parser.args(&buffer).collect();
+/// assert_eq!(args, [&b"SET"[..], b"k", b"v"]);
+/// buffer.drain(..consumed);
+/// assert!(buffer.is_empty());
+/// ```
 #[derive(Debug)]
 pub struct RequestParser {
     limits: RespLimits,

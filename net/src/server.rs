@@ -72,6 +72,7 @@ pub struct ServerConfig {
     /// `--snapshot-log-bytes`, `--log-retain-entries`).
     pub snapshot: SnapshotPolicy,
     /// Test-only failpoint: the raft thread panics this long after start.
+    #[doc(hidden)] // Test seam: set only by process-level tests, never in production.
     pub failpoint_raft_panic_after: Option<Duration>,
     /// Start an empty `dir` as a non-member that waits to be added (`--join`); it
     /// catches up as a learner and never campaigns until promoted. Ignored on restart.
@@ -92,6 +93,7 @@ pub struct ServerConfig {
     /// The password clients must give (`--requirepass-file`); `None`: no AUTH.
     pub requirepass: Option<crate::client_port::Password>,
     /// Test-only failpoint: the raft thread sleeps this long before its first turn.
+    #[doc(hidden)] // Test seam: set only by process-level tests, never in production.
     pub failpoint_raft_stall_at_start: Option<Duration>,
     /// Bound of the node's request queue, in batches (`--request-queue-capacity`); a
     /// client batch that finds it full is answered `-BUSY`.

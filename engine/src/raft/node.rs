@@ -387,6 +387,42 @@ struct InflightPersist {
 }
 
 /// One Raft node. See the module docs.
+///
+/// A one-node cluster driven by hand: what a runtime does, without threads, disk or
+/// network (a real runtime writes `persist` to its WAL and fsyncs before reporting it,
+/// and sends `messages` to peers).
+///
+/// ```
+/// use bytes::Bytes;
+/// use tally_engine::raft::{Configuration, EntryKind, RaftConfig, RaftNode, Ready};
+///
+/// let mut node = RaftNode::new(RaftConfig::new(1, 42), Configuration::new([1]));
+/// let mut applied = Vec::new();
+/// let mut carry_out = |node: &mut RaftNode, ready: Ready| {
+///     if let Some(action) = ready.persist {
+///         node.on_persisted(action.seq); // "durable" at once in this example
+///     }
+///     for entry in ready.committed_entries {
+///         if entry.kind == EntryKind::Normal {
+///             applied.push(entry.data.clone());
+///         }
+///         node.on_applied(entry.index);
+///     }
+/// };
+/// // Tick until the election timeout fires and the node elects itself.
+/// while !node.is_leader() {
+///     node.tick();
+///     let ready = node.take_ready();
+///     carry_out(&mut node, ready);
+/// }
+/// let indexes = node.propose(vec![Bytes::from_static(b"hello")]).unwrap();
+/// while node.has_ready() {
+///     let ready = node.take_ready();
+///     carry_out(&mut node, ready);
+/// }
+/// assert!(node.commit_index() >= indexes.start);
+/// assert_eq!(applied, [Bytes::from_static(b"hello")]);
+/// ```
 pub struct RaftNode {
     cfg: RaftConfig,
     /// The configuration in effect: that of the latest configuration entry in the log

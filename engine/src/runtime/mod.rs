@@ -140,6 +140,7 @@ pub struct NodeOptions {
     pub snapshot: SnapshotPolicy,
     /// Test-only failpoint: the raft thread panics this long after start (process-level
     /// tests of fail-stop; never set in production).
+    #[doc(hidden)] // Test seam: set only by process-level tests, never in production.
     pub failpoint_raft_panic_after: Option<Duration>,
     /// `Some`: the log is the authority on membership and `voters` is ignored.
     pub log_membership: Option<LogMembership>,
@@ -147,6 +148,7 @@ pub struct NodeOptions {
     pub membership: MembershipPolicy,
     /// Test-only failpoint: the raft thread sleeps this long before its first turn, so
     /// the request queue fills (tests of client back-pressure; never set in production).
+    #[doc(hidden)] // Test seam: set only by process-level tests, never in production.
     pub failpoint_raft_stall_at_start: Option<Duration>,
 }
 

@@ -31,7 +31,9 @@
 //!
 //! use bytes::Bytes;
 //! use crossbeam_channel::unbounded;
-//! use tally_engine::kv::{encode_request, ClientSession, Command, KvLimits, KvResponse, KvStateMachine};
+//! use tally_engine::kv::{
+//!     encode_request, ClientSession, Command, KvLimits, KvResponse, KvStateMachine,
+//! };
 //! use tally_engine::raft::{Message, NodeId, Role};
 //! use tally_engine::runtime::{Node, NodeHandle, NodeOptions, Reply, ReplyTo, Transport};
 //!
@@ -69,7 +71,8 @@
 //! let encode = |sequence: u64, command: &Command<'_>| -> Bytes {
 //!     let session = ClientSession { client_id: 1, sequence };
 //!     let mut out = Vec::new();
-//!     encode_request(Some(session), command, &KvLimits::default(), &mut out).expect("fits the limits");
+//!     encode_request(Some(session), command, &KvLimits::default(), &mut out)
+//!         .expect("fits the limits");
 //!     Bytes::from(out)
 //! };
 //! let set = encode(1, &Command::Set { key: b"greeting", value: b"hello" });
@@ -82,7 +85,8 @@
 //! for (request, is_read) in [(set, false), (get, true)] {
 //!     loop {
 //!         assert!(Instant::now() < deadline, "no answer");
-//!         let Some(leader) = nodes.iter().find(|node| node.handle().status().role() == Role::Leader) else {
+//!         let is_leader = |n: &&Node<KvResponse>| n.handle().status().role() == Role::Leader;
+//!         let Some(leader) = nodes.iter().find(is_leader) else {
 //!             std::thread::sleep(Duration::from_millis(10));
 //!             continue;
 //!         };

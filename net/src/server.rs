@@ -178,7 +178,10 @@ pub enum ServerError {
     },
 }
 
-/// A running member.
+/// A running member: its node (raft and apply threads over the WAL in
+/// [`ServerConfig::dir`]), its peer transport and its RESP client port, serving until
+/// [`Server::shutdown`]. Everything a client was answered `+OK` for is durable on a
+/// majority. See the [crate example](crate#example-a-3-member-kv-cluster-on-localhost).
 pub struct Server {
     id: u64,
     node: Node<KvResponse>,

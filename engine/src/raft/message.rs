@@ -12,9 +12,11 @@ use super::types::{Entry, NodeId};
 /// A message from one node to another.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
-    /// Sender.
+    /// Sender; never 0 and never the recipient (such a message is ignored). tally-net
+    /// checks it against the peer its connection's handshake established.
     pub from: NodeId,
-    /// Recipient.
+    /// Recipient; [`RaftNode::step`](crate::raft::RaftNode::step) ignores a message
+    /// addressed to another node.
     pub to: NodeId,
     /// The sender's current term. For `PreVote` it is the term the sender *would*
     /// campaign in (its term + 1); for a granted `PreVoteResponse` it echoes that term.

@@ -117,7 +117,8 @@ pub struct MemberStatus {
     pub connected: Option<bool>,
 }
 
-/// Options of a node.
+/// Options of a node: identity, initial voters, WAL directory and tuning. Start from
+/// [`NodeOptions::new`] and change fields before [`Node::start`].
 #[derive(Clone, Debug)]
 pub struct NodeOptions {
     /// This node's id (non-zero, unique in the cluster).

@@ -440,7 +440,8 @@ pub struct SimStats {
     pub kv: KvStats,
 }
 
-/// The outcome of a run.
+/// The outcome of a run. A run passed when `violations` is empty; otherwise rerun
+/// `seed` (with [`SimConfig::trace`]) to replay it exactly.
 #[derive(Debug)]
 pub struct SimReport {
     /// The seed that reproduces the run.

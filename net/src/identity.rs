@@ -55,7 +55,8 @@ pub enum IdentityError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The file exists but does not parse (wrong header, missing or bad field, too large).
+    /// The file exists but does not parse (wrong header, a missing or bad
+    /// field; only the first [`MAX_IDENTITY_BYTES`] are read).
     #[error("{file} is not a valid identity file: {reason}")]
     Malformed {
         /// Path of the file.

@@ -36,7 +36,8 @@ pub enum ApplyWork<R> {
     Restore {
         /// What the snapshot covers.
         meta: SnapshotMeta,
-        /// The snapshot file's state-machine bytes (after its header), read to the end.
+        /// The snapshot file's data bytes (after its header); the read fails instead of
+        /// delivering the last byte when the file's checksum does not match.
         reader: Box<dyn Read + Send>,
     },
 }

@@ -314,7 +314,8 @@ fn a_client_that_never_finishes_its_tls_handshake_is_cut_and_frees_its_slot() {
     let ca = new_ca("Tally test CA");
     let ca_path = write_ca(&ca, certs.path(), "ca");
     let (cert, key) = issue(&ca, certs.path(), "server", false);
-    // One client slot: a connection stuck in its handshake would lock everyone out.
+    // Three client slots: one for a served client, two taken by connections stuck in
+    // their handshake; without a deadline they would lock everyone else out.
     let cluster = Cluster::start_with_args(
         1,
         &[
@@ -323,16 +324,30 @@ fn a_client_that_never_finishes_its_tls_handshake_is_cut_and_frees_its_slot() {
             "--client-tls-key",
             key.to_str().expect("utf-8"),
             "--max-clients",
-            "1",
+            "3",
         ],
     );
     let port = cluster.member(1).client_port;
-    drop(wait_for_tls_leader(port, &ca_path, None));
+    let mut served = wait_for_tls_leader(port, &ca_path, None);
     // The start of a ClientHello record (type, version, length 0x80), then silence.
-    let mut stalled = wait_until("the slot is free", || {
+    let mut stalled = wait_until("a slot is free", || {
         let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
         stream.write_all(&[0x16, 0x03, 0x01, 0x00, 0x80]).ok()?;
         Some(stream)
+    });
+    // A trickler: a 16 KiB record announced, then one byte every 200 ms, never done.
+    let trickler = std::thread::spawn(move || {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let started = std::time::Instant::now();
+        let mut wire = vec![0x16, 0x03, 0x01, 0x40, 0x00];
+        while started.elapsed() < DEADLINE {
+            if stream.write_all(&wire).is_err() {
+                return true;
+            }
+            wire = vec![0x01];
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        false
     });
     stalled.set_read_timeout(Some(DEADLINE)).expect("timeout");
     let mut received = Vec::new();
@@ -346,12 +361,17 @@ fn a_client_that_never_finishes_its_tls_handshake_is_cut_and_frees_its_slot() {
             "the server never closed the unfinished handshake: {error}"
         ),
     }
-    // The slot it held serves a real client again.
+    assert!(
+        trickler.join().expect("trickler"),
+        "the server never closed the trickled handshake"
+    );
+    // The slots they held serve a real client again.
     let mut client = wait_until("a TLS client is served again", || {
         let mut client = TlsClient::connect(port, &ca_path, None).ok()?;
         (client.call(&["PING"]).ok()? == pong()).then_some(client)
     });
     assert_eq!(client.call(&["SET", "after", "cut"]).expect("SET"), ok());
+    assert_eq!(served.call(&["GET", "after"]).expect("GET"), bulk("cut"));
     let log = std::fs::read_to_string(&cluster.member(1).log).expect("log");
     assert!(log.contains("TLS handshake passed its deadline"), "{log}");
 }

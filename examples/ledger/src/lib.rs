@@ -15,3 +15,6 @@ pub mod ledger;
 /// What every member answers a write or read: the ledger's reply, or why the client
 /// session refused it (`tally_engine::exactly_once::ExactlyOnce` wraps the ledger).
 pub type Response = Result<ledger::LedgerReply, tally_engine::exactly_once::SessionError>;
+
+#[doc = include_str!("../../../docs/EMBEDDING.md")]
+pub mod guide {}

@@ -182,3 +182,111 @@ fn wall_clock_ms() -> u64 {
         .map(|elapsed| elapsed.as_millis() as u64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tally_engine::kv::{decode_request, Expiry, KvStateMachine, SetOptions, SetTtl};
+    use tally_engine::state_machine::{CommittedEntry, StateMachine};
+
+    fn payload(command: &Command<'_>, time_ms: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_request_at(None, Some(time_ms), command, &KvLimits::default(), &mut out)
+            .expect("encode");
+        out
+    }
+
+    fn apply(machine: &mut KvStateMachine, command: &Command<'_>, time_ms: u64) -> KvResponse {
+        let index = machine.applied_index() + 1;
+        let bytes = payload(command, time_ms);
+        machine
+            .apply(&[CommittedEntry {
+                index,
+                payload: &bytes,
+            }])
+            .expect("apply")
+            .remove(0)
+    }
+
+    fn backlog(machine: &KvStateMachine, time_ms: u64) -> KvResponse {
+        machine.query(&payload(&Command::ExpiryBacklog, time_ms))
+    }
+
+    fn counts(stored: i64, expired: i64) -> KvResponse {
+        KvResponse::Nested(vec![
+            KvResponse::Integer(stored),
+            KvResponse::Integer(expired),
+        ])
+    }
+
+    #[test]
+    fn a_purge_entry_removes_only_keys_expired_at_its_log_time_and_at_most_its_max() {
+        let mut machine = KvStateMachine::default();
+        let expiring = SetOptions {
+            condition: tally_engine::kv::SetCondition::Always,
+            get: false,
+            ttl: SetTtl::Expire(Expiry::AfterMs(10)),
+        };
+        let keys: Vec<String> = (0..60).map(|i| format!("k{i}")).collect();
+        for key in &keys {
+            let command = Command::SetWith {
+                key: key.as_bytes(),
+                value: b"v",
+                options: expiring,
+            };
+            apply(&mut machine, &command, 1_000);
+        }
+        let kept = Command::Set {
+            key: b"kept",
+            value: b"v",
+        };
+        apply(&mut machine, &kept, 1_000);
+        // The read counts at the reader's clock; nothing is removed by reading.
+        assert_eq!(backlog(&machine, 1_000), counts(61, 0));
+        assert_eq!(backlog(&machine, 5_000), counts(61, 60));
+        assert_eq!(machine.len(), 61);
+        // A purge at a log time before the expiry removes nothing.
+        let purge = Command::PurgeExpired { max: 25 };
+        assert_eq!(apply(&mut machine, &purge, 1_005), KvResponse::Integer(0));
+        // At a later log time: `max` by the command, then the few every timed entry
+        // removes (EXPIRE_PER_ENTRY), never the key without an expiry.
+        assert_eq!(apply(&mut machine, &purge, 5_000), KvResponse::Integer(25));
+        let left = 60 - 25 - tally_engine::kv::EXPIRE_PER_ENTRY;
+        assert_eq!(machine.len(), 1 + left);
+        assert_eq!(
+            apply(&mut machine, &purge, 5_000),
+            KvResponse::Integer(left as i64)
+        );
+        assert_eq!(machine.len(), 1);
+        assert_eq!(backlog(&machine, 5_000), counts(1, 0));
+    }
+
+    #[test]
+    fn a_purge_max_outside_its_bound_is_neither_encoded_nor_decoded() {
+        for max in [0, MAX_PURGE_KEYS + 1] {
+            let mut out = Vec::new();
+            let command = Command::PurgeExpired { max };
+            assert!(
+                encode_request_at(None, Some(1), &command, &KvLimits::default(), &mut out).is_err()
+            );
+        }
+        let mut bytes = payload(&Command::PurgeExpired { max: 1 }, 1);
+        let end = bytes.len();
+        bytes[end - 4..].copy_from_slice(&(MAX_PURGE_KEYS + 1).to_le_bytes());
+        assert!(decode_request(&bytes, &KvLimits::default()).is_err());
+        let ok = payload(
+            &Command::PurgeExpired {
+                max: MAX_PURGE_KEYS,
+            },
+            1,
+        );
+        assert_eq!(
+            decode_request(&ok, &KvLimits::default())
+                .expect("decode")
+                .command,
+            Command::PurgeExpired {
+                max: MAX_PURGE_KEYS
+            }
+        );
+    }
+}

@@ -1137,9 +1137,7 @@ mod tests {
         let reply = receiver.recv_timeout(PATIENCE).expect("a reply");
         match reply.result {
             Ok(KvResponse::Nested(counts)) => match counts.as_slice() {
-                [KvResponse::Integer(stored), KvResponse::Integer(expired)] => {
-                    (*stored, *expired)
-                }
+                [KvResponse::Integer(stored), KvResponse::Integer(expired)] => (*stored, *expired),
                 other => panic!("unexpected backlog {other:?}"),
             },
             other => panic!("unexpected backlog reply {other:?}"),
@@ -1222,7 +1220,11 @@ mod tests {
         std::thread::sleep(Duration::from_millis(300));
         assert_eq!(status.status().commit_index.load(Ordering::Acquire), commit);
         assert_eq!(
-            server.front_end().sweep_counters().purges.load(Ordering::Relaxed),
+            server
+                .front_end()
+                .sweep_counters()
+                .purges
+                .load(Ordering::Relaxed),
             0
         );
         assert_eq!(expiry_backlog(&server), (1, 0));

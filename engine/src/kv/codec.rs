@@ -468,7 +468,9 @@ fn check_encode_args(
         Command::DbSize | Command::FlushAll | Command::ExpiryBacklog => Ok(()),
         Command::PurgeExpired { max } => {
             if *max == 0 || *max > MAX_PURGE_KEYS {
-                return Err(KvEncodeError::Unencodable("PURGEEXPIRED max outside 1..=1024"));
+                return Err(KvEncodeError::Unencodable(
+                    "PURGEEXPIRED max outside 1..=1024",
+                ));
             }
             Ok(())
         }

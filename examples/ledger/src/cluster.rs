@@ -128,7 +128,10 @@ impl LocalCluster {
 
     /// Every member's client address (what a client is configured with).
     pub fn client_addrs(&self) -> Vec<SocketAddr> {
-        self.lock().iter().map(|member| member.client_addr).collect()
+        self.lock()
+            .iter()
+            .map(|member| member.client_addr)
+            .collect()
     }
 
     /// One member's client address.
@@ -159,8 +162,10 @@ impl LocalCluster {
     /// The running member that currently believes it leads, if any.
     pub fn leader(&self) -> Option<u64> {
         self.ids().into_iter().find(|id| {
-            self.with_member(*id, |server| server.handle().status().role() == Role::Leader)
-                .unwrap_or(false)
+            self.with_member(*id, |server| {
+                server.handle().status().role() == Role::Leader
+            })
+            .unwrap_or(false)
         })
     }
 

@@ -152,7 +152,9 @@ struct Shared {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
@@ -303,7 +305,7 @@ pub fn encode_hex(bytes: &[u8]) -> String {
 /// The bytes of a hex string; `None` if it is not one (odd length, other characters).
 pub fn decode_hex(text: &str) -> Option<Vec<u8>> {
     let digits = text.as_bytes();
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return None;
     }
     let value = |digit: u8| char::from(digit).to_digit(16).map(|v| v as u8);

@@ -37,13 +37,20 @@ fn wait_for_proposals(cluster: &LocalCluster, member: u64, at_least: u64) {
     loop {
         let seen = cluster
             .with_member(member, |server| {
-                server.front_end().counters().proposals.load(Ordering::Acquire)
+                server
+                    .front_end()
+                    .counters()
+                    .proposals
+                    .load(Ordering::Acquire)
             })
             .expect("member running");
         if seen >= at_least {
             return;
         }
-        assert!(Instant::now() < deadline, "the request never reached the node");
+        assert!(
+            Instant::now() < deadline,
+            "the request never reached the node"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -51,7 +58,11 @@ fn wait_for_proposals(cluster: &LocalCluster, member: u64, at_least: u64) {
 fn proposals(cluster: &LocalCluster, member: u64) -> u64 {
     cluster
         .with_member(member, |server| {
-            server.front_end().counters().proposals.load(Ordering::Acquire)
+            server
+                .front_end()
+                .counters()
+                .proposals
+                .load(Ordering::Acquire)
         })
         .expect("member running")
 }
@@ -88,7 +99,11 @@ fn a_transfer_answered_unknown_whose_retry_loses_its_leader_too_is_applied_exact
     let mut client = LedgerClient::new(cluster.client_addrs());
     open_accounts(&mut client, &[("alice", 100), ("bob", 0)]);
     let first = cluster.wait_for_leader(PATIENCE).expect("leader");
-    let followers: Vec<u64> = cluster.ids().into_iter().filter(|id| *id != first).collect();
+    let followers: Vec<u64> = cluster
+        .ids()
+        .into_iter()
+        .filter(|id| *id != first)
+        .collect();
     // 1. Without its followers the leader cannot commit: the transfer stays in its log
     //    only, and stopping it answers the client UNKNOWN.
     for follower in &followers {

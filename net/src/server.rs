@@ -64,7 +64,8 @@ pub struct ServerConfig {
     pub election_timeout_ms: u64,
     pub heartbeat_ms: u64,
     pub wal_backend: tally_wal::Backend,
-    /// Event-loop threads of the client port (`--threads`; at least 1).
+    /// Event-loop threads of the client port (`--threads`; at least 1). Read by
+    /// [`RespFrontEnd`] only.
     pub client_io_threads: usize,
     /// Disk emulation: extra latency slept after every WAL batch fdatasync, on top of
     /// the real one (see `tally_wal::GroupCommitOptions::emulated_sync_delay`); at most
@@ -92,9 +93,10 @@ pub struct ServerConfig {
     /// Serve Prometheus metrics at `GET /metrics` here (`--metrics-listen`).
     pub metrics_listen: Option<SocketAddr>,
     /// TLS on the client port (`--client-tls-cert/-key[/-ca]`, see
-    /// [`crate::tls::server_config`]); `None`: plain TCP.
+    /// [`crate::tls::server_config`]); `None`: plain TCP. Read by [`RespFrontEnd`] only.
     pub client_tls: Option<Arc<rustls::ServerConfig>>,
-    /// The password clients must give (`--requirepass-file`); `None`: no AUTH.
+    /// The password clients must give (`--requirepass-file`); `None`: no AUTH. Read by
+    /// [`RespFrontEnd`] only.
     pub requirepass: Option<crate::client_port::Password>,
     /// Test-only failpoint: the raft thread sleeps this long before its first turn.
     pub failpoint_raft_stall_at_start: Option<Duration>,
@@ -105,7 +107,7 @@ pub struct ServerConfig {
     /// entries. `None`: the WAL's default (64 MiB).
     pub wal_segment_bytes: Option<u64>,
     /// How often the leader's RESP front end checks for expired keys to purge
-    /// (`crate::expiry_sweep`); at least 1.
+    /// (`crate::expiry_sweep`); at least 1. Read by [`RespFrontEnd`] only.
     pub expiry_sweep_interval_ms: u64,
 }
 
@@ -1118,12 +1120,16 @@ mod tests {
         assert!(!real.contains("emulated"), "{real}");
     }
 
-    /// `[stored keys, expired keys still stored]`, read on the leader.
+    /// `[stored keys, expired keys still stored]`, read on the leader at its clock.
     fn expiry_backlog(server: &Server) -> (i64, i64) {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_millis() as u64;
         let mut payload = Vec::new();
         tally_engine::kv::encode_request_at(
             None,
-            Some(crate::expiry_sweep::DEFAULT_SWEEP_INTERVAL_MS),
+            Some(now_ms),
             &tally_engine::kv::Command::ExpiryBacklog,
             &KvLimits::default(),
             &mut payload,

@@ -1,5 +1,5 @@
 //! What every member runs whatever it serves: peer transport + node runtime, attached
-//! to each other ([`start_member`]), and [`Replica`], a member with no front end.
+//! to each other (`start_member`), and [`Replica`], a member with no front end.
 //!
 //! Members are started by [`crate::server::ServerBuilder`] (any state machine, any
 //! front end, the same peer security, identity and membership as `tally-server`).

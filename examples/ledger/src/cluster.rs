@@ -36,6 +36,9 @@ pub struct ClusterOptions {
     pub snapshot_every: u64,
     /// Base election timeout of every member.
     pub election_timeout_ms: u64,
+    /// Seed a new one-member cluster (`size` 1) from this snapshot file, taken with
+    /// `NodeHandle::snapshot_now` on any ledger member (`ServerConfig::restore_from`).
+    pub restore_from: Option<PathBuf>,
 }
 
 impl Default for ClusterOptions {
@@ -44,6 +47,7 @@ impl Default for ClusterOptions {
             size: 3,
             snapshot_every: 0,
             election_timeout_ms: 500,
+            restore_from: None,
         }
     }
 }
@@ -107,8 +111,11 @@ impl LocalCluster {
                     ..SnapshotPolicy::default()
                 };
             }
+            config.restore_from = options.restore_from.clone();
             let client_addr = local_addr(&client_listener)?;
             let running = start_member(&config, peer_listener, client_listener)?;
+            // Restored once; a restart recovers the directory instead.
+            config.restore_from = None;
             members.push(Member {
                 config,
                 peer_addr: peer_addrs[index],
@@ -375,6 +382,15 @@ impl LedgerClient {
             retries: 0,
             unknown_outcomes: 0,
         }
+    }
+
+    /// Points this client (its session unchanged) at other members' client addresses,
+    /// e.g. a cluster restored from a snapshot of the old one.
+    pub fn set_members(&mut self, addrs: Vec<SocketAddr>) {
+        if let Some(first) = addrs.first() {
+            self.target = *first;
+        }
+        self.addrs = addrs;
     }
 
     /// Numbers a command for this session without sending it (to send it with

@@ -272,3 +272,46 @@ fn concurrent_transfers_never_overdraw_and_a_member_restored_from_a_snapshot_agr
     assert_eq!(total, 200);
     cluster.shutdown().expect("shutdown");
 }
+
+#[test]
+fn a_snapshot_file_seeds_a_new_cluster_with_the_same_books_and_sessions() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let cluster =
+        LocalCluster::start(&root.path().join("old"), &ClusterOptions::default()).expect("start");
+    let mut client = LedgerClient::new(cluster.client_addrs());
+    open_accounts(&mut client, &[("alice", 100), ("bob", 0)]);
+    let transfer = client.prepare("transfer alice bob 25");
+    assert_eq!(client.send(&transfer).expect("transfer"), LedgerReply::Done);
+    let leader = cluster.wait_for_leader(PATIENCE).expect("leader");
+    let taken = cluster
+        .handle(leader)
+        .expect("handle")
+        .snapshot_now()
+        .expect("snapshot");
+    let copy = root.path().join("ledger.snap");
+    std::fs::copy(&taken.path, &copy).expect("copy the snapshot file");
+    cluster.shutdown().expect("shutdown");
+
+    let options = ClusterOptions {
+        size: 1,
+        restore_from: Some(copy),
+        ..ClusterOptions::default()
+    };
+    let restored = LocalCluster::start(&root.path().join("new"), &options).expect("restore");
+    let mut reader = LedgerClient::new(restored.client_addrs());
+    assert_eq!(balance(&mut reader, "alice"), 75);
+    assert_eq!(balance(&mut reader, "bob"), 25);
+    // The session table came along: the old client's retry is still recognised.
+    client.set_members(restored.client_addrs());
+    assert_eq!(client.send(&transfer).expect("retry"), LedgerReply::Done);
+    assert_eq!(balance(&mut reader, "bob"), 25, "the retry applied nothing");
+    // The restored member restarts from its own directory, not the file again.
+    restored.stop(1).expect("stop");
+    restored.restart(1).expect("restart");
+    assert_eq!(
+        client.execute("transfer bob alice 5").expect("transfer"),
+        LedgerReply::Done
+    );
+    assert_eq!(balance(&mut reader, "alice"), 80);
+    restored.shutdown().expect("shutdown");
+}

@@ -119,12 +119,54 @@ fn run(args: &Args) -> Result<(), String> {
     };
     let expected = args.accounts as u64 * INITIAL_BALANCE;
     println!("total: {total} (expected {expected})");
-    cluster.shutdown().map_err(|e| e.to_string())?;
     if total != expected {
         return Err(format!("the books do not balance: {total} != {expected}"));
     }
+    let restored_total = snapshot_and_restore(&cluster)?;
+    cluster.shutdown().map_err(|e| e.to_string())?;
+    if restored_total != expected {
+        return Err(format!(
+            "the restored books do not balance: {restored_total} != {expected}"
+        ));
+    }
     println!("ok: no money created or lost");
     Ok(())
+}
+
+/// Takes a snapshot on the leader, seeds a new one-member cluster from the file and
+/// returns the total it reports.
+fn snapshot_and_restore(cluster: &LocalCluster) -> Result<u64, String> {
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(30))
+        .ok_or("no leader for the snapshot")?;
+    let taken = cluster
+        .handle(leader)
+        .ok_or("the leader stopped")?
+        .snapshot_now()
+        .map_err(|e| format!("snapshot: {e}"))?;
+    let scratch = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
+    let copy = scratch.path().join(&taken.name);
+    std::fs::copy(&taken.path, &copy).map_err(|e| format!("copy {}: {e}", taken.path))?;
+    let options = ClusterOptions {
+        size: 1,
+        restore_from: Some(copy),
+        ..ClusterOptions::default()
+    };
+    let restored = LocalCluster::start(&scratch.path().join("restored"), &options)
+        .map_err(|e| e.to_string())?;
+    let total = match LedgerClient::new(restored.client_addrs())
+        .query("total")
+        .map_err(|e| e.to_string())?
+    {
+        LedgerReply::Amount(total) => total,
+        other => return Err(format!("total answered {other:?}")),
+    };
+    println!(
+        "snapshot at index {} ({} bytes) restored into a new one-member cluster: total {total}",
+        taken.index, taken.size_bytes
+    );
+    restored.shutdown().map_err(|e| e.to_string())?;
+    Ok(total)
 }
 
 /// One client's random transfers; returns (applied, refused, retried attempts).

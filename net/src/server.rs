@@ -29,9 +29,9 @@ use tally_engine::runtime::{LogMembership, MembershipPolicy, Node, NodeHandle, N
 use tally_engine::state_machine::StateMachine;
 
 use crate::client_port::{default_io_threads, ClientPort, ClientPortConfig, ClientPortCounters};
-use crate::cluster_id::resolve_cluster_id;
+use crate::cluster_id::{settle_cluster_id, ClusterIdStart};
 use crate::expiry_sweep::{ExpirySweep, DEFAULT_SWEEP_INTERVAL_MS};
-use crate::handshake::ClusterSecret;
+use crate::handshake::{ClusterSecret, ASK_CLUSTER_ID};
 use crate::identity::{CreatedAs, Identity, IdentityError, IDENTITY_FILE};
 use crate::limits::Limits;
 use crate::peer_tls::{PeerTls, PeerTlsFiles};
@@ -53,8 +53,8 @@ pub struct ServerConfig {
     /// client listener's address.
     pub advertise_client: Option<String>,
     /// Cluster id every member must present (`--cluster-id`). `None`: derived from the
-    /// cluster secret, else the one stored in `dir`, else the legacy `0x7a11`
-    /// (`cluster_id::resolve_cluster_id`).
+    /// cluster secret, else the one stored in `dir`, else drawn by the lowest-id founder
+    /// and asked for by the others (`cluster_id::settle_cluster_id`).
     pub cluster_id: Option<u64>,
     /// The cluster secret (`--cluster-secret-file`): peers must prove they hold it.
     pub cluster_secret: Option<ClusterSecret>,
@@ -398,16 +398,6 @@ where
                     .into(),
             ));
         }
-        let cluster_id = resolve_cluster_id(
-            &config.dir,
-            config.cluster_id,
-            config.cluster_secret.as_ref(),
-        )
-        .map_err(|error| ServerError::Config(format!("cluster id: {error}")))?;
-        let (identity, created) = open_identity(&config, cluster_id)?;
-        if let Some(snapshot) = &config.restore_from {
-            restore_from_snapshot(&config, snapshot)?;
-        }
         let advertised_client_addr = config.advertise_client.clone().unwrap_or_else(|| {
             self.front_end
                 .client_addr()
@@ -415,7 +405,25 @@ where
                 .unwrap_or_default()
         });
         let mut transport_config =
-            peer_transport_config(&config, cluster_id, advertised_client_addr.clone())?;
+            peer_transport_config(&config, ASK_CLUSTER_ID, advertised_client_addr.clone())?;
+        // Settled against the directory first (stored there on a first start; a new
+        // member may wait here for a peer to tell it).
+        let cluster_id = settle_cluster_id(&ClusterIdStart {
+            dir: &config.dir,
+            configured: config.cluster_id,
+            secret: config.cluster_secret.as_ref(),
+            node_id: config.id,
+            peers: &config.peers,
+            join: config.join,
+            restore: config.restore_from.is_some(),
+            tls: transport_config.tls.as_ref(),
+        })
+        .map_err(|error| ServerError::Config(format!("cluster id: {error}")))?;
+        transport_config.cluster_id = cluster_id;
+        let (identity, created) = open_identity(&config, cluster_id)?;
+        if let Some(snapshot) = &config.restore_from {
+            restore_from_snapshot(&config, snapshot)?;
+        }
         transport_config.incarnation = identity.incarnation;
         let (node, peer_addr, peer_client_addrs) = crate::replica::start_member(
             transport_config,

@@ -19,6 +19,7 @@
 //! * [`fd_budget`]: the file-descriptor budget listeners keep so the WAL never runs out.
 //! * [`metrics`]: `GET /metrics` in the Prometheus text format.
 //! * [`replica`]: one replica of any state machine (peer transport + node), no front end.
+//! * [`expiry_sweep`]: the leader's purge of expired keys by replicated entries.
 //! * [`server`]: one member as a library (binary: `tally-server`; the benchmark embeds
 //!   three).
 //!
@@ -109,6 +110,7 @@ pub mod client_port;
 pub mod cluster_id;
 pub mod codec;
 pub mod commands;
+pub mod expiry_sweep;
 pub mod fd_budget;
 pub mod frame;
 #[doc(hidden)]

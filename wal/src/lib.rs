@@ -60,6 +60,7 @@
 
 pub mod backend;
 mod core;
+mod futex;
 pub mod error;
 pub mod format;
 #[doc(hidden)]

@@ -2,7 +2,12 @@
 //! raft-engine (`Engine::write(batch, sync = true)`) and tally-wal
 //! (`append_assign(..).wait()`), same process, same directory, same payloads.
 //!
-//! Usage: raft-engine-compare [DIR] [WRITERS] [VALUE_SIZE] [SECONDS]
+//! Usage: raft-engine-compare [DIR] [WRITERS] [VALUE_SIZE] [SECONDS] [ENGINES]
+//!
+//! ENGINES: comma-separated, run in that order (default `raft-engine,tally-sync,tally-auto`;
+//! `tally-auto` is the library's default backend). The first one is the ratio's baseline.
+//! tally lines add entries per fsync, the mean write+fsync and the mean batch cycle
+//! (elapsed / batches): cycle - fsync is the time the disk waited for the callers.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -79,7 +84,14 @@ fn tally(dir: &Path, writers: usize, value: &Bytes, seconds: f64, backend: tally
         }),
     );
     let stats = wal.stats();
-    Outcome { name, entries, seconds: elapsed, histogram, extra: format!("entries/fsync {:.1}", stats.entries_per_fsync()) }
+    let batches = stats.batches.max(1) as f64;
+    let extra = format!(
+        "entries/fsync {:.1}  fsync {:.0} us  cycle {:.0} us",
+        stats.entries_per_fsync(),
+        stats.fsync_total_us as f64 / batches,
+        elapsed * 1e6 / batches
+    );
+    Outcome { name, entries, seconds: elapsed, histogram, extra }
 }
 
 fn main() {
@@ -91,12 +103,15 @@ fn main() {
     let value = Bytes::from(vec![0x5Au8; value_size]);
     println!("blocking writers: {writers}, value size {value_size} B, {seconds} s each, dir {}", parent.display());
     let mut outcomes = Vec::new();
-    for engine in ["raft-engine", "tally-sync", "tally-uring"] {
+    let engines = args.get(5).cloned().unwrap_or_else(|| "raft-engine,tally-sync,tally-auto".into());
+    for engine in engines.split(',') {
         let dir = tempfile::Builder::new().prefix("compare-").tempdir_in(&parent).expect("temp dir");
         outcomes.push(match engine {
             "raft-engine" => raft_engine(dir.path(), writers, &value, seconds),
             "tally-sync" => tally(dir.path(), writers, &value, seconds, tally_wal::Backend::Sync),
-            _ => tally(dir.path(), writers, &value, seconds, tally_wal::Backend::Auto),
+            "tally-auto" => tally(dir.path(), writers, &value, seconds, tally_wal::Backend::Auto),
+            "tally-uring" => tally(dir.path(), writers, &value, seconds, tally_wal::Backend::Uring),
+            other => panic!("unknown engine {other:?} (raft-engine, tally-sync, tally-auto, tally-uring)"),
         });
     }
     let baseline = outcomes[0].entries as f64 / outcomes[0].seconds;

@@ -60,9 +60,9 @@
 
 pub mod backend;
 mod core;
-mod futex;
 pub mod error;
 pub mod format;
+mod futex;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod inspect;

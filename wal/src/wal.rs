@@ -10,14 +10,15 @@
 //!
 //! Blocking waiters: every operation knows at enqueue the number of the batch that will
 //! make it durable (the writer takes the whole pending buffer, one batch at a time). A
-//! [`Ticket::wait`] caller counts itself in `DurableState::ticket_waiters` for that
-//! batch's parity and sleeps on the futex word of that parity; publishing batch `b`
-//! bumps word `b % 2` and wakes all its sleepers with ONE futex wake (a failure or
-//! shutdown wakes both words). Waiters of the batch behind it sleep on the other word and
-//! are not disturbed. Unparking the ~62 callers of a batch one by one cost more than the
-//! fdatasync on a 2-core VM (each woken caller preempted the waker), and a condvar
-//! `notify_all` woke the next batch's waiters too and handed the mutex along a serial
-//! chain. [`Wal::wait_durable`] callers (rare) stay on a list and are unparked singly.
+//! [`Ticket::wait`] caller counts itself in `DurableState::sleepers` for that batch's
+//! parity and sleeps on the futex word of that parity; publishing batch `b` bumps word
+//! `b % 2` and wakes all its sleepers with ONE futex wake (a failure or shutdown wakes
+//! both words). Sleepers of the batch behind it use the other word and are not disturbed.
+//! A [`Wal::wait_durable`] caller sleeps the same way for the batch that holds its index
+//! as far as the queue can tell, and again for a later one if that batch did not reach
+//! it. Unparking the ~62 callers of a batch one by one cost more than the fdatasync on a
+//! 2-core VM (each woken caller preempted the waker), and a condvar `notify_all` woke the
+//! next batch's waiters too and handed the mutex along a serial chain.
 //!
 //! Group merging: with N blocking callers, the callers split into two alternating groups
 //! (the batch in flight and the one queueing behind it), so each fsync carries only about
@@ -245,25 +246,16 @@ impl TruncationLog {
     }
 }
 
-/// A caller parked in [`Wal::wait_durable`].
-struct IndexWaiter {
-    /// Satisfied once the durable index reaches this.
-    index: u64,
-    thread: std::thread::Thread,
-}
-
-/// Who to wake after a change of the durable state (outside the lock: [`wake`]).
+/// Blocking waiters released by a change of the durable state, per batch parity; woken
+/// by [`wake`] after the durable lock is released.
 #[must_use]
 struct Wakeups {
-    /// [`Wal::wait_durable`] callers, unparked one by one (rare).
-    threads: Vec<std::thread::Thread>,
-    /// Ticket waiters released per batch parity, woken by one futex wake-all each.
-    ticket_waiters: [u64; 2],
+    released: [u64; 2],
 }
 
 impl Wakeups {
     fn count(&self) -> u64 {
-        self.threads.len() as u64 + self.ticket_waiters.iter().sum::<u64>()
+        self.released.iter().sum()
     }
 }
 
@@ -272,44 +264,23 @@ struct DurableState {
     durable_hard_state: HardState,
     /// Sequence numbers of operations made durable so far (all ops `< durable_seq`).
     durable_seq: u64,
+    /// Number of the last published batch (batches are published in order, one by one).
+    published_batch: u64,
     /// (seq, from_index) of every queued truncation/reset: a ticket whose entries were
     /// truncated by a later operation resolves with `Truncated`.
     truncations: TruncationLog,
     failure: Option<WalError>,
     shutdown: bool,
-    /// Parked [`Wal::wait_durable`] callers. Invariant: exactly the registered ones not
-    /// yet satisfied; every method that changes the durable state removes the ones it
-    /// satisfies and returns them to be unparked.
-    index_waiters: Vec<IndexWaiter>,
-    /// Ticket waiters asleep on `Shared::batch_words[parity]`, per parity of the batch
-    /// that will make their operation durable. Invariant: counts exactly the registered
-    /// waiters not yet released; the publication of batch `b` releases (zeroes) entry
-    /// `b % 2` (no waiter of batch `b + 2` can exist before batch `b` is published), a
-    /// failure or shutdown releases both.
-    ticket_waiters: [u64; 2],
+    /// Blocking callers asleep on `Shared::batch_words[parity]`, counted per parity of the
+    /// batch they registered for (always `published_batch + 1` or `+ 2`, so the two
+    /// parities never mix batches). Invariant: counts exactly the registered callers not
+    /// yet released; publishing batch `b` releases (zeroes) entry `b % 2`, a failure or
+    /// shutdown releases both.
+    sleepers: [u64; 2],
 }
 
 impl DurableState {
-    /// True once a caller waiting for `index` must stop waiting (done, failed, shut down).
-    fn index_satisfied(&self, index: u64) -> bool {
-        self.failure.is_some() || self.shutdown || self.durable_index >= index
-    }
-
-    /// Removes the satisfied index waiters and, with `released` ticket waiters, returns
-    /// them to be woken after unlocking.
-    fn take_satisfied(&mut self, released: [u64; 2]) -> Wakeups {
-        let waiters = std::mem::take(&mut self.index_waiters);
-        let (ready, waiting): (Vec<IndexWaiter>, Vec<IndexWaiter>) = waiters
-            .into_iter()
-            .partition(|waiter| self.index_satisfied(waiter.index));
-        self.index_waiters = waiting;
-        Wakeups {
-            threads: ready.into_iter().map(|waiter| waiter.thread).collect(),
-            ticket_waiters: released,
-        }
-    }
-
-    /// Publishes durable batch number `batch`; returns the waiters it satisfied.
+    /// Publishes durable batch number `batch`; returns the sleepers it released.
     fn publish(
         &mut self,
         batch: u64,
@@ -317,105 +288,99 @@ impl DurableState {
         durable_seq: u64,
         durable_hard_state: HardState,
     ) -> Wakeups {
+        debug_assert_eq!(batch, self.published_batch + 1);
         self.durable_index = durable_index;
         self.durable_seq = durable_seq;
         self.durable_hard_state = durable_hard_state;
+        self.published_batch = batch;
         let parity = (batch % 2) as usize;
         let mut released = [0; 2];
-        released[parity] = std::mem::take(&mut self.ticket_waiters[parity]);
-        self.take_satisfied(released)
+        released[parity] = std::mem::take(&mut self.sleepers[parity]);
+        Wakeups { released }
     }
 
-    /// Records the failure that stops the WAL; returns every waiter.
+    /// Records the failure that stops the WAL; releases every sleeper.
     fn fail(&mut self, err: WalError) -> Wakeups {
         self.failure = Some(err);
-        let released = std::mem::take(&mut self.ticket_waiters);
-        self.take_satisfied(released)
+        Wakeups {
+            released: std::mem::take(&mut self.sleepers),
+        }
     }
 
-    /// Records the writer's exit; returns every waiter.
+    /// Records the writer's exit; releases every sleeper.
     fn shut_down(&mut self) -> Wakeups {
         self.shutdown = true;
-        let released = std::mem::take(&mut self.ticket_waiters);
-        self.take_satisfied(released)
+        Wakeups {
+            released: std::mem::take(&mut self.sleepers),
+        }
     }
 }
 
 /// Wakes what a state change released; call after unlocking `durable`.
 fn wake<S: Storage>(shared: &Shared<S>, wakeups: Wakeups) {
-    for (parity, released) in wakeups.ticket_waiters.into_iter().enumerate() {
+    for (parity, released) in wakeups.released.into_iter().enumerate() {
         if released > 0 {
-            // Waiters read the word under the durable lock before they sleep, and this
-            // runs after the state change they wait for: either they see the new value
-            // (and do not sleep) or they are asleep and woken here.
+            // Sleepers read the word under the durable lock before they sleep, and this
+            // runs after the state change that released them: either they see the new
+            // value (and do not sleep) or they are asleep and woken here.
             shared.batch_words[parity].fetch_add(1, Ordering::Release);
             futex::wake_all(&shared.batch_words[parity]);
         }
     }
-    unpark_all(wakeups.threads);
 }
 
-fn unpark_all(threads: Vec<std::thread::Thread>) {
-    for thread in threads {
-        thread.unpark();
-    }
+/// What a blocking caller waits for.
+#[derive(Clone, Copy)]
+enum WaitFor {
+    /// Batch number `.0` published (a [`Ticket`] knows its batch).
+    Batch(u64),
+    /// The durable index reaching `.0` ([`Wal::wait_durable`]): the caller sleeps for the
+    /// batch that holds that index as far as the queue can tell, and again if that
+    /// batch did not get there (truncation, an index not queued yet).
+    Index(u64),
 }
 
-/// Blocks until the durable index reaches `index`, then returns what `outcome` makes of
-/// the durable state. `outcome` must return `Some` exactly when `index_satisfied(index)`.
-fn park_until_index<T>(
-    durable: &Mutex<DurableState>,
-    index: u64,
-    outcome: impl Fn(&DurableState) -> Option<T>,
-) -> T {
-    let mut state = durable.lock();
-    let mut registered = false;
-    loop {
-        if let Some(result) = outcome(&state) {
-            return result;
-        }
-        debug_assert!(!state.index_satisfied(index));
-        if !registered {
-            // Stays registered until the state change that satisfies it removes it.
-            state.index_waiters.push(IndexWaiter {
-                index,
-                thread: std::thread::current(),
-            });
-            registered = true;
-        }
-        drop(state);
-        // Spurious or stale unparks are fine: the loop re-checks under the lock.
-        std::thread::park();
-        state = durable.lock();
-    }
-}
-
-/// Blocks until batch number `batch` is published (or the WAL failed or shut down), then
-/// returns what `outcome` makes of the durable state. `outcome` must return `Some` once
-/// that batch is published, the WAL failed or shut down.
-fn park_until_batch<S: Storage, T>(
+/// Blocks until `outcome` returns `Some` (it must once the WAL failed or shut down, and
+/// for `WaitFor::Batch(b)` once batch `b` is published), sleeping on the futex word of
+/// the batch it waits for. Woken callers re-check under the lock; spurious returns of the
+/// futex wait are harmless.
+fn park_until<S: Storage, T>(
     shared: &Shared<S>,
-    batch: u64,
+    until: WaitFor,
     outcome: impl Fn(&DurableState) -> Option<T>,
 ) -> T {
-    let parity = (batch % 2) as usize;
-    let word = &shared.batch_words[parity];
-    let mut state = shared.durable.lock();
-    let mut registered = false;
+    // The batch this caller is counted for in `sleepers` (released once it is published).
+    let mut registered: Option<u64> = None;
     loop {
+        let likely_batch = match until {
+            WaitFor::Batch(batch) => batch,
+            WaitFor::Index(index) => {
+                let queue = shared.queue.lock();
+                if index < queue.pending_first_index {
+                    queue.batches_taken
+                } else {
+                    queue.batches_taken + 1
+                }
+            }
+        };
+        let mut state = shared.durable.lock();
         if let Some(result) = outcome(&state) {
             return result;
         }
-        if !registered {
-            // Released (uncounted) by the publication of `batch`, a failure or shutdown.
-            state.ticket_waiters[parity] += 1;
-            registered = true;
-        }
+        let batch = match registered {
+            Some(batch) if batch > state.published_batch => batch,
+            _ => {
+                let batch = likely_batch.max(state.published_batch + 1);
+                state.sleepers[(batch % 2) as usize] += 1;
+                registered = Some(batch);
+                batch
+            }
+        };
+        let word = &shared.batch_words[(batch % 2) as usize];
         // Read under the lock: a release after this point changes the word first.
         let observed = word.load(Ordering::Acquire);
         drop(state);
         futex::wait(word, observed);
-        state = shared.durable.lock();
     }
 }
 
@@ -517,7 +482,7 @@ impl<S: Storage> Ticket<S> {
     /// Fails with the WAL's failure (every waiter sees it), [`WalError::Truncated`] if an
     /// operation queued later removed these entries, or [`WalError::Shutdown`].
     pub fn wait(self) -> Result<u64> {
-        park_until_batch(&self.shared, self.batch, |durable| {
+        park_until(&self.shared, WaitFor::Batch(self.batch), |durable| {
             if let Some(err) = &durable.failure {
                 return Some(Err(err.clone()));
             }
@@ -580,12 +545,12 @@ impl<S: Storage> Wal<S> {
             durable: Mutex::new(DurableState {
                 durable_index,
                 durable_seq: 0,
+                published_batch: 0,
                 durable_hard_state: core.durable_hard_state(),
                 truncations: TruncationLog::default(),
                 failure: None,
                 shutdown: false,
-                index_waiters: Vec::new(),
-                ticket_waiters: [0; 2],
+                sleepers: [0; 2],
             }),
             batch_words: [AtomicU32::new(0), AtomicU32::new(0)],
             durable_index: AtomicU64::new(durable_index),
@@ -675,7 +640,7 @@ impl<S: Storage> Wal<S> {
 
     /// Blocks until `index` is durable (or the WAL failed).
     pub fn wait_durable(&self, index: u64) -> Result<u64> {
-        park_until_index(&self.shared().durable, index, |durable| {
+        park_until(self.shared(), WaitFor::Index(index), |durable| {
             if let Some(err) = &durable.failure {
                 return Some(Err(err.clone()));
             }
@@ -1159,41 +1124,43 @@ mod tests {
             durable_index: 0,
             durable_hard_state: HardState::default(),
             durable_seq: 0,
+            published_batch: 0,
             truncations: TruncationLog::default(),
             failure: None,
             shutdown: false,
-            index_waiters: Vec::new(),
-            ticket_waiters: [0; 2],
+            sleepers: [0; 2],
         }
     }
 
     #[test]
-    fn publishing_a_batch_releases_only_the_ticket_waiters_of_its_parity() {
+    fn publishing_a_batch_releases_only_the_sleepers_of_its_parity() {
         let mut state = durable_state();
+        state.published_batch = 6;
         // Three callers sleep for batch 7 (odd), two for batch 8 queued behind it.
-        state.ticket_waiters = [2, 3];
+        state.sleepers = [2, 3];
         let woken = state.publish(7, 10, 4, HardState::default());
-        assert_eq!(woken.ticket_waiters, [0, 3]);
-        assert_eq!(state.ticket_waiters, [2, 0], "batch 8's sleepers stay counted");
+        assert_eq!(woken.released, [0, 3]);
+        assert_eq!(state.sleepers, [2, 0], "batch 8's sleepers stay counted");
         let woken = state.publish(8, 12, 6, HardState::default());
-        assert_eq!(woken.ticket_waiters, [2, 0]);
+        assert_eq!(woken.released, [2, 0]);
         assert_eq!(woken.count(), 2);
-        assert_eq!(state.ticket_waiters, [0, 0]);
+        assert_eq!(state.sleepers, [0, 0]);
+        assert_eq!(state.published_batch, 8);
     }
 
     #[test]
-    fn a_failure_releases_the_ticket_waiters_of_both_parities() {
+    fn a_failure_releases_the_sleepers_of_both_parities() {
         let mut state = durable_state();
-        state.ticket_waiters = [4, 1];
+        state.sleepers = [4, 1];
         let err = WalError::Poisoned {
             cause: crate::error::PoisonCause::SyncFailed,
             detail: "test".into(),
         };
         let woken = state.fail(err);
-        assert_eq!(woken.ticket_waiters, [4, 1]);
-        assert_eq!(state.ticket_waiters, [0, 0]);
-        state.ticket_waiters = [0, 2];
-        assert_eq!(state.shut_down().ticket_waiters, [0, 2]);
+        assert_eq!(woken.released, [4, 1]);
+        assert_eq!(state.sleepers, [0, 0]);
+        state.sleepers = [0, 2];
+        assert_eq!(state.shut_down().released, [0, 2]);
     }
 
     #[test]

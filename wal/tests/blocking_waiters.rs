@@ -142,7 +142,10 @@ fn callers_queued_behind_a_batch_in_flight_return_only_after_their_own_batch() {
                 durable >= index && durable_after >= index,
                 "round {round}: entry {index} returned at durable index {durable}"
             );
-            assert!(index > first_index, "round {round}: queued behind the first");
+            assert!(
+                index > first_index,
+                "round {round}: queued behind the first"
+            );
         }
     }
     assert_eq!(wal.flush().unwrap(), 90);

@@ -2,14 +2,15 @@
 # Alternated rounds of bench/raft-engine-compare (raft-engine, tally-wal sync, tally-wal
 # with the default backend, one process per build per round), then per-build medians of
 # entries/s and of the ratio to the raft-engine run of the same process.
-# Usage: bench/scripts/raft-engine-rounds.sh ROUNDS SECONDS DIR BIN [BIN...]
-#   BIN: raft-engine-compare binaries (e.g. a copy built at main and this branch's).
+# Usage: bench/scripts/raft-engine-rounds.sh ROUNDS SECONDS SLICES DIR BIN [BIN...]
+#   BIN: raft-engine-compare binaries (e.g. a copy built at main and this branch's);
+#   SLICES: each engine's SECONDS run as that many slices interleaved with the others'.
 set -euo pipefail
-ROUNDS="$1"; SECS="$2"; DIR="$3"; shift 3
+ROUNDS="$1"; SECS="$2"; SLICES="$3"; DIR="$4"; shift 4
 LOG=$(mktemp)
 for round in $(seq 1 "$ROUNDS"); do
   for bin in "$@"; do
-    "$bin" "$DIR" 64 128 "$SECS" | sed "s|^|round=$round bin=$bin |" | tee -a "$LOG"
+    "$bin" "$DIR" 64 128 "$SECS" raft-engine,tally-sync,tally-auto "$SLICES" | sed "s|^|round=$round bin=$bin |" | tee -a "$LOG"
   done
 done
 python3 - "$LOG" <<'PY'

@@ -1368,6 +1368,7 @@ impl Simulation {
     /// writes are written and their fsync scheduled.
     fn after_turn(&mut self, k: usize, io: SimIo) {
         let id = self.nodes[k].id;
+        self.check_published_lease(k, &io);
         for change in &io.roles {
             self.trace_event(format!(
                 "node {id} is {:?} in term {} (leader {:?})",
@@ -1404,6 +1405,48 @@ impl Simulation {
                     incarnation,
                 },
             );
+        }
+    }
+
+    /// What reads served off the driver rely on, checked when a turn's output is about
+    /// to leave the node: no lease is published by a node that is not leader or that
+    /// hands leadership over (TimeoutNow), and the published required index covers
+    /// every entry handed to the state machine.
+    fn check_published_lease(&mut self, k: usize, io: &SimIo) {
+        let node = &self.nodes[k];
+        let Some(grant) = node.local_reads.lease.load() else {
+            return;
+        };
+        let id = node.id;
+        let mut problems = Vec::new();
+        if node.core().map(RaftNode::role) != Some(Role::Leader) {
+            problems.push(format!("node {id} publishes a lease while not leader"));
+        }
+        if io
+            .messages
+            .iter()
+            .any(|message| matches!(message.body, MessageBody::TimeoutNow))
+        {
+            problems.push(format!("node {id} publishes a lease while sending TimeoutNow"));
+        }
+        let handed_through = io
+            .work
+            .iter()
+            .filter_map(|work| match work {
+                ApplyWork::Entries { entries, .. } => entries.last().map(|entry| entry.index),
+                _ => None,
+            })
+            .max();
+        if handed_through.is_some_and(|index| index > grant.required_index) {
+            problems.push(format!(
+                "node {id} hands entries through {handed_through:?} to apply but publishes \
+                 required index {}",
+                grant.required_index
+            ));
+        }
+        if !problems.is_empty() {
+            self.kv_violations.extend(problems);
+            self.capture_violation_trace();
         }
     }
 

@@ -1427,7 +1427,9 @@ impl Simulation {
             .iter()
             .any(|message| matches!(message.body, MessageBody::TimeoutNow))
         {
-            problems.push(format!("node {id} publishes a lease while sending TimeoutNow"));
+            problems.push(format!(
+                "node {id} publishes a lease while sending TimeoutNow"
+            ));
         }
         let handed_through = io
             .work

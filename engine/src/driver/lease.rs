@@ -191,7 +191,6 @@ pub struct ReadView {
 /// view makes the next writes of a persistent map copy the nodes they touch).
 /// Invariant: `generation` increases with every publish, after the view is stored;
 /// published `applied_through` values never decrease.
-#[derive(Default)]
 pub struct ViewCell {
     current: RwLock<Option<Arc<ReadView>>>,
     generation: AtomicU64,
@@ -199,12 +198,19 @@ pub struct ViewCell {
     wanted: AtomicBool,
 }
 
+impl Default for ViewCell {
+    fn default() -> Self {
+        ViewCell {
+            current: RwLock::new(None),
+            generation: AtomicU64::new(0),
+            wanted: AtomicBool::new(true),
+        }
+    }
+}
+
 impl ViewCell {
     pub fn new() -> ViewCell {
-        ViewCell {
-            wanted: AtomicBool::new(true),
-            ..ViewCell::default()
-        }
+        ViewCell::default()
     }
 
     /// Publishes `view` (the apply side only, in apply order).

@@ -6,7 +6,7 @@
 
 use bytes::Bytes;
 use tally_engine::raft::{NodeId, Role};
-use tally_engine::sim::{FaultConfig, SimConfig, Simulation};
+use tally_engine::sim::{FaultConfig, LocalReadCheck, SimConfig, Simulation};
 
 const SECOND_US: u64 = 1_000_000;
 
@@ -637,6 +637,7 @@ fn unreliable_churn_with_crashes_partitions_and_lossy_network_stays_safe_and_liv
 #[test]
 fn lease_reads_never_stale_under_partitions_and_drift_within_the_bound() {
     let mut lease_reads = 0;
+    let mut served_off_the_driver = 0;
     for seed in 0..30 {
         let mut cfg = SimConfig::new(3000 + seed, 3);
         cfg.faults = FaultConfig {
@@ -659,10 +660,15 @@ fn lease_reads_never_stale_under_partitions_and_drift_within_the_bound() {
             report.trace
         );
         lease_reads += report.stats.lease_reads;
+        served_off_the_driver += report.stats.local_reads_served;
     }
     assert!(
         lease_reads > 100,
         "the lease path was hardly exercised ({lease_reads} lease reads)"
+    );
+    assert!(
+        served_off_the_driver > 100,
+        "reads off the driver were hardly exercised ({served_off_the_driver} served)"
     );
 }
 
@@ -773,4 +779,96 @@ fn membership_change_grows_to_five_then_removes_the_leader_and_another_node() {
     let after = one(&mut sim, "three", 3);
     assert!(after > index);
     sim.assert_safe();
+}
+
+// ----- lease reads served off the raft thread ---------------------------------------
+
+/// Node `leader` serves reads of key 0 the way a client I/O thread does (published
+/// lease, published view) until one is served that way.
+fn serve_one_read_off_the_driver(sim: &mut Simulation, client: usize, leader: NodeId) {
+    for _ in 0..5 {
+        let before = sim.stats.local_reads_served;
+        let read = sim.client_read(client, leader, 0);
+        assert!(sim.run_until(SECOND_US, |sim| sim.op_completed(read)));
+        if sim.stats.local_reads_served > before {
+            return;
+        }
+    }
+    panic!("no read was served off the driver");
+}
+
+/// A leader serves a read off its driver, then its driver stalls (its clock runs on);
+/// the others elect a new leader that overwrites the key; a client then reads at the
+/// stalled leader. Returns whether the history checker found a stale read.
+fn read_off_the_driver_at_a_stalled_leader(check: LocalReadCheck) -> bool {
+    let mut cfg = SimConfig::quiet(23, 3);
+    cfg.local_reads = 1.0;
+    cfg.local_read_check = check;
+    let mut sim = Simulation::new(cfg);
+    let old_leader = wait_for_leader(&mut sim);
+    let client = sim.add_client();
+    let first = sim.client_write(client, old_leader, 0);
+    assert!(sim.run_until(SECOND_US, |sim| sim.op_completed(first)));
+    serve_one_read_off_the_driver(&mut sim, client, old_leader);
+    sim.stall(old_leader, 3 * SECOND_US);
+    let others: Vec<NodeId> = (1..=3).filter(|id| *id != old_leader).collect();
+    let new_leader = wait_for_one_leader_among(&mut sim, &others);
+    let second = sim.client_write(client, new_leader, 0);
+    assert!(sim.run_until(SECOND_US, |sim| sim.op_completed(second)));
+    sim.run_for(1_000); // strictly after the write completed
+    let _read = sim.client_read(client, old_leader, 0);
+    sim.run_for(SECOND_US / 2);
+    sim.violations().iter().any(|v| v.contains("stale read"))
+}
+
+#[test]
+fn a_stalled_leader_whose_lease_expired_never_serves_a_read_off_its_driver() {
+    assert!(
+        !read_off_the_driver_at_a_stalled_leader(LocalReadCheck::Exact),
+        "stale read served off the driver of a stalled leader"
+    );
+}
+
+#[test]
+fn ignoring_the_lease_expiry_in_the_local_read_check_is_caught_as_a_stale_read() {
+    assert!(
+        read_off_the_driver_at_a_stalled_leader(LocalReadCheck::IgnoreExpiry),
+        "a check that ignores the lease expiry should have served a stale read"
+    );
+}
+
+/// A leader serves a read off its driver (the view is then current and nobody wants a
+/// newer one), applies a second write to the key, and a client reads it there again:
+/// the published view is behind. Returns whether a stale read was found.
+fn read_off_the_driver_from_a_view_behind_the_commit_index(check: LocalReadCheck) -> bool {
+    let mut cfg = SimConfig::quiet(29, 3);
+    cfg.local_reads = 1.0;
+    cfg.local_read_check = check;
+    let mut sim = Simulation::new(cfg);
+    let leader = wait_for_leader(&mut sim);
+    let client = sim.add_client();
+    let first = sim.client_write(client, leader, 0);
+    assert!(sim.run_until(SECOND_US, |sim| sim.op_completed(first)));
+    serve_one_read_off_the_driver(&mut sim, client, leader);
+    let second = sim.client_write(client, leader, 0);
+    assert!(sim.run_until(SECOND_US, |sim| sim.op_completed(second)));
+    let read = sim.client_read(client, leader, 0);
+    assert!(sim.run_until(SECOND_US, |sim| sim.op_completed(read)));
+    sim.violations().iter().any(|v| v.contains("stale read"))
+}
+
+#[test]
+fn a_read_view_behind_the_commit_index_never_serves_a_read_off_the_driver() {
+    assert!(
+        !read_off_the_driver_from_a_view_behind_the_commit_index(LocalReadCheck::Exact),
+        "stale read served from a view behind the commit index"
+    );
+}
+
+#[test]
+fn ignoring_the_applied_index_in_the_local_read_check_is_caught_as_a_stale_read() {
+    assert!(
+        read_off_the_driver_from_a_view_behind_the_commit_index(LocalReadCheck::IgnoreAppliedIndex),
+        "a check that ignores the view's applied index should have served a stale read"
+    );
 }

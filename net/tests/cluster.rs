@@ -150,6 +150,41 @@ fn pipelined_writes_from_many_clients_are_all_readable_from_the_leader() {
 }
 
 #[test]
+fn reads_served_on_the_leaders_io_threads_see_every_write_acknowledged_on_another_connection() {
+    let cluster = Cluster::start(3);
+    let leader = cluster.wait_for_leader();
+    let member = cluster.member(leader);
+    let mut writer = member.client();
+    let mut reader = member.client();
+    for round in 0..200 {
+        let value = format!("v{round}");
+        assert_eq!(writer.call(&["SET", "seen", &value]), ok());
+        // A different connection (maybe another I/O thread), right after the OK.
+        assert_eq!(
+            reader.call(&["GET", "seen"]),
+            bulk(&value),
+            "round {round}: a read missed an acknowledged write"
+        );
+        assert_eq!(
+            reader.call(&["MGET", "seen", "missing"]),
+            RespValue::Array(Some(vec![bulk(&value), RespValue::Bulk(None)]))
+        );
+    }
+    // Reads with no write in between are answered from the published view.
+    for _ in 0..50 {
+        assert_eq!(reader.call(&["GET", "seen"]), bulk("v199"));
+    }
+    let served_here = member
+        .info_section("stats")
+        .and_then(|stats| stats.get("reads_lease_local")?.parse::<u64>().ok())
+        .expect("INFO stats has reads_lease_local");
+    assert!(
+        served_here > 0,
+        "no read was served on the I/O thread ({served_here})"
+    );
+}
+
+#[test]
 fn sigkill_of_the_leader_loses_no_acknowledged_write_and_the_restarted_member_catches_up() {
     let mut cluster = Cluster::start(3);
     let old_leader = cluster.wait_for_leader();

@@ -6,9 +6,11 @@
 
 use std::collections::VecDeque;
 use std::io::Read;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::lease::{ReadView, ViewCell};
 use super::ReplyTo;
 use crate::raft::{Entry, EntryKind, SnapshotMeta};
 use crate::state_machine::{CommittedEntry, SnapshotSource, StateMachine, StateMachineError};
@@ -77,6 +79,10 @@ pub struct Applier<SM: StateMachine> {
     /// Invariant: never decreases; equals the last index of the last batch applied.
     applied_through: u64,
     waiting_reads: VecDeque<ConfirmedRead<SM::Response>>,
+    /// Where read views for client threads are published, and the `applied_through`
+    /// of the last one published there. Invariant: a view is published only after
+    /// everything through its index is applied, in increasing index order.
+    views: Option<(Arc<ViewCell>, Option<u64>)>,
 }
 
 impl<SM: StateMachine> Applier<SM> {
@@ -92,7 +98,34 @@ impl<SM: StateMachine> Applier<SM> {
             state_machine,
             applied_through,
             waiting_reads: VecDeque::new(),
+            views: None,
         }
+    }
+
+    /// Publishes read views in `cell` (when a reader wants a newer one) from now on.
+    pub fn publish_views_to(&mut self, cell: Arc<ViewCell>) {
+        self.views = Some((cell, None));
+        self.publish_view_if_wanted();
+    }
+
+    /// A new view when a reader found the published one behind and the state moved
+    /// since: a write-only load never freezes views nobody reads.
+    fn publish_view_if_wanted(&mut self) {
+        let Some((cell, published_through)) = self.views.as_mut() else {
+            return;
+        };
+        if !cell.is_wanted() || *published_through == Some(self.applied_through) {
+            return;
+        }
+        let Some(view) = self.state_machine.read_view() else {
+            return;
+        };
+        cell.clear_wanted();
+        cell.publish(ReadView {
+            applied_through: self.applied_through,
+            view,
+        });
+        *published_through = Some(self.applied_through);
     }
 
     /// The state machine (for inspection: answers and snapshots go through `handle`).
@@ -135,9 +168,11 @@ impl<SM: StateMachine> Applier<SM> {
                 answer(&commands, responses, replies);
                 self.applied_through = last_index;
                 outcome.applied_through = Some(last_index);
+                self.publish_view_if_wanted();
                 self.serve_waiting_reads();
             }
             ApplyWork::Reads(reads) => {
+                self.publish_view_if_wanted();
                 for read in reads {
                     if read.lease {
                         outcome.reads_lease += 1;
@@ -164,6 +199,7 @@ impl<SM: StateMachine> Applier<SM> {
                 self.state_machine.restore(&mut reader)?;
                 self.applied_through = meta.index;
                 outcome.applied_through = Some(meta.index);
+                self.publish_view_if_wanted();
                 self.serve_waiting_reads();
             }
         }

@@ -24,6 +24,7 @@
 
 mod apply;
 mod flow;
+pub mod lease;
 mod log;
 mod membership;
 mod snapshot;
@@ -44,6 +45,10 @@ use crate::raft::{
 pub use apply::{Applied, Applier, ApplyWork, ConfirmedRead};
 pub use flow::MAX_HELD_APPENDS;
 use flow::{ApplyOutbox, HeldAppends, TurnBudget, WalBacklog, WalOp};
+pub use lease::{
+    judge_local_read, LeaseCell, LeaseGrant, LocalRead, LocalReadCells, ReadView, ViewCell,
+    ViewReader,
+};
 pub use log::LogWriter;
 use membership::MembershipState;
 pub use membership::{
@@ -414,6 +419,10 @@ pub struct NodeDriver<R, L: LogWriter, S: Storage> {
     ticks_done: u64,
     stats: DriverStats,
     membership: MembershipState,
+    /// Where lease reads served off this thread find the lease (see `lease`), with
+    /// the grant last stored there. Invariant: republished after every `take_ready`,
+    /// before that `Ready` is carried out, and `None` once the node stops.
+    lease_cell: Option<(Arc<LeaseCell>, Option<LeaseGrant>)>,
 }
 
 impl<R, L: LogWriter, S: Storage> NodeDriver<R, L, S> {
@@ -447,6 +456,42 @@ impl<R, L: LogWriter, S: Storage> NodeDriver<R, L, S> {
             ticks_done: 0,
             stats: DriverStats::default(),
             membership: MembershipState::new(MembershipPolicy::default()),
+            lease_cell: None,
+        }
+    }
+
+    /// Publishes this node's lease in `cell` from now on, for lease reads served on
+    /// other threads (`lease` module docs: why this is as safe as a read here).
+    pub fn publish_lease_to(&mut self, cell: Arc<LeaseCell>) {
+        cell.publish(None);
+        self.lease_cell = Some((cell, None));
+        self.publish_lease();
+    }
+
+    /// Stores the core's current lease in the cell when it changed.
+    fn publish_lease(&mut self) {
+        let Some((cell, published)) = self.lease_cell.as_mut() else {
+            return;
+        };
+        let grant = self
+            .core
+            .lease_remaining_ticks()
+            .map(|remaining_ticks| LeaseGrant {
+                term: self.core.term(),
+                expires_tick: self.core.now_tick().saturating_add(remaining_ticks),
+                required_index: self.core.commit_index(),
+            });
+        if grant != *published {
+            cell.publish(grant);
+            *published = grant;
+        }
+    }
+
+    /// Withdraws the published lease (the node stops).
+    fn revoke_lease(&mut self) {
+        if let Some((cell, published)) = self.lease_cell.as_mut() {
+            cell.publish(None);
+            *published = None;
         }
     }
 
@@ -790,11 +835,17 @@ impl<R, L: LogWriter, S: Storage> NodeDriver<R, L, S> {
     fn process_ready(&mut self, io: &mut impl NodeIo<R>) -> Result<(), NodeError> {
         while self.core.has_ready() {
             let ready = self.core.take_ready();
+            // Before anything of this Ready leaves: a step-down, a TimeoutNow or a new
+            // configuration ends the published lease first, and the commit index
+            // covers the entries about to be applied.
+            self.publish_lease();
             self.carry_out(ready, io)?;
             // A persist that was already durable (e.g. nothing new) resolves at once.
             self.check_durable()?;
         }
         self.membership.resolve(&self.core);
+        // Acknowledgements stepped this turn may have extended the lease.
+        self.publish_lease();
         Ok(())
     }
 
@@ -1129,6 +1180,7 @@ impl<R, L: LogWriter, S: Storage> NodeDriver<R, L, S> {
     /// The node stops (shutdown or fail-stop): writes already proposed may still commit
     /// through the other members, so their outcome is unknown; reads just failed.
     pub fn fail_on_stop(&mut self) {
+        self.revoke_lease();
         self.membership.fail_all(MembershipError::NodeStopped);
         self.apply_outbox.fail_on_stop();
         for (_, done) in self.snapshots.waiters.drain(..) {

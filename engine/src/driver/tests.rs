@@ -55,16 +55,36 @@ struct Collected {
     applied_through: Option<u64>,
     /// The state machine side is full: every work item is given back.
     refuse_apply: bool,
+    /// The node's published lease, checked whenever the driver carries something out.
+    lease: Option<Arc<LeaseCell>>,
+    lease_violations: Vec<String>,
 }
 
 impl NodeIo<u64> for Collected {
     fn send(&mut self, messages: Vec<Message>) {
+        let grant = self.lease.as_ref().and_then(|cell| cell.load());
+        if grant.is_some()
+            && messages
+                .iter()
+                .any(|message| matches!(message.body, crate::raft::MessageBody::TimeoutNow))
+        {
+            self.lease_violations
+                .push(format!("TimeoutNow sent under a published lease {grant:?}"));
+        }
         self.messages.extend(messages);
     }
     fn housekeeping(&mut self, _: Housekeeping) -> Result<(), NodeError> {
         Ok(())
     }
     fn apply(&mut self, work: ApplyWork<u64>) -> Result<Option<ApplyWork<u64>>, NodeError> {
+        if let (ApplyWork::Entries { entries, .. }, Some(cell)) = (&work, &self.lease) {
+            let last = entries.last().map_or(0, |entry| entry.index);
+            if let Some(grant) = cell.load().filter(|grant| grant.required_index < last) {
+                self.lease_violations.push(format!(
+                    "entries through {last} handed to apply under {grant:?}"
+                ));
+            }
+        }
         if self.refuse_apply {
             return Ok(Some(work));
         }
@@ -97,21 +117,27 @@ struct Trio {
     tick: u64,
     /// Nodes whose state machine side takes nothing.
     apply_full: [bool; 3],
+    /// Each node's published lease.
+    leases: Vec<Arc<LeaseCell>>,
+    lease_violations: Vec<String>,
 }
 
 impl Trio {
     fn new() -> Trio {
+        let leases: Vec<Arc<LeaseCell>> = (0..3).map(|_| Arc::new(LeaseCell::new())).collect();
         let drivers = (1..=3u64)
             .map(|id| {
                 let cfg = RaftConfig::new(id, 7 + id);
                 let core = RaftNode::new(cfg, Configuration::new([1, 2, 3]));
                 let store = SnapshotStore::new(tally_wal::SimStorage::new()).expect("store");
-                NodeDriver::new(
+                let mut driver = NodeDriver::new(
                     core,
                     InstantLog::default(),
                     store,
                     SnapshotPolicy::manual_only(),
-                )
+                );
+                driver.publish_lease_to(Arc::clone(&leases[id as usize - 1]));
+                driver
             })
             .collect();
         Trio {
@@ -119,6 +145,8 @@ impl Trio {
             inputs: (0..3).map(|_| TurnInput::new()).collect(),
             tick: 0,
             apply_full: [false; 3],
+            leases,
+            lease_violations: Vec::new(),
         }
     }
 
@@ -134,12 +162,15 @@ impl Trio {
             }
             let mut io = Collected {
                 refuse_apply: self.apply_full[k],
+                lease: Some(Arc::clone(&self.leases[k])),
                 ..Collected::default()
             };
             self.inputs[k].now_tick = self.tick;
             self.drivers[k]
                 .turn(&mut self.inputs[k], &mut io)
                 .expect("turn");
+            self.lease_violations.append(&mut io.lease_violations);
+            self.check_published_lease(k);
             if let Some(index) = io.applied_through {
                 self.inputs[k].note_applied(index);
             }
@@ -151,6 +182,23 @@ impl Trio {
             if Some(to) != cut && to < self.inputs.len() {
                 self.inputs[to].messages.push(message);
             }
+        }
+    }
+
+    /// After a turn the published lease is exactly the core's.
+    fn check_published_lease(&mut self, k: usize) {
+        let core = self.drivers[k].core();
+        let expected = core.lease_remaining_ticks().map(|remaining| LeaseGrant {
+            term: core.term(),
+            expires_tick: core.now_tick() + remaining,
+            required_index: core.commit_index(),
+        });
+        let published = self.leases[k].load();
+        if published != expected {
+            self.lease_violations.push(format!(
+                "node {} published {published:?}, its core has {expected:?}",
+                k + 1
+            ));
         }
     }
 
@@ -453,6 +501,73 @@ fn a_removed_leader_is_answered_done_and_steps_down() {
     .expect("the leader's own removal succeeds");
     assert!(!outcome.configuration.is_member(leader as u64 + 1));
     assert_ne!(trio.drivers[leader].core().role(), Role::Leader);
+}
+
+#[test]
+fn the_published_lease_is_the_cores_and_ends_before_a_transfer_or_a_stall_could_let_another_lead() {
+    let (mut trio, leader) = elected_trio();
+    for tag in 0..5 {
+        let _reply = propose(&mut trio, leader, tag);
+        trio.round(None);
+    }
+    let grant = trio.leases[leader]
+        .load()
+        .expect("the leader publishes its lease");
+    assert_eq!(
+        grant.required_index,
+        trio.drivers[leader].core().commit_index()
+    );
+    assert!(
+        trio.leases
+            .iter()
+            .filter(|cell| cell.load().is_some())
+            .count()
+            == 1
+    );
+    // A stalled leader publishes nothing new: its grant expires by the clock alone,
+    // never later than the core would judge (`now < expires_tick`).
+    let grant = trio.leases[leader].load().expect("lease");
+    let stall_ticks = trio.drivers[leader].core().config().lease_ticks() + 1;
+    for _ in 0..stall_ticks {
+        trio.round(Some(leader));
+    }
+    assert_eq!(
+        judge_local_read(Some(grant), Some(u64::MAX), trio.tick),
+        LocalRead::LeaseExpired
+    );
+    for _ in 0..20 {
+        trio.round(None);
+    }
+    let leader = elected(&mut trio);
+    let target = (leader + 1) % 3;
+    let (sender, answer) = unbounded();
+    trio.inputs[leader].requests.push(Request::Transfer {
+        target: target as u64 + 1,
+        done: Box::new(move |result| {
+            let _ = sender.send(result);
+        }),
+    });
+    let result = (0..200)
+        .find_map(|_| {
+            trio.round(None);
+            answer.try_recv().ok()
+        })
+        .expect("answered");
+    assert_eq!(result, Ok(target as u64 + 1));
+    assert!(
+        trio.leases[leader].load().is_none(),
+        "the old leader's lease ended"
+    );
+    assert!(
+        trio.lease_violations.is_empty(),
+        "{:?}",
+        trio.lease_violations
+    );
+    trio.drivers[target].fail_on_stop();
+    assert!(
+        trio.leases[target].load().is_none(),
+        "a stopped node publishes no lease"
+    );
 }
 
 #[test]

@@ -183,6 +183,15 @@ impl KvReadView {
         self.keyspace
             .read(command, self.log_time_ms.max(now_ms), self.applied_index)
     }
+
+    /// [`StateMachine::query`] on this view: `request` is an encoded request holding a
+    /// read-only command, judged at `max(log time, its time stamp)`.
+    pub fn query_encoded(&self, request: &[u8], limits: &KvLimits) -> KvResponse {
+        match decode_request(request, limits) {
+            Ok(request) => self.query(&request.command, request.time_ms.unwrap_or(0)),
+            Err(error) => KvResponse::Error(KvError::Malformed(error)),
+        }
+    }
 }
 
 impl Default for KvStateMachine {
@@ -361,6 +370,11 @@ impl StateMachine for KvStateMachine {
             applied_index: self.applied_index,
             log_time_ms: self.log_time_ms,
         })
+    }
+
+    /// A [`KvReadView`] (O(1): the maps are persistent).
+    fn read_view(&self) -> Option<Box<dyn std::any::Any + Send + Sync>> {
+        Some(Box::new(KvStateMachine::read_view(self)))
     }
 
     fn restore(&mut self, input: &mut dyn Read) -> Result<u64, StateMachineError> {

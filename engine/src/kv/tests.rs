@@ -987,3 +987,59 @@ fn kv_snapshot_written_through_the_snapshot_store_restores_equal_state() {
     assert_eq!(restored.restore(&mut reader).expect("restore"), 2);
     assert_eq!(restored, sm);
 }
+
+/// A cost probe, not a check: 200,000 SETs of 100-byte values over 100,000 keys from 50
+/// sessions, applied in batches of 256 as an apply thread gets them, with a frozen
+/// snapshot view alive for the second half (a snapshot being written). Run it under
+/// `valgrind --tool=callgrind --cache-sim=yes` (docs/BENCHMARKS.md, issue 15).
+#[test]
+#[ignore = "a cost probe for callgrind, not a check"]
+fn apply_cost_probe_200k_sets_over_100k_keys_with_a_snapshot_alive() {
+    let limits = KvLimits::default();
+    let value = [b'v'; 100];
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let payloads: Vec<Vec<u8>> = (0..200_000u64)
+        .map(|n| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let key = format!("key:{:06}", state % 100_000);
+            let session = ClientSession {
+                client_id: 1 + n % 50,
+                sequence: 1 + n / 50,
+            };
+            let mut out = Vec::new();
+            encode_request_at(
+                Some(session),
+                Some(1_700_000_000_000 + n / 100),
+                &Command::Set {
+                    key: key.as_bytes(),
+                    value: &value,
+                },
+                &limits,
+                &mut out,
+            )
+            .expect("encodes");
+            out
+        })
+        .collect();
+    let mut sm = KvStateMachine::new(limits);
+    let mut frozen = None;
+    for (batch, chunk) in payloads.chunks(256).enumerate() {
+        let first = (batch * 256) as u64 + 1;
+        let entries: Vec<CommittedEntry<'_>> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, payload)| CommittedEntry {
+                index: first + i as u64,
+                payload,
+            })
+            .collect();
+        sm.apply(&entries).expect("applies");
+        if first > 100_000 && frozen.is_none() {
+            frozen = Some(sm.snapshot());
+        }
+    }
+    assert!(sm.len() > 80_000 && sm.len() <= 100_000);
+    drop(frozen);
+}

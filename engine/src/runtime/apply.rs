@@ -1,14 +1,20 @@
 //! The apply thread runs the driver's [`Applier`] so the raft thread never waits for the
 //! state machine; the snapshot thread serializes frozen views into snapshot files so
-//! neither of them waits for snapshot I/O.
+//! neither of them waits for snapshot I/O; client threads serve lease reads from the
+//! read views the apply thread publishes ([`LocalReader`]), so a read in a lease waits
+//! for neither.
 
 use std::io::Write as _;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
 use super::{NodeError, NodeStatus};
-use crate::driver::{snapshot_header, Applier, ApplyWork, Housekeeping, WrittenSnapshot};
+use crate::driver::{
+    judge_local_read, snapshot_header, Applier, ApplyWork, Housekeeping, LocalRead, LocalReadCells,
+    ReadView, ViewReader, WrittenSnapshot,
+};
 use crate::raft::SnapshotMeta;
 use crate::state_machine::{SnapshotSource, StateMachine};
 
@@ -105,4 +111,59 @@ fn write_snapshot<S: tally_wal::Storage>(
         "snapshot written"
     );
     Ok(WrittenSnapshot { meta, info })
+}
+
+/// What a client thread needs to serve lease reads itself: the node's lease and view
+/// cells and the clock the lease is counted in (`driver::lease` has the argument).
+#[derive(Clone)]
+pub struct LocalReadPort {
+    cells: LocalReadCells,
+    /// Taken before the raft thread starts counting ticks, so a tick read here is never
+    /// smaller than the raft thread's at the same instant (conservative).
+    origin: Instant,
+    tick_nanos: u128,
+}
+
+impl LocalReadPort {
+    pub(crate) fn new(cells: LocalReadCells, origin: Instant, tick_interval: Duration) -> Self {
+        LocalReadPort {
+            cells,
+            origin,
+            tick_nanos: tick_interval.as_nanos().max(1),
+        }
+    }
+
+    /// A reader for one client thread (it caches the latest view).
+    pub fn reader(&self) -> LocalReader {
+        LocalReader {
+            port: self.clone(),
+            views: self.cells.views.reader(),
+        }
+    }
+}
+
+/// One client thread's side of lease reads served off the raft thread.
+pub struct LocalReader {
+    port: LocalReadPort,
+    views: ViewReader,
+}
+
+impl LocalReader {
+    /// The view to answer a lease read from now, or why not (then the read goes
+    /// through the raft and apply threads as usual). Loads the grant, then the view,
+    /// then reads the clock; a view behind the grant asks the apply side for a newer
+    /// one.
+    pub fn view_for_read(&mut self) -> Result<&ReadView, LocalRead> {
+        let grant = self.port.cells.lease.load();
+        let applied_through = self.views.current().map(|view| view.applied_through);
+        let now_tick = (self.port.origin.elapsed().as_nanos() / self.port.tick_nanos) as u64;
+        match judge_local_read(grant, applied_through, now_tick) {
+            LocalRead::Serve => self.views.current().ok_or(LocalRead::NoLease),
+            LocalRead::ViewBehind => {
+                self.views.cell().want();
+                Err(LocalRead::ViewBehind)
+            }
+            refused => Err(refused),
+        }
+    }
 }

@@ -48,9 +48,12 @@ use crate::raft::{Configuration, MemberInfo, Message, NodeId, RaftConfig, Role};
 use crate::state_machine::StateMachine;
 
 use apply::{apply_loop, snapshot_loop};
+pub use apply::{LocalReadPort, LocalReader};
 use raft_loop::raft_loop;
 
-use crate::driver::{Applier, NodeDriver, SnapshotDone, SnapshotPolicy, SnapshotTaken};
+use crate::driver::{
+    Applier, LocalReadCells, NodeDriver, SnapshotDone, SnapshotPolicy, SnapshotTaken,
+};
 
 pub use crate::driver::{
     fail_request, ClientError, MembershipChange, MembershipDone, MembershipError,
@@ -295,6 +298,7 @@ pub struct NodeHandle<R> {
     inbound: Sender<Message>,
     status: Arc<NodeStatus>,
     wal: tally_wal::Wal,
+    local_reads: LocalReadPort,
 }
 
 impl<R> Clone for NodeHandle<R> {
@@ -304,6 +308,7 @@ impl<R> Clone for NodeHandle<R> {
             inbound: self.inbound.clone(),
             status: Arc::clone(&self.status),
             wal: self.wal.clone(),
+            local_reads: self.local_reads.clone(),
         }
     }
 }
@@ -454,6 +459,11 @@ impl<R: Send + 'static> NodeHandle<R> {
     pub fn wal_stats(&self) -> tally_wal::WalStatsSnapshot {
         self.wal.stats()
     }
+
+    /// Lease reads a client thread may serve itself ([`LocalReadPort::reader`]).
+    pub fn local_reads(&self) -> &LocalReadPort {
+        &self.local_reads
+    }
 }
 
 /// A running node: its threads and the handle to talk to it.
@@ -510,6 +520,14 @@ impl<R: Send + 'static> Node<R> {
         let applied_through = restart_snapshot.as_ref().map_or(0, |(meta, _)| meta.index);
         let mut driver = NodeDriver::new(core, wal.clone(), snapshots.clone(), options.snapshot);
         driver.set_membership_policy(options.membership);
+        // The lease clock's origin is taken before the raft thread starts its own.
+        let local_read_cells = LocalReadCells::new();
+        let local_reads = LocalReadPort::new(
+            local_read_cells.clone(),
+            std::time::Instant::now(),
+            options.tick_interval,
+        );
+        driver.publish_lease_to(Arc::clone(&local_read_cells.lease));
         if let Some((meta, info)) = &restart_snapshot {
             driver.restarted_from_snapshot(meta.clone(), info)?;
         }
@@ -529,7 +547,8 @@ impl<R: Send + 'static> Node<R> {
             let status = Arc::clone(&status);
             let fatal = Arc::clone(&fatal);
             let shutdown = Arc::clone(&shutdown);
-            let applier = Applier::restored(state_machine, applied_through);
+            let mut applier = Applier::restored(state_machine, applied_through);
+            applier.publish_views_to(Arc::clone(&local_read_cells.views));
             std::thread::Builder::new()
                 .name(format!("tally-apply-{}", options.id))
                 .spawn(move || {
@@ -630,6 +649,7 @@ impl<R: Send + 'static> Node<R> {
             inbound: inbound_tx,
             status,
             wal,
+            local_reads,
         };
         Ok(Node {
             handle,

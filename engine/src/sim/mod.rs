@@ -13,7 +13,11 @@
 //! at its own rate), stalls (a node's driver frozen while its clock runs on; what
 //! queued meanwhile arrives together), and KV clients with real sessions (SET, MSET,
 //! GET, INCR, CAS, DEL) that resend a write with the same (client id, sequence) after an
-//! unknown outcome.
+//! unknown outcome. A share of the reads ([`SimConfig::local_reads`]) is first tried
+//! the way a client I/O thread serves it: the lease the driver published, the read view
+//! the applier published (lazily, so often behind), judged at the node's clock, which
+//! runs on while its driver is stalled; [`LocalReadCheck`] can break that check on
+//! purpose, to show that the history check catches a read it must not have served.
 //!
 //! After every step the [`checker::Checker`] verifies Election Safety, Leader
 //! Append-Only, Log Matching, Leader Completeness, State Machine Safety, commit index
@@ -40,12 +44,13 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::driver::{
-    meta_from_header, snapshot_header, Applier, ApplyWork, ClientError, Housekeeping,
-    MembershipChange, NodeDriver, NodeError, NodeIo, Reply, ReplyTo, Request, SnapshotPolicy,
-    Submission, TurnInput, WrittenSnapshot,
+    judge_local_read, meta_from_header, snapshot_header, Applier, ApplyWork, ClientError,
+    Housekeeping, LocalRead, LocalReadCells, MembershipChange, NodeDriver, NodeError, NodeIo,
+    Reply, ReplyTo, Request, SnapshotPolicy, Submission, TurnInput, WrittenSnapshot,
 };
 use crate::kv::{
-    decode_request, encode_request, ClientSession, Command, KvLimits, KvResponse, KvStateMachine,
+    decode_request, encode_request, ClientSession, Command, KvLimits, KvReadView, KvResponse,
+    KvStateMachine,
 };
 use crate::raft::SnapshotMeta;
 use crate::raft::{
@@ -122,6 +127,13 @@ pub struct SimConfig {
     pub check_quorum: bool,
     /// [`RaftConfig::lease_reads`] of every node.
     pub lease_reads: bool,
+    /// Share of read attempts first tried as a client I/O thread serves them (the
+    /// published lease and read view); the rest, and those refused, go through the
+    /// driver.
+    pub local_reads: f64,
+    /// The check those reads are judged by: [`LocalReadCheck::Exact`] except in tests
+    /// that show a broken check is caught.
+    pub local_read_check: LocalReadCheck,
     /// The drift bound the nodes assume (RaftConfig::max_clock_drift).
     pub assumed_max_clock_drift: f64,
     /// The real spread of clock rates: each node's rate is drawn from [1 - this, 1].
@@ -181,6 +193,8 @@ impl SimConfig {
             pre_vote: true,
             check_quorum: true,
             lease_reads: true,
+            local_reads: 0.5,
+            local_read_check: LocalReadCheck::Exact,
             assumed_max_clock_drift: 0.1,
             actual_max_clock_drift: 0.05,
             faults: FaultConfig::all(),
@@ -212,6 +226,17 @@ impl SimConfig {
             ..SimConfig::new(seed, n_nodes)
         }
     }
+}
+
+/// How reads served off the raft thread are judged in the simulator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LocalReadCheck {
+    /// [`judge_local_read`], exactly as the client I/O threads run it.
+    Exact,
+    /// Broken on purpose: the lease never expires (a stalled leader keeps serving).
+    IgnoreExpiry,
+    /// Broken on purpose: any published view is recent enough.
+    IgnoreAppliedIndex,
 }
 
 #[derive(Clone, Debug)]
@@ -312,6 +337,9 @@ pub struct SimNode {
     )>,
     /// What the checker knows of this node's durable log and commit index.
     pub watch: NodeWatch,
+    /// The lease and read view this incarnation publishes for reads served off its
+    /// driver (new at every boot, like the runtime's).
+    local_reads: LocalReadCells,
 }
 
 impl SimNode {
@@ -432,6 +460,11 @@ pub struct SimStats {
     pub reads_completed: u64,
     /// Reads served under a leader lease (no message round).
     pub lease_reads: u64,
+    /// Reads served from a published view after the lease check (the client-thread
+    /// path).
+    pub local_reads_served: u64,
+    /// Local read attempts the lease check refused (served through the driver instead).
+    pub local_reads_refused: u64,
     /// Node crashes injected.
     pub crashes: u64,
     /// AppendEntries rejections sent (each costs a round trip of log repair).
@@ -558,6 +591,7 @@ impl Simulation {
                 pending_snapshot: None,
                 snapshot_writer: None,
                 watch: NodeWatch::default(),
+                local_reads: LocalReadCells::new(),
             });
         }
         let n = cfg.n_nodes;
@@ -1269,6 +1303,8 @@ impl Simulation {
             unreachable!("a node that is down keeps its disk aside")
         };
         let mut driver = NodeDriver::new(raft, storage, store, self.snapshot_policy);
+        node.local_reads = LocalReadCells::new();
+        driver.publish_lease_to(node.local_reads.lease.clone());
         if let Some((meta, info)) = &restart {
             if let Err(error) = driver.restarted_from_snapshot(meta.clone(), info) {
                 node.storage = Some(driver.into_log());
@@ -1276,7 +1312,9 @@ impl Simulation {
             }
         }
         node.driver = Some(driver);
-        node.applier = Some(Applier::restored(state_machine, snapshot_index));
+        let mut applier = Applier::restored(state_machine, snapshot_index);
+        applier.publish_views_to(node.local_reads.views.clone());
+        node.applier = Some(applier);
         node.applied_index = snapshot_index;
         node.input = TurnInput::new();
         Ok(())
@@ -1410,6 +1448,7 @@ impl Simulation {
     /// writes are written and their fsync scheduled.
     fn after_turn(&mut self, k: usize, io: SimIo) {
         let id = self.nodes[k].id;
+        self.check_published_lease(k, &io);
         for change in &io.roles {
             self.trace_event(format!(
                 "node {id} is {:?} in term {} (leader {:?})",
@@ -1446,6 +1485,50 @@ impl Simulation {
                     incarnation,
                 },
             );
+        }
+    }
+
+    /// What reads served off the driver rely on, checked when a turn's output is about
+    /// to leave the node: no lease is published by a node that is not leader or that
+    /// hands leadership over (TimeoutNow), and the published required index covers
+    /// every entry handed to the state machine.
+    fn check_published_lease(&mut self, k: usize, io: &SimIo) {
+        let node = &self.nodes[k];
+        let Some(grant) = node.local_reads.lease.load() else {
+            return;
+        };
+        let id = node.id;
+        let mut problems = Vec::new();
+        if node.core().map(RaftNode::role) != Some(Role::Leader) {
+            problems.push(format!("node {id} publishes a lease while not leader"));
+        }
+        if io
+            .messages
+            .iter()
+            .any(|message| matches!(message.body, MessageBody::TimeoutNow))
+        {
+            problems.push(format!(
+                "node {id} publishes a lease while sending TimeoutNow"
+            ));
+        }
+        let handed_through = io
+            .work
+            .iter()
+            .filter_map(|work| match work {
+                ApplyWork::Entries { entries, .. } => entries.last().map(|entry| entry.index),
+                _ => None,
+            })
+            .max();
+        if handed_through.is_some_and(|index| index > grant.required_index) {
+            problems.push(format!(
+                "node {id} hands entries through {handed_through:?} to apply but publishes \
+                 required index {}",
+                grant.required_index
+            ));
+        }
+        if !problems.is_empty() {
+            self.kv_violations.extend(problems);
+            self.capture_violation_trace();
         }
     }
 
@@ -1754,6 +1837,19 @@ impl Simulation {
         let serial = op.serial;
         let tag = ((client as u64) << 32) | serial;
         let reply = ReplyTo::new(tag, self.reply_tx.clone());
+        if op.read_only && self.cfg.local_reads > 0.0 && self.rng.gen_bool(self.cfg.local_reads) {
+            let query = op.request.clone();
+            if let Some(response) = self.try_local_read(k, &query) {
+                let state = &mut self.clients[client];
+                state.attempt_on = Some((k, self.nodes[k].incarnation));
+                state.attempts += 1;
+                reply.send(Ok(response));
+                return;
+            }
+        }
+        let Some(op) = self.clients[client].op.as_ref() else {
+            return;
+        };
         let submission = if op.read_only {
             Submission::Read {
                 query: op.request.clone(),
@@ -1774,6 +1870,47 @@ impl Simulation {
         let timeout = self.cfg.client_timeout_us;
         self.schedule(timeout, Event::ClientTimeout { client, attempt });
         self.process(k);
+    }
+
+    /// A read as a client I/O thread of node `k` would serve it: the lease grant the
+    /// driver published, the view the applier published, the node's own clock (it runs
+    /// on while the driver is stalled). `None`: refused, the read goes to the driver.
+    fn try_local_read(&mut self, k: usize, query: &[u8]) -> Option<KvResponse> {
+        let node = &self.nodes[k];
+        if !node.is_up() {
+            return None;
+        }
+        let grant = node.local_reads.lease.load();
+        let view = node.local_reads.views.latest();
+        let applied_through = view.as_ref().map(|view| view.applied_through);
+        let verdict = match self.cfg.local_read_check {
+            LocalReadCheck::Exact => judge_local_read(grant, applied_through, node.ticks),
+            LocalReadCheck::IgnoreExpiry => judge_local_read(grant, applied_through, 0),
+            LocalReadCheck::IgnoreAppliedIndex => {
+                judge_local_read(grant, applied_through.map(|_| u64::MAX), node.ticks)
+            }
+        };
+        if verdict == LocalRead::ViewBehind {
+            node.local_reads.views.want();
+        }
+        let served = match (verdict, &view) {
+            (LocalRead::Serve, Some(view)) => view
+                .view
+                .downcast_ref::<KvReadView>()
+                .map(|kv| kv.query_encoded(query, &KvLimits::default())),
+            _ => None,
+        };
+        let id = node.id;
+        if served.is_some() {
+            self.stats.local_reads_served += 1;
+            self.trace_event(format!(
+                "node {id} serves a read off its driver at tick {} from view {:?} ({grant:?})",
+                self.nodes[k].ticks, applied_through
+            ));
+        } else {
+            self.stats.local_reads_refused += 1;
+        }
+        served
     }
 
     /// Sends the current operation again (same session) after a short pause.

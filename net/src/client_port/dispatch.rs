@@ -14,7 +14,7 @@ use super::io_loop::Context;
 use super::*;
 use crate::commands::{command_spec, CommandParseError, CommandSpec, COMMAND_TABLE};
 use crate::resp::{write_integer, write_map_header, write_null, write_verbatim, Protocol};
-use tally_engine::kv::{encode_request_at, Command};
+use tally_engine::kv::{encode_request_at, Command, KvReadView};
 
 /// The last time stamp handed out (Unix ms), so stamps never go back in this process.
 static LAST_CLOCK_MS: AtomicU64 = AtomicU64::new(0);
@@ -195,6 +195,11 @@ impl Connection {
             }
         };
         let read_only = command.is_read_only();
+        if read_only {
+            if let Some(reply) = self.serve_lease_read_here(&command, context) {
+                return Slot::Ready(reply);
+            }
+        }
         let session = if read_only {
             None
         } else {
@@ -217,6 +222,34 @@ impl Connection {
             exec: None,
         });
         Slot::Pending(tag)
+    }
+
+    /// Answers a read-only command on this I/O thread from the node's published read
+    /// view when the lease check passes (`tally_engine::driver::lease`: as safe as the
+    /// raft thread's), and when nothing of this connection is ahead of it: no earlier
+    /// write unanswered (it must see them), no earlier request still unsubmitted (replies
+    /// keep request order). `None`: the usual path through the node.
+    fn serve_lease_read_here(
+        &mut self,
+        command: &Command<'_>,
+        context: &mut Context<'_>,
+    ) -> Option<Vec<u8>> {
+        if self.unanswered_writes > 0 || !self.unsubmitted.is_empty() {
+            return None;
+        }
+        let view = context.local_reader.view_for_read().ok()?;
+        let view = view.view.downcast_ref::<KvReadView>()?;
+        let response = view.query(command, clock_ms());
+        let mut out = Vec::new();
+        context
+            .shared
+            .write_result(&mut out, Ok(response), self.protocol);
+        context
+            .shared
+            .counters
+            .reads_lease_local
+            .fetch_add(1, Ordering::Relaxed);
+        Some(out)
     }
 
     /// Inside MULTI: a command that parses is queued (`+QUEUED`); one that does not is

@@ -166,7 +166,7 @@ impl Shared {
                 text,
                 "# Stats\r\ntotal_connections_received:{}\r\nrejected_connections:{}\r\n\
                  rejected_connections_fd_reserve:{}\r\nbusy_replies:{}\r\n\
-                 acl_access_denied_auth:{}\r\n\r\n",
+                 acl_access_denied_auth:{}\r\nreads_lease_local:{}\r\n\r\n",
                 counters.connections_accepted.load(Ordering::Relaxed),
                 counters.rejected_connections.load(Ordering::Relaxed),
                 counters
@@ -174,6 +174,7 @@ impl Shared {
                     .load(Ordering::Relaxed),
                 counters.busy_replies.load(Ordering::Relaxed),
                 counters.auth_failures.load(Ordering::Relaxed),
+                counters.reads_lease_local.load(Ordering::Relaxed),
             );
         }
         text

@@ -26,6 +26,8 @@ pub(super) struct IoLoop {
     /// Requests parsed in this pass over the scheduled connections, handed to the node
     /// in one batch at the end of the pass (one queue operation, one wake-up).
     pub(super) outbox: Vec<Submission<KvResponse>>,
+    /// This thread's side of lease reads served here (its cached read view).
+    pub(super) local_reader: LocalReader,
 }
 
 /// What a connection needs from its I/O thread while it is driven.
@@ -36,6 +38,7 @@ pub(super) struct Context<'a> {
     pub(super) encode_buffer: &'a mut Vec<u8>,
     pub(super) read_scratch: &'a mut [u8],
     pub(super) outbox: &'a mut Vec<Submission<KvResponse>>,
+    pub(super) local_reader: &'a mut LocalReader,
 }
 
 impl IoLoop {
@@ -47,7 +50,9 @@ impl IoLoop {
     ) -> IoLoop {
         let (reply_tx, reply_rx) = crossbeam_channel::unbounded();
         let read_chunk_bytes = shared.config.read_chunk_bytes.max(1);
+        let local_reader = shared.handle.local_reads().reader();
         IoLoop {
+            local_reader,
             reply_waker: Arc::clone(&waker) as Arc<dyn ReplyWaker>,
             shared,
             poll,
@@ -219,6 +224,7 @@ impl IoLoop {
                 encode_buffer: &mut self.encode_buffer,
                 read_scratch: &mut self.read_scratch,
                 outbox: &mut self.outbox,
+                local_reader: &mut self.local_reader,
             };
             match connection.drive(&mut context) {
                 Ok(Verdict::Keep) => {}

@@ -51,7 +51,9 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use tally_engine::kv::{ClientSession, KvLimits, KvResponse};
 use tally_engine::raft::Role;
-use tally_engine::runtime::{ClientError, NodeHandle, Reply, ReplyTo, ReplyWaker, Submission};
+use tally_engine::runtime::{
+    ClientError, LocalReader, NodeHandle, Reply, ReplyTo, ReplyWaker, Submission,
+};
 
 use crate::commands::parse_command_args;
 use crate::limits::Limits;
@@ -164,6 +166,9 @@ pub struct ClientPortCounters {
     pub busy_replies: AtomicU64,
     /// Failed authentication attempts (INFO `acl_access_denied_auth`).
     pub auth_failures: AtomicU64,
+    /// Lease reads answered on the I/O thread from a published read view (INFO
+    /// `reads_lease_local`); the others went through the raft and apply threads.
+    pub reads_lease_local: AtomicU64,
 }
 
 /// What the accept thread and every I/O thread share.

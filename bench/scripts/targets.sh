@@ -125,6 +125,16 @@ start_tally() { # binary
   done
 }
 
+# Bytes the three members' WALs wrote so far (INFO raft wal_bytes, summed).
+wal_bytes_total() {
+  local total=0 bytes
+  for id in 1 2 3; do
+    bytes=$(redis-cli -p $((BASE_CLIENT + id)) INFO raft | tr -d '\r' | sed -n 's/^wal_bytes://p')
+    total=$((total + ${bytes:-0}))
+  done
+  echo "$total"
+}
+
 start_redis() {
   local dir=$WORK/redis
   rm -rf "$dir"; mkdir -p "$dir"
@@ -176,10 +186,14 @@ for round in $(seq 1 "$ROUNDS"); do
       start_tally "$bin"
       [ "$cmd" = get ] && bench_once "$LEADER_PORT" set "$bytes" 16 200000 >/dev/null
       cpu_by_kind "${PIDS[@]}" >"$WORK/cpu.before"
+      wal_before=$(wal_bytes_total)
       read -r rps p50 p99 <<<"$(bench_once "$LEADER_PORT" "$cmd" "$bytes" "$pipeline" "$requests")"
+      wal_after=$(wal_bytes_total)
       cpu_by_kind "${PIDS[@]}" >"$WORK/cpu.after"
       cpu=$(cpu_report "$WORK/cpu.before" "$WORK/cpu.after" "$requests")
-      printf "round %d %-11s %-8s ops/s %9.0f  p50 %7s ms  p99 %7s ms  %s\n" "$round" "$test" "$label" "$rps" "$p50" "$p99" "$cpu" | tee -a "$RESULTS"
+      # The three WALs' bytes over the run's duration (requests / rate).
+      wal=$(python3 -c "import sys; b, r, n = map(float, sys.argv[1:]); print('wal %.1f MB/s' % ((b / 1e6) / (n / r)))" "$((wal_after - wal_before))" "$rps" "$requests")
+      printf "round %d %-11s %-8s ops/s %9.0f  p50 %7s ms  p99 %7s ms  %s  %s\n" "$round" "$test" "$label" "$rps" "$p50" "$p99" "$wal" "$cpu" | tee -a "$RESULTS"
       stop_all
     done
   done
@@ -222,9 +236,9 @@ import re, statistics, sys
 rows = {}
 fio = {}
 for line in open(sys.argv[1]):
-    m = re.match(r"round \d+ (\S+)\s+(\S+)\s+ops/s\s+(\d+)\s+p50\s+(\S+) ms\s+p99\s+(\S+) ms(?:\s+cpu (\S+) us/op)?", line)
+    m = re.match(r"round \d+ (\S+)\s+(\S+)\s+ops/s\s+(\d+)\s+p50\s+(\S+) ms\s+p99\s+(\S+) ms(?:\s+wal (\S+) MB/s)?(?:\s+cpu (\S+) us/op)?", line)
     if m:
-        rows.setdefault((m[1], m[2]), []).append((float(m[3]), float(m[4]), float(m[5]), m[6] and float(m[6])))
+        rows.setdefault((m[1], m[2]), []).append((float(m[3]), float(m[4]), float(m[5]), m[7] and float(m[7]), m[6] and float(m[6])))
     m = re.match(r"fio seq-write.*: (\S+) MB/s", line)
     if m: fio["mbps"] = float(m[1])
     m = re.match(r"limit set-p1.*: (\d+) ops/s", line)
@@ -239,8 +253,10 @@ for (test, who), vals in sorted(rows.items()):
         line += "  ratio %.2f" % (ops / med([v[0] for v in redis]))
     if who != "redis" and test == "set-p1" and "limit" in fio:
         line += "  of-disk-limit %.2f" % (ops / fio["limit"])
-    if who != "redis" and test.startswith("set-") and test.endswith("k-p16") and "mbps" in fio:
-        size = 1024 if test.startswith("set-1k") else 4096
-        line += "  3-wal-MB/s %.1f (%.2f of fio)" % (3 * ops * size / 1e6, 3 * ops * size / 1e6 / fio["mbps"])
+    if who != "redis" and vals[0][4] is not None:
+        wal = med([v[4] for v in vals])
+        line += "  3-wal %.1f MB/s" % wal
+        if "mbps" in fio:
+            line += " (%.2f of fio)" % (wal / fio["mbps"])
     print(line)
 EOF

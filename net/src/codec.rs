@@ -292,8 +292,7 @@ fn encode_entry_part(entries: &[Entry]) -> Vec<Bytes> {
         .map(|entry| entry.data.len())
         .filter(|&len| len <= INLINE_ENTRY_MAX_BYTES)
         .sum();
-    let mut descriptors =
-        Vec::with_capacity(entries.len() * ENTRY_DESCRIPTOR_BYTES + inline_bytes);
+    let mut descriptors = Vec::with_capacity(entries.len() * ENTRY_DESCRIPTOR_BYTES + inline_bytes);
     put_entry_descriptors(entries, &mut descriptors);
     let mut parts = Vec::new();
     append_entry_data(entries, descriptors, &mut parts);
@@ -798,7 +797,10 @@ mod tests {
             .into_iter()
             .chain(every_kind())
         {
-            assert_eq!(concat(&encoder.encode(&other)), concat(&encode_message(&other)));
+            assert_eq!(
+                concat(&encoder.encode(&other)),
+                concat(&encode_message(&other))
+            );
         }
     }
 
@@ -806,7 +808,11 @@ mod tests {
     fn small_entry_payloads_travel_in_one_buffer_behind_the_descriptors() {
         let original = message(append(40));
         let encoded = encode_message(&original);
-        assert_eq!(encoded.payload_parts.len(), 1, "one buffer, no iovec per entry");
+        assert_eq!(
+            encoded.payload_parts.len(),
+            1,
+            "one buffer, no iovec per entry"
+        );
         assert_eq!(roundtrip(&original), original);
     }
 

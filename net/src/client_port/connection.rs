@@ -3,13 +3,13 @@
 //! version (`HELLO`), the client name and library (`CLIENT SETNAME/SETINFO`), the
 //! `MULTI` queue and the `WATCH` sets.
 
+use super::id_map::IdMap;
 use super::info::encoded_reply_bytes;
 use super::io_loop::Context;
 use super::stream::{ClientStream, Stream};
-use super::id_map::IdMap;
 use super::*;
-use smallvec::SmallVec;
 use crate::resp::{write_null_array_as, Protocol};
+use smallvec::SmallVec;
 use tally_engine::kv::{encode_request_at, Command, WatchedKey};
 
 /// One reply owed to a connection, in request order.

@@ -53,7 +53,11 @@ mod tests {
         let high: std::collections::HashSet<u64> =
             keys.iter().map(|k| build.hash_one(k) >> 57).collect();
         // 4096 keys over 4096 low-bit buckets: a good hash fills well over half.
-        assert!(low.len() > 2000, "only {} distinct bucket indexes", low.len());
+        assert!(
+            low.len() > 2000,
+            "only {} distinct bucket indexes",
+            low.len()
+        );
         assert_eq!(high.len(), 128, "every 7-bit control value is used");
     }
 

@@ -2,8 +2,8 @@
 //! reply channel.
 
 use super::connection::{Connection, Verdict};
-use super::stream::{ClientStream, Stream, TlsStream};
 use super::id_map::IdMap;
+use super::stream::{ClientStream, Stream, TlsStream};
 use super::*;
 
 /// One I/O thread: a `mio` poll over its connections, its waker and its reply channel.

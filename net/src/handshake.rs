@@ -32,6 +32,13 @@ pub const MSG_REJECT: u8 = 0xF2;
 pub const MSG_CHALLENGE: u8 = 0xF3;
 /// Frame type of the dialer's answer to a challenge (its proof).
 pub const MSG_PROOF: u8 = 0xF4;
+/// Frame type of an acceptor's answer to a HELLO that asks for the cluster id: the id,
+/// a `u64` little-endian, then the acceptor closes (`cluster_id.rs`; never with a secret).
+pub const MSG_CLUSTER_ID: u8 = 0xF5;
+/// The cluster id a HELLO carries to ask for the acceptor's instead of joining: a new
+/// member that has no id yet. No cluster has it (ids are drawn, derived or configured
+/// nonzero).
+pub const ASK_CLUSTER_ID: u64 = 0;
 /// Frame types from this value up belong to the transport; Raft messages use lower ones.
 pub const FIRST_RESERVED_MSG_TYPE: u8 = 0xF0;
 /// Version of the handshake payloads this build speaks (2: HELLO carries the dialer's
@@ -295,6 +302,42 @@ pub fn check_hello(
     Ok(())
 }
 
+/// What the acceptor concludes from a HELLO that asks for its cluster id
+/// ([`ASK_CLUSTER_ID`]): it answers only a dialer that speaks a known version and meant
+/// to reach this node. The asker need not be a member yet (a `--join` node asks before it
+/// is added); the id is not secret on a node without a cluster secret, whose port admits
+/// anyone anyway, and a node with one never answers.
+pub fn check_cluster_id_question(
+    hello: &Hello,
+    node_id: u64,
+) -> Result<(), (RejectReason, String)> {
+    if !(MIN_HANDSHAKE_VERSION..=HANDSHAKE_VERSION).contains(&hello.version) {
+        return Err((
+            RejectReason::VersionMismatch,
+            format!("handshake version {} not supported", hello.version),
+        ));
+    }
+    if hello.to_node != node_id {
+        return Err((
+            RejectReason::WrongNode,
+            format!("dialed node {} but reached another node", hello.to_node),
+        ));
+    }
+    if hello.from_node == node_id || hello.from_node == 0 {
+        return Err((
+            RejectReason::UnknownSender,
+            format!("node {} cannot ask for the cluster id", hello.from_node),
+        ));
+    }
+    Ok(())
+}
+
+/// Decodes a [`MSG_CLUSTER_ID`] payload: exactly 8 bytes, not [`ASK_CLUSTER_ID`].
+pub fn decode_cluster_id_answer(payload: &[u8]) -> Option<u64> {
+    let raw: [u8; 8] = payload.try_into().ok()?;
+    Some(u64::from_le_bytes(raw)).filter(|&id| id != ASK_CLUSTER_ID)
+}
+
 /// Why a cluster secret could not be loaded.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -372,12 +415,12 @@ impl ClusterSecret {
 
     /// The cluster id every holder of this secret derives: the first 8 bytes
     /// (little-endian) of HMAC-SHA256(secret, "tally cluster id"), so a new cluster's
-    /// members agree on a random id without talking.
+    /// members agree on a random id without talking. (0, [`ASK_CLUSTER_ID`], becomes 1.)
     pub fn cluster_id(&self) -> u64 {
         let tag = self.mac(&[CLUSTER_ID_LABEL]);
         let mut first = [0u8; 8];
         first.copy_from_slice(&tag[..8]);
-        u64::from_le_bytes(first)
+        u64::from_le_bytes(first).max(1)
     }
 
     /// The dialer's proof: HMAC-SHA256(secret, dialer label ‖ u32 len ‖ HELLO payload ‖
@@ -609,6 +652,38 @@ mod tests {
             Err(RejectReason::UnknownSender),
             "a node does not accept itself"
         );
+    }
+
+    #[test]
+    fn a_cluster_id_question_is_answered_only_for_this_node_and_answers_decode_strictly() {
+        let ask = Hello {
+            cluster_id: ASK_CLUSTER_ID,
+            ..hello()
+        };
+        assert_eq!(check_cluster_id_question(&ask, 2), Ok(()));
+        let reason = |h: Hello| check_cluster_id_question(&h, 2).map_err(|(r, _)| r);
+        assert_eq!(
+            reason(Hello {
+                to_node: 3,
+                ..ask.clone()
+            }),
+            Err(RejectReason::WrongNode)
+        );
+        assert_eq!(
+            reason(Hello {
+                from_node: 2,
+                ..ask.clone()
+            }),
+            Err(RejectReason::UnknownSender)
+        );
+        assert_eq!(
+            reason(Hello { version: 99, ..ask }),
+            Err(RejectReason::VersionMismatch)
+        );
+        assert_eq!(decode_cluster_id_answer(&7u64.to_le_bytes()), Some(7));
+        assert_eq!(decode_cluster_id_answer(&0u64.to_le_bytes()), None);
+        assert_eq!(decode_cluster_id_answer(&[7; 7]), None);
+        assert_eq!(decode_cluster_id_answer(&[7; 9]), None);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! * [`client_port`]: the RESP2 server clients talk to.
 //! * [`commands`]: Redis argument vectors parsed into KV commands.
 //! * [`replica`]: one replica of any state machine (peer transport + node), no front end.
+//! * [`expiry_sweep`]: the leader's purge of expired keys by replicated entries.
 //! * [`server`]: one member as a library (binary: `tally-server`; the benchmark embeds
 //!   three).
 //!
@@ -22,6 +23,7 @@ pub mod client_port;
 pub mod cluster_id;
 pub mod codec;
 pub mod commands;
+pub mod expiry_sweep;
 pub mod fd_budget;
 pub mod frame;
 #[doc(hidden)]

@@ -21,7 +21,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tally_engine::kv::KvResponse;
 use tally_engine::raft::Role;
 use tally_engine::runtime::NodeHandle;
 
@@ -33,7 +32,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 type Labels = Vec<(String, String)>;
 
 /// The metrics text of `handle`'s node, in the Prometheus (OpenMetrics) text format.
-pub fn render(handle: &NodeHandle<KvResponse>) -> String {
+pub fn render<R: Send + 'static>(handle: &NodeHandle<R>) -> String {
     let mut registry = Registry::default();
     raft_metrics(&mut registry, handle);
     wal_metrics(&mut registry, handle);
@@ -68,7 +67,7 @@ fn as_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-fn raft_metrics(registry: &mut Registry, handle: &NodeHandle<KvResponse>) {
+fn raft_metrics<R: Send + 'static>(registry: &mut Registry, handle: &NodeHandle<R>) {
     let status = handle.status();
     let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
     gauge(
@@ -127,7 +126,7 @@ fn raft_metrics(registry: &mut Registry, handle: &NodeHandle<KvResponse>) {
     );
 }
 
-fn wal_metrics(registry: &mut Registry, handle: &NodeHandle<KvResponse>) {
+fn wal_metrics<R: Send + 'static>(registry: &mut Registry, handle: &NodeHandle<R>) {
     let wal = handle.wal_stats();
     counter(
         registry,
@@ -160,7 +159,7 @@ fn wal_metrics(registry: &mut Registry, handle: &NodeHandle<KvResponse>) {
     );
 }
 
-fn replication_metrics(registry: &mut Registry, handle: &NodeHandle<KvResponse>) {
+fn replication_metrics<R: Send + 'static>(registry: &mut Registry, handle: &NodeHandle<R>) {
     let status = handle.status();
     let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
     let match_index = Family::<Labels, Gauge>::default();
@@ -246,10 +245,10 @@ pub struct MetricsServer {
 
 impl MetricsServer {
     /// Serves `handle`'s metrics on `listener` until shut down.
-    pub fn start(
+    pub fn start<R: Send + 'static>(
         listener: TcpListener,
         node_id: u64,
-        handle: NodeHandle<KvResponse>,
+        handle: NodeHandle<R>,
     ) -> std::io::Result<MetricsServer> {
         let local_addr = listener.local_addr()?;
         let stopping = Arc::new(AtomicBool::new(false));
@@ -291,7 +290,7 @@ impl Drop for MetricsServer {
     }
 }
 
-fn serve(listener: &TcpListener, stopping: &AtomicBool, handle: &NodeHandle<KvResponse>) {
+fn serve<R: Send + 'static>(listener: &TcpListener, stopping: &AtomicBool, handle: &NodeHandle<R>) {
     for stream in listener.incoming() {
         if stopping.load(Ordering::Acquire) {
             break;
@@ -311,7 +310,7 @@ fn serve(listener: &TcpListener, stopping: &AtomicBool, handle: &NodeHandle<KvRe
 }
 
 /// Reads one request (bounded) and answers it; the connection is then closed.
-fn answer(mut stream: TcpStream, handle: &NodeHandle<KvResponse>) -> std::io::Result<()> {
+fn answer<R: Send + 'static>(mut stream: TcpStream, handle: &NodeHandle<R>) -> std::io::Result<()> {
     stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
     stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
     let mut request = Vec::with_capacity(1024);

@@ -1,8 +1,13 @@
-//! One Tally member as a library: peer transport + node runtime + KV state machine +
-//! RESP client port, wired together.
+//! One Tally member as a library: peer transport + node runtime + a state machine + the
+//! front end its clients talk to, wired together.
 //!
-//! `tally-server` is a thin command line around [`Server`]; the benchmark embeds three of
-//! them in one process for its default run. Listeners are bound by the caller so that a
+//! [`ServerBuilder`] starts a member of any [`StateMachine`] with any [`FrontEnd`] (or
+//! none), with everything a member needs whatever it serves: cluster id and secret, peer
+//! mutual TLS, the identity file (incarnation), membership from the log (`join`),
+//! `restore_from`, metrics. [`Server::start`] is the KV store behind the RESP port
+//! ([`RespFrontEnd`]); `tally-server` is a thin command line around it, and the benchmark
+//! embeds three of them in one process for its default run. Embedding walkthrough:
+//! `docs/EMBEDDING.md`. Listeners are bound by the caller so that a
 //! whole cluster's addresses are known before any member starts (members dial each
 //! other lazily, with backoff, so start order does not matter).
 //!
@@ -21,14 +26,16 @@ use tally_engine::driver::SnapshotPolicy;
 use tally_engine::kv::{KvLimits, KvResponse, KvStateMachine};
 use tally_engine::raft::{Configuration, MemberInfo};
 use tally_engine::runtime::{LogMembership, MembershipPolicy, Node, NodeHandle, NodeOptions};
+use tally_engine::state_machine::StateMachine;
 
 use crate::client_port::{default_io_threads, ClientPort, ClientPortConfig, ClientPortCounters};
-use crate::cluster_id::resolve_cluster_id;
-use crate::handshake::ClusterSecret;
+use crate::cluster_id::{settle_cluster_id, ClusterIdStart};
+use crate::expiry_sweep::{ExpirySweep, DEFAULT_SWEEP_INTERVAL_MS};
+use crate::handshake::{ClusterSecret, ASK_CLUSTER_ID};
 use crate::identity::{CreatedAs, Identity, IdentityError, IDENTITY_FILE};
 use crate::limits::Limits;
 use crate::peer_tls::{PeerTls, PeerTlsFiles};
-use crate::transport::TransportConfig;
+use crate::transport::{PeerClientAddrs, TransportConfig};
 
 /// The core's tick; election timeout and heartbeat interval are rounded to it.
 pub const TICK_MS: u64 = 10;
@@ -46,8 +53,8 @@ pub struct ServerConfig {
     /// client listener's address.
     pub advertise_client: Option<String>,
     /// Cluster id every member must present (`--cluster-id`). `None`: derived from the
-    /// cluster secret, else the one stored in `dir`, else the legacy `0x7a11`
-    /// (`cluster_id::resolve_cluster_id`).
+    /// cluster secret, else the one stored in `dir`, else drawn by the lowest-id founder
+    /// and asked for by the others (`cluster_id::settle_cluster_id`).
     pub cluster_id: Option<u64>,
     /// The cluster secret (`--cluster-secret-file`): peers must prove they hold it.
     pub cluster_secret: Option<ClusterSecret>,
@@ -57,7 +64,8 @@ pub struct ServerConfig {
     pub election_timeout_ms: u64,
     pub heartbeat_ms: u64,
     pub wal_backend: tally_wal::Backend,
-    /// Event-loop threads of the client port (`--threads`; at least 1).
+    /// Event-loop threads of the client port (`--threads`; at least 1). Read by
+    /// [`RespFrontEnd`] only.
     pub client_io_threads: usize,
     /// Disk emulation: extra latency slept after every WAL batch fdatasync, on top of
     /// the real one (see `tally_wal::GroupCommitOptions::emulated_sync_delay`); at most
@@ -85,9 +93,10 @@ pub struct ServerConfig {
     /// Serve Prometheus metrics at `GET /metrics` here (`--metrics-listen`).
     pub metrics_listen: Option<SocketAddr>,
     /// TLS on the client port (`--client-tls-cert/-key[/-ca]`, see
-    /// [`crate::tls::server_config`]); `None`: plain TCP.
+    /// [`crate::tls::server_config`]); `None`: plain TCP. Read by [`RespFrontEnd`] only.
     pub client_tls: Option<Arc<rustls::ServerConfig>>,
-    /// The password clients must give (`--requirepass-file`); `None`: no AUTH.
+    /// The password clients must give (`--requirepass-file`); `None`: no AUTH. Read by
+    /// [`RespFrontEnd`] only.
     pub requirepass: Option<crate::client_port::Password>,
     /// Test-only failpoint: the raft thread sleeps this long before its first turn.
     pub failpoint_raft_stall_at_start: Option<Duration>,
@@ -97,6 +106,9 @@ pub struct ServerConfig {
     /// WAL segment size (`--wal-segment-bytes`); raised to hold two of the largest
     /// entries. `None`: the WAL's default (64 MiB).
     pub wal_segment_bytes: Option<u64>,
+    /// How often the leader's RESP front end checks for expired keys to purge
+    /// (`crate::expiry_sweep`); at least 1. Read by [`RespFrontEnd`] only.
+    pub expiry_sweep_interval_ms: u64,
 }
 
 /// Default bound of the node's request queue (batches from client I/O threads).
@@ -135,6 +147,7 @@ impl ServerConfig {
             client_tls: None,
             request_queue_capacity: DEFAULT_REQUEST_QUEUE_CAPACITY,
             wal_segment_bytes: None,
+            expiry_sweep_interval_ms: DEFAULT_SWEEP_INTERVAL_MS,
         }
     }
 }
@@ -161,59 +174,265 @@ pub enum ServerError {
     },
 }
 
-/// A running member.
-pub struct Server {
-    id: u64,
-    node: Node<KvResponse>,
-    client_port: ClientPort,
-    peer_addr: SocketAddr,
-    client_addr: SocketAddr,
-    advertised_client_addr: String,
-    metrics: Option<crate::metrics::MetricsServer>,
-    cluster_id: u64,
+/// What a front end is given once its member's node runs: the handle to propose and
+/// read through, and what the member knows about itself and its peers.
+pub struct FrontEndContext<'a, R> {
+    /// The member's settings (a front end reads its own fields: the RESP port takes
+    /// `client_io_threads`, `limits`, `requirepass`, `client_tls`).
+    pub config: &'a ServerConfig,
+    /// The node: `propose`, `read`, `status`, membership changes.
+    pub handle: NodeHandle<R>,
+    /// The cluster id this member presents and requires.
+    pub cluster_id: u64,
+    /// This member's incarnation (from its identity file).
+    pub incarnation: u64,
+    /// The bound peer address.
+    pub peer_addr: SocketAddr,
+    /// The client address advertised to peers (empty when the front end has none).
+    pub advertised_client_addr: String,
+    /// Client addresses the other members advertised (for redirecting clients).
+    pub peer_client_addrs: PeerClientAddrs,
 }
 
-impl Server {
-    /// Starts a member on already-bound listeners.
-    pub fn start(
-        config: ServerConfig,
-        peer_listener: TcpListener,
-        client_listener: TcpListener,
-    ) -> Result<Server, ServerError> {
-        validate(&config)?;
-        // Settled against the directory first (stored there on a first start).
-        let cluster_id = resolve_cluster_id(
-            &config.dir,
-            config.cluster_id,
-            config.cluster_secret.as_ref(),
+/// The part of a member its clients talk to: the RESP port over KV ([`RespFrontEnd`])
+/// is one; a database embedding Tally brings its own (a line protocol, HTTP, a library
+/// call), or none (`()`).
+///
+/// Two steps because peers must learn the client address before the node starts (it
+/// travels in the peer handshake), while serving needs the started node.
+pub trait FrontEnd<R>: Send {
+    /// The serving front end, kept by the [`Server`] until shutdown.
+    type Running: RunningFrontEnd;
+    /// The address clients reach this member at (advertised to peers unless
+    /// `ServerConfig::advertise_client` overrides it); `None`: no client address.
+    fn client_addr(&self) -> Option<SocketAddr>;
+    /// Starts serving clients through `context.handle`.
+    fn start(self, context: FrontEndContext<'_, R>) -> Result<Self::Running, ServerError>;
+}
+
+/// A front end that is serving.
+pub trait RunningFrontEnd: Send {
+    /// Stops serving (answering what it already accepted, where it can) and joins its
+    /// threads; called before the node stops.
+    fn shutdown(self);
+}
+
+/// No front end: a member that only replicates (the embedder talks to the node through
+/// [`Server::handle`] in-process).
+impl<R> FrontEnd<R> for () {
+    type Running = ();
+    fn client_addr(&self) -> Option<SocketAddr> {
+        None
+    }
+    fn start(self, _: FrontEndContext<'_, R>) -> Result<(), ServerError> {
+        Ok(())
+    }
+}
+
+impl RunningFrontEnd for () {
+    fn shutdown(self) {}
+}
+
+/// The RESP client port over the KV state machine, with the leader's expiry sweep:
+/// what `tally-server` serves.
+pub struct RespFrontEnd {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+}
+
+impl RespFrontEnd {
+    /// A RESP port on an already-bound listener.
+    pub fn new(listener: TcpListener) -> Result<RespFrontEnd, ServerError> {
+        let local_addr = listener.local_addr().map_err(|source| ServerError::Io {
+            what: "client listener",
+            source,
+        })?;
+        Ok(RespFrontEnd {
+            listener,
+            local_addr,
+        })
+    }
+}
+
+/// The serving RESP port and the expiry sweep.
+pub struct RespPort {
+    client_port: ClientPort,
+    sweep: ExpirySweep,
+}
+
+impl RespPort {
+    /// The bound client address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.client_port.local_addr()
+    }
+
+    /// Counters of the client port.
+    pub fn counters(&self) -> &ClientPortCounters {
+        self.client_port.counters()
+    }
+
+    /// Counters of the expiry sweep.
+    pub fn sweep_counters(&self) -> &crate::expiry_sweep::SweepCounters {
+        self.sweep.counters()
+    }
+}
+
+impl FrontEnd<KvResponse> for RespFrontEnd {
+    type Running = RespPort;
+
+    fn client_addr(&self) -> Option<SocketAddr> {
+        Some(self.local_addr)
+    }
+
+    fn start(self, context: FrontEndContext<'_, KvResponse>) -> Result<RespPort, ServerError> {
+        let config = context.config;
+        let mut port_config =
+            ClientPortConfig::new(config.id, context.advertised_client_addr.clone());
+        port_config.io_threads = config.client_io_threads;
+        port_config.limits = config.limits;
+        port_config.requirepass = config.requirepass.clone();
+        port_config.tls = config.client_tls.clone();
+        let client_port = ClientPort::start(
+            self.listener,
+            port_config,
+            context.handle.clone(),
+            context.peer_client_addrs,
         )
+        .map_err(|error| ServerError::Transport(format!("client port: {error}")))?;
+        let sweep = ExpirySweep::start(
+            config.id,
+            context.handle,
+            Duration::from_millis(config.expiry_sweep_interval_ms),
+        )
+        .map_err(|source| ServerError::Io {
+            what: "start the expiry sweep thread",
+            source,
+        })?;
+        Ok(RespPort { client_port, sweep })
+    }
+}
+
+impl RunningFrontEnd for RespPort {
+    fn shutdown(self) {
+        self.sweep.shutdown();
+        self.client_port.shutdown();
+    }
+}
+
+/// Starts a member of any state machine with any front end.
+///
+/// Secure by default: [`ServerBuilder::start`] refuses a member whose peer port anyone
+/// could join (no `cluster_secret`, no `peer_tls`) unless
+/// [`ServerBuilder::allow_unauthenticated_peers`] says so; `tally-server` (and
+/// [`Server::start`]) keep their warning instead, for compatibility.
+///
+/// ```no_run
+/// # use std::net::TcpListener;
+/// # use tally_engine::kv::{KvLimits, KvStateMachine};
+/// # use tally_net::handshake::ClusterSecret;
+/// # use tally_net::server::{ServerBuilder, ServerConfig};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let peers = vec![(2, "10.0.0.2:7000".parse()?), (3, "10.0.0.3:7000".parse()?)];
+/// let mut config = ServerConfig::new(1, "/var/lib/mydb/node-1", peers);
+/// config.cluster_secret = Some(ClusterSecret::from_file("/etc/mydb/cluster.secret".as_ref())?);
+/// let server = ServerBuilder::new(config, KvStateMachine::new(KvLimits::default()))
+///     .start(TcpListener::bind("0.0.0.0:7000")?)?; // no front end: use server.handle()
+/// # Ok(()) }
+/// ```
+pub struct ServerBuilder<M, F> {
+    config: ServerConfig,
+    state_machine: M,
+    front_end: F,
+    allow_unauthenticated_peers: bool,
+}
+
+impl<M: StateMachine + 'static> ServerBuilder<M, ()> {
+    /// A member of `state_machine`, no front end yet.
+    pub fn new(config: ServerConfig, state_machine: M) -> ServerBuilder<M, ()> {
+        ServerBuilder {
+            config,
+            state_machine,
+            front_end: (),
+            allow_unauthenticated_peers: false,
+        }
+    }
+}
+
+impl<M, F> ServerBuilder<M, F>
+where
+    M: StateMachine + 'static,
+    F: FrontEnd<M::Response>,
+{
+    /// Serves clients with `front_end` (started once the node runs).
+    pub fn front_end<G: FrontEnd<M::Response>>(self, front_end: G) -> ServerBuilder<M, G> {
+        ServerBuilder {
+            config: self.config,
+            state_machine: self.state_machine,
+            front_end,
+            allow_unauthenticated_peers: self.allow_unauthenticated_peers,
+        }
+    }
+
+    /// Starts even without a cluster secret or peer TLS (tests on loopback, or a network
+    /// only members reach); a warning is logged instead.
+    pub fn allow_unauthenticated_peers(mut self, allow: bool) -> Self {
+        self.allow_unauthenticated_peers = allow;
+        self
+    }
+
+    /// Starts the member on an already-bound peer listener: cluster id (settled against
+    /// the directory) → identity file → `restore_from` → peer transport → node → member
+    /// information offered → front end → metrics.
+    pub fn start(
+        self,
+        peer_listener: TcpListener,
+    ) -> Result<Server<M::Response, F::Running>, ServerError> {
+        let config = self.config;
+        validate(&config)?;
+        let unauthenticated = config.cluster_secret.is_none() && config.peer_tls.is_none();
+        if unauthenticated && !self.allow_unauthenticated_peers {
+            return Err(ServerError::Config(
+                "no cluster secret and no peer TLS: any process that reaches the peer port \
+                 could act as a member; set cluster_secret or peer_tls, or call \
+                 allow_unauthenticated_peers(true) (see docs/SECURITY.md)"
+                    .into(),
+            ));
+        }
+        let advertised_client_addr = config.advertise_client.clone().unwrap_or_else(|| {
+            self.front_end
+                .client_addr()
+                .map(|addr| addr.to_string())
+                .unwrap_or_default()
+        });
+        let mut transport_config =
+            peer_transport_config(&config, ASK_CLUSTER_ID, advertised_client_addr.clone())?;
+        // Settled against the directory first (stored there on a first start; a new
+        // member may wait here for a peer to tell it).
+        let cluster_id = settle_cluster_id(&ClusterIdStart {
+            dir: &config.dir,
+            configured: config.cluster_id,
+            secret: config.cluster_secret.as_ref(),
+            node_id: config.id,
+            peers: &config.peers,
+            join: config.join,
+            restore: config.restore_from.is_some(),
+            tls: transport_config.tls.as_ref(),
+        })
         .map_err(|error| ServerError::Config(format!("cluster id: {error}")))?;
+        transport_config.cluster_id = cluster_id;
         let (identity, created) = open_identity(&config, cluster_id)?;
         if let Some(snapshot) = &config.restore_from {
             restore_from_snapshot(&config, snapshot)?;
         }
-        let client_addr = client_listener
-            .local_addr()
-            .map_err(|source| ServerError::Io {
-                what: "client listener",
-                source,
-            })?;
-        let advertised_client_addr = config
-            .advertise_client
-            .clone()
-            .unwrap_or_else(|| client_addr.to_string());
-
-        let mut transport_config =
-            peer_transport_config(&config, cluster_id, advertised_client_addr.clone())?;
         transport_config.incarnation = identity.incarnation;
         let (node, peer_addr, peer_client_addrs) = crate::replica::start_member(
             transport_config,
             peer_listener,
             node_options(&config, identity.created_as == CreatedAs::Bootstrap),
-            KvStateMachine::new(KvLimits::default()),
+            self.state_machine,
             config.peers.clone(),
         )?;
-        if config.cluster_secret.is_none() && config.peer_tls.is_none() {
+        if unauthenticated {
             tracing::warn!(
                 node_id = config.id,
                 %peer_addr,
@@ -239,64 +458,122 @@ impl Server {
             join = config.join,
             "member identity"
         );
-        let mut client_port_config =
-            ClientPortConfig::new(config.id, advertised_client_addr.clone());
-        client_port_config.io_threads = config.client_io_threads;
-        client_port_config.limits = config.limits;
-        client_port_config.requirepass = config.requirepass.clone();
-        client_port_config.tls = config.client_tls.clone();
-        let client_port = ClientPort::start(
-            client_listener,
-            client_port_config,
-            node.handle(),
+        // On an error below, `node` drops and stops.
+        let front_end = self.front_end.start(FrontEndContext {
+            config: &config,
+            handle: node.handle(),
+            cluster_id,
+            incarnation: identity.incarnation,
+            peer_addr,
+            advertised_client_addr: advertised_client_addr.clone(),
             peer_client_addrs,
-        )
-        .map_err(|error| ServerError::Transport(format!("client port: {error}")))?;
-        let metrics = match config.metrics_listen {
-            None => None,
-            Some(addr) => {
-                let io_error = |source| ServerError::Io {
-                    what: "metrics listener",
-                    source,
-                };
-                let listener = TcpListener::bind(addr).map_err(io_error)?;
-                Some(
-                    crate::metrics::MetricsServer::start(listener, config.id, node.handle())
-                        .map_err(io_error)?,
-                )
+        })?;
+        let metrics = match start_metrics(&config, &node) {
+            Ok(metrics) => metrics,
+            Err(error) => {
+                front_end.shutdown();
+                return Err(error);
             }
         };
         Ok(Server {
             id: config.id,
             node,
-            client_port,
+            front_end,
             peer_addr,
-            client_addr,
             advertised_client_addr,
             metrics,
             cluster_id,
+            incarnation: identity.incarnation,
         })
     }
+}
 
+fn start_metrics<R: Send + 'static>(
+    config: &ServerConfig,
+    node: &Node<R>,
+) -> Result<Option<crate::metrics::MetricsServer>, ServerError> {
+    let Some(addr) = config.metrics_listen else {
+        return Ok(None);
+    };
+    let io_error = |source| ServerError::Io {
+        what: "metrics listener",
+        source,
+    };
+    let listener = TcpListener::bind(addr).map_err(io_error)?;
+    crate::metrics::MetricsServer::start(listener, config.id, node.handle())
+        .map(Some)
+        .map_err(io_error)
+}
+
+/// A running member: node, peer transport, its front end (`P`, the running one) and
+/// metrics. `Server` alone is the KV store behind the RESP port, as `tally-server` runs it.
+pub struct Server<R = KvResponse, P = RespPort> {
+    id: u64,
+    node: Node<R>,
+    front_end: P,
+    peer_addr: SocketAddr,
+    advertised_client_addr: String,
+    metrics: Option<crate::metrics::MetricsServer>,
+    cluster_id: u64,
+    incarnation: u64,
+}
+
+impl Server {
+    /// Starts a KV member with the RESP port on already-bound listeners, as
+    /// `tally-server` does (a peer port without secret or TLS is allowed, with a
+    /// warning).
+    pub fn start(
+        config: ServerConfig,
+        peer_listener: TcpListener,
+        client_listener: TcpListener,
+    ) -> Result<Server, ServerError> {
+        let state_machine = KvStateMachine::new(KvLimits::default());
+        ServerBuilder::new(config, state_machine)
+            .front_end(RespFrontEnd::new(client_listener)?)
+            .allow_unauthenticated_peers(true)
+            .start(peer_listener)
+    }
+
+    /// The bound client address.
+    pub fn client_addr(&self) -> SocketAddr {
+        self.front_end.local_addr()
+    }
+
+    /// Counters of the client port (connections, commands, I/O-thread wake-ups).
+    pub fn client_port_counters(&self) -> &ClientPortCounters {
+        self.front_end.counters()
+    }
+}
+
+impl<R: Send + 'static, P: RunningFrontEnd> Server<R, P> {
     /// The cluster id this member presents and requires.
     pub fn cluster_id(&self) -> u64 {
         self.cluster_id
     }
 
+    /// This member's id.
     pub fn id(&self) -> u64 {
         self.id
     }
 
+    /// This member's incarnation (from its identity file).
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// The bound peer address.
     pub fn peer_addr(&self) -> SocketAddr {
         self.peer_addr
     }
 
-    pub fn client_addr(&self) -> SocketAddr {
-        self.client_addr
-    }
-
+    /// The client address advertised to peers (empty when the front end has none).
     pub fn advertised_client_addr(&self) -> &str {
         &self.advertised_client_addr
+    }
+
+    /// The running front end.
+    pub fn front_end(&self) -> &P {
+        &self.front_end
     }
 
     /// Where `GET /metrics` is served, when `metrics_listen` was set.
@@ -305,13 +582,8 @@ impl Server {
     }
 
     /// The node's handle (status, WAL statistics, direct proposals).
-    pub fn handle(&self) -> NodeHandle<KvResponse> {
+    pub fn handle(&self) -> NodeHandle<R> {
         self.node.handle()
-    }
-
-    /// Counters of the client port (connections, commands, I/O-thread wake-ups).
-    pub fn client_port_counters(&self) -> &ClientPortCounters {
-        self.client_port.counters()
     }
 
     /// True once the node stopped on its own (fail-stop).
@@ -319,14 +591,14 @@ impl Server {
         self.node.has_failed()
     }
 
-    /// Closes the client port (answering in-flight rounds), stops the node and joins
+    /// Stops the front end (answering in-flight rounds), then the node, and joins
     /// every thread. Returns the node's fatal error, if it had one.
     pub fn shutdown(self) -> Result<(), ServerError> {
         let id = self.id;
         if let Some(metrics) = self.metrics {
             metrics.shutdown();
         }
-        self.client_port.shutdown();
+        self.front_end.shutdown();
         // The raft thread drops the transport, which ends its reader threads.
         let result = self.node.shutdown();
         result.map_err(|source| ServerError::Node { id, source })
@@ -346,6 +618,11 @@ fn validate(config: &ServerConfig) -> Result<(), ServerError> {
     if config.client_io_threads == 0 {
         return Err(ServerError::Config(
             "the client port needs at least one I/O thread".into(),
+        ));
+    }
+    if config.expiry_sweep_interval_ms == 0 {
+        return Err(ServerError::Config(
+            "the expiry sweep interval must be at least 1 ms".into(),
         ));
     }
     if config.request_queue_capacity == 0 {
@@ -523,8 +800,8 @@ fn directory_has_data(dir: &std::path::Path) -> Result<bool, ServerError> {
 
 /// Tells the node what it knows about members (its own addresses and incarnation, the
 /// `--peer` addresses), so the leader records what the configuration lacks.
-fn offer_member_info(
-    handle: &NodeHandle<KvResponse>,
+fn offer_member_info<R: Send + 'static>(
+    handle: &NodeHandle<R>,
     config: &ServerConfig,
     identity: &Identity,
     advertised_peer: String,
@@ -849,5 +1126,147 @@ mod tests {
         assert!(emulated.contains("entries_per_fsync:"), "{emulated}");
         let real = raft_info_after_one_write(None);
         assert!(!real.contains("emulated"), "{real}");
+    }
+
+    /// `[stored keys, expired keys still stored]`, read on the leader at its clock.
+    fn expiry_backlog(server: &Server) -> (i64, i64) {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_millis() as u64;
+        let mut payload = Vec::new();
+        tally_engine::kv::encode_request_at(
+            None,
+            Some(now_ms),
+            &tally_engine::kv::Command::ExpiryBacklog,
+            &KvLimits::default(),
+            &mut payload,
+        )
+        .expect("encode");
+        let (sender, receiver) = crossbeam_channel::bounded(1);
+        server.handle().read(
+            payload.into(),
+            tally_engine::runtime::ReplyTo::new(0, sender),
+        );
+        let reply = receiver.recv_timeout(PATIENCE).expect("a reply");
+        match reply.result {
+            Ok(KvResponse::Nested(counts)) => match counts.as_slice() {
+                [KvResponse::Integer(stored), KvResponse::Integer(expired)] => (*stored, *expired),
+                other => panic!("unexpected backlog {other:?}"),
+            },
+            other => panic!("unexpected backlog reply {other:?}"),
+        }
+    }
+
+    #[test]
+    fn expired_keys_leave_memory_through_the_leaders_purge_entries_without_further_writes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = ServerConfig::new(1, dir.path(), Vec::new());
+        config.expiry_sweep_interval_ms = 20;
+        config.client_io_threads = 1;
+        let server = Server::start(
+            config,
+            TcpListener::bind("127.0.0.1:0").expect("bind peer"),
+            TcpListener::bind("127.0.0.1:0").expect("bind client"),
+        )
+        .expect("start");
+        let deadline = Instant::now() + PATIENCE;
+        while server.handle().status().role() != tally_engine::raft::Role::Leader {
+            assert!(Instant::now() < deadline, "the single member never led");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let mut stream = TcpStream::connect(server.client_addr()).expect("connect");
+        stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+        let n_keys = 300;
+        let mut commands: Vec<Vec<String>> = (0..n_keys)
+            .map(|i| command(&["SET", &format!("k{i}"), "v", "PX", "150"]))
+            .collect();
+        commands.push(command(&["SET", "forever", "v"]));
+        let replies = pipeline(&mut stream, &commands);
+        assert!(replies
+            .iter()
+            .all(|reply| *reply == RespValue::Simple(b"OK".to_vec())));
+        // No more writes: only the sweep's entries can remove the expired keys (a timed
+        // entry removes a few, but the last ones written stay without it).
+        while expiry_backlog(&server) != (1, 0) {
+            assert!(
+                Instant::now() < deadline,
+                "expired keys stayed in memory: {:?}",
+                expiry_backlog(&server)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let sweep = server.front_end().sweep_counters();
+        assert!(sweep.purges.load(Ordering::Relaxed) > 0);
+        assert!(sweep.keys_removed.load(Ordering::Relaxed) > 0);
+        let replies = pipeline(&mut stream, &[command(&["GET", "forever"])]);
+        assert_eq!(replies[0], RespValue::Bulk(Some(b"v".to_vec())));
+        drop(stream);
+        server.shutdown().expect("clean shutdown");
+    }
+
+    #[test]
+    fn an_idle_keyspace_with_nothing_expired_gets_no_purge_entries() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = ServerConfig::new(1, dir.path(), Vec::new());
+        config.expiry_sweep_interval_ms = 10;
+        config.client_io_threads = 1;
+        let server = Server::start(
+            config,
+            TcpListener::bind("127.0.0.1:0").expect("bind peer"),
+            TcpListener::bind("127.0.0.1:0").expect("bind client"),
+        )
+        .expect("start");
+        let deadline = Instant::now() + PATIENCE;
+        while server.handle().status().role() != tally_engine::raft::Role::Leader {
+            assert!(Instant::now() < deadline, "the single member never led");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let mut stream = TcpStream::connect(server.client_addr()).expect("connect");
+        stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+        let replies = pipeline(&mut stream, &[command(&["SET", "k", "v", "EX", "3600"])]);
+        assert_eq!(replies[0], RespValue::Simple(b"OK".to_vec()));
+        let status = server.handle();
+        // Settle (the leader records its member information as an entry), then many
+        // sweep intervals: each one a read, never an entry.
+        std::thread::sleep(Duration::from_millis(300));
+        let commit = status.status().commit_index.load(Ordering::Acquire);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(status.status().commit_index.load(Ordering::Acquire), commit);
+        assert_eq!(
+            server
+                .front_end()
+                .sweep_counters()
+                .purges
+                .load(Ordering::Relaxed),
+            0
+        );
+        assert_eq!(expiry_backlog(&server), (1, 0));
+        drop(stream);
+        server.shutdown().expect("clean shutdown");
+    }
+
+    #[test]
+    fn the_builder_refuses_a_peer_port_without_secret_or_tls_before_touching_the_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node_dir = dir.path().join("node-1");
+        let config = ServerConfig::new(1, &node_dir, Vec::new());
+        let refused = ServerBuilder::new(config.clone(), KvStateMachine::default())
+            .start(TcpListener::bind("127.0.0.1:0").expect("bind peer"));
+        assert!(
+            matches!(&refused, Err(ServerError::Config(reason)) if reason.contains("cluster secret")),
+            "{:?}",
+            refused.err()
+        );
+        assert!(!node_dir.exists(), "nothing written for a refused member");
+        let mut config = config;
+        config.cluster_secret = Some(ClusterSecret::from_bytes(&[7u8; 32]).expect("secret"));
+        let replica = ServerBuilder::new(config, KvStateMachine::default())
+            .start(TcpListener::bind("127.0.0.1:0").expect("bind peer"))
+            .expect("a member with a secret starts");
+        assert!(node_dir.join(IDENTITY_FILE).exists());
+        assert_ne!(replica.incarnation(), 0);
+        assert_eq!(replica.advertised_client_addr(), "");
+        replica.shutdown().expect("clean shutdown");
     }
 }

@@ -52,9 +52,10 @@ use crate::frame::{
     DEFAULT_MAX_FRAME_PAYLOAD_BYTES, FRAME_HEADER_BYTES, MAX_HANDSHAKE_FRAME_PAYLOAD_BYTES,
 };
 use crate::handshake::{
-    check_hello, decode_challenge, decode_reject, encode_reject, new_nonce, ClusterSecret, Hello,
-    RejectReason, FIRST_RESERVED_MSG_TYPE, HANDSHAKE_VERSION, MSG_ACCEPT, MSG_CHALLENGE, MSG_HELLO,
-    MSG_PROOF, MSG_REJECT, NONCE_HANDSHAKE_VERSION,
+    check_cluster_id_question, check_hello, decode_challenge, decode_reject, encode_reject,
+    new_nonce, ClusterSecret, Hello, RejectReason, ASK_CLUSTER_ID, FIRST_RESERVED_MSG_TYPE,
+    HANDSHAKE_VERSION, MSG_ACCEPT, MSG_CHALLENGE, MSG_CLUSTER_ID, MSG_HELLO, MSG_PROOF, MSG_REJECT,
+    NONCE_HANDSHAKE_VERSION,
 };
 use crate::peer_tls::{names_exactly, PeerTls};
 
@@ -1459,6 +1460,9 @@ fn accept_handshake(
             "HELLO payload has the wrong size".to_string(),
         ));
     };
+    if hello.cluster_id == ASK_CLUSTER_ID && secret.is_none() {
+        return Err(answer_cluster_id_question(shared, reader, &hello));
+    }
     let verdict = check_hello(&hello, config.cluster_id, config.node_id, |peer| {
         shared.known_peers.read().contains(&peer)
     })
@@ -1505,6 +1509,37 @@ fn accept_handshake(
                 hello.from_node
             ),
         )),
+    }
+}
+
+/// Tells a new member that asks (`cluster_id.rs`) this node's cluster id, then closes;
+/// its certificate must name the node it claims (TLS). Never on a node with a secret.
+fn answer_cluster_id_question(
+    shared: &Shared,
+    reader: &mut FrameReader<PeerStream>,
+    hello: &Hello,
+) -> Refusal {
+    let config = &shared.config;
+    let checked = check_cluster_id_question(hello, config.node_id)
+        .and_then(|()| check_certificate(shared, reader.get_ref(), hello.from_node));
+    if let Err((reason, text)) = checked {
+        return Refusal::Rejected {
+            reason,
+            log: text.clone(),
+            text,
+        };
+    }
+    let answer = config.cluster_id.to_le_bytes();
+    match send_frame(reader.get_mut(), MSG_CLUSTER_ID, &answer) {
+        Ok(()) => {
+            tracing::info!(
+                node_id = config.node_id,
+                asker = hello.from_node,
+                "told a new member the cluster id"
+            );
+            Refusal::Quiet
+        }
+        Err(error) => Refusal::Failed(error.to_string()),
     }
 }
 

@@ -73,6 +73,8 @@ fn every_auth_form_unlocks_a_connection_and_nothing_else_does() {
         &["SET", "k", "stolen"],
         &["INFO"],
         &["INFO", "raft"],
+        &["info", "all"],
+        &["INFO", "server"],
         &["CONFIG", "GET", "save"],
         &["TALLY", "SNAPSHOT"],
         &["ECHO", "hi"],

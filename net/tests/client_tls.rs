@@ -1,6 +1,7 @@
 //! TLS on the client port (`--client-tls-cert`, `--client-tls-key`, `--client-tls-ca`)
 //! of a real `tally-server`: a rustls client and `redis-cli --tls` are served; a plain
-//! client is not; with a client CA, only certificates that CA signed get in.
+//! client is not; with a client CA, only certificates that CA signed get in; a handshake
+//! left unfinished is cut at its deadline and frees its `--max-clients` slot.
 //! Certificates are generated per test (rcgen).
 
 mod common;
@@ -305,4 +306,72 @@ fn with_a_client_ca_only_certificates_it_signed_are_accepted() {
         ];
         assert_ne!(redis_cli(port, &foreign, &["GET", "k"]), "v");
     }
+}
+
+#[test]
+fn a_client_that_never_finishes_its_tls_handshake_is_cut_and_frees_its_slot() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    let ca = new_ca("Tally test CA");
+    let ca_path = write_ca(&ca, certs.path(), "ca");
+    let (cert, key) = issue(&ca, certs.path(), "server", false);
+    // Three client slots: one for a served client, two taken by connections stuck in
+    // their handshake; without a deadline they would lock everyone else out.
+    let cluster = Cluster::start_with_args(
+        1,
+        &[
+            "--client-tls-cert",
+            cert.to_str().expect("utf-8"),
+            "--client-tls-key",
+            key.to_str().expect("utf-8"),
+            "--max-clients",
+            "3",
+        ],
+    );
+    let port = cluster.member(1).client_port;
+    let mut served = wait_for_tls_leader(port, &ca_path, None);
+    // The start of a ClientHello record (type, version, length 0x80), then silence.
+    let mut stalled = wait_until("a slot is free", || {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+        stream.write_all(&[0x16, 0x03, 0x01, 0x00, 0x80]).ok()?;
+        Some(stream)
+    });
+    // A trickler: a 16 KiB record announced, then one byte every 200 ms, never done.
+    let trickler = std::thread::spawn(move || {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let started = std::time::Instant::now();
+        let mut wire = vec![0x16, 0x03, 0x01, 0x40, 0x00];
+        while started.elapsed() < DEADLINE {
+            if stream.write_all(&wire).is_err() {
+                return true;
+            }
+            wire = vec![0x01];
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        false
+    });
+    stalled.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let mut received = Vec::new();
+    match stalled.read_to_end(&mut received) {
+        Ok(_) => {}
+        Err(error) => assert!(
+            !matches!(
+                error.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "the server never closed the unfinished handshake: {error}"
+        ),
+    }
+    assert!(
+        trickler.join().expect("trickler"),
+        "the server never closed the trickled handshake"
+    );
+    // The slots they held serve a real client again.
+    let mut client = wait_until("a TLS client is served again", || {
+        let mut client = TlsClient::connect(port, &ca_path, None).ok()?;
+        (client.call(&["PING"]).ok()? == pong()).then_some(client)
+    });
+    assert_eq!(client.call(&["SET", "after", "cut"]).expect("SET"), ok());
+    assert_eq!(served.call(&["GET", "after"]).expect("GET"), bulk("cut"));
+    let log = std::fs::read_to_string(&cluster.member(1).log).expect("log");
+    assert!(log.contains("TLS handshake passed its deadline"), "{log}");
 }

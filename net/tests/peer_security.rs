@@ -17,10 +17,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use crossbeam_channel::Receiver;
+use tally_net::cluster_id::{settle_cluster_id, ClusterIdStart};
 use tally_net::frame::{encode_frame, FrameReader};
 use tally_net::handshake::{
-    decode_reject, ClusterSecret, Hello, RejectReason, HANDSHAKE_VERSION, MSG_CHALLENGE, MSG_HELLO,
-    MSG_PROOF, MSG_REJECT, NONCE_BYTES,
+    decode_reject, ClusterSecret, Hello, RejectReason, ASK_CLUSTER_ID, HANDSHAKE_VERSION,
+    MSG_CHALLENGE, MSG_HELLO, MSG_PROOF, MSG_REJECT, NONCE_BYTES,
 };
 use tally_net::peer_tls::PeerTls;
 use tally_net::transport::{
@@ -188,6 +189,129 @@ fn a_dialer_without_the_secret_or_with_a_wrong_one_gets_no_message_in_and_is_cou
     deliver_through(&good, 2, &inbound_b, b"authenticated");
     good.shutdown();
     b.shutdown();
+}
+
+/// Sends `hello` to `target`, answers the challenge with a proof made with `key` (the
+/// right secret: only the HELLO's claims are wrong) and returns the verdict.
+fn verdict_for(target: SocketAddr, hello: &Hello, key: &ClusterSecret) -> tally_net::frame::Frame {
+    let stream = TcpStream::connect(target).expect("connect");
+    stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let payload = hello.encode();
+    let mut wire = Vec::new();
+    encode_frame(MSG_HELLO, 0, &payload, 4096, &mut wire).expect("encode");
+    (&stream).write_all(&wire).expect("send");
+    let mut reader = FrameReader::new(&stream, 4096);
+    let challenge = reader.read_frame().expect("challenged like anyone");
+    assert_eq!(challenge.msg_type, MSG_CHALLENGE, "{hello:?}");
+    let nonce: [u8; NONCE_BYTES] = challenge.payload.as_ref().try_into().expect("nonce");
+    let mut proof = Vec::new();
+    encode_frame(
+        MSG_PROOF,
+        0,
+        &key.dialer_proof(&payload, &nonce),
+        4096,
+        &mut proof,
+    )
+    .expect("encode");
+    (&stream).write_all(&proof).expect("send proof");
+    reader.read_frame().expect("a verdict")
+}
+
+#[test]
+fn with_a_secret_a_wrong_cluster_a_wrong_target_and_a_cluster_id_question_get_one_silent_refusal() {
+    let listener_b = listener();
+    let addr_b = addr(&listener_b);
+    let mut config_b = config(2, vec![(1, "127.0.0.1:9".parse().expect("addr"))]);
+    config_b.cluster_secret = Some(secret(1));
+    let (b, inbound_b) = start(config_b, listener_b);
+    let right = Hello {
+        version: HANDSHAKE_VERSION,
+        cluster_id: CLUSTER,
+        from_node: 1,
+        to_node: 2,
+        nonce: [7; NONCE_BYTES],
+        client_addr: String::new(),
+        incarnation: 0,
+    };
+    for (what, wrong) in [
+        (
+            "another cluster",
+            Hello {
+                cluster_id: CLUSTER + 1,
+                ..right.clone()
+            },
+        ),
+        (
+            "another target",
+            Hello {
+                to_node: 3,
+                ..right.clone()
+            },
+        ),
+        (
+            "an unknown sender",
+            Hello {
+                from_node: 9,
+                ..right.clone()
+            },
+        ),
+        (
+            "a cluster id question",
+            Hello {
+                cluster_id: ASK_CLUSTER_ID,
+                ..right.clone()
+            },
+        ),
+    ] {
+        let verdict = verdict_for(addr_b, &wrong, &secret(1));
+        assert_eq!(verdict.msg_type, MSG_REJECT, "{what}: never the cluster id");
+        assert_says_nothing(&verdict);
+    }
+    // The same exchange with the right claims passes: only the claims made the difference.
+    let verdict = verdict_for(addr_b, &right, &secret(1));
+    assert_eq!(verdict.msg_type, tally_net::handshake::MSG_ACCEPT);
+    assert!(inbound_b.try_recv().is_err());
+    assert_eq!(b.inbound_stats().rejected_handshakes, 4);
+    b.shutdown();
+}
+
+#[test]
+fn a_new_member_learns_the_cluster_id_from_a_member_without_a_secret_over_tcp_and_tls() {
+    let ca = ca();
+    for use_tls in [false, true] {
+        let listener_b = listener();
+        let addr_b = addr(&listener_b);
+        let mut config_b = config(2, vec![(1, "127.0.0.1:9".parse().expect("addr"))]);
+        if use_tls {
+            config_b.tls = Some(tls(&ca, 2, &ca));
+        }
+        let (b, inbound_b) = start(config_b, listener_b);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let asker_tls = use_tls.then(|| tls(&ca, 3, &ca));
+        // Node 3 is not a member node 2 knows: a --join node asks before it is added.
+        let learned = settle_cluster_id(&ClusterIdStart {
+            dir: dir.path(),
+            configured: None,
+            secret: None,
+            node_id: 3,
+            peers: &[(2, addr_b)],
+            join: true,
+            restore: false,
+            tls: asker_tls.as_ref(),
+        })
+        .expect("learned");
+        assert_eq!(learned, CLUSTER, "tls: {use_tls}");
+        let stored = std::fs::read_to_string(dir.path().join("cluster-id")).expect("stored");
+        assert_eq!(stored.trim(), format!("{CLUSTER:#x}"));
+        let stats = b.inbound_stats();
+        assert_eq!(
+            stats.accepted_connections, 0,
+            "a question is no connection: {stats:?}"
+        );
+        assert_eq!(stats.rejected_handshakes, 0, "{stats:?}");
+        assert!(inbound_b.try_recv().is_err());
+        b.shutdown();
+    }
 }
 
 #[test]
@@ -441,6 +565,38 @@ fn gen_secret_writes_a_private_file_once_and_members_derive_one_stored_cluster_i
     });
     let log = std::fs::read_to_string(&member.log).expect("log");
     assert!(log.contains("belongs to cluster"), "{log}");
+}
+
+fn wait_until_ready(member: &common::Member) -> String {
+    wait_until("the member logs that it is ready", || {
+        let log = std::fs::read_to_string(&member.log).ok()?;
+        log.contains("tally-server ready").then_some(log)
+    })
+}
+
+#[test]
+fn a_member_without_a_secret_or_tls_says_once_that_its_peer_port_is_open() {
+    let mut open = Cluster::start_with_stopped(1, |_, _, port| port);
+    open.member_mut(1).secret_file = None;
+    open.member_mut(1).spawn();
+    let mut secured = Cluster::start_with_stopped(1, |_, _, port| port);
+    secured.use_cluster_secret();
+    secured.member_mut(1).spawn();
+
+    let log = wait_until_ready(open.member(1));
+    let port = open.member(1).peer_port;
+    let warning = format!(
+        "PEER PORT OPEN: no --cluster-secret-file and no peer TLS, so any process that can reach 127.0.0.1:{port} can act as a cluster member"
+    );
+    assert_eq!(log.matches("PEER PORT OPEN").count(), 1, "{log}");
+    assert!(log.contains(&warning), "{log}");
+    assert!(log.contains("NONE (peer port open)"), "{log}");
+    let log = wait_until_ready(secured.member(1));
+    assert!(!log.contains("PEER PORT OPEN"), "{log}");
+    assert!(
+        log.contains("peer_auth=\"cluster secret\"") || log.contains("peer_auth=cluster secret"),
+        "{log}"
+    );
 }
 
 /// A forger's HELLO (no secret) to a real member's peer port, claiming a peer's id.

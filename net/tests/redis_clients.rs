@@ -296,3 +296,101 @@ fn multi_queues_and_watch_sets_are_bounded_by_the_command_limits() {
     );
     raw_call(&mut c, &["EXISTS", "a", "b"], b":0\r\n");
 }
+
+/// Reads raw reply bytes until they end with `tail` (or the read deadline passes).
+fn read_raw_until(client: &mut Client, tail: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !got.ends_with(tail) {
+        match client.stream.read(&mut chunk) {
+            Ok(0) => panic!("server closed after {:?}", String::from_utf8_lossy(&got)),
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+            Err(e) => panic!("{e} after {:?}", String::from_utf8_lossy(&got)),
+        }
+    }
+    got
+}
+
+/// Replaces the digits after `id\r\n:` (the connection id in a HELLO map) with `N`.
+fn mask_connection_id(reply: &[u8]) -> String {
+    let text = String::from_utf8_lossy(reply).into_owned();
+    let marker = "$2\r\nid\r\n:";
+    let Some(start) = text.find(marker).map(|at| at + marker.len()) else {
+        return text;
+    };
+    let digits = text[start..].bytes().take_while(u8::is_ascii_digit).count();
+    format!("{}N{}", &text[..start], &text[start + digits..])
+}
+
+/// go-redis v9 cannot be fetched on this machine (the Go module proxy is not among the
+/// reachable registries), so this replays what its `initConn` sends with default
+/// options, as it sends it: lower-case `hello 3` alone, then one write holding
+/// `client setinfo lib-name` and `lib-ver`, then a `TxPipelined` (MULTI ... EXEC in one
+/// write) and a `Watch` transaction; every reply must be what go-redis parses.
+#[test]
+fn go_redis_v9_default_connection_sequence_gets_the_replies_it_parses() {
+    let cluster = Cluster::start(3);
+    let port = leader_port(&cluster);
+    let mut c = Client::connect(port).expect("connect");
+    let write = |c: &mut Client, commands: &[&[&str]]| {
+        let mut out = Vec::new();
+        for args in commands {
+            let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+            tally_net::resp::write_command(&mut out, &args);
+        }
+        c.send_raw(&out);
+    };
+    write(&mut c, &[&["hello", "3"]]);
+    let hello = read_raw_until(&mut c, b"$7\r\nmodules\r\n*0\r\n");
+    assert_eq!(
+        mask_connection_id(&hello),
+        "%7\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$5\r\n7.0.0\r\n\
+         $5\r\nproto\r\n:3\r\n$2\r\nid\r\n:N\r\n$4\r\nmode\r\n$10\r\nstandalone\r\n\
+         $4\r\nrole\r\n$6\r\nmaster\r\n$7\r\nmodules\r\n*0\r\n"
+    );
+    write(
+        &mut c,
+        &[
+            &["client", "setinfo", "LIB-NAME", "go-redis(,go1.22.5)"],
+            &["client", "setinfo", "LIB-VER", "9.7.0"],
+        ],
+    );
+    assert_eq!(read_raw_until(&mut c, b"+OK\r\n+OK\r\n"), b"+OK\r\n+OK\r\n");
+    // TxPipelined: MULTI, the queued commands and EXEC in one write.
+    write(
+        &mut c,
+        &[
+            &["multi"],
+            &["set", "go:key", "value", "ex", "600"],
+            &["incr", "go:counter"],
+            &["get", "go:missing"],
+            &["exec"],
+        ],
+    );
+    let tx = b"+OK\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n*3\r\n+OK\r\n:1\r\n_\r\n";
+    assert_eq!(
+        String::from_utf8_lossy(&read_raw_until(&mut c, b"_\r\n")),
+        String::from_utf8_lossy(tx)
+    );
+    // Watch(fn, key): WATCH, GET inside fn, then a TxPipelined that must fail with the
+    // RESP3 null (go-redis's TxFailedErr) after another client changed the key.
+    write(&mut c, &[&["watch", "go:counter"], &["get", "go:counter"]]);
+    assert_eq!(
+        read_raw_until(&mut c, b"$1\r\n1\r\n"),
+        b"+OK\r\n$1\r\n1\r\n"
+    );
+    let mut other = Client::connect(port).expect("connect");
+    assert_eq!(other.call(&["INCR", "go:counter"]), RespValue::Integer(2));
+    write(
+        &mut c,
+        &[&["multi"], &["set", "go:counter", "100"], &["exec"]],
+    );
+    assert_eq!(read_raw_until(&mut c, b"_\r\n"), b"+OK\r\n+QUEUED\r\n_\r\n");
+    assert_eq!(other.call(&["GET", "go:counter"]), bulk("2"));
+    let ttl = other.call(&["TTL", "go:key"]);
+    assert!(
+        matches!(ttl, RespValue::Integer(seconds) if (500..=600).contains(&seconds)),
+        "TTL after SET EX 600 inside the transaction: {ttl:?}"
+    );
+}

@@ -32,6 +32,8 @@
 //! | 25 | KEYS | pattern |
 //! | 26 | SCAN | u64 cursor, flag + pattern, u32 count (>= 1) |
 //! | 27, 28 | DBSIZE, FLUSHALL | nothing |
+//! | 32 | EXPIRYBACKLOG (internal read) | nothing |
+//! | 33 | PURGEEXPIRED (internal write) | u32 max (1..=1024) |
 //! | 29 | RENAME | from to, flag NX |
 //! | 31 | MULTI | u64 watch_index, list (>= 0) of (flag existed, key), list (>= 0) of commands (opcode + arguments; no MULTI, no WATCH) |
 //!
@@ -41,7 +43,7 @@
 
 use super::command::{
     ClientSession, Command, ExpireCondition, Expiry, GetExTtl, KvLimits, Request, SetCondition,
-    SetOptions, SetTtl, WatchedKey,
+    SetOptions, SetTtl, WatchedKey, MAX_PURGE_KEYS,
 };
 
 /// Version byte of a request without a time stamp (what [`encode_request`] writes).
@@ -82,6 +84,8 @@ const OP_FLUSHALL: u8 = 28;
 const OP_RENAME: u8 = 29;
 const OP_WATCH: u8 = 30;
 const OP_MULTI: u8 = 31;
+const OP_EXPIRY_BACKLOG: u8 = 32;
+const OP_PURGE_EXPIRED: u8 = 33;
 
 const EXPIRY_AFTER: u8 = 2;
 const EXPIRY_AT: u8 = 3;
@@ -117,6 +121,8 @@ fn opcode(command: &Command<'_>) -> u8 {
         Command::Scan { .. } => OP_SCAN,
         Command::DbSize => OP_DBSIZE,
         Command::FlushAll => OP_FLUSHALL,
+        Command::ExpiryBacklog => OP_EXPIRY_BACKLOG,
+        Command::PurgeExpired { .. } => OP_PURGE_EXPIRED,
         Command::Rename { .. } => OP_RENAME,
         Command::Watch { .. } => OP_WATCH,
         Command::Multi { .. } => OP_MULTI,
@@ -335,7 +341,8 @@ fn put_command(out: &mut Vec<u8>, command: &Command<'_>) {
             }
             out.extend_from_slice(&count.to_le_bytes());
         }
-        Command::DbSize | Command::FlushAll => {}
+        Command::DbSize | Command::FlushAll | Command::ExpiryBacklog => {}
+        Command::PurgeExpired { max } => out.extend_from_slice(&max.to_le_bytes()),
         Command::Rename {
             from,
             to,
@@ -458,7 +465,15 @@ fn check_encode_args(
             }
             pattern.map_or(Ok(()), check_len)
         }
-        Command::DbSize | Command::FlushAll => Ok(()),
+        Command::DbSize | Command::FlushAll | Command::ExpiryBacklog => Ok(()),
+        Command::PurgeExpired { max } => {
+            if *max == 0 || *max > MAX_PURGE_KEYS {
+                return Err(KvEncodeError::Unencodable(
+                    "PURGEEXPIRED max outside 1..=1024",
+                ));
+            }
+            Ok(())
+        }
         Command::Multi {
             watched, commands, ..
         } => {
@@ -713,6 +728,19 @@ impl<'a> Cursor<'a> {
             OP_SCAN => self.scan()?,
             OP_DBSIZE => Command::DbSize,
             OP_FLUSHALL => Command::FlushAll,
+            OP_EXPIRY_BACKLOG => Command::ExpiryBacklog,
+            OP_PURGE_EXPIRED => {
+                let offset = self.offset;
+                let max = self.u32()?;
+                if max == 0 || max > MAX_PURGE_KEYS {
+                    return Err(KvDecodeError::InvalidField {
+                        field: "purge max",
+                        value: u64::from(max),
+                        offset,
+                    });
+                }
+                Command::PurgeExpired { max }
+            }
             OP_RENAME => Command::Rename {
                 from: self.bytes()?,
                 to: self.bytes()?,

@@ -28,6 +28,10 @@ impl Default for KvLimits {
     }
 }
 
+/// Most keys one [`Command::PurgeExpired`] entry removes (and [`Command::ExpiryBacklog`]
+/// counts): bounds the work of one entry on every replica's apply thread.
+pub const MAX_PURGE_KEYS: u32 = 1024;
+
 /// Identifies a client's request for duplicate detection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ClientSession {
@@ -194,6 +198,16 @@ pub enum Command<'a> {
     DbSize,
     /// `FLUSHDB` / `FLUSHALL` -> `OK`.
     FlushAll,
+    /// Internal (no RESP name), read-only: `[stored keys, expired keys still stored]`
+    /// (the second counted up to [`MAX_PURGE_KEYS`]): what the leader's expiry sweep
+    /// asks before it proposes [`Command::PurgeExpired`].
+    ExpiryBacklog,
+    /// Internal (no RESP name), a write: removes up to `max` (at most
+    /// [`MAX_PURGE_KEYS`]) keys expired at the entry's log time, earliest first ->
+    /// the number removed. The leader proposes it, stamped with its clock, while
+    /// expired keys are stored, so memory is freed by replicated entries even when
+    /// writes stop, never by a replica's own clock.
+    PurgeExpired { max: u32 },
     /// `RENAME from to` (`OK`) / `RENAMENX` (1 or 0).
     Rename {
         from: &'a [u8],
@@ -228,6 +242,7 @@ impl Command<'_> {
                 | Command::Keys { .. }
                 | Command::Scan { .. }
                 | Command::DbSize
+                | Command::ExpiryBacklog
                 | Command::Watch { .. }
         )
     }
@@ -262,6 +277,8 @@ impl Command<'_> {
             Command::Scan { .. } => "scan",
             Command::DbSize => "dbsize",
             Command::FlushAll => "flushall",
+            Command::ExpiryBacklog => "expirybacklog",
+            Command::PurgeExpired { .. } => "purgeexpired",
             Command::Rename { .. } => "rename",
             Command::Watch { .. } => "watch",
             Command::Multi { .. } => "exec",

@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use super::command::{
     Command, ExpireCondition, Expiry, GetExTtl, KvError, KvLimits, KvResponse, SetCondition,
-    SetOptions, SetTtl, WatchedKey,
+    SetOptions, SetTtl, WatchedKey, MAX_PURGE_KEYS,
 };
 use super::glob::glob_match;
 use super::machine::{parse_redis_integer, DataKey, DataMap, ExpiryIndex, Value};
@@ -199,6 +199,18 @@ impl Keyspace {
                     .count();
                 KvResponse::Integer(self.data.len().saturating_sub(expired) as i64)
             }
+            Command::ExpiryBacklog => {
+                let expired = self
+                    .expiries
+                    .iter()
+                    .take_while(|(at, _)| *at <= now_ms)
+                    .take(MAX_PURGE_KEYS as usize)
+                    .count();
+                KvResponse::Nested(vec![
+                    KvResponse::Integer(self.data.len() as i64),
+                    KvResponse::Integer(expired as i64),
+                ])
+            }
             Command::Watch { keys } => KvResponse::Watched {
                 index: applied_index,
                 exists: keys
@@ -353,6 +365,12 @@ impl Keyspace {
             Command::FlushAll => {
                 self.clear(index);
                 KvResponse::Ok
+            }
+            Command::PurgeExpired { max } => {
+                let before = self.data.len();
+                let max = (*max).min(MAX_PURGE_KEYS) as usize;
+                self.remove_expired(now_ms, index, max);
+                KvResponse::Integer((before - self.data.len()) as i64)
             }
             Command::Rename {
                 from,

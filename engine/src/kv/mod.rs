@@ -65,7 +65,7 @@ pub use codec::{
 };
 pub use command::{
     ClientSession, Command, ExpireCondition, Expiry, GetExTtl, KvError, KvLimits, KvResponse,
-    Request, SetCondition, SetOptions, SetTtl, WatchedKey,
+    Request, SetCondition, SetOptions, SetTtl, WatchedKey, MAX_PURGE_KEYS,
 };
 pub use machine::{parse_redis_integer, KvReadView, KvStateMachine, EXPIRE_PER_ENTRY};
 pub use snapshot::{read_stream, KvSnapshotContents, KvSnapshotSession};

@@ -1,13 +1,14 @@
-//! `ledger`: starts a 3-replica ledger cluster in this process, runs concurrent
-//! transfers from several clients while the leader is stopped and restarted, and checks
-//! the books at the end: money is neither created nor lost, no balance went below zero,
-//! and every replica agrees.
+//! `ledger`: starts a 3-member ledger cluster in this process (each member a Tally
+//! server with the ledger's line-protocol front end on its own loopback port, a shared
+//! cluster secret between members), runs concurrent transfers from several clients over
+//! TCP while the leader is stopped and restarted, and checks the books at the end: money
+//! is neither created nor lost, no balance went below zero.
 
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use rand::Rng;
-use tally_ledger_example::cluster::{LedgerClient, LocalCluster};
+use tally_ledger_example::cluster::{ClusterOptions, LedgerClient, LocalCluster};
 use tally_ledger_example::ledger::LedgerReply;
 
 #[derive(Parser, Debug)]
@@ -58,16 +59,26 @@ fn run(args: &Args) -> Result<(), String> {
         .dir
         .clone()
         .unwrap_or_else(|| temp.path().to_path_buf());
-    let cluster = LocalCluster::start(&root, 3, 2000).map_err(|e| e.to_string())?;
+    let options = ClusterOptions {
+        snapshot_every: 2000,
+        ..ClusterOptions::default()
+    };
+    let cluster = LocalCluster::start(&root, &options).map_err(|e| e.to_string())?;
     let leader = cluster
         .wait_for_leader(Duration::from_secs(30))
         .ok_or("no leader elected")?;
+    let addrs: Vec<String> = cluster
+        .client_addrs()
+        .iter()
+        .map(|addr| addr.to_string())
+        .collect();
     println!(
-        "cluster: 3 replicas under {}, leader {leader}",
-        root.display()
+        "cluster: 3 members under {}, clients at {}, leader {leader}",
+        root.display(),
+        addrs.join(" ")
     );
 
-    let mut setup = LedgerClient::new(&cluster);
+    let mut setup = LedgerClient::new(cluster.client_addrs());
     for account in 0..args.accounts {
         match setup
             .execute(&format!("open acct{account} {INITIAL_BALANCE}"))
@@ -108,17 +119,59 @@ fn run(args: &Args) -> Result<(), String> {
     };
     let expected = args.accounts as u64 * INITIAL_BALANCE;
     println!("total: {total} (expected {expected})");
-    cluster.shutdown().map_err(|e| e.to_string())?;
     if total != expected {
         return Err(format!("the books do not balance: {total} != {expected}"));
+    }
+    let restored_total = snapshot_and_restore(&cluster)?;
+    cluster.shutdown().map_err(|e| e.to_string())?;
+    if restored_total != expected {
+        return Err(format!(
+            "the restored books do not balance: {restored_total} != {expected}"
+        ));
     }
     println!("ok: no money created or lost");
     Ok(())
 }
 
+/// Takes a snapshot on the leader, seeds a new one-member cluster from the file and
+/// returns the total it reports.
+fn snapshot_and_restore(cluster: &LocalCluster) -> Result<u64, String> {
+    let leader = cluster
+        .wait_for_leader(Duration::from_secs(30))
+        .ok_or("no leader for the snapshot")?;
+    let taken = cluster
+        .handle(leader)
+        .ok_or("the leader stopped")?
+        .snapshot_now()
+        .map_err(|e| format!("snapshot: {e}"))?;
+    let scratch = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
+    let copy = scratch.path().join(&taken.name);
+    std::fs::copy(&taken.path, &copy).map_err(|e| format!("copy {}: {e}", taken.path))?;
+    let options = ClusterOptions {
+        size: 1,
+        restore_from: Some(copy),
+        ..ClusterOptions::default()
+    };
+    let restored = LocalCluster::start(&scratch.path().join("restored"), &options)
+        .map_err(|e| e.to_string())?;
+    let total = match LedgerClient::new(restored.client_addrs())
+        .query("total")
+        .map_err(|e| e.to_string())?
+    {
+        LedgerReply::Amount(total) => total,
+        other => return Err(format!("total answered {other:?}")),
+    };
+    println!(
+        "snapshot at index {} ({} bytes) restored into a new one-member cluster: total {total}",
+        taken.index, taken.size_bytes
+    );
+    restored.shutdown().map_err(|e| e.to_string())?;
+    Ok(total)
+}
+
 /// One client's random transfers; returns (applied, refused, retried attempts).
 fn transfers(cluster: &LocalCluster, accounts: usize, count: usize) -> (u64, u64, u64) {
-    let mut client = LedgerClient::new(cluster);
+    let mut client = LedgerClient::new(cluster.client_addrs());
     let mut rng = rand::thread_rng();
     let (mut applied, mut refused) = (0, 0);
     for _ in 0..count {

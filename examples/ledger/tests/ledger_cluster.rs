@@ -1,22 +1,26 @@
-//! The example database as a user would run it: three replicas over loopback TCP, an
-//! exactly-once client, leaders stopped in the middle of requests.
+//! The example database as a user would run it: three members over loopback TCP (a
+//! cluster secret between them), clients speaking the ledger's line protocol with
+//! exactly-once sessions, leaders stopped in the middle of requests.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use tally_ledger_example::cluster::{LedgerClient, LocalCluster};
+use tally_ledger_example::cluster::{
+    AttemptOutcome, ClusterOptions, LedgerClient, LocalCluster, PendingAttempt,
+};
 use tally_ledger_example::ledger::LedgerReply;
 
 /// Generous: only a hung cluster reaches it (tests never assert on timing).
 const PATIENCE: Duration = Duration::from_secs(60);
 
-fn balance(client: &mut LedgerClient<'_>, account: &str) -> u64 {
+fn balance(client: &mut LedgerClient, account: &str) -> u64 {
     match client.query(&format!("balance {account}")).expect("query") {
         LedgerReply::Amount(amount) => amount,
         other => panic!("balance {account} answered {other:?}"),
     }
 }
 
-fn open_accounts(client: &mut LedgerClient<'_>, accounts: &[(&str, u64)]) {
+fn open_accounts(client: &mut LedgerClient, accounts: &[(&str, u64)]) {
     for (name, initial) in accounts {
         assert_eq!(
             client
@@ -27,12 +31,48 @@ fn open_accounts(client: &mut LedgerClient<'_>, accounts: &[(&str, u64)]) {
     }
 }
 
+/// Polls until `member`'s front end handed `at_least` proposals to its node.
+fn wait_for_proposals(cluster: &LocalCluster, member: u64, at_least: u64) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let seen = cluster
+            .with_member(member, |server| {
+                server
+                    .front_end()
+                    .counters()
+                    .proposals
+                    .load(Ordering::Acquire)
+            })
+            .expect("member running");
+        if seen >= at_least {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the request never reached the node"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn proposals(cluster: &LocalCluster, member: u64) -> u64 {
+    cluster
+        .with_member(member, |server| {
+            server
+                .front_end()
+                .counters()
+                .proposals
+                .load(Ordering::Acquire)
+        })
+        .expect("member running")
+}
+
 #[test]
 fn a_retry_of_a_committed_transfer_after_its_leader_died_is_not_applied_again() {
     let root = tempfile::tempdir().expect("tempdir");
-    let cluster = LocalCluster::start(root.path(), 3, 0).expect("start");
+    let cluster = LocalCluster::start(root.path(), &ClusterOptions::default()).expect("start");
     let first_leader = cluster.wait_for_leader(PATIENCE).expect("leader");
-    let mut client = LedgerClient::new(&cluster);
+    let mut client = LedgerClient::new(cluster.client_addrs());
     open_accounts(&mut client, &[("alice", 100), ("bob", 0)]);
     let transfer = client.prepare("transfer alice bob 10");
     assert_eq!(client.send(&transfer).expect("transfer"), LedgerReply::Done);
@@ -47,42 +87,94 @@ fn a_retry_of_a_committed_transfer_after_its_leader_died_is_not_applied_again() 
 }
 
 #[test]
-fn a_transfer_whose_leader_is_stopped_before_replying_is_applied_exactly_once_after_retries() {
+fn a_transfer_answered_unknown_whose_retry_loses_its_leader_too_is_applied_exactly_once() {
     let root = tempfile::tempdir().expect("tempdir");
-    let cluster = LocalCluster::start(root.path(), 3, 0).expect("start");
-    cluster.wait_for_leader(PATIENCE).expect("leader");
-    let mut client = LedgerClient::new(&cluster);
-    open_accounts(&mut client, &[("alice", 1000), ("bob", 0)]);
-    const ROUNDS: u64 = 3;
-    for round in 0..ROUNDS {
-        let leader = cluster.wait_for_leader(PATIENCE).expect("leader");
-        let transfer = client.prepare("transfer alice bob 7");
-        // Hand the request to the leader and stop it at once: the proposal may be lost,
-        // or replicated and committed by the next leader; the client cannot know.
-        let handle = cluster.handle(leader).expect("leader handle");
-        let (sender, _unheard) = crossbeam_channel::bounded(1);
-        handle.propose(
-            transfer.bytes.clone(),
-            tally_engine::runtime::ReplyTo::new(0, sender),
-        );
-        // A handle keeps the node's WAL (and its directory lock) alive: let go of it.
-        drop(handle);
-        cluster.stop(leader).expect("stop the leader");
-        assert_eq!(client.send(&transfer).expect("retry"), LedgerReply::Done);
-        // A second, redundant retry changes nothing either.
-        assert_eq!(
-            client.send(&transfer).expect("retry again"),
-            LedgerReply::Done
-        );
-        cluster.restart(leader).expect("restart");
-        assert_eq!(
-            balance(&mut client, "bob"),
-            7 * (round + 1),
-            "round {round}"
-        );
+    // A long election timeout: the leader left without followers must still be leader
+    // (not yet stepped down by check-quorum) when the transfer reaches it.
+    let options = ClusterOptions {
+        election_timeout_ms: 2_000,
+        ..ClusterOptions::default()
+    };
+    let cluster = LocalCluster::start(root.path(), &options).expect("start");
+    let mut client = LedgerClient::new(cluster.client_addrs());
+    open_accounts(&mut client, &[("alice", 100), ("bob", 0)]);
+    let first = cluster.wait_for_leader(PATIENCE).expect("leader");
+    let followers: Vec<u64> = cluster
+        .ids()
+        .into_iter()
+        .filter(|id| *id != first)
+        .collect();
+    // 1. Without its followers the leader cannot commit: the transfer stays in its log
+    //    only, and stopping it answers the client UNKNOWN.
+    for follower in &followers {
+        cluster.stop(*follower).expect("stop a follower");
     }
-    assert_eq!(balance(&mut client, "alice"), 1000 - 7 * ROUNDS);
+    let transfer = client.prepare("transfer alice bob 10");
+    let line = LedgerClient::propose_line(&transfer);
+    let before = proposals(&cluster, first);
+    let attempt = PendingAttempt::send(
+        cluster.client_addr(first).expect("address"),
+        &line,
+        PATIENCE,
+    )
+    .expect("send to the leader");
+    wait_for_proposals(&cluster, first, before + 1);
+    cluster.stop(first).expect("stop the leader");
+    let outcome = attempt.outcome();
+    assert!(
+        matches!(outcome, AttemptOutcome::Unknown | AttemptOutcome::Lost),
+        "a write its leader could not commit must come back unknown, got {outcome:?}"
+    );
+    // 2. The followers elect a new leader (without the entry); the retry reaches it, and
+    //    that leader is stopped too, before its reply is read.
+    for follower in &followers {
+        cluster.restart(*follower).expect("restart a follower");
+    }
+    let second = cluster.wait_for_leader(PATIENCE).expect("a second leader");
+    assert_ne!(second, first);
+    let before = proposals(&cluster, second);
+    let retry = PendingAttempt::send(
+        cluster.client_addr(second).expect("address"),
+        &line,
+        PATIENCE,
+    )
+    .expect("send the retry");
+    wait_for_proposals(&cluster, second, before + 1);
+    cluster.stop(second).expect("stop the second leader");
+    // Done if it committed in time, else unknown: the client cannot tell.
+    let _ = retry.outcome();
+    // 3. The first leader comes back (a quorum again; its uncommitted entry is
+    //    overwritten or committed, never both); the client retries until answered.
+    cluster.restart(first).expect("restart the first leader");
+    assert_eq!(client.send(&transfer).expect("retry"), LedgerReply::Done);
+    cluster.restart(second).expect("restart the second leader");
+    assert_eq!(
+        client.send(&transfer).expect("a redundant retry"),
+        LedgerReply::Done
+    );
+    assert_eq!(balance(&mut client, "bob"), 10, "the transfer moved once");
+    assert_eq!(balance(&mut client, "alice"), 90);
+    // Every member agrees once caught up: lead from each in turn.
+    for member in cluster.ids() {
+        move_leadership(&cluster, member);
+        assert_eq!(balance(&mut client, "bob"), 10, "as seen led by {member}");
+    }
     cluster.shutdown().expect("shutdown");
+}
+
+/// Transfers leadership to `target` and waits until it leads.
+fn move_leadership(cluster: &LocalCluster, target: u64) {
+    let deadline = Instant::now() + PATIENCE;
+    while cluster.leader() != Some(target) {
+        assert!(
+            Instant::now() < deadline,
+            "leadership never moved to {target}"
+        );
+        if let Some(current) = cluster.leader().and_then(|id| cluster.handle(id)) {
+            current.transfer_leadership(target);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]
@@ -90,10 +182,14 @@ fn concurrent_transfers_never_overdraw_and_a_member_restored_from_a_snapshot_agr
     let root = tempfile::tempdir().expect("tempdir");
     // A snapshot every 40 entries, 20 kept below it: a member stopped for a while
     // catches up by snapshot installation.
-    let cluster = LocalCluster::start(root.path(), 3, 40).expect("start");
+    let options = ClusterOptions {
+        snapshot_every: 40,
+        ..ClusterOptions::default()
+    };
+    let cluster = LocalCluster::start(root.path(), &options).expect("start");
     cluster.wait_for_leader(PATIENCE).expect("leader");
     let accounts = ["a", "b", "c", "d"];
-    let mut setup = LedgerClient::new(&cluster);
+    let mut setup = LedgerClient::new(cluster.client_addrs());
     open_accounts(&mut setup, &accounts.map(|name| (name, 50)));
     let leader = cluster.wait_for_leader(PATIENCE).expect("leader");
     let lagging = cluster
@@ -105,9 +201,9 @@ fn concurrent_transfers_never_overdraw_and_a_member_restored_from_a_snapshot_agr
     let refused: u64 = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..3)
             .map(|worker| {
-                let cluster = &cluster;
+                let addrs = cluster.client_addrs();
                 scope.spawn(move || {
-                    let mut client = LedgerClient::new(cluster);
+                    let mut client = LedgerClient::new(addrs);
                     let mut refused = 0;
                     for step in 0..60usize {
                         let from = accounts[(worker + step) % 4];
@@ -134,10 +230,7 @@ fn concurrent_transfers_never_overdraw_and_a_member_restored_from_a_snapshot_agr
         refused > 0,
         "30-unit transfers out of 50-unit accounts must hit overdrafts"
     );
-    for name in accounts {
-        // u64 balances cannot go negative; the sum shows nothing was created or lost.
-        let _ = balance(&mut setup, name);
-    }
+    // u64 balances cannot go negative; the sum shows nothing was created or lost.
     let total: u64 = accounts.iter().map(|name| balance(&mut setup, name)).sum();
     assert_eq!(total, 200);
 
@@ -147,18 +240,22 @@ fn concurrent_transfers_never_overdraw_and_a_member_restored_from_a_snapshot_agr
     let leader_handle = cluster
         .handle(cluster.wait_for_leader(PATIENCE).expect("leader"))
         .expect("handle");
-    let target = leader_handle
-        .status()
-        .commit_index
-        .load(std::sync::atomic::Ordering::Acquire);
-    let lagging_handle = cluster.handle(lagging).expect("handle");
+    let target = leader_handle.status().commit_index.load(Ordering::Acquire);
+    drop(leader_handle);
     let deadline = Instant::now() + PATIENCE;
-    while lagging_handle
-        .status()
-        .applied_index
-        .load(std::sync::atomic::Ordering::Acquire)
-        < target
-    {
+    let caught_up = || {
+        cluster
+            .with_member(lagging, |server| {
+                let handle = server.handle();
+                let status = handle.status();
+                (
+                    status.applied_index.load(Ordering::Acquire),
+                    status.snapshots_installed.load(Ordering::Acquire),
+                )
+            })
+            .expect("running")
+    };
+    while caught_up().0 < target {
         assert!(
             Instant::now() < deadline,
             "the restarted member never caught up"
@@ -166,25 +263,55 @@ fn concurrent_transfers_never_overdraw_and_a_member_restored_from_a_snapshot_agr
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(
-        lagging_handle
-            .status()
-            .snapshots_installed
-            .load(std::sync::atomic::Ordering::Acquire)
-            > 0,
+        caught_up().1 > 0,
         "the member should have caught up from a snapshot"
     );
     // Let the restored member lead and answer the books itself.
-    while cluster.leader() != Some(lagging) {
-        assert!(
-            Instant::now() < deadline,
-            "leadership never moved to the restored member"
-        );
-        if let Some(current) = cluster.leader().and_then(|id| cluster.handle(id)) {
-            current.transfer_leadership(lagging);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    move_leadership(&cluster, lagging);
     let total: u64 = accounts.iter().map(|name| balance(&mut setup, name)).sum();
     assert_eq!(total, 200);
     cluster.shutdown().expect("shutdown");
+}
+
+#[test]
+fn a_snapshot_file_seeds_a_new_cluster_with_the_same_books_and_sessions() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let cluster =
+        LocalCluster::start(&root.path().join("old"), &ClusterOptions::default()).expect("start");
+    let mut client = LedgerClient::new(cluster.client_addrs());
+    open_accounts(&mut client, &[("alice", 100), ("bob", 0)]);
+    let transfer = client.prepare("transfer alice bob 25");
+    assert_eq!(client.send(&transfer).expect("transfer"), LedgerReply::Done);
+    let leader = cluster.wait_for_leader(PATIENCE).expect("leader");
+    let taken = cluster
+        .handle(leader)
+        .expect("handle")
+        .snapshot_now()
+        .expect("snapshot");
+    let copy = root.path().join("ledger.snap");
+    std::fs::copy(&taken.path, &copy).expect("copy the snapshot file");
+    cluster.shutdown().expect("shutdown");
+
+    let options = ClusterOptions {
+        size: 1,
+        restore_from: Some(copy),
+        ..ClusterOptions::default()
+    };
+    let restored = LocalCluster::start(&root.path().join("new"), &options).expect("restore");
+    let mut reader = LedgerClient::new(restored.client_addrs());
+    assert_eq!(balance(&mut reader, "alice"), 75);
+    assert_eq!(balance(&mut reader, "bob"), 25);
+    // The session table came along: the old client's retry is still recognised.
+    client.set_members(restored.client_addrs());
+    assert_eq!(client.send(&transfer).expect("retry"), LedgerReply::Done);
+    assert_eq!(balance(&mut reader, "bob"), 25, "the retry applied nothing");
+    // The restored member restarts from its own directory, not the file again.
+    restored.stop(1).expect("stop");
+    restored.restart(1).expect("restart");
+    assert_eq!(
+        client.execute("transfer bob alice 5").expect("transfer"),
+        LedgerReply::Done
+    );
+    assert_eq!(balance(&mut reader, "alice"), 80);
+    restored.shutdown().expect("shutdown");
 }

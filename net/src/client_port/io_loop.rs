@@ -197,11 +197,12 @@ impl IoLoop {
     }
 
     /// Periodic checks: a stopped node answers nothing more; a client that stopped
-    /// reading its replies is dropped.
+    /// reading its replies, or did not finish its TLS handshake in time, is dropped.
     pub(super) fn tick(&mut self) {
         let node_stopped = self.shared.handle.status().stopped.load(Ordering::Acquire);
         let now = Instant::now();
         let mut stalled = Vec::new();
+        let mut overdue = Vec::new();
         let mut to_schedule = Vec::new();
         for (id, connection) in &mut self.connections {
             if node_stopped && connection.abandon_unanswered() {
@@ -213,6 +214,13 @@ impl IoLoop {
             {
                 stalled.push(*id);
             }
+            if connection.stream.handshake_overdue(now) {
+                tracing::info!(node_id = self.shared.config.node_id, remote = %connection.remote, "closing a client connection whose TLS handshake passed its deadline");
+                overdue.push(*id);
+            }
+        }
+        for id in overdue {
+            self.close(id);
         }
         for id in to_schedule {
             self.schedule(id);

@@ -11,12 +11,21 @@
 //! with `write_tls` until the socket would block. The rest stays queued in rustls and
 //! is sent by [`ClientStream::flush_pending`] on the next writable event: the I/O
 //! thread calls it on every drive, so edge-triggered readiness never strands bytes.
+//!
+//! A TLS handshake has a deadline ([`TLS_HANDSHAKE_TIMEOUT`], from accept): a client that
+//! opens a connection and never finishes (or trickles) it would otherwise hold a
+//! `maxclients` slot and rustls' buffers forever; the I/O thread's tick closes it.
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
+
+/// Longest a client may take from connecting to finishing the TLS handshake (the peer
+/// port's handshake deadline is the same 5 s).
+pub(super) const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a connection reads from and writes to. `read` and `write` never block; they
 /// return `WouldBlock` when the socket (or the TLS layer) cannot progress now.
@@ -27,6 +36,11 @@ pub(super) trait ClientStream: Read + Write {
     fn socket(&mut self) -> &mut TcpStream;
     /// Best-effort orderly close (TLS: close_notify), then shuts the socket down.
     fn close(&mut self);
+    /// Whether a handshake is still unfinished at `now`, past its deadline (plain TCP:
+    /// never).
+    fn handshake_overdue(&self, _now: Instant) -> bool {
+        false
+    }
 }
 
 impl ClientStream for TcpStream {
@@ -49,6 +63,8 @@ pub(super) struct TlsStream {
     tls: rustls::ServerConnection,
     /// The socket reached EOF (no more TLS bytes will come).
     tcp_eof: bool,
+    /// When the handshake must be done by ([`TLS_HANDSHAKE_TIMEOUT`] after accept).
+    handshake_deadline: Instant,
 }
 
 impl TlsStream {
@@ -60,6 +76,7 @@ impl TlsStream {
             tcp,
             tls: rustls::ServerConnection::new(Arc::clone(config))?,
             tcp_eof: false,
+            handshake_deadline: Instant::now() + TLS_HANDSHAKE_TIMEOUT,
         })
     }
 
@@ -146,6 +163,10 @@ impl ClientStream for TlsStream {
         let _ = self.write_queued();
         let _ = self.tcp.shutdown(Shutdown::Both);
     }
+
+    fn handshake_overdue(&self, now: Instant) -> bool {
+        self.tls.is_handshaking() && now > self.handshake_deadline
+    }
 }
 
 /// A connection's stream: plain or TLS (static dispatch).
@@ -198,6 +219,13 @@ impl ClientStream for Stream {
         match self {
             Stream::Plain(stream) => stream.close(),
             Stream::Tls(stream) => stream.close(),
+        }
+    }
+
+    fn handshake_overdue(&self, now: Instant) -> bool {
+        match self {
+            Stream::Plain(_) => false,
+            Stream::Tls(stream) => stream.handshake_overdue(now),
         }
     }
 }

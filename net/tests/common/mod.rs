@@ -292,7 +292,11 @@ impl Member {
 }
 
 /// Set `TALLY_TEST_CLUSTER_SECRET=1` to run every process-level cluster of the tests
-/// with a cluster secret (`cargo test -p tally-net` passes both ways).
+/// with a cluster secret (`cargo test -p tally-net` passes both ways; `.ci/run` runs the
+/// multi-member test binaries a second time so). Every member the harness lays out gets
+/// it; `wait_for_leader` checks the running ones use it. Exempt: tests that clear
+/// `secret_file` on purpose (`peer_cluster_id.rs`: clusters without a secret) or set
+/// their own (`peer_security.rs`).
 pub const CLUSTER_SECRET_ENV: &str = "TALLY_TEST_CLUSTER_SECRET";
 
 pub fn cluster_secret_from_env() -> bool {
@@ -421,7 +425,7 @@ impl Cluster {
     /// Waits until exactly one running member reports `role:leader` and every running
     /// member names it as leader; returns its id.
     pub fn wait_for_leader(&self) -> u64 {
-        wait_until("one leader that every running member agrees on", || {
+        let leader = wait_until("one leader that every running member agrees on", || {
             let mut leaders = Vec::new();
             let mut named = Vec::new();
             for member in self.members.iter().filter(|m| m.child.is_some()) {
@@ -435,7 +439,37 @@ impl Cluster {
                 [leader] if named.iter().all(|id| id == leader) => Some(*leader),
                 _ => None,
             }
-        })
+        });
+        if cluster_secret_from_env() {
+            self.assert_secret_in_use();
+        }
+        leader
+    }
+
+    /// Under `TALLY_TEST_CLUSTER_SECRET=1`: every running member the test did not
+    /// deliberately leave without a secret started with one (its ready line says so).
+    pub fn assert_secret_in_use(&self) {
+        for member in self.members.iter().filter(|m| m.child.is_some()) {
+            if member.secret_file.is_none() {
+                continue;
+            }
+            wait_until(
+                &format!("member {} reports its peer auth", member.id),
+                || {
+                    let log = std::fs::read_to_string(&member.log).ok()?;
+                    let ready = log
+                        .lines()
+                        .rev()
+                        .find(|l| l.contains("tally-server ready"))?;
+                    assert!(
+                        ready.contains("cluster secret"),
+                        "member {} runs without the cluster secret: {ready}",
+                        member.id
+                    );
+                    Some(())
+                },
+            );
+        }
     }
 
     /// Waits until `id` has applied at least `index`.

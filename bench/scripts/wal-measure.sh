@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the WAL measurements recorded in docs/BENCHMARKS.md on one directory.
-# Usage: bench/scripts/wal-measure.sh [DIR] [SECONDS]
+# Usage: [WITH_RAFT_ENGINE=1] bench/scripts/wal-measure.sh [DIR] [SECONDS]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DIR="${1:-/tmp}"
@@ -26,4 +26,10 @@ if command -v fio >/dev/null; then
   fio --name=lat --rw=write --bs=4k --size=8m --fdatasync=1 --directory="$FIO_DIR" --output-format=json \
     | python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]["sync"]["lat_ns"]["percentile"]; print("fio fdatasync latency: p50 %.0f us, p99 %.0f us" % (j["50.000000"]/1e3, j["99.000000"]/1e3))'
   rm -rf "$FIO_DIR"
+fi
+if [ "${WITH_RAFT_ENGINE:-0}" = 1 ]; then
+  # Blocking callers against raft-engine 0.4, interleaved 1 s slices (separate cargo project).
+  cargo build --release --manifest-path bench/raft-engine-compare/Cargo.toml >/dev/null
+  bench/raft-engine-compare/target/release/raft-engine-compare "$DIR" 64 128 "$SECONDS_PER_RUN" \
+    raft-engine,tally-sync,tally-auto "$SECONDS_PER_RUN"
 fi

@@ -62,6 +62,7 @@ pub mod backend;
 mod core;
 pub mod error;
 pub mod format;
+mod futex;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod inspect;

@@ -1,6 +1,8 @@
 //! Many blocking callers on one `Wal`: each parked waiter is woken by the batch that
-//! satisfies it (never left parked), a failed fsync reaches every parked caller, and a
-//! caller's return means its own entries are durable.
+//! satisfies it (never left parked, including callers queued behind a batch in flight,
+//! which sleep on the other futex word), a failed fsync reaches every parked caller and
+//! nothing is written or synced after it, and a caller's return means its own entries
+//! are durable.
 //!
 //! The simulated disk plus an emulated sync delay keeps each batch in flight long enough
 //! for dozens of callers to be parked at once, which is the path these tests exercise.
@@ -95,7 +97,58 @@ fn sixty_four_blocking_callers_see_a_failed_fsync_and_none_hangs() {
         wal.stats().entries_per_fsync() > 1.0,
         "callers were grouped"
     );
+    // Fail-stop: after the failed fsync nothing is written or synced again.
+    let calls = (disk.write_calls(), disk.sync_calls());
     assert!(matches!(wal.flush(), Err(WalError::Poisoned { .. })));
+    assert!(wal
+        .append_assign(1, 0, &[Bytes::from_static(b"late")])
+        .is_err());
+    assert_eq!((disk.write_calls(), disk.sync_calls()), calls, "no retry");
+}
+
+#[test]
+fn callers_queued_behind_a_batch_in_flight_return_only_after_their_own_batch() {
+    let disk = SimStorage::new();
+    let wal = slow_sim_wal(&disk);
+    for round in 0..10 {
+        // The first caller's batch is in flight (its write issued, the emulated sync
+        // delay running) when the other callers queue: theirs is the next batch, whose
+        // waiters sleep on the other futex word.
+        let writes_before = disk.write_calls();
+        let first = wal
+            .append_assign(1, 0, &[Bytes::from_static(b"first")])
+            .unwrap();
+        let first_index = first.last_index();
+        let deadline = std::time::Instant::now() + HANG_DEADLINE;
+        while disk.write_calls() == writes_before {
+            assert!(std::time::Instant::now() < deadline, "batch never written");
+            std::thread::yield_now();
+        }
+        let (sender, receiver) = mpsc::channel();
+        for _ in 0..8 {
+            let (wal, sender) = (wal.clone(), sender.clone());
+            std::thread::spawn(move || {
+                let ticket = wal
+                    .append_assign(1, 0, &[Bytes::from_static(b"behind")])
+                    .unwrap();
+                let index = ticket.last_index();
+                let _ = sender.send((index, ticket.wait(), wal.durable_index()));
+            });
+        }
+        assert!(first.wait().unwrap() >= first_index);
+        for (index, outcome, durable_after) in collect(&receiver, 8) {
+            let durable = outcome.unwrap();
+            assert!(
+                durable >= index && durable_after >= index,
+                "round {round}: entry {index} returned at durable index {durable}"
+            );
+            assert!(
+                index > first_index,
+                "round {round}: queued behind the first"
+            );
+        }
+    }
+    assert_eq!(wal.flush().unwrap(), 90);
 }
 
 #[test]

@@ -29,7 +29,7 @@ use std::sync::{Arc, OnceLock};
 use tally_engine::raft::{Configuration, MemberInfo, Message, NodeId};
 use tally_engine::runtime::{NodeHandle, Transport, TransportCounters};
 
-use crate::codec::{decode_inbound, encode_message, CodecLimits};
+use crate::codec::{decode_inbound, CodecLimits, MessageEncoder};
 use crate::transport::{InboundMessage, InboundSink, PeerSendError, PeerTransport};
 
 /// Counters of the glue, shared with whoever reports them (INFO, logs).
@@ -55,6 +55,8 @@ pub struct NetTransport {
     /// Addresses the operator gave (`--peer`), used for members whose configuration
     /// entry records none.
     fallback_addrs: HashMap<NodeId, SocketAddr>,
+    /// Encodes a broadcast's entries once for all followers.
+    encoder: MessageEncoder,
 }
 
 impl NetTransport {
@@ -64,6 +66,7 @@ impl NetTransport {
             peers,
             counters,
             fallback_addrs: HashMap::new(),
+            encoder: MessageEncoder::new(),
         }
     }
 
@@ -88,7 +91,7 @@ impl Transport for NetTransport {
     fn send(&mut self, messages: Vec<Message>) {
         for message in messages {
             let to = message.to;
-            match self.peers.try_send(to, encode_message(&message)) {
+            match self.peers.try_send(to, self.encoder.encode(&message)) {
                 Ok(()) => {
                     self.counters.sent_messages.fetch_add(1, Ordering::Relaxed);
                 }
@@ -260,6 +263,7 @@ mod tests {
     use tally_engine::runtime::{Node, NodeOptions};
 
     use super::*;
+    use crate::codec::encode_message;
 
     /// Records what the raft thread sends.
     struct CapturingTransport(Sender<Message>);

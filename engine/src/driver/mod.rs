@@ -592,9 +592,12 @@ impl<R, L: LogWriter, S: Storage> NodeDriver<R, L, S> {
         self.drain_wal_backlog()?;
         let mut budget = TurnBudget::default();
         self.step_messages(&mut input.messages, &mut budget);
-        let mut commands = Vec::new();
-        let mut replies = Vec::new();
+        let entries_before = budget.entries;
         let admitted = self.admitted_requests(&input.requests, &mut budget);
+        // Sized once: a pipelined turn proposes hundreds of commands.
+        let proposals = budget.entries - entries_before;
+        let mut commands = Vec::with_capacity(proposals);
+        let mut replies = Vec::with_capacity(proposals);
         if admitted < input.requests.len() {
             self.stats.turns_requests_deferred += 1;
         }

@@ -169,7 +169,7 @@ impl RaftLog {
     }
 
     /// All entries in `from..=last_index()` (from the first index when `from` is below).
-    pub fn entries_from(&self, from: u64) -> impl Iterator<Item = &Entry> {
+    pub fn entries_from(&self, from: u64) -> impl ExactSizeIterator<Item = &Entry> {
         let offset = from
             .saturating_sub(self.first_index())
             .min(self.entries.len() as u64);
@@ -180,7 +180,8 @@ impl RaftLog {
     /// `max_bytes` and `max_count`.
     pub fn batch_from(&self, from: u64, max_bytes: u64, max_count: usize) -> Vec<Entry> {
         invariant!(from >= self.first_index(), "batch below the log start");
-        let mut batch = Vec::new();
+        let available = self.entries_from(from).len();
+        let mut batch = Vec::with_capacity(available.min(max_count));
         let mut size_bytes = 0;
         for entry in self.entries_from(from) {
             if !batch.is_empty()

@@ -3,11 +3,13 @@
 //! version (`HELLO`), the client name and library (`CLIENT SETNAME/SETINFO`), the
 //! `MULTI` queue and the `WATCH` sets.
 
+use super::id_map::IdMap;
 use super::info::encoded_reply_bytes;
 use super::io_loop::Context;
 use super::stream::{ClientStream, Stream};
 use super::*;
 use crate::resp::{write_null_array_as, Protocol};
+use smallvec::SmallVec;
 use tally_engine::kv::{encode_request_at, Command, WatchedKey};
 
 /// One reply owed to a connection, in request order.
@@ -91,7 +93,7 @@ pub(super) struct Connection {
     /// connection's unanswered writes (everything behind it waits too).
     pub(super) unsubmitted: VecDeque<Unsubmitted>,
     /// Replies received, by tag, not yet written.
-    pub(super) received: HashMap<u64, Result<KvResponse, ClientError>>,
+    pub(super) received: IdMap<Result<KvResponse, ClientError>>,
     /// Submitted writes whose reply has not arrived (reads wait for 0).
     pub(super) unanswered_writes: usize,
     /// Encoded replies; `out[out_written..]` is not yet written to the socket.
@@ -116,12 +118,12 @@ pub(super) struct Connection {
     /// `Some` between MULTI and EXEC/DISCARD.
     pub(super) transaction: Option<Transaction>,
     /// Watch sets by generation: the current one and those EXECs still wait on.
-    pub(super) watch_sets: HashMap<u64, WatchSet>,
+    pub(super) watch_sets: IdMap<WatchSet>,
     /// The generation new WATCH commands join. Invariant: increases by one at every
     /// EXEC, DISCARD and UNWATCH.
     pub(super) watch_generation: u64,
     /// WATCH reads in flight: tag -> (generation, keys).
-    pub(super) watch_reads: HashMap<u64, (u64, Vec<Vec<u8>>)>,
+    pub(super) watch_reads: IdMap<(u64, Vec<Vec<u8>>)>,
     /// Invariant: true iff no password is configured or this connection gave it
     /// (`Connection::authenticate`, the only place that sets it).
     pub(super) authenticated: bool,
@@ -156,7 +158,7 @@ impl Connection {
             input: Vec::new(),
             slots: VecDeque::new(),
             unsubmitted: VecDeque::new(),
-            received: HashMap::new(),
+            received: IdMap::default(),
             unanswered_writes: 0,
             out: Vec::new(),
             out_written: 0,
@@ -170,9 +172,9 @@ impl Connection {
             lib_ver: Vec::new(),
             connected_at: Instant::now(),
             transaction: None,
-            watch_sets: HashMap::new(),
+            watch_sets: IdMap::default(),
             watch_generation: 0,
-            watch_reads: HashMap::new(),
+            watch_reads: IdMap::default(),
             authenticated: config.requirepass.is_none(),
         }
     }
@@ -260,7 +262,8 @@ impl Connection {
         {
             match parser.parse(&input[consumed_total..]) {
                 Ok(ParseStatus::Complete { consumed }) => {
-                    let args: Vec<&[u8]> = parser.args(&input[consumed_total..]).collect();
+                    let args: SmallVec<[&[u8]; 8]> =
+                        parser.args(&input[consumed_total..]).collect();
                     let slot = self.command(&args, context);
                     self.slots.push_back(slot);
                     consumed_total += consumed;
@@ -580,7 +583,7 @@ impl Connection {
                     context.encode_buffer.len()
                 ),
             ),
-            Ok(()) => return Ok(Bytes::copy_from_slice(context.encode_buffer)),
+            Ok(()) => return Ok(context.take_encoded()),
         }
         Err(reply)
     }

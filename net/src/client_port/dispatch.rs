@@ -68,18 +68,32 @@ impl Connection {
             }
             return Slot::Ready(out);
         }
-        let name = name.to_ascii_lowercase();
+        // Lower-cased on the stack: every command name is shorter than the buffer
+        // (a longer one is unknown and takes the allocating path).
+        let mut name_buf = [0u8; 32];
+        let lowered;
+        let name: &[u8] = match name_buf.get_mut(..name.len()) {
+            Some(buf) => {
+                buf.copy_from_slice(name);
+                buf.make_ascii_lowercase();
+                buf
+            }
+            None => {
+                lowered = name.to_ascii_lowercase();
+                &lowered
+            }
+        };
         let rest = &args[1..];
-        if !self.authenticated && !allowed_before_auth(&name) {
+        if !self.authenticated && !allowed_before_auth(name) {
             write_error(&mut out, NOAUTH_ERROR);
             return Slot::Ready(out);
         }
-        if self.transaction.is_some() && !NOT_QUEUED_IN_MULTI.contains(&name.as_slice()) {
+        if self.transaction.is_some() && !NOT_QUEUED_IN_MULTI.contains(&name) {
             self.queue_in_transaction(args, context, &mut out);
             return Slot::Ready(out);
         }
         let protocol = self.protocol;
-        match name.as_slice() {
+        match name {
             b"auth" => self.auth_command(&mut out, rest, context.shared),
             b"ping" => match rest {
                 [] => write_simple_string(&mut out, "PONG"),
@@ -217,7 +231,7 @@ impl Connection {
         let tag = self.new_tag(!read_only);
         self.unsubmitted.push_back(Unsubmitted {
             tag,
-            request: Bytes::copy_from_slice(context.encode_buffer),
+            request: context.take_encoded(),
             read_only,
             exec: None,
         });
@@ -367,7 +381,7 @@ impl Connection {
         );
         self.unsubmitted.push_back(Unsubmitted {
             tag,
-            request: Bytes::copy_from_slice(context.encode_buffer),
+            request: context.take_encoded(),
             read_only: true,
             exec: None,
         });

@@ -2,6 +2,7 @@
 //! reply channel.
 
 use super::connection::{Connection, Verdict};
+use super::id_map::IdMap;
 use super::stream::{ClientStream, Stream, TlsStream};
 use super::*;
 
@@ -17,11 +18,14 @@ pub(super) struct IoLoop {
     pub(super) reply_rx: Receiver<Reply<KvResponse>>,
     /// Open connections by id. Invariant: ids are never reused (stale replies to a
     /// closed connection find nothing), start at 1 and stay below 2^40.
-    pub(super) connections: HashMap<u64, Connection>,
+    pub(super) connections: IdMap<Connection>,
     pub(super) next_connection_id: u64,
     /// Connections to drive this turn; each appears once (`Connection::scheduled`).
     pub(super) scheduled: Vec<u64>,
     pub(super) encode_buffer: Vec<u8>,
+    /// Where encoded commands are copied for the node: many entries share one chunk
+    /// (one allocation and one reference count instead of one per command).
+    pub(super) arena: BytesMut,
     pub(super) read_scratch: Vec<u8>,
     /// Requests parsed in this pass over the scheduled connections, handed to the node
     /// in one batch at the end of the pass (one queue operation, one wake-up).
@@ -36,9 +40,33 @@ pub(super) struct Context<'a> {
     pub(super) reply_tx: &'a Sender<Reply<KvResponse>>,
     pub(super) reply_waker: &'a Arc<dyn ReplyWaker>,
     pub(super) encode_buffer: &'a mut Vec<u8>,
+    pub(super) arena: &'a mut BytesMut,
     pub(super) read_scratch: &'a mut [u8],
     pub(super) outbox: &'a mut Vec<Submission<KvResponse>>,
     pub(super) local_reader: &'a mut LocalReader,
+}
+
+/// Size of the chunks encoded commands are copied into.
+const ARENA_CHUNK_BYTES: usize = 64 * 1024;
+/// Commands larger than this get an allocation of their own (a chunk would hold few).
+const ARENA_MAX_COMMAND_BYTES: usize = 16 * 1024;
+
+impl Context<'_> {
+    /// The command in `encode_buffer` as the bytes the node logs and replicates: a
+    /// slice of the I/O thread's current chunk (a new chunk when it is full), so the
+    /// commands of one pass cost one allocation between them, and cloning one (log,
+    /// WAL, peers, apply) is a reference count, never a first-clone allocation.
+    pub(super) fn take_encoded(&mut self) -> Bytes {
+        let len = self.encode_buffer.len();
+        if len > ARENA_MAX_COMMAND_BYTES {
+            return Bytes::copy_from_slice(self.encode_buffer);
+        }
+        if self.arena.capacity() < len {
+            *self.arena = BytesMut::with_capacity(ARENA_CHUNK_BYTES);
+        }
+        self.arena.extend_from_slice(self.encode_buffer);
+        self.arena.split().freeze()
+    }
 }
 
 impl IoLoop {
@@ -60,10 +88,11 @@ impl IoLoop {
             new_connections,
             reply_tx,
             reply_rx,
-            connections: HashMap::new(),
+            connections: IdMap::default(),
             next_connection_id: 1,
             scheduled: Vec::new(),
             encode_buffer: Vec::new(),
+            arena: BytesMut::new(),
             read_scratch: vec![0; read_chunk_bytes],
             outbox: Vec::new(),
         }
@@ -222,6 +251,7 @@ impl IoLoop {
                 reply_tx: &self.reply_tx,
                 reply_waker: &self.reply_waker,
                 encode_buffer: &mut self.encode_buffer,
+                arena: &mut self.arena,
                 read_scratch: &mut self.read_scratch,
                 outbox: &mut self.outbox,
                 local_reader: &mut self.local_reader,
@@ -251,7 +281,9 @@ impl IoLoop {
         if self.outbox.is_empty() {
             return;
         }
-        let batch = std::mem::take(&mut self.outbox);
+        // The next pass likely parses as many: one allocation instead of a doubling series.
+        let capacity = self.outbox.len();
+        let batch = std::mem::replace(&mut self.outbox, Vec::with_capacity(capacity));
         let n_requests = batch.len() as u64;
         if !self.shared.handle.try_submit_batch(batch) {
             // Each request's ReplyTo got `Overloaded`; the replies arrive on this

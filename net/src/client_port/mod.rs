@@ -37,7 +37,7 @@
 //!   would take it past [`Limits::output_buffer_limit_bytes`] closes it (counted). A
 //!   protocol error gets `-ERR Protocol error: ...` and closes that connection only.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream as StdTcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -45,7 +45,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use crossbeam_channel::{Receiver, Sender};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -541,6 +541,7 @@ impl AcceptFailures {
 mod auth;
 mod connection;
 mod dispatch;
+mod id_map;
 mod info;
 mod io_loop;
 mod stream;

@@ -272,6 +272,7 @@ type EntriesKey = (u64, u64, u64, u64);
 const APPEND_HEADER_BYTES: usize = 24 + 40 + 4;
 
 impl MessageEncoder {
+    /// An encoder remembering no entries yet (the first AppendEntries is encoded in full).
     pub fn new() -> MessageEncoder {
         MessageEncoder::default()
     }

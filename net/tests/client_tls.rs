@@ -232,19 +232,59 @@ fn tls_clients_are_served_and_plain_ones_are_not() {
         "{received:?}"
     );
 
-    if redis_cli_installed_with_tls() {
-        let ca_arg = ca_path.to_str().expect("utf-8");
-        assert_eq!(
-            redis_cli(port, &["--cacert", ca_arg], &["SET", "cli", "tls"]),
-            "OK"
-        );
-        assert_eq!(
-            redis_cli(port, &["--cacert", ca_arg], &["GET", "cli"]),
-            "tls"
-        );
-    } else {
-        eprintln!("redis-cli with TLS not installed; skipping that part");
+    if real_clients_opted_out() {
+        return;
     }
+    assert!(
+        redis_cli_installed_with_tls(),
+        "redis-cli with --tls is required (.ci/run installs redis-tools), or set {OPT_OUT}=1"
+    );
+    let ca_arg = ca_path.to_str().expect("utf-8");
+    assert_eq!(
+        redis_cli(port, &["--cacert", ca_arg], &["SET", "cli", "tls"]),
+        "OK"
+    );
+    assert_eq!(
+        redis_cli(port, &["--cacert", ca_arg], &["GET", "cli"]),
+        "tls"
+    );
+    assert_eq!(
+        redis_py_over_tls(port, &ca_path),
+        "PONG True b'tls' b'py' 1"
+    );
+}
+
+const OPT_OUT: &str = "TALLY_SKIP_REAL_CLIENTS";
+
+/// The same opt-out as `redis_clients.rs`: real clients are required unless this is 1.
+fn real_clients_opted_out() -> bool {
+    let opted_out = std::env::var_os(OPT_OUT).is_some_and(|v| v == "1");
+    if opted_out {
+        println!("SKIP redis-cli and redis-py over TLS: {OPT_OUT}=1");
+    }
+    opted_out
+}
+
+/// redis-py with its default settings (RESP3 `HELLO 3`) plus `ssl=True`, verifying the
+/// server's certificate against `ca`; prints what it read back.
+fn redis_py_over_tls(port: u16, ca: &Path) -> String {
+    let script = format!(
+        "import redis\n\
+         r = redis.Redis(host='localhost', port={port}, ssl=True, ssl_ca_certs={ca:?})\n\
+         print('PONG' if r.ping() else 'no', r.set('py', 'py'), r.get('cli'), r.get('py'), \
+         r.exists('py'))\n",
+        ca = ca.to_str().expect("utf-8"),
+    );
+    let output = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3 is required (.ci/run installs it with redis-py)");
+    assert!(
+        output.status.success(),
+        "redis-py over TLS failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
 #[test]

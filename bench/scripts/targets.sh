@@ -16,7 +16,8 @@
 #   TALLY_BINS  "label=path ..." tally-server binaries to alternate (A/B of two builds in
 #           one run; default "tally=target/release/tally-server", built first)
 #   TALLY_ARGS  extra tally-server flags; NO_FIO=1 skips fio; NO_REDIS=1 skips Redis;
-#   CALLGRIND=1 adds instructions per write on the leader (callgrind-writes.sh, slow)
+#   CALLGRIND=1 adds instructions per write on the leader (callgrind-writes.sh, slow);
+#   RB_THREADS=N runs redis-benchmark with --threads N (a load generator on more cores)
 # Needs redis-server, redis-benchmark, python3, and fio for the disk figures.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -146,7 +147,7 @@ start_redis() {
 
 # One redis-benchmark run: prints "ops/s p50_ms p99_ms" (its CSV output).
 bench_once() { # port test value-bytes pipeline requests
-  redis-benchmark -p "$1" -t "$2" -d "$3" -P "$4" -n "$5" -r 100000 -c 50 --csv 2>/dev/null |
+  redis-benchmark ${RB_THREADS:+--threads "$RB_THREADS"} -p "$1" -t "$2" -d "$3" -P "$4" -n "$5" -r 100000 -c 50 --csv 2>/dev/null |
     python3 -c '
 import csv, sys
 rows = [r for r in csv.reader(sys.stdin) if r and r[0] != "test"]

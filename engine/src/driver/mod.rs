@@ -21,6 +21,26 @@
 //! I/O is done by the caller through two seams: [`LogWriter`] (the WAL: the threaded
 //! runtime passes `tally_wal::Wal`, the simulator a `WalCore` over a simulated disk) and
 //! [`NodeIo`] (sending messages, handing work to the state machine).
+//!
+//! # A turn
+//!
+//! (1) Advance the core's clock to `now_tick` before anything is stepped or answered: a
+//! stalled leader judges its lease at the real time, a follower stamps leader contact no earlier than
+//! it processes the message. (2) Report the applied index and written snapshots; hand over deferred
+//! apply work and WAL operations; step held, then new messages (flow control: `flow.rs`). (3) Start reads; all
+//! proposals the turn admits become ONE `propose` (one WAL batch, one AppendEntries per follower). (4)
+//! Report durable persists in sequence order; carry out every `Ready`:
+//! - messages to `NodeIo::send` first (replication overlaps the local fsync);
+//! - the persist action (the only place it becomes WAL operations): a snapshot chunk into a
+//!   `SnapshotReceiver` (the last one installed, fsync + rename + directory fsync, before the WAL part
+//!   is queued), then hard state, reset, truncation, entries (split at `max_append_bytes`; a `barrier`
+//!   if nothing); the last ticket stands for the action;
+//! - committed entries paired with proposals by index and term (match: the `Applier` answers after
+//!   applying; other term: `NotCommitted`); leadership lost: pending writes `OutcomeUnknown`, reads
+//!   `NotLeader`; stop (`fail_on_stop`): writes `OutcomeUnknown`, reads and snapshot waiters
+//!   `NodeStopped`;
+//! - `NodeIo::apply` in log order: `Restore` (installed file), `Entries`, maybe `Snapshot`, then the
+//!   turn's confirmed reads as one `Reads`.
 
 mod apply;
 mod flow;

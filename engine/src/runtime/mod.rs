@@ -540,6 +540,11 @@ impl<R: Send + 'static> Node<R> {
         let (written_tx, written_rx) = unbounded();
         let (housekeeping_tx, housekeeping_rx) = unbounded();
         let status = Arc::new(NodeStatus::default());
+        // The restored state is applied before anything new: report it at once, not
+        // only after the apply thread's first batch (INFO, `wait_applied` callers).
+        status
+            .applied_index
+            .store(applied_through, Ordering::Relaxed);
         let shutdown = Arc::new(AtomicBool::new(false));
         let fatal = Arc::new(Mutex::new(None));
 

@@ -591,11 +591,26 @@ fn snapshots_compact_memory_and_disk_and_every_node_restarts_from_its_snapshot()
         );
     }
     // Everyone restarts from snapshot + log; the data is all there.
+    let mut snapshot_index = std::collections::BTreeMap::new();
     for id in cluster.voters.clone() {
+        let handle = cluster.nodes[&id].handle();
+        snapshot_index.insert(id, handle.status().snapshot_index.load(Ordering::Relaxed));
         cluster.stop_node(id);
     }
     for id in cluster.voters.clone() {
         cluster.start_node(id);
+        // Reported at once, before anything new applies (the first node back cannot
+        // even elect a leader alone): INFO's applied_index is the restored state.
+        let applied = cluster.nodes[&id]
+            .handle()
+            .status()
+            .applied_index
+            .load(Ordering::Relaxed);
+        assert!(
+            applied >= snapshot_index[&id],
+            "node {id} restarted from its snapshot at {} reports applied_index {applied}",
+            snapshot_index[&id]
+        );
     }
     for k in 0..50 {
         assert_eq!(

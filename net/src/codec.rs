@@ -145,40 +145,16 @@ pub enum CodecError {
 /// Encodes `message` for [`crate::transport::PeerTransport::try_send`]. Entry and
 /// snapshot data are referenced, not copied.
 pub fn encode_message(message: &Message) -> OutboundMessage {
-    // One allocation: an AppendEntries needs its descriptors and inlined data too.
-    let capacity = match &message.body {
-        MessageBody::AppendEntries(append) => {
-            APPEND_HEADER_BYTES
-                + append.entries.len() * ENTRY_DESCRIPTOR_BYTES
-                + append
-                    .entries
-                    .iter()
-                    .map(|entry| entry.data.len())
-                    .filter(|&len| len <= INLINE_ENTRY_MAX_BYTES)
-                    .sum::<usize>()
-        }
-        _ => 64,
-    };
-    let mut meta: Vec<u8> = Vec::with_capacity(capacity);
+    if let MessageBody::AppendEntries(append) = &message.body {
+        return append_entries_message(message, append, encode_entry_part(&append.entries));
+    }
+    let mut meta: Vec<u8> = Vec::with_capacity(64);
     meta.put_u64_le(message.from);
     meta.put_u64_le(message.to);
     meta.put_u64_le(message.term);
     let mut parts: Vec<Bytes> = Vec::new();
     let msg_type = match &message.body {
-        MessageBody::AppendEntries(append) => {
-            meta.put_u64_le(append.prev_log_index);
-            meta.put_u64_le(append.prev_log_term);
-            meta.put_u64_le(append.leader_commit);
-            meta.put_u64_le(append.heartbeat_id);
-            meta.put_u64_le(append.sent_at_tick);
-            meta.put_u32_le(append.entries.len() as u32);
-            put_entry_descriptors(&append.entries, &mut meta);
-            append_entry_data(&append.entries, meta, &mut parts);
-            return OutboundMessage {
-                msg_type: msg_type::APPEND_ENTRIES,
-                payload_parts: parts,
-            };
-        }
+        MessageBody::AppendEntries(_) => unreachable!("encoded above"),
         MessageBody::AppendEntriesResponse(response) => {
             meta.put_u8(u8::from(response.success));
             meta.put_u64_le(response.match_index);
@@ -287,16 +263,6 @@ impl MessageEncoder {
             return encode_message(message);
         };
         let key = (first.index, first.term, last.index, last.term);
-        let mut header = Vec::with_capacity(APPEND_HEADER_BYTES);
-        header.put_u64_le(message.from);
-        header.put_u64_le(message.to);
-        header.put_u64_le(message.term);
-        header.put_u64_le(append.prev_log_index);
-        header.put_u64_le(append.prev_log_term);
-        header.put_u64_le(append.leader_commit);
-        header.put_u64_le(append.heartbeat_id);
-        header.put_u64_le(append.sent_at_tick);
-        header.put_u32_le(append.entries.len() as u32);
         let entry_parts = match &self.last {
             Some((last_key, parts)) if *last_key == key => parts.clone(),
             _ => {
@@ -305,13 +271,33 @@ impl MessageEncoder {
                 parts
             }
         };
-        let mut payload_parts = Vec::with_capacity(1 + entry_parts.len());
-        payload_parts.push(Bytes::from(header));
-        payload_parts.extend(entry_parts);
-        OutboundMessage {
-            msg_type: msg_type::APPEND_ENTRIES,
-            payload_parts,
-        }
+        append_entries_message(message, append, entry_parts)
+    }
+}
+
+/// An AppendEntries: its own header (common prefix, five fields, entry count), then the
+/// entry part (`encode_entry_part`, possibly shared with other followers' messages).
+fn append_entries_message(
+    message: &Message,
+    append: &AppendEntries,
+    entry_parts: Vec<Bytes>,
+) -> OutboundMessage {
+    let mut header = Vec::with_capacity(APPEND_HEADER_BYTES);
+    header.put_u64_le(message.from);
+    header.put_u64_le(message.to);
+    header.put_u64_le(message.term);
+    header.put_u64_le(append.prev_log_index);
+    header.put_u64_le(append.prev_log_term);
+    header.put_u64_le(append.leader_commit);
+    header.put_u64_le(append.heartbeat_id);
+    header.put_u64_le(append.sent_at_tick);
+    header.put_u32_le(append.entries.len() as u32);
+    let mut payload_parts = Vec::with_capacity(1 + entry_parts.len());
+    payload_parts.push(Bytes::from(header));
+    payload_parts.extend(entry_parts);
+    OutboundMessage {
+        msg_type: msg_type::APPEND_ENTRIES,
+        payload_parts,
     }
 }
 
@@ -788,7 +774,7 @@ mod tests {
         let MessageBody::AppendEntries(append) = &original.body else {
             unreachable!("built as AppendEntries")
         };
-        // Parts: descriptors + small data, large, small, large, large.
+        // Parts: header, descriptors + small data, large, small, large, large.
         let large: Vec<&Entry> = append
             .entries
             .iter()
@@ -800,7 +786,7 @@ mod tests {
             .filter(|part| large.iter().any(|e| e.data.as_ptr() == part.as_ptr()))
             .collect();
         assert_eq!(referenced.len(), large.len(), "large entry data was copied");
-        assert_eq!(encoded.payload_parts.len(), 5);
+        assert_eq!(encoded.payload_parts.len(), 6);
         assert_eq!(roundtrip(&original), original);
     }
 
@@ -840,8 +826,8 @@ mod tests {
         let encoded = encode_message(&original);
         assert_eq!(
             encoded.payload_parts.len(),
-            1,
-            "one buffer, no iovec per entry"
+            2,
+            "the header, then one buffer of descriptors and data: no iovec per entry"
         );
         assert_eq!(roundtrip(&original), original);
     }

@@ -1103,10 +1103,15 @@ mod tests {
     }
 
     /// The `# Raft` INFO text of a one-member cluster after one acknowledged SET.
-    fn raft_info_after_one_write(emulated_sync_delay: Option<Duration>) -> String {
+    /// A one-member server (one client I/O thread, configured by `configure`) once it
+    /// leads, and a client connection to it.
+    fn leading_single_member(
+        configure: impl FnOnce(&mut ServerConfig),
+    ) -> (tempfile::TempDir, Server, TcpStream) {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = ServerConfig::new(1, dir.path(), Vec::new());
-        config.emulated_sync_delay = emulated_sync_delay;
+        config.client_io_threads = 1;
+        configure(&mut config);
         let server = Server::start(
             config,
             TcpListener::bind("127.0.0.1:0").expect("bind peer"),
@@ -1118,8 +1123,14 @@ mod tests {
             assert!(Instant::now() < deadline, "the single member never led");
             std::thread::sleep(Duration::from_millis(10));
         }
-        let mut stream = TcpStream::connect(server.client_addr()).expect("connect");
+        let stream = TcpStream::connect(server.client_addr()).expect("connect");
         stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+        (dir, server, stream)
+    }
+
+    fn raft_info_after_one_write(emulated_sync_delay: Option<Duration>) -> String {
+        let (_dir, server, mut stream) =
+            leading_single_member(|config| config.emulated_sync_delay = emulated_sync_delay);
         let replies = pipeline(
             &mut stream,
             &[command(&["SET", "k", "v"]), command(&["INFO", "raft"])],
@@ -1178,23 +1189,9 @@ mod tests {
 
     #[test]
     fn expired_keys_leave_memory_through_the_leaders_purge_entries_without_further_writes() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut config = ServerConfig::new(1, dir.path(), Vec::new());
-        config.expiry_sweep_interval_ms = 20;
-        config.client_io_threads = 1;
-        let server = Server::start(
-            config,
-            TcpListener::bind("127.0.0.1:0").expect("bind peer"),
-            TcpListener::bind("127.0.0.1:0").expect("bind client"),
-        )
-        .expect("start");
+        let (_dir, server, mut stream) =
+            leading_single_member(|config| config.expiry_sweep_interval_ms = 20);
         let deadline = Instant::now() + PATIENCE;
-        while server.handle().status().role() != tally_engine::raft::Role::Leader {
-            assert!(Instant::now() < deadline, "the single member never led");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let mut stream = TcpStream::connect(server.client_addr()).expect("connect");
-        stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
         let n_keys = 300;
         let mut commands: Vec<Vec<String>> = (0..n_keys)
             .map(|i| command(&["SET", &format!("k{i}"), "v", "PX", "150"]))
@@ -1225,23 +1222,8 @@ mod tests {
 
     #[test]
     fn an_idle_keyspace_with_nothing_expired_gets_no_purge_entries() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut config = ServerConfig::new(1, dir.path(), Vec::new());
-        config.expiry_sweep_interval_ms = 10;
-        config.client_io_threads = 1;
-        let server = Server::start(
-            config,
-            TcpListener::bind("127.0.0.1:0").expect("bind peer"),
-            TcpListener::bind("127.0.0.1:0").expect("bind client"),
-        )
-        .expect("start");
-        let deadline = Instant::now() + PATIENCE;
-        while server.handle().status().role() != tally_engine::raft::Role::Leader {
-            assert!(Instant::now() < deadline, "the single member never led");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let mut stream = TcpStream::connect(server.client_addr()).expect("connect");
-        stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+        let (_dir, server, mut stream) =
+            leading_single_member(|config| config.expiry_sweep_interval_ms = 10);
         let replies = pipeline(&mut stream, &[command(&["SET", "k", "v", "EX", "3600"])]);
         assert_eq!(replies[0], RespValue::Simple(b"OK".to_vec()));
         let status = server.handle();

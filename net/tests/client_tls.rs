@@ -180,21 +180,25 @@ fn redis_cli(port: u16, tls_args: &[&str], command: &[&str]) -> String {
     )
 }
 
+/// One member serving clients over TLS with `cert` and `key`, plus `extra` flags.
+fn tls_member(cert: &Path, key: &Path, extra: &[&str]) -> Cluster {
+    let mut args = vec![
+        "--client-tls-cert",
+        cert.to_str().expect("utf-8"),
+        "--client-tls-key",
+        key.to_str().expect("utf-8"),
+    ];
+    args.extend_from_slice(extra);
+    Cluster::start_with_args(1, &args)
+}
+
 #[test]
 fn tls_clients_are_served_and_plain_ones_are_not() {
     let certs = tempfile::tempdir().expect("tempdir");
     let ca = new_ca("Tally test CA");
     let ca_path = write_ca(&ca, certs.path(), "ca");
     let (cert, key) = issue(&ca, certs.path(), "server", false);
-    let cluster = Cluster::start_with_args(
-        1,
-        &[
-            "--client-tls-cert",
-            cert.to_str().expect("utf-8"),
-            "--client-tls-key",
-            key.to_str().expect("utf-8"),
-        ],
-    );
+    let cluster = tls_member(&cert, &key, &[]);
     let port = cluster.member(1).client_port;
     let mut client = wait_for_tls_leader(port, &ca_path, None);
     assert_eq!(client.call(&["PING"]).expect("PING"), pong());
@@ -296,16 +300,10 @@ fn with_a_client_ca_only_certificates_it_signed_are_accepted() {
     let (cert, key) = issue(&ca, certs.path(), "server", false);
     let (client_cert, client_key) = issue(&ca, certs.path(), "client", true);
     let (foreign_cert, foreign_key) = issue(&other_ca, certs.path(), "foreign", true);
-    let cluster = Cluster::start_with_args(
-        1,
-        &[
-            "--client-tls-cert",
-            cert.to_str().expect("utf-8"),
-            "--client-tls-key",
-            key.to_str().expect("utf-8"),
-            "--client-tls-ca",
-            ca_path.to_str().expect("utf-8"),
-        ],
+    let cluster = tls_member(
+        &cert,
+        &key,
+        &["--client-tls-ca", ca_path.to_str().expect("utf-8")],
     );
     let port = cluster.member(1).client_port;
     let identity = Some((client_cert.as_path(), client_key.as_path()));
@@ -356,17 +354,7 @@ fn a_client_that_never_finishes_its_tls_handshake_is_cut_and_frees_its_slot() {
     let (cert, key) = issue(&ca, certs.path(), "server", false);
     // Three client slots: one for a served client, two taken by connections stuck in
     // their handshake; without a deadline they would lock everyone else out.
-    let cluster = Cluster::start_with_args(
-        1,
-        &[
-            "--client-tls-cert",
-            cert.to_str().expect("utf-8"),
-            "--client-tls-key",
-            key.to_str().expect("utf-8"),
-            "--max-clients",
-            "3",
-        ],
-    );
+    let cluster = tls_member(&cert, &key, &["--max-clients", "3"]);
     let port = cluster.member(1).client_port;
     let mut served = wait_for_tls_leader(port, &ca_path, None);
     // The start of a ClientHello record (type, version, length 0x80), then silence.

@@ -540,19 +540,7 @@ fn the_published_lease_is_the_cores_and_ends_before_a_transfer_or_a_stall_could_
     }
     let leader = elected(&mut trio);
     let target = (leader + 1) % 3;
-    let (sender, answer) = unbounded();
-    trio.inputs[leader].requests.push(Request::Transfer {
-        target: target as u64 + 1,
-        done: Box::new(move |result| {
-            let _ = sender.send(result);
-        }),
-    });
-    let result = (0..200)
-        .find_map(|_| {
-            trio.round(None);
-            answer.try_recv().ok()
-        })
-        .expect("answered");
+    let result = transfer(&mut trio, leader, target);
     assert_eq!(result, Ok(target as u64 + 1));
     assert!(
         trio.leases[leader].load().is_none(),
@@ -570,10 +558,9 @@ fn the_published_lease_is_the_cores_and_ends_before_a_transfer_or_a_stall_could_
     );
 }
 
-#[test]
-fn a_transfer_is_answered_once_the_target_leads() {
-    let (mut trio, leader) = elected_trio();
-    let target = (leader + 1) % 3;
+/// Asks `leader` (an index into the trio) to hand leadership to `target` and runs
+/// rounds until the request is answered.
+fn transfer(trio: &mut Trio, leader: usize, target: usize) -> Result<u64, MembershipError> {
     let (sender, answer) = unbounded();
     trio.inputs[leader].requests.push(Request::Transfer {
         target: target as u64 + 1,
@@ -581,12 +568,19 @@ fn a_transfer_is_answered_once_the_target_leads() {
             let _ = sender.send(result);
         }),
     });
-    let result = (0..200)
+    (0..200)
         .find_map(|_| {
             trio.round(None);
             answer.try_recv().ok()
         })
-        .expect("answered");
+        .expect("answered")
+}
+
+#[test]
+fn a_transfer_is_answered_once_the_target_leads() {
+    let (mut trio, leader) = elected_trio();
+    let target = (leader + 1) % 3;
+    let result = transfer(&mut trio, leader, target);
     assert_eq!(result, Ok(target as u64 + 1));
     assert_eq!(trio.drivers[target].core().role(), Role::Leader);
 }

@@ -28,14 +28,15 @@ impl Replica {
     }
 
     fn apply_at(&mut self, now_ms: u64, command: Command<'_>) -> KvResponse {
-        let payload = encoded(now_ms, &command);
+        self.apply_payload(&encoded(now_ms, &command))
+    }
+
+    /// Applies an encoded request as the next log entry.
+    fn apply_payload(&mut self, payload: &[u8]) -> KvResponse {
         let index = self.next_index;
         self.next_index += 1;
         self.sm
-            .apply(&[CommittedEntry {
-                index,
-                payload: &payload,
-            }])
+            .apply(&[CommittedEntry { index, payload }])
             .expect("apply")
             .remove(0)
     }
@@ -688,13 +689,7 @@ fn scan_returns_every_key_present_throughout_exactly_once() {
                 value: b"v",
             },
         );
-        let index = r.next_index;
-        r.next_index += 1;
-        r.sm.apply(&[CommittedEntry {
-            index,
-            payload: &payload,
-        }])
-        .expect("apply");
+        r.apply_payload(&payload);
     }
     let mut seen = Vec::new();
     let mut cursor = 0;
@@ -940,13 +935,7 @@ fn remembered_replies_of_every_kind_survive_a_snapshot() {
             &mut payload,
         )
         .expect("encodes");
-        let index = r.next_index;
-        r.next_index += 1;
-        r.sm.apply(&[CommittedEntry {
-            index,
-            payload: &payload,
-        }])
-        .expect("apply");
+        r.apply_payload(&payload);
     }
     let mut bytes = Vec::new();
     r.sm.snapshot().write_to(&mut bytes).expect("snapshot");

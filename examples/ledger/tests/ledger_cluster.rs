@@ -35,16 +35,7 @@ fn open_accounts(client: &mut LedgerClient, accounts: &[(&str, u64)]) {
 fn wait_for_proposals(cluster: &LocalCluster, member: u64, at_least: u64) {
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let seen = cluster
-            .with_member(member, |server| {
-                server
-                    .front_end()
-                    .counters()
-                    .proposals
-                    .load(Ordering::Acquire)
-            })
-            .expect("member running");
-        if seen >= at_least {
+        if proposals(cluster, member) >= at_least {
             return;
         }
         assert!(
@@ -53,6 +44,21 @@ fn wait_for_proposals(cluster: &LocalCluster, member: u64, at_least: u64) {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// Sends `line` to `leader`, waits until its front end proposed it, then stops `leader`
+/// before the reply can be read: the attempt's outcome is what the client is left with.
+fn send_then_stop_the_leader(cluster: &LocalCluster, leader: u64, line: &str) -> PendingAttempt {
+    let before = proposals(cluster, leader);
+    let attempt = PendingAttempt::send(
+        cluster.client_addr(leader).expect("address"),
+        line,
+        PATIENCE,
+    )
+    .expect("send to the leader");
+    wait_for_proposals(cluster, leader, before + 1);
+    cluster.stop(leader).expect("stop the leader");
+    attempt
 }
 
 fn proposals(cluster: &LocalCluster, member: u64) -> u64 {
@@ -111,16 +117,7 @@ fn a_transfer_answered_unknown_whose_retry_loses_its_leader_too_is_applied_exact
     }
     let transfer = client.prepare("transfer alice bob 10");
     let line = LedgerClient::propose_line(&transfer);
-    let before = proposals(&cluster, first);
-    let attempt = PendingAttempt::send(
-        cluster.client_addr(first).expect("address"),
-        &line,
-        PATIENCE,
-    )
-    .expect("send to the leader");
-    wait_for_proposals(&cluster, first, before + 1);
-    cluster.stop(first).expect("stop the leader");
-    let outcome = attempt.outcome();
+    let outcome = send_then_stop_the_leader(&cluster, first, &line).outcome();
     assert!(
         matches!(outcome, AttemptOutcome::Unknown | AttemptOutcome::Lost),
         "a write its leader could not commit must come back unknown, got {outcome:?}"
@@ -132,17 +129,8 @@ fn a_transfer_answered_unknown_whose_retry_loses_its_leader_too_is_applied_exact
     }
     let second = cluster.wait_for_leader(PATIENCE).expect("a second leader");
     assert_ne!(second, first);
-    let before = proposals(&cluster, second);
-    let retry = PendingAttempt::send(
-        cluster.client_addr(second).expect("address"),
-        &line,
-        PATIENCE,
-    )
-    .expect("send the retry");
-    wait_for_proposals(&cluster, second, before + 1);
-    cluster.stop(second).expect("stop the second leader");
     // Done if it committed in time, else unknown: the client cannot tell.
-    let _ = retry.outcome();
+    let _ = send_then_stop_the_leader(&cluster, second, &line).outcome();
     // 3. The first leader comes back (a quorum again; its uncommitted entry is
     //    overwritten or committed, never both); the client retries until answered.
     cluster.restart(first).expect("restart the first leader");

@@ -51,13 +51,9 @@ impl Connection {
         let command_bytes: usize = args.iter().map(|arg| arg.len()).sum();
         let max_command_bytes = context.shared.config.limits.max_command_bytes;
         if command_bytes > max_command_bytes {
-            context
-                .shared
-                .counters
-                .commands_too_large
-                .fetch_add(1, Ordering::Relaxed);
-            write_error(
+            refuse_too_large(
                 &mut out,
+                context,
                 &format!(
                     "ERR command of {command_bytes} bytes exceeds the limit of \
                      {max_command_bytes} bytes (max-command-bytes)"
@@ -618,22 +614,26 @@ fn encode_checked(
         // Limits::validate makes this unreachable for commands under
         // max_command_bytes; kept so no configuration can hand the WAL an entry it
         // refuses (which would stop the node).
-        context
-            .shared
-            .counters
-            .commands_too_large
-            .fetch_add(1, Ordering::Relaxed);
-        write_error(
-            &mut out,
-            &format!(
-                "ERR command encodes to {} bytes, above the log entry limit of \
-                 {max_entry_bytes} bytes (max-entry-bytes)",
-                context.encode_buffer.len()
-            ),
+        let message = format!(
+            "ERR command encodes to {} bytes, above the log entry limit of \
+             {max_entry_bytes} bytes (max-entry-bytes)",
+            context.encode_buffer.len()
         );
+        refuse_too_large(&mut out, context, &message);
         return Err(out);
     }
     Ok(())
+}
+
+/// Writes the error for a command over a size limit and counts it (INFO
+/// `commands_too_large`).
+fn refuse_too_large(out: &mut Vec<u8>, context: &Context<'_>, message: &str) {
+    context
+        .shared
+        .counters
+        .commands_too_large
+        .fetch_add(1, Ordering::Relaxed);
+    write_error(out, message);
 }
 
 /// Redis's rule for client names: printable ASCII without spaces (empty clears).

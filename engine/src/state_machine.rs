@@ -35,7 +35,7 @@
 //!   apply thread between batches and must be cheap (O(1) or close to it): it returns a
 //!   [`SnapshotSource`] that a background thread serializes from a frozen point-in-time
 //!   view while the apply thread keeps applying. Persistent (structural-sharing) maps make
-//!   this a pointer copy.
+//!   this a pointer copy; the KV store freezes its copy-on-write shards.
 //! * **Restore is all-or-nothing.** [`StateMachine::restore`] either replaces the whole
 //!   state (data, sessions, applied index) with the snapshot's, or fails with a typed error
 //!   and leaves the current state untouched.

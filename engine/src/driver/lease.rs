@@ -189,8 +189,8 @@ pub struct ReadView {
 /// The latest [`ReadView`], published by the apply side, read by client threads.
 ///
 /// Views are published lazily: only when a reader found the published one behind
-/// (`want`), so a write-only load pays nothing for the views nobody reads (a frozen
-/// view makes the next writes of a persistent map copy the nodes they touch).
+/// (`want`), so a write-only load pays nothing for the views nobody reads (a state
+/// machine whose views are frozen copies pays for each one it makes).
 /// Invariant: `generation` increases with every publish, after the view is stored;
 /// published `applied_through` values never decrease.
 pub struct ViewCell {

@@ -3,8 +3,8 @@
 //! how a snapshot received from the leader in chunks becomes a durable file.
 //!
 //! Why here: taking a snapshot must not cost the hot path anything. The state machine
-//! hands over a frozen view on its own thread (an O(1) clone of persistent maps for the
-//! KV store), a background writer streams it into a file, and only the file's
+//! hands over a frozen view on its own thread (for the KV store, one reference count per
+//! copy-on-write shard), a background writer streams it into a file, and only the file's
 //! completion comes back to the driver, which then compacts. Neither the raft thread nor
 //! the apply thread waits for snapshot I/O. The same code runs under the simulator,
 //! whose disk loses unsynced snapshot bytes on a crash exactly like WAL bytes.

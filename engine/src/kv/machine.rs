@@ -12,8 +12,10 @@
 //! replica).
 
 use std::io::Read;
+use std::sync::Arc;
 
 use bytes::Bytes;
+use parking_lot::RwLock;
 
 use super::codec::decode_request;
 use super::command::{Command, KvError, KvLimits, KvResponse};
@@ -22,14 +24,8 @@ use super::session::{SessionCheck, SessionRecord, SessionTable};
 use super::snapshot::{read_snapshot, KvSnapshot};
 use crate::state_machine::{CommittedEntry, SnapshotSource, StateMachine, StateMachineError};
 
-/// The data map: see the module docs for why it is hashed. The hasher is foldhash's
-/// (randomly seeded per map, so keys chosen by clients cannot aim at one trie path):
-/// SipHash, std's default, was about 3 % of a leader's instructions per write
-/// (callgrind, 50 clients x 16).
-pub(super) type DataMap =
-    imbl::GenericHashMap<DataKey, Value, DataHasher, imbl::shared_ptr::DefaultSharedPtr>;
-/// The data map's hasher: see [`DataMap`].
-pub(super) type DataHasher = foldhash::fast::RandomState;
+/// The data map: see the module docs for why it is hashed and sharded.
+pub(super) use super::data_map::DataMap;
 /// Keys with an expiry, in expiry order: `(expire_at_ms, key)`.
 pub(super) type ExpiryIndex = imbl::OrdSet<(u64, DataKey)>;
 
@@ -156,38 +152,87 @@ pub fn parse_redis_integer(bytes: &[u8]) -> Option<i64> {
     }
 }
 
-/// The replicated KV store: data, expiry, client sessions, log time, applied index.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KvStateMachine {
+/// Entries applied under one hold of the write lock: readers on other threads wait at
+/// most this many entries' apply, and the lock is taken once per this many.
+const ENTRIES_PER_LOCK: usize = 64;
+
+/// What reads see: the keyspace with the applied index and log time it reflects, always
+/// changed together under [`KvStateMachine::live`]'s lock, between entries.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(super) struct LiveState {
     pub(super) keyspace: Keyspace,
-    pub(super) sessions: SessionTable,
     /// Index of the last applied entry; 0 before any.
     pub(super) applied_index: u64,
     /// Log time: the largest time stamp of any applied entry (Unix ms; 0 before any).
     /// Invariant: never decreases.
     pub(super) log_time_ms: u64,
-    limits: KvLimits,
 }
 
-/// A frozen, cheaply cloned view of the KV data for serving reads on other threads.
+/// The replicated KV store: data, expiry, client sessions, log time, applied index.
+///
+/// The data lives behind a lock shared with the [`KvReadView`]s, so client threads read
+/// the live map (never a stale copy) while the apply thread writes it between reads.
+pub struct KvStateMachine {
+    /// Written only by `apply` and `restore` (the apply thread); read by views.
+    pub(super) live: Arc<RwLock<LiveState>>,
+    pub(super) sessions: SessionTable,
+    limits: KvLimits,
+    /// [`StateMachine::read_view`] hands out frozen copies instead of live handles
+    /// (see [`KvStateMachine::freeze_read_views`]).
+    frozen_views: bool,
+}
+
+impl Clone for KvStateMachine {
+    /// An independent copy (the data shards are shared copy-on-write, not the lock).
+    fn clone(&self) -> Self {
+        KvStateMachine {
+            live: Arc::new(RwLock::new(self.live.read_recursive().clone())),
+            sessions: self.sessions.clone(),
+            limits: self.limits,
+            frozen_views: self.frozen_views,
+        }
+    }
+}
+
+impl PartialEq for KvStateMachine {
+    fn eq(&self, other: &KvStateMachine) -> bool {
+        *self.live.read_recursive() == *other.live.read_recursive()
+            && self.sessions == other.sessions
+            && self.limits == other.limits
+    }
+}
+
+impl Eq for KvStateMachine {}
+
+impl std::fmt::Debug for KvStateMachine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvStateMachine")
+            .field("live", &*self.live.read_recursive())
+            .field("sessions", &self.sessions)
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+/// A handle for serving reads on other threads: it reads the live state under a read
+/// lock, so what it answers reflects at least every entry applied when it was made.
 #[derive(Debug, Clone)]
 pub struct KvReadView {
-    keyspace: Keyspace,
-    applied_index: u64,
-    log_time_ms: u64,
+    live: Arc<RwLock<LiveState>>,
 }
 
 impl KvReadView {
-    /// The index of the last entry this view reflects.
+    /// The index of the last entry applied (the view follows the live state).
     pub fn applied_index(&self) -> u64 {
-        self.applied_index
+        self.live.read_recursive().applied_index
     }
 
     /// Answers a read-only command judged at `max(log time, now_ms)`; write commands
     /// get [`KvError::NotReadOnly`].
     pub fn query(&self, command: &Command<'_>, now_ms: u64) -> KvResponse {
-        self.keyspace
-            .read(command, self.log_time_ms.max(now_ms), self.applied_index)
+        let live = self.live.read_recursive();
+        live.keyspace
+            .read(command, live.log_time_ms.max(now_ms), live.applied_index)
     }
 
     /// [`StateMachine::query`] on this view: `request` is an encoded request holding a
@@ -210,11 +255,10 @@ impl KvStateMachine {
     /// An empty store.
     pub fn new(limits: KvLimits) -> Self {
         KvStateMachine {
-            keyspace: Keyspace::default(),
+            live: Arc::new(RwLock::new(LiveState::default())),
             sessions: SessionTable::new(),
-            applied_index: 0,
-            log_time_ms: 0,
             limits,
+            frozen_views: false,
         }
     }
 
@@ -225,12 +269,12 @@ impl KvStateMachine {
 
     /// Number of keys stored (expired ones not yet removed included).
     pub fn len(&self) -> usize {
-        self.keyspace.data.len()
+        self.live.read_recursive().keyspace.data.len()
     }
 
     /// True when no key is stored.
     pub fn is_empty(&self) -> bool {
-        self.keyspace.data.is_empty()
+        self.live.read_recursive().keyspace.data.is_empty()
     }
 
     /// Number of client sessions remembered.
@@ -240,59 +284,96 @@ impl KvStateMachine {
 
     /// The log time (Unix ms): the largest stamp applied.
     pub fn log_time_ms(&self) -> u64 {
-        self.log_time_ms
+        self.live.read_recursive().log_time_ms
     }
 
     /// The value of `key`, if stored and not expired at log time.
-    pub fn get(&self, key: &[u8]) -> Option<&Bytes> {
-        self.keyspace.live(key, self.log_time_ms).map(|v| &v.bytes)
+    pub fn get(&self, key: &[u8]) -> Option<Bytes> {
+        let live = self.live.read_recursive();
+        live.keyspace
+            .live(key, live.log_time_ms)
+            .map(|v| v.bytes.clone())
     }
 
     /// The expiry (Unix ms) of a stored `key`, if it has one.
     pub fn expire_at_ms(&self, key: &[u8]) -> Option<u64> {
-        self.keyspace
+        self.live
+            .read_recursive()
+            .keyspace
             .data
             .get(key)
             .map(|v| v.expire_at_ms)
             .filter(|&at| at != 0)
     }
 
-    /// All stored key-value pairs, in no particular order (for tests and tools).
-    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &Bytes)> {
-        self.keyspace
+    /// All stored key-value pairs, in no particular order (for tests and tools: a copy
+    /// of the whole map).
+    pub fn pairs(&self) -> Vec<(Bytes, Bytes)> {
+        self.live
+            .read_recursive()
+            .keyspace
             .data
             .iter()
-            .map(|(key, value)| (key.as_slice(), &value.bytes))
+            .map(|(key, value)| (Bytes::copy_from_slice(key.as_slice()), value.bytes.clone()))
+            .collect()
     }
 
-    /// An O(1) frozen view for reads on other threads.
+    /// A handle for reads on other threads (O(1): it shares the live state's lock).
     pub fn read_view(&self) -> KvReadView {
         KvReadView {
-            keyspace: self.keyspace.clone(),
-            applied_index: self.applied_index,
-            log_time_ms: self.log_time_ms,
+            live: Arc::clone(&self.live),
         }
+    }
+
+    /// A view frozen at the current state: later entries do not change what it reads.
+    /// It costs one reference count per shard, and the next write to each shard copies
+    /// that shard.
+    pub fn frozen_read_view(&self) -> KvReadView {
+        KvReadView {
+            live: Arc::new(RwLock::new(self.live.read_recursive().clone())),
+        }
+    }
+
+    /// From now on, [`StateMachine::read_view`] hands out [`frozen_read_view`]s: reads
+    /// served from a published view then lag the state until the next one is published
+    /// (for the simulator's check that a view behind the commit index never serves, and
+    /// for embedders that want point-in-time views).
+    ///
+    /// [`frozen_read_view`]: KvStateMachine::frozen_read_view
+    pub fn freeze_read_views(&mut self) {
+        self.frozen_views = true;
     }
 
     /// Answers a read-only command from the current state, judged at log time.
     pub fn query_command(&self, command: &Command<'_>) -> KvResponse {
-        self.keyspace
-            .read(command, self.log_time_ms, self.applied_index)
+        let live = self.live.read_recursive();
+        live.keyspace
+            .read(command, live.log_time_ms, live.applied_index)
     }
+}
 
+/// The apply path, over the live state (its write lock held) and the session table.
+struct Applying<'a> {
+    live: &'a mut LiveState,
+    sessions: &'a mut SessionTable,
+    limits: &'a KvLimits,
+}
+
+impl Applying<'_> {
     /// Applies one entry; see [`StateMachine::apply`].
     fn apply_entry(&mut self, index: u64, payload: &[u8]) -> KvResponse {
-        let request = match decode_request(payload, &self.limits) {
+        let request = match decode_request(payload, self.limits) {
             Ok(request) => request,
             Err(error) => return KvResponse::Error(KvError::Malformed(error)),
         };
         if let Some(time_ms) = request.time_ms {
-            self.log_time_ms = self.log_time_ms.max(time_ms);
+            self.live.log_time_ms = self.live.log_time_ms.max(time_ms);
         }
         let reply = self.apply_request(index, request.session, &request.command);
         if request.time_ms.is_some() {
-            self.keyspace
-                .remove_expired(self.log_time_ms, index, EXPIRE_PER_ENTRY);
+            self.live
+                .keyspace
+                .remove_expired(self.live.log_time_ms, index, EXPIRE_PER_ENTRY);
         }
         reply
     }
@@ -303,9 +384,12 @@ impl KvStateMachine {
         session: Option<super::ClientSession>,
         command: &Command<'_>,
     ) -> KvResponse {
-        let now_ms = self.log_time_ms;
+        let now_ms = self.live.log_time_ms;
         let Some(session) = session else {
-            return self.keyspace.execute(command, index, now_ms, &self.limits);
+            return self
+                .live
+                .keyspace
+                .execute(command, index, now_ms, self.limits);
         };
         match self.sessions.check(session) {
             SessionCheck::Duplicate(reply) => reply,
@@ -315,7 +399,10 @@ impl KvStateMachine {
                 last_sequence,
             }),
             SessionCheck::New => {
-                let reply = self.keyspace.execute(command, index, now_ms, &self.limits);
+                let reply = self
+                    .live
+                    .keyspace
+                    .execute(command, index, now_ms, self.limits);
                 let record = SessionRecord {
                     last_sequence: session.sequence,
                     last_index: index,
@@ -337,15 +424,23 @@ impl StateMachine for KvStateMachine {
         entries: &[CommittedEntry<'_>],
     ) -> Result<Vec<KvResponse>, StateMachineError> {
         let mut responses = Vec::with_capacity(entries.len());
-        for entry in entries {
-            if entry.index <= self.applied_index {
-                return Err(StateMachineError::IndexNotIncreasing {
-                    applied_index: self.applied_index,
-                    got: entry.index,
-                });
+        for chunk in entries.chunks(ENTRIES_PER_LOCK) {
+            let mut live = self.live.write();
+            let mut applying = Applying {
+                live: &mut live,
+                sessions: &mut self.sessions,
+                limits: &self.limits,
+            };
+            for entry in chunk {
+                if entry.index <= applying.live.applied_index {
+                    return Err(StateMachineError::IndexNotIncreasing {
+                        applied_index: applying.live.applied_index,
+                        got: entry.index,
+                    });
+                }
+                responses.push(applying.apply_entry(entry.index, entry.payload));
+                applying.live.applied_index = entry.index;
             }
-            responses.push(self.apply_entry(entry.index, entry.payload));
-            self.applied_index = entry.index;
         }
         debug_assert_eq!(responses.len(), entries.len());
         Ok(responses)
@@ -357,36 +452,47 @@ impl StateMachine for KvStateMachine {
     fn query(&self, request: &[u8]) -> KvResponse {
         match decode_request(request, &self.limits) {
             Ok(request) => {
-                let now_ms = self.log_time_ms.max(request.time_ms.unwrap_or(0));
-                self.keyspace
-                    .read(&request.command, now_ms, self.applied_index)
+                let live = self.live.read_recursive();
+                let now_ms = live.log_time_ms.max(request.time_ms.unwrap_or(0));
+                live.keyspace
+                    .read(&request.command, now_ms, live.applied_index)
             }
             Err(error) => KvResponse::Error(KvError::Malformed(error)),
         }
     }
 
     fn applied_index(&self) -> u64 {
-        self.applied_index
+        self.live.read_recursive().applied_index
     }
 
     fn snapshot(&self) -> Box<dyn SnapshotSource> {
+        let live = self.live.read_recursive();
         Box::new(KvSnapshot {
-            keyspace: self.keyspace.clone(),
+            keyspace: live.keyspace.clone(),
             sessions: self.sessions.clone(),
-            applied_index: self.applied_index,
-            log_time_ms: self.log_time_ms,
+            applied_index: live.applied_index,
+            log_time_ms: live.log_time_ms,
         })
     }
 
-    /// A [`KvReadView`] (O(1): the maps are persistent).
+    /// A [`KvReadView`] (O(1): it shares the live state's lock; a frozen copy after
+    /// [`KvStateMachine::freeze_read_views`]).
     fn read_view(&self) -> Option<Box<dyn std::any::Any + Send + Sync>> {
-        Some(Box::new(KvStateMachine::read_view(self)))
+        if self.frozen_views {
+            Some(Box::new(self.frozen_read_view()))
+        } else {
+            Some(Box::new(KvStateMachine::read_view(self)))
+        }
     }
 
     fn restore(&mut self, input: &mut dyn Read) -> Result<u64, StateMachineError> {
         let restored = read_snapshot(input, &self.limits)?;
-        let applied_index = restored.applied_index;
-        *self = restored;
+        let KvStateMachine { live, sessions, .. } = restored;
+        let restored_live = std::mem::take(&mut *live.write());
+        let applied_index = restored_live.applied_index;
+        // The same lock: views handed out before the restore read the restored state.
+        *self.live.write() = restored_live;
+        self.sessions = sessions;
         Ok(applied_index)
     }
 }

@@ -430,9 +430,10 @@ impl StreamSink for KvSnapshotContents {
 
 impl StreamSink for KvStateMachine {
     fn header(&mut self, applied_index: u64, log_time_ms: u64, last_removal_index: u64) {
-        self.applied_index = applied_index;
-        self.log_time_ms = log_time_ms;
-        self.keyspace.last_removal_index = last_removal_index;
+        let mut live = self.live.write();
+        live.applied_index = applied_index;
+        live.log_time_ms = log_time_ms;
+        live.keyspace.last_removal_index = last_removal_index;
     }
     fn session(&mut self, session: KvSnapshotSession) {
         // `parse_stream` checked that clients and last indexes are unique.
@@ -450,9 +451,10 @@ impl StreamSink for KvStateMachine {
     }
     fn entry(&mut self, key: Bytes, value: Value) {
         let expire_at_ms = value.expire_at_ms;
-        self.keyspace.data.insert(DataKey::new(&key), value);
+        let mut live = self.live.write();
+        live.keyspace.data.insert(DataKey::new(&key), value);
         if expire_at_ms != 0 {
-            self.keyspace
+            live.keyspace
                 .expiries
                 .insert((expire_at_ms, DataKey::new(&key)));
         }

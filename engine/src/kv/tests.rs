@@ -67,7 +67,7 @@ fn keys_on_both_sides_of_the_inline_limit_are_stored_found_and_snapshotted() {
     // Keys that differ only in length are distinct entries.
     assert_eq!(sm.len(), keys.len());
     for (i, key) in keys.iter().enumerate() {
-        assert_eq!(sm.get(key), bulk(format!("v{i}").as_bytes()).as_ref());
+        assert_eq!(sm.get(key), bulk(format!("v{i}").as_bytes()));
         let mut shorter = key.clone();
         if shorter.pop().is_some() && !keys.contains(&shorter) {
             assert_eq!(sm.get(&shorter), None);
@@ -153,7 +153,7 @@ fn each_command_follows_redis_semantics() {
         run(&mut sm, Command::Incr { key: b"counter" }),
         KvResponse::Integer(2)
     );
-    assert_eq!(sm.get(b"counter").map(|v| v.as_ref()), Some(&b"2"[..]));
+    assert_eq!(sm.get(b"counter").as_deref(), Some(&b"2"[..]));
     assert_eq!(
         run(&mut sm, Command::Incr { key: b"k" }),
         KvResponse::Error(KvError::NotAnInteger)
@@ -191,11 +191,7 @@ fn incr_rejects_redis_non_integers_and_overflow() {
             "value {:?}",
             String::from_utf8_lossy(bad)
         );
-        assert_eq!(
-            sm.get(b"n").map(|v| v.as_ref()),
-            Some(bad),
-            "value unchanged"
-        );
+        assert_eq!(sm.get(b"n").as_deref(), Some(bad), "value unchanged");
     }
     let mut sm = KvStateMachine::default();
     let max = i64::MAX.to_string();
@@ -270,7 +266,7 @@ fn cas_swaps_only_on_exact_match_and_never_creates_a_missing_key() {
         apply_one(&mut sm, 4, &encode(None, &cas(b"old", b"new"))),
         KvResponse::Integer(1)
     );
-    assert_eq!(sm.get(b"k").map(|v| v.as_ref()), Some(&b"new"[..]));
+    assert_eq!(sm.get(b"k").as_deref(), Some(&b"new"[..]));
     assert_eq!(
         apply_one(&mut sm, 5, &encode(None, &cas(b"old", b"x"))),
         KvResponse::Integer(0)
@@ -287,11 +283,7 @@ fn retried_write_with_same_session_applies_once_and_returns_the_first_reply() {
         KvResponse::Integer(1),
         "cached reply"
     );
-    assert_eq!(
-        sm.get(b"c").map(|v| v.as_ref()),
-        Some(&b"1"[..]),
-        "applied once"
-    );
+    assert_eq!(sm.get(b"c").as_deref(), Some(&b"1"[..]), "applied once");
     let next = encode(session(7, 2), &Command::Incr { key: b"c" });
     assert_eq!(apply_one(&mut sm, 3, &next), KvResponse::Integer(2));
     // The older sequence is now stale: a clear error, and nothing applied.
@@ -303,7 +295,7 @@ fn retried_write_with_same_session_applies_once_and_returns_the_first_reply() {
             last_sequence: 2
         })
     );
-    assert_eq!(sm.get(b"c").map(|v| v.as_ref()), Some(&b"2"[..]));
+    assert_eq!(sm.get(b"c").as_deref(), Some(&b"2"[..]));
     // Another client with the same sequence number is independent.
     let other = encode(session(8, 1), &Command::Incr { key: b"c" });
     assert_eq!(apply_one(&mut sm, 5, &other), KvResponse::Integer(3));
@@ -522,7 +514,39 @@ fn snapshot_is_a_point_in_time_view_while_writes_continue() {
 }
 
 #[test]
-fn read_view_does_not_see_later_writes() {
+fn a_read_view_made_before_later_writes_answers_from_the_live_state_and_refuses_writes() {
+    let mut sm = KvStateMachine::default();
+    let set = |value: &'static [u8]| encode(None, &Command::Set { key: b"a", value });
+    apply_one(&mut sm, 1, &set(b"1"));
+    let view = sm.read_view();
+    assert_eq!(view.applied_index(), 1);
+    apply_one(&mut sm, 2, &set(b"2"));
+    // A lease read judged safe at index 1 may see index 2 (never less than 1).
+    assert_eq!(view.applied_index(), 2);
+    assert_eq!(
+        view.query(&Command::Get { key: b"a" }, 0),
+        KvResponse::Bulk(bulk(b"2"))
+    );
+    // A snapshot frozen now keeps index 2 while the live state moves on.
+    let mut frozen = sm.snapshot();
+    apply_one(&mut sm, 3, &set(b"3"));
+    let mut bytes = Vec::new();
+    frozen.write_to(&mut bytes).expect("snapshot");
+    let mut restored = KvStateMachine::default();
+    restored.restore(&mut &bytes[..]).expect("restore");
+    assert_eq!(restored.get(b"a").as_deref(), Some(&b"2"[..]));
+    assert_eq!(
+        view.query(&Command::Get { key: b"a" }, 0),
+        KvResponse::Bulk(bulk(b"3"))
+    );
+    assert_eq!(
+        view.query(&Command::Incr { key: b"a" }, 0),
+        KvResponse::Error(KvError::NotReadOnly("incr"))
+    );
+}
+
+#[test]
+fn a_restore_is_seen_by_read_views_handed_out_before_it() {
     let mut sm = KvStateMachine::default();
     apply_one(
         &mut sm,
@@ -530,35 +554,31 @@ fn read_view_does_not_see_later_writes() {
         &encode(
             None,
             &Command::Set {
-                key: b"a",
-                value: b"1",
+                key: b"k",
+                value: b"old",
             },
         ),
     );
-    let view = sm.read_view();
+    let mut source = KvStateMachine::default();
     apply_one(
-        &mut sm,
-        2,
+        &mut source,
+        7,
         &encode(
             None,
             &Command::Set {
-                key: b"a",
-                value: b"2",
+                key: b"k",
+                value: b"new",
             },
         ),
     );
-    assert_eq!(view.applied_index(), 1);
+    let mut bytes = Vec::new();
+    source.snapshot().write_to(&mut bytes).expect("snapshot");
+    let view = sm.read_view();
+    assert_eq!(sm.restore(&mut &bytes[..]).expect("restore"), 7);
+    assert_eq!(view.applied_index(), 7);
     assert_eq!(
-        view.query(&Command::Get { key: b"a" }, 0),
-        KvResponse::Bulk(bulk(b"1"))
-    );
-    assert_eq!(
-        sm.query(&encode(None, &Command::Get { key: b"a" })),
-        KvResponse::Bulk(bulk(b"2"))
-    );
-    assert_eq!(
-        view.query(&Command::Incr { key: b"a" }, 0),
-        KvResponse::Error(KvError::NotReadOnly("incr"))
+        view.query(&Command::Get { key: b"k" }, 0),
+        KvResponse::Bulk(bulk(b"new"))
     );
 }
 
@@ -892,7 +912,7 @@ proptest! {
         }
         prop_assert_eq!(replies, expected);
         let state: BTreeMap<Vec<u8>, Vec<u8>> =
-            sm.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+            sm.pairs().into_iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
         prop_assert_eq!(state, model.data);
         prop_assert_eq!(sm.applied_index(), steps.len() as u64);
     }
@@ -1042,4 +1062,100 @@ fn apply_cost_probe_200k_sets_over_100k_keys_with_a_snapshot_alive() {
     }
     assert!(sm.len() > 80_000 && sm.len() <= 100_000);
     drop(frozen);
+}
+
+#[test]
+fn a_reader_thread_never_sees_half_of_a_transaction_applied_in_batches() {
+    let mut sm = KvStateMachine::default();
+    let view = sm.read_view();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut reads = 0u64;
+            let mut last_index = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || reads == 0 {
+                let index = view.applied_index();
+                assert!(index >= last_index, "the applied index went back");
+                last_index = index;
+                let reply = view.query(
+                    &Command::MGet {
+                        keys: vec![b"a", b"b"],
+                    },
+                    0,
+                );
+                let KvResponse::Array(values) = reply else {
+                    panic!("MGET answered {reply:?}");
+                };
+                assert_eq!(values[0], values[1], "a and b are written by one entry");
+                reads += 1;
+            }
+            reads
+        })
+    };
+    let mut index = 0;
+    for round in 0..300u64 {
+        let payloads: Vec<Vec<u8>> = (0..100u64)
+            .map(|i| {
+                let value = format!("{}", round * 100 + i);
+                let value: &[u8] = value.as_bytes();
+                let multi = Command::Multi {
+                    watch_index: 0,
+                    watched: vec![],
+                    commands: vec![
+                        Command::Set { key: b"a", value },
+                        Command::Set { key: b"b", value },
+                    ],
+                };
+                encode(None, &multi)
+            })
+            .collect();
+        let entries: Vec<CommittedEntry<'_>> = payloads
+            .iter()
+            .map(|payload| {
+                index += 1;
+                CommittedEntry { index, payload }
+            })
+            .collect();
+        sm.apply(&entries).expect("apply");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(reader.join().expect("reader") > 0);
+    assert_eq!(sm.get(b"a").as_deref(), Some(&b"29999"[..]));
+}
+
+#[test]
+fn a_frozen_read_view_keeps_reading_the_state_it_was_made_at() {
+    let mut sm = KvStateMachine::default();
+    sm.freeze_read_views();
+    apply_one(
+        &mut sm,
+        1,
+        &encode(
+            None,
+            &Command::Set {
+                key: b"k",
+                value: b"1",
+            },
+        ),
+    );
+    let published = StateMachine::read_view(&sm).expect("a view");
+    let view = published.downcast_ref::<KvReadView>().expect("a KV view");
+    apply_one(
+        &mut sm,
+        2,
+        &encode(
+            None,
+            &Command::Set {
+                key: b"k",
+                value: b"2",
+            },
+        ),
+    );
+    assert_eq!(view.applied_index(), 1);
+    assert_eq!(
+        view.query(&Command::Get { key: b"k" }, 0),
+        KvResponse::Bulk(bulk(b"1"))
+    );
+    assert_eq!(sm.get(b"k").as_deref(), Some(&b"2"[..]));
 }

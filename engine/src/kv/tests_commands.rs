@@ -93,7 +93,7 @@ fn expiry_is_judged_by_log_time_and_expired_keys_are_removed_by_entries() {
         ),
         KvResponse::Ok
     );
-    assert_eq!(r.sm.get(b"k").map(|v| v.as_ref()), Some(&b"v"[..]));
+    assert_eq!(r.sm.get(b"k").as_deref(), Some(&b"v"[..]));
     assert_eq!(
         r.apply_at(
             1_200,
@@ -971,7 +971,7 @@ fn a_format_1_snapshot_still_restores_without_expiry() {
     bytes.extend_from_slice(&crc.to_le_bytes());
     let mut sm = KvStateMachine::new(LIMITS);
     assert_eq!(sm.restore(&mut bytes.as_slice()).expect("restore"), 3);
-    assert_eq!(sm.get(b"k").map(|v| v.as_ref()), Some(&b"v"[..]));
+    assert_eq!(sm.get(b"k").as_deref(), Some(&b"v"[..]));
     assert_eq!(sm.expire_at_ms(b"k"), None);
     assert_eq!(sm.log_time_ms(), 0);
 }

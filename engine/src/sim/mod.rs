@@ -134,6 +134,10 @@ pub struct SimConfig {
     /// The check those reads are judged by: [`LocalReadCheck::Exact`] except in tests
     /// that show a broken check is caught.
     pub local_read_check: LocalReadCheck,
+    /// Read views are frozen copies (`KvStateMachine::freeze_read_views`), so a
+    /// published view can lag the applied state: what the applied-index part of the
+    /// local read check guards against for state machines with such views.
+    pub frozen_read_views: bool,
     /// The drift bound the nodes assume (RaftConfig::max_clock_drift).
     pub assumed_max_clock_drift: f64,
     /// The real spread of clock rates: each node's rate is drawn from [1 - this, 1].
@@ -195,6 +199,7 @@ impl SimConfig {
             lease_reads: true,
             local_reads: 0.5,
             local_read_check: LocalReadCheck::Exact,
+            frozen_read_views: false,
             assumed_max_clock_drift: 0.1,
             actual_max_clock_drift: 0.05,
             faults: FaultConfig::all(),
@@ -1271,6 +1276,9 @@ impl Simulation {
         let store = SnapshotStore::new(disk).map_err(|error| error.to_string())?;
         let first_index = node.storage_mut().first_index();
         let mut state_machine = KvStateMachine::new(KvLimits::default());
+        if self.cfg.frozen_read_views {
+            state_machine.freeze_read_views();
+        }
         let restart = match store
             .select_for_restart(first_index)
             .map_err(|error| error.to_string())?

@@ -43,7 +43,9 @@ impl Connection {
     /// Handles one command: answers it locally or queues it for the node. Returns its
     /// slot (QUIT also closes the connection once everything before it is answered).
     pub(super) fn command(&mut self, args: &[&[u8]], context: &mut Context<'_>) -> Slot {
-        let mut out = Vec::new();
+        // The reply goes into the connection's reusable buffer; a handler that makes its
+        // own slot hands the (still empty) buffer back first.
+        let mut out = std::mem::take(&mut self.spare_reply);
         let Some(name) = args.first() else {
             write_error(&mut out, "ERR empty command");
             return Slot::Ready(out);
@@ -119,7 +121,10 @@ impl Connection {
                 write_verbatim(&mut out, text.as_bytes(), protocol);
             }
             b"config" => config_command_as(&mut out, rest, protocol),
-            b"tally" => return self.tally_command(rest, context),
+            b"tally" => {
+                self.spare_reply = out;
+                return self.tally_command(rest, context);
+            }
             b"command" => command_command(&mut out, rest, protocol),
             b"client" => self.client_command(&mut out, rest, context),
             b"hello" => self.hello_command(&mut out, rest, context),
@@ -142,13 +147,19 @@ impl Connection {
                     write_simple_string(&mut out, "OK");
                 }
             },
-            b"exec" => return self.exec_command(),
-            b"watch" => return self.watch_command(args, context),
+            b"exec" => {
+                self.spare_reply = out;
+                return self.exec_command();
+            }
+            b"watch" => {
+                self.spare_reply = out;
+                return self.watch_command(args, context);
+            }
             b"unwatch" => {
                 self.unwatch();
                 write_simple_string(&mut out, "OK");
             }
-            _ => return self.kv_command(args, context),
+            _ => return self.kv_command(args, out, context),
         }
         Slot::Ready(out)
     }
@@ -194,9 +205,14 @@ impl Connection {
         Slot::Pending(tag)
     }
 
-    /// Parses and encodes a KV command and queues it for submission.
-    pub(super) fn kv_command(&mut self, args: &[&[u8]], context: &mut Context<'_>) -> Slot {
-        let mut out = Vec::new();
+    /// Parses and encodes a KV command and queues it for submission. `out`: an empty
+    /// buffer for a reply made here (an error, a lease read), else handed back.
+    pub(super) fn kv_command(
+        &mut self,
+        args: &[&[u8]],
+        mut out: Vec<u8>,
+        context: &mut Context<'_>,
+    ) -> Slot {
         let command = match parse_command_args(args) {
             Ok(command) => command,
             Err(error) => {
@@ -205,10 +221,8 @@ impl Connection {
             }
         };
         let read_only = command.is_read_only();
-        if read_only {
-            if let Some(reply) = self.serve_lease_read_here(&command, context) {
-                return Slot::Ready(reply);
-            }
+        if read_only && self.serve_lease_read_here(&command, &mut out, context) {
+            return Slot::Ready(out);
         }
         let session = if read_only {
             None
@@ -221,6 +235,7 @@ impl Connection {
         if let Err(reply) = encode_checked(session, &command, context) {
             return Slot::Ready(reply);
         }
+        self.spare_reply = out;
         if !read_only {
             self.last_sequence += 1;
         }
@@ -238,28 +253,33 @@ impl Connection {
     /// view when the lease check passes (`tally_engine::driver::lease`: as safe as the
     /// raft thread's), and when nothing of this connection is ahead of it: no earlier
     /// write unanswered (it must see them), no earlier request still unsubmitted (replies
-    /// keep request order). `None`: the usual path through the node.
+    /// keep request order). Returns whether the reply was written to `out`; `false`:
+    /// the usual path through the node.
     fn serve_lease_read_here(
         &mut self,
         command: &Command<'_>,
+        out: &mut Vec<u8>,
         context: &mut Context<'_>,
-    ) -> Option<Vec<u8>> {
+    ) -> bool {
         if self.unanswered_writes > 0 || !self.unsubmitted.is_empty() {
-            return None;
+            return false;
         }
-        let view = context.local_reader.view_for_read().ok()?;
-        let view = view.view.downcast_ref::<KvReadView>()?;
+        let Ok(view) = context.local_reader.view_for_read() else {
+            return false;
+        };
+        let Some(view) = view.view.downcast_ref::<KvReadView>() else {
+            return false;
+        };
         let response = view.query(command, clock_ms());
-        let mut out = Vec::new();
         context
             .shared
-            .write_result(&mut out, Ok(response), self.protocol);
+            .write_result(out, Ok(response), self.protocol);
         context
             .shared
             .counters
             .reads_lease_local
             .fetch_add(1, Ordering::Relaxed);
-        Some(out)
+        true
     }
 
     /// Inside MULTI: a command that parses is queued (`+QUEUED`); one that does not is

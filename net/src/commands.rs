@@ -155,8 +155,10 @@ pub fn parse_command_args<'a>(args: &[&'a [u8]]) -> Parsed<'a> {
     if name.len() > lower.len() {
         return Err(CommandParseError::unknown(args));
     }
-    lower[..name.len()].copy_from_slice(name);
-    lower[..name.len()].make_ascii_lowercase();
+    // One pass, no `memcpy` call for a few bytes.
+    for (lower, byte) in lower.iter_mut().zip(name.iter()) {
+        *lower = byte.to_ascii_lowercase();
+    }
     // `rest` stays borrowed: only commands whose `Command` owns a key list (DEL, EXISTS,
     // MGET, WATCH, MSET) allocate one.
     match &lower[..name.len()] {

@@ -487,27 +487,30 @@ fn write_line_sanitized(out: &mut Vec<u8>, text: &str) {
 /// Longest decimal `u64` (20 digits).
 const MAX_DECIMAL_DIGITS: usize = 20;
 
-/// Appends `value` in decimal, as `write!` would, without the formatting machinery
-/// (which costs hundreds of instructions per reply on the I/O thread).
-fn push_decimal(out: &mut Vec<u8>, mut value: u64) {
-    let mut digits = [0u8; MAX_DECIMAL_DIGITS];
-    let mut start = MAX_DECIMAL_DIGITS;
+/// `<type byte>[-]<decimal value>\r\n`, the header line of integers, bulk strings,
+/// arrays and maps: the digits as `write!` would print them, but built right to left
+/// on the stack and appended with one copy (the formatting machinery costs hundreds of
+/// instructions per reply on the I/O thread).
+fn write_header_line(out: &mut Vec<u8>, type_byte: u8, negative: bool, mut value: u64) {
+    // Type byte, sign, 20 digits, CRLF.
+    let mut line = [0u8; MAX_DECIMAL_DIGITS + 4];
+    let mut start = line.len() - 2;
+    line[start..].copy_from_slice(b"\r\n");
     loop {
         start -= 1;
-        digits[start] = b'0' + (value % 10) as u8;
+        line[start] = b'0' + (value % 10) as u8;
         value /= 10;
         if value == 0 {
             break;
         }
     }
-    out.extend_from_slice(&digits[start..]);
-}
-
-/// `<type byte><value>\r\n`, the header line of integers, bulk strings, arrays, maps.
-fn write_header_line(out: &mut Vec<u8>, type_byte: u8, value: u64) {
-    out.push(type_byte);
-    push_decimal(out, value);
-    out.extend_from_slice(b"\r\n");
+    if negative {
+        start -= 1;
+        line[start] = b'-';
+    }
+    start -= 1;
+    line[start] = type_byte;
+    out.extend_from_slice(&line[start..]);
 }
 
 /// `+text\r\n`.
@@ -524,20 +527,14 @@ pub fn write_error(out: &mut Vec<u8>, message: &str) {
 
 /// `:n\r\n`.
 pub fn write_integer(out: &mut Vec<u8>, value: i64) {
-    if value < 0 {
-        out.extend_from_slice(b":-");
-        push_decimal(out, value.unsigned_abs());
-        out.extend_from_slice(b"\r\n");
-    } else {
-        write_header_line(out, b':', value.unsigned_abs());
-    }
+    write_header_line(out, b':', value < 0, value.unsigned_abs());
 }
 
 /// `$len\r\nbytes\r\n`.
 pub fn write_bulk(out: &mut Vec<u8>, bytes: &[u8]) {
     // One reservation for the whole element: `$`, digits, two CRLFs.
     out.reserve(bytes.len() + MAX_DECIMAL_DIGITS + 5);
-    write_header_line(out, b'$', bytes.len() as u64);
+    write_header_line(out, b'$', false, bytes.len() as u64);
     out.extend_from_slice(bytes);
     out.extend_from_slice(b"\r\n");
 }
@@ -549,7 +546,7 @@ pub fn write_null_bulk(out: &mut Vec<u8>) {
 
 /// `*n\r\n`; the caller writes the `n` elements next.
 pub fn write_array_header(out: &mut Vec<u8>, n_elements: usize) {
-    write_header_line(out, b'*', n_elements as u64);
+    write_header_line(out, b'*', false, n_elements as u64);
 }
 
 /// `*-1\r\n`, the null array.
@@ -606,7 +603,7 @@ pub fn write_null_array_as(out: &mut Vec<u8>, protocol: Protocol) {
 pub fn write_map_header(out: &mut Vec<u8>, n_pairs: usize, protocol: Protocol) {
     match protocol {
         Protocol::Resp2 => write_array_header(out, n_pairs * 2),
-        Protocol::Resp3 => write_header_line(out, b'%', n_pairs as u64),
+        Protocol::Resp3 => write_header_line(out, b'%', false, n_pairs as u64),
     }
 }
 
@@ -617,7 +614,7 @@ pub fn write_verbatim(out: &mut Vec<u8>, text: &[u8], protocol: Protocol) {
         Protocol::Resp2 => write_bulk(out, text),
         Protocol::Resp3 => {
             out.reserve(text.len() + MAX_DECIMAL_DIGITS + 9);
-            write_header_line(out, b'=', text.len() as u64 + 4);
+            write_header_line(out, b'=', false, text.len() as u64 + 4);
             out.extend_from_slice(b"txt:");
             out.extend_from_slice(text);
             out.extend_from_slice(b"\r\n");

@@ -402,23 +402,39 @@ impl Connection {
                     }
                 }
             }
-            let reply = ReplyTo::with_waker(
-                request.tag,
-                context.reply_tx.clone(),
-                Arc::clone(context.reply_waker),
-            );
-            if request.read_only {
-                context.outbox.push(Submission::Read {
-                    query: request.request,
-                    reply,
-                });
-            } else {
-                self.unanswered_writes += 1;
-                context.outbox.push(Submission::Propose {
-                    command: request.request,
-                    reply,
-                });
-            }
+            self.submit(request, context);
+        }
+    }
+
+    /// Queues an encoded request for submission. A write with nothing queued before it
+    /// goes to the pass's outbox at once: exactly what [`Connection::submit_ready`]
+    /// would do with it next, without the queue.
+    pub(super) fn queue_request(&mut self, request: Unsubmitted, context: &mut Context<'_>) {
+        if request.read_only || request.exec.is_some() || !self.unsubmitted.is_empty() {
+            self.unsubmitted.push_back(request);
+        } else {
+            self.submit(request, context);
+        }
+    }
+
+    /// Hands one request to the pass's outbox (counting an unanswered write).
+    fn submit(&mut self, request: Unsubmitted, context: &mut Context<'_>) {
+        let reply = ReplyTo::with_waker(
+            request.tag,
+            context.reply_tx.clone(),
+            Arc::clone(context.reply_waker),
+        );
+        if request.read_only {
+            context.outbox.push(Submission::Read {
+                query: request.request,
+                reply,
+            });
+        } else {
+            self.unanswered_writes += 1;
+            context.outbox.push(Submission::Propose {
+                command: request.request,
+                reply,
+            });
         }
     }
 

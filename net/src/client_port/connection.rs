@@ -135,6 +135,15 @@ pub(super) struct Connection {
     pub(super) unsent_since: Option<Instant>,
     /// No more bytes will be read (EOF, shutdown, QUIT, protocol error).
     pub(super) read_closed: bool,
+    /// The last read of the plain TCP socket returned fewer bytes than asked: the socket
+    /// held nothing more then, and epoll (edge-triggered) reports whatever arrives after
+    /// it, so the next read waits for this connection's next poll event (the I/O thread
+    /// clears this flag on each) instead of a syscall answering EAGAIN. Invariant: false
+    /// for TLS (a short plaintext read says nothing about the socket) and once the peer's
+    /// half-close was reported (its EOF is read, not waited for).
+    pub(super) socket_drained: bool,
+    /// A poll event reported the peer's half-close (or a hang-up).
+    pub(super) peer_closed_reported: bool,
     /// No more commands are parsed; close once every slot is answered and written.
     pub(super) closing: bool,
     /// Queued in the I/O thread's `scheduled` list.
@@ -197,6 +206,8 @@ impl Connection {
             out_written: 0,
             unsent_since: None,
             read_closed: false,
+            socket_drained: false,
+            peer_closed_reported: false,
             closing: false,
             scheduled: false,
             protocol: Protocol::Resp2,
@@ -214,6 +225,13 @@ impl Connection {
 
     pub(super) fn unsent_bytes(&self) -> usize {
         self.out.len() - self.out_written
+    }
+
+    /// A poll event for this connection: the socket may hold new bytes (or an EOF, or
+    /// an error), so the next drive reads it.
+    pub(super) fn on_poll_event(&mut self, read_closed: bool) {
+        self.socket_drained = false;
+        self.peer_closed_reported |= read_closed;
     }
 
     /// Shutdown: read nothing more, answer what was parsed, then close.
@@ -252,6 +270,7 @@ impl Connection {
                 continue;
             }
             let may_read = !self.read_closed
+                && !self.socket_drained
                 && !self.closing
                 && self.slots.len() < config.limits.max_pipeline_commands
                 && self.unsent_bytes() < config.limits.output_buffer_soft_bytes;
@@ -260,9 +279,13 @@ impl Connection {
             }
             match self.stream.read(context.read_scratch) {
                 Ok(0) => self.read_closed = true,
-                Ok(n_read) => self
-                    .input
-                    .extend_from_slice(&context.read_scratch[..n_read]),
+                Ok(n_read) => {
+                    self.input
+                        .extend_from_slice(&context.read_scratch[..n_read]);
+                    self.socket_drained = n_read < context.read_scratch.len()
+                        && !self.peer_closed_reported
+                        && matches!(self.stream, Stream::Plain(_));
+                }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                     return Ok(Verdict::Keep)
                 }

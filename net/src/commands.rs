@@ -155,14 +155,17 @@ pub fn parse_command_args<'a>(args: &[&'a [u8]]) -> Parsed<'a> {
     if name.len() > lower.len() {
         return Err(CommandParseError::unknown(args));
     }
-    lower[..name.len()].copy_from_slice(name);
-    lower[..name.len()].make_ascii_lowercase();
-    let rest = rest.to_vec();
+    // One pass, no `memcpy` call for a few bytes.
+    for (lower, byte) in lower.iter_mut().zip(name.iter()) {
+        *lower = byte.to_ascii_lowercase();
+    }
+    // `rest` stays borrowed: only commands whose `Command` owns a key list (DEL, EXISTS,
+    // MGET, WATCH, MSET) allocate one.
     match &lower[..name.len()] {
-        b"set" => parse_set(&rest),
-        b"get" => one_key(&rest, "get").map(|key| Command::Get { key }),
-        b"incr" => one_key(&rest, "incr").map(|key| Command::Incr { key }),
-        b"decr" => one_key(&rest, "decr").map(|key| Command::IncrBy { key, delta: -1 }),
+        b"set" => parse_set(rest),
+        b"get" => one_key(rest, "get").map(|key| Command::Get { key }),
+        b"incr" => one_key(rest, "incr").map(|key| Command::Incr { key }),
+        b"decr" => one_key(rest, "decr").map(|key| Command::IncrBy { key, delta: -1 }),
         b"incrby" => match *rest {
             [key, delta] => Ok(Command::IncrBy {
                 key,
@@ -205,10 +208,18 @@ pub fn parse_command_args<'a>(args: &[&'a [u8]]) -> Parsed<'a> {
                 return Err(CommandParseError::WrongArity(which));
             }
             Ok(match which {
-                "del" | "unlink" => Command::Del { keys: rest },
-                "exists" => Command::Exists { keys: rest },
-                "mget" => Command::MGet { keys: rest },
-                _ => Command::Watch { keys: rest },
+                "del" | "unlink" => Command::Del {
+                    keys: rest.to_vec(),
+                },
+                "exists" => Command::Exists {
+                    keys: rest.to_vec(),
+                },
+                "mget" => Command::MGet {
+                    keys: rest.to_vec(),
+                },
+                _ => Command::Watch {
+                    keys: rest.to_vec(),
+                },
             })
         }
         b"mset" | b"msetnx" => {
@@ -231,16 +242,16 @@ pub fn parse_command_args<'a>(args: &[&'a [u8]]) -> Parsed<'a> {
             [key, expected, new] => Ok(Command::Cas { key, expected, new }),
             _ => Err(CommandParseError::WrongArity("cas")),
         },
-        b"setnx" => two(&rest, "setnx").map(|(key, value)| Command::SetNx { key, value }),
-        b"append" => two(&rest, "append").map(|(key, value)| Command::Append { key, value }),
-        b"getset" => two(&rest, "getset").map(|(key, value)| Command::GetSet { key, value }),
-        b"setex" | b"psetex" => parse_setex(&rest, name.len() == 5),
-        b"strlen" => one_key(&rest, "strlen").map(|key| Command::Strlen { key }),
-        b"getdel" => one_key(&rest, "getdel").map(|key| Command::GetDel { key }),
-        b"persist" => one_key(&rest, "persist").map(|key| Command::Persist { key }),
-        b"type" => one_key(&rest, "type").map(|key| Command::Type { key }),
-        b"ttl" => one_key(&rest, "ttl").map(|key| Command::Ttl { key, millis: false }),
-        b"pttl" => one_key(&rest, "pttl").map(|key| Command::Ttl { key, millis: true }),
+        b"setnx" => two(rest, "setnx").map(|(key, value)| Command::SetNx { key, value }),
+        b"append" => two(rest, "append").map(|(key, value)| Command::Append { key, value }),
+        b"getset" => two(rest, "getset").map(|(key, value)| Command::GetSet { key, value }),
+        b"setex" | b"psetex" => parse_setex(rest, name.len() == 5),
+        b"strlen" => one_key(rest, "strlen").map(|key| Command::Strlen { key }),
+        b"getdel" => one_key(rest, "getdel").map(|key| Command::GetDel { key }),
+        b"persist" => one_key(rest, "persist").map(|key| Command::Persist { key }),
+        b"type" => one_key(rest, "type").map(|key| Command::Type { key }),
+        b"ttl" => one_key(rest, "ttl").map(|key| Command::Ttl { key, millis: false }),
+        b"pttl" => one_key(rest, "pttl").map(|key| Command::Ttl { key, millis: true }),
         b"getrange" | b"substr" => match *rest {
             [key, start, end] => Ok(Command::GetRange {
                 key,
@@ -258,16 +269,16 @@ pub fn parse_command_args<'a>(args: &[&'a [u8]]) -> Parsed<'a> {
             }
             _ => Err(CommandParseError::WrongArity("setrange")),
         },
-        b"getex" => parse_getex(&rest),
-        b"expire" => parse_expire(&rest, "expire", true, false),
-        b"pexpire" => parse_expire(&rest, "pexpire", false, false),
-        b"expireat" => parse_expire(&rest, "expireat", true, true),
-        b"pexpireat" => parse_expire(&rest, "pexpireat", false, true),
+        b"getex" => parse_getex(rest),
+        b"expire" => parse_expire(rest, "expire", true, false),
+        b"pexpire" => parse_expire(rest, "pexpire", false, false),
+        b"expireat" => parse_expire(rest, "expireat", true, true),
+        b"pexpireat" => parse_expire(rest, "pexpireat", false, true),
         b"keys" => match *rest {
             [pattern] => Ok(Command::Keys { pattern }),
             _ => Err(CommandParseError::WrongArity("keys")),
         },
-        b"scan" => parse_scan(&rest),
+        b"scan" => parse_scan(rest),
         b"dbsize" => match *rest {
             [] => Ok(Command::DbSize),
             _ => Err(CommandParseError::WrongArity("dbsize")),

@@ -17,7 +17,6 @@
 //! * The `write_*` functions encode replies into a reusable `Vec<u8>`.
 //! * [`parse_reply`] and [`write_command`] are the client side, for tests and tools.
 
-use std::io::Write as _;
 use std::ops::Range;
 
 use tally_engine::kv::KvResponse;
@@ -214,6 +213,11 @@ impl RequestParser {
     /// Parses the next command from `buffer`, resuming where the previous `Incomplete`
     /// call stopped.
     pub fn parse(&mut self, buffer: &[u8]) -> Result<ParseStatus, RespError> {
+        if self.progress == Progress::Start && self.position == 0 {
+            if let Some(consumed) = self.whole_array(buffer) {
+                return Ok(ParseStatus::Complete { consumed });
+            }
+        }
         loop {
             match self.progress {
                 Progress::Start => {
@@ -256,39 +260,95 @@ impl RequestParser {
                 }
                 Progress::Array { elements } => {
                     while self.spans.len() < elements {
-                        let Some(&first) = buffer.get(self.position) else {
-                            return Ok(ParseStatus::Incomplete);
-                        };
-                        if first != b'$' {
-                            return Err(RespError::ExpectedBulk { got: first });
+                        match self.bulk_element(buffer)? {
+                            Some(span) => self.spans.push(span),
+                            None => return Ok(ParseStatus::Incomplete),
                         }
-                        let Some((len, data_start)) = self.length_line(buffer)? else {
-                            return Ok(ParseStatus::Incomplete);
-                        };
-                        let len = match len {
-                            Some(len) if len >= 0 => len as u64,
-                            _ => return Err(RespError::InvalidBulkLength),
-                        };
-                        if len > self.limits.max_bulk_bytes as u64 {
-                            return Err(RespError::BulkTooLarge {
-                                len,
-                                max: self.limits.max_bulk_bytes,
-                            });
-                        }
-                        let data_end = data_start + len as usize;
-                        if buffer.len() < data_end + 2 {
-                            return Ok(ParseStatus::Incomplete);
-                        }
-                        if &buffer[data_end..data_end + 2] != b"\r\n" {
-                            return Err(RespError::MissingCrlf);
-                        }
-                        self.spans.push(data_start..data_end);
-                        self.position = data_end + 2;
                     }
                     return Ok(self.complete());
                 }
             }
         }
+    }
+
+    /// The fast path for what clients send: a whole array request at the start of
+    /// `buffer` whose every length is plain digits, within the limits. Returns the bytes
+    /// it takes, its spans recorded; `None` for anything else (incomplete, an empty
+    /// array, a sign, an error...), which the general path then parses from the same
+    /// start (it clears the spans), so every outcome is the general path's.
+    #[inline]
+    fn whole_array(&mut self, buffer: &[u8]) -> Option<usize> {
+        if buffer.first() != Some(&b'*') {
+            return None;
+        }
+        let (count, mut position) = digits_line(buffer, 1)?;
+        // An element takes at least 6 bytes (`$0\r\n\r\n`): a count the buffer cannot
+        // hold is incomplete, and bounds the reservation below.
+        let max_present = (buffer.len() - position) / 6;
+        if count == 0 || count > self.limits.max_array_elements as u64 || count > max_present as u64
+        {
+            return None;
+        }
+        self.spans.clear();
+        self.spans.reserve(count as usize);
+        for _ in 0..count {
+            if buffer.get(position) != Some(&b'$') {
+                return None;
+            }
+            let (len, data_start) = digits_line(buffer, position + 1)?;
+            if len > self.limits.max_bulk_bytes as u64 {
+                return None;
+            }
+            let data_end = data_start + len as usize;
+            if buffer.get(data_end..data_end + 2) != Some(b"\r\n") {
+                return None;
+            }
+            self.spans.push(data_start..data_end);
+            position = data_end + 2;
+        }
+        Some(position)
+    }
+
+    /// Parses one `$<len>\r\n<bytes>\r\n` element at `position` and moves past it.
+    /// `Ok(None)`: more bytes are needed (`position` unchanged, so the element's header
+    /// is parsed again next time: it is at most [`MAX_LENGTH_LINE_BYTES`] long, while
+    /// the bytes of earlier elements are never looked at again).
+    #[inline]
+    fn bulk_element(&mut self, buffer: &[u8]) -> Result<Option<Range<usize>>, RespError> {
+        let Some(&first) = buffer.get(self.position) else {
+            return Ok(None);
+        };
+        if first != b'$' {
+            return Err(RespError::ExpectedBulk { got: first });
+        }
+        let (len, data_start) = match digits_line(buffer, self.position + 1) {
+            Some((len, data_start)) => (len, data_start),
+            None => {
+                let Some((len, data_start)) = self.length_line(buffer)? else {
+                    return Ok(None);
+                };
+                match len {
+                    Some(len) if len >= 0 => (len as u64, data_start),
+                    _ => return Err(RespError::InvalidBulkLength),
+                }
+            }
+        };
+        if len > self.limits.max_bulk_bytes as u64 {
+            return Err(RespError::BulkTooLarge {
+                len,
+                max: self.limits.max_bulk_bytes,
+            });
+        }
+        // No overflow: `len` is within `max_bulk_bytes`, a usize.
+        let data_end = data_start + len as usize;
+        let Some(terminator) = buffer.get(data_end..data_end + 2) else {
+            return Ok(None);
+        };
+        if terminator != b"\r\n" {
+            return Err(RespError::MissingCrlf);
+        }
+        self.position = data_end + 2;
+        Ok(Some(data_start..data_end))
     }
 
     fn complete(&mut self) -> ParseStatus {
@@ -303,6 +363,10 @@ impl RequestParser {
     /// `Ok(Some((None, _)))`: the line is complete but not a valid integer.
     fn length_line(&self, buffer: &[u8]) -> Result<Option<LengthLine>, RespError> {
         let start = self.position + 1;
+        if let Some((value, next)) = digits_line(buffer, start) {
+            // At most 18 digits: within i64.
+            return Ok(Some((Some(value as i64), next)));
+        }
         let window_end = buffer.len().min(start + MAX_LENGTH_LINE_BYTES);
         let window = &buffer[start.min(window_end)..window_end];
         match window.iter().position(|&b| b == b'\r') {
@@ -359,6 +423,32 @@ impl RequestParser {
     }
 }
 
+/// Most digits [`digits_line`] accepts: any 18-digit number fits `i64` (and `u64`).
+const FAST_LENGTH_DIGITS: usize = 18;
+
+/// The common length line, `<1..=18 digits>\r\n` at `start`: its value and the offset
+/// after the LF. `None` for anything else (a sign, more digits, no CRLF yet, junk):
+/// [`RequestParser::length_line`] then decides, so the outcome of every input is the
+/// general path's (this only skips its separate CR search and checked arithmetic).
+#[inline(always)]
+fn digits_line(buffer: &[u8], start: usize) -> Option<(u64, usize)> {
+    let window = buffer.get(start..)?;
+    let mut value: u64 = 0;
+    let mut n_digits = 0;
+    while n_digits < FAST_LENGTH_DIGITS {
+        let digit = window.get(n_digits)?.wrapping_sub(b'0');
+        if digit > 9 {
+            break;
+        }
+        value = value * 10 + u64::from(digit);
+        n_digits += 1;
+    }
+    if n_digits == 0 || window.get(n_digits..n_digits + 2) != Some(b"\r\n") {
+        return None;
+    }
+    Some((value, start + n_digits + 2))
+}
+
 /// Parses a RESP integer: optional `-`, then 1..=19 ASCII digits, within `i64`.
 fn parse_integer(bytes: &[u8]) -> Option<i64> {
     let (negative, digits) = match bytes.split_first() {
@@ -380,11 +470,47 @@ fn parse_integer(bytes: &[u8]) -> Option<i64> {
 /// Writes bytes for a simple string or error line with CR and LF replaced by spaces, so a
 /// message can never break the framing.
 fn write_line_sanitized(out: &mut Vec<u8>, text: &str) {
-    out.extend(
-        text.bytes()
-            .map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }),
-    );
+    let bytes = text.as_bytes();
+    out.reserve(bytes.len() + 2);
+    if bytes.iter().any(|&b| b == b'\r' || b == b'\n') {
+        out.extend(
+            bytes
+                .iter()
+                .map(|&b| if b == b'\r' || b == b'\n' { b' ' } else { b }),
+        );
+    } else {
+        out.extend_from_slice(bytes);
+    }
     out.extend_from_slice(b"\r\n");
+}
+
+/// Longest decimal `u64` (20 digits).
+const MAX_DECIMAL_DIGITS: usize = 20;
+
+/// `<type byte>[-]<decimal value>\r\n`, the header line of integers, bulk strings,
+/// arrays and maps: the digits as `write!` would print them, but built right to left
+/// on the stack and appended with one copy (the formatting machinery costs hundreds of
+/// instructions per reply on the I/O thread).
+fn write_header_line(out: &mut Vec<u8>, type_byte: u8, negative: bool, mut value: u64) {
+    // Type byte, sign, 20 digits, CRLF.
+    let mut line = [0u8; MAX_DECIMAL_DIGITS + 4];
+    let mut start = line.len() - 2;
+    line[start..].copy_from_slice(b"\r\n");
+    loop {
+        start -= 1;
+        line[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    if negative {
+        start -= 1;
+        line[start] = b'-';
+    }
+    start -= 1;
+    line[start] = type_byte;
+    out.extend_from_slice(&line[start..]);
 }
 
 /// `+text\r\n`.
@@ -401,13 +527,14 @@ pub fn write_error(out: &mut Vec<u8>, message: &str) {
 
 /// `:n\r\n`.
 pub fn write_integer(out: &mut Vec<u8>, value: i64) {
-    // Writing into a Vec cannot fail.
-    let _ = write!(out, ":{value}\r\n");
+    write_header_line(out, b':', value < 0, value.unsigned_abs());
 }
 
 /// `$len\r\nbytes\r\n`.
 pub fn write_bulk(out: &mut Vec<u8>, bytes: &[u8]) {
-    let _ = write!(out, "${}\r\n", bytes.len());
+    // One reservation for the whole element: `$`, digits, two CRLFs.
+    out.reserve(bytes.len() + MAX_DECIMAL_DIGITS + 5);
+    write_header_line(out, b'$', false, bytes.len() as u64);
     out.extend_from_slice(bytes);
     out.extend_from_slice(b"\r\n");
 }
@@ -419,7 +546,7 @@ pub fn write_null_bulk(out: &mut Vec<u8>) {
 
 /// `*n\r\n`; the caller writes the `n` elements next.
 pub fn write_array_header(out: &mut Vec<u8>, n_elements: usize) {
-    let _ = write!(out, "*{n_elements}\r\n");
+    write_header_line(out, b'*', false, n_elements as u64);
 }
 
 /// `*-1\r\n`, the null array.
@@ -476,9 +603,7 @@ pub fn write_null_array_as(out: &mut Vec<u8>, protocol: Protocol) {
 pub fn write_map_header(out: &mut Vec<u8>, n_pairs: usize, protocol: Protocol) {
     match protocol {
         Protocol::Resp2 => write_array_header(out, n_pairs * 2),
-        Protocol::Resp3 => {
-            let _ = write!(out, "%{n_pairs}\r\n");
-        }
+        Protocol::Resp3 => write_header_line(out, b'%', false, n_pairs as u64),
     }
 }
 
@@ -488,7 +613,9 @@ pub fn write_verbatim(out: &mut Vec<u8>, text: &[u8], protocol: Protocol) {
     match protocol {
         Protocol::Resp2 => write_bulk(out, text),
         Protocol::Resp3 => {
-            let _ = write!(out, "={}\r\ntxt:", text.len() + 4);
+            out.reserve(text.len() + MAX_DECIMAL_DIGITS + 9);
+            write_header_line(out, b'=', false, text.len() as u64 + 4);
+            out.extend_from_slice(b"txt:");
             out.extend_from_slice(text);
             out.extend_from_slice(b"\r\n");
         }
@@ -503,7 +630,7 @@ pub fn write_kv_response(out: &mut Vec<u8>, response: &KvResponse) {
 /// Writes a KV state machine reply in `protocol` (RESP3 differs only in its nulls).
 pub fn write_kv_response_as(out: &mut Vec<u8>, response: &KvResponse, protocol: Protocol) {
     match response {
-        KvResponse::Ok => write_simple_string(out, "OK"),
+        KvResponse::Ok => out.extend_from_slice(b"+OK\r\n"),
         KvResponse::Integer(n) => write_integer(out, *n),
         KvResponse::Bulk(Some(bytes)) => write_bulk(out, bytes),
         KvResponse::Bulk(None) => write_null(out, protocol),
@@ -916,6 +1043,56 @@ mod tests {
     }
 
     #[test]
+    fn integer_edges_encode_as_the_formatter_would() {
+        for value in [0, 1, -1, 9, 10, -10, 99, 100, i64::MAX, i64::MIN] {
+            let mut out = Vec::new();
+            write_integer(&mut out, value);
+            assert_eq!(out, format!(":{value}\r\n").into_bytes());
+        }
+        let mut out = Vec::new();
+        write_array_header(&mut out, usize::MAX);
+        assert_eq!(out, format!("*{}\r\n", usize::MAX).into_bytes());
+    }
+
+    #[test]
+    fn length_lines_past_the_fast_path_keep_the_general_rules() {
+        let limits = RespLimits::default();
+        let cases: &[&[u8]] = &[
+            // 18 digits (fast path's most), 19 digits (general path), leading zeros.
+            b"*1\r\n$000000000000000003\r\nabc\r\n",
+            b"*1\r\n$0000000000000000003\r\nabc\r\n",
+            b"*01\r\n$3\r\nabc\r\n",
+            b"*-1\r\n*1\r\n$1\r\na\r\n",
+            b"*1\r\n$-0\r\n\r\n",
+            b"*1\r\n$3\r\r\nabc\r\n",
+            b"*1\r\n$99999999999999999999\r\n",
+            // 19 digits past i64: not an integer (not "too large").
+            b"*1\r\n$9223372036854775808\r\n",
+            b"*9223372036854775808\r\n",
+            b"*2\r\n$1\r\na\r\n:1\r\n",
+            b"*3\r\n$1\r\na\r\n",
+        ];
+        for wire in cases {
+            assert_eq!(
+                parse_all_until_error(wire, limits),
+                reference_parse_all(wire, limits),
+                "{:?}",
+                String::from_utf8_lossy(wire)
+            );
+        }
+        // The 19-digit length is refused as too large, not misread.
+        let (commands, _, error) = parse_all_until_error(b"*1\r\n$1000000000000000000\r\n", limits);
+        assert!(commands.is_empty());
+        assert_eq!(
+            error,
+            Some(RespError::BulkTooLarge {
+                len: 1_000_000_000_000_000_000,
+                max: limits.max_bulk_bytes
+            })
+        );
+    }
+
+    #[test]
     fn many_blank_lines_are_skipped_without_recursion() {
         let mut wire = b"\r\n".repeat(30_000);
         wire.extend_from_slice(b"PING\r\n");
@@ -933,8 +1110,361 @@ mod tests {
         );
     }
 
+    /// The request parser as it was before its fast paths (`whole_array`,
+    /// `digits_line`): the model every input must parse the same with.
+    mod reference {
+        use super::super::{parse_integer, RespError, RespLimits, MAX_LENGTH_LINE_BYTES};
+        use std::ops::Range;
+
+        pub(super) enum Status {
+            Complete(usize),
+            Incomplete,
+        }
+
+        pub(super) struct Parser {
+            limits: RespLimits,
+            /// Elements of the array in progress (None: at the start of a command).
+            elements: Option<usize>,
+            position: usize,
+            pub(super) spans: Vec<Range<usize>>,
+        }
+
+        impl Parser {
+            pub(super) fn new(limits: RespLimits) -> Parser {
+                Parser {
+                    limits,
+                    elements: None,
+                    position: 0,
+                    spans: Vec::new(),
+                }
+            }
+
+            pub(super) fn parse(&mut self, buffer: &[u8]) -> Result<Status, RespError> {
+                loop {
+                    let Some(elements) = self.elements else {
+                        if self.position == 0 {
+                            self.spans.clear();
+                        }
+                        let Some(&first) = buffer.get(self.position) else {
+                            return Ok(Status::Incomplete);
+                        };
+                        if first != b'*' {
+                            match self.inline(buffer)? {
+                                Some(Some(status)) => return Ok(status),
+                                Some(None) => continue,
+                                None => return Ok(Status::Incomplete),
+                            }
+                        }
+                        let Some((count, next)) = self.length_line(buffer) else {
+                            return Ok(Status::Incomplete);
+                        };
+                        let count = count.ok_or(RespError::InvalidMultibulkLength)?;
+                        self.position = next;
+                        if count <= 0 {
+                            continue;
+                        }
+                        let count = count as u64;
+                        if count > self.limits.max_array_elements as u64 {
+                            return Err(RespError::TooManyElements {
+                                count,
+                                max: self.limits.max_array_elements,
+                            });
+                        }
+                        self.spans.clear();
+                        self.elements = Some(count as usize);
+                        continue;
+                    };
+                    while self.spans.len() < elements {
+                        let Some(&first) = buffer.get(self.position) else {
+                            return Ok(Status::Incomplete);
+                        };
+                        if first != b'$' {
+                            return Err(RespError::ExpectedBulk { got: first });
+                        }
+                        let Some((len, data_start)) = self.length_line(buffer) else {
+                            return Ok(Status::Incomplete);
+                        };
+                        let len = match len {
+                            Some(len) if len >= 0 => len as u64,
+                            _ => return Err(RespError::InvalidBulkLength),
+                        };
+                        if len > self.limits.max_bulk_bytes as u64 {
+                            return Err(RespError::BulkTooLarge {
+                                len,
+                                max: self.limits.max_bulk_bytes,
+                            });
+                        }
+                        let data_end = data_start + len as usize;
+                        if buffer.len() < data_end + 2 {
+                            return Ok(Status::Incomplete);
+                        }
+                        if &buffer[data_end..data_end + 2] != b"\r\n" {
+                            return Err(RespError::MissingCrlf);
+                        }
+                        self.spans.push(data_start..data_end);
+                        self.position = data_end + 2;
+                    }
+                    return Ok(self.complete());
+                }
+            }
+
+            fn complete(&mut self) -> Status {
+                let consumed = self.position;
+                self.elements = None;
+                self.position = 0;
+                Status::Complete(consumed)
+            }
+
+            fn length_line(&self, buffer: &[u8]) -> Option<(Option<i64>, usize)> {
+                let start = self.position + 1;
+                let window_end = buffer.len().min(start + MAX_LENGTH_LINE_BYTES);
+                let window = &buffer[start.min(window_end)..window_end];
+                match window.iter().position(|&b| b == b'\r') {
+                    Some(cr) => {
+                        let after_cr = start + cr + 1;
+                        match buffer.get(after_cr) {
+                            None => None,
+                            Some(b'\n') => Some((parse_integer(&window[..cr]), after_cr + 1)),
+                            Some(_) => Some((None, after_cr)),
+                        }
+                    }
+                    None if window.len() >= MAX_LENGTH_LINE_BYTES => Some((None, window_end)),
+                    None => None,
+                }
+            }
+
+            /// `None`: incomplete; `Some(None)`: an empty line, skipped.
+            fn inline(&mut self, buffer: &[u8]) -> Result<Option<Option<Status>>, RespError> {
+                let start = self.position;
+                let max = self.limits.max_inline_bytes;
+                let window_end = buffer.len().min(start + max);
+                let Some(newline) = buffer[start..window_end].iter().position(|&b| b == b'\n')
+                else {
+                    if buffer.len() - start >= max {
+                        return Err(RespError::InlineTooLong { max });
+                    }
+                    return Ok(None);
+                };
+                let line_end = start + newline;
+                let mut content_end = line_end;
+                if content_end > start && buffer[content_end - 1] == b'\r' {
+                    content_end -= 1;
+                }
+                self.spans.clear();
+                let mut cursor = start;
+                while cursor < content_end {
+                    while cursor < content_end && buffer[cursor].is_ascii_whitespace() {
+                        cursor += 1;
+                    }
+                    let word_start = cursor;
+                    while cursor < content_end && !buffer[cursor].is_ascii_whitespace() {
+                        cursor += 1;
+                    }
+                    if cursor > word_start {
+                        self.spans.push(word_start..cursor);
+                    }
+                }
+                self.position = line_end + 1;
+                if self.spans.is_empty() {
+                    return Ok(Some(None));
+                }
+                Ok(Some(Some(self.complete())))
+            }
+        }
+    }
+
+    /// Every complete command in `buffer` by the reference parser, then its error if
+    /// it stopped on one (commands parsed before an error are kept, as a connection
+    /// answers them).
+    fn reference_parse_all(
+        buffer: &[u8],
+        limits: RespLimits,
+    ) -> (Commands, usize, Option<RespError>) {
+        let mut parser = reference::Parser::new(limits);
+        let mut commands = Vec::new();
+        let mut offset = 0;
+        loop {
+            match parser.parse(&buffer[offset..]) {
+                Ok(reference::Status::Complete(consumed)) => {
+                    let base = &buffer[offset..];
+                    commands.push(
+                        parser
+                            .spans
+                            .iter()
+                            .map(|s| base[s.clone()].to_vec())
+                            .collect(),
+                    );
+                    offset += consumed;
+                }
+                Ok(reference::Status::Incomplete) => return (commands, offset, None),
+                Err(error) => return (commands, offset, Some(error)),
+            }
+        }
+    }
+
+    /// [`reference_parse_all`] with the parser under test.
+    fn parse_all_until_error(
+        buffer: &[u8],
+        limits: RespLimits,
+    ) -> (Commands, usize, Option<RespError>) {
+        let mut parser = RequestParser::new(limits);
+        let mut commands = Vec::new();
+        let mut offset = 0;
+        loop {
+            match parser.parse(&buffer[offset..]) {
+                Ok(ParseStatus::Complete { consumed }) => {
+                    commands.push(parser.args(&buffer[offset..]).map(<[u8]>::to_vec).collect());
+                    offset += consumed;
+                }
+                Ok(ParseStatus::Incomplete) => return (commands, offset, None),
+                Err(error) => return (commands, offset, Some(error)),
+            }
+        }
+    }
+
+    /// Feeds `buffer` in the given pieces as a connection does (append, parse every
+    /// complete command, drain): the commands and the error it stopped on.
+    fn parse_split_until_error(
+        buffer: &[u8],
+        limits: RespLimits,
+        cuts: &[usize],
+    ) -> (Commands, Option<RespError>) {
+        let mut parser = RequestParser::new(limits);
+        let mut pending: Vec<u8> = Vec::new();
+        let mut commands = Vec::new();
+        let mut bounds: Vec<usize> = cuts.iter().map(|c| c % (buffer.len() + 1)).collect();
+        bounds.push(buffer.len());
+        bounds.sort_unstable();
+        let mut fed = 0;
+        for bound in bounds {
+            pending.extend_from_slice(&buffer[fed..bound]);
+            fed = bound;
+            loop {
+                match parser.parse(&pending) {
+                    Ok(ParseStatus::Complete { consumed }) => {
+                        commands.push(parser.args(&pending).map(<[u8]>::to_vec).collect());
+                        pending.drain(..consumed);
+                    }
+                    Ok(ParseStatus::Incomplete) => break,
+                    Err(error) => return (commands, Some(error)),
+                }
+            }
+        }
+        (commands, None)
+    }
+
+    /// Small limits, so the generated inputs reach every bound.
+    fn small_limits() -> RespLimits {
+        RespLimits {
+            max_bulk_bytes: 40,
+            max_array_elements: 6,
+            max_inline_bytes: 24,
+        }
+    }
+
+    /// Pieces of valid and broken requests: headers with every kind of length, data,
+    /// CRLF halves, inline words.
+    fn protocol_piece() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            Just(b"*".to_vec()),
+            Just(b"$".to_vec()),
+            Just(b"\r\n".to_vec()),
+            Just(b"\r".to_vec()),
+            Just(b"\n".to_vec()),
+            Just(b"-".to_vec()),
+            Just(b"+".to_vec()),
+            Just(b" ".to_vec()),
+            Just(b"SET".to_vec()),
+            Just(b"GET key".to_vec()),
+            (0u64..12).prop_map(|n| n.to_string().into_bytes()),
+            (0u64..u64::MAX).prop_map(|n| n.to_string().into_bytes()),
+            Just(b"9223372036854775807".to_vec()),
+            Just(b"9223372036854775808".to_vec()),
+            Just(b"000000000000000000000000000000003".to_vec()),
+            prop::collection::vec(any::<u8>(), 0..6),
+            prop::collection::vec(prop::collection::vec(any::<u8>(), 0..8), 0..4).prop_map(
+                |args| {
+                    let args: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+                    let mut wire = Vec::new();
+                    write_command(&mut wire, &args);
+                    wire
+                }
+            ),
+        ]
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_input_parses_like_the_reference_parser_in_one_piece_or_split_anywhere(
+            pieces in prop::collection::vec(protocol_piece(), 0..24),
+            cuts in prop::collection::vec(any::<usize>(), 0..6),
+            small in any::<bool>(),
+        ) {
+            let wire: Vec<u8> = pieces.concat();
+            let limits = if small { small_limits() } else { RespLimits::default() };
+            let (expected, expected_offset, expected_error) = reference_parse_all(&wire, limits);
+            let (commands, offset, error) = parse_all_until_error(&wire, limits);
+            prop_assert_eq!(&commands, &expected);
+            prop_assert_eq!(offset, expected_offset);
+            prop_assert_eq!(&error, &expected_error);
+            // Arbitrary splits: same commands, same error (an error is found as soon as
+            // its bytes arrived, so a split cannot change which one).
+            let (split_commands, split_error) = parse_split_until_error(&wire, limits, &cuts);
+            prop_assert_eq!(&split_commands, &expected);
+            prop_assert_eq!(&split_error, &expected_error);
+        }
+
+        #[test]
+        fn valid_pipelines_split_at_arbitrary_points_parse_as_in_one_piece(
+            commands in prop::collection::vec(
+                prop::collection::vec(prop::collection::vec(any::<u8>(), 0..300), 1..6),
+                1..12,
+            ),
+            inline_every in 0usize..4,
+            cuts in prop::collection::vec(any::<usize>(), 0..12),
+        ) {
+            let mut wire = Vec::new();
+            for (i, command) in commands.iter().enumerate() {
+                if inline_every > 0 && i % (inline_every + 1) == 0 {
+                    wire.extend_from_slice(b"\r\n*0\r\nPING  x\r\n");
+                }
+                let args: Vec<&[u8]> = command.iter().map(Vec::as_slice).collect();
+                write_command(&mut wire, &args);
+            }
+            let (whole, consumed, error) = parse_all_until_error(&wire, RespLimits::default());
+            prop_assert_eq!(error, None);
+            prop_assert_eq!(consumed, wire.len());
+            let (split, split_error) = parse_split_until_error(&wire, RespLimits::default(), &cuts);
+            prop_assert_eq!(split_error, None);
+            prop_assert_eq!(&split, &whole);
+            let only_arrays: Commands =
+                whole.iter().filter(|c| c[..] != [b"PING".to_vec(), b"x".to_vec()]).cloned().collect();
+            prop_assert_eq!(only_arrays, commands);
+        }
+
+        #[test]
+        fn integers_and_lengths_encode_as_the_formatter_would(value in any::<i64>(), len in 0usize..3000) {
+            let mut out = Vec::new();
+            write_integer(&mut out, value);
+            prop_assert_eq!(out, format!(":{value}\r\n").into_bytes());
+            let bytes = vec![b'x'; len];
+            let mut out = Vec::new();
+            write_bulk(&mut out, &bytes);
+            let mut expected = format!("${len}\r\n").into_bytes();
+            expected.extend_from_slice(&bytes);
+            expected.extend_from_slice(b"\r\n");
+            prop_assert_eq!(out, expected);
+            let mut out = Vec::new();
+            write_array_header(&mut out, len);
+            write_map_header(&mut out, len, Protocol::Resp3);
+            write_verbatim(&mut out, &bytes[..len.min(10)], Protocol::Resp3);
+            let mut expected = format!("*{len}\r\n%{len}\r\n={}\r\ntxt:", len.min(10) + 4).into_bytes();
+            expected.extend_from_slice(&bytes[..len.min(10)]);
+            expected.extend_from_slice(b"\r\n");
+            prop_assert_eq!(out, expected);
+        }
 
         #[test]
         fn random_bytes_never_panic_the_request_parser(

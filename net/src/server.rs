@@ -905,7 +905,7 @@ mod tests {
     use super::*;
     use crate::resp::{parse_reply, write_command, RespLimits, RespValue};
     use std::io::{Read, Write};
-    use std::net::TcpStream;
+    use std::net::{Shutdown, TcpStream};
     use std::sync::atomic::Ordering;
     use std::time::Instant;
 
@@ -1047,6 +1047,54 @@ mod tests {
             .iter()
             .all(|reply| *reply == RespValue::Simple(b"OK".to_vec())));
         stopper.join().expect("stopper").expect("clean shutdown");
+    }
+
+    #[test]
+    fn requests_after_short_reads_and_a_half_close_after_them_are_all_seen() {
+        // After a short read the port waits for the socket's next poll event instead of
+        // reading again: each new request, and the half-close, must be such an event,
+        // whether the half-close comes with the last request or after its reply.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = single_member(dir.path(), 1);
+        let mut stream = TcpStream::connect(server.client_addr()).expect("connect");
+        stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+        for round in 0..200 {
+            let mut out = Vec::new();
+            write_command(&mut out, &[b"INCR", b"rounds"]);
+            stream.write_all(&out).expect("send");
+            assert_eq!(
+                read_replies(&mut stream, 1),
+                [RespValue::Integer(round + 1)],
+                "round {round}"
+            );
+        }
+        for fin_with_request in [true, false] {
+            let mut stream = TcpStream::connect(server.client_addr()).expect("connect");
+            stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+            let mut out = Vec::new();
+            write_command(&mut out, &[b"SET", b"k", b"v"]);
+            write_command(&mut out, &[b"GET", b"k"]);
+            stream.write_all(&out).expect("send");
+            if fin_with_request {
+                stream.shutdown(Shutdown::Write).expect("half close");
+            }
+            assert_eq!(
+                read_replies(&mut stream, 2),
+                [
+                    RespValue::Simple(b"OK".to_vec()),
+                    RespValue::Bulk(Some(b"v".to_vec()))
+                ]
+            );
+            if !fin_with_request {
+                stream.shutdown(Shutdown::Write).expect("half close");
+            }
+            let mut rest = [0u8; 16];
+            assert!(
+                matches!(stream.read(&mut rest), Ok(0)),
+                "the port closes after the half-close (with the request: {fin_with_request})"
+            );
+        }
+        server.shutdown().expect("clean shutdown");
     }
 
     fn config() -> ServerConfig {

@@ -8,8 +8,10 @@ use super::info::encoded_reply_bytes;
 use super::io_loop::Context;
 use super::stream::{ClientStream, Stream};
 use super::*;
+use crate::limits::Limits;
 use crate::resp::{write_null_array_as, Protocol};
 use smallvec::SmallVec;
+use std::collections::hash_map::Entry;
 use tally_engine::kv::{encode_request_at, Command, WatchedKey};
 
 /// One reply owed to a connection, in request order.
@@ -18,6 +20,32 @@ pub(super) enum Slot {
     Ready(Vec<u8>),
     /// Waiting for the node's reply with this tag.
     Pending(u64),
+}
+
+/// Largest reply buffer a connection keeps for reuse ([`Connection::spare_reply`]).
+const SPARE_REPLY_MAX_BYTES: usize = 16 * 1024;
+
+/// Whether a reply of `reply_bytes` may be appended to `unsent` unsent bytes now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fit {
+    /// Append it now.
+    Now,
+    /// Past the soft output limit: wait until the client read what is unsent.
+    Later,
+    /// Past the hard output limit: the connection must close.
+    TooLarge,
+}
+
+/// The output limits' rule: one reply may pass the soft limit when nothing else is
+/// unsent; nothing may pass the hard limit.
+fn reply_fit(unsent: usize, reply_bytes: usize, limits: &Limits) -> Fit {
+    if unsent.saturating_add(reply_bytes) > limits.output_buffer_limit_bytes {
+        Fit::TooLarge
+    } else if unsent > 0 && unsent + reply_bytes > limits.output_buffer_soft_bytes {
+        Fit::Later
+    } else {
+        Fit::Now
+    }
 }
 
 /// A KV request encoded but not yet handed to the node.
@@ -98,11 +126,24 @@ pub(super) struct Connection {
     pub(super) unanswered_writes: usize,
     /// Encoded replies; `out[out_written..]` is not yet written to the socket.
     pub(super) out: Vec<u8>,
+    /// An empty buffer local replies are encoded into, handed back once its reply was
+    /// copied to `out` (one allocation per connection instead of one per reply).
+    /// Invariant: empty, capacity at most `SPARE_REPLY_MAX_BYTES`.
+    pub(super) spare_reply: Vec<u8>,
     pub(super) out_written: usize,
     /// Since when unsent replies made no progress (None: nothing unsent or progress).
     pub(super) unsent_since: Option<Instant>,
     /// No more bytes will be read (EOF, shutdown, QUIT, protocol error).
     pub(super) read_closed: bool,
+    /// The last read of the plain TCP socket returned fewer bytes than asked: the socket
+    /// held nothing more then, and epoll (edge-triggered) reports whatever arrives after
+    /// it, so the next read waits for this connection's next poll event (the I/O thread
+    /// clears this flag on each) instead of a syscall answering EAGAIN. Invariant: false
+    /// for TLS (a short plaintext read says nothing about the socket) and once the peer's
+    /// half-close was reported (its EOF is read, not waited for).
+    pub(super) socket_drained: bool,
+    /// A poll event reported the peer's half-close (or a hang-up).
+    pub(super) peer_closed_reported: bool,
     /// No more commands are parsed; close once every slot is answered and written.
     pub(super) closing: bool,
     /// Queued in the I/O thread's `scheduled` list.
@@ -161,9 +202,12 @@ impl Connection {
             received: IdMap::default(),
             unanswered_writes: 0,
             out: Vec::new(),
+            spare_reply: Vec::new(),
             out_written: 0,
             unsent_since: None,
             read_closed: false,
+            socket_drained: false,
+            peer_closed_reported: false,
             closing: false,
             scheduled: false,
             protocol: Protocol::Resp2,
@@ -181,6 +225,13 @@ impl Connection {
 
     pub(super) fn unsent_bytes(&self) -> usize {
         self.out.len() - self.out_written
+    }
+
+    /// A poll event for this connection: the socket may hold new bytes (or an EOF, or
+    /// an error), so the next drive reads it.
+    pub(super) fn on_poll_event(&mut self, read_closed: bool) {
+        self.socket_drained = false;
+        self.peer_closed_reported |= read_closed;
     }
 
     /// Shutdown: read nothing more, answer what was parsed, then close.
@@ -219,6 +270,7 @@ impl Connection {
                 continue;
             }
             let may_read = !self.read_closed
+                && !self.socket_drained
                 && !self.closing
                 && self.slots.len() < config.limits.max_pipeline_commands
                 && self.unsent_bytes() < config.limits.output_buffer_soft_bytes;
@@ -227,9 +279,13 @@ impl Connection {
             }
             match self.stream.read(context.read_scratch) {
                 Ok(0) => self.read_closed = true,
-                Ok(n_read) => self
-                    .input
-                    .extend_from_slice(&context.read_scratch[..n_read]),
+                Ok(n_read) => {
+                    self.input
+                        .extend_from_slice(&context.read_scratch[..n_read]);
+                    self.socket_drained = n_read < context.read_scratch.len()
+                        && !self.peer_closed_reported
+                        && matches!(self.stream, Stream::Plain(_));
+                }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                     return Ok(Verdict::Keep)
                 }
@@ -265,7 +321,7 @@ impl Connection {
                     let args: SmallVec<[&[u8]; 8]> =
                         parser.args(&input[consumed_total..]).collect();
                     let slot = self.command(&args, context);
-                    self.slots.push_back(slot);
+                    self.place_reply(slot, &config.limits);
                     consumed_total += consumed;
                     n_commands += 1;
                 }
@@ -321,6 +377,32 @@ impl Connection {
         changed
     }
 
+    /// Files a command's slot. A reply made here with nothing owed before it goes
+    /// straight to `out` when the output limits allow it now: exactly what
+    /// [`Connection::collect_answered`] would do with it next, without queueing it.
+    fn place_reply(&mut self, slot: Slot, limits: &Limits) {
+        match slot {
+            Slot::Ready(bytes)
+                if self.slots.is_empty()
+                    && reply_fit(self.unsent_bytes(), bytes.len(), limits) == Fit::Now =>
+            {
+                self.out.extend_from_slice(&bytes);
+                self.recycle_reply(bytes);
+            }
+            slot => self.slots.push_back(slot),
+        }
+    }
+
+    /// Keeps an emptied reply buffer for the next local reply (see `spare_reply`).
+    pub(super) fn recycle_reply(&mut self, mut bytes: Vec<u8>) {
+        if bytes.capacity() <= SPARE_REPLY_MAX_BYTES
+            && bytes.capacity() > self.spare_reply.capacity()
+        {
+            bytes.clear();
+            self.spare_reply = bytes;
+        }
+    }
+
     /// Hands queued requests to the node, in order, holding back a read (and what
     /// follows it) while a write of this connection is unanswered.
     pub(super) fn submit_ready(&mut self, context: &mut Context<'_>) {
@@ -343,36 +425,58 @@ impl Connection {
                     }
                 }
             }
-            let reply = ReplyTo::with_waker(
-                request.tag,
-                context.reply_tx.clone(),
-                Arc::clone(context.reply_waker),
-            );
-            if request.read_only {
-                context.outbox.push(Submission::Read {
-                    query: request.request,
-                    reply,
-                });
-            } else {
-                self.unanswered_writes += 1;
-                context.outbox.push(Submission::Propose {
-                    command: request.request,
-                    reply,
-                });
-            }
+            self.submit(request, context);
+        }
+    }
+
+    /// Queues an encoded request for submission. A write with nothing queued before it
+    /// goes to the pass's outbox at once: exactly what [`Connection::submit_ready`]
+    /// would do with it next, without the queue.
+    pub(super) fn queue_request(&mut self, request: Unsubmitted, context: &mut Context<'_>) {
+        if request.read_only || request.exec.is_some() || !self.unsubmitted.is_empty() {
+            self.unsubmitted.push_back(request);
+        } else {
+            self.submit(request, context);
+        }
+    }
+
+    /// Hands one request to the pass's outbox (counting an unanswered write).
+    fn submit(&mut self, request: Unsubmitted, context: &mut Context<'_>) {
+        let reply = ReplyTo::with_waker(
+            request.tag,
+            context.reply_tx.clone(),
+            Arc::clone(context.reply_waker),
+        );
+        if request.read_only {
+            context.outbox.push(Submission::Read {
+                query: request.request,
+                reply,
+            });
+        } else {
+            self.unanswered_writes += 1;
+            context.outbox.push(Submission::Propose {
+                command: request.request,
+                reply,
+            });
         }
     }
 
     /// Files a reply from the node.
     pub(super) fn accept_reply(&mut self, reply: Reply<KvResponse>) {
-        if self.received.contains_key(&reply.tag) {
-            return; // Already given up on (node stopped).
-        }
-        if let Some((generation, keys)) = self.watch_reads.remove(&reply.tag) {
-            let result = self.record_watch(generation, keys, reply.result);
-            self.received.insert(reply.tag, result);
+        if !self.watch_reads.is_empty() && self.watch_reads.contains_key(&reply.tag) {
+            if self.received.contains_key(&reply.tag) {
+                return; // Already given up on (node stopped).
+            }
+            if let Some((generation, keys)) = self.watch_reads.remove(&reply.tag) {
+                let result = self.record_watch(generation, keys, reply.result);
+                self.received.insert(reply.tag, result);
+            }
             return;
         }
+        // One lookup files the reply (or finds it already given up on: node stopped).
+        let Entry::Vacant(entry) = self.received.entry(reply.tag) else {
+            return;
+        };
         if reply.tag & TAG_WRITE_BIT != 0 {
             debug_assert!(
                 self.unanswered_writes > 0,
@@ -380,7 +484,7 @@ impl Connection {
             );
             self.unanswered_writes = self.unanswered_writes.saturating_sub(1);
         }
-        self.received.insert(reply.tag, reply.result);
+        entry.insert(reply.result);
     }
 
     /// The node stopped: whatever it has not answered yet never will be. Returns true
@@ -433,28 +537,36 @@ impl Connection {
         let limits = &shared.config.limits;
         while let Some(slot) = self.slots.front() {
             let unsent = self.unsent_bytes();
-            let reply_bytes = match slot {
-                Slot::Ready(bytes) => bytes.len(),
-                Slot::Pending(tag) => match self.received.get(tag) {
-                    Some(result) => encoded_reply_bytes(result),
-                    None => return Ok(()),
-                },
-            };
-            if unsent.saturating_add(reply_bytes) > limits.output_buffer_limit_bytes {
-                return Err(reply_bytes);
-            }
-            if unsent > 0 && unsent + reply_bytes > limits.output_buffer_soft_bytes {
-                return Ok(()); // written once the client reads what is already here
-            }
             match slot {
-                Slot::Ready(bytes) => self.out.extend_from_slice(bytes),
+                Slot::Ready(bytes) => match reply_fit(unsent, bytes.len(), limits) {
+                    Fit::Now => self.out.extend_from_slice(bytes),
+                    // Written once the client reads what is already here.
+                    Fit::Later => return Ok(()),
+                    Fit::TooLarge => return Err(bytes.len()),
+                },
                 Slot::Pending(tag) => {
-                    if let Some(result) = self.received.remove(tag) {
-                        shared.write_result(&mut self.out, result, self.protocol);
+                    let tag = *tag;
+                    // Taken out in one lookup; put back in the rare case it must wait.
+                    let Some(result) = self.received.remove(&tag) else {
+                        return Ok(());
+                    };
+                    let reply_bytes = encoded_reply_bytes(&result);
+                    match reply_fit(unsent, reply_bytes, limits) {
+                        Fit::Now => shared.write_result(&mut self.out, result, self.protocol),
+                        Fit::Later => {
+                            self.received.insert(tag, result);
+                            return Ok(());
+                        }
+                        Fit::TooLarge => {
+                            self.received.insert(tag, result);
+                            return Err(reply_bytes);
+                        }
                     }
                 }
             }
-            self.slots.pop_front();
+            if let Some(Slot::Ready(bytes)) = self.slots.pop_front() {
+                self.recycle_reply(bytes);
+            }
         }
         Ok(())
     }

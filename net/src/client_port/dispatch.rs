@@ -22,12 +22,32 @@ static LAST_CLOCK_MS: AtomicU64 = AtomicU64::new(0);
 /// This node's clock for KV requests: Unix milliseconds, never below an earlier stamp
 /// of this process (a wall clock stepped back does not move log time or reads back).
 pub(super) fn clock_ms() -> u64 {
-    let wall_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let wall_ms = wall_clock_ms();
     LAST_CLOCK_MS
         .fetch_max(wall_ms, Ordering::AcqRel)
         .max(wall_ms)
+}
+
+/// The wall clock in Unix milliseconds (0 before 1970), what
+/// `SystemTime::now().duration_since(UNIX_EPOCH)` gives, read with one
+/// `clock_gettime` (the `SystemTime` subtraction and `u128` milliseconds cost more than
+/// the clock read, on every request).
+fn wall_clock_ms() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable `timespec` for the duration of the call, and
+    // CLOCK_REALTIME is a clock every Unix has.
+    if unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) } != 0 {
+        return 0;
+    }
+    let (Ok(seconds), Ok(nanos)) = (u64::try_from(now.tv_sec), u64::try_from(now.tv_nsec)) else {
+        return 0;
+    };
+    seconds
+        .saturating_mul(1000)
+        .saturating_add(nanos / 1_000_000)
 }
 
 /// Redis's reply to a HELLO without AUTH on a connection that must authenticate.
@@ -43,7 +63,9 @@ impl Connection {
     /// Handles one command: answers it locally or queues it for the node. Returns its
     /// slot (QUIT also closes the connection once everything before it is answered).
     pub(super) fn command(&mut self, args: &[&[u8]], context: &mut Context<'_>) -> Slot {
-        let mut out = Vec::new();
+        // The reply goes into the connection's reusable buffer; a handler that makes its
+        // own slot hands the (still empty) buffer back first.
+        let mut out = std::mem::take(&mut self.spare_reply);
         let Some(name) = args.first() else {
             write_error(&mut out, "ERR empty command");
             return Slot::Ready(out);
@@ -70,8 +92,10 @@ impl Connection {
         let lowered;
         let name: &[u8] = match name_buf.get_mut(..name.len()) {
             Some(buf) => {
-                buf.copy_from_slice(name);
-                buf.make_ascii_lowercase();
+                // One pass, no `memcpy` call for a few bytes.
+                for (lower, byte) in buf.iter_mut().zip(name.iter()) {
+                    *lower = byte.to_ascii_lowercase();
+                }
                 buf
             }
             None => {
@@ -119,7 +143,10 @@ impl Connection {
                 write_verbatim(&mut out, text.as_bytes(), protocol);
             }
             b"config" => config_command_as(&mut out, rest, protocol),
-            b"tally" => return self.tally_command(rest, context),
+            b"tally" => {
+                self.spare_reply = out;
+                return self.tally_command(rest, context);
+            }
             b"command" => command_command(&mut out, rest, protocol),
             b"client" => self.client_command(&mut out, rest, context),
             b"hello" => self.hello_command(&mut out, rest, context),
@@ -142,13 +169,19 @@ impl Connection {
                     write_simple_string(&mut out, "OK");
                 }
             },
-            b"exec" => return self.exec_command(),
-            b"watch" => return self.watch_command(args, context),
+            b"exec" => {
+                self.spare_reply = out;
+                return self.exec_command();
+            }
+            b"watch" => {
+                self.spare_reply = out;
+                return self.watch_command(args, context);
+            }
             b"unwatch" => {
                 self.unwatch();
                 write_simple_string(&mut out, "OK");
             }
-            _ => return self.kv_command(args, context),
+            _ => return self.kv_command(args, out, context),
         }
         Slot::Ready(out)
     }
@@ -194,9 +227,14 @@ impl Connection {
         Slot::Pending(tag)
     }
 
-    /// Parses and encodes a KV command and queues it for submission.
-    pub(super) fn kv_command(&mut self, args: &[&[u8]], context: &mut Context<'_>) -> Slot {
-        let mut out = Vec::new();
+    /// Parses and encodes a KV command and queues it for submission. `out`: an empty
+    /// buffer for a reply made here (an error, a lease read), else handed back.
+    pub(super) fn kv_command(
+        &mut self,
+        args: &[&[u8]],
+        mut out: Vec<u8>,
+        context: &mut Context<'_>,
+    ) -> Slot {
         let command = match parse_command_args(args) {
             Ok(command) => command,
             Err(error) => {
@@ -205,10 +243,8 @@ impl Connection {
             }
         };
         let read_only = command.is_read_only();
-        if read_only {
-            if let Some(reply) = self.serve_lease_read_here(&command, context) {
-                return Slot::Ready(reply);
-            }
+        if read_only && self.serve_lease_read_here(&command, &mut out, context) {
+            return Slot::Ready(out);
         }
         let session = if read_only {
             None
@@ -221,16 +257,18 @@ impl Connection {
         if let Err(reply) = encode_checked(session, &command, context) {
             return Slot::Ready(reply);
         }
+        self.spare_reply = out;
         if !read_only {
             self.last_sequence += 1;
         }
         let tag = self.new_tag(!read_only);
-        self.unsubmitted.push_back(Unsubmitted {
+        let request = Unsubmitted {
             tag,
             request: context.take_encoded(),
             read_only,
             exec: None,
-        });
+        };
+        self.queue_request(request, context);
         Slot::Pending(tag)
     }
 
@@ -238,28 +276,33 @@ impl Connection {
     /// view when the lease check passes (`tally_engine::driver::lease`: as safe as the
     /// raft thread's), and when nothing of this connection is ahead of it: no earlier
     /// write unanswered (it must see them), no earlier request still unsubmitted (replies
-    /// keep request order). `None`: the usual path through the node.
+    /// keep request order). Returns whether the reply was written to `out`; `false`:
+    /// the usual path through the node.
     fn serve_lease_read_here(
         &mut self,
         command: &Command<'_>,
+        out: &mut Vec<u8>,
         context: &mut Context<'_>,
-    ) -> Option<Vec<u8>> {
+    ) -> bool {
         if self.unanswered_writes > 0 || !self.unsubmitted.is_empty() {
-            return None;
+            return false;
         }
-        let view = context.local_reader.view_for_read().ok()?;
-        let view = view.view.downcast_ref::<KvReadView>()?;
+        let Ok(view) = context.local_reader.view_for_read() else {
+            return false;
+        };
+        let Some(view) = view.view.downcast_ref::<KvReadView>() else {
+            return false;
+        };
         let response = view.query(command, clock_ms());
-        let mut out = Vec::new();
         context
             .shared
-            .write_result(&mut out, Ok(response), self.protocol);
+            .write_result(out, Ok(response), self.protocol);
         context
             .shared
             .counters
             .reads_lease_local
             .fetch_add(1, Ordering::Relaxed);
-        Some(out)
+        true
     }
 
     /// Inside MULTI: a command that parses is queued (`+QUEUED`); one that does not is
@@ -770,5 +813,29 @@ pub(super) fn config_command_as(out: &mut Vec<u8>, args: &[&[u8]], protocol: Pro
     for (name, value) in pairs {
         write_bulk(out, name);
         write_bulk(out, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn system_time_ms() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    #[test]
+    fn the_wall_clock_reads_what_system_time_reads() {
+        // Read between two SystemTime readings; retried in case the clock is stepped
+        // back in between.
+        let within = (0..5).any(|_| {
+            let before = system_time_ms();
+            let read = wall_clock_ms();
+            let after = system_time_ms();
+            before <= read && read <= after
+        });
+        assert!(within);
     }
 }

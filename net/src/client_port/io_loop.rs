@@ -113,7 +113,13 @@ impl IoLoop {
             for event in events.iter() {
                 match event.token() {
                     WAKE_TOKEN => self.waker.acknowledge(),
-                    Token(id) => self.schedule(id as u64),
+                    Token(id) => {
+                        let id = id as u64;
+                        if let Some(connection) = self.connections.get_mut(&id) {
+                            connection.on_poll_event(event.is_read_closed());
+                        }
+                        self.schedule(id);
+                    }
                 }
             }
             self.register_new_connections();
@@ -194,9 +200,13 @@ impl IoLoop {
     pub(super) fn route_replies(&mut self) {
         while let Ok(reply) = self.reply_rx.try_recv() {
             let id = reply.tag >> TAG_CONNECTION_SHIFT;
+            // One lookup files the reply and schedules the connection.
             if let Some(connection) = self.connections.get_mut(&id) {
                 connection.accept_reply(reply);
-                self.schedule(id);
+                if !connection.scheduled {
+                    connection.scheduled = true;
+                    self.scheduled.push(id);
+                }
             }
         }
     }

@@ -229,7 +229,7 @@ impl KvStateMachine {
 
     /// Number of client sessions remembered.
     pub fn session_count(&self) -> usize {
-        self.sessions.by_client.len()
+        self.sessions.len()
     }
 
     /// The log time (Unix ms): the largest stamp applied.
@@ -366,7 +366,7 @@ impl StateMachine for KvStateMachine {
     fn snapshot(&self) -> Box<dyn SnapshotSource> {
         Box::new(KvSnapshot {
             keyspace: self.keyspace.clone(),
-            sessions: self.sessions.clone(),
+            sessions: self.sessions.freeze(),
             applied_index: self.applied_index,
             log_time_ms: self.log_time_ms,
         })

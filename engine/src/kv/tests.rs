@@ -330,9 +330,9 @@ fn session_table_evicts_the_client_with_the_oldest_last_write() {
     apply_one(&mut sm, 3, &encode(session(1, 2), &set));
     apply_one(&mut sm, 4, &encode(session(3, 1), &set));
     assert_eq!(sm.session_count(), 2);
-    assert!(sm.sessions.by_client.contains_key(&1));
-    assert!(!sm.sessions.by_client.contains_key(&2), "client 2 evicted");
-    assert!(sm.sessions.by_client.contains_key(&3));
+    assert!(sm.sessions.contains(1));
+    assert!(!sm.sessions.contains(2), "client 2 evicted");
+    assert!(sm.sessions.contains(3));
     // An evicted client's retry is applied again (documented limitation).
     let incr = encode(session(2, 1), &Command::Incr { key: b"n" });
     assert_eq!(apply_one(&mut sm, 5, &incr), KvResponse::Integer(1));

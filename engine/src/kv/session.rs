@@ -5,11 +5,12 @@
 //! update: a hash map from client id to its last request (keyed hasher: client ids come
 //! from clients), and the eviction order as an append-only queue of
 //! `(last_index, client)`. Indices are recorded in increasing order, so appending keeps
-//! the queue sorted; a client's older entries are left behind (lazy deletion: an entry
-//! is stale once the client's `last_index` differs) and dropped when they reach the
-//! front or when a compaction finds them. Each update is O(1) amortized; an ordered
-//! persistent map (the previous design) cost three tree updates per write, about 12 %
-//! of a leader's instructions per write (callgrind, issue 15).
+//! the queue sorted. A client's older entries are left behind (lazy deletion: an entry
+//! is stale once the client's `last_index` differs); an eviction drops those it meets
+//! at the front, and once stale entries outnumber the live ones the queue is rebuilt
+//! from the records. Each update is O(1) amortized plus a few comparisons for the
+//! rebuild's sort; the previous design (three updates of persistent ordered maps per
+//! write) was about 12 % of a leader's instructions per write (callgrind, issue 15).
 //!
 //! A snapshot needs only the records, frozen: [`SessionTable::freeze`] copies the map
 //! (O(sessions), bounded by `max_sessions`), and the writer sorts it by client id off
@@ -21,7 +22,7 @@ use super::command::{ClientSession, KvResponse};
 
 /// Stale queue entries tolerated beyond the number of live sessions before the queue is
 /// compacted (so that a table of a few clients is not compacted on every write).
-const COMPACT_SLACK: usize = 64;
+pub(super) const COMPACT_SLACK: usize = 64;
 
 /// What the session table knows about a client's last request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,9 +55,9 @@ pub(super) struct SessionTable {
     /// front to back; an entry is live iff `by_client[client].last_index == last_index`,
     /// stale otherwise; `order.len() == by_client.len() + stale`.
     order: VecDeque<(u64, u64)>,
-    /// Number of stale entries in `order`. Invariant (checked by every `record`):
-    /// `stale <= by_client.len() + COMPACT_SLACK`, so the queue never exceeds twice the
-    /// live sessions plus a constant.
+    /// Number of stale entries in `order`. Invariant (restored by every `evict_beyond`,
+    /// which every `record` ends with): `stale <= by_client.len() + COMPACT_SLACK`, so
+    /// the queue never exceeds twice the live sessions plus a constant.
     stale: usize,
 }
 
@@ -92,12 +93,12 @@ impl SessionTable {
         records: impl IntoIterator<Item = (u64, SessionRecord)>,
         max_sessions: usize,
     ) -> Self {
-        let mut records: Vec<(u64, SessionRecord)> = records.into_iter().collect();
-        records.sort_unstable_by_key(|(_, record)| record.last_index);
-        let mut table = SessionTable::new();
-        for (client_id, record) in records {
-            table.record(client_id, record, usize::MAX);
-        }
+        let mut table = SessionTable {
+            by_client: records.into_iter().collect(),
+            order: VecDeque::new(),
+            stale: 0,
+        };
+        table.rebuild_order();
         table.evict_beyond(max_sessions);
         table
     }
@@ -154,14 +155,11 @@ impl SessionTable {
         }
         self.order.push_back((last_index, client_id));
         self.evict_beyond(max_sessions);
-        if self.stale > self.by_client.len() + COMPACT_SLACK {
-            self.compact();
-        }
-        debug_assert_eq!(self.order.len(), self.by_client.len() + self.stale);
     }
 
     /// Evicts the clients whose last request has the lowest log index until at most
-    /// `max_sessions` remain.
+    /// `max_sessions` remain (dropping the stale entries met on the way), then compacts
+    /// the queue if stale entries outnumber the live ones by more than `COMPACT_SLACK`.
     pub(super) fn evict_beyond(&mut self, max_sessions: usize) {
         while self.by_client.len() > max_sessions {
             let Some((index, client)) = self.order.pop_front() else {
@@ -173,6 +171,9 @@ impl SessionTable {
                 self.stale -= 1;
             }
         }
+        if self.stale > self.by_client.len() + COMPACT_SLACK {
+            self.rebuild_order();
+        }
         debug_assert_eq!(self.order.len(), self.by_client.len() + self.stale);
     }
 
@@ -182,16 +183,34 @@ impl SessionTable {
             .is_some_and(|record| record.last_index == index)
     }
 
-    /// Drops every stale entry: O(queue), run once stale entries outnumber the live ones
-    /// by `COMPACT_SLACK`, so O(1) amortized per recorded request.
-    fn compact(&mut self) {
-        let by_client = &self.by_client;
-        self.order.retain(|&(index, client)| {
-            by_client
-                .get(&client)
-                .is_some_and(|record| record.last_index == index)
-        });
+    /// Rebuilds the queue from the records alone (their `(last_index, client)` pairs,
+    /// sorted), dropping every stale entry without a lookup: O(n log n) in the live
+    /// sessions, run once stale entries outnumber them by `COMPACT_SLACK`, so O(log n)
+    /// amortized per recorded request (a few comparisons).
+    fn rebuild_order(&mut self) {
+        self.order.clear();
+        self.order.extend(
+            self.by_client
+                .iter()
+                .map(|(&client, record)| (record.last_index, client)),
+        );
+        self.order.make_contiguous().sort_unstable();
         self.stale = 0;
-        debug_assert_eq!(self.order.len(), self.by_client.len());
+        debug_assert!(self
+            .order
+            .iter()
+            .zip(self.order.iter().skip(1))
+            .all(|(a, b)| a.0 < b.0));
+    }
+
+    /// The records in eviction order, oldest first: the live queue entries (tests compare
+    /// them with a model of the ordered-map design).
+    #[cfg(test)]
+    pub(super) fn in_eviction_order(&self) -> Vec<(u64, SessionRecord)> {
+        self.order
+            .iter()
+            .filter(|&&(index, client)| self.is_live(index, client))
+            .map(|&(_, client)| (client, self.by_client[&client].clone()))
+            .collect()
     }
 }

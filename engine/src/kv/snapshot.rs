@@ -12,7 +12,7 @@ use bytes::Bytes;
 use super::command::{KvError, KvLimits, KvResponse};
 use super::keyspace::Keyspace;
 use super::machine::{DataKey, KvStateMachine, Value};
-use super::session::{SessionRecord, SessionRecords, SessionTable};
+use super::session::{SessionRecord, SessionSlots, SessionTable};
 use crate::state_machine::{SnapshotSource, StateMachineError};
 
 const SNAPSHOT_MAGIC: [u8; 4] = *b"TKVS";
@@ -41,8 +41,8 @@ const MAX_REPLY_DEPTH: usize = 4;
 /// ```
 pub(super) struct KvSnapshot {
     pub(super) keyspace: Keyspace,
-    /// The session records, in no order: the writer sorts them by client id.
-    pub(super) sessions: SessionRecords,
+    /// The session records, shared with the table: the writer sorts them by client id.
+    pub(super) sessions: SessionSlots,
     pub(super) applied_index: u64,
     pub(super) log_time_ms: u64,
 }
@@ -177,10 +177,9 @@ impl SnapshotSource for KvSnapshot {
         writer.write_all(&self.applied_index.to_le_bytes())?;
         writer.write_all(&self.log_time_ms.to_le_bytes())?;
         writer.write_all(&self.keyspace.last_removal_index.to_le_bytes())?;
-        writer.write_all(&(self.sessions.len() as u64).to_le_bytes())?;
-        // Client-id order makes the bytes a pure function of the state (the map is hashed).
-        let mut sessions: Vec<(&u64, &SessionRecord)> = self.sessions.iter().collect();
-        sessions.sort_unstable_by_key(|(client_id, _)| **client_id);
+        // Client-id order makes the bytes a pure function of the state (slots are not).
+        let sessions = self.sessions.sorted_by_client();
+        writer.write_all(&(sessions.len() as u64).to_le_bytes())?;
         for (client_id, record) in sessions {
             writer.write_all(&client_id.to_le_bytes())?;
             writer.write_all(&record.last_sequence.to_le_bytes())?;

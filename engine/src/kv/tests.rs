@@ -1349,3 +1349,68 @@ fn a_smaller_max_sessions_on_restore_evicts_the_oldest_clients() {
     // Last indexes: 12 at 50, 1 at 53, 88 at 56, 40 at 59.
     assert!(restored.sessions.contains(88) && restored.sessions.contains(40));
 }
+
+/// Applies a SET of `client_id`'s request `sequence` at `index`.
+fn apply_session_set(sm: &mut KvStateMachine, index: u64, client_id: u64, sequence: u64) {
+    let set = Command::Set {
+        key: b"k",
+        value: b"v",
+    };
+    apply_one(sm, index, &encode(session(client_id, sequence), &set));
+}
+
+#[test]
+fn a_snapshot_keeps_its_sessions_while_later_writes_evict_and_reuse_their_slots() {
+    let limits = KvLimits {
+        max_sessions: 150,
+        ..KvLimits::default()
+    };
+    let mut sm = KvStateMachine::new(limits);
+    let mut index = 0;
+    for client_id in 1..=200u64 {
+        index += 1;
+        apply_session_set(&mut sm, index, client_id, 1);
+    }
+    let frozen = sm.clone();
+    let mut source = sm.snapshot();
+    // Re-record half the sessions, then let 100 new clients evict and take their slots.
+    for client_id in (51..=200u64).step_by(2) {
+        index += 1;
+        apply_session_set(&mut sm, index, client_id, 2);
+    }
+    for client_id in 1_000..1_100u64 {
+        index += 1;
+        apply_session_set(&mut sm, index, client_id, 1);
+    }
+    let mut bytes = Vec::new();
+    source.write_to(&mut bytes).expect("writes");
+    assert_eq!(
+        bytes,
+        snapshot_bytes(&frozen),
+        "later writes leaked into the snapshot"
+    );
+    let mut restored = KvStateMachine::new(limits);
+    restored.restore(&mut bytes.as_slice()).expect("restores");
+    assert_eq!(restored, frozen);
+    assert_ne!(restored, sm);
+}
+
+#[test]
+fn clients_churning_through_a_full_table_reuse_the_slots_of_evicted_ones() {
+    let limits = KvLimits {
+        max_sessions: 100,
+        ..KvLimits::default()
+    };
+    let mut sm = KvStateMachine::new(limits);
+    for client_id in 1..=10_000u64 {
+        apply_session_set(&mut sm, client_id, client_id, 1);
+    }
+    assert_eq!(sm.session_count(), 100);
+    // 101 sessions at once (one past the bound, until its eviction), in chunks.
+    let chunks = (100 + 1usize).div_ceil(super::session::CHUNK_SLOTS);
+    assert_eq!(
+        sm.sessions.slot_capacity(),
+        chunks * super::session::CHUNK_SLOTS
+    );
+    assert!((9_901..=10_000).all(|client_id| sm.sessions.contains(client_id)));
+}

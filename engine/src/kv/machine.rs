@@ -308,7 +308,7 @@ impl KvStateMachine {
                 sequence: session.sequence,
                 last_sequence,
             }),
-            SessionCheck::New => {
+            SessionCheck::New(hint) => {
                 let reply = self.keyspace.execute(command, index, now_ms, &self.limits);
                 let record = SessionRecord {
                     last_sequence: session.sequence,
@@ -316,7 +316,7 @@ impl KvStateMachine {
                     reply: reply.clone(),
                 };
                 self.sessions
-                    .record(session.client_id, record, self.limits.max_sessions);
+                    .record(session.client_id, record, hint, self.limits.max_sessions);
                 reply
             }
         }

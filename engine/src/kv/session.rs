@@ -19,6 +19,7 @@
 //!
 //! The snapshot writer sorts the records by client id itself, off the apply thread.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
@@ -138,9 +139,21 @@ impl PartialEq for SessionTable {
 
 impl Eq for SessionTable {}
 
+/// Where [`SessionTable::check`] found the client, handed to [`SessionTable::record`]
+/// so that recording a known client needs no second hash lookup (SipHash is most of a
+/// lookup's cost). `record` verifies it, so a hint from before another change of the
+/// table is harmless.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct SlotHint(Option<u32>);
+
+impl SlotHint {
+    /// No hint: `record` looks the client up.
+    pub(super) const NONE: SlotHint = SlotHint(None);
+}
+
 pub(super) enum SessionCheck {
-    /// First time this sequence is seen: apply it.
-    New,
+    /// First time this sequence is seen: apply it, then record it with this hint.
+    New(SlotHint),
     /// The last applied sequence again: return its reply.
     Duplicate(KvResponse),
     /// Older than the last applied sequence.
@@ -167,7 +180,7 @@ impl SessionTable {
         let mut table = SessionTable::new();
         for (client_id, record) in records {
             debug_assert!(!table.by_client.contains_key(&client_id));
-            let slot = table.allocate();
+            let slot = allocate(&mut table.free, &mut table.slots);
             *table.slots.get_mut(slot) = Some(Slot { client_id, record });
             table.by_client.insert(client_id, slot);
         }
@@ -183,8 +196,12 @@ impl SessionTable {
 
     /// The record of `client_id`, if it has a session.
     fn get(&self, client_id: u64) -> Option<&SessionRecord> {
+        self.find(client_id).map(|(_, record)| record)
+    }
+
+    fn find(&self, client_id: u64) -> Option<(u32, &SessionRecord)> {
         let &slot = self.by_client.get(&client_id)?;
-        self.slots.get(slot).map(|slot| &slot.record)
+        self.slots.get(slot).map(|content| (slot, &content.record))
     }
 
     /// True when `client_id` has a session.
@@ -211,23 +228,32 @@ impl SessionTable {
     }
 
     pub(super) fn check(&self, session: ClientSession) -> SessionCheck {
-        match self.get(session.client_id) {
-            None => SessionCheck::New,
-            Some(record) if session.sequence > record.last_sequence => SessionCheck::New,
-            Some(record) if session.sequence == record.last_sequence => {
+        match self.find(session.client_id) {
+            None => SessionCheck::New(SlotHint::NONE),
+            Some((slot, record)) if session.sequence > record.last_sequence => {
+                SessionCheck::New(SlotHint(Some(slot)))
+            }
+            Some((_, record)) if session.sequence == record.last_sequence => {
                 SessionCheck::Duplicate(record.reply.clone())
             }
-            Some(record) => SessionCheck::Stale {
+            Some((_, record)) => SessionCheck::Stale {
                 last_sequence: record.last_sequence,
             },
         }
     }
 
-    /// Records `client_id`'s latest request, then evicts down to `max_sessions`.
+    /// Records `client_id`'s latest request, then evicts down to `max_sessions`. `hint`
+    /// is what `check` said of this client ([`SlotHint::NONE`] for none).
     ///
     /// Panics when `record.last_index` is not above every index recorded before (the
     /// state machine applies entries in increasing index order; a restore sorts).
-    pub(super) fn record(&mut self, client_id: u64, record: SessionRecord, max_sessions: usize) {
+    pub(super) fn record(
+        &mut self,
+        client_id: u64,
+        record: SessionRecord,
+        hint: SlotHint,
+        max_sessions: usize,
+    ) {
         let last_index = record.last_index;
         if let Some(&(newest, _)) = self.order.back() {
             assert!(
@@ -235,34 +261,34 @@ impl SessionTable {
                 "session recorded at log index {last_index} after one at {newest}"
             );
         }
-        let slot = match self.by_client.get(&client_id) {
-            Some(&slot) => {
-                // Its previous queue entry is stale from now on.
+        let slot = match hint.0 {
+            // A slot holding the client is its slot (`by_client` agrees).
+            Some(slot)
+                if self
+                    .slots
+                    .get(slot)
+                    .is_some_and(|s| s.client_id == client_id) =>
+            {
                 self.stale += 1;
                 slot
             }
-            None => {
-                let slot = self.allocate();
-                self.by_client.insert(client_id, slot);
-                slot
-            }
+            _ => self.slot_for(client_id),
         };
         *self.slots.get_mut(slot) = Some(Slot { client_id, record });
         self.order.push_back((last_index, slot));
         self.evict_beyond(max_sessions);
     }
 
-    /// An empty slot, taken from `free` (a new chunk's slots join it when none is left).
-    fn allocate(&mut self) -> u32 {
-        if self.free.is_empty() {
-            let first = self.slots.capacity();
-            self.slots
-                .chunks
-                .push(Arc::new(std::array::from_fn(|_| None)));
-            self.free
-                .extend((first..first + CHUNK_SLOTS).rev().map(|slot| slot as u32));
+    /// The slot of `client_id`, found with one hash lookup, or a free one now given to
+    /// it. A client already present has a queue entry that is stale from now on.
+    fn slot_for(&mut self, client_id: u64) -> u32 {
+        match self.by_client.entry(client_id) {
+            Entry::Occupied(entry) => {
+                self.stale += 1;
+                *entry.get()
+            }
+            Entry::Vacant(entry) => *entry.insert(allocate(&mut self.free, &mut self.slots)),
         }
-        self.free.pop().expect("a chunk was just added")
     }
 
     /// Evicts the clients whose last request has the lowest log index until at most
@@ -326,4 +352,19 @@ impl SessionTable {
             })
             .collect()
     }
+}
+
+/// An empty slot, taken from `free` (a new chunk's slots join it when none is left).
+fn allocate(free: &mut Vec<u32>, slots: &mut SessionSlots) -> u32 {
+    if let Some(slot) = free.pop() {
+        return slot;
+    }
+    let first = slots.capacity();
+    slots.chunks.push(Arc::new(std::array::from_fn(|_| None)));
+    free.extend(
+        (first + 1..first + CHUNK_SLOTS)
+            .rev()
+            .map(|slot| slot as u32),
+    );
+    first as u32
 }

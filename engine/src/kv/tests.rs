@@ -1046,7 +1046,7 @@ fn apply_cost_probe_200k_sets_over_100k_keys_with_a_snapshot_alive() {
 
 // --- The session table: hash map + eviction queue against the ordered-map design ---
 
-use super::session::{SessionCheck, SessionRecord, SessionTable, COMPACT_SLACK};
+use super::session::{SessionCheck, SessionRecord, SessionTable, SlotHint, COMPACT_SLACK};
 
 /// The session table as it was before issue 15: client -> (sequence, index) and
 /// last index -> client, both ordered; eviction takes the lowest index.
@@ -1104,7 +1104,7 @@ fn table_check(
         client_id,
         sequence,
     }) {
-        SessionCheck::New => None,
+        SessionCheck::New(_) => None,
         SessionCheck::Duplicate(reply) => Some(Ok(reply)),
         SessionCheck::Stale { last_sequence } => Some(Err(last_sequence)),
     }
@@ -1123,8 +1123,14 @@ fn table_in_eviction_order(table: &SessionTable) -> Vec<(u64, u64, u64)> {
 
 #[derive(Debug, Clone)]
 enum SessionOp {
-    /// The client's next request, `gap` indexes after the previous one, bounded to `max`.
-    Record { client: u64, gap: u64, max: usize },
+    /// The client's next request, `gap` indexes after the previous one, bounded to `max`;
+    /// recorded with the hint its check gave, or without one.
+    Record {
+        client: u64,
+        gap: u64,
+        max: usize,
+        hinted: bool,
+    },
     /// A check of the client's sequence `last + delta - 1` (older, same, newer).
     Check { client: u64, delta: u64 },
     /// A bound applied on its own (a restore with a smaller `max_sessions`).
@@ -1133,8 +1139,9 @@ enum SessionOp {
 
 fn session_op_strategy() -> impl Strategy<Value = SessionOp> {
     prop_oneof![
-        6 => (1u64..12, 1u64..4, 1usize..8)
-            .prop_map(|(client, gap, max)| SessionOp::Record { client, gap, max }),
+        6 => (1u64..12, 1u64..4, 1usize..8, any::<bool>()).prop_map(|(client, gap, max, hinted)| {
+            SessionOp::Record { client, gap, max, hinted }
+        }),
         3 => (1u64..12, 0u64..3).prop_map(|(client, delta)| SessionOp::Check { client, delta }),
         1 => (0usize..8).prop_map(|max| SessionOp::Evict { max }),
     ]
@@ -1163,17 +1170,23 @@ proptest! {
         let mut index = 0u64;
         for op in &ops {
             match *op {
-                SessionOp::Record { client, gap, max } => {
+                SessionOp::Record { client, gap, max, hinted } => {
                     index += gap;
                     let sequence = sequences.entry(client).or_insert(0);
                     *sequence += 1;
+                    // As `apply` does: the hint of the check before the record (or none).
+                    let hint = match table.check(ClientSession { client_id: client, sequence: *sequence }) {
+                        SessionCheck::New(hint) if hinted => hint,
+                        SessionCheck::New(_) => SlotHint::NONE,
+                        _ => panic!("a newer sequence is new"),
+                    };
                     model.record(client, *sequence, index, max);
                     let record = SessionRecord {
                         last_sequence: *sequence,
                         last_index: index,
                         reply: model_reply(index),
                     };
-                    table.record(client, record, max);
+                    table.record(client, record, hint, max);
                 }
                 SessionOp::Check { client, delta } => {
                     let sequence = (sequences.get(&client).copied().unwrap_or(0) + delta).max(1) - 1;
@@ -1236,9 +1249,9 @@ fn equal_tables_with_different_stale_entries_compare_equal() {
     };
     let mut busy = SessionTable::new();
     for n in 1..=10u64 {
-        busy.record(7, record(n, n), 8);
+        busy.record(7, record(n, n), SlotHint::NONE, 8);
     }
-    busy.record(9, record(1, 11), 8);
+    busy.record(9, record(1, 11), SlotHint::NONE, 8);
     let fresh = SessionTable::from_records([(9, record(1, 11)), (7, record(10, 10))], 8);
     assert!(
         busy.queue_len() > fresh.queue_len(),
@@ -1413,4 +1426,32 @@ fn clients_churning_through_a_full_table_reuse_the_slots_of_evicted_ones() {
         chunks * super::session::CHUNK_SLOTS
     );
     assert!((9_901..=10_000).all(|client_id| sm.sessions.contains(client_id)));
+}
+
+#[test]
+fn a_hint_from_before_an_eviction_is_checked_not_trusted() {
+    let record = |sequence: u64, index: u64| SessionRecord {
+        last_sequence: sequence,
+        last_index: index,
+        reply: model_reply(index),
+    };
+    let mut table = SessionTable::new();
+    table.record(1, record(1, 1), SlotHint::NONE, 1);
+    let SessionCheck::New(stale_hint) = table.check(ClientSession {
+        client_id: 1,
+        sequence: 2,
+    }) else {
+        panic!("a newer sequence is new");
+    };
+    assert_ne!(stale_hint, SlotHint::NONE, "client 1 has a slot");
+    // Client 2 evicts client 1; client 3 evicts client 2 and takes client 1's old slot.
+    table.record(2, record(1, 2), SlotHint::NONE, 1);
+    table.record(3, record(1, 3), SlotHint::NONE, 1);
+    table.record(1, record(2, 4), stale_hint, 2);
+    let clients: Vec<(u64, u64)> = table
+        .in_eviction_order()
+        .into_iter()
+        .map(|(client, record)| (client, record.last_index))
+        .collect();
+    assert_eq!(clients, [(3, 3), (1, 4)]);
 }

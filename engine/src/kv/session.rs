@@ -5,9 +5,10 @@
 //! update (the previous design, three updates of persistent ordered maps per write, was
 //! about 12 % of a leader's instructions per write; callgrind, issue 15):
 //! * The records live in slots of a slab, in chunks of [`CHUNK_SLOTS`] behind an `Arc`:
-//!   a snapshot shares the chunks (O(sessions / 64) pointer copies, a few µs at 65,536
-//!   sessions, where copying a hash map of the records took about 5 ms of the apply
-//!   thread), and the first write into a chunk a snapshot still holds copies that chunk.
+//!   a snapshot shares the chunks (O(sessions / 64) pointer copies, ~7 µs at 65,536
+//!   sessions, where copying a hash map of the records took ~5 ms of the apply thread:
+//!   `cargo bench -p tally-engine --bench sessions`), and the first write into a chunk
+//!   a snapshot still holds copies that chunk.
 //! * A hash map from client id to slot (keyed hasher: client ids come from clients).
 //! * The eviction order: an append-only queue of `(last_index, slot)`. Indices are
 //!   recorded in increasing order, so appending keeps it sorted. A client's older
@@ -28,7 +29,7 @@ use super::command::{ClientSession, KvResponse};
 /// Stale queue entries tolerated beyond the number of live sessions before the queue is
 /// rebuilt (16 KiB of entries): a table of a few clients, the common case, is rebuilt
 /// once per about this many writes, not once per as many writes as it has clients
-/// (with 64, the rebuilds were ~120 of ~420 instructions per write at 50 clients).
+/// (with a slack of 64, rebuilds cost ~120 instructions per write at 50 clients).
 pub(super) const COMPACT_SLACK: usize = 1024;
 
 /// Slots per chunk of the slab: a write into a chunk a snapshot still shares copies
@@ -355,16 +356,17 @@ impl SessionTable {
 }
 
 /// An empty slot, taken from `free` (a new chunk's slots join it when none is left).
+///
+/// Panics past 2^32 slots (`max_sessions` beyond 4 billion, hundreds of GiB of records).
 fn allocate(free: &mut Vec<u32>, slots: &mut SessionSlots) -> u32 {
     if let Some(slot) = free.pop() {
         return slot;
     }
-    let first = slots.capacity();
+    let first = u32::try_from(slots.capacity()).expect("fewer than 2^32 session slots");
+    let last = first
+        .checked_add(CHUNK_SLOTS as u32 - 1)
+        .expect("fewer than 2^32 session slots");
     slots.chunks.push(Arc::new(std::array::from_fn(|_| None)));
-    free.extend(
-        (first + 1..first + CHUNK_SLOTS)
-            .rev()
-            .map(|slot| slot as u32),
-    );
-    first as u32
+    free.extend((first + 1..=last).rev());
+    first
 }

@@ -1040,8 +1040,9 @@ fn writer_loop<S: Storage>(shared: Arc<Shared<S>>, mut backend: Box<dyn IoBacken
             (format::BATCH_HEADER_LEN + spare.len() + format::BATCH_TRAILER_LEN) as u64;
         // Stage and frame under the core lock, then write + fdatasync WITHOUT it, so
         // readers (and truncation's term lookup) never wait for the device.
+        let had_body = !spare.is_empty();
         let begun = core
-            .stage_encoded(&spare)
+            .stage_encoded_owned(&mut spare)
             .and_then(|()| core.begin_commit());
         let result = match begun {
             Ok(Some(commit)) => {
@@ -1067,8 +1068,9 @@ fn writer_loop<S: Storage>(shared: Arc<Shared<S>>, mut backend: Box<dyn IoBacken
         match result {
             Ok(durable_index) => {
                 let durable_hard_state = core.durable_hard_state();
+                spare = core.take_spare_buffer();
                 drop(core);
-                if !spare.is_empty() {
+                if had_body {
                     shared
                         .stats
                         .record_batch(batch_entries, batch_bytes, latency_us);

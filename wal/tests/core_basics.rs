@@ -376,3 +376,65 @@ fn a_failed_commit_in_flight_poisons_the_core() {
     assert!(matches!(wal.sync(), Err(WalError::Poisoned { .. })));
     assert_eq!(wal.durable_index(), 0);
 }
+
+fn encoded(entries: &[Entry]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for e in entries {
+        tally_wal::format::encode_entry(&mut body, e.index, e.term, e.kind, &e.payload);
+    }
+    body
+}
+
+fn commit_staged(wal: &mut WalCore<SimStorage>) {
+    let commit = wal.begin_commit().unwrap().expect("something staged");
+    commit
+        .file
+        .write_all_at(&[&commit.header, &commit.body], commit.offset)
+        .unwrap();
+    commit.file.sync_data().unwrap();
+    drop(commit);
+    wal.finish_commit(Ok(())).unwrap();
+}
+
+#[test]
+fn a_batch_staged_by_value_writes_the_same_bytes_and_its_buffer_comes_back_after_commit() {
+    let by_copy_disk = SimStorage::new();
+    let by_value_disk = SimStorage::new();
+    let mut by_copy = WalCore::open(by_copy_disk.clone(), small_options()).unwrap();
+    let mut by_value = WalCore::open(by_value_disk.clone(), small_options()).unwrap();
+    assert!(by_value.take_spare_buffer().is_empty());
+    for (batch, range) in [(1u64, 1..=5u64), (2, 6..=9), (3, 10..=10)] {
+        let body = encoded(&entries(range, batch, 40));
+        by_copy.stage_encoded(&body).unwrap();
+        commit_staged(&mut by_copy);
+        let mut owned = body.clone();
+        let allocation = owned.as_ptr();
+        by_value.stage_encoded_owned(&mut owned).unwrap();
+        assert!(
+            owned.is_empty(),
+            "the caller's buffer was taken, not copied"
+        );
+        commit_staged(&mut by_value);
+        let spare = by_value.take_spare_buffer();
+        assert!(spare.is_empty(), "the spare buffer comes back cleared");
+        assert_eq!(
+            spare.as_ptr(),
+            allocation,
+            "the committed batch's allocation is handed back for the next batch"
+        );
+    }
+    assert_eq!(
+        by_value.read_range(1..11).unwrap(),
+        by_copy.read_range(1..11).unwrap()
+    );
+    drop((by_copy, by_value));
+    by_copy_disk.crash(Tear::DiscardUnsynced);
+    by_value_disk.crash(Tear::DiscardUnsynced);
+    let by_copy = WalCore::open(by_copy_disk, small_options()).unwrap();
+    let by_value = WalCore::open(by_value_disk, small_options()).unwrap();
+    assert_eq!(by_value.last_index(), 10);
+    assert_eq!(
+        by_value.read_range(1..11).unwrap(),
+        by_copy.read_range(1..11).unwrap()
+    );
+}

@@ -22,8 +22,14 @@ use super::session::{SessionCheck, SessionRecord, SessionTable};
 use super::snapshot::{read_snapshot, KvSnapshot};
 use crate::state_machine::{CommittedEntry, SnapshotSource, StateMachine, StateMachineError};
 
-/// The data map: see the module docs for why it is hashed.
-pub(super) type DataMap = imbl::HashMap<DataKey, Value>;
+/// The data map: see the module docs for why it is hashed. The hasher is foldhash's
+/// (randomly seeded per map, so keys chosen by clients cannot aim at one trie path):
+/// SipHash, std's default, was about 3 % of a leader's instructions per write
+/// (callgrind, 50 clients x 16).
+pub(super) type DataMap =
+    imbl::GenericHashMap<DataKey, Value, DataHasher, imbl::shared_ptr::DefaultSharedPtr>;
+/// The data map's hasher: see [`DataMap`].
+pub(super) type DataHasher = foldhash::fast::RandomState;
 /// Keys with an expiry, in expiry order: `(expire_at_ms, key)`.
 pub(super) type ExpiryIndex = imbl::OrdSet<(u64, DataKey)>;
 

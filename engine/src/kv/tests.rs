@@ -1123,13 +1123,15 @@ fn table_in_eviction_order(table: &SessionTable) -> Vec<(u64, u64, u64)> {
 
 #[derive(Debug, Clone)]
 enum SessionOp {
-    /// The client's next request, `gap` indexes after the previous one, bounded to `max`;
-    /// recorded with the hint its check gave, or without one.
+    /// The client's next `repeat` requests, `gap` indexes apart, bounded to `max`;
+    /// recorded with the hint their check gave, or without one. A long run leaves more
+    /// stale entries than `COMPACT_SLACK`: the queue is compacted.
     Record {
         client: u64,
         gap: u64,
         max: usize,
         hinted: bool,
+        repeat: u64,
     },
     /// A check of the client's sequence `last + delta - 1` (older, same, newer).
     Check { client: u64, delta: u64 },
@@ -1139,9 +1141,10 @@ enum SessionOp {
 
 fn session_op_strategy() -> impl Strategy<Value = SessionOp> {
     prop_oneof![
-        6 => (1u64..12, 1u64..4, 1usize..8, any::<bool>()).prop_map(|(client, gap, max, hinted)| {
-            SessionOp::Record { client, gap, max, hinted }
-        }),
+        6 => (1u64..12, 1u64..4, 1usize..8, any::<bool>(), prop_oneof![40 => Just(1u64), 1 => 900u64..1400])
+            .prop_map(|(client, gap, max, hinted, repeat)| {
+                SessionOp::Record { client, gap, max, hinted, repeat }
+            }),
         3 => (1u64..12, 0u64..3).prop_map(|(client, delta)| SessionOp::Check { client, delta }),
         1 => (0usize..8).prop_map(|max| SessionOp::Evict { max }),
     ]
@@ -1170,23 +1173,26 @@ proptest! {
         let mut index = 0u64;
         for op in &ops {
             match *op {
-                SessionOp::Record { client, gap, max, hinted } => {
-                    index += gap;
-                    let sequence = sequences.entry(client).or_insert(0);
-                    *sequence += 1;
-                    // As `apply` does: the hint of the check before the record (or none).
-                    let hint = match table.check(ClientSession { client_id: client, sequence: *sequence }) {
-                        SessionCheck::New(hint) if hinted => hint,
-                        SessionCheck::New(_) => SlotHint::NONE,
-                        _ => panic!("a newer sequence is new"),
-                    };
-                    model.record(client, *sequence, index, max);
-                    let record = SessionRecord {
-                        last_sequence: *sequence,
-                        last_index: index,
-                        reply: model_reply(index),
-                    };
-                    table.record(client, record, hint, max);
+                SessionOp::Record { client, gap, max, hinted, repeat } => {
+                    for _ in 0..repeat {
+                        index += gap;
+                        let sequence = sequences.entry(client).or_insert(0);
+                        *sequence += 1;
+                        // As `apply` does: the hint of the check before the record (or none).
+                        let hint = match table.check(ClientSession { client_id: client, sequence: *sequence }) {
+                            SessionCheck::New(hint) if hinted => hint,
+                            SessionCheck::New(_) => SlotHint::NONE,
+                            _ => panic!("a newer sequence is new"),
+                        };
+                        model.record(client, *sequence, index, max);
+                        let record = SessionRecord {
+                            last_sequence: *sequence,
+                            last_index: index,
+                            reply: model_reply(index),
+                        };
+                        table.record(client, record, hint, max);
+                        assert_queue_bounded(&table);
+                    }
                 }
                 SessionOp::Check { client, delta } => {
                     let sequence = (sequences.get(&client).copied().unwrap_or(0) + delta).max(1) - 1;

@@ -279,7 +279,7 @@ impl KvStateMachine {
 
     /// Number of client sessions remembered.
     pub fn session_count(&self) -> usize {
-        self.sessions.by_client.len()
+        self.sessions.len()
     }
 
     /// The log time (Unix ms): the largest stamp applied.
@@ -398,7 +398,7 @@ impl Applying<'_> {
                 sequence: session.sequence,
                 last_sequence,
             }),
-            SessionCheck::New => {
+            SessionCheck::New(hint) => {
                 let reply = self
                     .live
                     .keyspace
@@ -409,7 +409,7 @@ impl Applying<'_> {
                     reply: reply.clone(),
                 };
                 self.sessions
-                    .record(session.client_id, record, self.limits.max_sessions);
+                    .record(session.client_id, record, hint, self.limits.max_sessions);
                 reply
             }
         }
@@ -469,7 +469,7 @@ impl StateMachine for KvStateMachine {
         let live = self.live.read_recursive();
         Box::new(KvSnapshot {
             keyspace: live.keyspace.clone(),
-            sessions: self.sessions.clone(),
+            sessions: self.sessions.freeze(),
             applied_index: live.applied_index,
             log_time_ms: live.log_time_ms,
         })

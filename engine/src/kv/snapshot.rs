@@ -12,7 +12,7 @@ use bytes::Bytes;
 use super::command::{KvError, KvLimits, KvResponse};
 use super::keyspace::Keyspace;
 use super::machine::{DataKey, KvStateMachine, Value};
-use super::session::{SessionRecord, SessionTable};
+use super::session::{SessionRecord, SessionSlots, SessionTable};
 use crate::state_machine::{SnapshotSource, StateMachineError};
 
 const SNAPSHOT_MAGIC: [u8; 4] = *b"TKVS";
@@ -41,7 +41,8 @@ const MAX_REPLY_DEPTH: usize = 4;
 /// ```
 pub(super) struct KvSnapshot {
     pub(super) keyspace: Keyspace,
-    pub(super) sessions: SessionTable,
+    /// The session records, shared with the table: the writer sorts them by client id.
+    pub(super) sessions: SessionSlots,
     pub(super) applied_index: u64,
     pub(super) log_time_ms: u64,
 }
@@ -176,8 +177,10 @@ impl SnapshotSource for KvSnapshot {
         writer.write_all(&self.applied_index.to_le_bytes())?;
         writer.write_all(&self.log_time_ms.to_le_bytes())?;
         writer.write_all(&self.keyspace.last_removal_index.to_le_bytes())?;
-        writer.write_all(&(self.sessions.by_client.len() as u64).to_le_bytes())?;
-        for (client_id, record) in &self.sessions.by_client {
+        // Client-id order makes the bytes a pure function of the state (slots are not).
+        let sessions = self.sessions.sorted_by_client();
+        writer.write_all(&(sessions.len() as u64).to_le_bytes())?;
+        for (client_id, record) in sessions {
             writer.write_all(&client_id.to_le_bytes())?;
             writer.write_all(&record.last_sequence.to_le_bytes())?;
             writer.write_all(&record.last_index.to_le_bytes())?;
@@ -428,30 +431,34 @@ impl StreamSink for KvSnapshotContents {
     }
 }
 
-impl StreamSink for KvStateMachine {
+/// A state machine being restored: the sessions arrive in client-id order and are
+/// collected, the table (which needs them in log order) is built once all are read.
+struct Restoring {
+    state: KvStateMachine,
+    sessions: Vec<(u64, SessionRecord)>,
+}
+
+impl StreamSink for Restoring {
     fn header(&mut self, applied_index: u64, log_time_ms: u64, last_removal_index: u64) {
-        let mut live = self.live.write();
+        let mut live = self.state.live.write();
         live.applied_index = applied_index;
         live.log_time_ms = log_time_ms;
         live.keyspace.last_removal_index = last_removal_index;
     }
     fn session(&mut self, session: KvSnapshotSession) {
         // `parse_stream` checked that clients and last indexes are unique.
-        self.sessions
-            .by_last_index
-            .insert(session.last_index, session.client_id);
-        self.sessions.by_client.insert(
+        self.sessions.push((
             session.client_id,
             SessionRecord {
                 last_sequence: session.last_sequence,
                 last_index: session.last_index,
                 reply: session.reply,
             },
-        );
+        ));
     }
     fn entry(&mut self, key: Bytes, value: Value) {
         let expire_at_ms = value.expire_at_ms;
-        let mut live = self.live.write();
+        let mut live = self.state.live.write();
         live.keyspace.data.insert(DataKey::new(&key), value);
         if expire_at_ms != 0 {
             live.keyspace
@@ -466,10 +473,14 @@ pub(super) fn read_snapshot(
     input: &mut dyn Read,
     limits: &KvLimits,
 ) -> Result<KvStateMachine, StateMachineError> {
-    let mut state = KvStateMachine::new(*limits);
-    parse_stream(input, limits, &mut state)?;
+    let mut restoring = Restoring {
+        state: KvStateMachine::new(*limits),
+        sessions: Vec::new(),
+    };
+    parse_stream(input, limits, &mut restoring)?;
+    let mut state = restoring.state;
     // A smaller configured bound than the writer's evicts the same clients everywhere.
-    state.sessions.evict_beyond(limits.max_sessions);
+    state.sessions = SessionTable::from_records(restoring.sessions, limits.max_sessions);
     Ok(state)
 }
 

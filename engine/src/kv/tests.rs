@@ -322,9 +322,9 @@ fn session_table_evicts_the_client_with_the_oldest_last_write() {
     apply_one(&mut sm, 3, &encode(session(1, 2), &set));
     apply_one(&mut sm, 4, &encode(session(3, 1), &set));
     assert_eq!(sm.session_count(), 2);
-    assert!(sm.sessions.by_client.contains_key(&1));
-    assert!(!sm.sessions.by_client.contains_key(&2), "client 2 evicted");
-    assert!(sm.sessions.by_client.contains_key(&3));
+    assert!(sm.sessions.contains(1));
+    assert!(!sm.sessions.contains(2), "client 2 evicted");
+    assert!(sm.sessions.contains(3));
     // An evicted client's retry is applied again (documented limitation).
     let incr = encode(session(2, 1), &Command::Incr { key: b"n" });
     assert_eq!(apply_one(&mut sm, 5, &incr), KvResponse::Integer(1));
@@ -1158,4 +1158,422 @@ fn a_frozen_read_view_keeps_reading_the_state_it_was_made_at() {
         KvResponse::Bulk(bulk(b"1"))
     );
     assert_eq!(sm.get(b"k").as_deref(), Some(&b"2"[..]));
+}
+
+// --- The session table: hash map + eviction queue against the ordered-map design ---
+
+use super::session::{SessionCheck, SessionRecord, SessionTable, SlotHint, COMPACT_SLACK};
+
+/// The session table as it was before issue 15: client -> (sequence, index) and
+/// last index -> client, both ordered; eviction takes the lowest index.
+#[derive(Default)]
+struct OrderedSessionModel {
+    by_client: BTreeMap<u64, (u64, u64)>,
+    by_last_index: BTreeMap<u64, u64>,
+}
+
+impl OrderedSessionModel {
+    fn check(&self, client_id: u64, sequence: u64) -> Option<Result<KvResponse, u64>> {
+        match self.by_client.get(&client_id) {
+            None => None,
+            Some(&(last, _)) if sequence > last => None,
+            Some(&(last, index)) if sequence == last => Some(Ok(model_reply(index))),
+            Some(&(last, _)) => Some(Err(last)),
+        }
+    }
+
+    fn record(&mut self, client_id: u64, sequence: u64, index: u64, max_sessions: usize) {
+        if let Some((_, old_index)) = self.by_client.insert(client_id, (sequence, index)) {
+            self.by_last_index.remove(&old_index);
+        }
+        self.by_last_index.insert(index, client_id);
+        self.evict_beyond(max_sessions);
+    }
+
+    fn evict_beyond(&mut self, max_sessions: usize) {
+        while self.by_client.len() > max_sessions {
+            let (_, client) = self.by_last_index.pop_first().expect("as many as clients");
+            self.by_client.remove(&client);
+        }
+    }
+
+    /// `(client, sequence, index)` by increasing index: the eviction order.
+    fn in_eviction_order(&self) -> Vec<(u64, u64, u64)> {
+        self.by_last_index
+            .iter()
+            .map(|(&index, &client)| (client, self.by_client[&client].0, index))
+            .collect()
+    }
+}
+
+/// The reply the tests remember for the request at `index` (tells replies apart).
+fn model_reply(index: u64) -> KvResponse {
+    KvResponse::Integer(index as i64)
+}
+
+fn table_check(
+    table: &SessionTable,
+    client_id: u64,
+    sequence: u64,
+) -> Option<Result<KvResponse, u64>> {
+    match table.check(ClientSession {
+        client_id,
+        sequence,
+    }) {
+        SessionCheck::New(_) => None,
+        SessionCheck::Duplicate(reply) => Some(Ok(reply)),
+        SessionCheck::Stale { last_sequence } => Some(Err(last_sequence)),
+    }
+}
+
+fn table_in_eviction_order(table: &SessionTable) -> Vec<(u64, u64, u64)> {
+    table
+        .in_eviction_order()
+        .into_iter()
+        .map(|(client, record)| {
+            assert_eq!(record.reply, model_reply(record.last_index));
+            (client, record.last_sequence, record.last_index)
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone)]
+enum SessionOp {
+    /// The client's next `repeat` requests, `gap` indexes apart, bounded to `max`;
+    /// recorded with the hint their check gave, or without one. A long run leaves more
+    /// stale entries than `COMPACT_SLACK`: the queue is compacted.
+    Record {
+        client: u64,
+        gap: u64,
+        max: usize,
+        hinted: bool,
+        repeat: u64,
+    },
+    /// A check of the client's sequence `last + delta - 1` (older, same, newer).
+    Check { client: u64, delta: u64 },
+    /// A bound applied on its own (a restore with a smaller `max_sessions`).
+    Evict { max: usize },
+}
+
+fn session_op_strategy() -> impl Strategy<Value = SessionOp> {
+    prop_oneof![
+        6 => (1u64..12, 1u64..4, 1usize..8, any::<bool>(), prop_oneof![40 => Just(1u64), 1 => 900u64..1400])
+            .prop_map(|(client, gap, max, hinted, repeat)| {
+                SessionOp::Record { client, gap, max, hinted, repeat }
+            }),
+        3 => (1u64..12, 0u64..3).prop_map(|(client, delta)| SessionOp::Check { client, delta }),
+        1 => (0usize..8).prop_map(|max| SessionOp::Evict { max }),
+    ]
+}
+
+/// The queue's bound: never more stale entries than live ones plus the slack.
+fn assert_queue_bounded(table: &SessionTable) {
+    assert!(
+        table.queue_len() <= 2 * table.len() + COMPACT_SLACK,
+        "queue of {} entries for {} sessions",
+        table.queue_len(),
+        table.len()
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn session_table_checks_and_evicts_exactly_like_the_ordered_map_model(
+        ops in prop::collection::vec(session_op_strategy(), 1..400),
+    ) {
+        let mut model = OrderedSessionModel::default();
+        let mut table = SessionTable::new();
+        let mut sequences: HashMap<u64, u64> = HashMap::new();
+        let mut index = 0u64;
+        for op in &ops {
+            match *op {
+                SessionOp::Record { client, gap, max, hinted, repeat } => {
+                    for _ in 0..repeat {
+                        index += gap;
+                        let sequence = sequences.entry(client).or_insert(0);
+                        *sequence += 1;
+                        // As `apply` does: the hint of the check before the record (or none).
+                        let hint = match table.check(ClientSession { client_id: client, sequence: *sequence }) {
+                            SessionCheck::New(hint) if hinted => hint,
+                            SessionCheck::New(_) => SlotHint::NONE,
+                            _ => panic!("a newer sequence is new"),
+                        };
+                        model.record(client, *sequence, index, max);
+                        let record = SessionRecord {
+                            last_sequence: *sequence,
+                            last_index: index,
+                            reply: model_reply(index),
+                        };
+                        table.record(client, record, hint, max);
+                        assert_queue_bounded(&table);
+                    }
+                }
+                SessionOp::Check { client, delta } => {
+                    let sequence = (sequences.get(&client).copied().unwrap_or(0) + delta).max(1) - 1;
+                    prop_assert_eq!(
+                        table_check(&table, client, sequence),
+                        model.check(client, sequence)
+                    );
+                }
+                SessionOp::Evict { max } => {
+                    model.evict_beyond(max);
+                    table.evict_beyond(max);
+                }
+            }
+            prop_assert_eq!(table.len(), model.by_client.len());
+            prop_assert_eq!(table_in_eviction_order(&table), model.in_eviction_order());
+            assert_queue_bounded(&table);
+        }
+        // Rebuilding from the records alone (a restore) gives an equal table.
+        let records = table.in_eviction_order().into_iter().rev();
+        let rebuilt = SessionTable::from_records(records, usize::MAX);
+        prop_assert_eq!(table_in_eviction_order(&rebuilt), model.in_eviction_order());
+        prop_assert_eq!(&rebuilt, &table);
+    }
+}
+
+#[test]
+fn one_busy_client_beside_a_quiet_one_keeps_the_eviction_queue_bounded_and_the_quiet_one_oldest() {
+    let limits = KvLimits {
+        max_sessions: 2,
+        ..KvLimits::default()
+    };
+    let mut sm = KvStateMachine::new(limits);
+    let set = Command::Set {
+        key: b"k",
+        value: b"v",
+    };
+    apply_one(&mut sm, 1, &encode(session(2, 1), &set));
+    let mut longest = 0;
+    for n in 1..=5_000u64 {
+        apply_one(&mut sm, 1 + n, &encode(session(1, n), &set));
+        longest = longest.max(sm.sessions.queue_len());
+    }
+    assert_eq!(sm.session_count(), 2);
+    assert!(
+        longest <= 2 * 2 + COMPACT_SLACK,
+        "queue reached {longest} entries for 2 sessions"
+    );
+    // The quiet client's single entry survived every compaction: it is evicted first.
+    apply_one(&mut sm, 6_000, &encode(session(3, 1), &set));
+    assert!(!sm.sessions.contains(2), "the quiet client is the oldest");
+    assert!(sm.sessions.contains(1) && sm.sessions.contains(3));
+}
+
+#[test]
+fn equal_tables_with_different_stale_entries_compare_equal() {
+    let record = |sequence: u64, index: u64| SessionRecord {
+        last_sequence: sequence,
+        last_index: index,
+        reply: model_reply(index),
+    };
+    let mut busy = SessionTable::new();
+    for n in 1..=10u64 {
+        busy.record(7, record(n, n), SlotHint::NONE, 8);
+    }
+    busy.record(9, record(1, 11), SlotHint::NONE, 8);
+    let fresh = SessionTable::from_records([(9, record(1, 11)), (7, record(10, 10))], 8);
+    assert!(
+        busy.queue_len() > fresh.queue_len(),
+        "busy holds stale entries"
+    );
+    assert_eq!(busy, fresh);
+    assert_ne!(busy, SessionTable::from_records([(7, record(10, 10))], 8));
+}
+/// Twelve clients through a table of four: every write of a new client evicts the one
+/// whose last write is oldest, some clients write again (re-recorded, leaving stale
+/// queue entries) and some come back after their eviction. Replies of several kinds.
+fn sessions_evicted_and_re_recorded() -> KvStateMachine {
+    let limits = KvLimits {
+        max_sessions: 4,
+        ..KvLimits::default()
+    };
+    let mut sm = KvStateMachine::new(limits);
+    let clients: [u64; 20] = [
+        12, 3, 40, 3, 7, 12, 99, 3, 5, 40, 12, 1, 77, 3, 7, 6, 12, 1, 88, 40,
+    ];
+    let mut sequences = std::collections::HashMap::new();
+    for (n, &client_id) in clients.iter().enumerate() {
+        let sequence = sequences.entry(client_id).or_insert(0u64);
+        *sequence += 1 + (client_id % 3);
+        let key = format!("k{}", client_id % 5);
+        let command = match n % 3 {
+            0 => Command::Incr {
+                key: key.as_bytes(),
+            },
+            1 => Command::Set {
+                key: key.as_bytes(),
+                value: b"v",
+            },
+            _ => Command::Get {
+                key: key.as_bytes(),
+            },
+        };
+        let mut payload = Vec::new();
+        encode_request(
+            Some(ClientSession {
+                client_id,
+                sequence: *sequence,
+            }),
+            &command,
+            &limits,
+            &mut payload,
+        )
+        .expect("encodes");
+        let index = 3 * n as u64 + 2;
+        sm.apply(&[CommittedEntry {
+            index,
+            payload: &payload,
+        }])
+        .expect("applies");
+    }
+    sm
+}
+
+#[test]
+fn snapshot_of_evicted_and_re_recorded_sessions_keeps_its_bytes_and_eviction_order() {
+    let mut sm = sessions_evicted_and_re_recorded();
+    let bytes = snapshot_bytes(&sm);
+    // Sessions are written in client-id order; the bytes are those the ordered-map table
+    // wrote for this history (same length and CRC-32 as before issue 15).
+    let contents = super::read_stream(&mut bytes.as_slice(), &KvLimits::default()).expect("reads");
+    let sessions: Vec<(u64, u64, u64)> = contents
+        .sessions
+        .iter()
+        .map(|s| (s.client_id, s.last_sequence, s.last_index))
+        .collect();
+    assert_eq!(
+        sessions,
+        [(1, 4, 53), (12, 4, 50), (40, 6, 59), (88, 2, 56)]
+    );
+    assert_eq!((bytes.len(), crc32fast::hash(&bytes)), (290, 0x2144_df1c));
+    let mut restored = KvStateMachine::new(*sm.limits());
+    restored.restore(&mut bytes.as_slice()).expect("restores");
+    assert_eq!(restored, sm);
+    assert_eq!(snapshot_bytes(&restored), bytes);
+    // The restored table evicts in the same order: client 12 (index 50), then 1 (53).
+    let set = Command::Set {
+        key: b"x",
+        value: b"y",
+    };
+    for (index, client) in [(70, 500), (71, 501)] {
+        let payload = encode(session(client, 1), &set);
+        assert_eq!(
+            apply_one(&mut sm, index, &payload),
+            apply_one(&mut restored, index, &payload)
+        );
+    }
+    assert!(!restored.sessions.contains(12) && !restored.sessions.contains(1));
+    assert!(restored.sessions.contains(88) && restored.sessions.contains(40));
+    assert_eq!(restored, sm);
+    assert_eq!(snapshot_bytes(&restored), snapshot_bytes(&sm));
+}
+
+#[test]
+fn a_smaller_max_sessions_on_restore_evicts_the_oldest_clients() {
+    let sm = sessions_evicted_and_re_recorded();
+    let bytes = snapshot_bytes(&sm);
+    let mut restored = KvStateMachine::new(KvLimits {
+        max_sessions: 2,
+        ..KvLimits::default()
+    });
+    restored.restore(&mut bytes.as_slice()).expect("restores");
+    assert_eq!(restored.session_count(), 2);
+    // Last indexes: 12 at 50, 1 at 53, 88 at 56, 40 at 59.
+    assert!(restored.sessions.contains(88) && restored.sessions.contains(40));
+}
+
+/// Applies a SET of `client_id`'s request `sequence` at `index`.
+fn apply_session_set(sm: &mut KvStateMachine, index: u64, client_id: u64, sequence: u64) {
+    let set = Command::Set {
+        key: b"k",
+        value: b"v",
+    };
+    apply_one(sm, index, &encode(session(client_id, sequence), &set));
+}
+
+#[test]
+fn a_snapshot_keeps_its_sessions_while_later_writes_evict_and_reuse_their_slots() {
+    let limits = KvLimits {
+        max_sessions: 150,
+        ..KvLimits::default()
+    };
+    let mut sm = KvStateMachine::new(limits);
+    let mut index = 0;
+    for client_id in 1..=200u64 {
+        index += 1;
+        apply_session_set(&mut sm, index, client_id, 1);
+    }
+    let frozen = sm.clone();
+    let mut source = sm.snapshot();
+    // Re-record half the sessions, then let 100 new clients evict and take their slots.
+    for client_id in (51..=200u64).step_by(2) {
+        index += 1;
+        apply_session_set(&mut sm, index, client_id, 2);
+    }
+    for client_id in 1_000..1_100u64 {
+        index += 1;
+        apply_session_set(&mut sm, index, client_id, 1);
+    }
+    let mut bytes = Vec::new();
+    source.write_to(&mut bytes).expect("writes");
+    assert_eq!(
+        bytes,
+        snapshot_bytes(&frozen),
+        "later writes leaked into the snapshot"
+    );
+    let mut restored = KvStateMachine::new(limits);
+    restored.restore(&mut bytes.as_slice()).expect("restores");
+    assert_eq!(restored, frozen);
+    assert_ne!(restored, sm);
+}
+
+#[test]
+fn clients_churning_through_a_full_table_reuse_the_slots_of_evicted_ones() {
+    let limits = KvLimits {
+        max_sessions: 100,
+        ..KvLimits::default()
+    };
+    let mut sm = KvStateMachine::new(limits);
+    for client_id in 1..=10_000u64 {
+        apply_session_set(&mut sm, client_id, client_id, 1);
+    }
+    assert_eq!(sm.session_count(), 100);
+    // 101 sessions at once (one past the bound, until its eviction), in chunks.
+    let chunks = (100 + 1usize).div_ceil(super::session::CHUNK_SLOTS);
+    assert_eq!(
+        sm.sessions.slot_capacity(),
+        chunks * super::session::CHUNK_SLOTS
+    );
+    assert!((9_901..=10_000).all(|client_id| sm.sessions.contains(client_id)));
+}
+
+#[test]
+fn a_hint_from_before_an_eviction_is_checked_not_trusted() {
+    let record = |sequence: u64, index: u64| SessionRecord {
+        last_sequence: sequence,
+        last_index: index,
+        reply: model_reply(index),
+    };
+    let mut table = SessionTable::new();
+    table.record(1, record(1, 1), SlotHint::NONE, 1);
+    let SessionCheck::New(stale_hint) = table.check(ClientSession {
+        client_id: 1,
+        sequence: 2,
+    }) else {
+        panic!("a newer sequence is new");
+    };
+    assert_ne!(stale_hint, SlotHint::NONE, "client 1 has a slot");
+    // Client 2 evicts client 1; client 3 evicts client 2 and takes client 1's old slot.
+    table.record(2, record(1, 2), SlotHint::NONE, 1);
+    table.record(3, record(1, 3), SlotHint::NONE, 1);
+    table.record(1, record(2, 4), stale_hint, 2);
+    let clients: Vec<(u64, u64)> = table
+        .in_eviction_order()
+        .into_iter()
+        .map(|(client, record)| (client, record.last_index))
+        .collect();
+    assert_eq!(clients, [(3, 3), (1, 4)]);
 }

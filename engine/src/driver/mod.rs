@@ -958,10 +958,10 @@ impl<R, L: LogWriter, S: Storage> NodeDriver<R, L, S> {
 
     /// Pairs committed entries with the proposals waiting for them.
     fn answer_committed(&mut self, committed: &[Entry]) -> Vec<(u64, ReplyTo<R>)> {
-        let mut replies = Vec::new();
         let Some(last) = committed.last() else {
-            return replies;
+            return Vec::new();
         };
+        let mut replies = Vec::with_capacity(committed.len().min(self.pending_writes.len()));
         let first_index = committed[0].index;
         while self
             .pending_writes
@@ -1036,12 +1036,13 @@ impl<R, L: LogWriter, S: Storage> NodeDriver<R, L, S> {
     /// them together, and the last ticket covers them all (tickets resolve in order).
     fn append_ops(&self, entries: &[Entry], ops: &mut Vec<WalOp>) {
         let max_bytes = self.log.max_append_bytes();
-        let mut chunk = Vec::new();
+        let mut chunk = Vec::with_capacity(entries.len());
         let mut chunk_bytes = 0usize;
-        for entry in entries {
+        for (position, entry) in entries.iter().enumerate() {
             let entry_bytes = tally_wal::ENTRY_RECORD_HEADER_LEN + entry.data.len();
             if !chunk.is_empty() && chunk_bytes + entry_bytes > max_bytes {
-                ops.push(WalOp::Append(std::mem::take(&mut chunk)));
+                let rest = Vec::with_capacity(entries.len() - position);
+                ops.push(WalOp::Append(std::mem::replace(&mut chunk, rest)));
                 chunk_bytes = 0;
             }
             chunk_bytes += entry_bytes;

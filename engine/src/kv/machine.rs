@@ -229,10 +229,19 @@ impl KvReadView {
 
     /// Answers a read-only command judged at `max(log time, now_ms)`; write commands
     /// get [`KvError::NotReadOnly`].
+    /// A command that walks the whole keyspace (KEYS, SCAN) runs on a frozen copy taken
+    /// under the lock (one reference count per shard), so it never holds the apply
+    /// thread up for O(keys).
     pub fn query(&self, command: &Command<'_>, now_ms: u64) -> KvResponse {
         let live = self.live.read_recursive();
+        let (log_time_ms, applied_index) = (live.log_time_ms, live.applied_index);
+        if matches!(command, Command::Keys { .. } | Command::Scan { .. }) {
+            let frozen = live.keyspace.clone();
+            drop(live);
+            return frozen.read(command, log_time_ms.max(now_ms), applied_index);
+        }
         live.keyspace
-            .read(command, live.log_time_ms.max(now_ms), live.applied_index)
+            .read(command, log_time_ms.max(now_ms), applied_index)
     }
 
     /// [`StateMachine::query`] on this view: `request` is an encoded request holding a

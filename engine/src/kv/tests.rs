@@ -1577,3 +1577,43 @@ fn a_hint_from_before_an_eviction_is_checked_not_trusted() {
         .collect();
     assert_eq!(clients, [(3, 3), (1, 4)]);
 }
+
+#[test]
+fn keys_through_a_read_view_walks_a_copy_of_the_current_keyspace() {
+    let mut sm = KvStateMachine::default();
+    for i in 1..=200u64 {
+        let key = format!("k{i}");
+        apply_one(
+            &mut sm,
+            i,
+            &encode(
+                None,
+                &Command::Set {
+                    key: key.as_bytes(),
+                    value: b"v",
+                },
+            ),
+        );
+    }
+    let view = sm.read_view();
+    let KvResponse::Array(keys) = view.query(&Command::Keys { pattern: b"k1*" }, 0) else {
+        panic!("KEYS answers an array");
+    };
+    assert_eq!(keys.len(), 1 + 10 + 100);
+    // Each walk copies the keyspace as it is then (no copy is kept between calls).
+    apply_one(
+        &mut sm,
+        201,
+        &encode(
+            None,
+            &Command::Set {
+                key: b"k1000",
+                value: b"v",
+            },
+        ),
+    );
+    let KvResponse::Array(keys) = view.query(&Command::Keys { pattern: b"k1*" }, 0) else {
+        panic!("KEYS answers an array");
+    };
+    assert_eq!(keys.len(), 112);
+}

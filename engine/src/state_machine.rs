@@ -144,9 +144,11 @@ pub trait StateMachine: Send {
     /// snapshot's applied index. On error the current state is left untouched.
     fn restore(&mut self, input: &mut dyn Read) -> Result<u64, StateMachineError>;
 
-    /// A frozen view that client threads may answer reads from themselves (lease reads
-    /// off the raft and apply threads, `driver::lease`), or `None` (the default: every
-    /// read goes through the apply thread). Must be cheap: it runs on the apply thread.
+    /// A view that client threads may answer reads from themselves (lease reads off the
+    /// raft and apply threads, `driver::lease`), or `None` (the default: every read goes
+    /// through the apply thread). It must reflect at least every entry applied when it
+    /// was made: a frozen copy, or (the KV store's) a handle on the live state that
+    /// reads between entries. Must be cheap: it runs on the apply thread.
     fn read_view(&self) -> Option<Box<dyn std::any::Any + Send + Sync>> {
         None
     }

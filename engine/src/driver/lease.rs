@@ -9,8 +9,9 @@
 //!   tick before which its lease holds (`expires_tick`), its term, and the index every
 //!   lease read must observe (`required_index`, the commit index);
 //! * the apply side (the [`Applier`](super::Applier)) publishes a [`ReadView`] in a
-//!   [`ViewCell`]: a frozen view of the state machine and the index of the last entry
-//!   it reflects (`applied_through`).
+//!   [`ViewCell`]: a view of the state machine (frozen, or following the live state)
+//!   and the index of the last entry it reflected when published (`applied_through`, a
+//!   lower bound for a live view).
 //!
 //! A client thread reads the grant, then the view, then its own clock, and serves the
 //! read from the view only when [`judge_local_read`] says [`LocalRead::Serve`]: a grant

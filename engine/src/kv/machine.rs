@@ -216,6 +216,8 @@ impl std::fmt::Debug for KvStateMachine {
 
 /// A handle for serving reads on other threads: it reads the live state under a read
 /// lock, so what it answers reflects at least every entry applied when it was made.
+/// Its reads take the lock fairly (`read`, not `read_recursive`): a steady stream of
+/// reads from client threads cannot keep the apply thread from writing.
 #[derive(Debug, Clone)]
 pub struct KvReadView {
     live: Arc<RwLock<LiveState>>,
@@ -224,7 +226,7 @@ pub struct KvReadView {
 impl KvReadView {
     /// The index of the last entry applied (the view follows the live state).
     pub fn applied_index(&self) -> u64 {
-        self.live.read_recursive().applied_index
+        self.live.read().applied_index
     }
 
     /// Answers a read-only command judged at `max(log time, now_ms)`; write commands
@@ -233,7 +235,7 @@ impl KvReadView {
     /// under the lock (one reference count per shard), so it never holds the apply
     /// thread up for O(keys).
     pub fn query(&self, command: &Command<'_>, now_ms: u64) -> KvResponse {
-        let live = self.live.read_recursive();
+        let live = self.live.read();
         let (log_time_ms, applied_index) = (live.log_time_ms, live.applied_index);
         if matches!(command, Command::Keys { .. } | Command::Scan { .. }) {
             let frozen = live.keyspace.clone();

@@ -1123,15 +1123,14 @@ impl<S: Storage> WalCore<S> {
         if body.is_empty() {
             return Ok(());
         }
-        if !self.staged.is_empty() || body.len() > self.options.max_batch_body_bytes() as usize {
+        if !self.staged.is_empty() {
             let result = self.stage_encoded(body);
             body.clear();
             return result;
         }
+        // Room for the trailer `frame_staged` appends (see `stage_encoded`).
         body.reserve(format::BATCH_TRAILER_LEN);
-        std::mem::swap(&mut self.staged, body);
-        body.clear();
-        let staged = std::mem::take(&mut self.staged);
+        let staged = std::mem::take(body);
         let result = self.index_staged_records(0, &staged);
         self.staged = staged;
         result

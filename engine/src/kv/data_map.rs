@@ -91,11 +91,12 @@ impl DataMap {
 
     /// Removes `key`; returns what was stored.
     pub(super) fn remove(&mut self, key: &[u8]) -> Option<Value> {
-        // Look first: a miss must not copy a shared shard.
-        if !self.shards[self.shard_of(key)].contains_key(key) {
+        let shard = &mut self.shards[self.shard_of(key)];
+        // A miss must not copy a shared shard: look first only when it is shared.
+        if Arc::get_mut(shard).is_none() && !shard.contains_key(key) {
             return None;
         }
-        let old = self.shard_mut(key).remove(key);
+        let old = Arc::make_mut(shard).remove(key);
         if old.is_some() {
             self.len -= 1;
         }

@@ -168,6 +168,14 @@ pub(super) struct LiveState {
     pub(super) log_time_ms: u64,
 }
 
+impl LiveState {
+    /// Answers a read-only command judged at `max(log time, now_ms)`.
+    fn read(&self, command: &Command<'_>, now_ms: u64) -> KvResponse {
+        self.keyspace
+            .read(command, self.log_time_ms.max(now_ms), self.applied_index)
+    }
+}
+
 /// The replicated KV store: data, expiry, client sessions, log time, applied index.
 ///
 /// The data lives behind a lock shared with the [`KvReadView`]s, so client threads read
@@ -236,14 +244,12 @@ impl KvReadView {
     /// thread up for O(keys).
     pub fn query(&self, command: &Command<'_>, now_ms: u64) -> KvResponse {
         let live = self.live.read();
-        let (log_time_ms, applied_index) = (live.log_time_ms, live.applied_index);
         if matches!(command, Command::Keys { .. } | Command::Scan { .. }) {
-            let frozen = live.keyspace.clone();
+            let frozen = live.clone();
             drop(live);
-            return frozen.read(command, log_time_ms.max(now_ms), applied_index);
+            return frozen.read(command, now_ms);
         }
-        live.keyspace
-            .read(command, log_time_ms.max(now_ms), applied_index)
+        live.read(command, now_ms)
     }
 
     /// [`StateMachine::query`] on this view: `request` is an encoded request holding a
@@ -357,9 +363,7 @@ impl KvStateMachine {
 
     /// Answers a read-only command from the current state, judged at log time.
     pub fn query_command(&self, command: &Command<'_>) -> KvResponse {
-        let live = self.live.read_recursive();
-        live.keyspace
-            .read(command, live.log_time_ms, live.applied_index)
+        self.live.read_recursive().read(command, 0)
     }
 }
 
@@ -462,12 +466,10 @@ impl StateMachine for KvStateMachine {
     /// behind the log time.
     fn query(&self, request: &[u8]) -> KvResponse {
         match decode_request(request, &self.limits) {
-            Ok(request) => {
-                let live = self.live.read_recursive();
-                let now_ms = live.log_time_ms.max(request.time_ms.unwrap_or(0));
-                live.keyspace
-                    .read(&request.command, now_ms, live.applied_index)
-            }
+            Ok(request) => self
+                .live
+                .read_recursive()
+                .read(&request.command, request.time_ms.unwrap_or(0)),
             Err(error) => KvResponse::Error(KvError::Malformed(error)),
         }
     }

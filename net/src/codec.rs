@@ -555,16 +555,18 @@ fn decode_append(
             max: limits.max_entries_per_message.min(fits),
         });
     }
-    let mut descriptors = Vec::with_capacity(count);
+    // `count <= fits`, so the descriptors are present; one pass checks their kinds and
+    // the data lengths they declare, the next slices the data (no list in between).
+    let descriptors_at = reader.offset;
+    reader.take(count * ENTRY_DESCRIPTOR_BYTES)?;
+    let data_at = reader.offset;
+    let payload: &Bytes = reader.payload;
+    let descriptors = &payload[descriptors_at..data_at];
     let mut declared: u64 = 0;
-    for _ in 0..count {
-        let index = reader.u64()?;
-        let term = reader.u64()?;
-        let kind_byte = reader.u8()?;
-        let kind = EntryKind::from_u8(kind_byte).ok_or(CodecError::InvalidEntryKind(kind_byte))?;
-        let len = reader.u32()?;
+    for descriptor in descriptors.chunks_exact(ENTRY_DESCRIPTOR_BYTES) {
+        let (_, kind_byte, len) = entry_descriptor(descriptor);
+        EntryKind::from_u8(kind_byte).ok_or(CodecError::InvalidEntryKind(kind_byte))?;
         declared += u64::from(len);
-        descriptors.push((index, term, kind, len as usize));
     }
     if declared != reader.remaining() as u64 {
         return Err(CodecError::EntryDataMismatch {
@@ -573,12 +575,14 @@ fn decode_append(
         });
     }
     let mut entries = Vec::with_capacity(count);
-    for (index, term, kind, len) in descriptors {
+    for descriptor in descriptors.chunks_exact(ENTRY_DESCRIPTOR_BYTES) {
+        let ((index, term), kind_byte, len) = entry_descriptor(descriptor);
+        let kind = EntryKind::from_u8(kind_byte).ok_or(CodecError::InvalidEntryKind(kind_byte))?;
         entries.push(Entry {
             index,
             term,
             kind,
-            data: reader.bytes(len)?,
+            data: reader.bytes(len as usize)?,
         });
     }
     Ok(AppendEntries {
@@ -589,6 +593,19 @@ fn decode_append(
         heartbeat_id,
         sent_at_tick,
     })
+}
+
+/// The fields of one entry descriptor (`ENTRY_DESCRIPTOR_BYTES` long, as
+/// `chunks_exact` hands them out): ((index, term), kind byte, data length).
+fn entry_descriptor(descriptor: &[u8]) -> ((u64, u64), u8, u32) {
+    let le_u64 = |at: usize| {
+        let mut raw = [0u8; 8];
+        raw.copy_from_slice(&descriptor[at..at + 8]);
+        u64::from_le_bytes(raw)
+    };
+    let mut len = [0u8; 4];
+    len.copy_from_slice(&descriptor[17..21]);
+    ((le_u64(0), le_u64(8)), descriptor[16], u32::from_le_bytes(len))
 }
 
 #[cfg(test)]

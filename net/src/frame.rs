@@ -22,12 +22,14 @@
 //! Sending is zero-copy: [`encode_frame_header`] computes a header for a payload given as
 //! several slices, and [`write_all_vectored`] writes many headers and payload slices with
 //! as few `writev` calls as the kernel allows. Receiving is buffered: [`FrameReader`]
-//! reads large chunks into a reusable buffer and hands out payloads as [`Bytes`] views of
-//! it, without copying.
+//! reads as much as is available into a large buffer, without zero-filling it first on
+//! plain TCP, and hands out payloads as [`Bytes`] views of it, without copying (small
+//! ones are copied, so they cannot keep a large buffer alive).
 
 use std::io::{self, IoSlice, Read, Write};
+use std::mem::MaybeUninit;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 /// First four bytes of every frame: "TALY" read as a little-endian u32.
 pub const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"TALY");
@@ -41,14 +43,20 @@ pub const DEFAULT_MAX_FRAME_PAYLOAD_BYTES: usize = 64 << 20;
 /// message fits in it with room to spare (the largest, a HELLO, is under 400 bytes), so
 /// an unauthenticated dialer cannot make the acceptor reserve more than this.
 pub const MAX_HANDSHAKE_FRAME_PAYLOAD_BYTES: usize = 4 << 10;
-/// Most bytes of a large frame zero-filled ahead of the socket at once: a header that
-/// announces a large payload and then trickles (or sends nothing) costs at most this much
-/// resident memory beyond what actually arrived.
-const MAX_IN_PLACE_READ_BYTES: usize = 1 << 20;
 /// Most slices handed to one `writev` call (Linux's `IOV_MAX`).
 const MAX_IOVECS_PER_WRITE: usize = 1024;
-/// How much [`FrameReader`] asks the socket for at once.
-const READ_CHUNK_BYTES: usize = 64 << 10;
+/// Standard size of a [`FrameReader`] chunk (a larger frame gets a chunk of its size):
+/// one read takes up to this much.
+const CHUNK_BYTES: usize = 256 << 10;
+/// Frames under `1 / CHUNK_BYTES_PER_SLICED_FRAME` of their chunk are copied out.
+const CHUNK_BYTES_PER_SLICED_FRAME: usize = 16;
+/// Room a new chunk keeps behind the frame it is taken for, and the least a zero-filling
+/// read asks for.
+const MIN_READ_BYTES: usize = 8 << 10;
+/// Most bytes zeroed ahead of a read through [`Read::read`]: a header announcing a large
+/// payload that then trickles (or never comes) costs at most this much resident memory
+/// beyond what arrived (with `ReadUninit`, capacity never read into is never touched).
+const ZERO_AHEAD_BYTES: usize = 64 << 10;
 
 /// Why a frame could not be read. Every variant except [`FrameError::Io`] means the
 /// stream can no longer be trusted and the connection must be closed.
@@ -285,7 +293,40 @@ pub fn write_all_vectored(writer: &mut impl Write, slices: &[&[u8]]) -> io::Resu
     }
 }
 
-/// Reads frames from a byte stream through a reusable buffer.
+/// A stream a [`FrameReader`] can read into memory that was never initialized, so the
+/// reader need not zero-fill its buffer before the socket overwrites it (crate-private:
+/// the peer transport's plain TCP stream implements it).
+///
+/// # Safety
+///
+/// An implementation promises that `read_uninit` returning `Ok(n)` wrote the first `n`
+/// bytes of `buf` (so `n <= buf.len()`), whenever `can_read_uninit` is true.
+pub(crate) unsafe trait ReadUninit: Read {
+    /// Whether [`ReadUninit::read_uninit`] may be called on this stream; if not, the
+    /// reader reads through [`Read::read`] into memory it zeroed once.
+    fn can_read_uninit(&self) -> bool;
+
+    /// Reads like [`Read::read`], into `buf`, which may be uninitialized.
+    fn read_uninit(&mut self, buf: &mut [MaybeUninit<u8>]) -> io::Result<usize>;
+}
+
+/// A raw read into uninitialized memory, taken from a [`ReadUninit`] implementation.
+type UninitRead<R> = fn(&mut R, &mut [MaybeUninit<u8>]) -> io::Result<usize>;
+
+/// Reads frames from a byte stream through large receive buffers ("chunks").
+///
+/// Each read asks for all the room left in the current chunk, every complete frame in
+/// it is returned before the next read, and a payload is handed out as a [`Bytes`] view
+/// of the chunk (no copy). A new chunk is taken only when the frame in progress does not
+/// fit in what is left (its received part is copied over); the old one lives on as long
+/// as payloads sliced from it do. Memory a held payload keeps alive is bounded: a frame
+/// under 1/16 of its chunk's size is copied into a buffer of its own instead of being
+/// sliced, so a chunk of `C` bytes outlives its frames only through a frame of at least
+/// `C / 16` bytes (payloads pin at most 16 times their frames' size).
+///
+/// On a stream that implements `ReadUninit` (plain TCP) the socket writes straight into
+/// unused capacity; on any other `Read` (TLS, test slices) the chunk is zeroed once, at
+/// most 64 KiB ahead of the read, never per frame.
 ///
 /// ```
 /// use tally_net::frame::{encode_frame, FrameError, FrameReader, DEFAULT_MAX_FRAME_PAYLOAD_BYTES};
@@ -305,10 +346,18 @@ pub fn write_all_vectored(writer: &mut impl Write, slices: &[&[u8]]) -> io::Resu
 #[derive(Debug)]
 pub struct FrameReader<R> {
     reader: R,
-    /// Bytes received but not yet returned as frames.
+    /// Set (from a [`ReadUninit`] stream that can) to read into uninitialized capacity.
+    read_uninit: Option<UninitRead<R>>,
+    /// The current chunk: bytes received but not yet returned as frames, then the spare
+    /// capacity the next read lands in.
     buffer: BytesMut,
-    /// Landing area for small reads, allocated on first use (see `fill_to`).
-    scratch: Option<Vec<u8>>,
+    /// Bytes of `buffer`'s spare capacity, from its end on, known to be initialized
+    /// (zeroed or written by an earlier read), for reads through [`Read::read`].
+    /// Invariant: `buffer.len() + initialized_spare <= buffer.capacity()`; 0 after
+    /// `buffer` is replaced or reclaimed (changed only by `fill_once` and `make_room`).
+    initialized_spare: usize,
+    /// Capacity the current chunk was taken with: frames under 1/16 of it are copied out.
+    chunk_bytes: usize,
     max_payload_bytes: usize,
 }
 
@@ -317,8 +366,10 @@ impl<R: Read> FrameReader<R> {
     pub fn new(reader: R, max_payload_bytes: usize) -> Self {
         FrameReader {
             reader,
-            buffer: BytesMut::with_capacity(READ_CHUNK_BYTES),
-            scratch: None,
+            read_uninit: None,
+            buffer: BytesMut::new(),
+            initialized_spare: 0,
+            chunk_bytes: 0,
             max_payload_bytes,
         }
     }
@@ -355,55 +406,40 @@ impl<R: Read> FrameReader<R> {
         let mut raw = [0u8; FRAME_HEADER_BYTES];
         raw.copy_from_slice(&self.buffer[..FRAME_HEADER_BYTES]);
         let header = decode_frame_header(&raw, self.max_payload_bytes)?;
+        // Bounded: the length was checked against the limit.
         let frame_bytes = FRAME_HEADER_BYTES + header.payload_len as usize;
         self.fill_to(frame_bytes, FRAME_HEADER_BYTES)?;
-        let _ = self.buffer.split_to(FRAME_HEADER_BYTES);
-        let payload = self.buffer.split_to(header.payload_len as usize).freeze();
-        verify_frame_payload(&header, &payload)?;
+        verify_frame_payload(&header, &self.buffer[FRAME_HEADER_BYTES..frame_bytes])?;
         Ok(Frame {
             msg_type: header.msg_type,
             flags: header.flags,
-            payload,
+            payload: self.take_payload(frame_bytes),
         })
     }
 
-    /// Reads until at least `wanted` bytes are buffered. `frame_started` tells how many of
-    /// them are already known to belong to a frame (for the Eof/Truncated distinction).
-    ///
-    /// Small reads go through `scratch` and are copied: `Read` needs an initialized
-    /// buffer, and zero-filling a fresh 64 KiB region of `buffer` for every read of a few
-    /// hundred bytes cost more than the copy (perf: memset and page clearing in the peer
-    /// reader threads). Only the part of a large frame that is certainly needed is read
-    /// in place, at most [`MAX_IN_PLACE_READ_BYTES`] ahead of what arrived, so a byte
-    /// zeroed is a byte about to be received, and an announced length alone costs
-    /// address space (`reserve`), not resident memory.
-    fn fill_to(&mut self, wanted: usize, frame_started: usize) -> Result<(), FrameError> {
-        if self.buffer.len() >= wanted {
-            return Ok(());
+    /// Removes the frame of `frame_bytes` at the front of the buffer and returns its
+    /// payload: a view of the chunk, or, for a frame under 1/16 of the chunk, a copy (so
+    /// a small payload held for long cannot keep a large chunk alive).
+    fn take_payload(&mut self, frame_bytes: usize) -> Bytes {
+        if frame_bytes < self.chunk_bytes / CHUNK_BYTES_PER_SLICED_FRAME {
+            let payload = Bytes::copy_from_slice(&self.buffer[FRAME_HEADER_BYTES..frame_bytes]);
+            self.buffer.advance(frame_bytes);
+            return payload;
         }
-        // Bounded: `wanted` is a header, or a header plus a length checked against the limit.
-        self.buffer.reserve(wanted - self.buffer.len());
+        self.buffer.advance(FRAME_HEADER_BYTES);
+        self.buffer
+            .split_to(frame_bytes - FRAME_HEADER_BYTES)
+            .freeze()
+    }
+
+    /// Reads until at least `wanted` bytes are buffered (each read takes all that is
+    /// available, up to the room left). `frame_started` tells how many of them are
+    /// already known to belong to a frame (for the Eof/Truncated distinction).
+    fn fill_to(&mut self, wanted: usize, frame_started: usize) -> Result<(), FrameError> {
         while self.buffer.len() < wanted {
+            self.make_room(wanted);
             let old_len = self.buffer.len();
-            let missing = wanted - old_len;
-            let result = if missing >= READ_CHUNK_BYTES {
-                self.buffer
-                    .resize(old_len + missing.min(MAX_IN_PLACE_READ_BYTES), 0);
-                let result = self.reader.read(&mut self.buffer[old_len..]);
-                let read = *result.as_ref().unwrap_or(&0);
-                self.buffer.truncate(old_len + read);
-                result
-            } else {
-                let scratch = self
-                    .scratch
-                    .get_or_insert_with(|| vec![0; READ_CHUNK_BYTES]);
-                let result = self.reader.read(&mut scratch[..]);
-                if let Ok(read) = result {
-                    self.buffer.extend_from_slice(&scratch[..read]);
-                }
-                result
-            };
-            let read = match result {
+            let read = match self.fill_once() {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(FrameError::Io(e)),
@@ -420,6 +456,98 @@ impl<R: Read> FrameReader<R> {
         }
         Ok(())
     }
+
+    /// Makes the spare capacity hold at least the `wanted - len` bytes still missing:
+    /// reuses the chunk if no payload still points into it, else takes a new one and
+    /// copies the received part of the frame in progress into it.
+    fn make_room(&mut self, wanted: usize) {
+        let len = self.buffer.len();
+        if self.buffer.capacity() - len >= wanted - len {
+            return;
+        }
+        let capacity = self.chunk_capacity_for(wanted);
+        self.initialized_spare = 0;
+        if self.buffer.try_reclaim(capacity - len) {
+            self.chunk_bytes = self.buffer.capacity();
+            return;
+        }
+        // Bounded: `wanted` is a header, or a header plus a length checked against the
+        // limit; with `read_uninit` only the received part becomes resident.
+        let mut chunk = BytesMut::with_capacity(capacity);
+        chunk.extend_from_slice(&self.buffer);
+        self.buffer = chunk;
+        self.chunk_bytes = self.buffer.capacity();
+    }
+
+    /// Size of a new chunk for a frame of `wanted` bytes: the standard size (smaller
+    /// while the payload limit is small, before the handshake), or the frame plus room
+    /// for the frames behind it.
+    fn chunk_capacity_for(&self, wanted: usize) -> usize {
+        let standard = CHUNK_BYTES.min(
+            FRAME_HEADER_BYTES
+                .saturating_add(self.max_payload_bytes)
+                .saturating_add(MIN_READ_BYTES),
+        );
+        standard.max(wanted.saturating_add(MIN_READ_BYTES))
+    }
+
+    /// One read into the spare capacity; returns the bytes it added to the buffer.
+    fn fill_once(&mut self) -> io::Result<usize> {
+        let len = self.buffer.len();
+        let spare = self.buffer.spare_capacity_mut();
+        let room = spare.len();
+        let read = match self.read_uninit {
+            Some(read_uninit) => read_uninit(&mut self.reader, spare)?,
+            None => {
+                if self.initialized_spare < room.min(MIN_READ_BYTES) {
+                    let upto = room.min(self.initialized_spare + ZERO_AHEAD_BYTES);
+                    spare[self.initialized_spare..upto].fill(MaybeUninit::new(0));
+                    self.initialized_spare = upto;
+                }
+                // SAFETY: the first `initialized_spare` bytes of `spare` are initialized:
+                // zeroed above or earlier, or written by an earlier read (the invariant
+                // on the field; `spare` starts at the buffer's end, where it did then).
+                let initialized = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        spare.as_mut_ptr().cast::<u8>(),
+                        self.initialized_spare,
+                    )
+                };
+                let read = self.reader.read(initialized)?;
+                if read > initialized.len() {
+                    return Err(read_overflow());
+                }
+                self.initialized_spare -= read;
+                read
+            }
+        };
+        if read > room {
+            return Err(read_overflow());
+        }
+        // SAFETY: `read <= room` bytes after `len` were written: by `read_uninit`, as
+        // the `ReadUninit` contract promises, or by `Read::read` into initialized memory.
+        unsafe { self.buffer.set_len(len + read) };
+        Ok(read)
+    }
+}
+
+/// Like [`FrameReader::new`], reading straight into unused buffer capacity when the
+/// stream can (no zero-fill at all).
+pub(crate) fn uninit_frame_reader<R: ReadUninit>(
+    reader: R,
+    max_payload_bytes: usize,
+) -> FrameReader<R> {
+    let read_uninit = reader
+        .can_read_uninit()
+        .then_some(R::read_uninit as UninitRead<R>);
+    FrameReader {
+        read_uninit,
+        ..FrameReader::new(reader, max_payload_bytes)
+    }
+}
+
+fn read_overflow() -> io::Error {
+    io::Error::other("the stream reported more bytes read than the buffer holds")
 }
 
 #[cfg(test)]
@@ -567,7 +695,7 @@ mod tests {
             reader.read_frame(),
             Err(FrameError::TooLarge { .. })
         ));
-        assert!(reader.buffer.capacity() <= 2 * READ_CHUNK_BYTES);
+        assert!(reader.buffer.capacity() <= CHUNK_BYTES);
     }
 
     #[test]

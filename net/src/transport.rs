@@ -30,14 +30,18 @@
 //!   and a write timeout, so a half-open peer costs its sender seconds, not the kernel's
 //!   fifteen-minute retransmission timeout.
 //! * **One stream seam.** A connection is a `PeerStream`: plain TCP (vectored writes)
-//!   or rustls over it (`peer_tls.rs`); handshake, reader and sender do not care which.
+//!   or rustls over it (`peer_tls.rs`); handshake, reader and sender do not care which
+//!   (a plain stream lets the frame reader `recv` into unused buffer capacity, with no
+//!   zero-fill; TLS decrypts into memory zeroed once).
 //! * **No async runtime.** Plain threads and blocking sockets; shutdown sets a flag, shuts
 //!   down every registered socket (unblocking reads and writes), wakes the listener and
 //!   joins every thread.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
+use std::mem::MaybeUninit;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -49,7 +53,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::frame::{
     encode_frame, encode_frame_header, write_all_vectored, Frame, FrameError, FrameReader,
-    DEFAULT_MAX_FRAME_PAYLOAD_BYTES, FRAME_HEADER_BYTES, MAX_HANDSHAKE_FRAME_PAYLOAD_BYTES,
+    uninit_frame_reader, ReadUninit, DEFAULT_MAX_FRAME_PAYLOAD_BYTES, FRAME_HEADER_BYTES, MAX_HANDSHAKE_FRAME_PAYLOAD_BYTES,
 };
 use crate::handshake::{
     check_cluster_id_question, check_hello, decode_challenge, decode_reject, encode_reject,
@@ -765,8 +769,9 @@ struct DeadlineSocket {
     read_deadline: Option<Instant>,
 }
 
-impl Read for DeadlineSocket {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+impl DeadlineSocket {
+    /// Sets the socket's read timeout to what is left before the deadline, if one is set.
+    fn arm_deadline(&mut self) -> io::Result<()> {
         if let Some(deadline) = self.read_deadline {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -777,6 +782,32 @@ impl Read for DeadlineSocket {
             }
             self.tcp.set_read_timeout(Some(left))?;
         }
+        Ok(())
+    }
+
+    /// `recv(2)` into possibly uninitialized memory, under the deadline like `read`.
+    fn recv_uninit(&mut self, buf: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
+        self.arm_deadline()?;
+        // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the whole call (a
+        // unique borrow); recv writes at most that many into it and returns how many
+        // it wrote, or -1 (then nothing is claimed written).
+        let read = unsafe {
+            libc::recv(
+                self.tcp.as_raw_fd(),
+                buf.as_mut_ptr().cast::<libc::c_void>(),
+                buf.len(),
+                0,
+            )
+        };
+        // A negative count is the -1 of a failure (errno says which; EINTR and EAGAIN
+        // come out as `Interrupted` and `WouldBlock`, as from `TcpStream::read`).
+        usize::try_from(read).map_err(|_| io::Error::last_os_error())
+    }
+}
+
+impl Read for DeadlineSocket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.arm_deadline()?;
         self.tcp.read(buf)
     }
 }
@@ -864,6 +895,25 @@ impl PeerStream {
                 }
                 tls.flush()
             }
+        }
+    }
+}
+
+// SAFETY: on a plain stream (the only one `can_read_uninit` admits) `read_uninit` is
+// `recv_uninit`, which returns only counts recv(2) reports as written into `buf`; a TLS
+// stream refuses without touching `buf`.
+unsafe impl ReadUninit for PeerStream {
+    fn can_read_uninit(&self) -> bool {
+        matches!(self, PeerStream::Plain(_))
+    }
+
+    fn read_uninit(&mut self, buf: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
+        match self {
+            PeerStream::Plain(socket) => socket.recv_uninit(buf),
+            _ => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a TLS stream reads only into initialized memory",
+            )),
         }
     }
 }
@@ -1350,7 +1400,7 @@ fn serve_inbound(
             }
         },
     };
-    let mut reader = FrameReader::new(stream, MAX_HANDSHAKE_FRAME_PAYLOAD_BYTES);
+    let mut reader = uninit_frame_reader(stream, MAX_HANDSHAKE_FRAME_PAYLOAD_BYTES);
     let hello = match accept_handshake(shared, &mut reader) {
         Ok(hello) => hello,
         Err(refusal) => {

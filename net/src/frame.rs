@@ -45,11 +45,18 @@ pub const DEFAULT_MAX_FRAME_PAYLOAD_BYTES: usize = 64 << 20;
 pub const MAX_HANDSHAKE_FRAME_PAYLOAD_BYTES: usize = 4 << 10;
 /// Most slices handed to one `writev` call (Linux's `IOV_MAX`).
 const MAX_IOVECS_PER_WRITE: usize = 1024;
-/// Standard size of a [`FrameReader`] chunk (a larger frame gets a chunk of its size):
-/// one read takes up to this much.
-const CHUNK_BYTES: usize = 256 << 10;
-/// Frames under `1 / CHUNK_BYTES_PER_SLICED_FRAME` of their chunk are copied out.
-const CHUNK_BYTES_PER_SLICED_FRAME: usize = 16;
+/// A new [`FrameReader`] chunk is this many times the largest frame of the last one
+/// (within the two bounds below; a larger frame gets a chunk of its size): the frame a
+/// chunk ends in is copied to the next one, so chunks are several frames long.
+const CHUNK_FRAMES: usize = 8;
+/// Smallest chunk (while frames are small, or before any frame).
+const MIN_CHUNK_BYTES: usize = 128 << 10;
+/// Largest standard chunk: one read takes up to this much.
+const MAX_CHUNK_BYTES: usize = 2 << 20;
+/// Frames under `1 / CHUNK_BYTES_PER_SLICED_FRAME` of their chunk are copied out, so a
+/// held payload keeps at most this many times its frame's size alive. With
+/// `CHUNK_FRAMES` = 8 a frame of a quarter of the recent largest one is still sliced.
+const CHUNK_BYTES_PER_SLICED_FRAME: usize = 32;
 /// Room a new chunk keeps behind the frame it is taken for, and the least a zero-filling
 /// read asks for.
 const MIN_READ_BYTES: usize = 8 << 10;
@@ -318,11 +325,12 @@ type UninitRead<R> = fn(&mut R, &mut [MaybeUninit<u8>]) -> io::Result<usize>;
 /// Each read asks for all the room left in the current chunk, every complete frame in
 /// it is returned before the next read, and a payload is handed out as a [`Bytes`] view
 /// of the chunk (no copy). A new chunk is taken only when the frame in progress does not
-/// fit in what is left (its received part is copied over); the old one lives on as long
-/// as payloads sliced from it do. Memory a held payload keeps alive is bounded: a frame
-/// under 1/16 of its chunk's size is copied into a buffer of its own instead of being
-/// sliced, so a chunk of `C` bytes outlives its frames only through a frame of at least
-/// `C / 16` bytes (payloads pin at most 16 times their frames' size).
+/// fit in what is left (its received part is copied over); chunks are 8 times the
+/// largest recent frame (128 KiB to 2 MiB), and the old one lives on as long as payloads
+/// sliced from it do. Memory a held payload keeps alive is bounded: a frame under 1/32 of
+/// its chunk's size is copied into a buffer of its own instead of being sliced, so a
+/// chunk of `C` bytes outlives its frames only through a frame of at least `C / 32`
+/// bytes (held payloads pin at most 32 times their frames' size).
 ///
 /// On a stream that implements `ReadUninit` (plain TCP) the socket writes straight into
 /// unused capacity; on any other `Read` (TLS, test slices) the chunk is zeroed once, at
@@ -356,8 +364,10 @@ pub struct FrameReader<R> {
     /// Invariant: `buffer.len() + initialized_spare <= buffer.capacity()`; 0 after
     /// `buffer` is replaced or reclaimed (changed only by `fill_once` and `make_room`).
     initialized_spare: usize,
-    /// Capacity the current chunk was taken with: frames under 1/16 of it are copied out.
+    /// Capacity the current chunk was taken with: frames under 1/32 of it are copied out.
     chunk_bytes: usize,
+    /// Largest frame (header and payload) returned from the current chunk: sizes the next.
+    largest_frame_bytes: usize,
     max_payload_bytes: usize,
 }
 
@@ -370,6 +380,7 @@ impl<R: Read> FrameReader<R> {
             buffer: BytesMut::new(),
             initialized_spare: 0,
             chunk_bytes: 0,
+            largest_frame_bytes: 0,
             max_payload_bytes,
         }
     }
@@ -400,6 +411,12 @@ impl<R: Read> FrameReader<R> {
         self.buffer.len()
     }
 
+    /// Whether reads land in uninitialized capacity (a `ReadUninit` stream that can).
+    #[cfg(test)]
+    pub(crate) fn reads_uninit(&self) -> bool {
+        self.read_uninit.is_some()
+    }
+
     /// Reads the next frame. [`FrameError::Eof`] means the peer closed between frames.
     pub fn read_frame(&mut self) -> Result<Frame, FrameError> {
         self.fill_to(FRAME_HEADER_BYTES, 0)?;
@@ -418,9 +435,10 @@ impl<R: Read> FrameReader<R> {
     }
 
     /// Removes the frame of `frame_bytes` at the front of the buffer and returns its
-    /// payload: a view of the chunk, or, for a frame under 1/16 of the chunk, a copy (so
+    /// payload: a view of the chunk, or, for a frame under 1/32 of the chunk, a copy (so
     /// a small payload held for long cannot keep a large chunk alive).
     fn take_payload(&mut self, frame_bytes: usize) -> Bytes {
+        self.largest_frame_bytes = self.largest_frame_bytes.max(frame_bytes);
         if frame_bytes < self.chunk_bytes / CHUNK_BYTES_PER_SLICED_FRAME {
             let payload = Bytes::copy_from_slice(&self.buffer[FRAME_HEADER_BYTES..frame_bytes]);
             self.buffer.advance(frame_bytes);
@@ -467,6 +485,7 @@ impl<R: Read> FrameReader<R> {
         }
         let capacity = self.chunk_capacity_for(wanted);
         self.initialized_spare = 0;
+        self.largest_frame_bytes = 0;
         if self.buffer.try_reclaim(capacity - len) {
             self.chunk_bytes = self.buffer.capacity();
             return;
@@ -479,15 +498,19 @@ impl<R: Read> FrameReader<R> {
         self.chunk_bytes = self.buffer.capacity();
     }
 
-    /// Size of a new chunk for a frame of `wanted` bytes: the standard size (smaller
-    /// while the payload limit is small, before the handshake), or the frame plus room
-    /// for the frames behind it.
+    /// Size of a new chunk for a frame of `wanted` bytes: `CHUNK_FRAMES` times the
+    /// largest frame of the last chunk, within bounds (smaller while the payload limit is
+    /// small, before the handshake), and at least the frame plus room behind it.
     fn chunk_capacity_for(&self, wanted: usize) -> usize {
-        let standard = CHUNK_BYTES.min(
-            FRAME_HEADER_BYTES
-                .saturating_add(self.max_payload_bytes)
-                .saturating_add(MIN_READ_BYTES),
-        );
+        let standard = self
+            .largest_frame_bytes
+            .saturating_mul(CHUNK_FRAMES)
+            .clamp(MIN_CHUNK_BYTES, MAX_CHUNK_BYTES)
+            .min(
+                FRAME_HEADER_BYTES
+                    .saturating_add(self.max_payload_bytes)
+                    .saturating_add(MIN_READ_BYTES),
+            );
         standard.max(wanted.saturating_add(MIN_READ_BYTES))
     }
 
@@ -695,7 +718,7 @@ mod tests {
             reader.read_frame(),
             Err(FrameError::TooLarge { .. })
         ));
-        assert!(reader.buffer.capacity() <= CHUNK_BYTES);
+        assert!(reader.buffer.capacity() <= MIN_CHUNK_BYTES);
     }
 
     #[test]
@@ -733,6 +756,193 @@ mod tests {
         assert_eq!(out, slices.concat());
     }
 
+    /// A stream handing out `data` in reads of the sizes `steps` cycles through (each
+    /// also capped by the room offered), counting reads; with `uninit` it reads through
+    /// `ReadUninit` (as plain TCP does), else through `Read` (as TLS does).
+    struct Scripted<'a> {
+        data: &'a [u8],
+        steps: Vec<usize>,
+        reads: usize,
+        uninit: bool,
+    }
+
+    impl<'a> Scripted<'a> {
+        fn new(data: &'a [u8], steps: Vec<usize>, uninit: bool) -> Self {
+            Scripted {
+                data,
+                steps,
+                reads: 0,
+                uninit,
+            }
+        }
+
+        fn next_len(&mut self, room: usize) -> usize {
+            let step = self.steps[self.reads % self.steps.len()];
+            self.reads += 1;
+            step.min(room).min(self.data.len())
+        }
+    }
+
+    impl Read for Scripted<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.next_len(buf.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    // SAFETY: `read_uninit` writes the first `n` bytes of `buf` before returning `n`.
+    unsafe impl ReadUninit for Scripted<'_> {
+        fn can_read_uninit(&self) -> bool {
+            self.uninit
+        }
+
+        fn read_uninit(&mut self, buf: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
+            let n = self.next_len(buf.len());
+            for (slot, byte) in buf.iter_mut().zip(&self.data[..n]) {
+                slot.write(*byte);
+            }
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    fn read_scripted(source: Scripted<'_>, max: usize) -> (Vec<Frame>, FrameError, usize) {
+        let mut reader = uninit_frame_reader(source, max);
+        let mut frames = Vec::new();
+        loop {
+            match reader.read_frame() {
+                Ok(frame) => frames.push(frame),
+                Err(error) => return (frames, error, reader.get_ref().reads),
+            }
+        }
+    }
+
+    /// Frames of the given payload sizes (payload `i` filled from `i`), and the payloads.
+    fn stream_of(sizes: &[usize]) -> (Vec<u8>, Vec<Vec<u8>>) {
+        let payloads: Vec<Vec<u8>> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| (0..len).map(|at| (i * 31 + at * 7) as u8).collect())
+            .collect();
+        let mut wire = Vec::new();
+        for (i, payload) in payloads.iter().enumerate() {
+            encode_frame(i as u8, 0, payload, MAX, &mut wire).expect("encode");
+        }
+        (wire, payloads)
+    }
+
+    fn assert_frames(frames: &[Frame], payloads: &[Vec<u8>], case: &str) {
+        assert_eq!(frames.len(), payloads.len(), "{case}");
+        for (i, (frame, payload)) in frames.iter().zip(payloads).enumerate() {
+            assert_eq!(frame.msg_type, i as u8, "{case}: frame {i}");
+            assert_eq!(&frame.payload[..], &payload[..], "{case}: frame {i}");
+        }
+    }
+
+    #[test]
+    fn frames_split_at_every_byte_position_or_coalesced_arrive_intact_both_read_paths() {
+        let sizes: Vec<usize> = (0..48).map(|i| (i * 37) % 300).collect();
+        let (wire, payloads) = stream_of(&sizes);
+        for uninit in [false, true] {
+            for cut in 0..=wire.len() {
+                // Two reads split at `cut`, each holding several frames.
+                let steps = vec![cut.max(1), usize::MAX];
+                let (frames, end, _) = read_scripted(Scripted::new(&wire, steps, uninit), MAX);
+                assert!(matches!(end, FrameError::Eof), "cut {cut}: {end:?}");
+                assert_frames(&frames, &payloads, &format!("uninit {uninit} cut {cut}"));
+            }
+            for step in 1..=40 {
+                let (frames, end, _) =
+                    read_scripted(Scripted::new(&wire, vec![step], uninit), MAX);
+                assert!(matches!(end, FrameError::Eof), "step {step}: {end:?}");
+                assert_frames(&frames, &payloads, &format!("uninit {uninit} step {step}"));
+            }
+        }
+    }
+
+    #[test]
+    fn one_read_takes_every_frame_that_is_available() {
+        let (wire, payloads) = stream_of(&[100; 100]);
+        assert!(wire.len() < MIN_CHUNK_BYTES);
+        for uninit in [false, true] {
+            let source = Scripted::new(&wire, vec![usize::MAX], uninit);
+            let (frames, end, reads) = read_scripted(source, MAX);
+            assert!(matches!(end, FrameError::Eof));
+            assert_frames(&frames, &payloads, "coalesced");
+            assert_eq!(reads, 2, "one read for 100 frames, one that saw the end");
+        }
+    }
+
+    #[test]
+    fn large_frames_and_chunk_changes_keep_every_held_payload_intact() {
+        // Frames around the copy-out bound, the chunk size and beyond it, all held while
+        // later frames replace or reuse the chunks they were read into.
+        let mut sizes = Vec::new();
+        for round in 0..3 {
+            sizes.extend([0, 1, 100, 3_000, 4_079, 4_080, 60_000, 300_000]);
+            sizes.extend([MIN_CHUNK_BYTES - 100, MIN_CHUNK_BYTES + 1, MAX_CHUNK_BYTES + 1]);
+            sizes.extend([100 + round, 40_000, 1_000, MAX_CHUNK_BYTES / 2]);
+        }
+        let (wire, payloads) = stream_of(&sizes);
+        for uninit in [false, true] {
+            for steps in [vec![usize::MAX], vec![4096, 1, 70_000, 13], vec![65_536]] {
+                let source = Scripted::new(&wire, steps.clone(), uninit);
+                let (frames, end, _) = read_scripted(source, MAX);
+                assert!(matches!(end, FrameError::Eof), "{end:?}");
+                assert_frames(&frames, &payloads, &format!("uninit {uninit} {steps:?}"));
+            }
+        }
+    }
+
+    #[test]
+    fn small_payloads_are_copied_out_and_large_ones_are_views_of_the_chunk() {
+        // The first chunk is the smallest; its frames under 1/32 of it are copied.
+        let small = MIN_CHUNK_BYTES / CHUNK_BYTES_PER_SLICED_FRAME - FRAME_HEADER_BYTES - 1;
+        let (wire, payloads) = stream_of(&[small, small + 1, 50]);
+        let mut reader = FrameReader::new(&wire[..], MAX);
+        let frames: Vec<Frame> = (0..3).map(|_| reader.read_frame().expect("frame")).collect();
+        assert_frames(&frames, &payloads, "mixed");
+        let [copied, sliced, tiny] = [0, 1, 2].map(|i| frames[i].payload.clone());
+        drop(frames);
+        assert!(copied.is_unique(), "a small payload owns its bytes");
+        assert!(tiny.is_unique(), "a small payload owns its bytes");
+        assert!(!sliced.is_unique(), "a large payload shares the reader's chunk");
+        drop(reader);
+        assert!(sliced.is_unique());
+        assert_eq!(&sliced[..], &payloads[1][..]);
+    }
+
+    #[test]
+    fn a_stream_claiming_more_bytes_than_offered_is_an_error_not_an_overrun() {
+        struct Liar;
+        impl Read for Liar {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                Ok(buf.len() + 1)
+            }
+        }
+        let mut reader = FrameReader::new(Liar, MAX);
+        assert!(matches!(reader.read_frame(), Err(FrameError::Io(_))));
+        assert_eq!(reader.buffered_bytes(), 0);
+    }
+
+    #[test]
+    fn an_announced_payload_that_never_comes_is_zeroed_only_a_little_ahead() {
+        let len = 32 << 20;
+        let mut header = encode_frame_header(1, 0, &[], MAX).expect("header");
+        header[8..12].copy_from_slice(&(len as u32).to_le_bytes());
+        header[12..16].fill(0);
+        let mut wire = header.to_vec();
+        wire.extend_from_slice(&[7; 1000]);
+        let mut reader = FrameReader::new(&wire[..], MAX);
+        assert!(matches!(
+            reader.read_frame(),
+            Err(FrameError::Truncated { got_bytes: 1016, .. })
+        ));
+        assert!(reader.buffer.len() + reader.initialized_spare <= 1016 + ZERO_AHEAD_BYTES);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
@@ -765,6 +975,24 @@ mod tests {
             wire[at] ^= xor;
             let (frames, _) = read_all(&wire, MAX);
             prop_assert!(frames.is_empty(), "corruption at byte {} went unnoticed", at);
+        }
+
+        #[test]
+        fn both_read_paths_match_the_whole_stream_for_any_split(
+            bytes in prop::collection::vec(any::<u8>(), 0..300),
+            sizes in prop::collection::vec(0usize..400, 0..12),
+            steps in prop::collection::vec(1usize..200, 1..6),
+            max in prop::sample::select(vec![16usize, 255, 4096, MAX]),
+        ) {
+            let (mut wire, _) = stream_of(&sizes);
+            wire.extend(bytes);
+            let (whole, whole_end) = read_all(&wire, max);
+            for uninit in [false, true] {
+                let source = Scripted::new(&wire, steps.clone(), uninit);
+                let (frames, end, _) = read_scripted(source, max);
+                prop_assert_eq!(&frames, &whole);
+                prop_assert_eq!(format!("{end:?}"), format!("{whole_end:?}"));
+            }
         }
 
         #[test]

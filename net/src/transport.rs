@@ -1683,3 +1683,170 @@ fn receive_frames(
         InboundCounters::bump(&shared.inbound.received_messages);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tcp_pair() -> (DeadlineSocket, DeadlineSocket) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let dialed = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (accepted, _) = listener.accept().expect("accept");
+        let socket = |tcp| DeadlineSocket {
+            tcp,
+            read_deadline: None,
+        };
+        (socket(dialed), socket(accepted))
+    }
+
+    /// Mutual TLS between node 1 (dialer) and node 2 (acceptor), one CA.
+    fn tls_pair() -> (PeerStream, PeerStream) {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_key = rcgen::KeyPair::generate().expect("key");
+        let ca = params.self_signed(&ca_key).expect("self-signed");
+        let tls_for = |node: u64| {
+            let params = rcgen::CertificateParams::new(vec![format!("node-{node}.tally")])
+                .expect("params");
+            let key = rcgen::KeyPair::generate().expect("key");
+            let cert = params.signed_by(&key, &ca, &ca_key).expect("sign");
+            let (cert, key) = (cert.pem(), key.serialize_pem());
+            let ca_pem = ca.pem();
+            PeerTls::from_pem(cert.as_bytes(), key.as_bytes(), ca_pem.as_bytes(), node, &[1, 2])
+                .expect("TLS config")
+        };
+        let (dialed, accepted) = tcp_pair();
+        let client = tls_for(1).connect(2).expect("client session");
+        let server = tls_for(2).accept().expect("server session");
+        (
+            PeerStream::TlsClient(Box::new(rustls::StreamOwned::new(client, dialed))),
+            PeerStream::TlsServer(Box::new(rustls::StreamOwned::new(server, accepted))),
+        )
+    }
+
+    /// Payload sizes from empty to beyond a reader chunk, in an order that makes frames
+    /// straddle chunk ends.
+    fn payload_sizes() -> Vec<usize> {
+        (0..400usize)
+            .map(|i| match i % 9 {
+                0 => 0,
+                1..=4 => (i * 53) % 700,
+                5 | 6 => 9_000 + i * 211,
+                7 => 70_000 + i,
+                _ => [300_000, 1_100_000][(i / 9) % 2],
+            })
+            .collect()
+    }
+
+    fn payload(i: usize, len: usize) -> Vec<u8> {
+        (0..len).map(|at| (i * 13 + at * 101) as u8).collect()
+    }
+
+    /// Writes every frame (batches of 1..=7 through `write_slices`, some byte by byte),
+    /// reads them back through the transport's frame reader, and checks them all, held
+    /// until the end.
+    fn frames_cross(mut writer: PeerStream, reader: PeerStream, reads_uninit: bool) {
+        let sizes = payload_sizes();
+        let mut reader = uninit_frame_reader(reader, DEFAULT_MAX_FRAME_PAYLOAD_BYTES);
+        assert_eq!(reader.reads_uninit(), reads_uninit);
+        std::thread::scope(|scope| {
+            let sizes = &sizes;
+            scope.spawn(move || {
+                let mut staging = Vec::new();
+                let mut i = 0;
+                while i < sizes.len() {
+                    let batch = (i % 7 + 1).min(sizes.len() - i);
+                    let payloads: Vec<Vec<u8>> =
+                        (i..i + batch).map(|k| payload(k, sizes[k])).collect();
+                    let headers: Vec<[u8; FRAME_HEADER_BYTES]> = payloads
+                        .iter()
+                        .enumerate()
+                        .map(|(k, p)| {
+                            encode_frame_header((i + k) as u8 % 0x40, 0, &[p], usize::MAX)
+                                .expect("header")
+                        })
+                        .collect();
+                    if i % 5 == 0 {
+                        for (header, p) in headers.iter().zip(&payloads) {
+                            for byte in header.iter().chain(p.iter().take(40)) {
+                                writer.write_all(&[*byte]).expect("write byte");
+                                writer.flush().expect("flush");
+                            }
+                            writer.write_all(&p[p.len().min(40)..]).expect("write rest");
+                        }
+                        writer.flush().expect("flush");
+                    } else {
+                        let mut slices: Vec<&[u8]> = Vec::new();
+                        for (header, p) in headers.iter().zip(&payloads) {
+                            slices.push(header);
+                            slices.push(p);
+                        }
+                        writer
+                            .write_slices(&slices, &mut staging)
+                            .expect("write batch");
+                    }
+                    i += batch;
+                }
+                close_cleanly(&mut writer);
+            });
+            let mut held = Vec::new();
+            for (i, &len) in sizes.iter().enumerate() {
+                let frame = reader.read_frame().expect("frame");
+                assert_eq!(frame.msg_type, i as u8 % 0x40, "frame {i}");
+                assert_eq!(frame.payload.len(), len, "frame {i}");
+                held.push(frame.payload);
+            }
+            assert!(matches!(reader.read_frame(), Err(FrameError::Eof)));
+            drop(reader); // the writer drains until this end closes
+            for (i, (payload_read, &len)) in held.iter().zip(sizes.iter()).enumerate() {
+                assert!(payload_read[..] == payload(i, len)[..], "frame {i} changed");
+            }
+        });
+    }
+
+    /// Ends the stream so the reader sees a clean end: TLS close_notify, then a TCP
+    /// half-close, then the writer drains what it never read (TLS session tickets; had
+    /// they stayed unread, closing would reset the connection under the reader).
+    fn close_cleanly(writer: &mut PeerStream) {
+        if let PeerStream::TlsClient(tls) = writer {
+            tls.conn.send_close_notify();
+            tls.flush().expect("close_notify");
+        }
+        let socket = writer.socket_mut();
+        socket.tcp.shutdown(Shutdown::Write).expect("half-close");
+        let mut sink = [0u8; 4096];
+        while matches!(socket.tcp.read(&mut sink), Ok(n) if n > 0) {}
+    }
+
+    #[test]
+    fn frames_of_every_size_cross_a_plain_stream_read_into_uninitialized_capacity() {
+        let (dialed, accepted) = tcp_pair();
+        frames_cross(PeerStream::Plain(dialed), PeerStream::Plain(accepted), true);
+    }
+
+    #[test]
+    fn frames_of_every_size_cross_a_tls_stream_read_into_zeroed_capacity() {
+        let (client, server) = tls_pair();
+        frames_cross(client, server, false);
+    }
+
+    #[test]
+    fn a_handshake_deadline_also_bounds_reads_into_uninitialized_capacity() {
+        let (_dialed, accepted) = tcp_pair();
+        let mut stream = PeerStream::Plain(accepted);
+        stream
+            .set_read_deadline(Some(Instant::now() + Duration::from_millis(50)))
+            .expect("deadline");
+        let mut reader = uninit_frame_reader(stream, MAX_HANDSHAKE_FRAME_PAYLOAD_BYTES);
+        match reader.read_frame() {
+            Err(FrameError::Io(error)) => assert!(
+                matches!(
+                    error.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ),
+                "{error}"
+            ),
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+    }
+}

@@ -605,7 +605,11 @@ fn entry_descriptor(descriptor: &[u8]) -> ((u64, u64), u8, u32) {
     };
     let mut len = [0u8; 4];
     len.copy_from_slice(&descriptor[17..21]);
-    ((le_u64(0), le_u64(8)), descriptor[16], u32::from_le_bytes(len))
+    (
+        (le_u64(0), le_u64(8)),
+        descriptor[16],
+        u32::from_le_bytes(len),
+    )
 }
 
 #[cfg(test)]

@@ -854,8 +854,7 @@ mod tests {
                 assert_frames(&frames, &payloads, &format!("uninit {uninit} cut {cut}"));
             }
             for step in 1..=40 {
-                let (frames, end, _) =
-                    read_scripted(Scripted::new(&wire, vec![step], uninit), MAX);
+                let (frames, end, _) = read_scripted(Scripted::new(&wire, vec![step], uninit), MAX);
                 assert!(matches!(end, FrameError::Eof), "step {step}: {end:?}");
                 assert_frames(&frames, &payloads, &format!("uninit {uninit} step {step}"));
             }
@@ -882,7 +881,11 @@ mod tests {
         let mut sizes = Vec::new();
         for round in 0..3 {
             sizes.extend([0, 1, 100, 3_000, 4_079, 4_080, 60_000, 300_000]);
-            sizes.extend([MIN_CHUNK_BYTES - 100, MIN_CHUNK_BYTES + 1, MAX_CHUNK_BYTES + 1]);
+            sizes.extend([
+                MIN_CHUNK_BYTES - 100,
+                MIN_CHUNK_BYTES + 1,
+                MAX_CHUNK_BYTES + 1,
+            ]);
             sizes.extend([100 + round, 40_000, 1_000, MAX_CHUNK_BYTES / 2]);
         }
         let (wire, payloads) = stream_of(&sizes);
@@ -902,13 +905,18 @@ mod tests {
         let small = MIN_CHUNK_BYTES / CHUNK_BYTES_PER_SLICED_FRAME - FRAME_HEADER_BYTES - 1;
         let (wire, payloads) = stream_of(&[small, small + 1, 50]);
         let mut reader = FrameReader::new(&wire[..], MAX);
-        let frames: Vec<Frame> = (0..3).map(|_| reader.read_frame().expect("frame")).collect();
+        let frames: Vec<Frame> = (0..3)
+            .map(|_| reader.read_frame().expect("frame"))
+            .collect();
         assert_frames(&frames, &payloads, "mixed");
         let [copied, sliced, tiny] = [0, 1, 2].map(|i| frames[i].payload.clone());
         drop(frames);
         assert!(copied.is_unique(), "a small payload owns its bytes");
         assert!(tiny.is_unique(), "a small payload owns its bytes");
-        assert!(!sliced.is_unique(), "a large payload shares the reader's chunk");
+        assert!(
+            !sliced.is_unique(),
+            "a large payload shares the reader's chunk"
+        );
         drop(reader);
         assert!(sliced.is_unique());
         assert_eq!(&sliced[..], &payloads[1][..]);
@@ -938,7 +946,10 @@ mod tests {
         let mut reader = FrameReader::new(&wire[..], MAX);
         assert!(matches!(
             reader.read_frame(),
-            Err(FrameError::Truncated { got_bytes: 1016, .. })
+            Err(FrameError::Truncated {
+                got_bytes: 1016,
+                ..
+            })
         ));
         assert!(reader.buffer.len() + reader.initialized_spare <= 1016 + ZERO_AHEAD_BYTES);
     }

@@ -52,8 +52,9 @@ use crossbeam_channel::{Receiver, SendTimeoutError, Sender, TrySendError};
 use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::frame::{
-    encode_frame, encode_frame_header, write_all_vectored, Frame, FrameError, FrameReader,
-    uninit_frame_reader, ReadUninit, DEFAULT_MAX_FRAME_PAYLOAD_BYTES, FRAME_HEADER_BYTES, MAX_HANDSHAKE_FRAME_PAYLOAD_BYTES,
+    encode_frame, encode_frame_header, uninit_frame_reader, write_all_vectored, Frame, FrameError,
+    FrameReader, ReadUninit, DEFAULT_MAX_FRAME_PAYLOAD_BYTES, FRAME_HEADER_BYTES,
+    MAX_HANDSHAKE_FRAME_PAYLOAD_BYTES,
 };
 use crate::handshake::{
     check_cluster_id_question, check_hello, decode_challenge, decode_reject, encode_reject,
@@ -1706,14 +1707,20 @@ mod tests {
         let ca_key = rcgen::KeyPair::generate().expect("key");
         let ca = params.self_signed(&ca_key).expect("self-signed");
         let tls_for = |node: u64| {
-            let params = rcgen::CertificateParams::new(vec![format!("node-{node}.tally")])
-                .expect("params");
+            let params =
+                rcgen::CertificateParams::new(vec![format!("node-{node}.tally")]).expect("params");
             let key = rcgen::KeyPair::generate().expect("key");
             let cert = params.signed_by(&key, &ca, &ca_key).expect("sign");
             let (cert, key) = (cert.pem(), key.serialize_pem());
             let ca_pem = ca.pem();
-            PeerTls::from_pem(cert.as_bytes(), key.as_bytes(), ca_pem.as_bytes(), node, &[1, 2])
-                .expect("TLS config")
+            PeerTls::from_pem(
+                cert.as_bytes(),
+                key.as_bytes(),
+                ca_pem.as_bytes(),
+                node,
+                &[1, 2],
+            )
+            .expect("TLS config")
         };
         let (dialed, accepted) = tcp_pair();
         let client = tls_for(1).connect(2).expect("client session");

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use super::doorbell::BellReceiver;
 use super::{NodeError, NodeStatus};
 use crate::driver::{
     judge_local_read, snapshot_header, Applier, ApplyWork, Housekeeping, LocalRead, LocalReadCells,
@@ -24,12 +25,12 @@ pub(crate) type SnapshotJob = (SnapshotMeta, Box<dyn SnapshotSource>);
 /// Runs until the raft thread hangs up. Returns the state machine's fatal error.
 pub(crate) fn apply_loop<SM: StateMachine>(
     mut applier: Applier<SM>,
-    work: Receiver<ApplyWork<SM::Response>>,
+    work: BellReceiver<ApplyWork<SM::Response>>,
     applied_tx: Sender<u64>,
     snapshot_jobs: Sender<SnapshotJob>,
     status: &NodeStatus,
 ) -> Result<(), NodeError> {
-    for item in work.iter() {
+    while let Some(item) = work.recv() {
         let outcome = applier.handle(item)?;
         status
             .reads_lease

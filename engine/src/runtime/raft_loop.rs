@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{never, select, Receiver, Sender, TrySendError};
 
+use super::doorbell::RingingSender;
+
 use super::{
     initial_configuration, ClientError, MemberStatus, NodeError, NodeOptions, NodeStatus, Transport,
 };
@@ -32,7 +34,7 @@ pub(crate) struct Queues<R> {
     pub durable: Receiver<u64>,
     pub applied: Receiver<u64>,
     pub snapshots_written: Receiver<WrittenSnapshot>,
-    pub apply: Sender<ApplyWork<R>>,
+    pub apply: RingingSender<ApplyWork<R>>,
     pub housekeeping: Sender<Housekeeping>,
 }
 
@@ -188,7 +190,7 @@ pub(crate) fn restore_core(
 /// The runtime's side of the driver's I/O: the transport and the apply queue.
 struct RuntimeIo<R, T> {
     transport: T,
-    apply: Sender<ApplyWork<R>>,
+    apply: RingingSender<ApplyWork<R>>,
     housekeeping: Sender<Housekeeping>,
 }
 

@@ -32,7 +32,8 @@ pub(crate) struct Queues<R> {
     pub requests: Receiver<Request<R>>,
     pub inbound: Receiver<Message>,
     pub durable: Receiver<u64>,
-    pub applied: Receiver<u64>,
+    /// A wake-up from the apply thread: the apply queue that refused work has room.
+    pub apply_room: Receiver<()>,
     pub snapshots_written: Receiver<WrittenSnapshot>,
     pub apply: RingingSender<ApplyWork<R>>,
     pub housekeeping: Sender<Housekeeping>,
@@ -235,7 +236,7 @@ pub(crate) fn raft_loop<R: Send + 'static, T: Transport>(
         requests,
         inbound,
         durable,
-        applied,
+        apply_room,
         snapshots_written,
         apply,
         housekeeping,
@@ -274,16 +275,15 @@ pub(crate) fn raft_loop<R: Send + 'static, T: Transport>(
             recv(request_queue) -> request => if let Ok(request) = request { input.requests.push(request) },
             recv(inbound) -> message => if let Ok(message) = message { input.messages.push(message) },
             recv(durable) -> _ => {},
-            recv(applied) -> index => if let Ok(index) = index { input.note_applied(index) },
+            recv(apply_room) -> _ => {},
             recv(snapshots_written) -> written => if let Ok(written) = written { input.snapshots_written.push(written) },
             default(timeout) => {},
         }
         input
             .messages
             .extend(inbound.try_iter().take(MAX_MESSAGES_PER_TURN));
-        for index in applied.try_iter() {
-            input.note_applied(index);
-        }
+        for () in apply_room.try_iter() {}
+        input.note_applied(status.applied_index.load(Ordering::Acquire));
         if take_requests {
             input
                 .requests

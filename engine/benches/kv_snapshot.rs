@@ -68,7 +68,8 @@ fn kv_snapshot(c: &mut Criterion) {
     let sm = store();
     let dir = tempfile::tempdir_in(std::env::var_os("SNAPSHOT_BENCH_DIR").unwrap_or(".".into()))
         .expect("temp dir");
-    let snapshots = SnapshotStore::new(FsStorage::new(dir.path()).expect("storage")).expect("store");
+    let snapshots =
+        SnapshotStore::new(FsStorage::new(dir.path()).expect("storage")).expect("store");
     let mut group = c.benchmark_group("kv_snapshot");
     group.sample_size(20);
     group.throughput(Throughput::Elements(KEYS));
@@ -76,7 +77,12 @@ fn kv_snapshot(c: &mut Criterion) {
     // temp file (page cache). The writer is dropped (temp file removed) outside the timing.
     group.bench_function("write_100k", |b| {
         b.iter_batched(
-            || (sm.snapshot(), snapshots.begin(&header(KEYS)).expect("begins")),
+            || {
+                (
+                    sm.snapshot(),
+                    snapshots.begin(&header(KEYS)).expect("begins"),
+                )
+            },
             |(mut source, mut writer)| {
                 source.write_to(&mut writer).expect("writes");
                 writer.flush().expect("flushes");

@@ -1674,7 +1674,13 @@ fn state_crossing_every_writer_path() -> KvStateMachine {
         );
     }
     next(&mut sm, 44, &Command::Incr { key: b"counter" });
-    next(&mut sm, 45, &Command::GetDel { key: b"key:000000000002" });
+    next(
+        &mut sm,
+        45,
+        &Command::GetDel {
+            key: b"key:000000000002",
+        },
+    );
     next(&mut sm, 46, &Command::GetDel { key: b"missing" });
     sm
 }

@@ -269,7 +269,7 @@ fn radix_sort_by_prefix(items: &mut Vec<(u64, u64, usize)>) {
     }
     let mut scratch = items.clone();
     for (digit, count) in counts.iter().enumerate() {
-        if count.iter().any(|&n| n == items.len()) {
+        if count.contains(&items.len()) {
             continue;
         }
         let mut offsets = [0usize; 256];

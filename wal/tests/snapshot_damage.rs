@@ -177,7 +177,16 @@ fn damage_anywhere_in_a_large_file_read_in_small_pieces_fails_only_the_last_read
     assert!(error.is_none(), "the undamaged file reads: {error:?}");
     assert_eq!(read, data);
     let last = data.len() - 1;
-    for at in [0, 1, (64 << 10) - 1, 64 << 10, (64 << 10) + 1, 131_072, last - 1, last] {
+    for at in [
+        0,
+        1,
+        (64 << 10) - 1,
+        64 << 10,
+        (64 << 10) + 1,
+        131_072,
+        last - 1,
+        last,
+    ] {
         let mut damaged = original.clone();
         damaged[data_offset + at] ^= 0x40;
         put_file(&sim, &info.name, &damaged);
@@ -185,6 +194,9 @@ fn damage_anywhere_in_a_large_file_read_in_small_pieces_fails_only_the_last_read
         let error = error.unwrap_or_else(|| panic!("damage at data byte {at} not detected"));
         assert_eq!(error.kind(), std::io::ErrorKind::InvalidData);
         // Every byte but those of the failing read was handed out; the last never was.
-        assert!(read.len() < data.len() && read.len() + 7 >= data.len(), "{at}");
+        assert!(
+            read.len() < data.len() && read.len() + 7 >= data.len(),
+            "{at}"
+        );
     }
 }

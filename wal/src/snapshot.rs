@@ -48,6 +48,8 @@ pub const SNAPSHOT_TEMP_SUFFIX: &str = ".snap.tmp";
 
 const NAME_PREFIX: &str = "snapshot-";
 const DEFAULT_WRITE_BUFFER_BYTES: usize = 256 << 10;
+/// Bytes a [`SnapshotReader`] hands out before it adds them to its CRC.
+const READ_HASH_CHUNK_BYTES: usize = 64 << 10;
 const DEFAULT_MAX_FILE_BYTES: u64 = 1 << 40;
 
 /// Everything a snapshot file says about itself besides the state machine's bytes.
@@ -764,6 +766,7 @@ impl<S: Storage> SnapshotStore<S> {
             stored_crc: layout.stored_crc,
             header: layout.header,
             hasher,
+            hashed_through: layout.data_offset as usize,
             view,
             verdict: None,
         })
@@ -985,8 +988,13 @@ pub struct SnapshotReader {
     position: usize,
     data_end: usize,
     stored_crc: u32,
-    /// CRC of everything before `position`.
+    /// CRC of everything before `hashed_through`. Invariant: `hashed_through <=
+    /// position`, and `position - hashed_through < READ_HASH_CHUNK_BYTES` unless
+    /// `position == data_end`, where all is hashed before the last byte is handed out.
+    /// Hashing in large pieces: a CRC update per small read (a state machine reads
+    /// field by field) cost more than the copy.
     hasher: crc32fast::Hasher,
+    hashed_through: usize,
     /// Set once the checksum was checked (at the end of the data).
     verdict: Option<bool>,
 }
@@ -1044,7 +1052,11 @@ impl Read for SnapshotReader {
             };
         }
         let range = self.position..self.position + n;
-        self.hasher.update(&self.view[range.clone()]);
+        if range.end == self.data_end || range.end - self.hashed_through >= READ_HASH_CHUNK_BYTES {
+            self.hasher
+                .update(&self.view[self.hashed_through..range.end]);
+            self.hashed_through = range.end;
+        }
         if range.end == self.data_end {
             self.check_end()?;
         }

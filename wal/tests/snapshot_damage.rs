@@ -141,3 +141,62 @@ fn arbitrary_bytes_never_panic_and_never_verify() {
         }
     }
 }
+
+/// Reads `reader` to its end in `piece`-byte reads (as a state machine reads field by
+/// field); returns the bytes, or the error of the read that failed and the bytes before.
+fn read_in_pieces(reader: &mut impl Read, piece: usize) -> (Vec<u8>, Option<std::io::Error>) {
+    let mut out = Vec::new();
+    let mut buffer = vec![0u8; piece];
+    loop {
+        match reader.read(&mut buffer) {
+            Ok(0) => return (out, None),
+            Ok(n) => out.extend_from_slice(&buffer[..n]),
+            Err(error) => return (out, Some(error)),
+        }
+    }
+}
+
+#[test]
+fn damage_anywhere_in_a_large_file_read_in_small_pieces_fails_only_the_last_read() {
+    // Data several times the reader's hashing piece (64 KiB), read 7 bytes at a time.
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i * 31 % 251) as u8).collect();
+    let sim = SimStorage::new();
+    let store = SnapshotStore::new(sim.clone()).expect("store");
+    let mut writer = store
+        .begin(&SnapshotHeader {
+            index: NAME_INDEX,
+            term: NAME_TERM,
+            configuration: Bytes::from_static(b"voters"),
+        })
+        .expect("begin");
+    writer.write_all(&data).expect("write");
+    let info = writer.finish().expect("finish");
+    let original = sim.file_contents(&info.name).expect("file");
+    let data_offset = original.len() - 16 - data.len();
+    let (read, error) = read_in_pieces(&mut store.open(&info.name).expect("open"), 7);
+    assert!(error.is_none(), "the undamaged file reads: {error:?}");
+    assert_eq!(read, data);
+    let last = data.len() - 1;
+    for at in [
+        0,
+        1,
+        (64 << 10) - 1,
+        64 << 10,
+        (64 << 10) + 1,
+        131_072,
+        last - 1,
+        last,
+    ] {
+        let mut damaged = original.clone();
+        damaged[data_offset + at] ^= 0x40;
+        put_file(&sim, &info.name, &damaged);
+        let (read, error) = read_in_pieces(&mut store.open(&info.name).expect("open"), 7);
+        let error = error.unwrap_or_else(|| panic!("damage at data byte {at} not detected"));
+        assert_eq!(error.kind(), std::io::ErrorKind::InvalidData);
+        // Every byte but those of the failing read was handed out; the last never was.
+        assert!(
+            read.len() < data.len() && read.len() + 7 >= data.len(),
+            "{at}"
+        );
+    }
+}

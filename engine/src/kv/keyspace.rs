@@ -86,8 +86,19 @@ impl Keyspace {
             expire_at_ms,
         };
         let old = self.data.insert(DataKey::new(key), value);
-        if let Some(old) = old.filter(|old| old.expire_at_ms != 0) {
-            self.expiries.remove(&(old.expire_at_ms, DataKey::new(key)));
+        self.note_expiry_change(key, old.map_or(0, |old| old.expire_at_ms), expire_at_ms);
+    }
+
+    /// Stores a copy of `bytes` under `key` (as [`Keyspace::store`]), reusing the old
+    /// value's allocation when it can.
+    pub(super) fn store_copy(&mut self, key: &[u8], bytes: &[u8], index: u64, expire_at_ms: u64) {
+        let old_expire_at_ms = self.data.store_copy(key, bytes, index, expire_at_ms);
+        self.note_expiry_change(key, old_expire_at_ms.unwrap_or(0), expire_at_ms);
+    }
+
+    fn note_expiry_change(&mut self, key: &[u8], old_expire_at_ms: u64, expire_at_ms: u64) {
+        if old_expire_at_ms != 0 {
+            self.expiries.remove(&(old_expire_at_ms, DataKey::new(key)));
         }
         if expire_at_ms != 0 {
             self.expiries.insert((expire_at_ms, DataKey::new(key)));
@@ -274,12 +285,12 @@ impl Keyspace {
     ) -> KvResponse {
         match command {
             Command::Set { key, value } => {
-                self.store(key, Bytes::copy_from_slice(value), index, 0);
+                self.store_copy(key, value, index, 0);
                 KvResponse::Ok
             }
             Command::MSet { pairs } => {
                 for (key, value) in pairs {
-                    self.store(key, Bytes::copy_from_slice(value), index, 0);
+                    self.store_copy(key, value, index, 0);
                 }
                 KvResponse::Ok
             }
@@ -298,7 +309,7 @@ impl Keyspace {
                     .live(key, now_ms)
                     .is_some_and(|v| v.bytes.as_ref() == *expected);
                 if swap {
-                    self.store(key, Bytes::copy_from_slice(new), index, 0);
+                    self.store_copy(key, new, index, 0);
                 }
                 KvResponse::Integer(i64::from(swap))
             }
@@ -311,7 +322,7 @@ impl Keyspace {
                 if self.live(key, now_ms).is_some() {
                     return KvResponse::Integer(0);
                 }
-                self.store(key, Bytes::copy_from_slice(value), index, 0);
+                self.store_copy(key, value, index, 0);
                 KvResponse::Integer(1)
             }
             Command::MSetNx { pairs } => {
@@ -319,7 +330,7 @@ impl Keyspace {
                     return KvResponse::Integer(0);
                 }
                 for (key, value) in pairs {
-                    self.store(key, Bytes::copy_from_slice(value), index, 0);
+                    self.store_copy(key, value, index, 0);
                 }
                 KvResponse::Integer(1)
             }
@@ -341,7 +352,7 @@ impl Keyspace {
             }
             Command::GetSet { key, value } => {
                 let old = self.live_bytes(key, now_ms);
-                self.store(key, Bytes::copy_from_slice(value), index, 0);
+                self.store_copy(key, value, index, 0);
                 KvResponse::Bulk(old)
             }
             Command::GetDel { key } => {
@@ -488,7 +499,7 @@ impl Keyspace {
                 Ok(Some(at)) => at,
             },
         };
-        self.store(key, Bytes::copy_from_slice(value), index, expire);
+        self.store_copy(key, value, index, expire);
         reply
     }
 

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use super::doorbell::BellReceiver;
 use super::{NodeError, NodeStatus};
 use crate::driver::{
     judge_local_read, snapshot_header, Applier, ApplyWork, Housekeeping, LocalRead, LocalReadCells,
@@ -24,12 +25,18 @@ pub(crate) type SnapshotJob = (SnapshotMeta, Box<dyn SnapshotSource>);
 /// Runs until the raft thread hangs up. Returns the state machine's fatal error.
 pub(crate) fn apply_loop<SM: StateMachine>(
     mut applier: Applier<SM>,
-    work: Receiver<ApplyWork<SM::Response>>,
-    applied_tx: Sender<u64>,
+    work: BellReceiver<ApplyWork<SM::Response>>,
+    apply_room: Sender<()>,
     snapshot_jobs: Sender<SnapshotJob>,
     status: &NodeStatus,
 ) -> Result<(), NodeError> {
-    for item in work.iter() {
+    while let Some(item) = work.recv() {
+        // Wakes the raft thread only when it holds work the full queue refused (taking
+        // this item made room); it reads the applied index from `status` every turn, so
+        // a batch applied is no wake-up of its own.
+        if work.take_refusal() && apply_room.send(()).is_err() {
+            break;
+        }
         let outcome = applier.handle(item)?;
         status
             .reads_lease
@@ -38,8 +45,7 @@ pub(crate) fn apply_loop<SM: StateMachine>(
             .reads_read_index
             .fetch_add(outcome.reads_read_index, Ordering::Relaxed);
         if let Some(applied) = outcome.applied_through {
-            status.applied_index.store(applied, Ordering::Relaxed);
-            let _ = applied_tx.send(applied);
+            status.applied_index.store(applied, Ordering::Release);
         }
         if let Some(job) = outcome.snapshot {
             // The driver asks for one snapshot at a time, so this never waits long.

@@ -8,7 +8,7 @@
 //!  client threads ──requests──► [request queue] ──┐
 //!  transport readers ──messages──► [inbound] ─────┤
 //!  WAL writer ──durable index──► [durable] ───────┼─► raft thread (NodeDriver) ──► Transport::send
-//!  apply thread ──applied index──► [applied] ─────┤        │  │   └─► WAL (LogWriter)
+//!  apply thread ──room again───► [apply room] ───┤        │  │   └─► WAL (LogWriter)
 //!  snapshot thread ──files written──► [written] ──┘        │  └► [housekeeping] ─► snapshot thread
 //!                                                          └► [apply queue] ─► apply thread ─► [jobs] ─► snapshot thread
 //! ```
@@ -23,8 +23,11 @@
 //!   durable snapshot made unnecessary (WAL segments, old snapshot files).
 //!
 //! Every queue is a bounded crossbeam channel except the completion queues (durable,
-//! applied, written, housekeeping), which carry one small item per batch and must never
-//! block the thread that produces them.
+//! apply room, written, housekeeping), which carry one small item per batch and must
+//! never block the thread that produces them. The apply queue and the transport's
+//! per-peer queues are [`ringing`] channels: their consumers park at once when idle.
+//! The raft thread reads the applied index from [`NodeStatus`] every turn; the apply
+//! thread wakes it only when it took work from a queue that had refused some.
 //!
 //! Failure policy: any WAL or snapshot error is fatal (fail-stop: the page cache may have
 //! dropped the data); so is a state machine `Err`. The node stops, proposed writes get
@@ -32,6 +35,7 @@
 //! [`Node::shutdown`] returns the cause.
 
 mod apply;
+mod doorbell;
 mod raft_loop;
 
 use std::path::PathBuf;
@@ -49,6 +53,7 @@ use crate::state_machine::StateMachine;
 
 use apply::{apply_loop, snapshot_loop};
 pub use apply::{LocalReadPort, LocalReader};
+pub use doorbell::{ringing, BellReceiver, Doorbell, RingingSender};
 use raft_loop::raft_loop;
 
 use crate::driver::{
@@ -534,8 +539,8 @@ impl<R: Send + 'static> Node<R> {
 
         let (request_tx, request_rx) = bounded(options.request_queue_capacity);
         let (inbound_tx, inbound_rx) = bounded(64 * 1024);
-        let (apply_tx, apply_rx) = bounded(options.apply_queue_capacity);
-        let (applied_tx, applied_rx) = unbounded();
+        let (apply_tx, apply_rx) = ringing(options.apply_queue_capacity);
+        let (apply_room_tx, apply_room_rx) = unbounded();
         let (snapshot_job_tx, snapshot_job_rx) = bounded(1);
         let (written_tx, written_rx) = unbounded();
         let (housekeeping_tx, housekeeping_rx) = unbounded();
@@ -558,7 +563,7 @@ impl<R: Send + 'static> Node<R> {
                 .name(format!("tally-apply-{}", options.id))
                 .spawn(move || {
                     if let Err(error) =
-                        apply_loop(applier, apply_rx, applied_tx, snapshot_job_tx, &status)
+                        apply_loop(applier, apply_rx, apply_room_tx, snapshot_job_tx, &status)
                     {
                         tracing::error!(%error, "apply thread stopped: fail-stop");
                         shutdown.store(true, Ordering::Release);
@@ -600,7 +605,7 @@ impl<R: Send + 'static> Node<R> {
                 requests: request_rx,
                 inbound: inbound_rx,
                 durable: durable_rx,
-                applied: applied_rx,
+                apply_room: apply_room_rx,
                 snapshots_written: written_rx,
                 apply: apply_tx,
                 housekeeping: housekeeping_tx,

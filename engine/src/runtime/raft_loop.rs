@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{never, select, Receiver, Sender, TrySendError};
 
+use super::doorbell::RingingSender;
+
 use super::{
     initial_configuration, ClientError, MemberStatus, NodeError, NodeOptions, NodeStatus, Transport,
 };
@@ -30,9 +32,10 @@ pub(crate) struct Queues<R> {
     pub requests: Receiver<Request<R>>,
     pub inbound: Receiver<Message>,
     pub durable: Receiver<u64>,
-    pub applied: Receiver<u64>,
+    /// A wake-up from the apply thread: the apply queue that refused work has room.
+    pub apply_room: Receiver<()>,
     pub snapshots_written: Receiver<WrittenSnapshot>,
-    pub apply: Sender<ApplyWork<R>>,
+    pub apply: RingingSender<ApplyWork<R>>,
     pub housekeeping: Sender<Housekeeping>,
 }
 
@@ -188,7 +191,7 @@ pub(crate) fn restore_core(
 /// The runtime's side of the driver's I/O: the transport and the apply queue.
 struct RuntimeIo<R, T> {
     transport: T,
-    apply: Sender<ApplyWork<R>>,
+    apply: RingingSender<ApplyWork<R>>,
     housekeeping: Sender<Housekeeping>,
 }
 
@@ -233,7 +236,7 @@ pub(crate) fn raft_loop<R: Send + 'static, T: Transport>(
         requests,
         inbound,
         durable,
-        applied,
+        apply_room,
         snapshots_written,
         apply,
         housekeeping,
@@ -272,16 +275,15 @@ pub(crate) fn raft_loop<R: Send + 'static, T: Transport>(
             recv(request_queue) -> request => if let Ok(request) = request { input.requests.push(request) },
             recv(inbound) -> message => if let Ok(message) = message { input.messages.push(message) },
             recv(durable) -> _ => {},
-            recv(applied) -> index => if let Ok(index) = index { input.note_applied(index) },
+            recv(apply_room) -> _ => {},
             recv(snapshots_written) -> written => if let Ok(written) = written { input.snapshots_written.push(written) },
             default(timeout) => {},
         }
         input
             .messages
             .extend(inbound.try_iter().take(MAX_MESSAGES_PER_TURN));
-        for index in applied.try_iter() {
-            input.note_applied(index);
-        }
+        for () in apply_room.try_iter() {}
+        input.note_applied(status.applied_index.load(Ordering::Acquire));
         if take_requests {
             input
                 .requests

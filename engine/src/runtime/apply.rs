@@ -26,17 +26,11 @@ pub(crate) type SnapshotJob = (SnapshotMeta, Box<dyn SnapshotSource>);
 pub(crate) fn apply_loop<SM: StateMachine>(
     mut applier: Applier<SM>,
     work: BellReceiver<ApplyWork<SM::Response>>,
-    apply_room: Sender<()>,
+    applied_tx: Sender<u64>,
     snapshot_jobs: Sender<SnapshotJob>,
     status: &NodeStatus,
 ) -> Result<(), NodeError> {
     while let Some(item) = work.recv() {
-        // Wakes the raft thread only when it holds work the full queue refused (taking
-        // this item made room); it reads the applied index from `status` every turn, so
-        // a batch applied is no wake-up of its own.
-        if work.take_refusal() && apply_room.send(()).is_err() {
-            break;
-        }
         let outcome = applier.handle(item)?;
         status
             .reads_lease
@@ -45,7 +39,8 @@ pub(crate) fn apply_loop<SM: StateMachine>(
             .reads_read_index
             .fetch_add(outcome.reads_read_index, Ordering::Relaxed);
         if let Some(applied) = outcome.applied_through {
-            status.applied_index.store(applied, Ordering::Release);
+            status.applied_index.store(applied, Ordering::Relaxed);
+            let _ = applied_tx.send(applied);
         }
         if let Some(job) = outcome.snapshot {
             // The driver asks for one snapshot at a time, so this never waits long.

@@ -74,7 +74,6 @@ pub fn ringing<T>(capacity: usize) -> (RingingSender<T>, BellReceiver<T>) {
     let (sender, receiver) = crossbeam_channel::bounded(capacity);
     let shared = Arc::new(Shared {
         bell: Doorbell::default(),
-        refused: AtomicBool::new(false),
         senders: AtomicUsize::new(1),
     });
     (
@@ -89,8 +88,6 @@ pub fn ringing<T>(capacity: usize) -> (RingingSender<T>, BellReceiver<T>) {
 /// What both sides of [`ringing`] share.
 struct Shared {
     bell: Doorbell,
-    /// Set when a send found the queue full (see [`BellReceiver::take_refusal`]).
-    refused: AtomicBool,
     /// Live [`RingingSender`]s. Invariant: decremented only after the sender's channel
     /// handle is dropped, so at 0 the channel reports disconnection.
     senders: AtomicUsize,
@@ -107,23 +104,12 @@ pub struct RingingSender<T> {
 
 impl<T> RingingSender<T> {
     /// Queues `message` and wakes the receiver, or gives it back if the queue is full
-    /// or the receiver is gone. A `Full` is recorded for the receiver's
-    /// [`BellReceiver::take_refusal`] before the last try, so a refused sender always
-    /// hears about the next take.
+    /// or the receiver is gone.
     pub fn try_send(&self, message: T) -> Result<(), TrySendError<T>> {
         let Some(sender) = &self.sender else {
             return Err(TrySendError::Disconnected(message));
         };
-        match sender.try_send(message) {
-            Ok(()) => {}
-            Err(TrySendError::Full(message)) => {
-                // Marked first, then tried again: a take between the first try and the
-                // mark made room (the retry succeeds), a take after it sees the mark.
-                self.shared.refused.store(true, Ordering::SeqCst);
-                sender.try_send(message)?;
-            }
-            Err(disconnected) => return Err(disconnected),
-        }
+        sender.try_send(message)?;
         self.shared.bell.ring();
         Ok(())
     }
@@ -169,13 +155,6 @@ impl<T> BellReceiver<T> {
     /// the queue is empty).
     pub fn try_recv(&self) -> Result<T, TryRecvError> {
         self.receiver.try_recv()
-    }
-
-    /// True once after a send found the queue full since the last call: the caller
-    /// (which just took a message, making room) tells the refused sender to try again.
-    pub fn take_refusal(&self) -> bool {
-        self.shared.refused.load(Ordering::Relaxed)
-            && self.shared.refused.swap(false, Ordering::SeqCst)
     }
 
     /// Every message queued now, without sleeping.
@@ -277,12 +256,8 @@ mod tests {
     fn a_full_queue_hands_the_message_back_and_a_gone_receiver_disconnects() {
         let (sender, receiver) = ringing::<u8>(1);
         sender.try_send(1).expect("room for one");
-        assert!(!receiver.take_refusal());
         assert!(matches!(sender.try_send(2), Err(TrySendError::Full(2))));
         assert_eq!(sender.len(), 1);
-        assert_eq!(receiver.try_recv(), Ok(1));
-        assert!(receiver.take_refusal(), "the refused send is reported once");
-        assert!(!receiver.take_refusal());
         drop(receiver);
         assert!(matches!(
             sender.try_send(3),

@@ -8,7 +8,7 @@
 //!  client threads ──requests──► [request queue] ──┐
 //!  transport readers ──messages──► [inbound] ─────┤
 //!  WAL writer ──durable index──► [durable] ───────┼─► raft thread (NodeDriver) ──► Transport::send
-//!  apply thread ──room again───► [apply room] ───┤        │  │   └─► WAL (LogWriter)
+//!  apply thread ──applied index──► [applied] ─────┤        │  │   └─► WAL (LogWriter)
 //!  snapshot thread ──files written──► [written] ──┘        │  └► [housekeeping] ─► snapshot thread
 //!                                                          └► [apply queue] ─► apply thread ─► [jobs] ─► snapshot thread
 //! ```
@@ -23,11 +23,8 @@
 //!   durable snapshot made unnecessary (WAL segments, old snapshot files).
 //!
 //! Every queue is a bounded crossbeam channel except the completion queues (durable,
-//! apply room, written, housekeeping), which carry one small item per batch and must
-//! never block the thread that produces them. The apply queue and the transport's
-//! per-peer queues are [`ringing`] channels: their consumers park at once when idle.
-//! The raft thread reads the applied index from [`NodeStatus`] every turn; the apply
-//! thread wakes it only when it took work from a queue that had refused some.
+//! applied, written, housekeeping), which carry one small item per batch and must never
+//! block the thread that produces them.
 //!
 //! Failure policy: any WAL or snapshot error is fatal (fail-stop: the page cache may have
 //! dropped the data); so is a state machine `Err`. The node stops, proposed writes get
@@ -540,7 +537,7 @@ impl<R: Send + 'static> Node<R> {
         let (request_tx, request_rx) = bounded(options.request_queue_capacity);
         let (inbound_tx, inbound_rx) = bounded(64 * 1024);
         let (apply_tx, apply_rx) = ringing(options.apply_queue_capacity);
-        let (apply_room_tx, apply_room_rx) = unbounded();
+        let (applied_tx, applied_rx) = unbounded();
         let (snapshot_job_tx, snapshot_job_rx) = bounded(1);
         let (written_tx, written_rx) = unbounded();
         let (housekeeping_tx, housekeeping_rx) = unbounded();
@@ -563,7 +560,7 @@ impl<R: Send + 'static> Node<R> {
                 .name(format!("tally-apply-{}", options.id))
                 .spawn(move || {
                     if let Err(error) =
-                        apply_loop(applier, apply_rx, apply_room_tx, snapshot_job_tx, &status)
+                        apply_loop(applier, apply_rx, applied_tx, snapshot_job_tx, &status)
                     {
                         tracing::error!(%error, "apply thread stopped: fail-stop");
                         shutdown.store(true, Ordering::Release);
@@ -605,7 +602,7 @@ impl<R: Send + 'static> Node<R> {
                 requests: request_rx,
                 inbound: inbound_rx,
                 durable: durable_rx,
-                apply_room: apply_room_rx,
+                applied: applied_rx,
                 snapshots_written: written_rx,
                 apply: apply_tx,
                 housekeeping: housekeeping_tx,

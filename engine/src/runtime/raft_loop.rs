@@ -32,8 +32,7 @@ pub(crate) struct Queues<R> {
     pub requests: Receiver<Request<R>>,
     pub inbound: Receiver<Message>,
     pub durable: Receiver<u64>,
-    /// A wake-up from the apply thread: the apply queue that refused work has room.
-    pub apply_room: Receiver<()>,
+    pub applied: Receiver<u64>,
     pub snapshots_written: Receiver<WrittenSnapshot>,
     pub apply: RingingSender<ApplyWork<R>>,
     pub housekeeping: Sender<Housekeeping>,
@@ -236,7 +235,7 @@ pub(crate) fn raft_loop<R: Send + 'static, T: Transport>(
         requests,
         inbound,
         durable,
-        apply_room,
+        applied,
         snapshots_written,
         apply,
         housekeeping,
@@ -275,15 +274,16 @@ pub(crate) fn raft_loop<R: Send + 'static, T: Transport>(
             recv(request_queue) -> request => if let Ok(request) = request { input.requests.push(request) },
             recv(inbound) -> message => if let Ok(message) = message { input.messages.push(message) },
             recv(durable) -> _ => {},
-            recv(apply_room) -> _ => {},
+            recv(applied) -> index => if let Ok(index) = index { input.note_applied(index) },
             recv(snapshots_written) -> written => if let Ok(written) = written { input.snapshots_written.push(written) },
             default(timeout) => {},
         }
         input
             .messages
             .extend(inbound.try_iter().take(MAX_MESSAGES_PER_TURN));
-        for () in apply_room.try_iter() {}
-        input.note_applied(status.applied_index.load(Ordering::Acquire));
+        for index in applied.try_iter() {
+            input.note_applied(index);
+        }
         if take_requests {
             input
                 .requests

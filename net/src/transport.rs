@@ -455,7 +455,7 @@ impl Shared {
 pub struct PeerTransport {
     shared: Arc<Shared>,
     /// Queue into each peer's sender thread. Dropped at shutdown, which ends the thread.
-    senders: HashMap<NodeId, tally_engine::runtime::RingingSender<OutboundMessage>>,
+    senders: HashMap<NodeId, Sender<OutboundMessage>>,
     counters: HashMap<NodeId, Arc<PeerCounters>>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -560,7 +560,7 @@ impl PeerTransport {
     }
 
     fn spawn_sender(&mut self, peer: NodeId, addr: SocketAddr) -> Result<(), TransportError> {
-        let (tx, rx) = tally_engine::runtime::ringing(self.shared.config.peer_queue_capacity);
+        let (tx, rx) = crossbeam_channel::bounded(self.shared.config.peer_queue_capacity);
         let counters = Arc::new(PeerCounters::default());
         let sender = PeerSender {
             shared: Arc::clone(&self.shared),
@@ -1001,7 +1001,7 @@ struct PeerSender {
     shared: Arc<Shared>,
     peer: NodeId,
     addr: SocketAddr,
-    queue: tally_engine::runtime::BellReceiver<OutboundMessage>,
+    queue: Receiver<OutboundMessage>,
     counters: Arc<PeerCounters>,
 }
 
@@ -1070,8 +1070,8 @@ impl PeerSender {
             }
             // Block for the first message, then take everything else already queued.
             match self.queue.recv() {
-                Some(message) => batch.push(message),
-                None => break, // transport handle dropped the queue: shutting down
+                Ok(message) => batch.push(message),
+                Err(_) => break, // transport handle dropped the queue: shutting down
             }
             while batch.len() < config.max_messages_per_write {
                 match self.queue.try_recv() {

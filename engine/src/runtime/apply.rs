@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::doorbell::BellReceiver;
 use super::{NodeError, NodeStatus};
 use crate::driver::{
     judge_local_read, snapshot_header, Applier, ApplyWork, Housekeeping, LocalRead, LocalReadCells,
@@ -25,12 +24,12 @@ pub(crate) type SnapshotJob = (SnapshotMeta, Box<dyn SnapshotSource>);
 /// Runs until the raft thread hangs up. Returns the state machine's fatal error.
 pub(crate) fn apply_loop<SM: StateMachine>(
     mut applier: Applier<SM>,
-    work: BellReceiver<ApplyWork<SM::Response>>,
+    work: Receiver<ApplyWork<SM::Response>>,
     applied_tx: Sender<u64>,
     snapshot_jobs: Sender<SnapshotJob>,
     status: &NodeStatus,
 ) -> Result<(), NodeError> {
-    while let Some(item) = work.recv() {
+    for item in work.iter() {
         let outcome = applier.handle(item)?;
         status
             .reads_lease

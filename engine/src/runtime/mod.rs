@@ -32,7 +32,6 @@
 //! [`Node::shutdown`] returns the cause.
 
 mod apply;
-mod doorbell;
 mod raft_loop;
 
 use std::path::PathBuf;
@@ -50,7 +49,6 @@ use crate::state_machine::StateMachine;
 
 use apply::{apply_loop, snapshot_loop};
 pub use apply::{LocalReadPort, LocalReader};
-pub use doorbell::{ringing, BellReceiver, Doorbell, RingingSender};
 use raft_loop::raft_loop;
 
 use crate::driver::{
@@ -536,7 +534,7 @@ impl<R: Send + 'static> Node<R> {
 
         let (request_tx, request_rx) = bounded(options.request_queue_capacity);
         let (inbound_tx, inbound_rx) = bounded(64 * 1024);
-        let (apply_tx, apply_rx) = ringing(options.apply_queue_capacity);
+        let (apply_tx, apply_rx) = bounded(options.apply_queue_capacity);
         let (applied_tx, applied_rx) = unbounded();
         let (snapshot_job_tx, snapshot_job_rx) = bounded(1);
         let (written_tx, written_rx) = unbounded();

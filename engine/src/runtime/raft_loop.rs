@@ -11,8 +11,6 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{never, select, Receiver, Sender, TrySendError};
 
-use super::doorbell::RingingSender;
-
 use super::{
     initial_configuration, ClientError, MemberStatus, NodeError, NodeOptions, NodeStatus, Transport,
 };
@@ -34,7 +32,7 @@ pub(crate) struct Queues<R> {
     pub durable: Receiver<u64>,
     pub applied: Receiver<u64>,
     pub snapshots_written: Receiver<WrittenSnapshot>,
-    pub apply: RingingSender<ApplyWork<R>>,
+    pub apply: Sender<ApplyWork<R>>,
     pub housekeeping: Sender<Housekeeping>,
 }
 
@@ -190,7 +188,7 @@ pub(crate) fn restore_core(
 /// The runtime's side of the driver's I/O: the transport and the apply queue.
 struct RuntimeIo<R, T> {
     transport: T,
-    apply: RingingSender<ApplyWork<R>>,
+    apply: Sender<ApplyWork<R>>,
     housekeeping: Sender<Housekeeping>,
 }
 

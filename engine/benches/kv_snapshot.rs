@@ -9,9 +9,11 @@ use std::hint::black_box;
 use std::io::Write as _;
 
 use bytes::Bytes;
+mod common;
+
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use tally_engine::kv::{encode_request, ClientSession, Command, KvLimits, KvStateMachine};
-use tally_engine::state_machine::{CommittedEntry, StateMachine};
+use tally_engine::state_machine::StateMachine;
 use tally_wal::{FsStorage, SnapshotHeader, SnapshotStore};
 
 const KEYS: u64 = 100_000;
@@ -40,17 +42,7 @@ fn store() -> KvStateMachine {
             payload
         })
         .collect();
-    for (chunk_number, chunk) in payloads.chunks(1024).enumerate() {
-        let entries: Vec<CommittedEntry<'_>> = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, payload)| CommittedEntry {
-                index: (chunk_number * 1024 + i + 1) as u64,
-                payload,
-            })
-            .collect();
-        sm.apply(&entries).expect("applies");
-    }
+    common::apply_all(&mut sm, &payloads);
     assert_eq!(sm.len() as u64, KEYS);
     assert_eq!(sm.session_count() as u64, SESSIONS);
     sm

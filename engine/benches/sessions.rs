@@ -6,6 +6,8 @@
 
 use std::hint::black_box;
 
+mod common;
+
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use tally_engine::kv::{encode_request, ClientSession, Command, KvLimits, KvStateMachine};
 use tally_engine::state_machine::{CommittedEntry, StateMachine};
@@ -29,17 +31,7 @@ fn store_with_sessions(sessions: u64) -> KvStateMachine {
             payload
         })
         .collect();
-    for (chunk_number, chunk) in payloads.chunks(1024).enumerate() {
-        let entries: Vec<CommittedEntry<'_>> = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, payload)| CommittedEntry {
-                index: (chunk_number * 1024 + i + 1) as u64,
-                payload,
-            })
-            .collect();
-        sm.apply(&entries).expect("applies");
-    }
+    common::apply_all(&mut sm, &payloads);
     assert_eq!(sm.session_count() as u64, sessions);
     sm
 }

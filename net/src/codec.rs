@@ -559,13 +559,14 @@ fn decode_append(
     // the data lengths they declare, the next slices the data (no list in between).
     let descriptors_at = reader.offset;
     reader.take(count * ENTRY_DESCRIPTOR_BYTES)?;
-    let data_at = reader.offset;
-    let payload: &Bytes = reader.payload;
-    let descriptors = &payload[descriptors_at..data_at];
+    let descriptors = || Reader {
+        payload: reader.payload,
+        offset: descriptors_at,
+    };
+    let mut checking = descriptors();
     let mut declared: u64 = 0;
-    for descriptor in descriptors.chunks_exact(ENTRY_DESCRIPTOR_BYTES) {
-        let (_, kind_byte, len) = entry_descriptor(descriptor);
-        EntryKind::from_u8(kind_byte).ok_or(CodecError::InvalidEntryKind(kind_byte))?;
+    for _ in 0..count {
+        let (_, _, len) = entry_descriptor(&mut checking)?;
         declared += u64::from(len);
     }
     if declared != reader.remaining() as u64 {
@@ -574,10 +575,10 @@ fn decode_append(
             present: reader.remaining(),
         });
     }
+    let mut described = descriptors();
     let mut entries = Vec::with_capacity(count);
-    for descriptor in descriptors.chunks_exact(ENTRY_DESCRIPTOR_BYTES) {
-        let ((index, term), kind_byte, len) = entry_descriptor(descriptor);
-        let kind = EntryKind::from_u8(kind_byte).ok_or(CodecError::InvalidEntryKind(kind_byte))?;
+    for _ in 0..count {
+        let ((index, term), kind, len) = entry_descriptor(&mut described)?;
         entries.push(Entry {
             index,
             term,
@@ -595,21 +596,13 @@ fn decode_append(
     })
 }
 
-/// The fields of one entry descriptor (`ENTRY_DESCRIPTOR_BYTES` long, as
-/// `chunks_exact` hands them out): ((index, term), kind byte, data length).
-fn entry_descriptor(descriptor: &[u8]) -> ((u64, u64), u8, u32) {
-    let le_u64 = |at: usize| {
-        let mut raw = [0u8; 8];
-        raw.copy_from_slice(&descriptor[at..at + 8]);
-        u64::from_le_bytes(raw)
-    };
-    let mut len = [0u8; 4];
-    len.copy_from_slice(&descriptor[17..21]);
-    (
-        (le_u64(0), le_u64(8)),
-        descriptor[16],
-        u32::from_le_bytes(len),
-    )
+/// The next entry descriptor (`ENTRY_DESCRIPTOR_BYTES`): ((index, term), kind, data length).
+fn entry_descriptor(reader: &mut Reader<'_>) -> Result<((u64, u64), EntryKind, u32), CodecError> {
+    let index = reader.u64()?;
+    let term = reader.u64()?;
+    let kind_byte = reader.u8()?;
+    let kind = EntryKind::from_u8(kind_byte).ok_or(CodecError::InvalidEntryKind(kind_byte))?;
+    Ok(((index, term), kind, reader.u32()?))
 }
 
 #[cfg(test)]
@@ -924,6 +917,13 @@ mod tests {
         assert!(matches!(
             decode_message(appended.msg_type, &concat(&appended), &tight),
             Err(CodecError::TooManyEntries { count: 2, .. })
+        ));
+        // Data lengths that do not add up to the bytes present are refused.
+        let mut short = concat(&appended).to_vec();
+        short.pop();
+        assert!(matches!(
+            decode_message(appended.msg_type, &Bytes::from(short), &limits),
+            Err(CodecError::EntryDataMismatch { .. })
         ));
         // A huge count with no bytes behind it is refused before allocating.
         let mut huge = concat(&encode_message(&message(append(0)))).to_vec();

@@ -11,21 +11,28 @@ use tally_wal::{SimStorage, SnapshotHeader, SnapshotStore, Storage};
 const NAME_INDEX: u64 = 42;
 const NAME_TERM: u64 = 3;
 
-fn original() -> Vec<u8> {
+/// A snapshot file holding `data` in a fresh store: (disk, store, file name, file bytes).
+fn written(
+    data: &[u8],
+    configuration: &'static [u8],
+) -> (SimStorage, SnapshotStore<SimStorage>, String, Vec<u8>) {
     let sim = SimStorage::new();
     let store = SnapshotStore::new(sim.clone()).expect("store");
     let mut writer = store
         .begin(&SnapshotHeader {
             index: NAME_INDEX,
             term: NAME_TERM,
-            configuration: Bytes::from_static(b"\x01\x02\x03voters"),
+            configuration: Bytes::from_static(configuration),
         })
         .expect("begin");
-    writer
-        .write_all(&(0..120u8).collect::<Vec<u8>>())
-        .expect("write");
+    writer.write_all(data).expect("write");
     let info = writer.finish().expect("finish");
-    sim.file_contents(&info.name).expect("file")
+    let bytes = sim.file_contents(&info.name).expect("file");
+    (sim, store, info.name, bytes)
+}
+
+fn original() -> Vec<u8> {
+    written(&(0..120u8).collect::<Vec<u8>>(), b"\x01\x02\x03voters").3
 }
 
 /// Replaces the snapshot file's contents durably.
@@ -160,20 +167,9 @@ fn read_in_pieces(reader: &mut impl Read, piece: usize) -> (Vec<u8>, Option<std:
 fn damage_anywhere_in_a_large_file_read_in_small_pieces_fails_only_the_last_read() {
     // Data several times the reader's hashing piece (64 KiB), read 7 bytes at a time.
     let data: Vec<u8> = (0..200_000u32).map(|i| (i * 31 % 251) as u8).collect();
-    let sim = SimStorage::new();
-    let store = SnapshotStore::new(sim.clone()).expect("store");
-    let mut writer = store
-        .begin(&SnapshotHeader {
-            index: NAME_INDEX,
-            term: NAME_TERM,
-            configuration: Bytes::from_static(b"voters"),
-        })
-        .expect("begin");
-    writer.write_all(&data).expect("write");
-    let info = writer.finish().expect("finish");
-    let original = sim.file_contents(&info.name).expect("file");
+    let (sim, store, name, original) = written(&data, b"voters");
     let data_offset = original.len() - 16 - data.len();
-    let (read, error) = read_in_pieces(&mut store.open(&info.name).expect("open"), 7);
+    let (read, error) = read_in_pieces(&mut store.open(&name).expect("open"), 7);
     assert!(error.is_none(), "the undamaged file reads: {error:?}");
     assert_eq!(read, data);
     let last = data.len() - 1;
@@ -189,8 +185,8 @@ fn damage_anywhere_in_a_large_file_read_in_small_pieces_fails_only_the_last_read
     ] {
         let mut damaged = original.clone();
         damaged[data_offset + at] ^= 0x40;
-        put_file(&sim, &info.name, &damaged);
-        let (read, error) = read_in_pieces(&mut store.open(&info.name).expect("open"), 7);
+        put_file(&sim, &name, &damaged);
+        let (read, error) = read_in_pieces(&mut store.open(&name).expect("open"), 7);
         let error = error.unwrap_or_else(|| panic!("damage at data byte {at} not detected"));
         assert_eq!(error.kind(), std::io::ErrorKind::InvalidData);
         // Every byte but those of the failing read was handed out; the last never was.

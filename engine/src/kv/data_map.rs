@@ -175,13 +175,11 @@ impl DataMap {
 /// one else holds the old bytes (a frozen copy, a reader's clone).
 fn overwrite(slot: &mut Bytes, new: &[u8]) {
     if slot.len() == new.len() {
-        match std::mem::take(slot).try_into_mut() {
-            Ok(mut unique) => {
-                unique.copy_from_slice(new);
-                *slot = unique.freeze();
-                return;
-            }
-            Err(shared) => drop(shared),
+        // A shared value comes back as `Err` and is dropped here (its other holders keep it).
+        if let Ok(mut unique) = std::mem::take(slot).try_into_mut() {
+            unique.copy_from_slice(new);
+            *slot = unique.freeze();
+            return;
         }
     }
     *slot = Bytes::copy_from_slice(new);

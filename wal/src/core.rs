@@ -57,6 +57,14 @@ pub struct WalOptions {
     /// noisy). The price: every segment is written twice, and the roll that creates a
     /// segment stalls while it is zeroed. Off by default (bandwidth-bound loads lose).
     pub zero_fill_segments: bool,
+    /// Once a stretch of a segment is durable, drop its pages from the page cache
+    /// (`posix_fadvise(DONTNEED)`, in steps of at least [`CACHE_RELEASE_STEP_BYTES`]).
+    /// A WAL is written once and read back only by recovery or by a lagging reader, so
+    /// keeping its pages cached only pushes useful memory out; and writing into pages the
+    /// kernel just freed is much cheaper than into new ones on a VM whose host reclaims
+    /// guest memory (see docs/BENCHMARKS.md). [`WalCore::read`] of a released entry reads
+    /// the device. On by default.
+    pub release_synced_pages: bool,
     /// On corruption (a bad batch followed by valid data), stop at the first bad batch,
     /// drop and report everything after it, instead of failing the open.
     pub tolerant_recovery: bool,
@@ -72,6 +80,7 @@ impl Default for WalOptions {
             preallocate: true,
             tolerant_recovery: false,
             zero_fill_segments: false,
+            release_synced_pages: true,
             first_index_of_new_log: 1,
         }
     }
@@ -105,6 +114,16 @@ impl WalOptions {
         Ok(())
     }
 }
+
+/// The least a durable stretch of a segment grows before its cached pages are released
+/// (`WalOptions::release_synced_pages`): one `posix_fadvise` per this many bytes, not per
+/// batch.
+pub const CACHE_RELEASE_STEP_BYTES: u64 = 256 << 10;
+
+/// Releases start on multiples of this (a multiple of every common page size: 4, 16 and
+/// 64 KiB), so a page left cached because a release ended inside it is covered whole by
+/// the next one.
+const CACHE_RELEASE_ALIGN_BYTES: u64 = 64 << 10;
 
 /// Bytes a batch adds around its body (header and trailer).
 const BATCH_OVERHEAD_LEN: usize = BATCH_HEADER_LEN + BATCH_TRAILER_LEN;
@@ -278,6 +297,10 @@ struct Segment {
     capacity_bytes: u64,
     /// Read-only view for sealed segments, created on first read.
     view: OnceLock<FileView>,
+    /// Where the next release of cached pages starts (`WalOptions::release_synced_pages`):
+    /// the pages below it were released. Invariant: a multiple of
+    /// [`CACHE_RELEASE_ALIGN_BYTES`], `<= end_offset`, and everything below it is durable.
+    cache_released_to: u64,
 }
 
 /// The synchronous WAL. See the module docs.
@@ -610,6 +633,7 @@ impl<S: Storage> WalCore<S> {
                 end_offset: end_offsets[position],
                 capacity_bytes,
                 view: OnceLock::new(),
+                cache_released_to: 0,
             });
         }
         let active_version = versions[..keep_segments].last().copied();
@@ -1301,7 +1325,36 @@ impl<S: Storage> WalCore<S> {
             self.active_unsynced = false;
         }
         self.mark_written_durable();
+        self.release_synced_cache(CACHE_RELEASE_STEP_BYTES);
         Ok(self.durable_index)
+    }
+
+    /// Releases the cached pages of the active segment's durable bytes once at least
+    /// `min_step_bytes` accumulated (`WalOptions::release_synced_pages`). Call only when
+    /// everything written to the active segment is durable. A failure is only logged: the
+    /// advice changes neither contents nor durability.
+    fn release_synced_cache(&mut self, min_step_bytes: u64) {
+        if !self.options.release_synced_pages {
+            return;
+        }
+        let Some(active) = self.segments.back_mut() else {
+            return;
+        };
+        let from = active.cache_released_to;
+        if active.end_offset < from + min_step_bytes.max(1) {
+            return;
+        }
+        // The kernel keeps the page the next batch starts in (only whole pages inside the
+        // range are dropped), so appending never reads a page back from the device.
+        let len = active.end_offset - from;
+        match active.file.release_cache(from, len) {
+            // The page holding `end_offset` stayed (the range covers it only in part): the
+            // next release starts at or below it, on a boundary of any page size.
+            Ok(()) => {
+                active.cache_released_to = active.end_offset & !(CACHE_RELEASE_ALIGN_BYTES - 1)
+            }
+            Err(err) => tracing::debug!("releasing cached WAL pages of {}: {err}", active.name),
+        }
     }
 
     fn mark_written_durable(&mut self) {
@@ -1404,6 +1457,7 @@ impl<S: Storage> WalCore<S> {
         self.written_hard_state = hard_state;
         self.active_unsynced = false;
         self.mark_written_durable();
+        self.release_synced_cache(CACHE_RELEASE_STEP_BYTES);
         Ok(self.durable_index)
     }
 
@@ -1438,6 +1492,8 @@ impl<S: Storage> WalCore<S> {
             // Everything written so far is durable now.
             self.mark_written_durable();
         }
+        // The segment is sealed and durable: release the rest of its pages.
+        self.release_synced_cache(0);
         if let Err(err) =
             self.create_segment(next_id, self.written_next_index, self.written_hard_state)
         {
@@ -1515,6 +1571,7 @@ impl<S: Storage> WalCore<S> {
             end_offset: (SEGMENT_HEADER_LEN + FIRST_BATCH_LEN) as u64,
             capacity_bytes,
             view: OnceLock::new(),
+            cache_released_to: 0,
         });
         Ok(())
     }

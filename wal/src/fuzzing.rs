@@ -46,6 +46,7 @@ fn options(tolerant_recovery: bool) -> WalOptions {
         preallocate: false,
         tolerant_recovery,
         zero_fill_segments: false,
+        release_synced_pages: false,
         first_index_of_new_log: 1,
     }
 }

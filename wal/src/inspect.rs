@@ -666,6 +666,7 @@ mod tests {
             tolerant_recovery: false,
             first_index_of_new_log: 1,
             zero_fill_segments: false,
+            release_synced_pages: true,
         }
     }
 

@@ -73,7 +73,10 @@ mod wal;
 pub use crate::backend::{
     make_backend, Backend, BackendError, IoBackend, SyncBackend, UringBackend,
 };
-pub use crate::core::{DroppedRegion, Entry, PendingCommit, RecoveryReport, WalCore, WalOptions};
+pub use crate::core::{
+    DroppedRegion, Entry, PendingCommit, RecoveryReport, WalCore, WalOptions,
+    CACHE_RELEASE_STEP_BYTES,
+};
 pub use crate::error::{PoisonCause, Result, WalError};
 pub use crate::format::{HardState, ENTRY_RECORD_HEADER_LEN};
 pub use crate::snapshot::{

@@ -68,6 +68,14 @@ pub trait StorageFile: Send + Sync {
     /// are evicted. Recovery therefore syncs (to flush what is still dirty), evicts, and
     /// only then reads. Dirty pages are not dropped.
     fn evict_cache(&self) -> io::Result<()>;
+    /// Advises that the synced bytes in `offset..offset + len_bytes` will not be read
+    /// soon, so their cached pages can be dropped (pages only partly inside the range
+    /// stay). A hint: contents and durability are unchanged, and a storage without a page
+    /// cache ignores it.
+    fn release_cache(&self, offset: u64, len_bytes: u64) -> io::Result<()> {
+        let _ = (offset, len_bytes);
+        Ok(())
+    }
 }
 
 /// Held while a directory is open; dropping it releases the lock.
@@ -301,14 +309,26 @@ impl StorageFile for FsFile {
     }
 
     fn evict_cache(&self) -> io::Result<()> {
-        // SAFETY: plain syscall on a descriptor we own; no memory is passed.
-        let ret =
-            unsafe { libc::posix_fadvise(self.file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-        // posix_fadvise returns the error number instead of setting errno.
-        match ret {
-            0 => Ok(()),
-            errno => Err(io::Error::from_raw_os_error(errno)),
-        }
+        fadvise_dont_need(self.file.as_raw_fd(), 0, 0)
+    }
+
+    fn release_cache(&self, offset: u64, len_bytes: u64) -> io::Result<()> {
+        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len_bytes)) else {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        };
+        fadvise_dont_need(self.file.as_raw_fd(), offset, len)
+    }
+}
+
+/// `posix_fadvise(POSIX_FADV_DONTNEED)`: drops the clean cached pages wholly inside the
+/// range (`len == 0`: to the end of the file); dirty pages stay.
+fn fadvise_dont_need(fd: RawFd, offset: i64, len: i64) -> io::Result<()> {
+    // SAFETY: plain syscall on a descriptor the caller owns; no memory is passed.
+    let ret = unsafe { libc::posix_fadvise(fd, offset, len, libc::POSIX_FADV_DONTNEED) };
+    // posix_fadvise returns the error number instead of setting errno.
+    match ret {
+        0 => Ok(()),
+        errno => Err(io::Error::from_raw_os_error(errno)),
     }
 }
 

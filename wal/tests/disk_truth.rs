@@ -10,10 +10,12 @@ use std::io;
 use std::os::unix::io::RawFd;
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use common::{entries, small_options};
 use tally_wal::storage::{DirLock, FileView};
 use tally_wal::{
-    FsStorage, SimStorage, SnapshotHeader, SnapshotStore, Storage, StorageFile, Tear, WalCore,
+    FsStorage, GroupCommitOptions, SimStorage, SnapshotHeader, SnapshotStore, Storage, StorageFile,
+    Tear, Wal, WalCore, WalOptions, CACHE_RELEASE_STEP_BYTES,
 };
 
 #[test]
@@ -136,6 +138,89 @@ fn fs_evict_cache_leaves_no_page_of_a_synced_file_resident() {
     let mut buf = [0u8; 16];
     file.read_exact_at(&mut buf, 4096).expect("read");
     assert_eq!(buf, [0x5A; 16]);
+}
+
+/// Segment files of a WAL directory, oldest first, with their resident page counts.
+fn resident_pages_per_segment(dir: &std::path::Path) -> Vec<(String, usize)> {
+    let storage = FsStorage::new(dir).expect("storage");
+    let mut names: Vec<String> = storage
+        .list()
+        .expect("list")
+        .into_iter()
+        .filter(|name| name.ends_with(".wal"))
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| {
+            let view = storage.open(&name).expect("open").view().expect("map");
+            let resident = resident_pages(&view);
+            (name, resident)
+        })
+        .collect()
+}
+
+/// Appends 48 batches of 16 entries of 4000 bytes (about 3 MiB) through the group-commit
+/// WAL, each made durable before the next, over 1 MiB segments.
+fn write_three_mib(dir: &std::path::Path, release_synced_pages: bool) -> Wal {
+    let options = GroupCommitOptions {
+        wal: WalOptions {
+            segment_size_bytes: 1 << 20,
+            max_entry_size_bytes: 64 << 10,
+            release_synced_pages,
+            ..WalOptions::default()
+        },
+        ..GroupCommitOptions::default()
+    };
+    let wal = Wal::open(dir, options).expect("open");
+    for batch in 0..48u64 {
+        let payloads: Vec<Bytes> = (0..16u64)
+            .map(|i| Bytes::from(vec![(batch * 16 + i) as u8; 4000]))
+            .collect();
+        wal.append_assign(1, 0, &payloads)
+            .expect("append")
+            .wait()
+            .expect("durable");
+    }
+    wal
+}
+
+#[test]
+fn a_wal_drops_the_cached_pages_of_what_it_made_durable_and_still_reads_it() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
+    let wal = write_three_mib(dir.path(), true);
+    let segments = resident_pages_per_segment(dir.path());
+    assert!(segments.len() >= 3, "1 MiB segments: {segments:?}");
+    let step_pages = (CACHE_RELEASE_STEP_BYTES / 4096) as usize;
+    let (active, sealed) = segments.split_last().expect("segments");
+    for (name, resident) in sealed {
+        // Only the page holding the sealed segment's last bytes may stay.
+        assert!(*resident <= 1, "sealed {name}: {resident} pages cached");
+    }
+    // The active segment keeps at most one release step plus the page being appended.
+    assert!(
+        active.1 <= step_pages + 1,
+        "active {}: {} pages cached (step {step_pages})",
+        active.0,
+        active.1
+    );
+    // Released entries read back from the device, whole.
+    for index in [1u64, 300, 768] {
+        let entry = wal.read(index).expect("read");
+        assert_eq!(entry.payload, Bytes::from(vec![(index - 1) as u8; 4000]));
+    }
+}
+
+#[test]
+fn with_release_turned_off_the_durable_pages_stay_cached() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
+    let _wal = write_three_mib(dir.path(), false);
+    let cached: usize = resident_pages_per_segment(dir.path())
+        .iter()
+        .map(|(_, resident)| resident)
+        .sum();
+    // About 770 pages were written; all of them are still in the page cache.
+    assert!(cached > 600, "{cached} pages cached");
 }
 
 /// FsStorage that records, whenever a file is mapped, how many of its pages were in the

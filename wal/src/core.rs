@@ -58,7 +58,8 @@ pub struct WalOptions {
     /// segment stalls while it is zeroed. Off by default (bandwidth-bound loads lose).
     pub zero_fill_segments: bool,
     /// Once a stretch of a segment is durable, drop its pages from the page cache
-    /// (`posix_fadvise(DONTNEED)`, in steps of at least [`CACHE_RELEASE_STEP_BYTES`]).
+    /// (`posix_fadvise(DONTNEED)`, in steps of at least [`CACHE_RELEASE_STEP_BYTES`], the
+    /// last [`CACHE_RELEASE_LAG_BYTES`] kept until the segment is sealed).
     /// A WAL is written once and read back only by recovery or by a lagging reader, so
     /// keeping its pages cached only pushes useful memory out; and writing into pages the
     /// kernel just freed is much cheaper than into new ones on a VM whose host reclaims
@@ -119,6 +120,13 @@ impl WalOptions {
 /// (`WalOptions::release_synced_pages`): one `posix_fadvise` per this many bytes, not per
 /// batch.
 pub const CACHE_RELEASE_STEP_BYTES: u64 = 256 << 10;
+
+/// How far behind a segment's end its cached pages are kept
+/// (`WalOptions::release_synced_pages`). Pages written a moment ago may still sit in a
+/// CPU's LRU batch, where `posix_fadvise` cannot drop them without draining every CPU's
+/// batches (a synchronous cross-CPU call inside the commit); a lag this long lets them
+/// reach the LRU first.
+pub const CACHE_RELEASE_LAG_BYTES: u64 = 1 << 20;
 
 /// Releases start on multiples of this (a multiple of every common page size: 4, 16 and
 /// 64 KiB), so a page left cached because a release ended inside it is covered whole by
@@ -1325,15 +1333,17 @@ impl<S: Storage> WalCore<S> {
             self.active_unsynced = false;
         }
         self.mark_written_durable();
-        self.release_synced_cache(CACHE_RELEASE_STEP_BYTES);
+        self.release_synced_cache(false);
         Ok(self.durable_index)
     }
 
-    /// Releases the cached pages of the active segment's durable bytes once at least
-    /// `min_step_bytes` accumulated (`WalOptions::release_synced_pages`). Call only when
-    /// everything written to the active segment is durable. A failure is only logged: the
-    /// advice changes neither contents nor durability.
-    fn release_synced_cache(&mut self, min_step_bytes: u64) {
+    /// Releases the cached pages of the active segment's durable bytes
+    /// (`WalOptions::release_synced_pages`): all of them once the segment is `sealed`,
+    /// else those more than [`CACHE_RELEASE_LAG_BYTES`] behind its end, once at least
+    /// [`CACHE_RELEASE_STEP_BYTES`] of them accumulated. Call only when everything written
+    /// to the active segment is durable. A failure is only logged: the advice changes
+    /// neither contents nor durability.
+    fn release_synced_cache(&mut self, sealed: bool) {
         if !self.options.release_synced_pages {
             return;
         }
@@ -1341,18 +1351,20 @@ impl<S: Storage> WalCore<S> {
             return;
         };
         let from = active.cache_released_to;
-        if active.end_offset < from + min_step_bytes.max(1) {
+        let (keep, min_step) = if sealed {
+            (0, 1)
+        } else {
+            (CACHE_RELEASE_LAG_BYTES, CACHE_RELEASE_STEP_BYTES)
+        };
+        let until = active.end_offset.saturating_sub(keep);
+        if until < from + min_step {
             return;
         }
-        // The kernel keeps the page the next batch starts in (only whole pages inside the
-        // range are dropped), so appending never reads a page back from the device.
-        let len = active.end_offset - from;
-        match active.file.release_cache(from, len) {
-            // The page holding `end_offset` stayed (the range covers it only in part): the
-            // next release starts at or below it, on a boundary of any page size.
-            Ok(()) => {
-                active.cache_released_to = active.end_offset & !(CACHE_RELEASE_ALIGN_BYTES - 1)
-            }
+        // Only whole pages inside the range are dropped: the page holding `until` stays
+        // (so appending never reads a page back from the device), and the next release
+        // starts at or below it, on a boundary of any page size.
+        match active.file.release_cache(from, until - from) {
+            Ok(()) => active.cache_released_to = until & !(CACHE_RELEASE_ALIGN_BYTES - 1),
             Err(err) => tracing::debug!("releasing cached WAL pages of {}: {err}", active.name),
         }
     }
@@ -1457,7 +1469,7 @@ impl<S: Storage> WalCore<S> {
         self.written_hard_state = hard_state;
         self.active_unsynced = false;
         self.mark_written_durable();
-        self.release_synced_cache(CACHE_RELEASE_STEP_BYTES);
+        self.release_synced_cache(false);
         Ok(self.durable_index)
     }
 
@@ -1493,7 +1505,7 @@ impl<S: Storage> WalCore<S> {
             self.mark_written_durable();
         }
         // The segment is sealed and durable: release the rest of its pages.
-        self.release_synced_cache(0);
+        self.release_synced_cache(true);
         if let Err(err) =
             self.create_segment(next_id, self.written_next_index, self.written_hard_state)
         {

@@ -75,7 +75,7 @@ pub use crate::backend::{
 };
 pub use crate::core::{
     DroppedRegion, Entry, PendingCommit, RecoveryReport, WalCore, WalOptions,
-    CACHE_RELEASE_STEP_BYTES,
+    CACHE_RELEASE_LAG_BYTES, CACHE_RELEASE_STEP_BYTES,
 };
 pub use crate::error::{PoisonCause, Result, WalError};
 pub use crate::format::{HardState, ENTRY_RECORD_HEADER_LEN};

@@ -15,7 +15,7 @@ use common::{entries, small_options};
 use tally_wal::storage::{DirLock, FileView};
 use tally_wal::{
     FsStorage, GroupCommitOptions, SimStorage, SnapshotHeader, SnapshotStore, Storage, StorageFile,
-    Tear, Wal, WalCore, WalOptions, CACHE_RELEASE_STEP_BYTES,
+    Tear, Wal, WalCore, WalOptions, CACHE_RELEASE_LAG_BYTES, CACHE_RELEASE_STEP_BYTES,
 };
 
 #[test]
@@ -160,12 +160,12 @@ fn resident_pages_per_segment(dir: &std::path::Path) -> Vec<(String, usize)> {
         .collect()
 }
 
-/// Appends 48 batches of 16 entries of 4000 bytes (about 3 MiB) through the group-commit
-/// WAL, each made durable before the next, over 1 MiB segments.
-fn write_three_mib(dir: &std::path::Path, release_synced_pages: bool) -> Wal {
+/// Appends 160 batches of 16 entries of 4000 bytes (about 10 MiB) through the
+/// group-commit WAL, each made durable before the next, over 4 MiB segments.
+fn write_ten_mib(dir: &std::path::Path, release_synced_pages: bool) -> Wal {
     let options = GroupCommitOptions {
         wal: WalOptions {
-            segment_size_bytes: 1 << 20,
+            segment_size_bytes: 4 << 20,
             max_entry_size_bytes: 64 << 10,
             release_synced_pages,
             ..WalOptions::default()
@@ -173,7 +173,7 @@ fn write_three_mib(dir: &std::path::Path, release_synced_pages: bool) -> Wal {
         ..GroupCommitOptions::default()
     };
     let wal = Wal::open(dir, options).expect("open");
-    for batch in 0..48u64 {
+    for batch in 0..160u64 {
         let payloads: Vec<Bytes> = (0..16u64)
             .map(|i| Bytes::from(vec![(batch * 16 + i) as u8; 4000]))
             .collect();
@@ -188,24 +188,25 @@ fn write_three_mib(dir: &std::path::Path, release_synced_pages: bool) -> Wal {
 #[test]
 fn a_wal_drops_the_cached_pages_of_what_it_made_durable_and_still_reads_it() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
-    let wal = write_three_mib(dir.path(), true);
+    let wal = write_ten_mib(dir.path(), true);
     let segments = resident_pages_per_segment(dir.path());
-    assert!(segments.len() >= 3, "1 MiB segments: {segments:?}");
-    let step_pages = (CACHE_RELEASE_STEP_BYTES / 4096) as usize;
+    assert!(segments.len() >= 3, "4 MiB segments: {segments:?}");
+    let kept_pages = ((CACHE_RELEASE_LAG_BYTES + CACHE_RELEASE_STEP_BYTES) / 4096) as usize;
     let (active, sealed) = segments.split_last().expect("segments");
     for (name, resident) in sealed {
         // Only the page holding the sealed segment's last bytes may stay.
         assert!(*resident <= 1, "sealed {name}: {resident} pages cached");
     }
-    // The active segment keeps at most one release step plus the page being appended.
+    // The active segment (about 2 MiB written) keeps at most the lag behind its end, one
+    // release step and the page being appended.
     assert!(
-        active.1 <= step_pages + 1,
-        "active {}: {} pages cached (step {step_pages})",
+        active.1 <= kept_pages + 1,
+        "active {}: {} pages cached (lag and step: {kept_pages})",
         active.0,
         active.1
     );
     // Released entries read back from the device, whole.
-    for index in [1u64, 300, 768] {
+    for index in [1u64, 1000, 2560] {
         let entry = wal.read(index).expect("read");
         assert_eq!(entry.payload, Bytes::from(vec![(index - 1) as u8; 4000]));
     }
@@ -214,13 +215,13 @@ fn a_wal_drops_the_cached_pages_of_what_it_made_durable_and_still_reads_it() {
 #[test]
 fn with_release_turned_off_the_durable_pages_stay_cached() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
-    let _wal = write_three_mib(dir.path(), false);
+    let _wal = write_ten_mib(dir.path(), false);
     let cached: usize = resident_pages_per_segment(dir.path())
         .iter()
         .map(|(_, resident)| resident)
         .sum();
-    // About 770 pages were written; all of them are still in the page cache.
-    assert!(cached > 600, "{cached} pages cached");
+    // About 2,500 pages were written; all of them are still in the page cache.
+    assert!(cached > 2000, "{cached} pages cached");
 }
 
 /// FsStorage that records, whenever a file is mapped, how many of its pages were in the

@@ -902,7 +902,18 @@ impl<S: Storage> SnapshotWriter<S> {
     /// [`SnapshotError::WriteFailed`] if an earlier [`Write`] call failed,
     /// [`SnapshotError::Poisoned`] if an fsync fails (now or before),
     /// [`SnapshotError::Io`] if the last write or the rename fails.
-    pub fn finish(mut self) -> SnapshotResult<SnapshotInfo> {
+    pub fn finish(self) -> SnapshotResult<SnapshotInfo> {
+        self.finish_with_file_crc32().map(|(info, _)| info)
+    }
+
+    /// [`finish`](Self::finish), also returning the CRC-32 of the whole file, header to
+    /// end magic: the checksum a leader sends followers the file under, known here without
+    /// reading the file back.
+    ///
+    /// # Errors
+    ///
+    /// As [`finish`](Self::finish).
+    pub fn finish_with_file_crc32(mut self) -> SnapshotResult<(SnapshotInfo, u32)> {
         if self.failed {
             return Err(SnapshotError::WriteFailed {
                 file: self.temp_name.clone(),
@@ -912,6 +923,10 @@ impl<S: Storage> SnapshotWriter<S> {
         let data_len = self.data_len_bytes.to_le_bytes();
         self.hasher.update(&data_len);
         let crc = self.hasher.clone().finalize();
+        // Everything before the footer's CRC field is in `hasher` already.
+        self.hasher.update(&crc.to_le_bytes());
+        self.hasher.update(&SNAPSHOT_END_MAGIC);
+        let file_crc32 = self.hasher.clone().finalize();
         self.buffer.extend_from_slice(&data_len);
         self.buffer.extend_from_slice(&crc.to_le_bytes());
         self.buffer.extend_from_slice(&SNAPSHOT_END_MAGIC);
@@ -920,12 +935,13 @@ impl<S: Storage> SnapshotWriter<S> {
         self.shared
             .publish(self.file.as_ref(), &self.temp_name, &self.final_name)?;
         self.finished = true;
-        Ok(SnapshotInfo {
+        let info = SnapshotInfo {
             name: self.final_name.clone(),
             index: self.index,
             term: self.term,
             size_bytes: self.written_bytes,
-        })
+        };
+        Ok((info, file_crc32))
     }
 }
 

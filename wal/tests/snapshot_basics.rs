@@ -376,3 +376,27 @@ fn store_writer_reader_and_receiver_can_move_to_other_threads() {
         b"from another thread"
     );
 }
+
+#[test]
+fn the_whole_file_crc_a_finished_writer_reports_is_the_crc_of_the_file_it_wrote() {
+    for (len, seed) in [
+        (0usize, 1u64),
+        (1, 2),
+        (4095, 3),
+        (300_000, 4),
+        (1 << 20, 5),
+    ] {
+        let disk = SimStorage::new();
+        let store = SnapshotStore::new(disk.clone()).unwrap();
+        let mut writer = store.begin(&header(7, 2)).unwrap();
+        // Small writes go through the buffer, a large one straight to the file.
+        let data = data_bytes(len, seed);
+        let (small, large) = data.split_at(len.min(1000));
+        writer.write_all(small).unwrap();
+        writer.write_all(large).unwrap();
+        let (info, file_crc32) = writer.finish_with_file_crc32().unwrap();
+        let bytes = store.file_bytes(&info.name).unwrap();
+        assert_eq!(bytes.len() as u64, info.size_bytes);
+        assert_eq!(file_crc32, crc32fast::hash(&bytes), "{len} bytes of data");
+    }
+}

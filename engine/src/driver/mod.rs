@@ -1154,12 +1154,19 @@ impl<R, L: LogWriter, S: Storage> NodeDriver<R, L, S> {
         written: WrittenSnapshot,
         io: &mut impl NodeIo<R>,
     ) -> Result<(), NodeError> {
-        let WrittenSnapshot { meta, info } = written;
+        let WrittenSnapshot {
+            meta,
+            info,
+            file_crc32,
+        } = written;
         self.snapshots.in_progress = false;
         self.snapshots.stats.snapshots_taken += 1;
         self.snapshots.note_durable(&meta, &info);
         let data = self.snapshots.file_bytes(&info)?;
-        if let Err(error) = self.core.snapshot_ready(meta.clone(), data) {
+        if let Err(error) = self
+            .core
+            .snapshot_ready_with_checksum(meta.clone(), data, file_crc32)
+        {
             // E.g. a newer snapshot was installed from the leader meanwhile.
             tracing::debug!(%error, index = meta.index, "snapshot not offered to the core");
             return Ok(());

@@ -63,6 +63,9 @@ pub struct WrittenSnapshot {
     pub meta: SnapshotMeta,
     /// Where the file is and how large it is.
     pub info: SnapshotInfo,
+    /// CRC-32 of the whole file (`SnapshotWriter::finish_with_file_crc32`), so the raft
+    /// thread need not read it to offer it to the core.
+    pub file_crc32: u32,
 }
 
 /// What `snapshot_now` answers once a snapshot covering the request is durable.

@@ -70,8 +70,27 @@ impl RaftNode {
     /// durable; `data` is the complete snapshot file. The node keeps the newest one to
     /// send to followers that need compacted entries.
     pub fn snapshot_ready(&mut self, meta: SnapshotMeta, data: Bytes) -> Result<(), SnapshotError> {
-        self.check_snapshot_meta(&meta)?;
         let checksum = crc32fast::hash(&data);
+        self.snapshot_ready_with_checksum(meta, data, checksum)
+    }
+
+    /// [`snapshot_ready`](Self::snapshot_ready) with the CRC-32 of `data` already known
+    /// (the snapshot writer computes it as it writes): the core then never reads the
+    /// whole file on the thread that drives it. A wrong checksum would make every
+    /// follower refuse the transfer; the invariant checks (debug builds, the simulator)
+    /// verify it.
+    pub fn snapshot_ready_with_checksum(
+        &mut self,
+        meta: SnapshotMeta,
+        data: Bytes,
+        checksum: u32,
+    ) -> Result<(), SnapshotError> {
+        self.check_snapshot_meta(&meta)?;
+        invariant!(
+            crc32fast::hash(&data) == checksum,
+            "the checksum handed with snapshot {} does not match its bytes",
+            meta.index
+        );
         self.snapshot = Some(LocalSnapshot {
             meta,
             data,

@@ -101,7 +101,7 @@ fn write_snapshot<S: tally_wal::Storage>(
     writer
         .flush()
         .map_err(crate::state_machine::StateMachineError::Io)?;
-    let info = writer.finish()?;
+    let (info, file_crc32) = writer.finish_with_file_crc32()?;
     tracing::info!(
         index = meta.index,
         term = meta.term,
@@ -110,7 +110,11 @@ fn write_snapshot<S: tally_wal::Storage>(
         file = %info.name,
         "snapshot written"
     );
-    Ok(WrittenSnapshot { meta, info })
+    Ok(WrittenSnapshot {
+        meta,
+        info,
+        file_crc32,
+    })
 }
 
 /// What a client thread needs to serve lease reads itself: the node's lease and view

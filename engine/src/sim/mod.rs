@@ -1375,8 +1375,8 @@ impl Simulation {
         let Some((meta, writer)) = node.snapshot_writer.take() else {
             return;
         };
-        match writer.finish() {
-            Ok(info) => {
+        match writer.finish_with_file_crc32() {
+            Ok((info, file_crc32)) => {
                 self.stats.kv.snapshots_taken += 1;
                 self.trace_event(format!(
                     "node {} wrote snapshot {} ({} bytes)",
@@ -1384,10 +1384,11 @@ impl Simulation {
                     meta.index,
                     info.size_bytes
                 ));
-                self.nodes[k]
-                    .input
-                    .snapshots_written
-                    .push(WrittenSnapshot { meta, info });
+                self.nodes[k].input.snapshots_written.push(WrittenSnapshot {
+                    meta,
+                    info,
+                    file_crc32,
+                });
                 self.process(k);
             }
             Err(error) => self.kv_violations.push(format!(

@@ -61,10 +61,10 @@ pub struct WalOptions {
     /// (`posix_fadvise(DONTNEED)`, in steps of at least [`CACHE_RELEASE_STEP_BYTES`], the
     /// last [`CACHE_RELEASE_LAG_BYTES`] kept until the segment is sealed).
     /// A WAL is written once and read back only by recovery or by a lagging reader, so
-    /// keeping its pages cached only pushes useful memory out; and writing into pages the
-    /// kernel just freed is much cheaper than into new ones on a VM whose host reclaims
-    /// guest memory (see docs/BENCHMARKS.md). [`WalCore::read`] of a released entry reads
-    /// the device. On by default.
+    /// keeping its pages cached only pushes useful memory out; and on the development VM
+    /// writing into pages the kernel just freed was far cheaper than into new ones (4 KiB
+    /// entries: about 3x the bandwidth; docs/BENCHMARKS.md). [`WalCore::read`] of a
+    /// released entry reads the device. On by default.
     pub release_synced_pages: bool,
     /// On corruption (a bad batch followed by valid data), stop at the first bad batch,
     /// drop and report everything after it, instead of failing the open.

@@ -363,6 +363,48 @@ impl Command<'_> {
         )
     }
 
+    /// The first key the command names, if any (`RENAME`: the source): what a
+    /// cache warm-up before a batch of entries looks up. Only a hint: a command's
+    /// outcome never depends on it.
+    pub fn first_key(&self) -> Option<&[u8]> {
+        match self {
+            Command::Set { key, .. }
+            | Command::Get { key, .. }
+            | Command::Incr { key, .. }
+            | Command::Cas { key, .. }
+            | Command::SetWith { key, .. }
+            | Command::SetNx { key, .. }
+            | Command::IncrBy { key, .. }
+            | Command::IncrByFloat { key, .. }
+            | Command::Append { key, .. }
+            | Command::Strlen { key, .. }
+            | Command::GetRange { key, .. }
+            | Command::SetRange { key, .. }
+            | Command::GetSet { key, .. }
+            | Command::GetDel { key, .. }
+            | Command::GetEx { key, .. }
+            | Command::Expire { key, .. }
+            | Command::Ttl { key, .. }
+            | Command::Persist { key, .. }
+            | Command::Type { key, .. } => Some(key),
+            Command::Del { keys }
+            | Command::Exists { keys }
+            | Command::MGet { keys }
+            | Command::Watch { keys } => keys.first().copied(),
+            Command::MSet { pairs } | Command::MSetNx { pairs } => {
+                pairs.first().map(|(key, _)| *key)
+            }
+            Command::Rename { from, .. } => Some(from),
+            Command::Keys { .. }
+            | Command::Scan { .. }
+            | Command::DbSize
+            | Command::FlushAll
+            | Command::ExpiryBacklog
+            | Command::PurgeExpired { .. }
+            | Command::Multi { .. } => None,
+        }
+    }
+
     /// The lowercase Redis command name.
     pub fn name(&self) -> &'static str {
         match self {

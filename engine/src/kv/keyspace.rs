@@ -89,6 +89,11 @@ impl Keyspace {
         self.note_expiry_change(key, old.map_or(0, |old| old.expire_at_ms), expire_at_ms);
     }
 
+    /// Brings `key`'s bucket and value into the cache ([`DataMap::warm`]).
+    pub(super) fn warm(&self, key: &[u8]) {
+        self.data.warm(key);
+    }
+
     /// Stores a copy of `bytes` under `key` (as [`Keyspace::store`]), reusing the old
     /// value's allocation when it can.
     pub(super) fn store_copy(&mut self, key: &[u8], bytes: &[u8], index: u64, expire_at_ms: u64) {

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::RwLock;
 
-use super::codec::decode_request;
-use super::command::{Command, KvError, KvLimits, KvResponse};
+use super::codec::{decode_request, KvDecodeError};
+use super::command::{Command, KvError, KvLimits, KvResponse, Request};
 use super::keyspace::Keyspace;
 use super::session::{SessionCheck, SessionRecord, SessionTable};
 use super::snapshot::{read_snapshot, KvSnapshot};
@@ -375,9 +375,13 @@ struct Applying<'a> {
 }
 
 impl Applying<'_> {
-    /// Applies one entry; see [`StateMachine::apply`].
-    fn apply_entry(&mut self, index: u64, payload: &[u8]) -> KvResponse {
-        let request = match decode_request(payload, self.limits) {
+    /// Applies one decoded entry; see [`StateMachine::apply`].
+    fn apply_entry(
+        &mut self,
+        index: u64,
+        decoded: Result<Request<'_>, KvDecodeError>,
+    ) -> KvResponse {
+        let request = match decoded {
             Ok(request) => request,
             Err(error) => return KvResponse::Error(KvError::Malformed(error)),
         };
@@ -439,21 +443,35 @@ impl StateMachine for KvStateMachine {
         entries: &[CommittedEntry<'_>],
     ) -> Result<Vec<KvResponse>, StateMachineError> {
         let mut responses = Vec::with_capacity(entries.len());
+        let mut decoded = Vec::with_capacity(entries.len().min(ENTRIES_PER_LOCK));
         for chunk in entries.chunks(ENTRIES_PER_LOCK) {
+            // Decoded before the lock is taken; then every key the chunk names is looked
+            // up once, so that their cache misses overlap (`Keyspace::warm`), before
+            // the entries are applied one by one in log order.
+            decoded.extend(
+                chunk
+                    .iter()
+                    .map(|entry| decode_request(entry.payload, &self.limits)),
+            );
             let mut live = self.live.write();
+            for request in decoded.iter().flatten() {
+                if let Some(key) = request.command.first_key() {
+                    live.keyspace.warm(key);
+                }
+            }
             let mut applying = Applying {
                 live: &mut live,
                 sessions: &mut self.sessions,
                 limits: &self.limits,
             };
-            for entry in chunk {
+            for (entry, request) in chunk.iter().zip(decoded.drain(..)) {
                 if entry.index <= applying.live.applied_index {
                     return Err(StateMachineError::IndexNotIncreasing {
                         applied_index: applying.live.applied_index,
                         got: entry.index,
                     });
                 }
-                responses.push(applying.apply_entry(entry.index, entry.payload));
+                responses.push(applying.apply_entry(entry.index, request));
                 applying.live.applied_index = entry.index;
             }
         }

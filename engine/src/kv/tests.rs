@@ -372,6 +372,64 @@ fn malformed_entry_gets_an_error_reply_and_advances_the_applied_index() {
 }
 
 #[test]
+fn a_batch_spanning_several_lock_holds_answers_as_entries_applied_one_at_a_time() {
+    // 200 entries in one `apply`: more than three holds of the write lock, each warmed
+    // ahead; keys written twice within a hold (the warm-up looked them up before the
+    // first write made them exist), reads of keys a hold writes later, and malformed
+    // payloads in between.
+    let mut payloads = Vec::new();
+    for i in 0..200u64 {
+        let key = format!("key-{}", i % 37);
+        let value = format!("value-{i}");
+        let payload = match i % 5 {
+            0 | 1 => encode(
+                session(1 + i % 3, 1 + i),
+                &Command::Set {
+                    key: key.as_bytes(),
+                    value: value.as_bytes(),
+                },
+            ),
+            2 => encode(
+                None,
+                &Command::Get {
+                    key: key.as_bytes(),
+                },
+            ),
+            3 => encode(session(9, 1 + i), &Command::Incr { key: b"counter" }),
+            _ if i % 2 == 0 => vec![0xFF, 1, 2],
+            _ => encode(
+                None,
+                &Command::Del {
+                    keys: vec![key.as_bytes()],
+                },
+            ),
+        };
+        payloads.push(payload);
+    }
+    let entries: Vec<_> = payloads
+        .iter()
+        .enumerate()
+        .map(|(i, payload)| CommittedEntry {
+            index: i as u64 + 1,
+            payload,
+        })
+        .collect();
+    let mut batched = KvStateMachine::default();
+    let batched_replies = batched.apply(&entries).expect("apply");
+    let mut one_by_one = KvStateMachine::default();
+    let single_replies: Vec<_> = entries
+        .iter()
+        .map(|entry| apply_one(&mut one_by_one, entry.index, entry.payload))
+        .collect();
+    assert_eq!(batched_replies, single_replies);
+    assert!(batched_replies
+        .iter()
+        .any(|reply| matches!(reply, KvResponse::Error(KvError::Malformed(_)))));
+    assert_eq!(batched.applied_index(), 200);
+    assert_eq!(snapshot_bytes(&batched), snapshot_bytes(&one_by_one));
+}
+
+#[test]
 fn decode_reports_each_kind_of_bad_input() {
     let limits = KvLimits {
         max_argument_bytes: 8,
@@ -886,8 +944,9 @@ proptest! {
 
     #[test]
     fn random_command_sequences_match_the_model(
-        steps in prop::collection::vec((op_strategy(), session_strategy()), 1..60),
-        batch_size in 1usize..8,
+        steps in prop::collection::vec((op_strategy(), session_strategy()), 1..160),
+        // Small batches, and ones that span several write-lock holds (64 entries each).
+        batch_size in prop_oneof![1usize..8, 60usize..160],
     ) {
         let mut model = Model::default();
         let mut sm = KvStateMachine::default();

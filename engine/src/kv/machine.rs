@@ -252,6 +252,25 @@ impl KvReadView {
         live.read(command, now_ms)
     }
 
+    /// `GET key` answered in place: `reply` gets the live value (`None`: missing or
+    /// expired), judged as [`KvReadView::query`] judges it, while the read lock is held,
+    /// so the value is neither copied nor shared (a shared value costs two atomic
+    /// reference count updates on a line the apply thread writes).
+    pub fn get_with<T>(
+        &self,
+        key: &[u8],
+        now_ms: u64,
+        reply: impl FnOnce(Option<&[u8]>) -> T,
+    ) -> T {
+        let live = self.live.read();
+        let now_ms = live.log_time_ms.max(now_ms);
+        reply(
+            live.keyspace
+                .live(key, now_ms)
+                .map(|value| &value.bytes[..]),
+        )
+    }
+
     /// [`StateMachine::query`] on this view: `request` is an encoded request holding a
     /// read-only command, judged at `max(log time, its time stamp)`.
     pub fn query_encoded(&self, request: &[u8], limits: &KvLimits) -> KvResponse {

@@ -110,6 +110,42 @@ fn expiry_is_judged_by_log_time_and_expired_keys_are_removed_by_entries() {
 }
 
 #[test]
+fn a_get_answered_in_place_agrees_with_the_view_query_on_live_expired_and_missing_keys() {
+    let mut replica = Replica::new();
+    replica.apply_at(1_000, set_px(b"short", b"gone-at-1500", 500));
+    replica.apply_at(
+        1_000,
+        Command::Set {
+            key: b"plain",
+            value: b"stays",
+        },
+    );
+    let view = replica.sm.read_view();
+    let in_place =
+        |key: &[u8], now_ms: u64| view.get_with(key, now_ms, |value| value.map(<[u8]>::to_vec));
+    for (key, now_ms) in [
+        (&b"short"[..], 1_200), // live
+        (b"short", 1_500),      // expired by the reader's clock
+        (b"plain", 0),          // judged at the log time, not before it
+        (b"missing", 1_200),
+    ] {
+        let KvResponse::Bulk(expected) = view.query(&get(key), now_ms) else {
+            panic!("GET answers a bulk string");
+        };
+        assert_eq!(in_place(key, now_ms), expected.map(|bytes| bytes.to_vec()));
+    }
+    assert_eq!(
+        in_place(b"short", 1_200).as_deref(),
+        Some(&b"gone-at-1500"[..])
+    );
+    assert_eq!(in_place(b"short", 1_500), None);
+    // A log time past the expiry hides the key whatever the reader's clock says.
+    replica.apply_at(2_000, Command::Get { key: b"plain" });
+    assert_eq!(in_place(b"short", 0), None);
+    assert_eq!(in_place(b"plain", 0).as_deref(), Some(&b"stays"[..]));
+}
+
+#[test]
 fn log_time_never_goes_back_when_a_later_leader_stamps_an_earlier_time() {
     let mut r = Replica::new();
     r.apply_at(1_000, set_px(b"k", b"v", 500));

@@ -13,7 +13,9 @@ use super::connection::{Connection, QueuedExec, Slot, Transaction, Unsubmitted, 
 use super::io_loop::Context;
 use super::*;
 use crate::commands::{command_spec, CommandParseError, CommandSpec, COMMAND_TABLE};
-use crate::resp::{write_integer, write_map_header, write_null, write_verbatim, Protocol};
+use crate::resp::{
+    write_bulk, write_integer, write_map_header, write_null, write_verbatim, Protocol,
+};
 use tally_engine::kv::{encode_request_at, Command, KvReadView};
 
 /// The last time stamp handed out (Unix ms), so stamps never go back in this process.
@@ -23,6 +25,13 @@ static LAST_CLOCK_MS: AtomicU64 = AtomicU64::new(0);
 /// of this process (a wall clock stepped back does not move log time or reads back).
 pub(super) fn clock_ms() -> u64 {
     let wall_ms = wall_clock_ms();
+    // Read first: within a millisecond every thread finds the stamp already there and
+    // leaves the shared cache line unwritten (an unconditional `fetch_max` made the
+    // client threads pass that line back and forth on every request).
+    let last_ms = LAST_CLOCK_MS.load(Ordering::Acquire);
+    if wall_ms <= last_ms {
+        return last_ms;
+    }
     LAST_CLOCK_MS
         .fetch_max(wall_ms, Ordering::AcqRel)
         .max(wall_ms)
@@ -293,10 +302,18 @@ impl Connection {
         let Some(view) = view.view.downcast_ref::<KvReadView>() else {
             return false;
         };
-        let response = view.query(command, clock_ms());
-        context
-            .shared
-            .write_result(out, Ok(response), self.protocol);
+        if let Command::Get { key } = command {
+            let protocol = self.protocol;
+            view.get_with(key, clock_ms(), |value| match value {
+                Some(bytes) => write_bulk(out, bytes),
+                None => write_null(out, protocol),
+            });
+        } else {
+            let response = view.query(command, clock_ms());
+            context
+                .shared
+                .write_result(out, Ok(response), self.protocol);
+        }
         context
             .shared
             .counters

@@ -352,10 +352,7 @@ impl Connection {
         self.parser = parser;
         self.input = input;
         self.input.drain(..consumed_total);
-        shared
-            .counters
-            .commands
-            .fetch_add(n_commands, Ordering::Relaxed);
+        context.counts.commands += n_commands;
         let mut changed = n_commands > 0;
         if let Some(error_line) = protocol_error {
             shared

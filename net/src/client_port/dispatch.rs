@@ -314,11 +314,7 @@ impl Connection {
                 .shared
                 .write_result(out, Ok(response), self.protocol);
         }
-        context
-            .shared
-            .counters
-            .reads_lease_local
-            .fetch_add(1, Ordering::Relaxed);
+        context.counts.lease_reads += 1;
         true
     }
 

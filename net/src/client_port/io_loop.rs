@@ -44,6 +44,20 @@ pub(super) struct Context<'a> {
     pub(super) read_scratch: &'a mut [u8],
     pub(super) outbox: &'a mut Vec<Submission<KvResponse>>,
     pub(super) local_reader: &'a mut LocalReader,
+    /// Counts of this pass, added to the shared counters once at its end.
+    pub(super) counts: &'a mut PassCounts,
+}
+
+/// What one pass over the scheduled connections counted, kept on the I/O thread and
+/// added to [`ClientPortCounters`](super::ClientPortCounters) once per pass: counting
+/// each command in the shared atomics made every client thread write the same cache
+/// lines per request.
+#[derive(Debug, Default)]
+pub(super) struct PassCounts {
+    /// Commands parsed (INFO `total_commands_processed`).
+    pub(super) commands: u64,
+    /// Reads answered on this thread under the lease (INFO `reads_lease_local`).
+    pub(super) lease_reads: u64,
 }
 
 /// Size of the chunks encoded commands are copied into.
@@ -251,6 +265,7 @@ impl IoLoop {
 
     pub(super) fn drive_scheduled(&mut self) {
         let mut ids = std::mem::take(&mut self.scheduled);
+        let mut counts = PassCounts::default();
         for id in ids.drain(..) {
             let Some(connection) = self.connections.get_mut(&id) else {
                 continue;
@@ -265,6 +280,7 @@ impl IoLoop {
                 read_scratch: &mut self.read_scratch,
                 outbox: &mut self.outbox,
                 local_reader: &mut self.local_reader,
+                counts: &mut counts,
             };
             match connection.drive(&mut context) {
                 Ok(Verdict::Keep) => {}
@@ -274,6 +290,17 @@ impl IoLoop {
                     self.close(id);
                 }
             }
+        }
+        let counters = &self.shared.counters;
+        if counts.commands > 0 {
+            counters
+                .commands
+                .fetch_add(counts.commands, Ordering::Relaxed);
+        }
+        if counts.lease_reads > 0 {
+            counters
+                .reads_lease_local
+                .fetch_add(counts.lease_reads, Ordering::Relaxed);
         }
         // Keep the allocation; drive never schedules (only events and replies do).
         debug_assert!(self.scheduled.is_empty());

@@ -203,6 +203,12 @@ impl RequestParser {
         self.spans.iter().map(move |span| &buffer[span.clone()])
     }
 
+    /// Whether no command is partly parsed: the next `parse` starts a command at the
+    /// start of its buffer.
+    pub fn is_between_commands(&self) -> bool {
+        self.progress == Progress::Start && self.position == 0
+    }
+
     /// Forgets any partial command (for reuse after the caller drops its buffer).
     pub fn reset(&mut self) {
         self.progress = Progress::Start;
@@ -889,6 +895,31 @@ mod tests {
         let (commands, consumed) = parse_all(b"*0\r\n*-1\r\n*1\r\n$4\r\nPING\r\n").expect("parse");
         assert_eq!(commands, vec![owned(&[b"PING"])]);
         assert_eq!(consumed, 23);
+    }
+
+    #[test]
+    fn a_parser_is_between_commands_only_before_a_command_or_after_a_complete_one() {
+        let mut wire = Vec::new();
+        write_command(&mut wire, &[b"GET", b"key"]);
+        let mut parser = RequestParser::new(RespLimits::default());
+        assert!(parser.is_between_commands());
+        for cut in 1..wire.len() {
+            parser.reset();
+            assert_eq!(parser.parse(&wire[..cut]), Ok(ParseStatus::Incomplete));
+            // Nothing partial is kept for a cut at a line's start before any element.
+            let partial = !parser.is_between_commands();
+            assert!(partial || cut < 4, "cut at {cut} left no partial command");
+            assert_eq!(
+                parser.parse(&wire),
+                Ok(ParseStatus::Complete {
+                    consumed: wire.len()
+                })
+            );
+            assert!(
+                parser.is_between_commands(),
+                "after the command cut at {cut}"
+            );
+        }
     }
 
     #[test]

@@ -1013,6 +1013,87 @@ mod tests {
     }
 
     #[test]
+    fn a_pipeline_of_gets_in_every_spelling_and_arity_answers_as_each_get_sent_alone() {
+        // The I/O thread looks a pipeline's leading GETs up before it answers them: that
+        // must change no answer, whatever the spelling, arity or command that ends them.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = single_member(dir.path(), 1);
+        let mut stream = TcpStream::connect(server.client_addr()).expect("connect");
+        stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+        let sets: Vec<_> = (0..8)
+            .map(|i| command(&["SET", &format!("k{i}"), &format!("v{i}")]))
+            .collect();
+        assert!(pipeline(&mut stream, &sets)
+            .iter()
+            .all(|reply| *reply == RespValue::Simple(b"OK".to_vec())));
+        // Reads are answered on the I/O thread only under a lease; wait for one.
+        let lease_reads = || {
+            server
+                .client_port_counters()
+                .reads_lease_local
+                .load(Ordering::Relaxed)
+        };
+        let deadline = Instant::now() + PATIENCE;
+        while lease_reads() == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "no read was ever served under the lease"
+            );
+            pipeline(&mut stream, &[command(&["GET", "k0"])]);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mixed = vec![
+            command(&["GET", "k0"]),
+            command(&["get", "k1"]),
+            command(&["GeT", "missing"]),
+            command(&["GET", "k2"]),
+            command(&["GET", "k3", "extra"]),
+            command(&["GET", "k4"]),
+            command(&["SET", "k5", "new"]),
+            command(&["GET", "k5"]),
+            command(&["GET"]),
+            command(&["GET", "k6"]),
+            command(&["GET", "k7"]),
+        ];
+        let before = lease_reads();
+        let together = pipeline(&mut stream, &mixed);
+        assert!(
+            lease_reads() > before,
+            "the pipeline was answered under the lease"
+        );
+        let mut alone = TcpStream::connect(server.client_addr()).expect("connect");
+        alone.set_read_timeout(Some(PATIENCE)).expect("timeout");
+        let one_by_one: Vec<RespValue> = mixed
+            .iter()
+            .filter(|args| args[0] != "SET")
+            .flat_map(|args| pipeline(&mut alone, std::slice::from_ref(args)))
+            .collect();
+        let together_reads: Vec<RespValue> = together
+            .iter()
+            .zip(&mixed)
+            .filter(|(_, args)| args[0] != "SET")
+            .map(|(reply, _)| reply.clone())
+            .collect();
+        assert_eq!(together_reads, one_by_one);
+        assert_eq!(together[0], RespValue::Bulk(Some(b"v0".to_vec())));
+        assert_eq!(together[1], RespValue::Bulk(Some(b"v1".to_vec())));
+        assert_eq!(together[2], RespValue::Bulk(None));
+        assert!(
+            matches!(together[4], RespValue::Error(_)),
+            "{:?}",
+            together[4]
+        );
+        assert_eq!(together[7], RespValue::Bulk(Some(b"new".to_vec())));
+        assert!(
+            matches!(together[8], RespValue::Error(_)),
+            "{:?}",
+            together[8]
+        );
+        assert_eq!(together[10], RespValue::Bulk(Some(b"v7".to_vec())));
+        server.shutdown().expect("clean shutdown");
+    }
+
+    #[test]
     fn shutdown_answers_every_command_already_parsed_then_closes() {
         let dir = tempfile::tempdir().expect("tempdir");
         let server = single_member(dir.path(), 2);

@@ -104,6 +104,15 @@ impl DataMap {
         }
     }
 
+    /// Looks `key` up and starts loading its value's first line, so that a read of it
+    /// soon after finds both in the cache (see [`DataMap::warm`]; a read needs no
+    /// reference count).
+    pub(super) fn warm_for_read(&self, key: &[u8]) {
+        if let Some(value) = self.get(key) {
+            prefetch(value.bytes.as_ptr());
+        }
+    }
+
     /// Stores `value` under `key`; returns what was stored before.
     pub(super) fn insert(&mut self, key: DataKey, value: Value) -> Option<Value> {
         let hash = self.hash(key.as_slice());

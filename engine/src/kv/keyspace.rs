@@ -94,6 +94,11 @@ impl Keyspace {
         self.data.warm(key);
     }
 
+    /// [`DataMap::warm_for_read`] on the data map.
+    pub(super) fn warm_for_read(&self, key: &[u8]) {
+        self.data.warm_for_read(key);
+    }
+
     /// Stores a copy of `bytes` under `key` (as [`Keyspace::store`]), reusing the old
     /// value's allocation when it can.
     pub(super) fn store_copy(&mut self, key: &[u8], bytes: &[u8], index: u64, expire_at_ms: u64) {

@@ -271,6 +271,17 @@ impl KvReadView {
         )
     }
 
+    /// Looks up `keys` under one read lock, loading their buckets and values into the
+    /// cache, so that the reads of them that follow (a client's pipelined GETs) find
+    /// them there: looked up one after another their cache misses overlap, where each
+    /// read alone waits for its own. Answers nothing and changes nothing.
+    pub fn warm_for_reads<'k>(&self, keys: impl IntoIterator<Item = &'k [u8]>) {
+        let live = self.live.read();
+        for key in keys {
+            live.keyspace.warm_for_read(key);
+        }
+    }
+
     /// [`StateMachine::query`] on this view: `request` is an encoded request holding a
     /// read-only command, judged at `max(log time, its time stamp)`.
     pub fn query_encoded(&self, request: &[u8], limits: &KvLimits) -> KvResponse {

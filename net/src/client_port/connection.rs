@@ -308,6 +308,7 @@ impl Connection {
             &mut self.parser,
             RequestParser::new(config.limits.resp_limits()),
         );
+        self.warm_pipelined_gets(&input, &parser, context);
         let mut consumed_total = 0;
         let mut n_commands = 0u64;
         let mut incomplete = false;

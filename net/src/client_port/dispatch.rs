@@ -6,7 +6,10 @@
 //! entry's log time stamp (only a leader's proposals commit), in a read the "now" it
 //! is judged at (never behind the log time, see `tally_engine::kv`).
 
+use std::ops::Range;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use smallvec::SmallVec;
 
 use super::auth::{allowed_before_auth, NOAUTH_ERROR};
 use super::connection::{Connection, QueuedExec, Slot, Transaction, Unsubmitted, WatchSet};
@@ -17,6 +20,11 @@ use crate::resp::{
     write_bulk, write_integer, write_map_header, write_null, write_verbatim, Protocol,
 };
 use tally_engine::kv::{encode_request_at, Command, KvReadView};
+
+/// Most GETs one pass looks up ahead of answering them
+/// ([`Connection::warm_pipelined_gets`]): enough for the misses of a client's pipeline
+/// to overlap, few enough that the keys stay in the cache until they are answered.
+const WARM_AHEAD_MAX_GETS: usize = 64;
 
 /// The last time stamp handed out (Unix ms), so stamps never go back in this process.
 static LAST_CLOCK_MS: AtomicU64 = AtomicU64::new(0);
@@ -316,6 +324,56 @@ impl Connection {
         }
         context.counts.lease_reads += 1;
         true
+    }
+
+    /// Before a pass parses `input`: when it starts with several GETs this thread would
+    /// answer from the read view, looks their keys up once, together, so that the
+    /// answers find buckets and values in the cache. Each lookup is a chain of cache
+    /// misses (control bytes, bucket, value); one after another their misses overlap,
+    /// which the reads answered one at a time cannot do. Only warms the cache: every
+    /// command is then parsed and answered as usual.
+    pub(super) fn warm_pipelined_gets(
+        &self,
+        input: &[u8],
+        parser: &RequestParser,
+        context: &mut Context<'_>,
+    ) {
+        if !parser.is_between_commands()
+            || self.unanswered_writes > 0
+            || !self.unsubmitted.is_empty()
+            || self.transaction.is_some()
+            || !self.authenticated
+        {
+            return;
+        }
+        let mut keys: SmallVec<[Range<usize>; WARM_AHEAD_MAX_GETS]> = SmallVec::new();
+        let lookahead = &mut *context.lookahead;
+        lookahead.reset();
+        let mut offset = 0;
+        while keys.len() < WARM_AHEAD_MAX_GETS {
+            let Ok(ParseStatus::Complete { consumed }) = lookahead.parse(&input[offset..]) else {
+                break;
+            };
+            let spans = lookahead.arg_spans();
+            if spans.len() != 2
+                || !input[offset + spans[0].start..offset + spans[0].end]
+                    .eq_ignore_ascii_case(b"get")
+            {
+                break;
+            }
+            keys.push(offset + spans[1].start..offset + spans[1].end);
+            offset += consumed;
+        }
+        lookahead.reset();
+        if keys.len() < 2 {
+            return;
+        }
+        let Ok(view) = context.local_reader.view_for_read() else {
+            return;
+        };
+        if let Some(view) = view.view.downcast_ref::<KvReadView>() {
+            view.warm_for_reads(keys.iter().map(|key| &input[key.clone()]));
+        }
     }
 
     /// Inside MULTI: a command that parses is queued (`+QUEUED`); one that does not is

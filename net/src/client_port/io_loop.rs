@@ -32,6 +32,9 @@ pub(super) struct IoLoop {
     pub(super) outbox: Vec<Submission<KvResponse>>,
     /// This thread's side of lease reads served here (its cached read view).
     pub(super) local_reader: LocalReader,
+    /// Parses ahead of a connection's parser to find the keys of pipelined GETs
+    /// (`Connection::warm_pipelined_gets`); kept here so its buffer is reused.
+    pub(super) lookahead: RequestParser,
 }
 
 /// What a connection needs from its I/O thread while it is driven.
@@ -44,6 +47,7 @@ pub(super) struct Context<'a> {
     pub(super) read_scratch: &'a mut [u8],
     pub(super) outbox: &'a mut Vec<Submission<KvResponse>>,
     pub(super) local_reader: &'a mut LocalReader,
+    pub(super) lookahead: &'a mut RequestParser,
     /// Counts of this pass, added to the shared counters once at its end.
     pub(super) counts: &'a mut PassCounts,
 }
@@ -95,6 +99,7 @@ impl IoLoop {
         let local_reader = shared.handle.local_reads().reader();
         IoLoop {
             local_reader,
+            lookahead: RequestParser::new(shared.config.limits.resp_limits()),
             reply_waker: Arc::clone(&waker) as Arc<dyn ReplyWaker>,
             shared,
             poll,
@@ -280,6 +285,7 @@ impl IoLoop {
                 read_scratch: &mut self.read_scratch,
                 outbox: &mut self.outbox,
                 local_reader: &mut self.local_reader,
+                lookahead: &mut self.lookahead,
                 counts: &mut counts,
             };
             match connection.drive(&mut context) {

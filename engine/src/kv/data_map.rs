@@ -109,7 +109,7 @@ impl DataMap {
     /// reference count).
     pub(super) fn warm_for_read(&self, key: &[u8]) {
         if let Some(value) = self.get(key) {
-            prefetch(value.bytes.as_ptr());
+            prefetch_lines(&value.bytes);
         }
     }
 
@@ -222,6 +222,23 @@ impl Eq for DataMap {}
 impl std::fmt::Debug for DataMap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+/// Most cache lines of a value [`prefetch_lines`] asks for: a read copies the whole
+/// value, but past a few lines the hardware's own prefetcher follows the copy.
+const PREFETCH_MAX_LINES: usize = 4;
+
+/// [`prefetch`] of every cache line `bytes` spans, up to [`PREFETCH_MAX_LINES`].
+#[inline]
+fn prefetch_lines(bytes: &[u8]) {
+    const LINE_BYTES: usize = 64;
+    let start = bytes.as_ptr() as usize;
+    let first_line = start / LINE_BYTES;
+    let last_line = (start + bytes.len().max(1) - 1) / LINE_BYTES;
+    let lines = (last_line - first_line + 1).min(PREFETCH_MAX_LINES);
+    for line in 0..lines {
+        prefetch(bytes.as_ptr().wrapping_add(line * LINE_BYTES));
     }
 }
 

@@ -97,7 +97,7 @@ impl DataMap {
     /// a replica's apply time at 100,000 random keys: docs/BENCHMARKS.md).
     pub(super) fn warm(&self, key: &[u8]) {
         if let Some(value) = self.get(key) {
-            prefetch(value.bytes.as_ptr());
+            prefetch_lines(&value.bytes);
             // An overwrite first asks whether the value is shared: that reads the
             // reference count, which for a once-shared value lives in its own allocation.
             std::hint::black_box(value.bytes.is_unique());

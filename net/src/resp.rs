@@ -906,9 +906,13 @@ mod tests {
         for cut in 1..wire.len() {
             parser.reset();
             assert_eq!(parser.parse(&wire[..cut]), Ok(ParseStatus::Incomplete));
-            // Nothing partial is kept for a cut at a line's start before any element.
-            let partial = !parser.is_between_commands();
-            assert!(partial || cut < 4, "cut at {cut} left no partial command");
+            // A cut inside the array header (`*2\r\n`, 4 bytes) keeps nothing; any later
+            // cut keeps a partial command.
+            assert_eq!(
+                parser.is_between_commands(),
+                cut < 4,
+                "cut at {cut} of {wire:?}"
+            );
             assert_eq!(
                 parser.parse(&wire),
                 Ok(ParseStatus::Complete {

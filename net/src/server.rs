@@ -928,6 +928,13 @@ mod tests {
         server
     }
 
+    /// A client connection to `server` whose reads wait up to [`PATIENCE`].
+    fn connect_patiently(server: &Server) -> TcpStream {
+        let stream = TcpStream::connect(server.client_addr()).expect("connect");
+        stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+        stream
+    }
+
     /// Sends every command in one write, then reads exactly one reply per command.
     fn pipeline(stream: &mut TcpStream, commands: &[Vec<String>]) -> Vec<RespValue> {
         let mut out = Vec::new();
@@ -1018,8 +1025,7 @@ mod tests {
         // must change no answer, whatever the spelling, arity or command that ends them.
         let dir = tempfile::tempdir().expect("tempdir");
         let server = single_member(dir.path(), 1);
-        let mut stream = TcpStream::connect(server.client_addr()).expect("connect");
-        stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+        let mut stream = connect_patiently(&server);
         let sets: Vec<_> = (0..8)
             .map(|i| command(&["SET", &format!("k{i}"), &format!("v{i}")]))
             .collect();
@@ -1061,8 +1067,7 @@ mod tests {
             lease_reads() > before,
             "the pipeline was answered under the lease"
         );
-        let mut alone = TcpStream::connect(server.client_addr()).expect("connect");
-        alone.set_read_timeout(Some(PATIENCE)).expect("timeout");
+        let mut alone = connect_patiently(&server);
         let one_by_one: Vec<RespValue> = mixed
             .iter()
             .filter(|args| args[0] != "SET")
@@ -1097,8 +1102,7 @@ mod tests {
     fn shutdown_answers_every_command_already_parsed_then_closes() {
         let dir = tempfile::tempdir().expect("tempdir");
         let server = single_member(dir.path(), 2);
-        let mut stream = TcpStream::connect(server.client_addr()).expect("connect");
-        stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+        let mut stream = connect_patiently(&server);
         let n_commands = 300;
         let mut out = Vec::new();
         for index in 0..n_commands {
@@ -1137,8 +1141,7 @@ mod tests {
         // whether the half-close comes with the last request or after its reply.
         let dir = tempfile::tempdir().expect("tempdir");
         let server = single_member(dir.path(), 1);
-        let mut stream = TcpStream::connect(server.client_addr()).expect("connect");
-        stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+        let mut stream = connect_patiently(&server);
         for round in 0..200 {
             let mut out = Vec::new();
             write_command(&mut out, &[b"INCR", b"rounds"]);
@@ -1150,8 +1153,7 @@ mod tests {
             );
         }
         for fin_with_request in [true, false] {
-            let mut stream = TcpStream::connect(server.client_addr()).expect("connect");
-            stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+            let mut stream = connect_patiently(&server);
             let mut out = Vec::new();
             write_command(&mut out, &[b"SET", b"k", b"v"]);
             write_command(&mut out, &[b"GET", b"k"]);
@@ -1252,8 +1254,7 @@ mod tests {
             assert!(Instant::now() < deadline, "the single member never led");
             std::thread::sleep(Duration::from_millis(10));
         }
-        let stream = TcpStream::connect(server.client_addr()).expect("connect");
-        stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+        let stream = connect_patiently(&server);
         (dir, server, stream)
     }
 

@@ -91,26 +91,26 @@ impl DataMap {
     }
 
     /// Brings into the cache what a following operation on `key` touches first: its
-    /// bucket (by looking the key up) and the start of its stored value. Looking up a
+    /// bucket (by looking the key up), the lines of its stored value and the value's
+    /// reference count ([`DataMap::warm_for_read`] plus that count). Looking up a
     /// batch's keys one after another lets their cache misses overlap; applying one
     /// entry at a time waits for each miss in turn (two of them per key were most of
     /// a replica's apply time at 100,000 random keys: docs/BENCHMARKS.md).
     pub(super) fn warm(&self, key: &[u8]) {
-        if let Some(value) = self.get(key) {
-            prefetch_lines(&value.bytes);
+        if let Some(value) = self.warm_for_read(key) {
             // An overwrite first asks whether the value is shared: that reads the
             // reference count, which for a once-shared value lives in its own allocation.
             std::hint::black_box(value.bytes.is_unique());
         }
     }
 
-    /// Looks `key` up and starts loading its value's first line, so that a read of it
-    /// soon after finds both in the cache (see [`DataMap::warm`]; a read needs no
-    /// reference count).
-    pub(super) fn warm_for_read(&self, key: &[u8]) {
-        if let Some(value) = self.get(key) {
-            prefetch_lines(&value.bytes);
-        }
+    /// What a read of `key` touches: looks it up and starts loading the lines of its
+    /// value ([`prefetch_lines`]), so that a read soon after finds both in the cache
+    /// (see [`DataMap::warm`]). Returns the value it found.
+    pub(super) fn warm_for_read(&self, key: &[u8]) -> Option<&Value> {
+        let value = self.get(key)?;
+        prefetch_lines(&value.bytes);
+        Some(value)
     }
 
     /// Stores `value` under `key`; returns what was stored before.
@@ -225,8 +225,9 @@ impl std::fmt::Debug for DataMap {
     }
 }
 
-/// Most cache lines of a value [`prefetch_lines`] asks for: a read copies the whole
-/// value, but past a few lines the hardware's own prefetcher follows the copy.
+/// Most cache lines of a value [`prefetch_lines`] asks for: a bound, so a large value
+/// costs no more hints than a small one; four lines hold a 100-byte value wherever it
+/// starts.
 const PREFETCH_MAX_LINES: usize = 4;
 
 /// [`prefetch`] of every cache line `bytes` spans, up to [`PREFETCH_MAX_LINES`].

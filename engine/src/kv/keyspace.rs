@@ -96,7 +96,7 @@ impl Keyspace {
 
     /// [`DataMap::warm_for_read`] on the data map.
     pub(super) fn warm_for_read(&self, key: &[u8]) {
-        self.data.warm_for_read(key);
+        let _ = self.data.warm_for_read(key);
     }
 
     /// Stores a copy of `bytes` under `key` (as [`Keyspace::store`]), reusing the old

@@ -301,7 +301,7 @@ impl Connection {
         out: &mut Vec<u8>,
         context: &mut Context<'_>,
     ) -> bool {
-        if self.unanswered_writes > 0 || !self.unsubmitted.is_empty() {
+        if !self.nothing_ahead_of_a_read() {
             return false;
         }
         let Ok(view) = context.local_reader.view_for_read() else {
@@ -326,12 +326,20 @@ impl Connection {
         true
     }
 
+    /// Whether a read parsed now may be answered here: no earlier write of this
+    /// connection unanswered, no earlier request unsubmitted.
+    fn nothing_ahead_of_a_read(&self) -> bool {
+        self.unanswered_writes == 0 && self.unsubmitted.is_empty()
+    }
+
     /// Before a pass parses `input`: when it starts with several GETs this thread would
     /// answer from the read view, looks their keys up once, together, so that the
     /// answers find buckets and values in the cache. Each lookup is a chain of cache
     /// misses (control bytes, bucket, value); one after another their misses overlap,
     /// which the reads answered one at a time cannot do. Only warms the cache: every
-    /// command is then parsed and answered as usual.
+    /// command is then parsed and answered as usual. Skipped while `parser` holds a
+    /// partly received command: parsing it again from its start on every read of a
+    /// long request would cost time quadratic in its length.
     pub(super) fn warm_pipelined_gets(
         &self,
         input: &[u8],
@@ -339,8 +347,7 @@ impl Connection {
         context: &mut Context<'_>,
     ) {
         if !parser.is_between_commands()
-            || self.unanswered_writes > 0
-            || !self.unsubmitted.is_empty()
+            || !self.nothing_ahead_of_a_read()
             || self.transaction.is_some()
             || !self.authenticated
         {

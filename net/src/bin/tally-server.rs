@@ -104,8 +104,8 @@ struct Args {
     /// Leader heartbeat interval.
     #[arg(long, default_value_t = 50)]
     heartbeat_ms: u64,
-    /// Client I/O threads: event loops that serve every client connection (default: the
-    /// core count).
+    /// Client I/O threads: event loops that serve every client connection (default: half
+    /// the core count, at least one).
     #[arg(long)]
     threads: Option<usize>,
     /// WAL I/O backend. `sync` (pwritev + fdatasync on the WAL writer thread) is the

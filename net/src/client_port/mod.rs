@@ -3,7 +3,7 @@
 //! Why it is built this way:
 //! * **N event-loop I/O threads, not a thread per connection.** One accept thread hands
 //!   each new connection, round-robin, to one of [`ClientPortConfig::io_threads`] I/O
-//!   threads (`--threads`, default the core count). Each I/O thread runs a `mio` poll
+//!   threads (`--threads`, default half the core count). Each I/O thread runs a `mio` poll
 //!   over its non-blocking sockets and drives every connection as a small state machine:
 //!   read what is there, parse *every* complete command in the buffer, submit them all
 //!   to the node (writes as proposals, reads through the linearizable read path), and
@@ -91,11 +91,22 @@ fn reply_tag(connection_id: u64, sequence: u64, is_write: bool) -> u64 {
         | u64::from(is_write)
 }
 
-/// The core count (the default number of I/O threads).
+/// Half the core count, at least one: the default number of I/O threads.
+///
+/// The raft, apply, WAL writer and peer threads of the node need cores too. On two cores
+/// one I/O thread served more than two did in every read test and in large-value writes
+/// (fewer sleeping loops to wake, one `epoll_wait` sees more ready connections):
+/// docs/BENCHMARKS.md, "Issue 15 in session 10".
 pub fn default_io_threads() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+    io_threads_for_cores(
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+    )
+}
+
+fn io_threads_for_cores(cores: usize) -> usize {
+    (cores / 2).max(1)
 }
 
 /// Tuning and bounds of the client port.
@@ -558,6 +569,15 @@ mod tests {
     use super::connection::new_client_id;
     use super::dispatch::config_command;
     use super::*;
+
+    #[test]
+    fn io_threads_default_to_half_the_cores_and_never_to_none() {
+        assert_eq!(io_threads_for_cores(1), 1);
+        assert_eq!(io_threads_for_cores(2), 1);
+        assert_eq!(io_threads_for_cores(3), 1);
+        assert_eq!(io_threads_for_cores(8), 4);
+        assert_eq!(io_threads_for_cores(0), 1);
+    }
 
     #[test]
     fn config_get_answers_what_benchmarks_ask_and_nothing_else() {

@@ -59,6 +59,7 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+mod batch_wake;
 mod core;
 pub mod error;
 pub mod format;

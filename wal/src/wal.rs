@@ -11,9 +11,11 @@
 //! Blocking waiters: every operation knows at enqueue the number of the batch that will
 //! make it durable (the writer takes the whole pending buffer, one batch at a time). A
 //! [`Ticket::wait`] caller counts itself in `DurableState::sleepers` for that batch's
-//! parity and sleeps on the futex word of that parity; publishing batch `b` bumps word
-//! `b % 2` and wakes all its sleepers with ONE futex wake (a failure or shutdown wakes
-//! both words). Sleepers of the batch behind it use the other word and are not disturbed.
+//! parity and sleeps on a futex word of that parity; publishing batch `b` bumps the words
+//! of parity `b % 2` and wakes all their sleepers, one futex wake per word, the writer
+//! doing the first and the first sleeper to wake the others (`batch_wake.rs`; a failure
+//! or shutdown wakes both parities). Sleepers of the batch behind it use the other
+//! parity's words and are not disturbed.
 //! A [`Wal::wait_durable`] caller sleeps the same way for the batch that holds its index
 //! as far as the queue can tell, and again for a later one if that batch did not reach
 //! it. Unparking the ~62 callers of a batch one by one cost more than the fdatasync on a
@@ -40,7 +42,7 @@
 
 use std::collections::VecDeque;
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -49,6 +51,7 @@ use bytes::Bytes;
 use parking_lot::{Condvar, Mutex};
 
 use crate::backend::{make_backend, Backend, IoBackend};
+use crate::batch_wake::BatchWake;
 use crate::core::{Entry, RecoveryReport, WalCore, WalOptions};
 use crate::error::{Result, WalError};
 use crate::format::{self, HardState, ENTRY_RECORD_HEADER_LEN};
@@ -271,7 +274,7 @@ struct DurableState {
     truncations: TruncationLog,
     failure: Option<WalError>,
     shutdown: bool,
-    /// Blocking callers asleep on `Shared::batch_words[parity]`, counted per parity of the
+    /// Blocking callers asleep on `Shared::batch_wake`'s words, counted per parity of the
     /// batch they registered for (always `published_batch + 1` or `+ 2`, so the two
     /// parities never mix batches). Invariant: counts exactly the registered callers not
     /// yet released; publishing batch `b` releases (zeroes) entry `b % 2`, a failure or
@@ -320,11 +323,11 @@ impl DurableState {
 fn wake<S: Storage>(shared: &Shared<S>, wakeups: Wakeups) {
     for (parity, released) in wakeups.released.into_iter().enumerate() {
         if released > 0 {
-            // Sleepers read the word under the durable lock before they sleep, and this
+            // Sleepers read their word under the durable lock before they sleep, and this
             // runs after the state change that released them: either they see the new
-            // value (and do not sleep) or they are asleep and woken here.
-            shared.batch_words[parity].fetch_add(1, Ordering::Release);
-            futex::wake_all(&shared.batch_words[parity]);
+            // value (and do not sleep) or they are asleep and woken here (or by a
+            // sleeper that woke first: `BatchWake`).
+            shared.batch_wake.release(parity, released);
         }
     }
 }
@@ -349,8 +352,9 @@ fn park_until<S: Storage, T>(
     until: WaitFor,
     outcome: impl Fn(&DurableState) -> Option<T>,
 ) -> T {
-    // The batch this caller is counted for in `sleepers` (released once it is published).
-    let mut registered: Option<u64> = None;
+    // The batch this caller is counted for in `sleepers` (released once it is published)
+    // and the lane of that parity it sleeps on.
+    let mut registered: Option<(u64, usize)> = None;
     loop {
         let likely_batch = match until {
             WaitFor::Batch(batch) => batch,
@@ -367,20 +371,24 @@ fn park_until<S: Storage, T>(
         if let Some(result) = outcome(&state) {
             return result;
         }
-        let batch = match registered {
-            Some(batch) if batch > state.published_batch => batch,
+        let (batch, lane) = match registered {
+            Some((batch, lane)) if batch > state.published_batch => (batch, lane),
             _ => {
                 let batch = likely_batch.max(state.published_batch + 1);
-                state.sleepers[(batch % 2) as usize] += 1;
-                registered = Some(batch);
-                batch
+                let parity = (batch % 2) as usize;
+                let lane = BatchWake::lane_for(state.sleepers[parity]);
+                state.sleepers[parity] += 1;
+                registered = Some((batch, lane));
+                (batch, lane)
             }
         };
-        let word = &shared.batch_words[(batch % 2) as usize];
+        let parity = (batch % 2) as usize;
+        let word = shared.batch_wake.word(parity, lane);
         // Read under the lock: a release after this point changes the word first.
         let observed = word.load(Ordering::Acquire);
         drop(state);
         futex::wait(word, observed);
+        shared.batch_wake.help(parity);
     }
 }
 
@@ -390,9 +398,9 @@ struct Shared<S: Storage> {
     space_ready: Condvar,
     core: Mutex<WalCore<S>>,
     durable: Mutex<DurableState>,
-    /// Futex words of the ticket waiters, per batch parity: bumped (then woken) when a
-    /// batch of that parity is published, and on failure or shutdown.
-    batch_words: [AtomicU32; 2],
+    /// Futex words of the ticket waiters, per batch parity and lane: bumped (then woken)
+    /// when a batch of that parity is published, and on failure or shutdown.
+    batch_wake: BatchWake,
     durable_index: AtomicU64,
     stats: WalStats,
     max_pending_bytes: usize,
@@ -552,7 +560,7 @@ impl<S: Storage> Wal<S> {
                 shutdown: false,
                 sleepers: [0; 2],
             }),
-            batch_words: [AtomicU32::new(0), AtomicU32::new(0)],
+            batch_wake: BatchWake::new(),
             durable_index: AtomicU64::new(durable_index),
             stats: WalStats::with_emulated_sync_delay(options.emulated_sync_delay),
             max_pending_bytes: options.max_pending_bytes.clamp(1, max_batch),

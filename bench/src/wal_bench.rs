@@ -36,8 +36,8 @@ pub struct WalArgs {
     /// Default: the system temp dir.
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// I/O backend: auto, uring or sync.
-    #[arg(long, default_value = "auto")]
+    /// I/O backend: auto, uring or sync (the library's default).
+    #[arg(long, default_value = "sync")]
     pub backend: Backend,
     /// Segment size in MiB.
     #[arg(long, default_value_t = 64)]

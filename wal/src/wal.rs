@@ -63,7 +63,7 @@ use crate::storage::{FsStorage, Storage};
 pub struct GroupCommitOptions {
     /// Options of the underlying log.
     pub wal: WalOptions,
-    /// I/O backend for the writer.
+    /// I/O backend for the writer (default [`Backend::Sync`]).
     pub backend: Backend,
     /// Bound on encoded bytes waiting for the writer (appenders block beyond it).
     /// Clamped to the largest batch a segment can hold.
@@ -84,7 +84,7 @@ impl Default for GroupCommitOptions {
     fn default() -> Self {
         GroupCommitOptions {
             wal: WalOptions::default(),
-            backend: Backend::Auto,
+            backend: Backend::default(),
             max_pending_bytes: 8 << 20,
             max_pending_entries: 64 * 1024,
             durable_subscriber: None,

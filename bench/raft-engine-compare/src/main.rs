@@ -5,7 +5,7 @@
 //! Usage: raft-engine-compare [DIR] [WRITERS] [VALUE_SIZE] [SECONDS] [ENGINES] [SLICES]
 //!
 //! ENGINES: comma-separated, run in that order (default `raft-engine,tally-sync,tally-auto`;
-//! `tally-auto` is the library's default backend). The first one is the ratio's baseline.
+//! `tally-sync` is the library's default backend, `tally-auto` io_uring where the kernel has it). The first one is the ratio's baseline.
 //! SLICES (default 1): all engines are opened first, then each runs SECONDS in total as
 //! SLICES round-robin slices, so a disk that slows down for a few seconds (a shared
 //! machine) hits every engine alike instead of whichever ran then.

@@ -76,6 +76,16 @@ pub trait StorageFile: Send + Sync {
         let _ = (offset, len_bytes);
         Ok(())
     }
+    /// Starts writing the dirty cached pages of `offset..offset + len_bytes` to the device
+    /// and, with `wait`, waits until they are written (`sync_file_range`). It makes nothing
+    /// durable (the device cache and the metadata still need [`StorageFile::sync_data`]);
+    /// it paces a large file written in one go, so the pages do not pile up for one long
+    /// final sync that every other writer of the device queues behind. An error is the
+    /// device's: treat it as a failed write. A storage without a page cache ignores it.
+    fn write_back(&self, offset: u64, len_bytes: u64, wait: bool) -> io::Result<()> {
+        let _ = (offset, len_bytes, wait);
+        Ok(())
+    }
 }
 
 /// Held while a directory is open; dropping it releases the lock.
@@ -318,6 +328,21 @@ impl StorageFile for FsFile {
         };
         fadvise_dont_need(self.file.as_raw_fd(), offset, len)
     }
+
+    fn write_back(&self, offset: u64, len_bytes: u64, wait: bool) -> io::Result<()> {
+        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len_bytes)) else {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        };
+        let flags = if wait {
+            libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                | libc::SYNC_FILE_RANGE_WRITE
+                | libc::SYNC_FILE_RANGE_WAIT_AFTER
+        } else {
+            libc::SYNC_FILE_RANGE_WRITE
+        };
+        // SAFETY: plain syscall on a descriptor we own; no memory is passed.
+        cvt(unsafe { libc::sync_file_range(self.file.as_raw_fd(), offset, len, flags) }).map(|_| ())
+    }
 }
 
 /// `posix_fadvise(POSIX_FADV_DONTNEED)`: drops the clean cached pages wholly inside the
@@ -517,6 +542,9 @@ struct SimState {
     /// [`SimStorage::fail_next_syncs_losing_pages`]).
     failed_sync_marks_clean: bool,
     fail_next_writes: u32,
+    fail_next_write_backs: u32,
+    /// Every `write_back` call: `(offset, len_bytes, wait)`.
+    write_backs: Vec<(u64, u64, bool)>,
     space_limit_bytes: Option<u64>,
     write_calls: u64,
     sync_calls: u64,
@@ -674,6 +702,17 @@ impl SimStorage {
         self.state.lock().sync_calls
     }
 
+    /// Every [`StorageFile::write_back`] call so far, in order: `(offset, len_bytes, wait)`.
+    pub fn write_backs(&self) -> Vec<(u64, u64, bool)> {
+        self.state.lock().write_backs.clone()
+    }
+
+    /// The next `n` [`StorageFile::write_back`] calls fail with `EIO` (a writeback error
+    /// the device reported; nothing becomes durable either way).
+    pub fn fail_next_write_backs(&self, n: u32) {
+        self.state.lock().fail_next_write_backs = n;
+    }
+
     /// Number of [`StorageFile::evict_cache`] calls so far.
     pub fn evict_calls(&self) -> u64 {
         self.state.lock().evict_calls
@@ -796,6 +835,18 @@ impl StorageFile for SimFile {
                 offset,
                 len: total,
             });
+            Ok(())
+        })
+    }
+
+    fn write_back(&self, offset: u64, len_bytes: u64, wait: bool) -> io::Result<()> {
+        // Written back or not, unsynced bytes stay unsynced: a crash loses them.
+        self.with_state(|s| {
+            s.write_backs.push((offset, len_bytes, wait));
+            if s.fail_next_write_backs > 0 {
+                s.fail_next_write_backs -= 1;
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
             Ok(())
         })
     }

@@ -4,7 +4,7 @@
 use std::io::{Read, Write};
 
 use bytes::Bytes;
-use tally_wal::snapshot::{snapshot_file_name, SNAPSHOT_TEMP_SUFFIX};
+use tally_wal::snapshot::{snapshot_file_name, SNAPSHOT_TEMP_SUFFIX, WRITEBACK_CHUNK_BYTES};
 use tally_wal::{
     Entry, FsStorage, SimStorage, SnapshotError, SnapshotHeader, SnapshotStore, Storage, WalCore,
     WalOptions,
@@ -399,4 +399,81 @@ fn the_whole_file_crc_a_finished_writer_reports_is_the_crc_of_the_file_it_wrote(
         assert_eq!(bytes.len() as u64, info.size_bytes);
         assert_eq!(file_crc32, crc32fast::hash(&bytes), "{len} bytes of data");
     }
+}
+
+#[test]
+fn a_large_snapshot_reaches_the_device_one_chunk_at_a_time_and_still_round_trips() {
+    let storage = SimStorage::new();
+    let store = SnapshotStore::new(storage.clone()).expect("store");
+    let chunk = WRITEBACK_CHUNK_BYTES as usize;
+    let data = data_bytes(5 * chunk + 12_345, 9);
+    let mut writer = store.begin(&header(40, 2)).expect("begin");
+    let mut written = 0u64;
+    for piece in data.chunks(100_003) {
+        writer.write_all(piece).expect("write");
+        written += piece.len() as u64;
+        // Whatever was written so far, the ranges started and not yet waited for stay
+        // below two chunks: one being written, one being filled.
+        let backs = storage.write_backs();
+        let started: u64 = backs.iter().filter(|b| !b.2).map(|b| b.1).sum();
+        let waited: u64 = backs.iter().filter(|b| b.2).map(|b| b.1).sum();
+        assert!(started - waited <= 2 * WRITEBACK_CHUNK_BYTES, "{backs:?}");
+        assert!(
+            started <= written + 4096,
+            "nothing is written back before it is written"
+        );
+    }
+    writer.finish().expect("finish");
+    let backs = storage.write_backs();
+    let starts: Vec<(u64, u64)> = backs.iter().filter(|b| !b.2).map(|b| (b.0, b.1)).collect();
+    let waits: Vec<(u64, u64)> = backs.iter().filter(|b| b.2).map(|b| (b.0, b.1)).collect();
+    assert!(
+        starts.len() >= 5,
+        "a chunk is started every {chunk} bytes: {backs:?}"
+    );
+    // Started ranges tile the file from 0 with no gap, and each wait is for the range
+    // started just before (in that order).
+    let mut next = 0;
+    for &(offset, len) in &starts {
+        assert_eq!(offset, next, "{backs:?}");
+        assert!(len >= WRITEBACK_CHUNK_BYTES);
+        next = offset + len;
+    }
+    assert_eq!(waits, starts[..waits.len()].to_vec());
+    assert_eq!(waits.len(), starts.len() - 1);
+    let (read_header, read_data) = read_all(&store, &snapshot_file_name(40, 2));
+    assert_eq!(read_header, header(40, 2));
+    assert_eq!(read_data, data);
+}
+
+#[test]
+fn a_writeback_error_fails_the_snapshot_and_it_is_never_listed() {
+    let storage = SimStorage::new();
+    let store = SnapshotStore::new(storage.clone()).expect("store");
+    let data = data_bytes(3 * WRITEBACK_CHUNK_BYTES as usize, 4);
+    storage.fail_next_write_backs(1);
+    let mut writer = store.begin(&header(9, 1)).expect("begin");
+    let outcome = data
+        .chunks(65_536)
+        .try_for_each(|piece| writer.write_all(piece));
+    assert!(
+        outcome.is_err(),
+        "the device's writeback error reaches the writer"
+    );
+    assert!(
+        writer.finish().is_err(),
+        "a failed snapshot is never finished"
+    );
+    assert!(store.list().expect("list").is_empty());
+}
+
+#[test]
+fn a_snapshot_of_several_writeback_chunks_round_trips_on_real_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SnapshotStore::new(FsStorage::new(dir.path()).expect("fs")).expect("store");
+    let data = data_bytes(3 * WRITEBACK_CHUNK_BYTES as usize + 77, 5);
+    write_snapshot(&store, 300, 4, &data);
+    let (read_header, read_data) = read_all(&store, &snapshot_file_name(300, 4));
+    assert_eq!(read_header, header(300, 4));
+    assert_eq!(read_data, data);
 }

@@ -31,10 +31,11 @@ pub trait IoBackend: Send {
     ) -> Result<(), BackendError>;
 }
 
-/// Backend choice. The default is `Sync`: with blocking callers it beat io_uring in
-/// every measured run on 2-core machines (io_uring runs the `fdatasync` on a kernel
-/// worker thread, one more hand-off per batch; docs/BENCHMARKS.md, "Issue 15 in session
-/// 10"), and it needs nothing from the kernel beyond `pwritev`.
+/// Backend choice. The default is `Sync`: with 64 blocking callers on 2-core machines it
+/// was ahead of io_uring in every round of sessions 8 and 10 and in most medians before
+/// (io_uring runs the `fdatasync` on a kernel worker thread, one more hand-off per batch;
+/// docs/BENCHMARKS.md, "Issue 15 in session 10"), and it needs nothing from the kernel
+/// beyond `pwritev`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Backend {
     /// io_uring if the kernel allows it, else `Sync`.

@@ -323,16 +323,12 @@ impl StorageFile for FsFile {
     }
 
     fn release_cache(&self, offset: u64, len_bytes: u64) -> io::Result<()> {
-        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len_bytes)) else {
-            return Err(io::Error::from(io::ErrorKind::InvalidInput));
-        };
+        let (offset, len) = file_range(offset, len_bytes)?;
         fadvise_dont_need(self.file.as_raw_fd(), offset, len)
     }
 
     fn write_back(&self, offset: u64, len_bytes: u64, wait: bool) -> io::Result<()> {
-        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len_bytes)) else {
-            return Err(io::Error::from(io::ErrorKind::InvalidInput));
-        };
+        let (offset, len) = file_range(offset, len_bytes)?;
         let flags = if wait {
             libc::SYNC_FILE_RANGE_WAIT_BEFORE
                 | libc::SYNC_FILE_RANGE_WRITE
@@ -356,6 +352,14 @@ impl StorageFile for FsFile {
             }
             Err(err) => Err(err),
         }
+    }
+}
+
+/// A byte range as the `off_t` pair file system calls take.
+fn file_range(offset: u64, len_bytes: u64) -> io::Result<(i64, i64)> {
+    match (i64::try_from(offset), i64::try_from(len_bytes)) {
+        (Ok(offset), Ok(len)) => Ok((offset, len)),
+        _ => Err(io::Error::from(io::ErrorKind::InvalidInput)),
     }
 }
 
